@@ -1,0 +1,96 @@
+"""What the engine reads from a data-loader batch, and the model output it reads back.
+
+A batch may be ``inputs``, ``(inputs,)``, ``(inputs, labels)`` or a dict. A dict's
+``labels`` and ``loss_mask`` entries are taken out and the rest is passed to the model as
+keyword arguments (the Hugging Face convention). ``loss_mask`` (N,) or (N, T) selects the
+rows that count in every loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Batch:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    labels: Tensor | None = None
+    mask: Tensor | None = None
+
+    def run(self, model: nn.Module) -> Any:
+        return model(*self.args, **self.kwargs)
+
+    def to(self, device: torch.device) -> Batch:
+        def move(x: Any) -> Any:
+            return x.to(device, non_blocking=True) if isinstance(x, Tensor) else x
+
+        return Batch(
+            args=tuple(move(a) for a in self.args),
+            kwargs={k: move(v) for k, v in self.kwargs.items()},
+            labels=move(self.labels),
+            mask=move(self.mask),
+        )
+
+    def size(self) -> int:
+        """Examples in the batch: the first dimension of its first tensor."""
+        tensors = (a for a in (*self.args, *self.kwargs.values()) if isinstance(a, Tensor))
+        first = next(tensors, None)
+        if first is None:
+            raise ValueError("the batch holds no tensor; cannot count its examples")
+        return int(first.shape[0])
+
+    def rows(self) -> int:
+        """How many rows (examples, or tokens for sequence labels) this batch contributes."""
+        if self.mask is not None:
+            counted = self.mask.bool()
+            if self.labels is not None and self.labels.shape == self.mask.shape:
+                counted = counted & (self.labels != IGNORE_INDEX)
+            return int(counted.sum())
+        if self.labels is not None:
+            return int((self.labels != IGNORE_INDEX).sum())
+        return self.size()
+
+
+def as_batch(raw: Any) -> Batch:
+    if isinstance(raw, Tensor):
+        return Batch(args=(raw,))
+    if isinstance(raw, Mapping):
+        kwargs = dict(raw)
+        return Batch(
+            args=(),
+            kwargs=kwargs,
+            labels=kwargs.pop("labels", None),
+            mask=kwargs.pop("loss_mask", None),
+        )
+    if isinstance(raw, (tuple, list)) and 1 <= len(raw) <= 2:
+        return Batch(args=(raw[0],), labels=raw[1] if len(raw) == 2 else None)
+    raise TypeError(
+        f"cannot read a batch of type {type(raw).__name__} (length "
+        f"{len(raw) if hasattr(raw, '__len__') else '?'}); yield inputs, (inputs, labels) "
+        "or a dict with model keyword arguments plus optional 'labels' and 'loss_mask'"
+    )
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits in a model's output: a tensor, ``.logits``, a 'logits' key or element 0."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, (tuple, list)) and output:
+        logits = output[0]
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"cannot find logits in a model output of type {type(output).__name__}; return a "
+            "tensor, a tuple whose first element is the logits, or an object with .logits"
+        )
+    return logits

@@ -1,0 +1,46 @@
+"""Loss functions: pure functions on tensors, each with its formula and paper.
+
+A loss's parameter names say what it reads (``student_logits``, ``teacher_logits``,
+``labels``, ``mask``, ``student_features``, ``teacher_features``); an objective term
+uses those names to feed it.
+"""
+
+from distill.losses.features import (
+    attention_transfer,
+    cosine_embedding,
+    hint,
+    pkt,
+    rkd_angle,
+    rkd_distance,
+)
+from distill.losses.logits import (
+    cross_entropy,
+    dist,
+    dkd,
+    jsd,
+    kl,
+    logit_standardized_kl,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+    tvd,
+)
+
+__all__ = [
+    "attention_transfer",
+    "cosine_embedding",
+    "cross_entropy",
+    "dist",
+    "dkd",
+    "hint",
+    "jsd",
+    "kl",
+    "logit_standardized_kl",
+    "pkt",
+    "reverse_kl",
+    "rkd_angle",
+    "rkd_distance",
+    "skew_kl",
+    "skew_reverse_kl",
+    "tvd",
+]

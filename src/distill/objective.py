@@ -1,0 +1,194 @@
+"""The objective: named, weighted loss terms, each fed by the names of its parameters.
+
+    objective = Objective(
+        ce=Term(losses.cross_entropy, weight=0.1),
+        kd=Term(losses.kl, weight=0.9, temperature=4.0),
+        hint=Term(losses.hint, weight=100.0, student="layer2", teacher="layer3"),
+    )
+
+A term's loss receives, by parameter name, ``student_logits``, ``teacher_logits``,
+``labels``, ``mask``, and, for feature losses, ``student_features`` / ``teacher_features``
+read from the tap paths ``student=`` / ``teacher=``. ``weight`` and ``temperature`` may be
+numbers or schedules. The total is ``Σ weight_i(step) · loss_i``; every term is reported
+separately.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from distill.projectors import build_projector
+from distill.schedules import Schedule, as_schedule
+
+INPUT_NAMES = (
+    "student_logits",
+    "teacher_logits",
+    "labels",
+    "mask",
+    "student_features",
+    "teacher_features",
+)
+
+
+@dataclass
+class LossInputs:
+    """Everything a term may read for one batch."""
+
+    student_logits: Tensor | None = None
+    teacher_logits: Tensor | None = None
+    labels: Tensor | None = None
+    mask: Tensor | None = None
+    student_features: dict[str, Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectiveValue:
+    """The weighted total to backpropagate, and each term's value, weight and temperature."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+    weights: dict[str, float]
+    temperatures: dict[str, float]
+
+
+class Term:
+    """One loss in the objective, with its weight, temperature, taps and options."""
+
+    def __init__(
+        self,
+        loss: Callable[..., Tensor],
+        weight: float | Schedule = 1.0,
+        temperature: float | Schedule | None = None,
+        *,
+        student: str | None = None,
+        teacher: str | None = None,
+        projector: Literal["auto", "none"] | nn.Module = "auto",
+        **options: Any,
+    ) -> None:
+        self.loss = loss
+        self.weight = as_schedule(weight)
+        self.temperature = None if temperature is None else as_schedule(temperature)
+        self.student_tap, self.teacher_tap = student, teacher
+        self.projector = projector
+        self.options = options
+        self.name = getattr(loss, "__name__", type(loss).__name__)
+        params = inspect.signature(loss).parameters
+        self.reads = [n for n in INPUT_NAMES if n in params]
+        self._check(params)
+
+    def _check(self, params: Mapping[str, inspect.Parameter]) -> None:
+        where = f"Term({self.name})"
+        unknown = set(self.options) - set(params)
+        if unknown:
+            allowed = sorted(set(params) - {*INPUT_NAMES, "temperature"})
+            raise TypeError(f"{where}: unknown option(s) {sorted(unknown)}; allowed: {allowed}")
+        if self.temperature is not None and "temperature" not in params:
+            raise TypeError(f"{where}: this loss takes no temperature; drop temperature=")
+        for side, tap in (("student", self.student_tap), ("teacher", self.teacher_tap)):
+            reads = f"{side}_features" in params
+            if reads and tap is None:
+                raise TypeError(f"{where}: a feature loss needs {side}='<module path>'")
+            if tap is not None and not reads:
+                raise TypeError(f"{where}: this loss reads no features; drop {side}=")
+        supplied = {*INPUT_NAMES, "temperature", *self.options}
+        missing = [
+            n
+            for n, p in params.items()
+            if p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and n not in supplied
+        ]
+        if missing:
+            raise TypeError(f"{where}: required argument(s) {missing} are not known inputs")
+
+    @property
+    def reads_teacher(self) -> bool:
+        return any(n.startswith("teacher_") for n in self.reads)
+
+    @property
+    def needs_same_shape(self) -> bool:
+        return getattr(self.loss, "requires_same_shape", False) and self.projector != "none"
+
+    def __call__(
+        self, inputs: LossInputs, step: int, total_steps: int, projector: nn.Module | None
+    ) -> tuple[Tensor, float | None]:
+        kwargs = dict(self.options)
+        for name in self.reads:
+            value = getattr(inputs, name)
+            if name == "student_features":
+                value = value[self.student_tap]
+                if projector is not None:
+                    value = projector(value)
+            elif name == "teacher_features":
+                value = value[self.teacher_tap]
+            elif value is None and name != "mask":
+                raise ValueError(f"Term({self.name}) reads {name}, but this batch has none")
+            kwargs[name] = value
+        temperature = None
+        if self.temperature is not None:
+            temperature = float(self.temperature(step, total_steps))
+            kwargs["temperature"] = temperature
+        return self.loss(**kwargs), temperature
+
+
+class Objective(nn.Module):
+    """Named terms summed with their weights; owns the terms' projectors."""
+
+    def __init__(self, terms: Mapping[str, Term] | None = None, **named: Term) -> None:
+        super().__init__()
+        self.terms: dict[str, Term] = {**(terms or {}), **named}
+        if not self.terms:
+            raise ValueError("an Objective needs at least one Term")
+        for name, term in self.terms.items():
+            if not isinstance(term, Term):
+                raise TypeError(f"objective term {name!r} is a {type(term).__name__}, not a Term")
+        self.projectors = nn.ModuleDict(
+            {n: t.projector for n, t in self.terms.items() if isinstance(t.projector, nn.Module)}
+        )
+
+    @property
+    def student_taps(self) -> list[str]:
+        return sorted({t.student_tap for t in self.terms.values() if t.student_tap})
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return sorted({t.teacher_tap for t in self.terms.values() if t.teacher_tap})
+
+    @property
+    def reads_teacher(self) -> bool:
+        return any(t.reads_teacher for t in self.terms.values())
+
+    @torch.no_grad()
+    def build(self, inputs: LossInputs) -> None:
+        """Create the projectors from the first batch's shapes; call before the optimizer."""
+        for name, term in self.terms.items():
+            if name in self.projectors or not term.needs_same_shape:
+                continue
+            student = inputs.student_features[term.student_tap]
+            teacher = inputs.teacher_features[term.teacher_tap]
+            if student.shape != teacher.shape:
+                projector = build_projector(tuple(student.shape), tuple(teacher.shape))
+                self.projectors[name] = projector.to(student.device)
+
+    def forward(self, inputs: LossInputs, step: int = 0, total_steps: int = 1) -> ObjectiveValue:
+        total: Tensor | None = None
+        values: dict[str, Tensor] = {}
+        weights: dict[str, float] = {}
+        temperatures: dict[str, float] = {}
+        for name, term in self.terms.items():
+            projector = self.projectors[name] if name in self.projectors else None
+            value, temperature = term(inputs, step, total_steps, projector)
+            weight = float(term.weight(step, total_steps))
+            values[name], weights[name] = value, weight
+            if temperature is not None:
+                temperatures[name] = temperature
+            total = weight * value if total is None else total + weight * value
+        assert total is not None
+        return ObjectiveValue(total, values, weights, temperatures)

@@ -1,0 +1,30 @@
+"""What every teacher returns, and what every teacher is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from distill.batch import Batch
+
+
+@dataclass
+class TeacherOutput:
+    """A teacher's answer for one batch: its logits and the features its taps captured."""
+
+    logits: Tensor | None
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """Anything that answers a batch with a ``TeacherOutput`` and never trains."""
+
+    def __call__(self, batch: Batch) -> TeacherOutput: ...
+
+    def to(self, device: torch.device) -> Teacher: ...
+
+    def add_taps(self, paths: list[str]) -> None: ...

@@ -1,0 +1,66 @@
+"""A live PyTorch model as a frozen teacher."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from distill.batch import Batch, logits_of
+from distill.taps import Taps
+from distill.teachers.base import TeacherOutput
+
+
+def _ordinary(t: Tensor) -> Tensor:
+    # Tensors made under inference_mode cannot be saved for backward by the student's
+    # loss graph; one clone outside inference mode makes them ordinary tensors.
+    return t.clone() if t.is_inference() else t
+
+
+class Module:
+    """A frozen ``nn.Module`` teacher: ``eval()``, no gradients, ``torch.inference_mode``.
+
+    ``taps`` are dotted module paths whose outputs come back in ``TeacherOutput.features``
+    (the objective adds the paths its terms read). ``autocast_dtype`` (e.g.
+    ``torch.bfloat16``) runs the forward under autocast on the teacher's device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        taps: Iterable[str] = (),
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.taps = Taps(model, taps)
+        self.autocast_dtype = autocast_dtype
+
+    def add_taps(self, paths: Iterable[str]) -> None:
+        self.taps.add(paths)
+
+    def to(self, device: torch.device | str) -> Module:
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        first = next(self.model.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def __call__(self, batch: Batch) -> TeacherOutput:
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            output = batch.run(self.model)
+            features = self.taps.pop()
+            logits = logits_of(output)
+        return TeacherOutput(
+            logits=_ordinary(logits),
+            features={k: _ordinary(v) for k, v in features.items()},
+        )
