@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from distill import checkpoint as ckpt
 from distill import losses
 from distill.batch import Batch, as_batch, logits_of
-from distill.data import ResumableLoader
+from distill.data.resumable import ResumableLoader
 from distill.objective import LossInputs, Objective, Term
 from distill.progress import TrainingProgress
 from distill.taps import Taps

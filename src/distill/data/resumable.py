@@ -1,9 +1,6 @@
-"""Data helpers: a validation split carved from training data, and resumable loaders.
+"""Resumable loaders: the engine knows the exact order of every epoch.
 
-Model selection uses a validation split taken from the *training* data
-(``train_val_split``); the test split is only for the final report.
-
-``resumable_loader`` rebuilds a map-style ``DataLoader`` around an ``EpochSampler`` so the
+``ResumableLoader`` rebuilds a map-style ``DataLoader`` around an ``EpochSampler`` so the
 engine knows the exact order of every epoch: the permutation depends only on
 ``(seed, epoch)``, the data are sharded over ranks, and a resumed run starts at the
 batch where the interrupted one stopped without loading the batches before it.
@@ -22,22 +19,7 @@ from torch.utils.data import (
     DistributedSampler,
     RandomSampler,
     SequentialSampler,
-    Subset,
-    random_split,
 )
-
-
-def train_val_split(
-    dataset: Dataset, val_fraction: float = 0.1, seed: int = 0
-) -> tuple[Subset, Subset]:
-    """Split ``dataset`` into (train, validation) subsets with a seeded permutation."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    n = len(dataset)  # type: ignore[arg-type]
-    n_val = max(1, round(n * val_fraction))
-    generator = torch.Generator().manual_seed(seed)
-    train, val = random_split(dataset, [n - n_val, n_val], generator=generator)
-    return train, val
 
 
 class EpochSampler(DistributedSampler):

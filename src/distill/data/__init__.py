@@ -1,0 +1,63 @@
+"""Data: datasets the recipes name, splits, augmentation and resumable loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from distill.data.idx import load_fashion_mnist, read_idx
+from distill.data.mnist1d import load_mnist1d
+from distill.data.resumable import EpochSampler, ResumableLoader
+from distill.data.splits import WithoutLabels, labeled_split, train_val_split
+from distill.data.vision import Augmented, ImageFolder, load_cifar, load_image_folder
+
+DATASETS = ("fashion_mnist", "mnist1d", "cifar10", "cifar100", "image_folder")
+NUM_CLASSES = {"fashion_mnist": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
+
+
+def load_dataset(
+    name: str,
+    path: str | Path | None = None,
+    *,
+    allow_download: bool = True,
+    image_size: int = 32,
+) -> tuple[Dataset, Dataset, int]:
+    """(train, test, number of classes) for a dataset named in a recipe."""
+    if name == "fashion_mnist":
+        train, test = load_fashion_mnist(path, allow_download)
+    elif name == "mnist1d":
+        train, test = load_mnist1d()
+    elif name in ("cifar10", "cifar100"):
+        train, test = load_cifar(name, path, allow_download)
+    elif name == "image_folder":
+        train, test = load_image_folder(path, image_size)
+        return train, test, len(train.classes)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return train, test, NUM_CLASSES[name]
+
+
+def fashion_mnist_available(path: str | Path | None = None) -> bool:
+    from distill.data import idx
+
+    return any(idx._has_files(folder) for folder in idx._candidates(path))
+
+
+__all__ = [
+    "DATASETS",
+    "Augmented",
+    "EpochSampler",
+    "ImageFolder",
+    "ResumableLoader",
+    "WithoutLabels",
+    "fashion_mnist_available",
+    "labeled_split",
+    "load_cifar",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_image_folder",
+    "load_mnist1d",
+    "read_idx",
+    "train_val_split",
+]

@@ -1,0 +1,25 @@
+"""MNIST-1D (Greydanus, 2020): 1-D signals of 40 samples, 10 classes, made procedurally by
+the ``mnist1d`` package, so it needs no download."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+
+def load_mnist1d(seed: int = 42) -> tuple[TensorDataset, TensorDataset]:
+    """(train, test): 4,000 and 1,000 signals as (N, 1, 40) floats with int64 labels."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as error:
+        raise ImportError("MNIST-1D needs the mnist1d package: pip install mnist1d") from error
+    args = get_dataset_args()
+    args.seed = seed
+    data = make_dataset(args)
+
+    def part(x, y) -> TensorDataset:
+        return TensorDataset(
+            torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y, dtype=torch.long)
+        )
+
+    return part(data["x"], data["y"]), part(data["x_test"], data["y_test"])

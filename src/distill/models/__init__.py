@@ -1,0 +1,95 @@
+"""Models by name: ``zoo:<name>``, ``torchvision:<name>``, ``timm:<name>``, ``hf:<id or dir>``.
+
+``zoo`` holds small MLP/CNN teachers and students (``mlp``, ``cnn``) for Fashion-MNIST and
+MNIST-1D and the CIFAR models of the standard KD tables (see ``cifar.py``). A model built
+from a spec may then load weights from a safetensors file (``checkpoint=``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distill.models.cifar import CIFAR_MODELS
+from distill.models.small import CNN, MLP
+
+SOURCES = ("zoo", "torchvision", "timm", "hf")
+
+
+def _cifar(make: Callable[[int], nn.Module], in_shape: Sequence[int], n: int) -> nn.Module:
+    if tuple(in_shape) != (3, 32, 32):
+        raise ValueError(f"the CIFAR zoo models take (3, 32, 32) inputs, got {tuple(in_shape)}")
+    return make(n)
+
+
+def _zoo() -> dict[str, Callable[..., nn.Module]]:
+    small: dict[str, Callable[..., nn.Module]] = {
+        "mlp": lambda in_shape, n, **kw: MLP(math.prod(in_shape), n, **kw),
+        "cnn": lambda in_shape, n, **kw: CNN(in_shape, n, **kw),
+    }
+    cifar = {name: functools.partial(_cifar, make) for name, make in CIFAR_MODELS.items()}
+    return {**small, **cifar}
+
+
+ZOO = _zoo()
+
+
+def _optional(module: str, spec: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise ImportError(
+            f"model {spec!r} needs the {module} package: pip install {module}"
+        ) from error
+
+
+def build_model(
+    spec: str,
+    num_classes: int,
+    in_shape: Sequence[int],
+    args: dict[str, Any] | None = None,
+    pretrained: bool = False,
+) -> nn.Module:
+    """Build the model that ``spec`` names, for ``num_classes`` outputs and inputs of shape
+    ``in_shape`` (without the batch dimension)."""
+    args = dict(args or {})
+    source, sep, name = spec.partition(":")
+    if not sep or source not in SOURCES:
+        raise ValueError(
+            f"model {spec!r} must be '<source>:<name>' with source one of {', '.join(SOURCES)} "
+            f"(zoo models: {', '.join(sorted(ZOO))})"
+        )
+    if source == "zoo":
+        if name not in ZOO:
+            raise ValueError(f"no zoo model {name!r}; choose one of {', '.join(sorted(ZOO))}")
+        try:
+            return ZOO[name](tuple(in_shape), num_classes, **args)
+        except TypeError as error:
+            raise TypeError(f"zoo:{name} args {args}: {error}") from error
+    if source == "torchvision":
+        tv = _optional("torchvision", spec)
+        weights = "DEFAULT" if pretrained else None
+        return tv.models.get_model(name, weights=weights, num_classes=num_classes, **args)
+    if source == "timm":
+        timm = _optional("timm", spec)
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **args)
+    transformers = _optional("transformers", spec)
+    model_cls = transformers.AutoModelForImageClassification
+    if pretrained or Path(name).is_dir():
+        return model_cls.from_pretrained(
+            name, num_labels=num_classes, ignore_mismatched_sizes=True, **args
+        )
+    config = transformers.AutoConfig.from_pretrained(name, num_labels=num_classes, **args)
+    return model_cls.from_config(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["CNN", "MLP", "SOURCES", "ZOO", "build_model", "count_parameters"]
