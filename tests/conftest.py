@@ -16,3 +16,46 @@ def digits():
     order = torch.randperm(len(y), generator=generator)
     x, y = x[order], y[order]
     return TensorDataset(x[:1400], y[:1400]), TensorDataset(x[1400:], y[1400:])
+
+
+def write_idx(path, array):
+    """Write an IDX file (gzip if the name ends in .gz), as the MNIST format defines it."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    array = np.ascontiguousarray(array)
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+@pytest.fixture(scope="session")
+def digits_idx_dir(tmp_path_factory):
+    """The real digits images in Fashion-MNIST's file format: 28×28 uint8 IDX gzip files,
+    1,500 training and 297 test images, so data code and CLI runs are fast and real."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (data.images * (255.0 / 16.0)).astype(np.uint8)
+    images = np.pad(images.repeat(3, axis=1).repeat(3, axis=2), ((0, 0), (2, 2), (2, 2)))
+    labels = data.target.astype(np.uint8)
+    folder = tmp_path_factory.mktemp("digits-idx")
+    write_idx(folder / "train-images-idx3-ubyte.gz", images[:1500])
+    write_idx(folder / "train-labels-idx1-ubyte.gz", labels[:1500])
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images[1500:])
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels[1500:])
+    return folder
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A private teacher/data cache for one test."""
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

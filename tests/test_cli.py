@@ -1,14 +1,108 @@
+"""Every command on a tiny budget, on real digits images in Fashion-MNIST's file format."""
+
+import json
+
+import pytest
 from typer.testing import CliRunner
 
 import distill
-from distill.cli import app
+from distill import cli
+from distill.data import idx
+
+runner = CliRunner()
+
+TINY = [
+    "data.labeled=300",
+    "data.batch_size=64",
+    "teacher.train.epochs=1",
+    "teacher.train.max_steps=8",
+    "train.max_steps=8",
+    "output.latency_repeats=3",
+]
+
+
+@pytest.fixture
+def digits_as_fashion(digits_idx_dir, isolated_cache, monkeypatch):
+    """The demo and recipes find 'Fashion-MNIST' (the digits IDX files) via $DISTILL_DATA."""
+    monkeypatch.setenv("DISTILL_DATA", str(digits_idx_dir))
+    monkeypatch.setattr(idx, "SYSTEM_DIR", digits_idx_dir / "nowhere")
+    return digits_idx_dir
+
+
+def invoke(*args):
+    result = runner.invoke(cli.app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
 
 
 def test_version_and_losses_commands():
-    runner = CliRunner()
-    result = runner.invoke(app, ["version"])
-    assert result.exit_code == 0 and distill.__version__ in result.output
-    result = runner.invoke(app, ["losses"])
-    assert result.exit_code == 0
+    assert distill.__version__ in invoke("version").output
+    listed = invoke("losses").output
     for name in distill.losses.__all__:
-        assert name in result.output
+        assert name in listed
+
+
+def test_demo_teacher_run_and_eval(digits_as_fashion, isolated_cache, tmp_path):
+    sets = [arg for s in TINY for arg in ("--set", s)]
+    demo = invoke("demo", "--out", tmp_path / "demo", "--json", *sets)
+    summary = json.loads(demo.output)
+    assert summary["dataset"] == "fashion_mnist"
+    assert set(summary["models"]) == {"teacher", "baseline", "student"}
+    assert summary["steps"] == 8
+    for model in summary["models"].values():
+        assert 0.0 <= model["accuracy"] <= 1.0 and model["parameters"] > 0
+        assert model["size_bytes"] > 0 and model["latency_ms"] > 0
+
+    run_dir = tmp_path / "demo"
+    for name in ("recipe.yaml", "summary.json", "metrics.jsonl", "student.safetensors",
+                 "report.md", "report.html", "plots/training_curves.png",
+                 "plots/accuracy_vs_parameters.png", "baseline/metrics.jsonl"):  # fmt: skip
+        assert (run_dir / name).exists(), name
+    page = (run_dir / "report.html").read_text()
+    for plot in ("training_curves", "accuracy_vs_parameters"):
+        assert f'id="{plot}"' in page and f"plots/{plot}.png" in page
+    assert page.count("data:image/png;base64,") == 2  # self-contained
+    report = (run_dir / "report.md").read_text()
+    assert "](plots/training_curves.png)" in report and "student, distilled" in report
+
+    # the demo cached its teacher: `distill run` on the same recipe reuses it
+    recipe = distill.recipes.dump_recipe(
+        distill.recipes.load_recipe(run_dir / "recipe.yaml", ["name=again"])
+    )
+    (tmp_path / "again.yaml").write_text(recipe)
+    rerun = invoke("run", tmp_path / "again.yaml", "--out", tmp_path / "again")
+    assert "distilled" in rerun.output and "report.html" in rerun.output
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["models"]["teacher"][
+        "accuracy"
+    ] == pytest.approx(summary["models"]["teacher"]["accuracy"])
+
+    evaluated = json.loads(invoke("eval", run_dir, "--json").output)
+    assert evaluated["accuracy"] == pytest.approx(summary["models"]["student"]["accuracy"])
+    assert "test accuracy" in invoke("eval", run_dir).output
+
+    taught = json.loads(invoke("teacher", tmp_path / "again.yaml", "--json").output)
+    assert taught["model"] == "zoo:cnn" and str(isolated_cache) in taught["cache"]
+
+
+def test_demo_falls_back_to_mnist1d(isolated_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr("distill.data.fashion_mnist_available", lambda path=None: False)
+    result = runner.invoke(
+        cli.app,
+        ["demo", "--out", str(tmp_path / "m1d"), "--quiet", "--set", "train.max_steps=3",
+         "--set", "teacher.train.max_steps=3", "--set", "output.latency_repeats=2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "m1d" / "summary.json").read_text())
+    assert summary["dataset"] == "mnist1d"
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {dataset: mnist}\n")
+    result = runner.invoke(cli.app, ["run", str(bad)])
+    assert result.exit_code == 2
+    assert "data.dataset" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli.app, ["run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = runner.invoke(cli.app, ["eval", str(tmp_path)])
+    assert result.exit_code == 2 and "not a distill run directory" in result.output

@@ -304,6 +304,20 @@ def test_lr_schedule_warms_up_then_decays(digits):
     assert lrs[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])
     assert lrs[3] > lrs[6] > lrs[9] > 0.0
 
+    lrs.clear()
+    steps_per_epoch = len(train)  # 18 batches
+    distill.Distiller(
+        mlp(64, 8, 10),
+        lr=0.1,
+        lr_schedule="multistep",
+        lr_milestones=[1, 1.5],
+        progress=False,
+        callbacks=[Record()],
+    ).fit(train, epochs=2)
+    assert lrs[steps_per_epoch - 1] == pytest.approx(0.1)
+    assert lrs[steps_per_epoch] == pytest.approx(0.01)
+    assert lrs[27] == pytest.approx(0.001)
+
 
 def test_bad_settings_and_inputs_are_clear_errors(digits, teacher_model):
     with pytest.raises(ValidationError, match="mixed_precision"):

@@ -285,3 +285,11 @@ def test_half_precision_inputs_are_computed_in_float32():
     value = losses.kl(s, t, temperature=2.0)
     assert value.dtype == torch.float32
     torch.testing.assert_close(value.double(), ref_kl(s.double(), t.double(), 2.0))
+
+
+def test_dkd_unlabelled_rows_use_the_teachers_top_class():
+    s, t, y = logits(6, 5), logits(6, 5), torch.randint(0, 5, (6,))
+    hidden = y.clone()
+    hidden[::2] = -100
+    filled = torch.where(hidden == -100, t.argmax(-1), hidden)
+    torch.testing.assert_close(losses.dkd(s, t, hidden), losses.dkd(s, t, filled))

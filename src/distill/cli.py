@@ -1,16 +1,213 @@
-"""The ``distill`` command."""
+"""The ``distill`` command: demo, run, teacher, eval, losses, version."""
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 import distill
 
 app = typer.Typer(
-    help="distill: knowledge distillation for PyTorch.",
+    help="distill: knowledge distillation for PyTorch. Start with `distill demo`.",
     no_args_is_help=True,
     add_completion=False,
 )
+out_console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a recipe field: --set train.epochs=5 (repeatable)"),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or notes")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print only a JSON result on stdout")]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="run directory (default: <output.dir>/<name>)")
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _guarded(fn, *args: Any, **kwargs: Any) -> Any:
+    """Run a command body, turning known failures into a one-line error and exit code."""
+    from distill.recipes import RecipeError
+
+    try:
+        return fn(*args, **kwargs)
+    except (RecipeError, FileNotFoundError, ImportError, ValueError, TypeError) as error:
+        _fail(str(error))
+    except KeyboardInterrupt as error:
+        _fail(f"interrupted: {error}" if str(error) else "interrupted", code=130)
+
+
+def _logger(quiet: bool, as_json: bool):
+    def log(message: str) -> None:
+        if not quiet and not as_json:
+            err_console.print(f"[dim]·[/] {message}", highlight=False)
+
+    return log
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    from distill.report import HEADER, table_rows
+
+    table = Table(title=f"distill: {summary['name']}", title_justify="left")
+    for i, column in enumerate(HEADER):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in table_rows(summary):
+        style = "bold green" if row[0] == "student, distilled" else None
+        table.add_row(*row, style=style)
+    return table
+
+
+def _print_summary(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
+    from distill.report import verdict
+
+    if as_json:
+        typer.echo(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2))
+        return
+    out_console.print(_summary_table(summary))
+    if summary.get("gain_over_baseline") is not None:
+        typer.echo(verdict(summary))
+    typer.echo(f"report: {run_dir / 'report.html'}  (and report.md)")
+
+
+def _run(recipe, out: Path | None, quiet: bool, as_json: bool) -> None:
+    from distill.pipeline import run_recipe
+
+    run_dir = out or recipe.output.dir / recipe.name
+    log = _logger(quiet, as_json)
+    summary = run_recipe(recipe, out_dir=run_dir, progress=not (quiet or as_json), log=log)
+    _print_summary(summary, run_dir, as_json)
+
+
+@app.command()
+def demo(
+    out: OutOption = None,
+    seed: Annotated[int, typer.Option(help="seed of the students and the teacher")] = 0,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the embedded default, offline, in a few minutes on a laptop CPU.
+
+    Trains (or reuses from the cache) a CNN teacher, then a label-only student and a
+    distilled student with the same seed and budget; prints a table and writes a report.
+    Uses Fashion-MNIST when its files are on this machine, MNIST-1D otherwise.
+    """
+    from distill.data import fashion_mnist_available
+    from distill.recipes import load_recipe
+
+    log = _logger(quiet, as_json)
+    if fashion_mnist_available():
+        name = "demo_fashion_mnist.yaml"
+        log("Fashion-MNIST found: the demo uses it")
+    else:
+        name = "demo_mnist1d.yaml"
+        log(
+            "Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or $DISTILL_DATA): "
+            "the demo uses MNIST-1D, generated offline"
+        )
+    path = resources.files("distill.recipes").joinpath(name)
+    recipe = _guarded(load_recipe, Path(str(path)), [f"seed={seed}", *(set_ or [])])
+    _guarded(_run, recipe, out, quiet, as_json)
+    if not (quiet or as_json):
+        typer.echo(
+            "Why distillation helps here: the student owns few labels and the teacher labels "
+            "the rest of the training inputs for it (Hinton's transfer set). With every label "
+            "available the gain is small: try `distill run recipes/fashion_mnist_all_labels.yaml`."
+        )
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
+    set_: SetOption = None,
+    out: OutOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Distil as the recipe says: teacher, label-only student, distilled student, report."""
+    from distill.recipes import load_recipe
+
+    loaded = _guarded(load_recipe, recipe, set_ or [])
+    _guarded(_run, loaded, out, quiet, as_json)
+
+
+@app.command()
+def teacher(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Train or fine-tune the recipe's teacher and cache it for `distill run`.
+
+    Uses the recipe's teacher.train settings on the labelled training split; the weights
+    go to the teacher cache ($DISTILL_CACHE or ~/.cache/distill), keyed by the teacher,
+    data and seed, where `distill run` and `distill demo` find them.
+    """
+    from distill.pipeline import prepare_data, train_teacher
+    from distill.recipes import load_recipe
+
+    def body() -> None:
+        loaded = load_recipe(recipe, set_ or [])
+        if loaded.teacher is None:
+            raise ValueError(f"{recipe}: the recipe names no teacher")
+        log = _logger(quiet, as_json)
+        data = prepare_data(loaded)
+        _, info = train_teacher(loaded, data, progress=not (quiet or as_json), log=log)
+        from distill.pipeline import teacher_cache_dir
+
+        result = {**info, "cache": str(teacher_cache_dir(loaded))}
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            accuracy = info["val"].get("accuracy")
+            typer.echo(
+                f"teacher {info['model']}: validation accuracy {100 * accuracy:.2f}% in "
+                f"{info['train_seconds']:.0f} s; saved to {result['cache']}"
+            )
+
+    _guarded(body)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by distill run")],
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a run's student on the test split of its recipe's data."""
+    from distill.pipeline import RECIPE_FILE, evaluate_model, model_from_spec, prepare_data
+    from distill.recipes import ModelSpec, validate_recipe
+    from distill.recipes.load import read_yaml
+
+    def body() -> None:
+        if not (run_dir / RECIPE_FILE).exists():
+            raise FileNotFoundError(f"{run_dir} is not a distill run directory (no {RECIPE_FILE})")
+        recipe = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
+        data = prepare_data(recipe)
+        student = model_from_spec(ModelSpec(model=str(run_dir)), data)
+        metrics = evaluate_model(student, data, recipe)
+        if as_json:
+            typer.echo(json.dumps(metrics, indent=2))
+        else:
+            typer.echo(
+                f"{run_dir}: test accuracy {100 * metrics['accuracy']:.2f}% "
+                f"(loss {metrics['loss']:.4f}, {int(metrics['examples']):,} examples)"
+            )
+
+    _guarded(body)
 
 
 @app.command()

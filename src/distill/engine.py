@@ -56,7 +56,11 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    lr_schedule: Literal["constant", "linear", "cosine", "multistep"] = "cosine"
+    lr_milestones: list[float] = Field(
+        default_factory=list, description="multistep: epochs at which the LR is multiplied"
+    )
+    lr_decay: float = Field(0.1, gt=0, le=1, description="multistep: the factor")
     warmup_steps: int = Field(0, ge=0)
     grad_accum_steps: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(None, gt=0)
@@ -106,10 +110,14 @@ def default_objective(has_teacher: bool) -> Objective:
     )
 
 
-def _lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+def _lr_lambda(
+    kind: str, warmup: int, total: int, milestones: list[int], decay: float
+) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if kind == "multistep":
+            return decay ** sum(step >= m for m in milestones)
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         if kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -314,8 +322,10 @@ class Distiller:
         params = [p for p in self.student.parameters() if p.requires_grad]
         params += list(self.objective.parameters())
         optimizer = self._make_optimizer(params)
+        milestones = [round(epoch * steps_per_epoch) for epoch in c.lr_milestones]
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(c.lr_schedule, c.warmup_steps, total_steps)
+            optimizer,
+            _lr_lambda(c.lr_schedule, c.warmup_steps, total_steps, milestones, c.lr_decay),
         )
         self.student, optimizer = accelerator.prepare(self.student, optimizer)
         self.optimizer, self.scheduler = optimizer, scheduler

@@ -260,6 +260,7 @@ def dkd(
     tckd_weight: float = 1.0,
     nckd_weight: float = 8.0,
     temperature: float = 4.0,
+    ignore_index: int = -100,
     mask: Tensor | None = None,
 ) -> Tensor:
     """Decoupled knowledge distillation: target-class and non-target-class parts of KD.
@@ -270,7 +271,8 @@ def dkd(
     ``DKD = T² (α · TCKD + β · NCKD)`` with α = ``tckd_weight``, β = ``nckd_weight``.
     Classic KD decomposes as ``KL(p_t ‖ p_s) = TCKD + (1 − p_t,y) · NCKD``.
     The paper warms the DKD weight up linearly over the first 20 epochs: give its term a
-    ``schedules.Warmup`` weight.
+    ``schedules.Warmup`` weight. Rows labelled ``ignore_index`` (-100: unlabelled transfer
+    data) take the teacher's top class as their target.
     Reduction: mean over selected rows. T² scaling: yes.
     Paper: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022 (α = 1, β = 8, T = 4
     on CIFAR-100).
@@ -285,6 +287,7 @@ def dkd(
     s = select_rows(student_logits, mask, labels.dim()).reshape(-1, classes)
     t = select_rows(teacher_logits, mask, labels.dim()).reshape(-1, classes)
     y = select_rows(labels, mask, labels.dim()).reshape(-1).long()
+    y = torch.where(y == ignore_index, t.argmax(-1), y)
     if y.numel() == 0:
         return student_logits.sum() * 0.0
     bin_s, non_s = _binary_and_non_target(s, y, temperature)

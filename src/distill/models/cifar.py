@@ -44,8 +44,9 @@ class CifarResNet(nn.Module):
         self.relu = nn.ReLU()
         cin = filters[0]
         for i, (cout, stride) in enumerate(zip(filters[1:], (1, 2, 2), strict=True), start=1):
-            blocks = [BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
-                      for j in range(n)]  # fmt: skip
+            blocks = [
+                BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1) for j in range(n)
+            ]
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
             cin = cout
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -85,8 +86,10 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         cin = widths[0]
         for i, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2), strict=True), start=1):
-            blocks = [PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
-                      for j in range(n)]  # fmt: skip
+            blocks = [
+                PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
+                for j in range(n)
+            ]
             self.add_module(f"block{i}", nn.Sequential(*blocks))
             cin = cout
         self.bn = nn.BatchNorm2d(cin)

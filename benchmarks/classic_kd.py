@@ -1,0 +1,220 @@
+"""Classic KD methods on Fashion-MNIST, side by side: one teacher, then label-only, KD, DKD,
+DIST, FitNets and AT students, several seeds each, in two regimes:
+
+- ``all-labels``: every student trains on the 54,000 labelled training examples;
+- ``2k-labels``: students have 2,000 labels (1,800 train + 200 validation); the distilled
+  students also see the other training images, labelled only by the teacher (a transfer
+  set); the label-only student gets the same number of steps on its 1,800 examples.
+
+The loss hyper-parameters are the published CIFAR-100 ones (CRD / mdistiller), not tuned
+here. Accuracy is on the test split, once, for the student selected on validation.
+
+    python benchmarks/classic_kd.py                      # 3 seeds, both regimes
+    python benchmarks/classic_kd.py --seeds 1 --epochs 1 # a quick look
+
+Writes ``benchmarks/results/classic_kd.md`` (and ``.json``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from distill.losses import cross_entropy
+from distill.objective import Objective, Term
+from distill.pipeline import get_teacher, prepare_data, steps_per_epoch, train_student
+from distill.recipes import build_objective, validate_recipe
+
+ROOT = Path(__file__).parent
+TEACHER = {
+    "model": "zoo:cnn",
+    "args": {"channels": [32, 64], "hidden": 128},
+    "train": {"epochs": 4, "lr": 0.002, "lr_schedule": "cosine"},
+}
+STUDENT = {"model": "zoo:cnn", "args": {"channels": [8, 16], "hidden": 32}}
+
+METHODS: dict[str, dict[str, dict]] = {
+    "KD (Hinton 2015)": {
+        "ce": {"loss": "cross_entropy", "weight": 0.1},
+        "kd": {"loss": "kl", "weight": 0.9, "temperature": 4.0},
+    },
+    "DKD (Zhao 2022)": {
+        "ce": {"loss": "cross_entropy"},
+        "dkd": {
+            "loss": "dkd",
+            "temperature": 4.0,
+            "weight": {"kind": "warmup", "value": 1.0, "epochs": 1},
+            "options": {"tckd_weight": 1.0, "nckd_weight": 8.0},
+        },
+    },
+    "DIST (Huang 2022)": {
+        "ce": {"loss": "cross_entropy"},
+        "dist": {
+            "loss": "dist",
+            "temperature": 4.0,
+            "options": {"inter_weight": 2.0, "intra_weight": 2.0},
+        },
+    },
+    "FitNets (Romero 2015)": {
+        "ce": {"loss": "cross_entropy"},
+        "hint": {"loss": "hint", "weight": 100.0, "student": "block2", "teacher": "block2"},
+    },
+    "AT (Zagoruyko 2017)": {
+        "ce": {"loss": "cross_entropy"},
+        "at1": {
+            "loss": "attention_transfer",
+            "weight": 1000.0,
+            "student": "block1",
+            "teacher": "block1",
+        },
+        "at2": {
+            "loss": "attention_transfer",
+            "weight": 1000.0,
+            "student": "block2",
+            "teacher": "block2",
+        },
+    },
+}
+REGIMES = {"all-labels": None, "2k-labels": 2000}
+
+
+def recipe_for(labeled: int | None, objective: dict, seed: int, epochs: int):
+    return validate_recipe(
+        {
+            "name": "classic-kd-benchmark",
+            "seed": seed,
+            "data": {"dataset": "fashion_mnist", "labeled": labeled, "batch_size": 128},
+            "teacher": TEACHER,
+            "student": STUDENT,
+            "objective": objective,
+            "train": {"epochs": epochs, "lr": 0.002, "lr_schedule": "cosine"},
+            "output": {"dir": "runs/benchmarks"},
+        }
+    )
+
+
+def mean_std(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def run(seeds: list[int], epochs: int, regimes: list[str], out: Path) -> dict:
+    results: dict = {"seeds": seeds, "epochs": epochs, "regimes": {}}
+    base = recipe_for(None, METHODS["KD (Hinton 2015)"], seed=0, epochs=epochs)
+    teacher_data = prepare_data(base)
+    started = time.perf_counter()
+    teacher, info = get_teacher(base, teacher_data, progress=False, log=print)
+    from distill.pipeline import evaluate_model
+
+    teacher_acc = evaluate_model(teacher, teacher_data, base)["accuracy"]
+    results["teacher"] = {
+        "accuracy": teacher_acc,
+        "train_seconds": info.get("train_seconds"),
+        "parameters": sum(p.numel() for p in teacher.parameters()),
+    }
+    print(f"teacher: {100 * teacher_acc:.2f}% ({time.perf_counter() - started:.0f} s)")
+    for regime in regimes:
+        rows: dict[str, dict] = {}
+        for method in ["labels only", *METHODS]:
+            objective = METHODS.get(method, {"ce": {"loss": "cross_entropy"}})
+            accuracies, seconds = [], []
+            for seed in seeds:
+                recipe = recipe_for(REGIMES[regime], objective, seed, epochs)
+                data = prepare_data(recipe)
+                per_epoch = steps_per_epoch(data.student_train, recipe)
+                budget = per_epoch * epochs
+                labels_only = method == "labels only"
+                built = (
+                    Objective(ce=Term(cross_entropy))
+                    if labels_only
+                    else build_objective(recipe.objective, per_epoch)
+                )
+                _, metrics = train_student(
+                    recipe,
+                    data,
+                    objective=built,
+                    teacher=None if labels_only else teacher,
+                    train_set=data.baseline_train if labels_only else data.student_train,
+                    run_dir=Path(f"runs/benchmarks/{regime}/{method.split()[0]}-{seed}"),
+                    max_steps=budget,
+                    eval_every=per_epoch,
+                    progress=False,
+                )
+                accuracies.append(metrics["accuracy"])
+                seconds.append(metrics["train_seconds"])
+                print(
+                    f"{regime:10s} {method:22s} seed {seed}: {100 * metrics['accuracy']:.2f}% "
+                    f"in {metrics['train_seconds']:.0f} s",
+                    flush=True,
+                )
+            rows[method] = {"accuracies": accuracies, "seconds": seconds}
+        results["regimes"][regime] = rows
+    results["machine"] = (
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.write_text(markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    teacher = results["teacher"]["accuracy"]
+    lines = [
+        "# Classic KD on Fashion-MNIST",
+        "",
+        f"Teacher: zoo:cnn [32, 64] + 128 ({results['teacher']['parameters']:,} parameters), "
+        f"test accuracy {100 * teacher:.2f}%. Students: zoo:cnn [8, 16] + 32, "
+        f"{results['epochs']} epochs over their training set (the label-only student of the "
+        "2k-labels regime: the same number of steps), Adam-W, cosine LR, seeds "
+        f"{', '.join(map(str, results['seeds']))}. Test accuracy as mean ± std over seeds; "
+        "gap closed = (method − labels only) / (teacher − labels only); time = mean wall "
+        f"time of one student's training. Machine: {results['machine']}.",
+        "",
+        "Command: `python benchmarks/classic_kd.py` "
+        f"(`--seeds {' '.join(map(str, results['seeds']))} --epochs {results['epochs']}`).",
+        "",
+    ]
+    for regime, rows in results["regimes"].items():
+        baseline = statistics.mean(rows["labels only"]["accuracies"])
+        lines += [
+            f"## {regime}",
+            "",
+            "| method | test accuracy (%) | gap closed | time (s) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for method, row in rows.items():
+            mean = statistics.mean(row["accuracies"])
+            gap = (
+                ""
+                if method == "labels only" or teacher <= baseline
+                else (f"{100 * (mean - baseline) / (teacher - baseline):.0f}%")
+            )
+            lines.append(
+                f"| {method} | {mean_std(row['accuracies'])} | {gap} | "
+                f"{statistics.mean(row['seconds']):.0f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "classic_kd.md")
+    args = parser.parse_args()
+    results = run(args.seeds, args.epochs, args.regimes, args.out)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

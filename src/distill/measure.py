@@ -1,0 +1,47 @@
+"""What a deployment cares about: parameters, bytes on disk, CPU latency per example."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.checkpoint import save_weights
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_on_disk(model: nn.Module, path: Path | None = None) -> int:
+    """Bytes of the model's safetensors file (written to a temporary file if no path)."""
+    if path is not None and Path(path).exists():
+        return Path(path).stat().st_size
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "model.safetensors"
+        save_weights(model, target)
+        return target.stat().st_size
+
+
+@torch.inference_mode()
+def cpu_latency_ms(
+    model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5
+) -> float:
+    """Median wall time of a batch-1 forward on the CPU, in milliseconds."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.cpu().eval()
+    x = example.unsqueeze(0).cpu()
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    model.to(device).train(was_training)
+    return 1000.0 * statistics.median(times)

@@ -1,0 +1,373 @@
+"""Run a recipe: data, teacher (loaded, cached or trained), a label-only student and a
+distilled student with the same seed and budget, then measure all three."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from distill import checkpoint as ckpt
+from distill import teachers
+from distill.data import Augmented, labeled_split, load_dataset, train_val_split
+from distill.engine import Distiller
+from distill.losses import cross_entropy
+from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
+from distill.models import build_model
+from distill.objective import Objective, Term
+from distill.paths import cache_root
+from distill.recipes import (
+    ModelSpec,
+    Recipe,
+    RecipeError,
+    TrainSpec,
+    build_objective,
+    dump_recipe,
+    validate_recipe,
+)
+from distill.recipes.load import read_yaml
+
+RECIPE_FILE = "recipe.yaml"
+SUMMARY_FILE = "summary.json"
+BASELINE_DIR = "baseline"
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Data:
+    """Every split a recipe run needs."""
+
+    teacher_train: Dataset
+    val: Dataset
+    student_train: Dataset  # with hidden labels outside the labelled subset, if any
+    baseline_train: Dataset  # the labelled examples only
+    test: Dataset
+    num_classes: int
+    in_shape: tuple[int, ...]
+    regime: str
+
+
+def prepare_data(recipe: Recipe) -> Data:
+    spec = recipe.data
+    train, test, num_classes = load_dataset(
+        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size
+    )
+    teacher_train, teacher_val = train_val_split(train, spec.val_fraction, spec.split_seed)
+    if spec.labeled is None:
+        student_train = baseline_train = teacher_train
+        val = teacher_val
+        regime = f"all {len(teacher_train):,} training labels"
+    else:
+        baseline_train, val, student_train = labeled_split(
+            train, spec.labeled, spec.val_fraction, spec.split_seed
+        )
+        regime = (
+            f"{spec.labeled:,} labels ({len(baseline_train):,} train + {len(val):,} validation); "
+            f"the distilled student also learns from the teacher on {len(student_train):,} "
+            "training inputs (a transfer set)"
+        )
+    if spec.augment:
+        teacher_train, student_train, baseline_train = (
+            Augmented(teacher_train),
+            Augmented(student_train),
+            Augmented(baseline_train),
+        )
+    in_shape = tuple(train[0][0].shape)
+    return Data(
+        teacher_train, val, student_train, baseline_train, test, num_classes, in_shape, regime
+    )
+
+
+def loader(dataset: Dataset, recipe: Recipe, train: bool) -> DataLoader:
+    spec = recipe.data
+    return DataLoader(
+        dataset,
+        batch_size=spec.batch_size if train else spec.eval_batch_size,
+        shuffle=train,
+        num_workers=spec.num_workers,
+    )
+
+
+def model_from_spec(spec: ModelSpec, data: Data) -> nn.Module:
+    """Build a model; load ``checkpoint`` weights, or a run directory's student."""
+    run_dir = Path(spec.model)
+    if run_dir.is_dir():
+        if not (run_dir / RECIPE_FILE).exists() or not (run_dir / ckpt.STUDENT_FILE).exists():
+            raise RecipeError(
+                f"model {spec.model}: a directory must be a distill run with {RECIPE_FILE} and "
+                f"{ckpt.STUDENT_FILE}"
+            )
+        earlier = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
+        model = model_from_spec(earlier.student.model_copy(update={"checkpoint": None}), data)
+        ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+    else:
+        model = build_model(spec.model, data.num_classes, data.in_shape, spec.args, spec.pretrained)
+    if spec.checkpoint is not None:
+        if not spec.checkpoint.exists():
+            raise RecipeError(f"checkpoint {spec.checkpoint} does not exist")
+        ckpt.load_weights(model, spec.checkpoint)
+    return model
+
+
+def steps_per_epoch(dataset: Dataset, recipe: Recipe) -> int:
+    batches = math.ceil(len(dataset) / recipe.data.batch_size)  # type: ignore[arg-type]
+    return math.ceil(batches / recipe.train.grad_accum_steps)
+
+
+def _settings(train: TrainSpec, **changes: Any) -> dict[str, Any]:
+    settings = train.model_dump(exclude={"epochs", "max_steps"})
+    settings.update(changes)
+    return settings
+
+
+# -- teacher ---------------------------------------------------------------------------------
+
+
+def teacher_cache_dir(recipe: Recipe) -> Path:
+    """Where a teacher trained for this recipe is kept: keyed by everything that shapes it."""
+    assert recipe.teacher is not None
+    key_fields = {
+        "teacher": recipe.teacher.model_dump(mode="json", exclude={"cache", "autocast"}),
+        "data": recipe.data.model_dump(
+            mode="json",
+            include={
+                "dataset",
+                "path",
+                "val_fraction",
+                "split_seed",
+                "augment",
+                "batch_size",
+                "image_size",
+            },
+        ),
+        "seed": recipe.seed,
+    }
+    digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "teachers" / f"{recipe.teacher.model.replace(':', '_')}-{digest}"
+
+
+def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
+    """Train the recipe's teacher on labels (its ``teacher.train`` settings) and cache it."""
+    spec = recipe.teacher
+    if spec is None or spec.train is None:
+        raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
+    folder = teacher_cache_dir(recipe)
+    torch.manual_seed(recipe.seed)
+    model = model_from_spec(spec, data)
+    log(f"training the teacher {spec.model} on {len(data.teacher_train):,} labelled examples")
+    started = time.perf_counter()
+    run = Distiller(
+        model, **_settings(spec.train, seed=recipe.seed, run_dir=folder / "run", progress=progress)
+    )
+    run.fit(
+        loader(data.teacher_train, recipe, True),
+        loader(data.val, recipe, False),
+        epochs=spec.train.epochs,
+        max_steps=spec.train.max_steps,
+    )
+    info = {
+        "model": spec.model,
+        "train_seconds": time.perf_counter() - started,
+        "val": run.evaluate(loader(data.val, recipe, False)),
+    }
+    ckpt.save_weights(model, folder / "teacher.safetensors")
+    (folder / "teacher.json").write_text(json.dumps(info, indent=2))
+    return model.eval(), info
+
+
+def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
+    spec = recipe.teacher
+    assert spec is not None
+    has_weights = spec.checkpoint is not None or Path(spec.model).is_dir()
+    if spec.train is None and not (has_weights or spec.pretrained):
+        raise RecipeError(
+            "teacher: give checkpoint (weights), a run directory as model, pretrained: true, "
+            "or train (settings to train it, or to fine-tune pretrained weights)"
+        )
+    if has_weights or spec.train is None:
+        log(f"teacher {spec.model}: loaded, not trained")
+        return model_from_spec(spec, data).eval(), {"model": spec.model, "train_seconds": 0.0}
+    folder = teacher_cache_dir(recipe)
+    weights = folder / "teacher.safetensors"
+    if spec.cache and weights.exists():
+        model = model_from_spec(spec, data)
+        ckpt.load_weights(model, weights)
+        info = json.loads((folder / "teacher.json").read_text())
+        log(f"teacher {spec.model}: reused from the cache {folder}")
+        return model.eval(), {**info, "cached": True}
+    return train_teacher(recipe, data, progress, log)
+
+
+# -- students --------------------------------------------------------------------------------
+
+
+def _teacher_module(recipe: Recipe, model: nn.Module) -> teachers.Module:
+    assert recipe.teacher is not None
+    dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.teacher.autocast]
+    return teachers.Module(model, autocast_dtype=dtype)
+
+
+def train_student(
+    recipe: Recipe,
+    data: Data,
+    *,
+    objective: Objective,
+    teacher: nn.Module | None,
+    train_set: Dataset,
+    run_dir: Path,
+    max_steps: int,
+    eval_every: int,
+    progress: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
+    torch.manual_seed(recipe.seed)  # the same initial weights for every student
+    student = model_from_spec(recipe.student, data)
+    run = Distiller(
+        student,
+        _teacher_module(recipe, teacher) if teacher is not None else None,
+        objective,
+        **_settings(
+            recipe.train,
+            seed=recipe.seed,
+            run_dir=run_dir,
+            progress=progress,
+            eval_every=recipe.train.eval_every or eval_every,
+        ),
+    )
+    started = time.perf_counter()
+    result = run.fit(
+        loader(train_set, recipe, True), loader(data.val, recipe, False), max_steps=max_steps
+    )
+    seconds = time.perf_counter() - started
+    metrics = run.evaluate(loader(data.test, recipe, False))
+    return student, {
+        **metrics,
+        "train_seconds": seconds,
+        "steps": result.steps,
+        "best_step": result.best_step,
+    }
+
+
+def describe(model: nn.Module, data: Data, recipe: Recipe, weights: Path | None = None) -> dict:
+    return {
+        "parameters": parameter_count(model),
+        "size_bytes": size_on_disk(model, weights),
+        "latency_ms": cpu_latency_ms(model, data.test[0][0], recipe.output.latency_repeats),
+    }
+
+
+def evaluate_model(model: nn.Module, data: Data, recipe: Recipe, teacher: nn.Module | None = None):
+    run = Distiller(
+        model, _teacher_module(recipe, teacher) if teacher is not None else None, progress=False
+    )
+    return run.evaluate(loader(data.test, recipe, False))
+
+
+def run_recipe(
+    recipe: Recipe, *, out_dir: Path | None = None, progress: bool = True, log: Log = print
+) -> dict[str, Any]:
+    """Everything ``distill run`` does; returns the summary it writes to summary.json."""
+    run_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe))
+    started = time.perf_counter()
+    data = prepare_data(recipe)
+    log(f"data: {recipe.data.dataset}, {data.regime}")
+
+    teacher_model, teacher_info = (None, {})
+    if recipe.teacher is not None:
+        teacher_model, teacher_info = get_teacher(recipe, data, progress, log)
+
+    per_epoch = steps_per_epoch(data.student_train, recipe)
+    budget = recipe.train.max_steps or per_epoch * recipe.train.epochs  # type: ignore[operator]
+    if recipe.train.max_steps and recipe.train.epochs:
+        budget = min(budget, per_epoch * recipe.train.epochs)
+    models: dict[str, dict[str, Any]] = {}
+    if teacher_model is not None:
+        metrics = evaluate_model(teacher_model, data, recipe)
+        models["teacher"] = {
+            **metrics,
+            **describe(teacher_model, data, recipe),
+            "train_seconds": teacher_info.get("train_seconds", 0.0),
+        }
+
+    if recipe.baseline:
+        log(
+            f"label-only student {recipe.student.model}: {budget} steps on "
+            f"{len(data.baseline_train):,} labelled examples"
+        )
+        baseline, metrics = train_student(
+            recipe,
+            data,
+            objective=Objective(ce=Term(cross_entropy)),
+            teacher=teacher_model,
+            train_set=data.baseline_train,
+            run_dir=run_dir / BASELINE_DIR,
+            max_steps=budget,
+            eval_every=per_epoch,
+            progress=progress,
+        )
+        models["baseline"] = {**metrics, **describe(baseline, data, recipe)}
+
+    log(
+        f"distilled student {recipe.student.model}: {budget} steps on "
+        f"{len(data.student_train):,} examples, objective {', '.join(recipe.objective)}"
+    )
+    objective = build_objective(recipe.objective, per_epoch)
+    student, metrics = train_student(
+        recipe,
+        data,
+        objective=objective,
+        teacher=teacher_model,
+        train_set=data.student_train,
+        run_dir=run_dir,
+        max_steps=budget,
+        eval_every=per_epoch,
+        progress=progress,
+    )
+    models["student"] = {**metrics, **describe(student, data, recipe, run_dir / ckpt.STUDENT_FILE)}
+
+    summary = {
+        "name": recipe.name,
+        "description": recipe.description,
+        "dataset": recipe.data.dataset,
+        "regime": data.regime,
+        "teacher_model": recipe.teacher.model if recipe.teacher else None,
+        "student_model": recipe.student.model,
+        "objective": {name: term.loss for name, term in recipe.objective.items()},
+        "steps": budget,
+        "models": models,
+        "gain_over_baseline": _gain(models),
+        "gap_closed": _gap_closed(models),
+        "seconds": time.perf_counter() - started,
+    }
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    from distill.report import write_report
+
+    write_report(run_dir, summary)
+    return summary
+
+
+def _gain(models: dict[str, dict]) -> float | None:
+    if "baseline" not in models:
+        return None
+    return models["student"]["accuracy"] - models["baseline"]["accuracy"]
+
+
+def _gap_closed(models: dict[str, dict]) -> float | None:
+    """Share of the teacher–baseline accuracy gap that distillation closes."""
+    if "baseline" not in models or "teacher" not in models:
+        return None
+    gap = models["teacher"]["accuracy"] - models["baseline"]["accuracy"]
+    if gap <= 0:
+        return None
+    return (models["student"]["accuracy"] - models["baseline"]["accuracy"]) / gap

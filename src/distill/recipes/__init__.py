@@ -1,0 +1,26 @@
+"""Recipes: YAML files validated by a typed schema."""
+
+from distill.recipes.load import (
+    RecipeError,
+    apply_overrides,
+    build_objective,
+    dump_recipe,
+    load_recipe,
+    validate_recipe,
+)
+from distill.recipes.schema import DataSpec, ModelSpec, Recipe, TeacherSpec, TermSpec, TrainSpec
+
+__all__ = [
+    "DataSpec",
+    "ModelSpec",
+    "Recipe",
+    "RecipeError",
+    "TeacherSpec",
+    "TermSpec",
+    "TrainSpec",
+    "apply_overrides",
+    "build_objective",
+    "dump_recipe",
+    "load_recipe",
+    "validate_recipe",
+]

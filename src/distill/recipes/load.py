@@ -1,0 +1,140 @@
+"""Reading recipes: YAML (safe loader only), ``--set a.b=c`` overrides, readable errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from distill import losses
+from distill.objective import Objective, Term
+from distill.recipes.schema import Recipe, TermSpec
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file, the field and the fix."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.01"`` -> (["train", "lr"], 0.01); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text!r}: write it as field.path=value, e.g. train.epochs=5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise RecipeError(f"--set {text!r}: the value is not valid YAML ({error})") from None
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for i, key in enumerate(path[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise RecipeError(f"--set {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+_UNION_TAGS = {"float", "int", "str", "bool", "none", "list", "dict"}
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """``objective.kd.weight`` from pydantic's location, without union-branch tags."""
+    parts = [str(p) for p in loc if str(p) not in _UNION_TAGS and "[" not in str(p)]
+    return ".".join(parts) or "(top level)"
+
+
+def _describe(item: dict[str, Any]) -> str:
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; the schema is distill.recipes.Recipe)"
+    if kind == "missing":
+        return "required field is missing"
+    message = item["msg"].removeprefix("Value error, ")
+    got = item.get("input")
+    return message if isinstance(got, dict) else f"{message} (got {got!r})"
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    by_field: dict[str, list[str]] = {}
+    for item in error.errors():
+        by_field.setdefault(_field_path(item["loc"]), []).append(_describe(item))
+    lines = [f"{source}: the recipe has {len(by_field)} problem(s):"]
+    for field, messages in by_field.items():
+        specific = [m for m in messages if not m.startswith("Input should be a valid number")]
+        if len(specific) < len(messages) and any("ScheduleSpec" in m for m in specific):
+            got = specific[0].rpartition(" (got ")[2]
+            specific = [
+                "expected a number or a schedule such as "
+                f"{{kind: warmup, value: 1.0, epochs: 20}} (got {got}"
+            ]
+        lines.append(f"  {field}: {'; '.join(specific or messages)}")
+    return "\n".join(lines)
+
+
+def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError(
+            f"{source}: a recipe is a YAML mapping of sections, got {type(raw).__name__}"
+        )
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise RecipeError(_format_errors(error, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    return raw if raw is not None else {}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate_recipe(raw, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (every default written out)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def build_term(name: str, spec: TermSpec, steps_per_epoch: int) -> Term:
+    def value(v):
+        return v if isinstance(v, (int, float)) or v is None else v.build(steps_per_epoch)
+
+    try:
+        return Term(
+            getattr(losses, spec.loss),
+            weight=value(spec.weight),
+            temperature=value(spec.temperature),
+            student=spec.student,
+            teacher=spec.teacher,
+            **spec.options,
+        )
+    except TypeError as error:
+        raise RecipeError(f"objective.{name}: {error}") from None
+
+
+def build_objective(terms: dict[str, TermSpec], steps_per_epoch: int) -> Objective:
+    return Objective(
+        {name: build_term(name, spec, steps_per_epoch) for name, spec in terms.items()}
+    )

@@ -1,0 +1,166 @@
+"""The recipe schema: a YAML file, validated field by field, that never executes code.
+
+A recipe names the data, the teacher and the student (``zoo:``, ``torchvision:``, ``timm:``,
+``hf:`` or a previous run directory), the objective's terms, the training settings and
+where outputs go. ``recipes/*.yaml`` in the repository are examples; ``distill run`` takes
+any of them with ``--set a.b=c`` overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distill import losses, schedules
+from distill.data import DATASETS
+from distill.engine import TrainConfig
+
+LossName = Literal[tuple(losses.__all__)]  # type: ignore[valid-type]
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScheduleSpec(Strict):
+    """A value that changes over training: ``{kind: warmup, value: 1.0, epochs: 20}``."""
+
+    kind: Literal["constant", "linear", "cosine", "warmup"]
+    value: float | None = None
+    start: float | None = None
+    end: float | None = None
+    steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> ScheduleSpec:
+        need = {
+            "constant": ("value",),
+            "warmup": ("value",),
+            "linear": ("start", "end"),
+            "cosine": ("start", "end"),
+        }[self.kind]
+        missing = [name for name in need if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} schedule needs {', '.join(missing)}")
+        if self.kind == "warmup" and self.steps is None and self.epochs is None:
+            raise ValueError("a warmup schedule needs steps or epochs")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        return self
+
+    def build(self, steps_per_epoch: int) -> schedules.Schedule:
+        steps = self.steps
+        if self.epochs is not None:
+            steps = max(1, round(self.epochs * steps_per_epoch))
+        if self.kind == "constant":
+            return schedules.Constant(self.value)  # type: ignore[arg-type]
+        if self.kind == "warmup":
+            return schedules.Warmup(self.value, steps)  # type: ignore[arg-type]
+        kind = schedules.Linear if self.kind == "linear" else schedules.Cosine
+        return kind(self.start, self.end, steps)  # type: ignore[arg-type]
+
+
+Scheduled = float | ScheduleSpec
+
+
+class TermSpec(Strict):
+    """One objective term: a built-in loss, its weight, temperature, taps and options."""
+
+    loss: LossName
+    weight: Scheduled = 1.0
+    temperature: Scheduled | None = None
+    student: str | None = Field(None, description="student tap path, for feature losses")
+    teacher: str | None = Field(None, description="teacher tap path, for feature losses")
+    options: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+
+class ModelSpec(Strict):
+    """``model`` is ``zoo:<name>``, ``torchvision:<name>``, ``timm:<name>``, ``hf:<id|dir>``
+    or the directory of an earlier distill run (its student, with its weights)."""
+
+    model: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = Field(None, description="safetensors weights to load")
+    pretrained: bool = False
+
+
+class TrainSpec(TrainConfig):
+    """TrainConfig's settings plus the budget. ``run_dir`` comes from ``output.dir``."""
+
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainSpec:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("give epochs or max_steps")
+        if self.run_dir is not None:
+            raise ValueError("run_dir is set by output.dir and the run name, not in train")
+        return self
+
+
+class TeacherSpec(ModelSpec):
+    """The teacher: weights from ``checkpoint`` or a run directory, else trained with
+    ``train`` once and cached (``distill teacher`` does it explicitly)."""
+
+    train: TrainSpec | None = None
+    autocast: Literal["no", "bf16", "fp16"] = "no"
+    cache: bool = Field(True, description="reuse a teacher trained earlier with the same spec")
+
+
+class DataSpec(Strict):
+    dataset: DatasetName
+    path: Path | None = Field(None, description="folder with the files; None: the defaults")
+    download: bool = True
+    image_size: int = Field(32, ge=8, description="image_folder only")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    labeled: int | None = Field(
+        None,
+        ge=1,
+        description="labelled training examples; the other inputs form a transfer "
+        "set that only the teacher labels (None: every example keeps its label)",
+    )
+    augment: bool = Field(False, description="random crop (padding 4) and horizontal flip")
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    num_workers: int = Field(0, ge=0)
+    split_seed: int = 0
+
+
+class OutputSpec(Strict):
+    dir: Path = Path("runs")
+    latency_repeats: int = Field(50, ge=1, description="timed batch-1 forwards per model")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    data: DataSpec
+    teacher: TeacherSpec | None = None
+    student: ModelSpec
+    objective: dict[str, TermSpec]
+    train: TrainSpec
+    baseline: bool = Field(True, description="also train a label-only student, same budget")
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _teacher_if_needed(self) -> Recipe:
+        if not self.objective:
+            raise ValueError("objective needs at least one term")
+        if self.teacher is None:
+            reads = [name for name, t in self.objective.items() if _reads_teacher(t)]
+            if reads:
+                raise ValueError(f"objective terms {reads} read the teacher, but no teacher is set")
+        return self
+
+
+def _reads_teacher(term: TermSpec) -> bool:
+    import inspect
+
+    params = inspect.signature(getattr(losses, term.loss)).parameters
+    return any(name.startswith("teacher_") for name in params)

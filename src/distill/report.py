@@ -1,0 +1,193 @@
+"""The run report: ``report.md`` and a self-contained ``report.html`` with PNG plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+PLOTS = "plots"
+LABELS = {"teacher": "teacher", "baseline": "student, labels only", "student": "student, distilled"}
+COLORS = {"teacher": "#444444", "baseline": "#1f77b4", "student": "#d62728"}
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def table_rows(summary: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for key, label in LABELS.items():
+        m = summary["models"].get(key)
+        if m is None:
+            continue
+        kl = m.get("kl_to_teacher")
+        rows.append(
+            [
+                label,
+                f"{100 * m['accuracy']:.2f}%",
+                f"{m['parameters']:,}",
+                f"{m['size_bytes'] / 1024:,.0f} KiB",
+                f"{m['latency_ms']:.3f} ms",
+                "" if kl is None or key == "teacher" else f"{kl:.3f}",
+                f"{m.get('train_seconds', 0.0):.0f} s",
+            ]
+        )
+    return rows
+
+
+HEADER = [
+    "model",
+    "test accuracy",
+    "parameters",
+    "size on disk",
+    "CPU latency / example",
+    "KL to teacher",
+    "train time",
+]
+
+
+FOOTNOTE = (
+    "Accuracy is on the test split, used once after training; the students were selected on a "
+    "validation split carved from the training data. Latency: median batch-1 forward on the CPU."
+)
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    gain = summary.get("gain_over_baseline")
+    if gain is None:
+        return ""
+    closed = summary.get("gap_closed")
+    change = "gains" if gain >= 0 else "loses"
+    text = f"Distillation {change} {100 * abs(gain):.2f} points over the label-only student"
+    if closed is not None:
+        text += f" and closes {100 * closed:.0f}% of its gap to the teacher"
+    return text + "."
+
+
+def plot_training_curves(run_dir: Path, out: Path) -> None:
+    student = read_metrics(run_dir / "metrics.jsonl")
+    baseline = read_metrics(run_dir / "baseline" / "metrics.jsonl")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    terms = sorted({k for row in student for k in row if k.startswith("loss/")})
+    for key in terms:
+        points = [(r["step"], r[key]) for r in student if key in r]
+        left.plot(*zip(*points, strict=True), label=f"distilled: {key[5:]}")
+    points = [(r["step"], r["loss/ce"]) for r in baseline if "loss/ce" in r]
+    if points:
+        left.plot(
+            *zip(*points, strict=True), label="labels only: ce", color=COLORS["baseline"], ls="--"
+        )
+    left.set(
+        xlabel="optimizer step",
+        ylabel="loss term (unweighted)",
+        yscale="log",
+        title="training losses",
+    )
+    left.legend(fontsize=8)
+    for rows, key in ((baseline, "baseline"), (student, "student")):
+        points = [(r["step"], 100 * r["val/accuracy"]) for r in rows if "val/accuracy" in r]
+        if points:
+            right.plot(*zip(*points, strict=True), marker="o", label=LABELS[key], color=COLORS[key])
+    right.set(
+        xlabel="optimizer step", ylabel="validation accuracy (%)", title="validation accuracy"
+    )
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, label in LABELS.items():
+        m = summary["models"].get(key)
+        if m is not None:
+            ax.scatter(m["parameters"], 100 * m["accuracy"], s=60, color=COLORS[key], label=label)
+    ax.set(
+        xscale="log",
+        xlabel="parameters (log scale)",
+        ylabel="test accuracy (%)",
+        title="accuracy against size",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
+    """Write the plots, report.md and report.html; returns their paths."""
+    plots = run_dir / PLOTS
+    plots.mkdir(exist_ok=True)
+    figures = {
+        "training_curves": (
+            plots / "training_curves.png",
+            "Training losses per term and validation accuracy",
+        ),
+        "accuracy_vs_parameters": (
+            plots / "accuracy_vs_parameters.png",
+            "Test accuracy against parameter count",
+        ),
+    }
+    plot_training_curves(run_dir, figures["training_curves"][0])
+    plot_accuracy_vs_parameters(summary, figures["accuracy_vs_parameters"][0])
+
+    title = f"distill run: {summary['name']}"
+    intro = [
+        summary.get("description") or "",
+        f"Data: {summary['dataset']}, {summary['regime']}.",
+        f"Teacher {summary['teacher_model']}, student {summary['student_model']}, objective "
+        + ", ".join(f"{k} ({v})" for k, v in summary["objective"].items())
+        + f"; {summary['steps']} optimizer steps for each student, same seed.",
+        verdict(summary),
+    ]
+    rows = table_rows(summary)
+    md = [f"# {title}", "", *[p for p in intro if p], "", markdown_table(HEADER, rows), ""]
+    for path, caption in figures.values():
+        md += [f"![{caption}]({PLOTS}/{path.name})", ""]
+    md.append(FOOTNOTE)
+    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    body_rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    images = "".join(
+        f'<figure><img id="{name}" alt="{html.escape(caption)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(caption)} '
+        f"({PLOTS}/{path.name})</figcaption></figure>"
+        for name, (path, caption) in figures.items()
+    )
+    paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in intro if p)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head>
+<body><h1>{html.escape(title)}</h1>{paragraphs}<table><tr>{cells}</tr>{body_rows}</table>{images}
+<p>{html.escape(FOOTNOTE)}</p>
+</body></html>
+"""
+    (run_dir / "report.html").write_text(page)
+    return {
+        "md": run_dir / "report.md",
+        "html": run_dir / "report.html",
+        **{k: v[0] for k, v in figures.items()},
+    }

@@ -1,0 +1,29 @@
+from distill.pipeline import _gap_closed, teacher_cache_dir
+from distill.recipes import apply_overrides, validate_recipe
+
+from .test_recipes import GOOD
+
+
+def test_gap_closed():
+    models = {
+        "teacher": {"accuracy": 0.9},
+        "baseline": {"accuracy": 0.8},
+        "student": {"accuracy": 0.85},
+    }
+    assert abs(_gap_closed(models) - 0.5) < 1e-12
+    assert _gap_closed({**models, "teacher": {"accuracy": 0.7}}) is None
+    assert _gap_closed({"student": {"accuracy": 0.8}}) is None
+
+
+def test_teacher_cache_key_follows_what_shapes_the_teacher(isolated_cache):
+    base = teacher_cache_dir(validate_recipe(GOOD))
+    same = teacher_cache_dir(validate_recipe(apply_overrides(GOOD, ["train.epochs=9"])))
+    assert same == base  # student settings do not change the teacher
+    for change in (
+        "teacher.train.epochs=3",
+        "seed=1",
+        "data.split_seed=2",
+        "teacher.args.hidden=7",
+    ):
+        assert teacher_cache_dir(validate_recipe(apply_overrides(GOOD, [change]))) != base
+    assert str(base).startswith(str(isolated_cache))
