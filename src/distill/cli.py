@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +31,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="print only a JSON resu
 OutOption = Annotated[
     Path | None, typer.Option("--out", help="run directory (default: <output.dir>/<name>)")
 ]
+
+
+# the report's columns, short enough for an 80-column terminal
+TERMINAL_HEADER = ["model", "test acc.", "params", "size", "CPU ms/ex.", "KL to T", "train"]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -58,14 +63,14 @@ def _logger(quiet: bool, as_json: bool):
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
-    from distill.report import HEADER, table_rows
+    from distill.report import table_rows
 
-    table = Table(title=f"distill: {summary['name']}", title_justify="left")
-    for i, column in enumerate(HEADER):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in table_rows(summary):
-        style = "bold green" if row[0] == "student, distilled" else None
-        table.add_row(*row, style=style)
+    table = Table(title=f"distill: {summary['name']}", title_justify="left", box=box.SIMPLE)
+    for i, column in enumerate(TERMINAL_HEADER):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
+    for model, *cells in table_rows(summary):
+        style = "bold green" if model == "student, distilled" else None
+        table.add_row(model.removeprefix("student, "), *cells, style=style)
     return table
 
 

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 
 PLOTS = "plots"
 LABELS = {"teacher": "teacher", "baseline": "student, labels only", "student": "student, distilled"}
+TERM_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
 COLORS = {"teacher": "#444444", "baseline": "#1f77b4", "student": "#d62728"}
 
 
@@ -79,9 +80,9 @@ def plot_training_curves(run_dir: Path, out: Path) -> None:
     baseline = read_metrics(run_dir / "baseline" / "metrics.jsonl")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     terms = sorted({k for row in student for k in row if k.startswith("loss/")})
-    for key in terms:
+    for key, color in zip(terms, TERM_COLORS * len(terms), strict=False):
         points = [(r["step"], r[key]) for r in student if key in r]
-        left.plot(*zip(*points, strict=True), label=f"distilled: {key[5:]}")
+        left.plot(*zip(*points, strict=True), label=f"distilled: {key[5:]}", color=color)
     points = [(r["step"], r["loss/ce"]) for r in baseline if "loss/ce" in r]
     if points:
         left.plot(
