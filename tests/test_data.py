@@ -111,3 +111,14 @@ def test_mnist1d():
     train, test, classes = load_dataset("mnist1d")
     assert classes == 10 and len(train) == 4000 and len(test) == 1000
     assert train[0][0].shape == (1, 40)
+
+
+def test_download_checks_the_official_md5(tmp_path, monkeypatch):
+    def fake_download(url, target):
+        assert url.startswith(idx.SOURCE)
+        target.write_bytes(b"not the real file")
+
+    monkeypatch.setattr(idx.urllib.request, "urlretrieve", fake_download)
+    with pytest.raises(ValueError, match="official MD5"):
+        idx.download(tmp_path)
+    assert not list(tmp_path.glob("*.gz")) and not list(tmp_path.glob("*.part"))
