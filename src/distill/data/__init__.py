@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from distill.data.idx import load_fashion_mnist, read_idx
+from distill.data.idx import fashion_mnist_available, load_fashion_mnist, read_idx
 from distill.data.mnist1d import load_mnist1d
 from distill.data.resumable import EpochSampler, ResumableLoader
 from distill.data.splits import WithoutLabels, labeled_split, train_val_split
@@ -36,12 +36,6 @@ def load_dataset(
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return train, test, NUM_CLASSES[name]
-
-
-def fashion_mnist_available(path: str | Path | None = None) -> bool:
-    from distill.data import idx
-
-    return any(idx._has_files(folder) for folder in idx._candidates(path))
 
 
 __all__ = [

@@ -132,6 +132,11 @@ def locate(path: str | Path | None = None, allow_download: bool = True) -> Path:
     )
 
 
+def fashion_mnist_available(path: str | Path | None = None) -> bool:
+    """Whether the four files are on this machine already (no download is tried)."""
+    return any(_has_files(folder) for folder in _candidates(path))
+
+
 def load_fashion_mnist(
     path: str | Path | None = None, allow_download: bool = True
 ) -> tuple[TensorDataset, TensorDataset]:
