@@ -1,0 +1,209 @@
+"""Token-level distillation through the LM heads, without materialising full logits.
+
+``lm_head_kd`` takes the *hidden states* that enter the student's and the teacher's LM
+heads, and the heads' weights, instead of logits. It walks the tokens in chunks; for each
+chunk it computes both models' logits, the divergence (and optionally the label
+cross-entropy), and the student's gradient with respect to that chunk's logits, which it
+turns at once into gradients for the hidden states and the head weight. Peak memory is a
+few (chunk × vocab) buffers instead of (tokens × vocab) for each model and its softmax.
+The same per-chunk divergences as ``losses.logits`` are used, so the two agree exactly.
+
+Reduction: the sum over selected tokens divided by ``global_count`` (default: the number
+of selected tokens here). Pass the token count of the whole optimizer step — across
+accumulation micro-batches and ranks — to make the result independent of how the tokens
+were split. Identical for any ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from distill.losses.logits import cross_entropy, jsd, kl, reverse_kl, skew_kl, skew_reverse_kl, tvd
+
+Divergence = Literal["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+IGNORE_INDEX = -100
+
+
+def _divergence(name: str, beta: float, skew: float) -> Callable[..., Tensor]:
+    table: dict[str, Callable[..., Tensor]] = {
+        "kl": kl,
+        "reverse_kl": reverse_kl,
+        "jsd": functools.partial(jsd, beta=beta),
+        "skew_kl": functools.partial(skew_kl, skew=skew),
+        "skew_reverse_kl": functools.partial(skew_reverse_kl, skew=skew),
+        "tvd": tvd,
+    }
+    if name not in table:
+        raise ValueError(f"divergence must be one of {', '.join(table)}, got {name!r}")
+    return table[name]
+
+
+def _softcap(logits: Tensor, cap: float | None) -> Tensor:
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    out = hidden @ weight.T
+    return out if bias is None else out + bias
+
+
+class _ChunkedLMHeadKD(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, selected, labels, settings
+    ):
+        divergence, temperature, kd_weight, ce_weight, softcap, chunk, count = settings
+        needs_grad = any(ctx.needs_input_grad[:3])
+        acc = torch.promote_types(s_hidden.dtype, torch.float32)  # float32, or float64
+        grad_hidden = torch.zeros_like(s_hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(s_weight, dtype=acc) if needs_grad else None
+        grad_bias = (
+            torch.zeros_like(s_bias, dtype=acc)
+            if needs_grad and s_bias is not None
+            else None
+        )
+        total = torch.zeros((), dtype=acc, device=s_hidden.device)
+        for start in range(0, s_hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            chunk_mask = selected[rows]
+            chunk_count = int(chunk_mask.sum())
+            if chunk_count == 0:
+                continue
+            h = s_hidden[rows]
+            teacher = _softcap(_logits(t_hidden[rows], t_weight, t_bias).to(acc), softcap)
+            with torch.enable_grad():
+                logits = _logits(h, s_weight, s_bias).to(acc).detach().requires_grad_(needs_grad)
+                student = _softcap(logits, softcap)
+                value = kd_weight * divergence(
+                    student, teacher, temperature=temperature, mask=chunk_mask
+                )
+                if ce_weight:
+                    value = value + ce_weight * cross_entropy(
+                        student, labels[rows], mask=chunk_mask
+                    )
+                value = value * (chunk_count / count)
+                if needs_grad:
+                    (grad_logits,) = torch.autograd.grad(value, logits)
+            total += value.detach()
+            if needs_grad:
+                g = grad_logits.to(s_weight.dtype)
+                grad_hidden[rows] = g @ s_weight
+                grad_weight += (g.T @ h).to(acc)
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (s_weight.dtype, None if s_bias is None else s_bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        scale = grad_output
+        return (
+            None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
+            None if grad_weight is None else (grad_weight * scale).to(weight_dtype),
+            None if grad_bias is None else (grad_bias * scale).to(bias_dtype),
+            *([None] * 6),
+        )
+
+
+def lm_head_kd(
+    student_hidden: Tensor,
+    student_head: Tensor,
+    teacher_hidden: Tensor,
+    teacher_head: Tensor,
+    *,
+    divergence: Divergence = "kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+    labels: Tensor | None = None,
+    mask: Tensor | None = None,
+    kd_weight: float = 1.0,
+    ce_weight: float = 0.0,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    vocab_size: int | None = None,
+    softcap: float | None = None,
+    chunk_size: int = 1024,
+    global_count: int | None = None,
+) -> Tensor:
+    """Token-level KD between two LM heads, chunk by chunk over tokens.
+
+    Formula: with z_s = softcap(h_s W_sᵀ + b_s) and z_t = softcap(h_t W_tᵀ + b_t) over the
+    first ``vocab_size`` columns, ``softcap(z) = c · tanh(z / c)`` when ``softcap=c``,
+    ``loss = (1 / count) Σ_selected [kd_weight · D_T(z_s, z_t) + ce_weight · CE(z_s, y)]``
+    where D is ``kl`` (forward, Hinton), ``reverse_kl`` (MiniLLM), ``jsd`` with ``beta``
+    (GKD), ``skew_kl`` / ``skew_reverse_kl`` with ``skew`` (DistiLLM) or ``tvd``, each as
+    defined in ``losses.logits`` (T² scaling for the KL family).
+    Reduction: sum over selected tokens / ``global_count`` (default: selected here).
+    Papers: Hinton et al. 2015; Agarwal et al. 2024 (GKD); Ko et al. 2024 (DistiLLM);
+    Gu et al. 2024 (MiniLLM). Chunked LM-head losses as in Liger-Kernel.
+
+    Shapes: hidden (N, H) or (B, T, H); heads (V, H_s) and (V_t, H_t); ``labels`` and
+    ``mask`` with the hidden states' leading shape (the caller shifts labels for causal
+    LMs). Selected tokens: ``mask`` (all if None) and, when ``labels`` is given, labels not
+    equal to -100. A teacher head padded beyond the real vocabulary (Qwen pads to a
+    multiple of 128) is handled by ``vocab_size=<tokenizer size>``: later columns of either
+    head are ignored. Different head sizes without ``vocab_size`` are refused.
+    """
+    v_s, v_t = student_head.shape[0], teacher_head.shape[0]
+    if vocab_size is None:
+        if v_s != v_t:
+            raise ValueError(
+                f"student head has {v_s} rows, teacher head {v_t}: the vocabularies differ. "
+                "If one head is only padded (same tokenizer), pass vocab_size=<tokenizer "
+                "size>; different tokenizers cannot be distilled token by token"
+            )
+        vocab_size = v_s
+    if vocab_size > min(v_s, v_t):
+        raise ValueError(f"vocab_size={vocab_size} exceeds a head's rows ({v_s}, {v_t})")
+    if ce_weight and labels is None:
+        raise ValueError("ce_weight > 0 needs labels")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    s_hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
+    t_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
+    if s_hidden.shape[0] != t_hidden.shape[0]:
+        raise ValueError(
+            f"student has {s_hidden.shape[0]} tokens, teacher {t_hidden.shape[0]}: they must "
+            "be the same positions of the same sequences"
+        )
+    selected = torch.ones(s_hidden.shape[0], dtype=torch.bool, device=s_hidden.device)
+    if mask is not None:
+        selected = selected & mask.reshape(-1).bool()
+    flat_labels = None
+    if labels is not None:
+        flat_labels = labels.reshape(-1)
+        selected = selected & (flat_labels != IGNORE_INDEX)
+    count = int(selected.sum()) if global_count is None else int(global_count)
+    if count == 0:
+        return (s_hidden.sum() + student_head.sum()) * 0.0
+    settings = (
+        _divergence(divergence, beta, skew),
+        temperature,
+        kd_weight,
+        ce_weight,
+        softcap,
+        chunk_size,
+        count,
+    )
+    s_bias = None if student_bias is None else student_bias[:vocab_size]
+    t_bias = None if teacher_bias is None else teacher_bias[:vocab_size]
+    return _ChunkedLMHeadKD.apply(
+        s_hidden,
+        student_head[:vocab_size],
+        s_bias,
+        t_hidden.detach(),
+        teacher_head[:vocab_size].detach(),
+        None if t_bias is None else t_bias.detach(),
+        selected,
+        flat_labels,
+        settings,
+    )
