@@ -63,9 +63,7 @@ class _ChunkedLMHeadKD(torch.autograd.Function):
         grad_hidden = torch.zeros_like(s_hidden) if needs_grad else None
         grad_weight = torch.zeros_like(s_weight, dtype=acc) if needs_grad else None
         grad_bias = (
-            torch.zeros_like(s_bias, dtype=acc)
-            if needs_grad and s_bias is not None
-            else None
+            torch.zeros_like(s_bias, dtype=acc) if needs_grad and s_bias is not None else None
         )
         total = torch.zeros((), dtype=acc, device=s_hidden.device)
         for start in range(0, s_hidden.shape[0], chunk):
