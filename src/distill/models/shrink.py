@@ -1,0 +1,90 @@
+"""Students from teachers: keep a subset of a transformer's layers, with their weights.
+
+DistilBERT keeps every other layer of BERT; Minitron-style depth pruning keeps the layers
+that matter. ``student_from_teacher`` copies the teacher, keeps the chosen blocks of its
+layer stack (embeddings, final norm and head come along) and updates the config, so the
+student starts from the teacher's weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+from torch import nn
+
+# where common architectures keep their stack of blocks
+LAYER_PATHS = (
+    "model.layers",  # Llama, Mistral, Qwen, Gemma, SmolLM
+    "model.decoder.layers",  # OPT, BART decoders
+    "transformer.h",  # GPT-2, GPT-J, Falcon
+    "gpt_neox.layers",
+    "bert.encoder.layer",  # BERT heads (masked LM, classification)
+    "encoder.layer",  # BertModel
+    "distilbert.transformer.layer",
+    "roberta.encoder.layer",
+)
+LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The dotted path and ``ModuleList`` of the model's transformer blocks."""
+    for path in LAYER_PATHS:
+        try:
+            found = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(found, nn.ModuleList):
+            return path, found
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of layers to choose from")
+    return max(lists, key=lambda item: len(item[1]))
+
+
+def uniform_layers(total: int, keep: int) -> list[int]:
+    """``keep`` layer indices spread evenly over ``total``, always keeping the last one."""
+    if not 1 <= keep <= total:
+        raise ValueError(f"cannot keep {keep} of {total} layers")
+    return sorted({round((i + 1) * total / keep) - 1 for i in range(keep)})
+
+
+def student_from_teacher(
+    teacher: nn.Module, keep: Sequence[int] | int | str = "every_other"
+) -> nn.Module:
+    """A copy of ``teacher`` with only the layers ``keep`` selects, weights included.
+
+    ``keep`` is a list of layer indices, a number of layers (spread uniformly), or
+    ``"every_other"`` (layers 0, 2, 4, …, as DistilBERT).
+    """
+    student = copy.deepcopy(teacher)
+    path, layers = layer_stack(student)
+    total = len(layers)
+    if keep == "every_other":
+        indices = list(range(0, total, 2))
+    elif isinstance(keep, int):
+        indices = uniform_layers(total, keep)
+    elif isinstance(keep, str):
+        raise ValueError(f"keep must be indices, a count or 'every_other', got {keep!r}")
+    else:
+        indices = list(keep)
+    bad = [i for i in indices if not 0 <= i < total]
+    if bad or not indices or len(set(indices)) != len(indices):
+        raise ValueError(f"layer indices {indices} must be distinct and within 0..{total - 1}")
+    parent_path, _, attr = path.rpartition(".")
+    parent = student.get_submodule(parent_path) if parent_path else student
+    kept = nn.ModuleList([layers[i] for i in indices])
+    setattr(parent, attr, kept)
+    for new_index, layer in enumerate(kept):
+        for module in layer.modules():  # KV-cache slots are addressed by layer index
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    config = getattr(student, "config", None)
+    if config is not None:
+        for field in LAYER_COUNT_FIELDS:
+            if hasattr(config, field):
+                setattr(config, field, len(indices))
+        layer_types = getattr(config, "layer_types", None)
+        if isinstance(layer_types, list) and len(layer_types) == total:
+            config.layer_types = [layer_types[i] for i in indices]
+    return student
