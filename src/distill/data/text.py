@@ -1,0 +1,172 @@
+"""Text data for language-model distillation: packed plain text and chat/instruction rows.
+
+Rows are dicts the engine reads directly: ``input_ids`` (L,), ``labels`` (L,) holding the
+*next* token at each position (so ``logits[t]`` is scored against ``labels[t]``, no shift
+needed downstream), ``loss_mask`` (L,) and, for padded rows, ``attention_mask``.
+
+- ``read_documents``: ``.txt`` files (documents separated by blank lines) and ``.jsonl``
+  files (a ``text`` field, or ``prompt``/``completion``, or chat ``messages``).
+- ``PackedText``: documents tokenised, joined with the EOS token and cut into blocks of
+  ``seq_len + 1`` tokens (every token is trained on; no padding).
+- ``ChatExamples``: one conversation per row through the tokenizer's chat template; only
+  the answer (the last assistant turn, or ``completion``) is scored; padded to ``seq_len``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+IGNORE_INDEX = -100
+
+
+def read_documents(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Records from .txt / .jsonl files: ``{"text": ...}``, ``{"prompt", "completion"}`` or
+    ``{"messages": [...]}``; a clear error names the file and line that fits none."""
+    files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    records: list[dict[str, Any]] = []
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"text file {file} does not exist")
+        if file.suffix == ".jsonl":
+            for number, line in enumerate(file.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{file}:{number}: not valid JSON ({error})") from None
+                if not isinstance(record, dict) or not (
+                    "text" in record or "messages" in record or "prompt" in record
+                ):
+                    raise ValueError(
+                        f"{file}:{number}: a record needs 'text', 'messages' or "
+                        "'prompt'/'completion'"
+                    )
+                records.append(record)
+        else:
+            blocks = [b.strip() for b in file.read_text().split("\n\n")]
+            records += [{"text": b} for b in blocks if b]
+    return records
+
+
+def _eos_id(tokenizer: Any) -> int:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id; set tokenizer.eos_token")
+    return int(eos)
+
+
+class PackedText(Dataset):
+    """Plain-text documents packed into blocks of ``seq_len`` inputs (+1 for the labels)."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], tokenizer: Any, seq_len: int) -> None:
+        texts = [r["text"] for r in records if "text" in r]
+        if not texts:
+            raise ValueError("no 'text' records to pack")
+        eos = _eos_id(tokenizer)
+        stream: list[int] = []
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            stream += [*ids, eos]
+        blocks = len(stream) // (seq_len + 1)
+        if blocks == 0:
+            raise ValueError(
+                f"{len(stream)} tokens cannot fill one block of seq_len + 1 = {seq_len + 1}"
+            )
+        self.blocks = torch.tensor(stream[: blocks * (seq_len + 1)]).view(blocks, seq_len + 1)
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        block = self.blocks[index]
+        labels = block[1:].clone()
+        return {
+            "input_ids": block[:-1],
+            "labels": labels,
+            "loss_mask": torch.ones_like(labels, dtype=torch.bool),
+        }
+
+
+def _conversation(record: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(prompt messages, full messages) of a chat or prompt/completion record."""
+    if "messages" in record:
+        messages = list(record["messages"])
+        if not messages or messages[-1].get("role") != "assistant":
+            raise ValueError("a 'messages' record must end with an assistant turn (the answer)")
+        return messages[:-1], messages
+    prompt = [{"role": "user", "content": record["prompt"]}]
+    return prompt, [*prompt, {"role": "assistant", "content": record.get("completion", "")}]
+
+
+class ChatExamples(Dataset):
+    """One conversation per row; the loss covers the answer tokens only."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], tokenizer: Any, seq_len: int) -> None:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
+        self.rows = []
+        for record in records:
+            if "text" in record and "messages" not in record and "prompt" not in record:
+                continue
+            prompt, full = _conversation(record)
+            prompt_ids = tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=True
+            )
+            full_ids = tokenizer.apply_chat_template(full, tokenize=True)
+            prompt_ids, full_ids = _ids(prompt_ids), _ids(full_ids)
+            if full_ids[: len(prompt_ids)] != prompt_ids:
+                raise ValueError(
+                    "the chat template renders the prompt differently inside the full chat"
+                )
+            ids = torch.tensor(full_ids[: seq_len + 1])
+            labels = ids[1:].clone()
+            labels[: max(0, len(prompt_ids) - 1)] = IGNORE_INDEX
+            inputs = ids[:-1]
+            length = inputs.shape[0]
+            pad_len = seq_len - length
+            self.rows.append(
+                {
+                    "input_ids": torch.cat([inputs, torch.full((pad_len,), pad)]),
+                    "attention_mask": torch.cat(
+                        [
+                            torch.ones(length, dtype=torch.long),
+                            torch.zeros(pad_len, dtype=torch.long),
+                        ]
+                    ),
+                    "labels": torch.cat([labels, torch.full((pad_len,), IGNORE_INDEX)]),
+                }
+            )
+            self.rows[-1]["loss_mask"] = self.rows[-1]["labels"] != IGNORE_INDEX
+        if not self.rows:
+            raise ValueError("no chat or prompt/completion records")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.rows[index]
+
+
+def _ids(value: Any) -> list[int]:
+    """apply_chat_template may return a list, a tensor or a BatchEncoding."""
+    if hasattr(value, "keys") and "input_ids" in value:
+        value = value["input_ids"]
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return list(value)
+
+
+def load_hf_dataset(name: str, split: str = "train", **kwargs: Any) -> list[dict[str, Any]]:
+    """Records from a Hugging Face ``datasets`` dataset (needs ``pip install datasets``)."""
+    try:
+        import datasets
+    except ImportError as error:
+        raise ImportError("Hugging Face datasets are read with: pip install datasets") from error
+    return [dict(row) for row in datasets.load_dataset(name, split=split, **kwargs)]

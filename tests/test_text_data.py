@@ -1,0 +1,99 @@
+"""Packed text and chat rows, with a word-level tokenizer built in the test."""
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from distill.data.text import ChatExamples, PackedText, read_documents
+
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "a",
+    "dog",
+    "ran",
+    "far",
+    "what",
+    "did",
+    "do",
+    "it",
+    "answer",
+    "is",
+    "yes",
+    "no",
+]
+SPECIAL = ["<unk>", "<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = {token: i for i, token in enumerate([*SPECIAL, *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
+    )
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+    )
+    return tok
+
+
+def test_read_documents(tmp_path):
+    (tmp_path / "a.txt").write_text("the cat sat\n\non the mat\n")
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"text": "a dog ran"})
+        + "\n"
+        + json.dumps({"prompt": "what did the cat do", "completion": "it sat"})
+        + "\n"
+    )
+    records = read_documents([tmp_path / "a.txt", tmp_path / "b.jsonl"])
+    assert [r.get("text") for r in records[:3]] == ["the cat sat", "on the mat", "a dog ran"]
+    (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
+        read_documents(tmp_path / "bad.jsonl")
+
+
+def test_packed_text_labels_are_the_next_tokens(tokenizer):
+    records = [{"text": "the cat sat on the mat"}, {"text": "a dog ran far"}]
+    data = PackedText(records, tokenizer, seq_len=4)
+    stream = tokenizer("the cat sat on the mat", add_special_tokens=False)["input_ids"]
+    stream_2 = tokenizer("a dog ran far", add_special_tokens=False)["input_ids"]
+    assert len(data) == 2  # 6 + 1 + 4 + 1 = 12 tokens -> two blocks of 5
+    row = data[0]
+    assert row["input_ids"].tolist() == stream[:4]
+    assert row["labels"].tolist() == stream[1:5]
+    assert bool(row["loss_mask"].all())
+    eos = tokenizer.eos_token_id
+    # the second block: the last word of document 1, EOS, then document 2 begins
+    assert data[1]["input_ids"].tolist() == [stream[5], eos, *stream_2[:2]]
+    assert data[1]["labels"].tolist() == [eos, *stream_2[:3]]
+
+
+def test_chat_rows_score_only_the_answer(tokenizer):
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": "what did the cat do"},
+                {"role": "assistant", "content": "it sat"},
+            ]
+        }
+    ]
+    data = ChatExamples(records, tokenizer, seq_len=16)
+    row = data[0]
+    scored = row["labels"][row["loss_mask"]].tolist()
+    answer = tokenizer("it sat <|end|>", add_special_tokens=False)["input_ids"]
+    assert scored == answer
+    assert row["input_ids"].shape == (16,) and int(row["attention_mask"].sum()) < 16
+    assert torch.equal(
+        row["labels"][~row["loss_mask"]], torch.full_like(row["labels"][~row["loss_mask"]], -100)
+    )
+    with pytest.raises(ValueError, match="assistant"):
+        ChatExamples([{"messages": [{"role": "user", "content": "the"}]}], tokenizer, 8)
