@@ -125,3 +125,51 @@ def test_token_kd_with_hidden_state_matching_lowers_the_kd_loss():
     ).fit(data, max_steps=20)
     assert set(objective.terms) == {"kd", "hidden_0_1", "hidden_1_3"}
     assert sum(history[-3:]) / 3 < 0.7 * sum(history[:3]) / 3
+
+
+def test_token_kd_term_equals_the_logit_kl_and_trains():
+    from distill.losses.tokens import token_kd_term
+
+    teacher = tiny("llama", layers=4)
+    student = student_from_teacher(teacher, keep=2)
+    batch = causal_batches(n=4)
+    ids = torch.stack([r["input_ids"] for r in batch])
+    mask = torch.stack([r["loss_mask"] for r in batch])
+    chunked = token_kd_term(student, teacher, temperature=2.0, chunk_size=5)
+    objective = Objective(kd=chunked)
+    with (
+        distill.Taps(student, ["lm_head:input"]) as s_taps,
+        distill.Taps(teacher, ["lm_head:input"]) as t_taps,
+    ):
+        s_logits = student(input_ids=ids).logits
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids).logits
+        inputs = distill.LossInputs(
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            mask=mask,
+            student_features=s_taps.pop(),
+            teacher_features=t_taps.pop(),
+        )
+        value = objective(inputs).total
+    torch.testing.assert_close(value, losses.kl(s_logits, t_logits, temperature=2.0, mask=mask))
+
+    history = []
+
+    class Record(distill.Callback):
+        def on_step_end(self, distiller, step, logs):
+            history.append(logs["loss/kd"])
+
+    torch.manual_seed(3)
+    for p in student.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    distill.Distiller(
+        student,
+        teachers.Module(teacher),
+        objective,
+        lr=3e-3,
+        progress=False,
+        select_metric=None,
+        callbacks=[Record()],
+    ).fit(torch.utils.data.DataLoader(causal_batches(), batch_size=4), max_steps=15)
+    assert sum(history[-3:]) < 0.7 * sum(history[:3])

@@ -81,6 +81,7 @@ class Term:
         self.name = getattr(loss, "__name__", type(loss).__name__)
         params = inspect.signature(loss).parameters
         self.reads = [n for n in INPUT_NAMES if n in params]
+        self.optional = {n for n in self.reads if params[n].default is not inspect.Parameter.empty}
         self._check(params)
 
     def _check(self, params: Mapping[str, inspect.Parameter]) -> None:
@@ -128,7 +129,7 @@ class Term:
                     value = projector(value)
             elif name == "teacher_features":
                 value = value[self.teacher_tap]
-            elif value is None and name != "mask":
+            elif value is None and name not in self.optional:
                 raise ValueError(f"Term({self.name}) reads {name}, but this batch has none")
             kwargs[name] = value
         temperature = None

@@ -205,3 +205,51 @@ def lm_head_kd(
         flat_labels,
         settings,
     )
+
+
+def token_kd_term(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    *,
+    weight: float = 1.0,
+    temperature: float = 1.0,
+    head: str = "lm_head",
+    ce_weight: float = 0.0,
+    **options: object,
+):
+    """An objective ``Term`` that runs ``lm_head_kd`` on two models' LM heads.
+
+    It taps the input of ``head`` (the final hidden states) on both models and reads the
+    heads' weights (and biases) at each step; ``options`` go to ``lm_head_kd``
+    (``divergence``, ``beta``, ``skew``, ``vocab_size``, ``softcap``, ``chunk_size``). With
+    ``ce_weight`` > 0 the label cross-entropy is computed in the same chunked pass and only
+    labelled tokens count.
+    """
+    from distill.objective import Term
+
+    student_head = student.get_submodule(head)
+    teacher_head = teacher.get_submodule(head)
+
+    def token_kd(
+        student_features: Tensor,
+        teacher_features: Tensor,
+        labels: Tensor | None = None,
+        mask: Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        return lm_head_kd(
+            student_features,
+            student_head.weight,
+            teacher_features,
+            teacher_head.weight,
+            temperature=temperature,
+            labels=labels if ce_weight else None,
+            mask=mask,
+            ce_weight=ce_weight,
+            student_bias=getattr(student_head, "bias", None),
+            teacher_bias=getattr(teacher_head, "bias", None),
+            **options,  # type: ignore[arg-type]
+        )
+
+    tap = f"{head}:input"
+    return Term(token_kd, weight=weight, temperature=temperature, student=tap, teacher=tap)
