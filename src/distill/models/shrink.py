@@ -57,7 +57,8 @@ def student_from_teacher(
     ``keep`` is a list of layer indices, a number of layers (spread uniformly), or
     ``"every_other"`` (layers 0, 2, 4, …, as DistilBERT).
     """
-    student = copy.deepcopy(teacher)
+    # a trainable copy, even if the teacher was frozen by teachers.Module
+    student = copy.deepcopy(teacher).requires_grad_(True).train()
     path, layers = layer_stack(student)
     total = len(layers)
     if keep == "every_other":
