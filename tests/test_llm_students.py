@@ -173,3 +173,11 @@ def test_token_kd_term_equals_the_logit_kl_and_trains():
         callbacks=[Record()],
     ).fit(torch.utils.data.DataLoader(causal_batches(), batch_size=4), max_steps=15)
     assert sum(history[-3:]) < 0.7 * sum(history[:3])
+
+
+def test_a_student_made_from_a_frozen_teacher_is_trainable():
+    teacher = tiny("gpt2")
+    teachers.Module(teacher)  # freezes the teacher: eval, requires_grad False
+    student = student_from_teacher(teacher, keep=2)
+    assert student.training and all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
