@@ -5,6 +5,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state, so a failure can be replayed."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from sklearn.datasets import load_digits
