@@ -1,6 +1,7 @@
 """The engine end to end on real digits data: KD works, resume is exact, accumulation is
 normalised, Ctrl-C checkpoints, outputs are safetensors, errors are clear."""
 
+import copy
 import json
 import signal
 
@@ -346,3 +347,23 @@ def test_bad_settings_and_inputs_are_clear_errors(digits, teacher_model):
         )
     with pytest.raises(ValueError, match="epochs= or max_steps="):
         run.fit(train)
+
+
+def test_teacher_agreement_counts_rows_where_the_top_classes_match():
+    x = torch.randn(40, 6)
+    teacher_model = nn.Linear(6, 3)
+    constant = nn.Linear(6, 3)
+    constant.weight.data.zero_()
+    constant.bias.data = torch.tensor([0.0, 1.0, 0.0])  # always predicts class 1
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, torch.zeros(40, dtype=torch.long)), batch_size=16
+    )
+    same = distill.Distiller(
+        copy.deepcopy(teacher_model), teachers.Module(teacher_model), progress=False
+    )
+    assert same.evaluate(data)["teacher_agreement"] == 1.0
+    metrics = distill.Distiller(constant, teachers.Module(teacher_model), progress=False).evaluate(
+        data
+    )
+    expected = float((teacher_model(x).argmax(-1) == 1).float().mean())
+    assert metrics["teacher_agreement"] == pytest.approx(expected)

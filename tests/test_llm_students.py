@@ -137,9 +137,10 @@ def test_token_kd_term_equals_the_logit_kl_and_trains():
     mask = torch.stack([r["loss_mask"] for r in batch])
     chunked = token_kd_term(student, teacher, temperature=2.0, chunk_size=5)
     objective = Objective(kd=chunked)
+    assert chunked.student_tap == chunked.teacher_tap == "model"  # the base model's output
     with (
-        distill.Taps(student, ["lm_head:input"]) as s_taps,
-        distill.Taps(teacher, ["lm_head:input"]) as t_taps,
+        distill.Taps(student, [chunked.student_tap]) as s_taps,
+        distill.Taps(teacher, [chunked.teacher_tap]) as t_taps,
     ):
         s_logits = student(input_ids=ids).logits
         with torch.no_grad():
@@ -163,6 +164,10 @@ def test_token_kd_term_equals_the_logit_kl_and_trains():
     torch.manual_seed(3)
     for p in student.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
+    # in training neither model computes its full logits: the heads see one position
+    head_positions = []
+    for model in (student, teacher):
+        model.lm_head.register_forward_hook(lambda m, i, o: head_positions.append(o.shape[1]))
     distill.Distiller(
         student,
         teachers.Module(teacher),
@@ -173,6 +178,7 @@ def test_token_kd_term_equals_the_logit_kl_and_trains():
         callbacks=[Record()],
     ).fit(torch.utils.data.DataLoader(causal_batches(), batch_size=4), max_steps=15)
     assert sum(history[-3:]) < 0.7 * sum(history[:3])
+    assert set(head_positions) == {1}
 
 
 def test_a_student_made_from_a_frozen_teacher_is_trainable():
@@ -181,3 +187,22 @@ def test_a_student_made_from_a_frozen_teacher_is_trainable():
     student = student_from_teacher(teacher, keep=2)
     assert student.training and all(p.requires_grad for p in student.parameters())
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_similarity_drops_the_layers_that_do_nothing():
+    from distill.models.shrink import contiguous_block_to_drop, layers_by_similarity
+
+    teacher = tiny("llama", layers=5)
+    for i in (2, 3):  # these layers add nothing to the residual stream
+        teacher.model.layers[i].self_attn.o_proj.weight.data.zero_()
+        teacher.model.layers[i].mlp.down_proj.weight.data.zero_()
+    ids = torch.randint(0, VOCAB, (3, 12))
+    assert layers_by_similarity(teacher, {"input_ids": ids}, keep=3) == [0, 1, 4]
+    student = student_from_teacher(teacher, 3, calibration={"input_ids": ids})
+    assert len(student.model.layers) == 3
+    torch.testing.assert_close(student(input_ids=ids).logits, teacher(input_ids=ids).logits)
+    # the last layer always stays, and the counts are checked
+    hidden = [torch.randn(2, 4, 8) for _ in range(5)]
+    assert contiguous_block_to_drop(hidden, 3)[-1] == 3
+    with pytest.raises(ValueError, match="can drop 1 to 3 of 4 layers"):
+        contiguous_block_to_drop(hidden, 4)

@@ -8,6 +8,8 @@ rows that count in every loss.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +27,14 @@ class Batch:
     labels: Tensor | None = None
     mask: Tensor | None = None
 
-    def run(self, model: nn.Module) -> Any:
-        return model(*self.args, **self.kwargs)
+    def run(self, model: nn.Module, logits: bool = True) -> Any:
+        """``model``'s output for this batch. ``logits=False`` says nobody reads the
+        output logits: a Hugging Face causal LM then computes them for the last position
+        only (``logits_to_keep=1``) instead of (tokens × vocab)."""
+        kwargs = self.kwargs
+        if not logits and _takes_logits_to_keep(type(model)) and "logits_to_keep" not in kwargs:
+            kwargs = {**kwargs, "logits_to_keep": 1}
+        return model(*self.args, **kwargs)
 
     def to(self, device: torch.device) -> Batch:
         def move(x: Any) -> Any:
@@ -57,6 +65,11 @@ class Batch:
         if self.labels is not None:
             return int((self.labels != IGNORE_INDEX).sum())
         return self.size()
+
+
+@functools.cache
+def _takes_logits_to_keep(model_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
 
 
 def as_batch(raw: Any) -> Batch:

@@ -255,13 +255,20 @@ class Distiller:
 
     # -- one batch -----------------------------------------------------------------------
 
-    def _teacher_output(self, batch: Batch, needed: bool = True) -> TeacherOutput | None:
+    def _teacher_output(
+        self, batch: Batch, needed: bool = True, training: bool = False
+    ) -> TeacherOutput | None:
         if self.teacher is None or not needed:
             return None
-        return self.teacher(batch)
+        return self.teacher(batch, logits=not training or self.objective.reads("teacher_logits"))
 
-    def _loss_inputs(self, batch: Batch, teacher_out: TeacherOutput | None) -> LossInputs:
-        logits = logits_of(batch.run(self.student))
+    def _loss_inputs(
+        self, batch: Batch, teacher_out: TeacherOutput | None, training: bool = False
+    ) -> LossInputs:
+        """What the objective reads. In training, logits no term reads are not computed in
+        full (a Hugging Face causal LM keeps the last position only)."""
+        full_logits = not training or self.objective.reads("student_logits")
+        logits = logits_of(batch.run(self.student, logits=full_logits))
         return LossInputs(
             student_logits=logits,
             teacher_logits=teacher_out.logits if teacher_out is not None else None,
@@ -276,8 +283,8 @@ class Distiller:
         was_training = self.student.training
         self.student.eval()
         with torch.no_grad(), self._accelerate().autocast():
-            teacher_out = self._teacher_output(first, self.objective.reads_teacher)
-            self.objective.build(self._loss_inputs(first, teacher_out))
+            teacher_out = self._teacher_output(first, self.objective.reads_teacher, training=True)
+            self.objective.build(self._loss_inputs(first, teacher_out, training=True))
         self.student.train(was_training)
 
     # -- training ------------------------------------------------------------------------
@@ -420,9 +427,12 @@ class Distiller:
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last else accelerator.no_sync(self.student)
             with sync:
-                teacher_out = self._teacher_output(batch, self.objective.reads_teacher)
+                teacher_out = self._teacher_output(
+                    batch, self.objective.reads_teacher, training=True
+                )
                 with accelerator.autocast():
-                    value = self.objective(self._loss_inputs(batch, teacher_out), step, total_steps)
+                    inputs = self._loss_inputs(batch, teacher_out, training=True)
+                    value = self.objective(inputs, step, total_steps)
                 accelerator.backward(value.total * share)
             logs["loss"] += float(value.total.detach()) * share
             logs["examples"] += batch.size()
@@ -447,13 +457,15 @@ class Distiller:
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader) -> dict[str, float]:
-        """Accuracy and cross-entropy on labelled rows, and KL(teacher ‖ student) at T = 1
-        when there is a teacher; means over rows (examples, or tokens under a mask)."""
+        """Accuracy and cross-entropy on labelled rows; with a teacher, KL(teacher ‖ student)
+        at T = 1 and ``teacher_agreement``, the share of rows where the student's top class
+        (next token, for LMs) is the teacher's. Means over rows (examples, or tokens under
+        a mask)."""
         accelerator = self._accelerate()
         was_training = self.student.training
         self.student.eval()
-        sums = {"loss": 0.0, "accuracy": 0.0, "kl_to_teacher": 0.0}
-        labelled = rows_total = 0
+        sums = {"loss": 0.0, "accuracy": 0.0, "kl_to_teacher": 0.0, "teacher_agreement": 0.0}
+        labelled = rows_total = compared = 0
         for raw in loader:
             batch = as_batch(raw).to(accelerator.device)
             teacher_out = self._teacher_output(batch)
@@ -461,22 +473,24 @@ class Distiller:
                 inputs = self._loss_inputs(batch, teacher_out)
             rows = batch.rows()
             rows_total += rows
+            counted = torch.ones(inputs.student_logits.shape[:-1], dtype=torch.bool)
+            counted = counted.to(inputs.student_logits.device)
+            if batch.mask is not None:
+                counted &= batch.mask.bool()
+            if batch.labels is not None:
+                counted &= batch.labels != -100
+            predicted = inputs.student_logits.argmax(-1)
             if teacher_out is not None and teacher_out.logits is not None:
                 kl = losses.kl(inputs.student_logits, teacher_out.logits, mask=batch.mask)
                 sums["kl_to_teacher"] += float(kl) * rows
+                agree = (predicted == teacher_out.logits.argmax(-1)) & counted
+                sums["teacher_agreement"] += float(agree.sum())
+                compared += int(counted.sum())
             if batch.labels is not None:
-                sums["loss"] += (
-                    float(
-                        losses.cross_entropy(inputs.student_logits, batch.labels, mask=batch.mask)
-                    )
-                    * rows
-                )
-                valid = batch.labels != -100
-                if batch.mask is not None:
-                    valid &= batch.mask.bool()
-                hits = (inputs.student_logits.argmax(-1) == batch.labels) & valid
-                sums["accuracy"] += float(hits.sum())
-                labelled += int(valid.sum())
+                ce = losses.cross_entropy(inputs.student_logits, batch.labels, mask=batch.mask)
+                sums["loss"] += float(ce) * rows
+                sums["accuracy"] += float(((predicted == batch.labels) & counted).sum())
+                labelled += int(counted.sum())
         self.student.train(was_training)
         metrics: dict[str, float] = {"examples": float(rows_total)}
         if labelled:
@@ -484,6 +498,7 @@ class Distiller:
             metrics["loss"] = sums["loss"] / max(1, rows_total)
         if self.teacher is not None:
             metrics["kl_to_teacher"] = sums["kl_to_teacher"] / max(1, rows_total)
+            metrics["teacher_agreement"] = sums["teacher_agreement"] / max(1, compared)
         return metrics
 
     def _validate(self, loader: DataLoader, state: dict[str, Any]) -> None:

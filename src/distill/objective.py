@@ -162,6 +162,10 @@ class Objective(nn.Module):
     def teacher_taps(self) -> list[str]:
         return sorted({t.teacher_tap for t in self.terms.values() if t.teacher_tap})
 
+    def reads(self, name: str) -> bool:
+        """Whether any term reads the input ``name`` (one of INPUT_NAMES)."""
+        return any(name in t.reads for t in self.terms.values())
+
     @property
     def reads_teacher(self) -> bool:
         return any(t.reads_teacher for t in self.terms.values())

@@ -207,6 +207,18 @@ def lm_head_kd(
     )
 
 
+def final_hidden_tap(model: torch.nn.Module, head: str = "lm_head") -> str:
+    """The tap that sees a model's final hidden states for every token: the input of
+    ``head``, or, for a Hugging Face causal LM (which may run its head on the last position
+    only, ``logits_to_keep``), the output of its base model, which feeds the head as is."""
+    from distill.batch import _takes_logits_to_keep
+
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and _takes_logits_to_keep(type(model)) and hasattr(model, prefix):
+        return prefix
+    return f"{head}:input"
+
+
 def token_kd_term(
     student: torch.nn.Module,
     teacher: torch.nn.Module,
@@ -219,8 +231,9 @@ def token_kd_term(
 ):
     """An objective ``Term`` that runs ``lm_head_kd`` on two models' LM heads.
 
-    It taps the input of ``head`` (the final hidden states) on both models and reads the
-    heads' weights (and biases) at each step; ``options`` go to ``lm_head_kd``
+    It taps the final hidden states on both models (``final_hidden_tap``) and reads the
+    heads' weights (and biases) at each step, so the engine need not compute either
+    model's full logits; ``options`` go to ``lm_head_kd``
     (``divergence``, ``beta``, ``skew``, ``vocab_size``, ``softcap``, ``chunk_size``). With
     ``ce_weight`` > 0 the label cross-entropy is computed in the same chunked pass and only
     labelled tokens count.
@@ -251,5 +264,10 @@ def token_kd_term(
             **options,  # type: ignore[arg-type]
         )
 
-    tap = f"{head}:input"
-    return Term(token_kd, weight=weight, temperature=temperature, student=tap, teacher=tap)
+    return Term(
+        token_kd,
+        weight=weight,
+        temperature=temperature,
+        student=final_hidden_tap(student, head),
+        teacher=final_hidden_tap(teacher, head),
+    )

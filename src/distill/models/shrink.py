@@ -3,15 +3,20 @@
 DistilBERT keeps every other layer of BERT; Minitron-style depth pruning keeps the layers
 that matter. ``student_from_teacher`` copies the teacher, keeps the chosen blocks of its
 layer stack (embeddings, final norm and head come along) and updates the config, so the
-student starts from the teacher's weights.
+student starts from the teacher's weights. ``contiguous_block_to_drop`` picks, from the
+teacher's own hidden states on calibration text, the run of layers whose removal changes
+the residual stream least (Gromov et al. 2024); in decoder LLMs that keeps far more of the
+teacher than spreading the kept layers evenly.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 # where common architectures keep their stack of blocks
 LAYER_PATHS = (
@@ -49,14 +54,61 @@ def uniform_layers(total: int, keep: int) -> list[int]:
     return sorted({round((i + 1) * total / keep) - 1 for i in range(keep)})
 
 
+def contiguous_block_to_drop(
+    hidden_states: Sequence[Tensor], drop: int, mask: Tensor | None = None
+) -> list[int]:
+    """The layers to keep after dropping the ``drop`` consecutive layers that matter least.
+
+    For each start ``l`` it measures the angular distance between the residual stream
+    entering layer ``l`` and entering layer ``l + drop``,
+    ``d(l) = mean over tokens of arccos(cos(h_l, h_{l+drop})) / π``, and drops layers
+    ``l … l+drop-1`` for the smallest ``d`` (Gromov et al., "The Unreasonable
+    Ineffectiveness of the Deeper Layers", 2024). ``hidden_states`` is the
+    ``output_hidden_states`` tuple of a Hugging Face model: the embeddings, then the output
+    of each of the L layers (the last may be normalised, so the last layer is always
+    kept). ``mask`` (batch, seq) selects the tokens that count.
+    """
+    total = len(hidden_states) - 1
+    if not 1 <= drop <= total - 1:
+        raise ValueError(f"can drop 1 to {total - 1} of {total} layers, not {drop}")
+    distances = []
+    for start in range(total - drop):  # start + drop <= total - 1: the last layer stays
+        cosine = torch.nn.functional.cosine_similarity(
+            hidden_states[start].float(), hidden_states[start + drop].float(), dim=-1
+        )
+        angle = torch.arccos(cosine.clamp(-1.0, 1.0)) / math.pi
+        distances.append(float(angle.mean() if mask is None else angle[mask.bool()].mean()))
+    best = min(range(len(distances)), key=distances.__getitem__)
+    return [i for i in range(total) if not best <= i < best + drop]
+
+
+@torch.no_grad()
+def layers_by_similarity(model: nn.Module, calibration: dict[str, Tensor], keep: int) -> list[int]:
+    """``keep`` layer indices of a Hugging Face model, chosen by ``contiguous_block_to_drop``
+    from one forward pass on ``calibration`` (model keyword arguments, e.g. input_ids)."""
+    was_training = model.training
+    model.eval()
+    inputs = {k: v for k, v in calibration.items() if k not in ("labels", "loss_mask")}
+    hidden = model(**inputs, output_hidden_states=True).hidden_states
+    model.train(was_training)
+    return contiguous_block_to_drop(hidden, len(hidden) - 1 - keep, inputs.get("attention_mask"))
+
+
 def student_from_teacher(
-    teacher: nn.Module, keep: Sequence[int] | int | str = "every_other"
+    teacher: nn.Module,
+    keep: Sequence[int] | int | str = "every_other",
+    *,
+    calibration: dict[str, Tensor] | None = None,
 ) -> nn.Module:
     """A copy of ``teacher`` with only the layers ``keep`` selects, weights included.
 
-    ``keep`` is a list of layer indices, a number of layers (spread uniformly), or
-    ``"every_other"`` (layers 0, 2, 4, …, as DistilBERT).
+    ``keep`` is a list of layer indices, a number of layers, or ``"every_other"`` (layers
+    0, 2, 4, …, as DistilBERT). A number of layers is spread uniformly, or, given
+    ``calibration`` inputs, is the teacher minus its least useful contiguous block
+    (``layers_by_similarity``).
     """
+    if isinstance(keep, int) and not isinstance(keep, bool) and calibration is not None:
+        keep = layers_by_similarity(teacher, calibration, keep)
     # a trainable copy, even if the teacher was frozen by teachers.Module
     student = copy.deepcopy(teacher).requires_grad_(True).train()
     path, layers = layer_stack(student)

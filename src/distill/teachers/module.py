@@ -54,10 +54,12 @@ class Module:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def __call__(self, batch: Batch) -> TeacherOutput:
+    def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
+        """The teacher's logits and tapped features for ``batch``; ``logits=False`` lets a
+        Hugging Face causal LM skip its full (tokens × vocab) logits (see ``Batch.run``)."""
         self.model.eval()
         with torch.inference_mode(), self._autocast():
-            output = batch.run(self.model)
+            output = batch.run(self.model, logits=logits)
             features = self.taps.pop()
             logits = logits_of(output)
         return TeacherOutput(
