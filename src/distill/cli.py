@@ -35,6 +35,31 @@ OutOption = Annotated[
 
 # the report's columns, short enough for an 80-column terminal
 TERMINAL_HEADER = ["model", "test acc.", "params", "size", "CPU ms/ex.", "KL to T", "train"]
+TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms/seq", "train"]
+
+
+def _lm_terminal_rows(summary: dict[str, Any]) -> list[list[str]]:
+    from distill.report import LABELS
+
+    rows = []
+    for key, label in LABELS.items():
+        m = summary["models"].get(key)
+        if m is None:
+            continue
+        agreement = m.get("teacher_agreement")
+        rows.append(
+            [
+                label,
+                f"{m['perplexity']:.2f}",
+                "" if agreement is None else f"{100 * agreement:.1f}%",
+                f"{100 * m['accuracy']:.1f}%",
+                f"{m['parameters'] / 1e6:.1f}M",
+                f"{m['size_bytes'] / 2**20:.1f}",
+                f"{m['latency_ms']:.1f}",
+                f"{m.get('train_seconds', 0.0):.0f} s",
+            ]
+        )
+    return rows
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -63,12 +88,13 @@ def _logger(quiet: bool, as_json: bool):
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
-    from distill.report import table_rows
+    from distill.report import is_language_model, table_rows
 
     table = Table(title=f"distill: {summary['name']}", title_justify="left", box=box.SIMPLE)
-    for i, column in enumerate(TERMINAL_HEADER):
+    lm = is_language_model(summary)
+    for i, column in enumerate(TERMINAL_HEADER_LM if lm else TERMINAL_HEADER):
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
-    for model, *cells in table_rows(summary):
+    for model, *cells in _lm_terminal_rows(summary) if lm else table_rows(summary):
         style = "bold green" if model == "student, distilled" else None
         table.add_row(model.removeprefix("student, "), *cells, style=style)
     return table

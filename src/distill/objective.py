@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from distill.batch import IGNORE_INDEX
 from distill.projectors import build_projector
 from distill.schedules import Schedule, as_schedule
 
@@ -59,7 +60,10 @@ class ObjectiveValue:
 
 
 class Term:
-    """One loss in the objective, with its weight, temperature, taps and options."""
+    """One loss in the objective, with its weight, temperature, taps and options.
+
+    ``rows="labelled"`` restricts a loss with a mask to the rows that carry a label (not
+    -100): DistilBERT's soft-target KL counts the masked tokens only."""
 
     def __init__(
         self,
@@ -70,9 +74,11 @@ class Term:
         student: str | None = None,
         teacher: str | None = None,
         projector: Literal["auto", "none"] | nn.Module = "auto",
+        rows: Literal["all", "labelled"] = "all",
         **options: Any,
     ) -> None:
         self.loss = loss
+        self.rows = rows
         self.weight = as_schedule(weight)
         self.temperature = None if temperature is None else as_schedule(temperature)
         self.student_tap, self.teacher_tap = student, teacher
@@ -90,6 +96,10 @@ class Term:
         if unknown:
             allowed = sorted(set(params) - {*INPUT_NAMES, "temperature"})
             raise TypeError(f"{where}: unknown option(s) {sorted(unknown)}; allowed: {allowed}")
+        if self.rows not in ("all", "labelled"):
+            raise TypeError(f"{where}: rows must be 'all' or 'labelled', got {self.rows!r}")
+        if self.rows == "labelled" and "mask" not in params:
+            raise TypeError(f"{where}: rows='labelled' needs a loss that takes a mask")
         if self.temperature is not None and "temperature" not in params:
             raise TypeError(f"{where}: this loss takes no temperature; drop temperature=")
         for side, tap in (("student", self.student_tap), ("teacher", self.teacher_tap)):
@@ -132,6 +142,9 @@ class Term:
             elif value is None and name not in self.optional:
                 raise ValueError(f"Term({self.name}) reads {name}, but this batch has none")
             kwargs[name] = value
+        if self.rows == "labelled" and inputs.labels is not None:
+            labelled = inputs.labels != IGNORE_INDEX
+            kwargs["mask"] = labelled if inputs.mask is None else labelled & inputs.mask.bool()
         temperature = None
         if self.temperature is not None:
             temperature = float(self.temperature(step, total_steps))

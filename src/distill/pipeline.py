@@ -139,16 +139,7 @@ def teacher_cache_dir(recipe: Recipe) -> Path:
     key_fields = {
         "teacher": recipe.teacher.model_dump(mode="json", exclude={"cache", "autocast"}),
         "data": recipe.data.model_dump(
-            mode="json",
-            include={
-                "dataset",
-                "path",
-                "val_fraction",
-                "split_seed",
-                "augment",
-                "batch_size",
-                "image_size",
-            },
+            mode="json", exclude={"download", "labeled", "eval_batch_size", "num_workers"}
         ),
         "seed": recipe.seed,
     }
@@ -276,6 +267,10 @@ def run_recipe(
     recipe: Recipe, *, out_dir: Path | None = None, progress: bool = True, log: Log = print
 ) -> dict[str, Any]:
     """Everything ``distill run`` does; returns the summary it writes to summary.json."""
+    if recipe.task != "classification":
+        from distill.lm_pipeline import run_lm_recipe
+
+        return run_lm_recipe(recipe, out_dir=out_dir, progress=progress, log=log)
     run_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe))

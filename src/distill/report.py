@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,32 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def is_language_model(summary: dict[str, Any]) -> bool:
+    return summary.get("task", "classification") != "classification"
+
+
 def table_rows(summary: dict[str, Any]) -> list[list[str]]:
+    lm = is_language_model(summary)
     rows = []
     for key, label in LABELS.items():
         m = summary["models"].get(key)
         if m is None:
             continue
         kl = m.get("kl_to_teacher")
+        agreement = m.get("teacher_agreement")
+        headline = (
+            [
+                f"{m['perplexity']:.2f}",
+                "" if agreement is None else f"{100 * agreement:.1f}%",
+                f"{100 * m['accuracy']:.1f}%",
+            ]
+            if lm
+            else [f"{100 * m['accuracy']:.2f}%"]
+        )
         rows.append(
             [
                 label,
-                f"{100 * m['accuracy']:.2f}%",
+                *headline,
                 f"{m['parameters']:,}",
                 f"{m['size_bytes'] / 1024:,.0f} KiB",
                 f"{m['latency_ms']:.3f} ms",
@@ -46,24 +62,54 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-HEADER = [
-    "model",
-    "test accuracy",
-    "parameters",
-    "size on disk",
-    "CPU latency / example",
-    "KL to teacher",
-    "train time",
-]
+def header(summary: dict[str, Any]) -> list[str]:
+    if is_language_model(summary):
+        headline = ["test perplexity", "agreement with teacher", "token accuracy"]
+        latency = "CPU latency / sequence"
+    else:
+        headline, latency = ["test accuracy"], "CPU latency / example"
+    return [
+        "model",
+        *headline,
+        "parameters",
+        "size on disk",
+        latency,
+        "KL to teacher",
+        "train time",
+    ]
 
 
-FOOTNOTE = (
-    "Accuracy is on the test split, used once after training; the students were selected on a "
-    "validation split carved from the training data. Latency: median batch-1 forward on the CPU."
-)
+def footnote(summary: dict[str, Any]) -> str:
+    if is_language_model(summary):
+        return (
+            "Measured on held-out test rows, used once after training; the students were "
+            "selected on separate validation rows. Perplexity: exp of the mean cross-entropy "
+            "over scored tokens. Agreement: share of scored tokens where the student's top "
+            "token is the teacher's. Latency: median batch-1 forward of one row on the CPU."
+        )
+    return (
+        "Accuracy is on the test split, used once after training; the students were selected "
+        "on a validation split carved from the training data. Latency: median batch-1 forward "
+        "on the CPU."
+    )
 
 
 def verdict(summary: dict[str, Any]) -> str:
+    if is_language_model(summary):
+        models = summary["models"]
+        if "baseline" not in models:
+            return ""
+        base, student = models["baseline"], models["student"]
+        text = (
+            f"Distillation takes test perplexity from {base['perplexity']:.2f} (labels only) to "
+            f"{student['perplexity']:.2f}"
+        )
+        if student.get("teacher_agreement") is not None:
+            text += (
+                f", and agreement with the teacher from {100 * base['teacher_agreement']:.1f}% "
+                f"to {100 * student['teacher_agreement']:.1f}%"
+            )
+        return text + f"; the teacher's perplexity is {models['teacher']['perplexity']:.2f}."
     gain = summary.get("gain_over_baseline")
     if gain is None:
         return ""
@@ -75,7 +121,7 @@ def verdict(summary: dict[str, Any]) -> str:
     return text + "."
 
 
-def plot_training_curves(run_dir: Path, out: Path) -> None:
+def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
     student = read_metrics(run_dir / "metrics.jsonl")
     baseline = read_metrics(run_dir / "baseline" / "metrics.jsonl")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -96,12 +142,23 @@ def plot_training_curves(run_dir: Path, out: Path) -> None:
     )
     left.legend(fontsize=8)
     for rows, key in ((baseline, "baseline"), (student, "student")):
-        points = [(r["step"], 100 * r["val/accuracy"]) for r in rows if "val/accuracy" in r]
+        if lm:
+            points = [(r["step"], math.exp(r["val/loss"])) for r in rows if "val/loss" in r]
+        else:
+            points = [(r["step"], 100 * r["val/accuracy"]) for r in rows if "val/accuracy" in r]
         if points:
             right.plot(*zip(*points, strict=True), marker="o", label=LABELS[key], color=COLORS[key])
-    right.set(
-        xlabel="optimizer step", ylabel="validation accuracy (%)", title="validation accuracy"
-    )
+    if lm:
+        right.set(
+            xlabel="optimizer step",
+            ylabel="validation perplexity",
+            yscale="log",
+            title="validation perplexity",
+        )
+    else:
+        right.set(
+            xlabel="optimizer step", ylabel="validation accuracy (%)", title="validation accuracy"
+        )
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -109,16 +166,19 @@ def plot_training_curves(run_dir: Path, out: Path) -> None:
 
 
 def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
+    lm = is_language_model(summary)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for key, label in LABELS.items():
         m = summary["models"].get(key)
         if m is not None:
-            ax.scatter(m["parameters"], 100 * m["accuracy"], s=60, color=COLORS[key], label=label)
+            y = m["perplexity"] if lm else 100 * m["accuracy"]
+            ax.scatter(m["parameters"], y, s=60, color=COLORS[key], label=label)
     ax.set(
         xscale="log",
         xlabel="parameters (log scale)",
-        ylabel="test accuracy (%)",
-        title="accuracy against size",
+        ylabel="test perplexity (log scale)" if lm else "test accuracy (%)",
+        yscale="log" if lm else "linear",
+        title=("perplexity" if lm else "accuracy") + " against size",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -140,14 +200,16 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     figures = {
         "training_curves": (
             plots / "training_curves.png",
-            "Training losses per term and validation accuracy",
+            "Training losses per term and validation "
+            + ("perplexity" if is_language_model(summary) else "accuracy"),
         ),
         "accuracy_vs_parameters": (
             plots / "accuracy_vs_parameters.png",
-            "Test accuracy against parameter count",
+            ("Test perplexity" if is_language_model(summary) else "Test accuracy")
+            + " against parameter count",
         ),
     }
-    plot_training_curves(run_dir, figures["training_curves"][0])
+    plot_training_curves(run_dir, figures["training_curves"][0], is_language_model(summary))
     plot_accuracy_vs_parameters(summary, figures["accuracy_vs_parameters"][0])
 
     title = f"distill run: {summary['name']}"
@@ -160,13 +222,14 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
         verdict(summary),
     ]
     rows = table_rows(summary)
-    md = [f"# {title}", "", *[p for p in intro if p], "", markdown_table(HEADER, rows), ""]
+    columns, note = header(summary), footnote(summary)
+    md = [f"# {title}", "", *[p for p in intro if p], "", markdown_table(columns, rows), ""]
     for path, caption in figures.values():
         md += [f"![{caption}]({PLOTS}/{path.name})", ""]
-    md.append(FOOTNOTE)
+    md.append(note)
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
 
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in columns)
     body_rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
@@ -183,7 +246,7 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1>{paragraphs}<table><tr>{cells}</tr>{body_rows}</table>{images}
-<p>{html.escape(FOOTNOTE)}</p>
+<p>{html.escape(note)}</p>
 </body></html>
 """
     (run_dir / "report.html").write_text(page)

@@ -170,3 +170,88 @@ def load_hf_dataset(name: str, split: str = "train", **kwargs: Any) -> list[dict
     except ImportError as error:
         raise ImportError("Hugging Face datasets are read with: pip install datasets") from error
     return [dict(row) for row in datasets.load_dataset(name, split=split, **kwargs)]
+
+
+def pydoc_records() -> list[dict[str, Any]]:
+    """CPython's help topics (``pydoc_data.topics``): about 465k characters of English
+    technical prose that ships with every Python, so it is text on any machine, offline."""
+    from pydoc_data.topics import topics
+
+    return [{"text": topics[key]} for key in sorted(topics)]
+
+
+def text_records(source: str) -> list[dict[str, Any]]:
+    """Records for a recipe's ``data.source``: ``pydoc``, ``hf:<dataset>[:<split>]``, or a
+    .txt/.jsonl file or a folder of them."""
+    if source == "pydoc":
+        return pydoc_records()
+    if source.startswith("hf:"):
+        name, _, split = source.removeprefix("hf:").partition(":")
+        return load_hf_dataset(name, split or "train")
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
+        if not files:
+            raise FileNotFoundError(f"data.source {path} holds no .txt or .jsonl files")
+        return read_documents(files)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data.source {source!r} is neither 'pydoc', 'hf:<dataset>', a file nor a folder"
+        )
+    return read_documents(path)
+
+
+class MaskedBlocks(Dataset):
+    """Masked-language-model rows (BERT, Devlin et al. 2019): documents tokenised, joined
+    with the separator token and cut into blocks of ``seq_len`` tokens framed by
+    [CLS] … [SEP]; ``mlm_probability`` of the inner tokens are chosen, and of those 80%
+    become [MASK], 10% a random token and 10% stay. ``labels`` holds the original token at
+    chosen positions and -100 elsewhere. The choice is fixed per block by ``seed`` (static
+    masking), so evaluation is repeatable and a resumed run sees the same rows.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[dict[str, Any]],
+        tokenizer: Any,
+        seq_len: int,
+        mlm_probability: float = 0.15,
+        seed: int = 0,
+    ) -> None:
+        special = ("cls_token_id", "sep_token_id", "mask_token_id")
+        missing = [name for name in special if getattr(tokenizer, name, None) is None]
+        if missing:
+            raise ValueError(
+                f"masked-LM data needs a tokenizer with {', '.join(missing)} (a BERT-style "
+                "tokenizer); this one has none"
+            )
+        if not 0 < mlm_probability < 1:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        stream: list[int] = []
+        for record in records:
+            stream += tokenizer(record["text"], add_special_tokens=False)["input_ids"]
+            stream.append(tokenizer.sep_token_id)
+        inner = seq_len - 2
+        if inner < 1 or len(stream) < inner:
+            raise ValueError(f"{len(stream)} tokens of text do not fill one block of {seq_len}")
+        self.blocks = torch.tensor(stream[: len(stream) // inner * inner]).view(-1, inner)
+        self.cls, self.sep, self.mask = (getattr(tokenizer, name) for name in special)
+        self.vocab_size = len(tokenizer)
+        self.mlm_probability, self.seed = mlm_probability, seed
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        tokens = self.blocks[index]
+        chosen = torch.rand(tokens.shape, generator=generator) < self.mlm_probability
+        roll = torch.rand(tokens.shape, generator=generator)
+        random_ids = torch.randint(self.vocab_size, tokens.shape, generator=generator)
+        corrupted = torch.where(chosen & (roll < 0.8), self.mask, tokens)
+        corrupted = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, corrupted)
+        ignore = torch.full((1,), IGNORE_INDEX)
+        return {
+            "input_ids": torch.cat([torch.tensor([self.cls]), corrupted, torch.tensor([self.sep])]),
+            "labels": torch.cat([ignore, torch.where(chosen, tokens, IGNORE_INDEX), ignore]),
+        }

@@ -25,6 +25,7 @@ from distill.losses.logits import (
     skew_reverse_kl,
     tvd,
 )
+from distill.losses.tokens import lm_head_kd
 
 __all__ = [
     "attention_transfer",
@@ -35,6 +36,7 @@ __all__ = [
     "hint",
     "jsd",
     "kl",
+    "lm_head_kd",
     "logit_standardized_kl",
     "pkt",
     "reverse_kl",

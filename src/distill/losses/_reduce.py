@@ -39,7 +39,7 @@ def masked_mean(per_row: Tensor, mask: Tensor | None) -> Tensor:
     A mask with no true entry gives 0 (a sum over nothing), not NaN.
     """
     if mask is None:
-        return per_row.mean()
+        return per_row.mean() if per_row.numel() else per_row.sum()
     weights = mask.to(per_row.dtype)
     return (per_row * weights).sum() / weights.sum().clamp_min(1.0)
 

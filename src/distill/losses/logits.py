@@ -60,6 +60,19 @@ def _prepare(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None
     check_mask(mask, student_logits.shape[:-1], what)
 
 
+def _selected(
+    student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None, what: str
+) -> tuple[Tensor, Tensor]:
+    """The selected rows of both, as (rows, C): a per-row loss then never computes a softmax
+    over rows that do not count (DistilBERT's KL reads the 15% masked tokens only)."""
+    _prepare(student_logits, teacher_logits, mask, what)
+    if mask is None:
+        return student_logits, teacher_logits
+    return select_rows(student_logits, mask, mask.dim()), select_rows(
+        teacher_logits, mask, mask.dim()
+    )
+
+
 def cross_entropy(
     student_logits: Tensor,
     labels: Tensor,
@@ -81,18 +94,14 @@ def cross_entropy(
             f"cross_entropy: labels shape {tuple(labels.shape)} must equal the logits' row "
             f"shape {tuple(student_logits.shape[:-1])}"
         )
-    logits = upcast(student_logits)
-    per_row = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        reduction="none",
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-    ).reshape(labels.shape)
     counts = labels != ignore_index
     if mask is not None:
         counts = counts & mask.bool()
-    return masked_mean(per_row, counts)
+    logits = upcast(select_rows(student_logits, counts, counts.dim()))
+    per_row = F.cross_entropy(
+        logits, labels[counts], reduction="none", label_smoothing=label_smoothing
+    )
+    return masked_mean(per_row, None)
 
 
 def kl(
@@ -108,7 +117,8 @@ def kl(
     Reduction: mean over selected rows. T² scaling: yes.
     Paper: Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
-    _prepare(student_logits, teacher_logits, mask, "kl")
+    student_logits, teacher_logits = _selected(student_logits, teacher_logits, mask, "kl")
+    mask = None
     log_ps = _log_probs(student_logits, temperature)
     log_pt = _log_probs(teacher_logits, temperature)
     return temperature**2 * masked_mean(_kl_rows(log_pt, log_ps), mask)
@@ -127,7 +137,8 @@ def reverse_kl(
     Reduction: mean over selected rows. T² scaling: yes.
     Paper: Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", ICLR 2024.
     """
-    _prepare(student_logits, teacher_logits, mask, "reverse_kl")
+    student_logits, teacher_logits = _selected(student_logits, teacher_logits, mask, "reverse_kl")
+    mask = None
     log_ps = _log_probs(student_logits, temperature)
     log_pt = _log_probs(teacher_logits, temperature)
     return temperature**2 * masked_mean(_kl_rows(log_ps, log_pt), mask)
@@ -161,7 +172,8 @@ def jsd(
             f"jsd: beta must be strictly between 0 and 1, got {beta}; "
             "for beta=0 use losses.kl, for beta=1 use losses.reverse_kl"
         )
-    _prepare(student_logits, teacher_logits, mask, "jsd")
+    student_logits, teacher_logits = _selected(student_logits, teacher_logits, mask, "jsd")
+    mask = None
     log_ps = _log_probs(student_logits, temperature)
     log_pt = _log_probs(teacher_logits, temperature)
     log_m = _log_mixture(log_pt, log_ps, beta)
@@ -191,7 +203,8 @@ def skew_kl(
     Models", ICML 2024 (default α = 0.1).
     """
     _check_skew(skew, "skew_kl")
-    _prepare(student_logits, teacher_logits, mask, "skew_kl")
+    student_logits, teacher_logits = _selected(student_logits, teacher_logits, mask, "skew_kl")
+    mask = None
     log_ps = _log_probs(student_logits, temperature)
     log_pt = _log_probs(teacher_logits, temperature)
     log_mix = log_ps if skew == 0.0 else _log_mixture(log_pt, log_ps, skew)
@@ -213,7 +226,10 @@ def skew_reverse_kl(
     Paper: Ko et al., "DistiLLM", ICML 2024.
     """
     _check_skew(skew, "skew_reverse_kl")
-    _prepare(student_logits, teacher_logits, mask, "skew_reverse_kl")
+    student_logits, teacher_logits = _selected(
+        student_logits, teacher_logits, mask, "skew_reverse_kl"
+    )
+    mask = None
     log_ps = _log_probs(student_logits, temperature)
     log_pt = _log_probs(teacher_logits, temperature)
     log_mix = log_pt if skew == 0.0 else _log_mixture(log_ps, log_pt, skew)
@@ -234,7 +250,8 @@ def tvd(
     Paper: Wen et al., "f-Divergence Minimization for Sequence-Level Knowledge
     Distillation", ACL 2023.
     """
-    _prepare(student_logits, teacher_logits, mask, "tvd")
+    student_logits, teacher_logits = _selected(student_logits, teacher_logits, mask, "tvd")
+    mask = None
     ps = _log_probs(student_logits, temperature).exp()
     pt = _log_probs(teacher_logits, temperature).exp()
     return masked_mean(0.5 * (pt - ps).abs().sum(-1), mask)

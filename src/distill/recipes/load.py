@@ -8,8 +8,11 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from torch import nn
 
 from distill import losses
+from distill.data import DATASETS
+from distill.losses.tokens import token_kd_term
 from distill.objective import Objective, Term
 from distill.recipes.schema import Recipe, TermSpec
 
@@ -48,16 +51,27 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 _UNION_TAGS = {"float", "int", "str", "bool", "none", "list", "dict"}
+DATA_TAGS = {*DATASETS, "text"}
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    """``objective.kd.weight`` from pydantic's location, without union-branch tags."""
-    parts = [str(p) for p in loc if str(p) not in _UNION_TAGS and "[" not in str(p)]
+    """``objective.kd.weight`` from pydantic's location, without union-branch tags (the
+    type names of a union, and the dataset that picks the data section's schema)."""
+    parts: list[str] = []
+    for p in map(str, loc):
+        if p in _UNION_TAGS or "[" in p or (parts == ["data"] and p in DATA_TAGS):
+            continue
+        parts.append(p)
     return ".".join(parts) or "(top level)"
 
 
 def _describe(item: dict[str, Any]) -> str:
     kind = item["type"]
+    if kind == "union_tag_invalid":
+        ctx = item["ctx"]
+        return f"must be one of {ctx['expected_tags']} (got {ctx['tag']!r})"
+    if kind == "union_tag_not_found":
+        return "required field is missing"
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; the schema is distill.recipes.Recipe)"
     if kind == "missing":
@@ -70,7 +84,10 @@ def _describe(item: dict[str, Any]) -> str:
 def _format_errors(error: ValidationError, source: str) -> str:
     by_field: dict[str, list[str]] = {}
     for item in error.errors():
-        by_field.setdefault(_field_path(item["loc"]), []).append(_describe(item))
+        loc = tuple(item["loc"])
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc += (item["ctx"]["discriminator"].strip("'"),)  # data -> data.dataset
+        by_field.setdefault(_field_path(loc), []).append(_describe(item))
     lines = [f"{source}: the recipe has {len(by_field)} problem(s):"]
     for field, messages in by_field.items():
         specific = [m for m in messages if not m.startswith("Input should be a valid number")]
@@ -117,10 +134,37 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
 
-def build_term(name: str, spec: TermSpec, steps_per_epoch: int) -> Term:
+def build_term(
+    name: str,
+    spec: TermSpec,
+    steps_per_epoch: int,
+    student: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+) -> Term:
     def value(v):
         return v if isinstance(v, (int, float)) or v is None else v.build(steps_per_epoch)
 
+    if spec.loss == "lm_head_kd":
+        if student is None or teacher is None:
+            raise RecipeError(
+                f"objective.{name}: lm_head_kd reads two language models' LM heads; use it in "
+                "a recipe with task causal_lm or masked_lm"
+            )
+        if spec.student or spec.teacher:
+            raise RecipeError(f"objective.{name}: lm_head_kd finds its own taps; drop them")
+        options = dict(spec.options)
+        try:
+            return token_kd_term(
+                student,
+                teacher,
+                weight=value(spec.weight),
+                temperature=value(spec.temperature) or 1.0,
+                head=str(options.pop("head", "lm_head")),
+                ce_weight=float(options.pop("ce_weight", 0.0)),
+                **options,
+            )
+        except (TypeError, AttributeError) as error:
+            raise RecipeError(f"objective.{name}: {error}") from None
     try:
         return Term(
             getattr(losses, spec.loss),
@@ -128,13 +172,23 @@ def build_term(name: str, spec: TermSpec, steps_per_epoch: int) -> Term:
             temperature=value(spec.temperature),
             student=spec.student,
             teacher=spec.teacher,
+            rows=spec.rows,
             **spec.options,
         )
     except TypeError as error:
         raise RecipeError(f"objective.{name}: {error}") from None
 
 
-def build_objective(terms: dict[str, TermSpec], steps_per_epoch: int) -> Objective:
+def build_objective(
+    terms: dict[str, TermSpec],
+    steps_per_epoch: int,
+    student: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+) -> Objective:
+    """The recipe's objective; ``lm_head_kd`` terms need the two models."""
     return Objective(
-        {name: build_term(name, spec, steps_per_epoch) for name, spec in terms.items()}
+        {
+            name: build_term(name, spec, steps_per_epoch, student, teacher)
+            for name, spec in terms.items()
+        }
     )

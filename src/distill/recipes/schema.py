@@ -68,19 +68,29 @@ Scheduled = float | ScheduleSpec
 
 
 class TermSpec(Strict):
-    """One objective term: a built-in loss, its weight, temperature, taps and options."""
+    """One objective term: a built-in loss, its weight, temperature, taps and options.
+
+    ``loss: lm_head_kd`` is token-level KD through the two models' LM heads without full
+    logits (language-model recipes; ``options`` go to ``lm_head_kd``)."""
 
     loss: LossName
     weight: Scheduled = 1.0
     temperature: Scheduled | None = None
     student: str | None = Field(None, description="student tap path, for feature losses")
     teacher: str | None = Field(None, description="teacher tap path, for feature losses")
+    rows: Literal["all", "labelled"] = Field(
+        "all",
+        description="labelled: only rows with a label count (DistilBERT's KL on masked tokens)",
+    )
     options: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
 
 class ModelSpec(Strict):
     """``model`` is ``zoo:<name>``, ``torchvision:<name>``, ``timm:<name>``, ``hf:<id|dir>``
-    or the directory of an earlier distill run (its student, with its weights)."""
+    or the directory of an earlier distill run (its student, with its weights). Language-model
+    recipes also take ``hf-config:<model_type>`` (random weights; ``args`` are config fields)
+    and, for the student, ``teacher``: a copy of the teacher with fewer layers
+    (``args: {keep: 6 | [0, 2, 4] | every_other, select: similarity | uniform}``)."""
 
     model: str
     args: dict[str, Any] = Field(default_factory=dict)
@@ -131,6 +141,32 @@ class DataSpec(Strict):
     split_seed: int = 0
 
 
+class TextDataSpec(Strict):
+    """Text for language-model recipes, split by blocks into train / validation / test."""
+
+    dataset: Literal["text"]
+    source: str = Field(
+        "pydoc",
+        description="pydoc (CPython's help topics, offline everywhere), hf:<dataset>[:<split>], "
+        "or a .txt/.jsonl file or folder",
+    )
+    format: Literal["packed", "chat"] = Field(
+        "packed", description="packed: plain text in blocks; chat: one conversation per row"
+    )
+    tokenizer: str | None = Field(
+        None, description="hf:<id or dir> to take the tokenizer from; None: the teacher's"
+    )
+    seq_len: int = Field(128, ge=8)
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked_lm only")
+    val_blocks: int = Field(32, ge=1, description="held-out rows that select the best student")
+    test_blocks: int = Field(48, ge=1, description="held-out rows the report is measured on")
+    max_train_blocks: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+    split_seed: int = 0
+
+
 class OutputSpec(Strict):
     dir: Path = Path("runs")
     latency_repeats: int = Field(50, ge=1, description="timed batch-1 forwards per model")
@@ -140,7 +176,8 @@ class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 0
-    data: DataSpec
+    task: Literal["classification", "causal_lm", "masked_lm"] = "classification"
+    data: DataSpec | TextDataSpec = Field(discriminator="dataset")
     teacher: TeacherSpec | None = None
     student: ModelSpec
     objective: dict[str, TermSpec]
@@ -150,6 +187,15 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _teacher_if_needed(self) -> Recipe:
+        text = isinstance(self.data, TextDataSpec)
+        if text != (self.task != "classification"):
+            raise ValueError(
+                f"task {self.task} needs data.dataset "
+                + ("text" if not text else f"one of {', '.join(DATASETS)}")
+                + ("; set task: causal_lm or masked_lm for text" if text else "")
+            )
+        if self.student.model == "teacher" and self.teacher is None:
+            raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:
             raise ValueError("objective needs at least one term")
         if self.teacher is None:
@@ -163,4 +209,4 @@ def _reads_teacher(term: TermSpec) -> bool:
     import inspect
 
     params = inspect.signature(getattr(losses, term.loss)).parameters
-    return any(name.startswith("teacher_") for name in params)
+    return any(name.startswith("teacher_") for name in params) or term.loss == "lm_head_kd"

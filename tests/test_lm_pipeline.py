@@ -1,0 +1,209 @@
+"""Language-model recipes end to end on tiny models built from configs: the shipped
+llm_token_kd and distilbert recipes with their models swapped for tiny ones, masked-LM
+data, and the errors a wrong LM recipe gets."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from distill import Objective, Term, losses
+from distill.data.text import MaskedBlocks, pydoc_records
+from distill.objective import LossInputs
+from distill.pipeline import run_recipe
+from distill.recipes import RecipeError, load_recipe, validate_recipe
+
+ROOT = Path(__file__).parent.parent
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    """About 60k characters of CPython's help topics as a .txt file (documents separated by
+    blank lines)."""
+    records = pydoc_records()[:40]
+    path = tmp_path_factory.mktemp("text") / "topics.txt"
+    path.write_text("\n\n".join(r["text"].replace("\n\n", "\n") for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, text_file) -> Path:
+    """A 400-token WordPiece tokenizer with BERT's special tokens, trained on the text."""
+    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.train([str(text_file)], trainers.WordPieceTrainer(vocab_size=400, special_tokens=SPECIALS))
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        eos_token="[SEP]",
+    )
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+TINY = {
+    "llama": "{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 4, "
+    "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}",
+    "bert": "{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 4, "
+    "num_attention_heads: 4, max_position_embeddings: 64}",
+}
+
+
+def tiny_overrides(kind, text_file, tokenizer_dir, tmp_path):
+    return [
+        f"teacher.model=hf-config:{kind}",
+        f"teacher.args={TINY[kind]}",
+        "teacher.train={max_steps: 30, lr: 0.003, select_metric: loss}",
+        f"data.source={text_file}",
+        f"data.tokenizer=hf:{tokenizer_dir}",
+        "data.seq_len=32",
+        "data.batch_size=8",
+        "data.val_blocks=8",
+        "data.test_blocks=8",
+        "train.max_steps=20",
+        "train.lr=0.003",
+        "train.warmup_steps=0",
+        "train.eval_every=10",
+        "output.latency_repeats=2",
+        f"output.dir={tmp_path}",
+    ]
+
+
+def test_llm_token_kd_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe(
+        ROOT / "recipes" / "llm_token_kd.yaml",
+        [*tiny_overrides("llama", text_file, tokenizer_dir, tmp_path), "student.args.keep=2"],
+    )
+    summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    models = summary["models"]
+    assert set(models) == {"teacher", "baseline", "student"}
+    for m in models.values():
+        assert 1.0 < m["perplexity"] < 400  # better than uniform over the 400 tokens
+    assert models["student"]["parameters"] < models["teacher"]["parameters"]
+    # token KD makes the student agree with its teacher more than labels alone do
+    assert models["student"]["teacher_agreement"] > models["baseline"]["teacher_agreement"]
+    assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
+    run_dir = tmp_path / "llm_token_kd"
+    report = (run_dir / "report.md").read_text()
+    assert "test perplexity" in report and "agreement with teacher" in report
+    # the student is a Hugging Face model again, with its tokenizer
+    student = transformers.AutoModelForCausalLM.from_pretrained(run_dir / "student")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "student")
+    assert student.config.num_hidden_layers == 2
+    ids = tokenizer("the with statement", return_tensors="pt")["input_ids"]
+    assert student(input_ids=ids).logits.shape[-1] == len(tokenizer)
+
+    # a second run reuses the teacher trained for the first
+    messages = []
+    run_recipe(
+        recipe.model_copy(update={"baseline": False}),
+        out_dir=tmp_path / "again",
+        progress=False,
+        log=messages.append,
+    )
+    assert any("reused from the cache" in m for m in messages)
+
+
+def test_distilbert_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe(
+        ROOT / "recipes" / "distilbert.yaml",
+        tiny_overrides("bert", text_file, tokenizer_dir, tmp_path),
+    )
+    assert {n: (t.loss, t.weight) for n, t in recipe.objective.items()} == {
+        "kd": ("kl", 5.0),
+        "mlm": ("cross_entropy", 2.0),
+        "cos": ("cosine_embedding", 1.0),
+    }
+    summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    models = summary["models"]
+    for m in models.values():
+        assert 1.0 < m["perplexity"] < 400
+    student = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "distilbert" / "student")
+    assert student.config.num_hidden_layers == 2  # every other layer of 4
+    metrics = (tmp_path / "distilbert" / "metrics.jsonl").read_text()
+    assert '"loss/kd"' in metrics and '"loss/mlm"' in metrics and '"loss/cos"' in metrics
+    assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
+
+
+def test_masked_blocks_follow_bert_masking(tokenizer_dir, text_file):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    data = MaskedBlocks([{"text": text_file.read_text()}], tokenizer, seq_len=64, seed=3)
+    rows = [data[i] for i in range(len(data))]
+    ids = torch.stack([r["input_ids"] for r in rows])
+    labels = torch.stack([r["labels"] for r in rows])
+    assert (ids[:, 0] == tokenizer.cls_token_id).all() and (
+        ids[:, -1] == tokenizer.sep_token_id
+    ).all()
+    chosen = labels != -100
+    assert not chosen[:, [0, -1]].any()
+    share = chosen[:, 1:-1].float().mean()
+    assert 0.13 < share < 0.17
+    masked = (ids == tokenizer.mask_token_id) & chosen
+    assert 0.75 < masked.sum() / chosen.sum() < 0.85
+    kept = (ids == labels) & chosen
+    assert 0.06 < kept.sum() / chosen.sum() < 0.14  # 10% kept (plus random hits)
+    assert torch.equal(data[5]["input_ids"], rows[5]["input_ids"])  # fixed per row
+
+
+def test_rows_labelled_restricts_a_loss_to_labelled_rows():
+    s, t = torch.randn(2, 6, 11), torch.randn(2, 6, 11)
+    labels = torch.tensor([[-100, 3, -100, -100, 5, -100], [1, -100, -100, -100, -100, 2]])
+    term = Term(losses.kl, temperature=2.0, rows="labelled")
+    value = Objective(kd=term)(LossInputs(student_logits=s, teacher_logits=t, labels=labels)).total
+    expected = losses.kl(s, t, temperature=2.0, mask=labels != -100)
+    torch.testing.assert_close(value, expected)
+    with pytest.raises(TypeError, match="needs a loss that takes a mask"):
+        Term(losses.attention_transfer, rows="labelled", student="a", teacher="b")
+
+
+def base_lm_recipe(**changes):
+    recipe = {
+        "name": "x",
+        "task": "causal_lm",
+        "data": {"dataset": "text"},
+        "teacher": {"model": "hf-config:llama"},
+        "student": {"model": "teacher", "args": {"keep": 1}},
+        "objective": {"kd": {"loss": "lm_head_kd"}},
+        "train": {"max_steps": 1},
+    }
+    recipe.update(changes)
+    return recipe
+
+
+def test_language_model_recipe_errors_name_the_field():
+    with pytest.raises(RecipeError, match=r"task causal_lm needs data\.dataset text"):
+        validate_recipe(base_lm_recipe(data={"dataset": "mnist1d"}))
+    with pytest.raises(RecipeError, match=r"task classification needs data\.dataset one of"):
+        validate_recipe(base_lm_recipe(task="classification"))
+    with pytest.raises(RecipeError, match="copies teacher layers, but no teacher is set"):
+        validate_recipe(base_lm_recipe(teacher=None))
+    with pytest.raises(RecipeError, match=r"data.seq_len"):
+        validate_recipe(base_lm_recipe(data={"dataset": "text", "seq_len": 2}))
+    from distill.recipes.load import build_term
+    from distill.recipes.schema import TermSpec
+
+    with pytest.raises(RecipeError, match=r"objective\.kd: lm_head_kd reads two language models"):
+        build_term("kd", TermSpec(loss="lm_head_kd"), 10)
+
+
+def test_lm_recipe_with_missing_text_or_bad_student_args(tmp_path, tokenizer_dir):
+    recipe = validate_recipe(
+        base_lm_recipe(
+            data={"dataset": "text", "source": str(tmp_path / "none.txt"),
+                  "tokenizer": f"hf:{tokenizer_dir}"},
+            teacher={"model": "hf-config:llama", "train": {"max_steps": 1}},
+        )
+    )  # fmt: skip
+    with pytest.raises(RecipeError, match=r"data\.source"):
+        run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lambda m: None)
