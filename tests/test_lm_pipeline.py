@@ -2,14 +2,16 @@
 llm_token_kd and distilbert recipes with their models swapped for tiny ones, masked-LM
 data, and the errors a wrong LM recipe gets."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from typer.testing import CliRunner
 
-from distill import Objective, Term, losses
+from distill import Objective, Term, cli, losses
 from distill.data.text import MaskedBlocks, pydoc_records
 from distill.objective import LossInputs
 from distill.pipeline import run_recipe
@@ -103,6 +105,13 @@ def test_llm_token_kd_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp
     ids = tokenizer("the with statement", return_tensors="pt")["input_ids"]
     assert student(input_ids=ids).logits.shape[-1] == len(tokenizer)
 
+    # distill eval measures the saved student again, on the same test rows
+    result = CliRunner().invoke(cli.app, ["eval", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["perplexity"] == pytest.approx(
+        models["student"]["perplexity"], rel=1e-4
+    )
+
     # a second run reuses the teacher trained for the first
     messages = []
     run_recipe(
@@ -125,7 +134,17 @@ def test_distilbert_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp_p
         "mlm": ("cross_entropy", 2.0),
         "cos": ("cosine_embedding", 1.0),
     }
-    summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    # distill teacher trains and caches the teacher; the run then reuses it
+    overrides = [f"--set={o}" for o in tiny_overrides("bert", text_file, tokenizer_dir, tmp_path)]
+    result = CliRunner().invoke(
+        cli.app, ["teacher", str(ROOT / "recipes" / "distilbert.yaml"), *overrides, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    trained = json.loads(result.stdout)
+    assert 1.0 < trained["val"]["perplexity"] < 400
+    messages = []
+    summary = run_recipe(recipe, progress=False, log=messages.append)
+    assert any("reused from the cache" in m for m in messages)
     models = summary["models"]
     for m in models.values():
         assert 1.0 < m["perplexity"] < 400

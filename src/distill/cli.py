@@ -195,18 +195,24 @@ def teacher(
         if loaded.teacher is None:
             raise ValueError(f"{recipe}: the recipe names no teacher")
         log = _logger(quiet, as_json)
-        data = prepare_data(loaded)
-        _, info = train_teacher(loaded, data, progress=not (quiet or as_json), log=log)
-        from distill.pipeline import teacher_cache_dir
+        progress = not (quiet or as_json)
+        if loaded.task != "classification":
+            from distill.lm_pipeline import teacher_command
 
-        result = {**info, "cache": str(teacher_cache_dir(loaded))}
+            result = teacher_command(loaded, progress, log)
+            score = f"validation perplexity {result['val']['perplexity']:.2f}"
+        else:
+            from distill.pipeline import teacher_cache_dir
+
+            _, info = train_teacher(loaded, prepare_data(loaded), progress=progress, log=log)
+            result = {**info, "cache": str(teacher_cache_dir(loaded))}
+            score = f"validation accuracy {100 * info['val']['accuracy']:.2f}%"
         if as_json:
             typer.echo(json.dumps(result, indent=2))
         else:
-            accuracy = info["val"].get("accuracy")
             typer.echo(
-                f"teacher {info['model']}: validation accuracy {100 * accuracy:.2f}% in "
-                f"{info['train_seconds']:.0f} s; saved to {result['cache']}"
+                f"teacher {result['model']}: {score} in {result['train_seconds']:.0f} s; "
+                f"saved to {result['cache']}"
             )
 
     _guarded(body)
@@ -227,6 +233,18 @@ def eval_(
         if not (run_dir / RECIPE_FILE).exists():
             raise FileNotFoundError(f"{run_dir} is not a distill run directory (no {RECIPE_FILE})")
         recipe = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
+        if recipe.task != "classification":
+            from distill.lm_pipeline import evaluate_run
+
+            metrics = evaluate_run(run_dir, recipe)
+            if as_json:
+                typer.echo(json.dumps(metrics, indent=2))
+            else:
+                typer.echo(
+                    f"{run_dir}: test perplexity {metrics['perplexity']:.2f}, token accuracy "
+                    f"{100 * metrics['accuracy']:.1f}% ({int(metrics['examples']):,} tokens)"
+                )
+            return
         data = prepare_data(recipe)
         student = model_from_spec(ModelSpec(model=str(run_dir)), data)
         metrics = evaluate_model(student, data, recipe)

@@ -224,12 +224,22 @@ def get_lm_teacher(
         ckpt.load_weights(model, weights)
         log(f"teacher {spec.model}: reused from the cache {folder}")
         return model.eval(), {**json.loads((folder / "teacher.json").read_text()), "cached": True}
+    return train_lm_teacher(recipe, model, data, progress, log)
+
+
+def train_lm_teacher(
+    recipe: Recipe, model: nn.Module, data: TextData, progress: bool, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune (or train) the teacher with ``teacher.train`` on the train rows; cache it."""
+    spec = recipe.teacher
+    if spec is None or spec.train is None:
+        raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
+    folder = teacher_cache_dir(recipe)
     log(f"training the teacher {spec.model} on {len(data.train):,} rows")  # type: ignore[arg-type]
     torch.manual_seed(recipe.seed)
     started = time.perf_counter()
     run = Distiller(
-        model,
-        **_settings(spec.train, seed=recipe.seed, run_dir=folder / "run", progress=progress),
+        model, **_settings(spec.train, seed=recipe.seed, run_dir=folder / "run", progress=progress)
     )
     run.fit(
         loader(data.train, recipe, True),
@@ -237,14 +247,37 @@ def get_lm_teacher(
         epochs=spec.train.epochs,
         max_steps=spec.train.max_steps,
     )
+    val = run.evaluate(loader(data.val, recipe, False))
     info = {
         "model": spec.model,
         "train_seconds": time.perf_counter() - started,
-        "val": run.evaluate(loader(data.val, recipe, False)),
+        "val": {**val, "perplexity": math.exp(val["loss"])},
     }
-    ckpt.save_weights(model, weights)
+    ckpt.save_weights(model, folder / "teacher.safetensors")
     (folder / "teacher.json").write_text(json.dumps(info, indent=2))
     return model.eval(), info
+
+
+def teacher_command(recipe: Recipe, progress: bool, log: Log) -> dict[str, Any]:
+    """``distill teacher`` for a language-model recipe: train the teacher and cache it."""
+    assert recipe.teacher is not None
+    tokenizer = tokenizer_for(recipe)
+    data = prepare_text(recipe, tokenizer)
+    model = build_lm(recipe.teacher, recipe, tokenizer, where="teacher")
+    _, info = train_lm_teacher(recipe, model, data, progress, log)
+    return {**info, "cache": str(teacher_cache_dir(recipe))}
+
+
+def evaluate_run(run_dir: Path, recipe: Recipe) -> dict[str, float]:
+    """``distill eval`` for a language-model run: its saved student on the test rows."""
+    folder = Path(run_dir) / HF_STUDENT_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{run_dir} holds no student/ folder; did the run finish?")
+    tokenizer = tokenizer_for(recipe)
+    data = prepare_text(recipe, tokenizer)
+    student = hf.auto_class(_task(recipe)).from_pretrained(folder)
+    metrics = Distiller(student, progress=False).evaluate(loader(data.test, recipe, False))
+    return {**metrics, "perplexity": math.exp(metrics["loss"])}
 
 
 def _measure(

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 
 PLOTS = "plots"
 LABELS = {"teacher": "teacher", "baseline": "student, labels only", "student": "student, distilled"}
@@ -121,6 +122,23 @@ def verdict(summary: dict[str, Any]) -> str:
     return text + "."
 
 
+def _plain_ticks(ax) -> None:
+    """Log-scale y ticks written as plain numbers (38, 40), not 3.8 × 10¹."""
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+
+
+def _count(value: float, _position: object = None) -> str:
+    return (
+        f"{value / 1e6:g}M"
+        if value >= 1e6
+        else f"{value / 1e3:g}k"
+        if value >= 1e3
+        else f"{value:g}"
+    )
+
+
 def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
     student = read_metrics(run_dir / "metrics.jsonl")
     baseline = read_metrics(run_dir / "baseline" / "metrics.jsonl")
@@ -155,6 +173,7 @@ def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
             yscale="log",
             title="validation perplexity",
         )
+        _plain_ticks(right)
     else:
         right.set(
             xlabel="optimizer step", ylabel="validation accuracy (%)", title="validation accuracy"
@@ -180,6 +199,11 @@ def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
         yscale="log" if lm else "linear",
         title=("perplexity" if lm else "accuracy") + " against size",
     )
+    if lm:
+        _plain_ticks(ax)
+    counts = matplotlib.ticker.FuncFormatter(_count)
+    ax.xaxis.set_major_formatter(counts)
+    ax.xaxis.set_minor_formatter(counts)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

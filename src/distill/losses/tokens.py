@@ -1,12 +1,13 @@
 """Token-level distillation through the LM heads, without materialising full logits.
 
 ``lm_head_kd`` takes the *hidden states* that enter the student's and the teacher's LM
-heads, and the heads' weights, instead of logits. It walks the tokens in chunks; for each
-chunk it computes both models' logits, the divergence (and optionally the label
-cross-entropy), and the student's gradient with respect to that chunk's logits, which it
-turns at once into gradients for the hidden states and the head weight. Peak memory is a
-few (chunk × vocab) buffers instead of (tokens × vocab) for each model and its softmax.
-The same per-chunk divergences as ``losses.logits`` are used, so the two agree exactly.
+heads, and the heads' weights, instead of logits. It walks the selected tokens in chunks
+(tokens the mask or the labels leave out never enter the heads); for each chunk it
+computes both models' logits, the divergence (and optionally the label cross-entropy),
+and the student's gradient with respect to that chunk's logits, which it turns at once
+into gradients for the hidden states and the head weight. Peak memory is a few
+(chunk × vocab) buffers instead of (tokens × vocab) for each model and its softmax. The
+same per-chunk divergences as ``losses.logits`` are used, so the two agree exactly.
 
 Reduction: the sum over selected tokens divided by ``global_count`` (default: the number
 of selected tokens here). Pass the token count of the whole optimizer step — across
@@ -66,25 +67,19 @@ class _ChunkedLMHeadKD(torch.autograd.Function):
             torch.zeros_like(s_bias, dtype=acc) if needs_grad and s_bias is not None else None
         )
         total = torch.zeros((), dtype=acc, device=s_hidden.device)
-        for start in range(0, s_hidden.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            chunk_mask = selected[rows]
-            chunk_count = int(chunk_mask.sum())
-            if chunk_count == 0:
-                continue
+        # only the selected tokens enter the heads: chunks are full chunks of those
+        index = selected.nonzero().squeeze(1)
+        for start in range(0, index.numel(), chunk):
+            rows = index[start : start + chunk]
             h = s_hidden[rows]
             teacher = _softcap(_logits(t_hidden[rows], t_weight, t_bias).to(acc), softcap)
             with torch.enable_grad():
                 logits = _logits(h, s_weight, s_bias).to(acc).detach().requires_grad_(needs_grad)
                 student = _softcap(logits, softcap)
-                value = kd_weight * divergence(
-                    student, teacher, temperature=temperature, mask=chunk_mask
-                )
+                value = kd_weight * divergence(student, teacher, temperature=temperature)
                 if ce_weight:
-                    value = value + ce_weight * cross_entropy(
-                        student, labels[rows], mask=chunk_mask
-                    )
-                value = value * (chunk_count / count)
+                    value = value + ce_weight * cross_entropy(student, labels[rows])
+                value = value * (rows.numel() / count)
                 if needs_grad:
                     (grad_logits,) = torch.autograd.grad(value, logits)
             total += value.detach()

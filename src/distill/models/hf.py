@@ -109,6 +109,8 @@ def load_hf_lm(
     if dtype is not None:
         options["dtype"] = dtype
     model = auto.from_pretrained(name, **options)
+    if gguf_file is not None:
+        _plain_weights(model)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             name, **({"gguf_file": gguf_file} if gguf_file else {})
@@ -116,6 +118,15 @@ def load_hf_lm(
     except (OSError, ValueError):
         tokenizer = None
     return model, tokenizer
+
+
+def _plain_weights(model: nn.Module) -> None:
+    """Transformers dequantises a GGUF file into ordinary float weights but keeps a GGUF
+    marker that refuses ``save_pretrained``; dropping it lets students (and the teacher)
+    be saved and reloaded as ordinary Hugging Face models."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def smollm2_dir() -> Path:
