@@ -140,7 +140,7 @@ def main() -> None:
         f"Teacher: SmolLM2-135M-Instruct (GGUF Q4_1, dequantised). Student: {args.keep} of its "
         f"30 layers, copied ({args.select}: layers {layers if calibration else kept}). Text: "
         f"CPython help topics, {len(train)} train / {len(held)} held-out blocks of "
-        f"{args.seq_len} tokens. Both students: {args.steps} steps of {args.batch} blocks, "
+        f"{args.seq_len} tokens. Every student: {args.steps} steps of {args.batch} blocks, "
         f"AdamW lr {args.lr}, clip 1.0, seed 0; token-level KD = forward KL at "
         f"T = {args.temperature} through the LM heads (`lm_head_kd`, no full logits). "
         f"Machine: {machine}, torch {torch.__version__}.",
