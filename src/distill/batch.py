@@ -1,9 +1,10 @@
 """What the engine reads from a data-loader batch, and the model output it reads back.
 
 A batch may be ``inputs``, ``(inputs,)``, ``(inputs, labels)`` or a dict. A dict's
-``labels`` and ``loss_mask`` entries are taken out and the rest is passed to the model as
-keyword arguments (the Hugging Face convention). ``loss_mask`` (N,) or (N, T) selects the
-rows that count in every loss.
+``labels`` and ``loss_mask`` entries are taken out, so are the metadata entries
+(``META_KEYS``: ``domain``, the index of the teacher that routes an example, and
+``example_id``), and the rest is passed to the model as keyword arguments (the Hugging Face
+convention). ``loss_mask`` (N,) or (N, T) selects the rows that count in every loss.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 IGNORE_INDEX = -100
+META_KEYS = ("domain", "example_id")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Batch:
     kwargs: dict[str, Any] = field(default_factory=dict)
     labels: Tensor | None = None
     mask: Tensor | None = None
+    meta: dict[str, Tensor] = field(default_factory=dict)
 
     def run(self, model: nn.Module, logits: bool = True) -> Any:
         """``model``'s output for this batch. ``logits=False`` says nobody reads the
@@ -45,6 +48,21 @@ class Batch:
             kwargs={k: move(v) for k, v in self.kwargs.items()},
             labels=move(self.labels),
             mask=move(self.mask),
+            meta={k: move(v) for k, v in self.meta.items()},
+        )
+
+    def select(self, index: Tensor) -> Batch:
+        """The examples at ``index`` (first dimension of every tensor)."""
+
+        def pick(x: Any) -> Any:
+            return x[index] if isinstance(x, Tensor) else x
+
+        return Batch(
+            args=tuple(pick(a) for a in self.args),
+            kwargs={k: pick(v) for k, v in self.kwargs.items()},
+            labels=pick(self.labels),
+            mask=pick(self.mask),
+            meta={k: pick(v) for k, v in self.meta.items()},
         )
 
     def size(self) -> int:
@@ -77,11 +95,13 @@ def as_batch(raw: Any) -> Batch:
         return Batch(args=(raw,))
     if isinstance(raw, Mapping):
         kwargs = dict(raw)
+        meta = {key: kwargs.pop(key) for key in META_KEYS if key in kwargs}
         return Batch(
             args=(),
             kwargs=kwargs,
             labels=kwargs.pop("labels", None),
             mask=kwargs.pop("loss_mask", None),
+            meta=meta,
         )
     if isinstance(raw, (tuple, list)) and 1 <= len(raw) <= 2:
         return Batch(args=(raw[0],), labels=raw[1] if len(raw) == 2 else None)

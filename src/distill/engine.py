@@ -451,6 +451,9 @@ class Distiller:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        after_step = getattr(self.teacher, "after_step", None)
+        if after_step is not None:  # e.g. an EMA teacher follows the student
+            after_step(step + 1, total_steps)
         return logs
 
     # -- evaluation ------------------------------------------------------------------------

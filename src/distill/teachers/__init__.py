@@ -1,6 +1,11 @@
-"""Teachers: anything that answers a batch with a ``TeacherOutput`` and never trains."""
+"""Teachers: anything that answers a batch with a ``TeacherOutput`` and never trains.
+
+``Module`` (a frozen model), ``Ensemble`` (several teachers combined or routed) and ``EMA``
+(the moving average of the student, for self-distillation)."""
 
 from distill.teachers.base import Teacher, TeacherOutput
+from distill.teachers.ema import EMA, ema_momentum
+from distill.teachers.ensemble import Ensemble
 from distill.teachers.module import Module
 
-__all__ = ["Module", "Teacher", "TeacherOutput"]
+__all__ = ["EMA", "Ensemble", "Module", "Teacher", "TeacherOutput", "ema_momentum"]

@@ -1,0 +1,124 @@
+"""Self-distillation losses without labels: DINO and BYOL, for an EMA teacher.
+
+Both compare the student's output on some views of an input with the teacher's output on
+other views. Views are passed as lists of tensors of shape (N, D) (one entry per view, the
+same N examples in each); a single tensor is one view. Pairs of the same view are skipped
+when both lists hold it (DINO's multi-crop: the teacher sees the global crops, the student
+every crop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from distill.losses._reduce import upcast
+
+Views = Tensor | Sequence[Tensor]
+
+
+def _views(x: Views) -> list[Tensor]:
+    return [x] if isinstance(x, Tensor) else list(x)
+
+
+def _pairs(student: list[Tensor], teacher: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """Every (student view, teacher view) pair, except a view with itself: the first
+    ``len(teacher)`` student views are taken to be the teacher's views, in order."""
+    same = len(student) > 1 or len(teacher) > 1
+    return [
+        (s, t)
+        for i, s in enumerate(student)
+        for j, t in enumerate(teacher)
+        if not (same and i == j)
+    ]
+
+
+def dino(
+    student_views: Views,
+    teacher_views: Views,
+    *,
+    center: Tensor,
+    student_temperature: float = 0.1,
+    teacher_temperature: float = 0.04,
+) -> Tensor:
+    """DINO: cross-entropy from the teacher's centred, sharpened distribution.
+
+    Formula: ``p_t = softmax((g_t − c) / τ_t)``, ``log p_s = log_softmax(g_s / τ_s)``,
+    ``loss = mean over pairs and examples of −Σ_k p_t,k log p_s,k``; ``c`` is a running
+    mean of the teacher's outputs (``DINOCenter``). Centering stops one dimension from
+    dominating, sharpening (τ_t < τ_s) stops the outputs from becoming uniform; together
+    they avoid collapse without labels or negatives.
+    Reduction: mean over view pairs and examples. T² scaling: no.
+    Paper: Caron et al., "Emerging Properties in Self-Supervised Vision Transformers",
+    ICCV 2021.
+    """
+    students, teachers = _views(student_views), _views(teacher_views)
+    total, count = 0.0, 0
+    for s, t in _pairs(students, teachers):
+        target = F.softmax((upcast(t) - center) / teacher_temperature, dim=-1).detach()
+        log_p = F.log_softmax(upcast(s) / student_temperature, dim=-1)
+        total = total + (-(target * log_p).sum(-1)).mean()
+        count += 1
+    if count == 0:
+        raise ValueError("dino needs at least one (student view, teacher view) pair")
+    return total / count
+
+
+class DINOCenter:
+    """DINO's loss with its state: the centre ``c ← m c + (1 − m) mean(teacher outputs)``
+    is updated after each call (no gradient). Use it as a term's loss:
+    ``Term(DINOCenter(out_dim), ...)``; it reads ``student_logits`` and ``teacher_logits``
+    (or, with taps, features)."""
+
+    def __init__(
+        self,
+        dim: int,
+        momentum: float = 0.9,
+        student_temperature: float = 0.1,
+        teacher_temperature: float = 0.04,
+    ) -> None:
+        self.center = torch.zeros(dim)
+        self.momentum = momentum
+        self.student_temperature = student_temperature
+        self.teacher_temperature = teacher_temperature
+        self.__name__ = "dino"
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        self.center = self.center.to(teacher_logits.device)
+        loss = dino(
+            student_logits,
+            teacher_logits,
+            center=self.center,
+            student_temperature=self.student_temperature,
+            teacher_temperature=self.teacher_temperature,
+        )
+        self.update(teacher_logits)
+        return loss
+
+    @torch.no_grad()
+    def update(self, teacher_views: Views) -> None:
+        batch_mean = torch.cat([upcast(t) for t in _views(teacher_views)]).mean(0)
+        self.center = self.momentum * self.center + (1 - self.momentum) * batch_mean
+
+
+def byol(student_views: Views, teacher_views: Views) -> Tensor:
+    """BYOL: regress the teacher's normalised projection from the student's prediction.
+
+    Formula: ``loss = ‖ q̂_s − ẑ_t ‖² = 2 − 2 cos(q_s, z_t)`` with ``q̂ = q / ‖q‖``; the
+    student's views pass through its predictor head before this loss, the teacher (EMA)
+    has none.
+    Reduction: mean over view pairs and examples. T² scaling: no.
+    Paper: Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020.
+    """
+    students, teachers = _views(student_views), _views(teacher_views)
+    pairs = _pairs(students, teachers)
+    if not pairs:
+        raise ValueError("byol needs at least one (student view, teacher view) pair")
+    values = [
+        (2 - 2 * F.cosine_similarity(upcast(s), upcast(t).detach(), dim=-1)).mean()
+        for s, t in pairs
+    ]
+    return torch.stack(values).mean()

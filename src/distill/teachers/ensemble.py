@@ -1,0 +1,164 @@
+"""Several teachers behind one interface: averaged, weighted, confidence-weighted or routed.
+
+The members' predictions are combined as probabilities at the distillation temperature T
+and handed to the objective as logits whose softmax at T is that mixture:
+
+    p_i = softmax(z_i / T),  p = Σ_i w_i p_i,  z = T · log p
+
+so ``losses.kl(student, z, temperature=T)`` distils from the mixture (Hinton et al. 2015
+average an ensemble's soft targets the same way). Combining rules:
+
+- ``mean``: w_i = 1 / K;
+- ``weighted``: fixed ``weights`` (normalised to sum to 1);
+- ``confidence``: per example, w_i = softmax_i(−H(p_i)), so a teacher that is sure of an
+  example (low entropy) counts more there;
+- ``route``: each example is answered by one teacher only, the one its batch's ``domain``
+  field names (specialised teachers, e.g. one per data subset); only that teacher runs on
+  the example.
+
+Members may have different architectures (same number of classes). Tapped features come
+back per member as ``"<member>/<path>"``: a term reads ``teacher="vision/layer3"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from distill.batch import Batch
+from distill.teachers.base import Teacher, TeacherOutput
+from distill.teachers.module import Module
+
+Combine = Literal["mean", "weighted", "confidence", "route"]
+
+
+def _as_teacher(member: Teacher | nn.Module) -> Teacher:
+    return Module(member) if isinstance(member, nn.Module) else member
+
+
+def mix_logits(logits: Sequence[Tensor], weights: Tensor, temperature: float) -> Tensor:
+    """``T · log Σ_i w_i softmax(z_i / T)``; ``weights`` is (K,) or (K, *rows)."""
+    log_probs = torch.stack([torch.log_softmax(z.float() / temperature, dim=-1) for z in logits])
+    while weights.dim() < log_probs.dim():
+        weights = weights.unsqueeze(-1)
+    mixed = torch.logsumexp(log_probs + torch.log(weights.clamp_min(1e-30)), dim=0)
+    return temperature * mixed
+
+
+def confidence_weights(logits: Sequence[Tensor], temperature: float) -> Tensor:
+    """(K, *rows) weights: softmax over members of the negative entropy of p_i at T."""
+    entropies = []
+    for z in logits:
+        log_p = torch.log_softmax(z.float() / temperature, dim=-1)
+        entropies.append(-(log_p.exp() * log_p).sum(-1))
+    return torch.softmax(-torch.stack(entropies), dim=0)
+
+
+class Ensemble:
+    """Teachers ``members`` (a list, or a mapping of names to teachers or modules) that
+    answer as one; see the module docstring for ``combine``. ``temperature`` must equal the
+    temperature of the KD term that reads the ensemble."""
+
+    def __init__(
+        self,
+        members: Sequence[Teacher | nn.Module] | Mapping[str, Teacher | nn.Module],
+        combine: Combine = "mean",
+        *,
+        weights: Sequence[float] | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        named = members if isinstance(members, Mapping) else dict(enumerate(members))
+        if len(named) < 1:
+            raise ValueError("an Ensemble needs at least one teacher")
+        self.members = {str(name): _as_teacher(m) for name, m in named.items()}
+        if combine not in ("mean", "weighted", "confidence", "route"):
+            raise ValueError(
+                f"combine must be mean, weighted, confidence or route, got {combine!r}"
+            )
+        if (weights is not None) != (combine == "weighted"):
+            raise ValueError("give weights exactly when combine='weighted'")
+        if weights is not None:
+            if len(weights) != len(self.members) or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(
+                    f"weights must be {len(self.members)} non-negative numbers with a positive "
+                    f"sum, got {list(weights)}"
+                )
+            total = float(sum(weights))
+            self.weights = torch.tensor([w / total for w in weights])
+        else:
+            self.weights = torch.full((len(self.members),), 1.0 / len(self.members))
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.combine, self.temperature = combine, temperature
+
+    # -- the Teacher interface -------------------------------------------------------------
+
+    def add_taps(self, paths: Iterable[str]) -> None:
+        by_member: dict[str, list[str]] = {}
+        for path in paths:
+            name, sep, inner = path.partition("/")
+            if not sep or name not in self.members:
+                raise KeyError(
+                    f"ensemble tap {path!r}: write '<member>/<module path>' with a member "
+                    f"among {', '.join(self.members)}"
+                )
+            if self.combine == "route":
+                raise ValueError(
+                    "a routed ensemble returns no features: each teacher sees a subset"
+                )
+            by_member.setdefault(name, []).append(inner)
+        for name, inner_paths in by_member.items():
+            self.members[name].add_taps(inner_paths)
+
+    def to(self, device: torch.device | str) -> Ensemble:
+        for member in self.members.values():
+            member.to(device)
+        return self
+
+    def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
+        if self.combine == "route":
+            return self._route(batch)
+        outputs = {name: member(batch) for name, member in self.members.items()}
+        features = {
+            f"{name}/{path}": value
+            for name, out in outputs.items()
+            for path, value in out.features.items()
+        }
+        member_logits = [out.logits for out in outputs.values()]
+        if any(z is None for z in member_logits):
+            raise ValueError("every ensemble member must return logits")
+        if self.combine == "confidence":
+            weights = confidence_weights(member_logits, self.temperature)  # type: ignore[arg-type]
+        else:
+            weights = self.weights.to(member_logits[0].device)  # type: ignore[union-attr]
+        return TeacherOutput(
+            logits=mix_logits(member_logits, weights, self.temperature),  # type: ignore[arg-type]
+            features=features,
+        )
+
+    def _route(self, batch: Batch) -> TeacherOutput:
+        domain = batch.meta.get("domain")
+        if domain is None:
+            raise ValueError(
+                "a routed ensemble needs a 'domain' entry in each batch (a dict batch with "
+                "domain: the index of the teacher of each example)"
+            )
+        if domain.min() < 0 or domain.max() >= len(self.members):
+            raise ValueError(
+                f"batch domain values must lie in 0..{len(self.members) - 1} (one per member "
+                f"{', '.join(self.members)}); got {sorted(set(domain.tolist()))}"
+            )
+        result: Tensor | None = None
+        for index, member in enumerate(self.members.values()):
+            rows = (domain == index).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            out = member(batch.select(rows))
+            assert out.logits is not None
+            if result is None:
+                result = out.logits.new_zeros((batch.size(), *out.logits.shape[1:]))
+            result[rows] = out.logits
+        return TeacherOutput(logits=result, features={})

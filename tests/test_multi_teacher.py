@@ -1,0 +1,155 @@
+"""Ensembles of teachers (mean, weighted, confidence, routing), the EMA teacher, and the
+DINO / BYOL self-distillation losses."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import distill
+from distill import Objective, Term, losses, teachers
+from distill.batch import as_batch
+from distill.losses.selfsup import DINOCenter, byol, dino
+
+
+def linear(seed: int, d_in: int = 6, d_out: int = 4) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, 8), nn.ReLU(), nn.Linear(8, d_out))
+
+
+def test_mean_and_weighted_ensembles_mix_probabilities_at_the_temperature():
+    members = [linear(0), linear(1), linear(2)]
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        probs = [torch.softmax(m(x) / 2.0, -1) for m in members]
+    mean = teachers.Ensemble(members, temperature=2.0)(as_batch(x)).logits
+    torch.testing.assert_close(torch.softmax(mean / 2.0, -1), sum(probs) / 3)
+    weighted = teachers.Ensemble(members, "weighted", weights=[2, 1, 1], temperature=2.0)
+    expected = 0.5 * probs[0] + 0.25 * probs[1] + 0.25 * probs[2]
+    torch.testing.assert_close(torch.softmax(weighted(as_batch(x)).logits / 2.0, -1), expected)
+
+
+def test_confidence_weighting_favours_the_surer_teacher_per_example():
+    sure, unsure = nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)
+    sure.weight.data = 5 * torch.eye(3)
+    unsure.weight.data = 0.1 * torch.eye(3).flip(0)
+    x = torch.eye(3)
+    out = teachers.Ensemble([sure, unsure], "confidence")(as_batch(x)).logits
+    p = [torch.softmax(x @ m.weight.T, -1) for m in (sure, unsure)]
+    h = torch.stack([-(q * q.log()).sum(-1) for q in p])
+    w = torch.softmax(-h, 0)
+    torch.testing.assert_close(torch.softmax(out, -1), w[0, :, None] * p[0] + w[1, :, None] * p[1])
+    assert (w[0] > w[1]).all()
+
+
+def test_routing_sends_each_example_to_its_teacher_only():
+    members = {"a": linear(0), "b": linear(1)}
+    seen = {name: [] for name in members}
+    for name, m in members.items():
+        m[0].register_forward_hook(lambda mod, inp, out, name=name: seen[name].append(inp[0]))
+    x = torch.randn(6, 6)
+    domain = torch.tensor([0, 1, 1, 0, 1, 0])
+    out = teachers.Ensemble(members, "route")(as_batch({"input": x, "domain": domain}))
+    torch.testing.assert_close(seen["a"][0], x[domain == 0])
+    torch.testing.assert_close(seen["b"][0], x[domain == 1])
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits[domain == 1], members["b"](x[domain == 1]))
+    with pytest.raises(ValueError, match="needs a 'domain' entry"):
+        teachers.Ensemble(members, "route")(as_batch(x))
+    with pytest.raises(ValueError, match=r"domain values must lie in 0\.\.1"):
+        teachers.Ensemble(members, "route")(as_batch({"input": x, "domain": domain + 1}))
+
+
+def test_ensemble_features_come_back_per_member_and_a_student_learns():
+    members = {"wide": linear(0), "other": linear(1)}
+    ensemble = teachers.Ensemble(members, temperature=2.0)
+    x = torch.randn(64, 6)
+    student = linear(5)
+    objective = Objective(
+        kd=Term(losses.kl, temperature=2.0),
+        hint=Term(losses.hint, weight=0.1, student="1", teacher="wide/1"),
+    )
+    history = []
+
+    class Record(distill.Callback):
+        def on_step_end(self, distiller, step, logs):
+            history.append(logs["loss/kd"])
+
+    distill.Distiller(
+        student, ensemble, objective, lr=1e-2, progress=False, select_metric=None,
+        callbacks=[Record()],
+    ).fit(DataLoader(TensorDataset(x), batch_size=16), max_steps=40)  # fmt: skip
+    assert sum(history[-4:]) < 0.5 * sum(history[:4])
+    with pytest.raises(KeyError, match="'<member>/<module path>'"):
+        ensemble.add_taps(["missing/1"])
+
+
+def test_ema_momentum_schedule_and_update():
+    assert teachers.ema_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert teachers.ema_momentum(50, 100, 0.996) == pytest.approx(0.998)
+    assert teachers.ema_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    student = linear(0)
+    ema = teachers.EMA(student, momentum=0.9, final_momentum=0.9)
+    before = [p.clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    ema.after_step(1, 10)
+    for old, new, s in zip(before, ema.model.parameters(), student.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * s)
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_an_ema_teacher_follows_the_student_in_training():
+    student = linear(0)
+    ema = teachers.EMA(student, momentum=0.5)
+    start = [p.clone() for p in ema.model.parameters()]
+    x, y = torch.randn(64, 6), torch.randint(0, 4, (64,))
+    objective = Objective(ce=Term(losses.cross_entropy), kd=Term(losses.kl, temperature=2.0))
+    distill.Distiller(student, ema, objective, lr=1e-2, progress=False, select_metric=None).fit(
+        DataLoader(TensorDataset(x, y), batch_size=16), max_steps=8
+    )
+    moved = sum(
+        float((a - b).abs().sum()) for a, b in zip(start, ema.model.parameters(), strict=True)
+    )
+    gap = sum(
+        float((a - b).detach().abs().sum())
+        for a, b in zip(ema.model.parameters(), student.parameters(), strict=True)
+    )
+    assert moved > 0 and gap < moved  # it moved, and it is closer to the student than it was
+
+
+def test_byol_is_two_minus_twice_the_cosine():
+    s, t = torch.randn(5, 8), torch.randn(5, 8)
+    expected = (2 - 2 * torch.nn.functional.cosine_similarity(s, t)).mean()
+    torch.testing.assert_close(byol(s, t), expected)
+    assert float(byol(t, t)) == pytest.approx(0.0, abs=1e-6)
+    # two views: each student view against the other teacher view
+    s2, t2 = torch.randn(5, 8), torch.randn(5, 8)
+    torch.testing.assert_close(byol([s, s2], [t, t2]), (byol(s, t2) + byol(s2, t)) / 2)
+
+
+def test_dino_centering_keeps_the_teachers_mean_output_near_uniform():
+    """Without labels: a student and its EMA teacher on random inputs. The centre, a running
+    mean of the teacher's outputs, is subtracted before sharpening, so no output dimension
+    takes over the teacher's average distribution."""
+    dim = 16
+    student = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, dim))
+    with torch.no_grad():
+        student[2].bias[0] = 5.0  # start with one dimension far ahead
+    ema = teachers.EMA(student, momentum=0.9)
+    loss = DINOCenter(dim, momentum=0.9)
+    x = torch.randn(512, 10)
+    distill.Distiller(
+        student, ema, Objective(dino=Term(loss)), lr=1e-3, progress=False, select_metric=None
+    ).fit(DataLoader(TensorDataset(x), batch_size=64, shuffle=True), max_steps=80)
+    with torch.no_grad():
+        logits = ema.model(x)
+    centred = torch.softmax((logits - loss.center) / loss.teacher_temperature, -1).mean(0)
+    uncentred = torch.softmax(logits / loss.teacher_temperature, -1).mean(0)
+    entropy = float(-(centred * centred.log()).sum())
+    assert entropy > 0.8 * math.log(dim)
+    assert float(uncentred.max()) > 2 * float(centred.max())  # the centre is what does it
+    assert float(dino(logits, logits, center=loss.center)) > 0
