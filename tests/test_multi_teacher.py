@@ -153,3 +153,103 @@ def test_dino_centering_keeps_the_teachers_mean_output_near_uniform():
     assert entropy > 0.8 * math.log(dim)
     assert float(uncentred.max()) > 2 * float(centred.max())  # the centre is what does it
     assert float(dino(logits, logits, center=loss.center)) > 0
+
+
+def test_mutual_learning_loss_matches_its_formula():
+    z = torch.randn(3, 5, 4)
+    y = torch.randint(0, 4, (5,))
+    value = losses.mutual_learning(z, y, temperature=2.0, kd_weight=0.5)
+    expected = 0.0
+    for k in range(3):
+        expected += losses.cross_entropy(z[k], y)
+        others = [j for j in range(3) if j != k]
+        expected += 0.5 * sum(losses.kl(z[k], z[j], temperature=2.0) for j in others) / 2
+    torch.testing.assert_close(value, expected)
+
+
+def test_mutual_learning_updates_every_peer_and_they_agree_more(digits):
+    train, test = digits
+    flat = TensorDataset(train.tensors[0].flatten(1), train.tensors[1])
+    x_test = test.tensors[0].flatten(1)
+
+    def peer(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    def fit(student, objective):
+        distill.Distiller(
+            student, None, objective, lr=3e-3, progress=False, select_metric=None
+        ).fit(DataLoader(flat, batch_size=64, shuffle=True), epochs=6)
+
+    cohort = distill.Cohort([peer(1), peer(2)])
+    before = [p.clone() for p in cohort.parameters()]
+    fit(cohort, distill.mutual_objective(temperature=2.0))
+    changed = [not torch.equal(a, b) for a, b in zip(before, cohort.parameters(), strict=True)]
+    assert all(changed)  # every weight of both peers moved
+    alone = [peer(1), peer(2)]
+    for model in alone:
+        fit(model, Objective(ce=Term(losses.cross_entropy)))
+
+    def disagreement(a, b):
+        with torch.no_grad():
+            return float(losses.kl(a(x_test), b(x_test), temperature=2.0))
+
+    assert disagreement(*cohort.peers) < 0.7 * disagreement(*alone)
+    with pytest.raises(ValueError, match="at least 2 peers"):
+        distill.Cohort([peer(0)])
+
+
+TINY_RUN = [
+    "train.epochs=1",
+    "train.max_steps=6",
+    "output.latency_repeats=2",
+]
+TINY_TEACHER = ["teacher.train.epochs=1", "teacher.train.max_steps=6"]
+ROOT = __import__("pathlib").Path(__file__).parents[1]
+
+
+def run_shipped(name, overrides, tmp_path):
+    from distill.pipeline import run_recipe
+    from distill.recipes import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", overrides)
+    return run_recipe(recipe, out_dir=tmp_path / name, progress=False, log=lambda m: None)
+
+
+def test_teacher_assistant_chain_runs_end_to_end(isolated_cache, tmp_path):
+    summary = run_shipped("mnist1d_takd", TINY_RUN + TINY_TEACHER, tmp_path)
+    assert list(summary["models"]) == ["teacher", "baseline", "assistant", "student"]
+    assert (tmp_path / "mnist1d_takd" / "assistant" / "student.safetensors").exists()
+    sizes = {k: m["parameters"] for k, m in summary["models"].items()}
+    assert sizes["teacher"] > sizes["assistant"] > sizes["student"] == sizes["baseline"]
+    report = (tmp_path / "mnist1d_takd" / "report.md").read_text()
+    assert "| assistant |" in report
+
+
+def test_born_again_generations_each_teach_the_next(isolated_cache, tmp_path):
+    summary = run_shipped(
+        "mnist1d_born_again", [*TINY_RUN, *TINY_TEACHER, "generations=3"], tmp_path
+    )
+    assert [k for k in summary["models"] if k.startswith("generation")] == [
+        "generation_1",
+        "generation_2",
+    ]
+    assert (tmp_path / "mnist1d_born_again" / "generation_2" / "student.safetensors").exists()
+
+
+def test_mutual_learning_recipe_saves_and_reports_every_peer(isolated_cache, tmp_path):
+    summary = run_shipped("mnist1d_mutual", [*TINY_RUN, "peers=3"], tmp_path)
+    models = summary["models"]
+    assert {"student", "peer_1", "peer_2", "baseline"} <= set(models) and "teacher" not in models
+    for k in range(3):
+        assert (tmp_path / "mnist1d_mutual" / "peers" / f"peer_{k}.safetensors").exists()
+    assert 0 < models["student"]["cohort_accuracy"] <= 1
+
+
+def test_mutual_learning_needs_peers_and_its_term_together():
+    from distill.recipes import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match="mutual learning needs peers >= 2"):
+        load_recipe(ROOT / "recipes" / "mnist1d_mutual.yaml", ["peers=1"])
+    with pytest.raises(RecipeError, match="does not combine"):
+        load_recipe(ROOT / "recipes" / "mnist1d_mutual.yaml", ["generations=2"])

@@ -15,6 +15,7 @@ result = distill.Distiller(
 from distill import losses, schedules, teachers
 from distill.data import train_val_split
 from distill.engine import Callback, Distiller, FitResult, TrainConfig, default_objective
+from distill.mutual import Cohort, mutual_objective
 from distill.objective import LossInputs, Objective, Term
 from distill.taps import TapError, Taps
 
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Callback",
+    "Cohort",
     "Distiller",
     "FitResult",
     "LossInputs",
@@ -33,6 +35,7 @@ __all__ = [
     "__version__",
     "default_objective",
     "losses",
+    "mutual_objective",
     "schedules",
     "teachers",
     "train_val_split",

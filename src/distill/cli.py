@@ -39,13 +39,11 @@ TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms
 
 
 def _lm_terminal_rows(summary: dict[str, Any]) -> list[list[str]]:
-    from distill.report import LABELS
+    from distill.report import model_rows
 
     rows = []
-    for key, label in LABELS.items():
-        m = summary["models"].get(key)
-        if m is None:
-            continue
+    for key, label, _ in model_rows(summary):
+        m = summary["models"][key]
         agreement = m.get("teacher_agreement")
         rows.append(
             [

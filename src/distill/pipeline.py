@@ -23,6 +23,7 @@ from distill.engine import Distiller
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
 from distill.models import build_model
+from distill.mutual import Cohort
 from distill.objective import Objective, Term
 from distill.paths import cache_root
 from distill.recipes import (
@@ -219,9 +220,20 @@ def train_student(
     max_steps: int,
     eval_every: int,
     progress: bool,
+    spec: ModelSpec | None = None,
+    peers: int = 1,
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one student (``spec``, default the recipe's) and measure it on the test split;
+    with ``peers`` > 1, a ``Cohort`` of that many, seeded ``seed``, ``seed + 1``, …"""
+    spec = spec or recipe.student
     torch.manual_seed(recipe.seed)  # the same initial weights for every student
-    student = model_from_spec(recipe.student, data)
+    student = model_from_spec(spec, data)
+    if peers > 1:
+        members = [student]
+        for offset in range(1, peers):
+            torch.manual_seed(recipe.seed + offset)
+            members.append(model_from_spec(spec, data))
+        student = Cohort(members)
     run = Distiller(
         student,
         _teacher_module(recipe, teacher) if teacher is not None else None,
@@ -313,23 +325,58 @@ def run_recipe(
         )
         models["baseline"] = {**metrics, **describe(baseline, data, recipe)}
 
-    log(
-        f"distilled student {recipe.student.model}: {budget} steps on "
-        f"{len(data.student_train):,} examples, objective {', '.join(recipe.objective)}"
+    common = dict(
+        train_set=data.student_train, max_steps=budget, eval_every=per_epoch, progress=progress
     )
-    objective = build_objective(recipe.objective, per_epoch)
+    teacher_of_student = teacher_model
+    if recipe.assistant is not None:
+        log(f"teacher assistant {recipe.assistant.model}: distilled from the teacher first")
+        assistant, metrics = train_student(
+            recipe,
+            data,
+            objective=build_objective(recipe.objective, per_epoch),
+            teacher=teacher_model,
+            run_dir=run_dir / "assistant",
+            spec=recipe.assistant,
+            **common,
+        )
+        models["assistant"] = {**metrics, **describe(assistant, data, recipe)}
+        teacher_of_student = assistant.eval()
+    for generation in range(1, recipe.generations):
+        log(f"born-again generation {generation} of {recipe.generations}")
+        earlier, metrics = train_student(
+            recipe,
+            data,
+            objective=build_objective(recipe.objective, per_epoch),
+            teacher=teacher_of_student,
+            run_dir=run_dir / f"generation_{generation}",
+            **common,
+        )
+        models[f"generation_{generation}"] = {**metrics, **describe(earlier, data, recipe)}
+        teacher_of_student = earlier.eval()
+
+    log(
+        f"distilled student {recipe.student.model}"
+        + (f" ({recipe.peers} peers learning from each other)" if recipe.peers > 1 else "")
+        + f": {budget} steps on {len(data.student_train):,} examples, objective "
+        + ", ".join(recipe.objective)
+    )
     student, metrics = train_student(
         recipe,
         data,
-        objective=objective,
-        teacher=teacher_model,
-        train_set=data.student_train,
+        objective=build_objective(recipe.objective, per_epoch),
+        teacher=teacher_of_student,
         run_dir=run_dir,
-        max_steps=budget,
-        eval_every=per_epoch,
-        progress=progress,
+        peers=recipe.peers,
+        **common,
     )
-    models["student"] = {**metrics, **describe(student, data, recipe, run_dir / ckpt.STUDENT_FILE)}
+    if isinstance(student, Cohort):
+        models.update(_peer_rows(student, data, recipe, run_dir, metrics))
+    else:
+        models["student"] = {
+            **metrics,
+            **describe(student, data, recipe, run_dir / ckpt.STUDENT_FILE),
+        }
 
     summary = {
         "name": recipe.name,
@@ -350,6 +397,28 @@ def run_recipe(
 
     write_report(run_dir, summary)
     return summary
+
+
+def _peer_rows(
+    cohort: Cohort, data: Data, recipe: Recipe, run_dir: Path, cohort_metrics: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each peer of a mutual-learning cohort measured and saved on its own
+    (``peers/peer_<k>.safetensors``); peer 0 is reported as the student."""
+    rows: dict[str, dict[str, Any]] = {}
+    (run_dir / "peers").mkdir(exist_ok=True)
+    for k, peer in enumerate(cohort.peers):
+        weights = run_dir / "peers" / f"peer_{k}.safetensors"
+        ckpt.save_weights(peer, weights)
+        metrics = {
+            **evaluate_model(peer, data, recipe),
+            "train_seconds": cohort_metrics["train_seconds"],
+            "cohort_accuracy": cohort_metrics["accuracy"],
+        }
+        rows["student" if k == 0 else f"peer_{k}"] = {
+            **metrics,
+            **describe(peer, data, recipe, weights),
+        }
+    return rows
 
 
 def _gain(models: dict[str, dict]) -> float | None:

@@ -17,6 +17,26 @@ import matplotlib.ticker
 
 PLOTS = "plots"
 LABELS = {"teacher": "teacher", "baseline": "student, labels only", "student": "student, distilled"}
+EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, label, colour) of every model in the summary: the teacher, any assistant,
+    generations or peers, the label-only student, then the distilled student."""
+    models = summary["models"]
+    extras = [k for k in models if k not in LABELS]
+    order = [k for k in ("teacher",) if k in models] + extras
+    order += [k for k in ("baseline", "student") if k in models]
+    rows = []
+    for key in order:
+        if key in LABELS:
+            rows.append((key, LABELS[key], COLORS[key]))
+        else:
+            colour = EXTRA_COLORS[extras.index(key) % len(EXTRA_COLORS)]
+            rows.append((key, key.replace("_", " "), colour))
+    return rows
+
+
 TERM_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
 COLORS = {"teacher": "#444444", "baseline": "#1f77b4", "student": "#d62728"}
 
@@ -34,10 +54,8 @@ def is_language_model(summary: dict[str, Any]) -> bool:
 def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     lm = is_language_model(summary)
     rows = []
-    for key, label in LABELS.items():
-        m = summary["models"].get(key)
-        if m is None:
-            continue
+    for key, label, _ in model_rows(summary):
+        m = summary["models"][key]
         kl = m.get("kl_to_teacher")
         agreement = m.get("teacher_agreement")
         headline = (
@@ -187,11 +205,10 @@ def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
 def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
     lm = is_language_model(summary)
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for key, label in LABELS.items():
-        m = summary["models"].get(key)
-        if m is not None:
-            y = m["perplexity"] if lm else 100 * m["accuracy"]
-            ax.scatter(m["parameters"], y, s=60, color=COLORS[key], label=label)
+    for key, label, colour in model_rows(summary):
+        m = summary["models"][key]
+        y = m["perplexity"] if lm else 100 * m["accuracy"]
+        ax.scatter(m["parameters"], y, s=60, color=colour, label=label)
     ax.set(
         xscale="log",
         xlabel="parameters (log scale)",

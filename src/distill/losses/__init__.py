@@ -25,6 +25,7 @@ from distill.losses.logits import (
     skew_reverse_kl,
     tvd,
 )
+from distill.losses.mutual import mutual_learning
 from distill.losses.tokens import lm_head_kd
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "kl",
     "lm_head_kd",
     "logit_standardized_kl",
+    "mutual_learning",
     "pkt",
     "reverse_kl",
     "rkd_angle",

@@ -182,6 +182,20 @@ class Recipe(Strict):
     student: ModelSpec
     objective: dict[str, TermSpec]
     train: TrainSpec
+    assistant: ModelSpec | None = Field(
+        None,
+        description="teacher assistant (TAKD): distilled from the teacher first, then it "
+        "teaches the student, with the same objective and budget",
+    )
+    generations: int = Field(
+        1, ge=1, description="born-again networks: generation k+1 distils from generation k"
+    )
+    peers: int = Field(
+        1,
+        ge=1,
+        description="online mutual learning: this many students trained together (objective "
+        "term loss: mutual_learning, student: stack); no teacher needed",
+    )
     baseline: bool = Field(True, description="also train a label-only student, same budget")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
@@ -193,6 +207,17 @@ class Recipe(Strict):
                 f"task {self.task} needs data.dataset "
                 + ("text" if not text else f"one of {', '.join(DATASETS)}")
                 + ("; set task: causal_lm or masked_lm for text" if text else "")
+            )
+        extras = self.assistant is not None or self.generations > 1 or self.peers > 1
+        if extras and self.task != "classification":
+            raise ValueError("assistant, generations and peers are for classification recipes")
+        if self.peers > 1 and (self.assistant is not None or self.generations > 1):
+            raise ValueError("peers (mutual learning) does not combine with assistant/generations")
+        mutual = [n for n, t in self.objective.items() if t.loss == "mutual_learning"]
+        if bool(mutual) != (self.peers > 1):
+            raise ValueError(
+                "mutual learning needs peers >= 2 and an objective term "
+                "{loss: mutual_learning, student: stack}; give both or neither"
             )
         if self.student.model == "teacher" and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
