@@ -253,3 +253,39 @@ def test_mutual_learning_needs_peers_and_its_term_together():
         load_recipe(ROOT / "recipes" / "mnist1d_mutual.yaml", ["peers=1"])
     with pytest.raises(RecipeError, match="does not combine"):
         load_recipe(ROOT / "recipes" / "mnist1d_mutual.yaml", ["generations=2"])
+
+
+def test_ensemble_model_equals_the_ensemble_teacher():
+    members = [linear(0), linear(1)]
+    x = torch.randn(7, 6)
+    for combine in ("mean", "confidence"):
+        model = teachers.EnsembleModel(members, combine, temperature=3.0)
+        with torch.no_grad():
+            expected = teachers.Ensemble(members, combine, temperature=3.0)(as_batch(x)).logits
+            torch.testing.assert_close(model(x), expected)
+
+
+def test_ensemble_recipe_trains_and_caches_each_member(isolated_cache, tmp_path):
+    from distill.recipes import RecipeError, load_recipe, validate_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "mnist1d_ensemble.yaml", [*TINY_RUN])
+    raw_members = [m.model_copy(update={"train": m.train.model_copy(update={"max_steps": 6})})
+                   for m in recipe.teacher.members]  # fmt: skip
+    recipe = recipe.model_copy(
+        update={"teacher": recipe.teacher.model_copy(update={"members": raw_members})}
+    )
+    from distill.pipeline import run_recipe
+
+    summary = run_recipe(recipe, out_dir=tmp_path / "ens", progress=False, log=lambda m: None)
+    teacher = summary["models"]["teacher"]
+    assert teacher["parameters"] > summary["models"]["student"]["parameters"]
+    cached = sorted(p.name for p in (isolated_cache / "teachers").iterdir())
+    assert len(cached) == 2 and all(name.startswith("zoo_cnn-") for name in cached)
+    with pytest.raises(RecipeError, match="give members exactly when model is ensemble"):
+        validate_recipe({**recipe.model_dump(mode="json"), "teacher": {"model": "ensemble"}})
+
+
+def test_mean_teacher_recipe_reports_its_ema_teacher(isolated_cache, tmp_path):
+    summary = run_shipped("mnist1d_mean_teacher", TINY_RUN, tmp_path)
+    assert "teacher" not in summary["models"] and "ema_teacher" in summary["models"]
+    assert 0 < summary["models"]["ema_teacher"]["accuracy"] <= 1

@@ -40,6 +40,8 @@ from distill.recipes.load import read_yaml
 RECIPE_FILE = "recipe.yaml"
 SUMMARY_FILE = "summary.json"
 BASELINE_DIR = "baseline"
+# teacher fields that describe ensembles and EMA teachers, not a model to train
+ENSEMBLE_AND_EMA_FIELDS = {"members", "combine", "weights", "temperature", "ema_momentum"}
 
 Log = Callable[[str], None]
 
@@ -138,7 +140,9 @@ def teacher_cache_dir(recipe: Recipe) -> Path:
     """Where a teacher trained for this recipe is kept: keyed by everything that shapes it."""
     assert recipe.teacher is not None
     key_fields = {
-        "teacher": recipe.teacher.model_dump(mode="json", exclude={"cache", "autocast"}),
+        "teacher": recipe.teacher.model_dump(
+            mode="json", exclude={"cache", "autocast", *ENSEMBLE_AND_EMA_FIELDS}
+        ),
         "data": recipe.data.model_dump(
             mode="json", exclude={"download", "labeled", "eval_batch_size", "num_workers"}
         ),
@@ -151,6 +155,16 @@ def teacher_cache_dir(recipe: Recipe) -> Path:
 def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
     """Train the recipe's teacher on labels (its ``teacher.train`` settings) and cache it."""
     spec = recipe.teacher
+    if spec is not None and spec.model in ("ensemble", "ema"):
+        raise RecipeError(
+            f"teacher.model {spec.model}: nothing to train beforehand ("
+            + (
+                "distill run trains and caches each member"
+                if spec.model == "ensemble"
+                else "the EMA teacher follows the student during its training"
+            )
+            + ")"
+        )
     if spec is None or spec.train is None:
         raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
     folder = teacher_cache_dir(recipe)
@@ -180,6 +194,21 @@ def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple
 def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
     spec = recipe.teacher
     assert spec is not None
+    if spec.model == "ensemble":
+        assert spec.members is not None
+        members, infos = [], []
+        for i, member in enumerate(spec.members):
+            log(f"ensemble member {i}: {member.model}")
+            model, info = get_teacher(
+                recipe.model_copy(update={"teacher": member}), data, progress, log
+            )
+            members.append(model)
+            infos.append(info)
+        ensemble = teachers.EnsembleModel(
+            members, spec.combine, weights=spec.weights, temperature=spec.temperature
+        )
+        seconds = sum(info.get("train_seconds", 0.0) for info in infos)
+        return ensemble.eval(), {"model": "ensemble", "train_seconds": seconds, "members": infos}
     has_weights = spec.checkpoint is not None or Path(spec.model).is_dir()
     if spec.train is None and not (has_weights or spec.pretrained):
         raise RecipeError(
@@ -222,9 +251,12 @@ def train_student(
     progress: bool,
     spec: ModelSpec | None = None,
     peers: int = 1,
+    ema_momentum: float | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train one student (``spec``, default the recipe's) and measure it on the test split;
-    with ``peers`` > 1, a ``Cohort`` of that many, seeded ``seed``, ``seed + 1``, …"""
+    with ``peers`` > 1, a ``Cohort`` of that many, seeded ``seed``, ``seed + 1``, …; with
+    ``ema_momentum``, the teacher is the student's moving average (measured as
+    ``metrics["ema_teacher"]``)."""
     spec = spec or recipe.student
     torch.manual_seed(recipe.seed)  # the same initial weights for every student
     student = model_from_spec(spec, data)
@@ -234,9 +266,14 @@ def train_student(
             torch.manual_seed(recipe.seed + offset)
             members.append(model_from_spec(spec, data))
         student = Cohort(members)
+    wrapped: teachers.Teacher | None = None
+    if ema_momentum is not None:
+        wrapped = teachers.EMA(student, momentum=ema_momentum)
+    elif teacher is not None:
+        wrapped = _teacher_module(recipe, teacher)
     run = Distiller(
         student,
-        _teacher_module(recipe, teacher) if teacher is not None else None,
+        wrapped,
         objective,
         **_settings(
             recipe.train,
@@ -252,6 +289,11 @@ def train_student(
     )
     seconds = time.perf_counter() - started
     metrics = run.evaluate(loader(data.test, recipe, False))
+    if isinstance(wrapped, teachers.EMA):
+        metrics["ema_teacher"] = {
+            **evaluate_model(wrapped.model, data, recipe),
+            **describe(wrapped.model, data, recipe),
+        }
     return student, {
         **metrics,
         "train_seconds": seconds,
@@ -291,7 +333,8 @@ def run_recipe(
     log(f"data: {recipe.data.dataset}, {data.regime}")
 
     teacher_model, teacher_info = (None, {})
-    if recipe.teacher is not None:
+    ema = recipe.teacher.ema_momentum if recipe.teacher and recipe.teacher.model == "ema" else None
+    if recipe.teacher is not None and ema is None:
         teacher_model, teacher_info = get_teacher(recipe, data, progress, log)
 
     per_epoch = steps_per_epoch(data.student_train, recipe)
@@ -368,8 +411,11 @@ def run_recipe(
         teacher=teacher_of_student,
         run_dir=run_dir,
         peers=recipe.peers,
+        ema_momentum=ema,
         **common,
     )
+    if "ema_teacher" in metrics:
+        models["ema_teacher"] = metrics.pop("ema_teacher")
     if isinstance(student, Cohort):
         models.update(_peer_rows(student, data, recipe, run_dir, metrics))
     else:

@@ -115,11 +115,35 @@ class TrainSpec(TrainConfig):
 
 class TeacherSpec(ModelSpec):
     """The teacher: weights from ``checkpoint`` or a run directory, else trained with
-    ``train`` once and cached (``distill teacher`` does it explicitly)."""
+    ``train`` once and cached (``distill teacher`` does it explicitly).
+
+    ``model: ensemble`` combines ``members`` (each a teacher spec, trained and cached on its
+    own) by ``combine`` at ``temperature`` (use the KD term's). ``model: ema`` is
+    self-distillation: the teacher is the moving average of the student during training,
+    with momentum ``ema_momentum`` rising to 1 along a cosine."""
 
     train: TrainSpec | None = None
     autocast: Literal["no", "bf16", "fp16"] = "no"
     cache: bool = Field(True, description="reuse a teacher trained earlier with the same spec")
+    members: list[TeacherSpec] | None = None
+    combine: Literal["mean", "weighted", "confidence"] = "mean"
+    weights: list[float] | None = None
+    temperature: float = Field(1.0, gt=0, description="ensemble: the temperature of the mix")
+    ema_momentum: float = Field(0.99, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _kind(self) -> TeacherSpec:
+        if (self.model == "ensemble") != bool(self.members):
+            raise ValueError("give members exactly when model is ensemble (two or more teachers)")
+        if self.members is not None and len(self.members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        if (self.weights is not None) != (self.combine == "weighted"):
+            raise ValueError("give weights exactly when combine is weighted")
+        if self.weights is not None and len(self.weights) != len(self.members or []):
+            raise ValueError(f"weights needs one number per member ({len(self.members or [])})")
+        if self.model == "ema" and (self.train or self.checkpoint):
+            raise ValueError("an ema teacher is the student's moving average: no train/checkpoint")
+        return self
 
 
 class DataSpec(Strict):

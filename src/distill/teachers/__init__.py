@@ -5,7 +5,7 @@
 
 from distill.teachers.base import Teacher, TeacherOutput
 from distill.teachers.ema import EMA, ema_momentum
-from distill.teachers.ensemble import Ensemble
+from distill.teachers.ensemble import Ensemble, EnsembleModel
 from distill.teachers.module import Module
 
-__all__ = ["EMA", "Ensemble", "Module", "Teacher", "TeacherOutput", "ema_momentum"]
+__all__ = ["EMA", "Ensemble", "EnsembleModel", "Module", "Teacher", "TeacherOutput", "ema_momentum"]

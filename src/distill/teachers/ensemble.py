@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from distill.batch import Batch
+from distill.batch import Batch, logits_of
 from distill.teachers.base import Teacher, TeacherOutput
 from distill.teachers.module import Module
 
@@ -162,3 +162,31 @@ class Ensemble:
                 result = out.logits.new_zeros((batch.size(), *out.logits.shape[1:]))
             result[rows] = out.logits
         return TeacherOutput(logits=result, features={})
+
+
+class EnsembleModel(nn.Module):
+    """Members combined into one ``nn.Module`` whose logits are the mixture
+    ``T · log Σ_i w_i softmax(z_i / T)`` (``mean``, ``weighted`` or ``confidence``): usable
+    wherever a single teacher model is, e.g. ``teachers.Module(EnsembleModel(...))`` in a
+    recipe run, which then also measures the ensemble's size and latency."""
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        combine: Literal["mean", "weighted", "confidence"] = "mean",
+        weights: Sequence[float] | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        rule = Ensemble(list(members), combine, weights=weights, temperature=temperature)
+        self.combine, self.temperature = combine, temperature
+        self.register_buffer("weights", rule.weights, persistent=False)
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        logits = [logits_of(m(*args, **kwargs)) for m in self.members]
+        if self.combine == "confidence":
+            weights = confidence_weights(logits, self.temperature)
+        else:
+            weights = self.weights
+        return mix_logits(logits, weights, self.temperature)
