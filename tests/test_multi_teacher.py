@@ -289,3 +289,38 @@ def test_mean_teacher_recipe_reports_its_ema_teacher(isolated_cache, tmp_path):
     summary = run_shipped("mnist1d_mean_teacher", TINY_RUN, tmp_path)
     assert "teacher" not in summary["models"] and "ema_teacher" in summary["models"]
     assert 0 < summary["models"]["ema_teacher"]["accuracy"] <= 1
+
+
+def test_resume_restores_the_ema_teacher(tmp_path):
+    import signal
+
+    x, y = torch.randn(96, 6), torch.randint(0, 4, (96,))
+    data = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+
+    class CtrlC(distill.Callback):
+        def on_step_end(self, distiller, step, logs):
+            if step == 4:
+                signal.raise_signal(signal.SIGINT)
+
+    def run(run_dir, callbacks=()):
+        student = linear(3)
+        objective = Objective(ce=Term(losses.cross_entropy), kd=Term(losses.kl, temperature=2.0))
+        distiller = distill.Distiller(
+            student, teachers.EMA(student, momentum=0.8), objective, lr=1e-2, seed=0,
+            progress=False, select_metric=None, run_dir=run_dir, callbacks=callbacks,
+        )  # fmt: skip
+        return distiller
+
+    full = run(tmp_path / "full")
+    full.fit(data, epochs=2)
+    cut = run(tmp_path / "cut", [CtrlC()])
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(data, epochs=2)
+    resumed = run(tmp_path / "cut")
+    resumed.fit(data, epochs=2, resume=True)
+    for a, b in zip(
+        full.teacher.model.parameters(), resumed.teacher.model.parameters(), strict=True
+    ):
+        assert torch.equal(a, b)
+    for a, b in zip(full.student.parameters(), resumed.student.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -22,6 +22,7 @@ from torch import nn
 
 CHECKPOINTS = "checkpoints"
 STUDENT_FILE = "student.safetensors"
+TEACHER_STATE_FILE = "teacher_state.safetensors"
 PROJECTORS_FILE = "projectors.safetensors"
 TRAINER_FILE = "trainer_state.pt"
 STATE_FILE = "state.json"
@@ -70,12 +71,17 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
+    teacher_state: nn.Module | None = None,
 ) -> Path:
+    """Write a checkpoint atomically (a temporary folder renamed into place).
+    ``teacher_state`` is the weights of a teacher that changes during training (an EMA)."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(student, tmp / STUDENT_FILE)
+    if teacher_state is not None:
+        save_weights(teacher_state, tmp / TEACHER_STATE_FILE)
     if any(True for _ in projectors.parameters()) or any(True for _ in projectors.buffers()):
         save_weights(projectors, tmp / PROJECTORS_FILE)
     torch.save(
@@ -99,6 +105,7 @@ def load_checkpoint(
     projectors: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    teacher_state: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Load weights and optimizer/scheduler state; returns state.json and the RNG states."""
     directory = Path(directory)
@@ -108,6 +115,13 @@ def load_checkpoint(
             f"'{CHECKPOINTS}/step_N' directory or a run directory that has one"
         )
     load_weights(student, directory / STUDENT_FILE)
+    if teacher_state is not None:
+        if not (directory / TEACHER_STATE_FILE).exists():
+            raise FileNotFoundError(
+                f"{directory} holds no {TEACHER_STATE_FILE}: it was written without the moving "
+                "teacher this run has; resume with the teacher the checkpoint was made with"
+            )
+        load_weights(teacher_state, directory / TEACHER_STATE_FILE)
     if (directory / PROJECTORS_FILE).exists():
         load_weights(projectors, directory / PROJECTORS_FILE)
     trainer = torch.load(directory / TRAINER_FILE, map_location="cpu", weights_only=True)

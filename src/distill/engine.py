@@ -568,6 +568,7 @@ class Distiller:
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
                 state=state,
+                teacher_state=getattr(self.teacher, "state_module", None),
             )
             ckpt.prune_checkpoints(run_dir, self.config.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -590,6 +591,7 @@ class Distiller:
             projectors=self.objective.projectors,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
+            teacher_state=getattr(self.teacher, "state_module", None),
         )
         ckpt.restore_rng(loaded.pop("rng"))
         run_dir = self.config.run_dir

@@ -55,6 +55,11 @@ class EMA:
     def model(self) -> nn.Module:
         return self.inner.model
 
+    @property
+    def state_module(self) -> nn.Module:
+        """What checkpoints save and resume restores: the averaged weights."""
+        return self.inner.model
+
     def add_taps(self, paths: Iterable[str]) -> None:
         self.inner.add_taps(paths)
 
