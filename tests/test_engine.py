@@ -367,3 +367,22 @@ def test_teacher_agreement_counts_rows_where_the_top_classes_match():
     )
     expected = float((teacher_model(x).argmax(-1) == 1).float().mean())
     assert metrics["teacher_agreement"] == pytest.approx(expected)
+
+
+def test_a_batch_without_labels_still_teaches_through_its_kd_term():
+    """Transfer-set batches can hold no labelled row; their KD term must still train."""
+    teacher_model = nn.Linear(6, 3)
+    x = torch.randn(8, 6)
+    hidden = torch.full((8,), -100)
+    data = DataLoader(torch.utils.data.TensorDataset(x, hidden), batch_size=8)
+    for objective, moves in (
+        (Objective(ce=Term(losses.cross_entropy), kd=Term(losses.kl)), True),
+        (Objective(ce=Term(losses.cross_entropy)), False),
+    ):
+        student = nn.Linear(6, 3)
+        before = student.weight.detach().clone()
+        distill.Distiller(
+            student, teachers.Module(teacher_model), objective, lr=0.1, progress=False,
+            select_metric=None,
+        ).fit(data, max_steps=1)  # fmt: skip
+        assert (not torch.equal(before, student.weight)) == moves

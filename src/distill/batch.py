@@ -73,8 +73,14 @@ class Batch:
             raise ValueError("the batch holds no tensor; cannot count its examples")
         return int(first.shape[0])
 
-    def rows(self) -> int:
-        """How many rows (examples, or tokens for sequence labels) this batch contributes."""
+    def rows(self, labelled_only: bool = True) -> int:
+        """How many rows (examples, or tokens for sequence labels) this batch contributes:
+        those with a label (not -100) under the mask, or, with ``labelled_only=False``, every
+        row under the mask (what a distillation term, which needs no label, averages over)."""
+        if not labelled_only:
+            if self.mask is not None:
+                return int(self.mask.bool().sum())
+            return self.labels.numel() if self.labels is not None else self.size()
         if self.mask is not None:
             counted = self.mask.bool()
             if self.labels is not None and self.labels.shape == self.mask.shape:

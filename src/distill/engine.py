@@ -418,7 +418,11 @@ class Distiller:
     def _step(self, window: list[Any], step: int, total_steps: int) -> dict[str, float]:
         accelerator = self._accelerate()
         batches = [as_batch(raw).to(accelerator.device) for raw in window]
-        rows = [b.rows() for b in batches]
+        # each micro-batch weighs by the rows its losses average over, so that a window
+        # split into micro-batches gives the update of one batch (and a batch of a transfer
+        # set with no labelled row still teaches through its distillation terms)
+        labelled_only = self.objective.labelled_rows_only
+        rows = [b.rows(labelled_only) for b in batches]
         total_rows = max(1, sum(rows))
         self.student.train()
         logs: dict[str, float] = {"loss": 0.0, "examples": 0.0}

@@ -175,6 +175,16 @@ class Objective(nn.Module):
     def teacher_taps(self) -> list[str]:
         return sorted({t.teacher_tap for t in self.terms.values() if t.teacher_tap})
 
+    @property
+    def labelled_rows_only(self) -> bool:
+        """Whether every term is scored on labelled rows only (cross-entropy alone): then a
+        micro-batch weighs by its labelled rows, otherwise by all its rows."""
+        unlabelled = ("teacher_logits", "teacher_features", "student_features")
+        return all(
+            "labels" in t.reads and not any(n in t.reads for n in unlabelled)
+            for t in self.terms.values()
+        )
+
     def reads(self, name: str) -> bool:
         """Whether any term reads the input ``name`` (one of INPUT_NAMES)."""
         return any(name in t.reads for t in self.terms.values())
