@@ -38,6 +38,8 @@ from distill.pipeline import (
     Log,
     _gain,
     _settings,
+    _teacher_module,
+    fit_student,
     teacher_cache_dir,
 )
 from distill.recipes import ModelSpec, Recipe, RecipeError, build_objective, dump_recipe
@@ -316,23 +318,18 @@ def _train_student(
     torch.manual_seed(recipe.seed)  # the same initial weights for every student
     student = build_lm(recipe.student, recipe, tokenizer, teacher=teacher, data=data)
     objective = objective_for(student)
-    run = Distiller(
+    _, result, seconds = fit_student(
+        recipe,
         student,
-        teachers.Module(teacher) if objective.reads_teacher else None,
+        _teacher_module(recipe, teacher) if objective.reads_teacher else None,
         objective,
-        **_settings(
-            recipe.train,
-            seed=recipe.seed,
-            run_dir=run_dir,
-            progress=progress,
-            eval_every=recipe.train.eval_every or eval_every,
-        ),
+        run_dir=run_dir,
+        train_loader=loader(data.train, recipe, True),
+        val_loader=loader(data.val, recipe, False),
+        max_steps=budget,
+        eval_every=eval_every,
+        progress=progress,
     )
-    started = time.perf_counter()
-    result = run.fit(
-        loader(data.train, recipe, True), loader(data.val, recipe, False), max_steps=budget
-    )
-    seconds = time.perf_counter() - started
     student.save_pretrained(run_dir / HF_STUDENT_DIR)
     tokenizer.save_pretrained(run_dir / HF_STUDENT_DIR)
     measured = _measure(student, recipe, data, teacher, run_dir / ckpt.STUDENT_FILE)

@@ -238,6 +238,37 @@ def _teacher_module(recipe: Recipe, model: nn.Module) -> teachers.Module:
     return teachers.Module(model, autocast_dtype=dtype)
 
 
+def fit_student(
+    recipe: Recipe,
+    student: nn.Module,
+    teacher: teachers.Teacher | None,
+    objective: Objective,
+    *,
+    run_dir: Path,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    max_steps: int,
+    eval_every: int,
+    progress: bool,
+) -> tuple[Distiller, Any, float]:
+    """Train ``student`` with the recipe's settings; (distiller, fit result, seconds)."""
+    run = Distiller(
+        student,
+        teacher,
+        objective,
+        **_settings(
+            recipe.train,
+            seed=recipe.seed,
+            run_dir=run_dir,
+            progress=progress,
+            eval_every=recipe.train.eval_every or eval_every,
+        ),
+    )
+    started = time.perf_counter()
+    result = run.fit(train_loader, val_loader, max_steps=max_steps)
+    return run, result, time.perf_counter() - started
+
+
 def train_student(
     recipe: Recipe,
     data: Data,
@@ -271,23 +302,18 @@ def train_student(
         wrapped = teachers.EMA(student, momentum=ema_momentum)
     elif teacher is not None:
         wrapped = _teacher_module(recipe, teacher)
-    run = Distiller(
+    run, result, seconds = fit_student(
+        recipe,
         student,
         wrapped,
         objective,
-        **_settings(
-            recipe.train,
-            seed=recipe.seed,
-            run_dir=run_dir,
-            progress=progress,
-            eval_every=recipe.train.eval_every or eval_every,
-        ),
+        run_dir=run_dir,
+        train_loader=loader(train_set, recipe, True),
+        val_loader=loader(data.val, recipe, False),
+        max_steps=max_steps,
+        eval_every=eval_every,
+        progress=progress,
     )
-    started = time.perf_counter()
-    result = run.fit(
-        loader(train_set, recipe, True), loader(data.val, recipe, False), max_steps=max_steps
-    )
-    seconds = time.perf_counter() - started
     metrics = run.evaluate(loader(data.test, recipe, False))
     if isinstance(wrapped, teachers.EMA):
         metrics["ema_teacher"] = {
