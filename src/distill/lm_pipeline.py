@@ -37,8 +37,9 @@ from distill.pipeline import (
     SUMMARY_FILE,
     Log,
     _gain,
-    _settings,
     _teacher_module,
+    cached_teacher,
+    fit_and_cache_teacher,
     fit_student,
     teacher_cache_dir,
 )
@@ -220,12 +221,9 @@ def get_lm_teacher(
             )
         log(f"teacher {spec.model}: loaded, not trained")
         return model.eval(), {"model": spec.model, "train_seconds": 0.0}
-    folder = teacher_cache_dir(recipe)
-    weights = folder / "teacher.safetensors"
-    if spec.cache and weights.exists():
-        ckpt.load_weights(model, weights)
-        log(f"teacher {spec.model}: reused from the cache {folder}")
-        return model.eval(), {**json.loads((folder / "teacher.json").read_text()), "cached": True}
+    cached = cached_teacher(recipe, lambda: model, log)
+    if cached is not None:
+        return cached
     return train_lm_teacher(recipe, model, data, progress, log)
 
 
@@ -236,27 +234,16 @@ def train_lm_teacher(
     spec = recipe.teacher
     if spec is None or spec.train is None:
         raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
-    folder = teacher_cache_dir(recipe)
     log(f"training the teacher {spec.model} on {len(data.train):,} rows")  # type: ignore[arg-type]
     torch.manual_seed(recipe.seed)
-    started = time.perf_counter()
-    run = Distiller(
-        model, **_settings(spec.train, seed=recipe.seed, run_dir=folder / "run", progress=progress)
-    )
-    run.fit(
+    info = fit_and_cache_teacher(
+        recipe,
+        model,
         loader(data.train, recipe, True),
         loader(data.val, recipe, False),
-        epochs=spec.train.epochs,
-        max_steps=spec.train.max_steps,
+        progress,
+        val_extras=lambda val: {"perplexity": math.exp(val["loss"])},
     )
-    val = run.evaluate(loader(data.val, recipe, False))
-    info = {
-        "model": spec.model,
-        "train_seconds": time.perf_counter() - started,
-        "val": {**val, "perplexity": math.exp(val["loss"])},
-    }
-    ckpt.save_weights(model, folder / "teacher.safetensors")
-    (folder / "teacher.json").write_text(json.dumps(info, indent=2))
     return model.eval(), info
 
 

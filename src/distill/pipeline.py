@@ -167,28 +167,63 @@ def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple
         )
     if spec is None or spec.train is None:
         raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
-    folder = teacher_cache_dir(recipe)
     torch.manual_seed(recipe.seed)
     model = model_from_spec(spec, data)
     log(f"training the teacher {spec.model} on {len(data.teacher_train):,} labelled examples")
+    info = fit_and_cache_teacher(
+        recipe,
+        model,
+        loader(data.teacher_train, recipe, True),
+        loader(data.val, recipe, False),
+        progress,
+    )
+    return model.eval(), info
+
+
+def fit_and_cache_teacher(
+    recipe: Recipe,
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    progress: bool,
+    val_extras: Callable[[dict[str, float]], dict[str, float]] = lambda metrics: {},
+) -> dict[str, Any]:
+    """Train ``model`` with ``teacher.train``, then write it and its validation metrics
+    (plus ``val_extras`` of them) to the teacher cache; returns that info."""
+    spec = recipe.teacher
+    assert spec is not None and spec.train is not None
+    folder = teacher_cache_dir(recipe)
     started = time.perf_counter()
     run = Distiller(
         model, **_settings(spec.train, seed=recipe.seed, run_dir=folder / "run", progress=progress)
     )
-    run.fit(
-        loader(data.teacher_train, recipe, True),
-        loader(data.val, recipe, False),
-        epochs=spec.train.epochs,
-        max_steps=spec.train.max_steps,
-    )
+    run.fit(train_loader, val_loader, epochs=spec.train.epochs, max_steps=spec.train.max_steps)
+    val = run.evaluate(val_loader)
     info = {
         "model": spec.model,
         "train_seconds": time.perf_counter() - started,
-        "val": run.evaluate(loader(data.val, recipe, False)),
+        "val": {**val, **val_extras(val)},
     }
     ckpt.save_weights(model, folder / "teacher.safetensors")
     (folder / "teacher.json").write_text(json.dumps(info, indent=2))
-    return model.eval(), info
+    return info
+
+
+def cached_teacher(
+    recipe: Recipe, build: Callable[[], nn.Module], log: Log
+) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The teacher trained earlier for this recipe (``build()`` with the cached weights)
+    and its info, or None when there is none (or ``teacher.cache`` is off)."""
+    assert recipe.teacher is not None
+    folder = teacher_cache_dir(recipe)
+    weights = folder / "teacher.safetensors"
+    if not (recipe.teacher.cache and weights.exists()):
+        return None
+    model = build()
+    ckpt.load_weights(model, weights)
+    log(f"teacher {recipe.teacher.model}: reused from the cache {folder}")
+    info = json.loads((folder / "teacher.json").read_text())
+    return model.eval(), {**info, "cached": True}
 
 
 def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
@@ -218,14 +253,9 @@ def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[n
     if has_weights or spec.train is None:
         log(f"teacher {spec.model}: loaded, not trained")
         return model_from_spec(spec, data).eval(), {"model": spec.model, "train_seconds": 0.0}
-    folder = teacher_cache_dir(recipe)
-    weights = folder / "teacher.safetensors"
-    if spec.cache and weights.exists():
-        model = model_from_spec(spec, data)
-        ckpt.load_weights(model, weights)
-        info = json.loads((folder / "teacher.json").read_text())
-        log(f"teacher {spec.model}: reused from the cache {folder}")
-        return model.eval(), {**info, "cached": True}
+    cached = cached_teacher(recipe, lambda: model_from_spec(spec, data), log)
+    if cached is not None:
+        return cached
     return train_teacher(recipe, data, progress, log)
 
 
@@ -397,32 +427,30 @@ def run_recipe(
     common = dict(
         train_set=data.student_train, max_steps=budget, eval_every=per_epoch, progress=progress
     )
-    teacher_of_student = teacher_model
+    # a teacher assistant, then born-again generations: each stage teaches the next
+    stages: list[tuple[str, ModelSpec | None, str]] = []
     if recipe.assistant is not None:
-        log(f"teacher assistant {recipe.assistant.model}: distilled from the teacher first")
-        assistant, metrics = train_student(
-            recipe,
-            data,
-            objective=build_objective(recipe.objective, per_epoch),
-            teacher=teacher_model,
-            run_dir=run_dir / "assistant",
-            spec=recipe.assistant,
-            **common,
+        stages.append(
+            ("assistant", recipe.assistant, f"teacher assistant {recipe.assistant.model}")
         )
-        models["assistant"] = {**metrics, **describe(assistant, data, recipe)}
-        teacher_of_student = assistant.eval()
-    for generation in range(1, recipe.generations):
-        log(f"born-again generation {generation} of {recipe.generations}")
-        earlier, metrics = train_student(
+    stages += [
+        (f"generation_{g}", None, f"born-again generation {g} of {recipe.generations}")
+        for g in range(1, recipe.generations)
+    ]
+    teacher_of_student = teacher_model
+    for name, spec, description in stages:
+        log(f"{description}: distilled first")
+        model, metrics = train_student(
             recipe,
             data,
             objective=build_objective(recipe.objective, per_epoch),
             teacher=teacher_of_student,
-            run_dir=run_dir / f"generation_{generation}",
+            run_dir=run_dir / name,
+            spec=spec,
             **common,
         )
-        models[f"generation_{generation}"] = {**metrics, **describe(earlier, data, recipe)}
-        teacher_of_student = earlier.eval()
+        models[name] = {**metrics, **describe(model, data, recipe)}
+        teacher_of_student = model.eval()
 
     log(
         f"distilled student {recipe.student.model}"
