@@ -6,7 +6,8 @@ seeds each, every row from a shipped recipe (``recipes/mnist1d_*.yaml``) run as
 Three settings, each with its own label-only row trained on the same budget:
 
 - MLP(128, 128) student, 400 labels + a transfer set: KD from the 1-D CNN, from an
-  ensemble of two CNNs (mean, confidence), born-again (3 generations), EMA teacher;
+  ensemble of two CNNs (mean, confidence), from two CNNs trained on one domain each
+  (digits 0-4, 5-9) and routed by it, born-again (3 generations), EMA teacher;
 - MLP(32) student, 400 labels + a transfer set: KD straight from the CNN, and through an
   MLP(256, 256) teacher assistant;
 - MLP(128, 128), all 3,600 training labels: two peers learning from each other (DML).
@@ -41,11 +42,13 @@ WIDE, SMALL, ALL = "MLP(128,128), 400 labels", "MLP(32), 400 labels", "MLP(128,1
 ROWS: list[tuple[str, str, str, list[str], str]] = [
     (WIDE, "(teacher: 1-D CNN)", "mnist1d_kd", [], "teacher"),
     (WIDE, "(teacher: ensemble of 2 CNNs, mean)", "mnist1d_ensemble", [], "teacher"),
+    (WIDE, "(teacher: 2 CNNs, one per domain, routed)", "mnist1d_routed", [], "teacher"),
     (WIDE, "labels only", "mnist1d_kd", [], "baseline"),
     (WIDE, "KD, 1-D CNN teacher", "mnist1d_kd", [], "student"),
     (WIDE, "KD, ensemble of 2 CNNs (mean)", "mnist1d_ensemble", [], "student"),
     (WIDE, "KD, ensemble of 2 CNNs (confidence)", "mnist1d_ensemble",
      ["teacher.combine=confidence"], "student"),
+    (WIDE, "KD, 2 specialised CNNs routed by domain", "mnist1d_routed", [], "student"),
     (WIDE, "born-again, generation 1", "mnist1d_born_again", [], "generation_1"),
     (WIDE, "born-again, generation 3", "mnist1d_born_again", [], "student"),
     (WIDE, "EMA (mean) teacher, no teacher", "mnist1d_mean_teacher", [], "student"),
@@ -88,7 +91,8 @@ def main() -> None:
         f"Test accuracy (%), mean ± std over seeds 0–{args.seeds - 1} (recipe seed: data "
         "split, teachers and students). Each setting has its own label-only row on the same "
         "budget (30 epochs of the distilled student's data); teachers: 1-D CNNs trained on "
-        "all 3,600 training labels. Every row is a shipped recipe, "
+        "all 3,600 training labels (the routed specialists: on their domain's half). "
+        "Every row is a shipped recipe, "
         f"`recipes/mnist1d_*.yaml`. Machine: {machine}, torch {torch.__version__}; "
         f"{(time.perf_counter() - started) / 60:.0f} minutes in all.",
         "",

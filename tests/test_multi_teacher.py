@@ -324,3 +324,173 @@ def test_resume_restores_the_ema_teacher(tmp_path):
         assert torch.equal(a, b)
     for a, b in zip(full.student.parameters(), resumed.student.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_routed_ensemble_model_answers_each_example_with_its_domains_member():
+    members = [linear(0), linear(1)]
+    x, domain = torch.randn(7, 6), torch.tensor([1, 0, 0, 1, 1, 0, 1])
+    model = teachers.EnsembleModel(members, "route")
+    batch = as_batch((x, torch.zeros(7, dtype=torch.long), {"domain": domain}))
+    with torch.no_grad():
+        out = batch.run(model)  # Batch.run hands the batch's domains to the forward
+        expected = teachers.Ensemble(members, "route")(batch).logits
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(out[domain == 0], members[0](x[domain == 0]))
+    with pytest.raises(ValueError, match="needs domain="):
+        model(x)
+    with pytest.raises(TypeError, match="metadata"):
+        as_batch((x, torch.zeros(7), {"colour": domain}))
+
+
+def test_domains_follow_examples_through_splits_and_hidden_labels():
+    from distill.data import WithDomain, class_to_domain, domain_subset, labeled_split
+
+    assert class_to_domain({"a": [0, 2], "b": [1]}, 3) == [0, 1, 0]
+    for bad, message in [
+        ({"a": [0], "b": [0, 1, 2]}, "class 0 is in both a and b"),
+        ({"a": [0, 1]}, r"classes \[2\] are in no domain"),
+        ({"a": [0, 1, 2, 3]}, "class 3 is not among the 3 classes"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            class_to_domain(bad, 3)
+    y = torch.arange(30) % 3
+    data = WithDomain(TensorDataset(torch.randn(30, 2), y), [0, 1, 0])
+    _, _, transfer = labeled_split(data, 6, 0.5, seed=0)
+    for i in range(len(transfer)):
+        meta = transfer[i][2]
+        original = transfer.dataset.dataset[transfer.dataset.indices[i]][1]
+        assert meta["domain"] == [0, 1, 0][int(original)]
+    hidden = [transfer[i] for i in range(len(transfer)) if transfer[i][1] == -100]
+    assert hidden, "the transfer set hides most labels, the domain stays"
+    ones = domain_subset(data, 1)
+    assert len(ones) == 10 and all(data[i][1] == 1 for i in ones.indices)
+
+
+def test_routed_recipe_trains_each_member_on_its_domain_only(isolated_cache, tmp_path):
+    from distill.pipeline import run_recipe
+    from distill.recipes import RecipeError, load_recipe, validate_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "mnist1d_routed.yaml", [*TINY_RUN])
+    members = [m.model_copy(update={"train": m.train.model_copy(update={"max_steps": 6})})
+               for m in reversed(recipe.teacher.members)]  # fmt: skip
+    recipe = recipe.model_copy(
+        update={"teacher": recipe.teacher.model_copy(update={"members": members})}
+    )
+    lines: list[str] = []
+    summary = run_recipe(recipe, out_dir=tmp_path / "routed", progress=False, log=lines.append)
+    trained = [line for line in lines if line.startswith("training the teacher")]
+    assert [line.split()[-1] for line in trained] == ["low", "high"]  # domain order, not listed
+    counts = [int(line.split(" on ")[1].split()[0].replace(",", "")) for line in trained]
+    assert sum(counts) == 3600 and min(counts) > 1500  # the 3,600 training labels, split
+    assert 0.1 < summary["models"]["teacher"]["accuracy"] <= 1
+    assert summary["models"]["teacher"]["latency_ms"] > 0
+    for overrides, message in [
+        (["data.domains=null"], "combine: route needs data.domains"),
+        (["data.domains={low: [0, 1, 2, 3, 4], mid: [5, 6], high: [7, 8, 9]}"], "no member"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(ROOT / "recipes" / "mnist1d_routed.yaml", overrides)
+    raw = recipe.model_dump(mode="json")
+    for combine, domains, message in [
+        ("mean", ["middle", "high"], r"members\[0\].domain 'middle' is not one of data.domains"),
+        ("route", ["low", "low"], "a different domain on every member"),
+    ]:
+        raw["teacher"]["combine"] = combine
+        for member, domain in zip(raw["teacher"]["members"], domains, strict=True):
+            member["domain"] = domain
+        with pytest.raises(RecipeError, match=message):
+            validate_recipe(raw)
+
+
+def test_random_crops_keep_the_input_size_and_a_full_crop_is_the_input():
+    from distill.data.views import MultiCrop, random_crop_resized
+
+    image, signal = torch.rand(1, 12, 12), torch.rand(1, 40)
+    torch.testing.assert_close(random_crop_resized(image, (1.0, 1.0)), image)
+    torch.testing.assert_close(random_crop_resized(signal, (1.0, 1.0)), signal)
+    assert random_crop_resized(image, (0.1, 0.2)).shape == image.shape
+    assert not torch.equal(random_crop_resized(signal, (0.2, 0.3)), signal)
+    item = MultiCrop(TensorDataset(torch.rand(3, 1, 12, 12), torch.arange(3)), 2, 3)[1]
+    assert item["views"].shape == (5, 1, 12, 12) and int(item["labels"]) == 1
+    with pytest.raises(ValueError, match="crop scale"):
+        random_crop_resized(image, (0.0, 0.5))
+
+
+def small_cnn(seed: int, out_dim: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, out_dim),
+    )  # fmt: skip
+
+
+def test_multi_view_student_sees_every_view_and_its_teacher_the_global_ones():
+    from distill.selfsup import MultiView
+
+    model = MultiView(small_cnn(0, 5), global_views=2)
+    views = torch.rand(4, 6, 1, 8, 8)
+    out = model(views=views)
+    assert out.shape == (6, 4, 5)
+    torch.testing.assert_close(out[3], model.model(views[:, 3]))
+    assert model.eval()(views=views).shape == (2, 4, 5)
+    torch.testing.assert_close(model(views[:, 0]), model.model(views[:, 0]))
+
+
+def dino_run(digits, run_dir=None, callbacks=(), steps=60, resume=None):
+    from distill.data.views import MultiCrop
+    from distill.selfsup import MultiView, dino_objective
+
+    torch.manual_seed(0)
+    train, _ = digits
+    crops = MultiCrop(train, global_views=2, local_views=2, local_scale=(0.2, 0.5))
+    student = MultiView(small_cnn(0, 16), global_views=2)
+    objective = dino_objective(out_dim=16, global_views=2)
+    distiller = distill.Distiller(
+        student, teachers.EMA(student, momentum=0.9), objective, lr=2e-3, seed=0,
+        progress=False, select_metric=None, run_dir=run_dir, callbacks=callbacks,
+        checkpoint_every=2,
+    )  # fmt: skip
+    distiller.fit(DataLoader(crops, batch_size=64, shuffle=True), max_steps=steps, resume=resume)
+    return distiller, objective.terms["dino"].loss
+
+
+class Logs(distill.Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_step_end(self, distiller, step, logs):
+        self.rows.append(dict(logs))
+
+
+def test_dino_with_multi_crop_trains_through_the_engine_without_collapse(digits):
+    logs = Logs()
+    distiller, dino_loss = dino_run(digits, callbacks=[logs])
+    x = digits[1].tensors[0]
+    with torch.no_grad():
+        teacher = distiller.teacher.model.eval()(x)
+    target = torch.softmax((teacher - dino_loss.center) / dino_loss.teacher_temperature, -1)
+    mean = target.mean(0)
+    assert float(-(mean * mean.log()).sum()) > 0.6 * math.log(16)  # centring: no dimension wins
+    assert target.argmax(-1).unique().numel() >= 4  # sharpening: examples are told apart
+    assert float(dino_loss.center.abs().sum()) > 0
+    values = [row["loss/dino"] for row in logs.rows]
+    assert len(values) == 60 and all(math.isfinite(v) for v in values)
+
+
+def test_resume_restores_the_dino_centre(digits, tmp_path):
+    import signal
+
+    class CtrlC(distill.Callback):
+        def on_step_end(self, distiller, step, logs):
+            if step == 5:
+                signal.raise_signal(signal.SIGINT)
+
+    full, full_loss = dino_run(digits, tmp_path / "full", steps=10)
+    with pytest.raises(KeyboardInterrupt):
+        dino_run(digits, tmp_path / "cut", [CtrlC()], steps=10)
+    saved = sorted((tmp_path / "cut" / "checkpoints").glob("step_*"))[-1]
+    assert (saved / "loss_state.safetensors").exists()
+    resumed, resumed_loss = dino_run(digits, tmp_path / "cut", steps=10, resume=True)
+    assert torch.equal(full_loss.center, resumed_loss.center)
+    for a, b in zip(full.student.parameters(), resumed.student.parameters(), strict=True):
+        assert torch.equal(a, b)

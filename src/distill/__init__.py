@@ -17,6 +17,7 @@ from distill.data import train_val_split
 from distill.engine import Callback, Distiller, FitResult, TrainConfig, default_objective
 from distill.mutual import Cohort, mutual_objective
 from distill.objective import LossInputs, Objective, Term
+from distill.selfsup import MultiView, dino_objective
 from distill.taps import TapError, Taps
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "Distiller",
     "FitResult",
     "LossInputs",
+    "MultiView",
     "Objective",
     "TapError",
     "Taps",
@@ -34,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "__version__",
     "default_objective",
+    "dino_objective",
     "losses",
     "mutual_objective",
     "schedules",

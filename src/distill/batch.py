@@ -1,10 +1,12 @@
 """What the engine reads from a data-loader batch, and the model output it reads back.
 
-A batch may be ``inputs``, ``(inputs,)``, ``(inputs, labels)`` or a dict. A dict's
-``labels`` and ``loss_mask`` entries are taken out, so are the metadata entries
-(``META_KEYS``: ``domain``, the index of the teacher that routes an example, and
-``example_id``), and the rest is passed to the model as keyword arguments (the Hugging Face
-convention). ``loss_mask`` (N,) or (N, T) selects the rows that count in every loss.
+A batch may be ``inputs``, ``(inputs,)``, ``(inputs, labels)``, ``(inputs, labels, meta)``
+or a dict. A dict's ``labels`` and ``loss_mask`` entries are taken out, so are the metadata
+entries (``META_KEYS``: ``domain``, the index of the domain of each example, which routes it
+to its teacher, and ``example_id``), and the rest is passed to the model as keyword
+arguments (the Hugging Face convention). ``meta`` in a tuple is a dict of metadata entries.
+``loss_mask`` (N,) or (N, T) selects the rows that count in every loss. A model whose
+``forward`` takes a ``domain`` argument (a routed ensemble) is given the batch's domains.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class Batch:
         output logits: a Hugging Face causal LM then computes them for the last position
         only (``logits_to_keep=1``) instead of (tokens × vocab)."""
         kwargs = self.kwargs
-        if not logits and _takes_logits_to_keep(type(model)) and "logits_to_keep" not in kwargs:
+        if not logits and _takes(type(model), "logits_to_keep") and "logits_to_keep" not in kwargs:
             kwargs = {**kwargs, "logits_to_keep": 1}
+        if "domain" in self.meta and _takes(type(model), "domain"):
+            kwargs = {**kwargs, "domain": self.meta["domain"]}
         return model(*self.args, **kwargs)
 
     def to(self, device: torch.device) -> Batch:
@@ -92,8 +96,9 @@ class Batch:
 
 
 @functools.cache
-def _takes_logits_to_keep(model_type: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+def _takes(model_type: type, argument: str) -> bool:
+    """Whether ``model_type.forward`` has a parameter named ``argument``."""
+    return argument in inspect.signature(model_type.forward).parameters
 
 
 def as_batch(raw: Any) -> Batch:
@@ -109,12 +114,21 @@ def as_batch(raw: Any) -> Batch:
             mask=kwargs.pop("loss_mask", None),
             meta=meta,
         )
+    if isinstance(raw, (tuple, list)) and len(raw) == 3 and isinstance(raw[2], Mapping):
+        unknown = set(raw[2]) - set(META_KEYS)
+        if unknown:
+            raise TypeError(
+                f"the third element of a batch holds metadata ({', '.join(META_KEYS)}); "
+                f"got {', '.join(sorted(unknown))}"
+            )
+        return Batch(args=(raw[0],), labels=raw[1], meta=dict(raw[2]))
     if isinstance(raw, (tuple, list)) and 1 <= len(raw) <= 2:
         return Batch(args=(raw[0],), labels=raw[1] if len(raw) == 2 else None)
     raise TypeError(
         f"cannot read a batch of type {type(raw).__name__} (length "
-        f"{len(raw) if hasattr(raw, '__len__') else '?'}); yield inputs, (inputs, labels) "
-        "or a dict with model keyword arguments plus optional 'labels' and 'loss_mask'"
+        f"{len(raw) if hasattr(raw, '__len__') else '?'}); yield inputs, (inputs, labels), "
+        "(inputs, labels, metadata dict) or a dict with model keyword arguments plus optional "
+        "'labels' and 'loss_mask'"
     )
 
 

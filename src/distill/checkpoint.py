@@ -23,6 +23,7 @@ from torch import nn
 CHECKPOINTS = "checkpoints"
 STUDENT_FILE = "student.safetensors"
 TEACHER_STATE_FILE = "teacher_state.safetensors"
+LOSS_STATE_FILE = "loss_state.safetensors"
 PROJECTORS_FILE = "projectors.safetensors"
 TRAINER_FILE = "trainer_state.pt"
 STATE_FILE = "state.json"
@@ -72,9 +73,11 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     teacher_state: nn.Module | None = None,
+    loss_state: nn.Module | None = None,
 ) -> Path:
     """Write a checkpoint atomically (a temporary folder renamed into place).
-    ``teacher_state`` is the weights of a teacher that changes during training (an EMA)."""
+    ``teacher_state`` is the weights of a teacher that changes during training (an EMA),
+    ``loss_state`` the buffers of losses that keep state (DINO's centre)."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -82,7 +85,9 @@ def save_checkpoint(
     save_weights(student, tmp / STUDENT_FILE)
     if teacher_state is not None:
         save_weights(teacher_state, tmp / TEACHER_STATE_FILE)
-    if any(True for _ in projectors.parameters()) or any(True for _ in projectors.buffers()):
+    if loss_state is not None and _has_state(loss_state):
+        save_weights(loss_state, tmp / LOSS_STATE_FILE)
+    if _has_state(projectors):
         save_weights(projectors, tmp / PROJECTORS_FILE)
     torch.save(
         {
@@ -106,6 +111,7 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     teacher_state: nn.Module | None = None,
+    loss_state: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Load weights and optimizer/scheduler state; returns state.json and the RNG states."""
     directory = Path(directory)
@@ -122,6 +128,14 @@ def load_checkpoint(
                 "teacher this run has; resume with the teacher the checkpoint was made with"
             )
         load_weights(teacher_state, directory / TEACHER_STATE_FILE)
+    if loss_state is not None and _has_state(loss_state):
+        if not (directory / LOSS_STATE_FILE).exists():
+            raise FileNotFoundError(
+                f"{directory} holds no {LOSS_STATE_FILE}: it was written without the stateful "
+                "loss (e.g. DINO's centre) this run's objective has; resume with the objective "
+                "the checkpoint was made with"
+            )
+        load_weights(loss_state, directory / LOSS_STATE_FILE)
     if (directory / PROJECTORS_FILE).exists():
         load_weights(projectors, directory / PROJECTORS_FILE)
     trainer = torch.load(directory / TRAINER_FILE, map_location="cpu", weights_only=True)
@@ -130,6 +144,10 @@ def load_checkpoint(
     state = json.loads((directory / STATE_FILE).read_text())
     state["rng"] = trainer["rng"]
     return state
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -325,6 +325,7 @@ class Distiller:
         if max_steps is not None:
             total_steps = min(total_steps, max_steps)
 
+        self.objective.loss_states.to(accelerator.device)
         self._build_projectors(as_batch(next(iter(data.epoch(0)))).to(accelerator.device))
         params = [p for p in self.student.parameters() if p.requires_grad]
         params += list(self.objective.parameters())
@@ -573,6 +574,7 @@ class Distiller:
                 scheduler=self.scheduler,
                 state=state,
                 teacher_state=getattr(self.teacher, "state_module", None),
+                loss_state=self.objective.loss_states,
             )
             ckpt.prune_checkpoints(run_dir, self.config.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -596,6 +598,7 @@ class Distiller:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             teacher_state=getattr(self.teacher, "state_module", None),
+            loss_state=self.objective.loss_states,
         )
         ckpt.restore_rng(loaded.pop("rng"))
         run_dir = self.config.run_dir

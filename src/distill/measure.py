@@ -29,19 +29,20 @@ def size_on_disk(model: nn.Module, path: Path | None = None) -> int:
 
 @torch.inference_mode()
 def cpu_latency_ms(
-    model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5
+    model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5, **kwargs
 ) -> float:
-    """Median wall time of a batch-1 forward on the CPU, in milliseconds."""
+    """Median wall time of a batch-1 forward on the CPU, in milliseconds (``kwargs`` go to
+    the forward, e.g. a routed ensemble's ``domain``)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.cpu().eval()
     x = example.unsqueeze(0).cpu()
     for _ in range(warmup):
-        model(x)
+        model(x, **kwargs)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(x)
+        model(x, **kwargs)
         times.append(time.perf_counter() - start)
     model.to(device).train(was_training)
     return 1000.0 * statistics.median(times)

@@ -85,7 +85,8 @@ class Term:
         self.projector = projector
         self.options = options
         self.name = getattr(loss, "__name__", type(loss).__name__)
-        params = inspect.signature(loss).parameters
+        # an nn.Module loss (with state, like DINO's centre) declares its inputs in forward
+        params = inspect.signature(loss.forward if isinstance(loss, nn.Module) else loss).parameters
         self.reads = [n for n in INPUT_NAMES if n in params]
         self.optional = {n for n in self.reads if params[n].default is not inspect.Parameter.empty}
         self._check(params)
@@ -165,6 +166,10 @@ class Objective(nn.Module):
                 raise TypeError(f"objective term {name!r} is a {type(term).__name__}, not a Term")
         self.projectors = nn.ModuleDict(
             {n: t.projector for n, t in self.terms.items() if isinstance(t.projector, nn.Module)}
+        )
+        # losses that carry state (DINO's centre): kept in checkpoints, moved with the student
+        self.loss_states = nn.ModuleDict(
+            {n: t.loss for n, t in self.terms.items() if isinstance(t.loss, nn.Module)}
         )
 
     @property

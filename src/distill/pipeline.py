@@ -18,7 +18,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill import checkpoint as ckpt
 from distill import teachers
-from distill.data import Augmented, labeled_split, load_dataset, train_val_split
+from distill.data import (
+    Augmented,
+    WithDomain,
+    class_to_domain,
+    domain_subset,
+    labeled_split,
+    load_dataset,
+    train_val_split,
+)
 from distill.engine import Distiller
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
@@ -65,6 +73,12 @@ def prepare_data(recipe: Recipe) -> Data:
     train, test, num_classes = load_dataset(
         spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size
     )
+    if spec.domains:
+        try:
+            domain_of_class = class_to_domain(spec.domains, num_classes)
+        except ValueError as error:
+            raise RecipeError(str(error)) from error
+        train, test = WithDomain(train, domain_of_class), WithDomain(test, domain_of_class)
     teacher_train, teacher_val = train_val_split(train, spec.val_fraction, spec.split_seed)
     if spec.labeled is None:
         student_train = baseline_train = teacher_train
@@ -148,6 +162,9 @@ def teacher_cache_dir(recipe: Recipe) -> Path:
         ),
         "seed": recipe.seed,
     }
+    for section, field in (("teacher", "domain"), ("data", "domains")):
+        if key_fields[section].get(field) is None:  # unset: the keys of earlier versions
+            key_fields[section].pop(field, None)
     digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
     return cache_root() / "teachers" / f"{recipe.teacher.model.replace(':', '_')}-{digest}"
 
@@ -169,13 +186,15 @@ def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple
         raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
     torch.manual_seed(recipe.seed)
     model = model_from_spec(spec, data)
-    log(f"training the teacher {spec.model} on {len(data.teacher_train):,} labelled examples")
+    train_set, val_set, where = data.teacher_train, data.val, ""
+    if spec.domain is not None:
+        assert recipe.data.domains is not None  # the recipe checks it
+        index = list(recipe.data.domains).index(spec.domain)
+        train_set, val_set = domain_subset(train_set, index), domain_subset(val_set, index)
+        where = f" of domain {spec.domain}"
+    log(f"training the teacher {spec.model} on {len(train_set):,} labelled examples{where}")
     info = fit_and_cache_teacher(
-        recipe,
-        model,
-        loader(data.teacher_train, recipe, True),
-        loader(data.val, recipe, False),
-        progress,
+        recipe, model, loader(train_set, recipe, True), loader(val_set, recipe, False), progress
     )
     return model.eval(), info
 
@@ -232,8 +251,16 @@ def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[n
     if spec.model == "ensemble":
         assert spec.members is not None
         members, infos = [], []
-        for i, member in enumerate(spec.members):
-            log(f"ensemble member {i}: {member.model}")
+        order = spec.members
+        if spec.combine == "route":  # member k answers domain k
+            assert recipe.data.domains is not None
+            names = list(recipe.data.domains)
+            order = sorted(spec.members, key=lambda member: names.index(member.domain))
+        for i, member in enumerate(order):
+            log(
+                f"ensemble member {i}: {member.model}"
+                + (f" (domain {member.domain})" if member.domain else "")
+            )
             model, info = get_teacher(
                 recipe.model_copy(update={"teacher": member}), data, progress, log
             )
@@ -362,8 +389,17 @@ def describe(model: nn.Module, data: Data, recipe: Recipe, weights: Path | None 
     return {
         "parameters": parameter_count(model),
         "size_bytes": size_on_disk(model, weights),
-        "latency_ms": cpu_latency_ms(model, data.test[0][0], recipe.output.latency_repeats),
+        "latency_ms": cpu_latency_ms(
+            model, data.test[0][0], recipe.output.latency_repeats, **_domain_of_first(model, data)
+        ),
     }
+
+
+def _domain_of_first(model: nn.Module, data: Data) -> dict[str, torch.Tensor]:
+    """``domain=`` for a routed model's latency: the first test example's domain."""
+    if not (isinstance(model, teachers.EnsembleModel) and model.combine == "route"):
+        return {}
+    return {"domain": torch.tensor([data.test[0][2]["domain"]])}
 
 
 def evaluate_model(model: nn.Module, data: Data, recipe: Recipe, teacher: nn.Module | None = None):

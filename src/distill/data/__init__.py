@@ -6,10 +6,12 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from distill.data.domains import WithDomain, class_to_domain, domain_subset
 from distill.data.idx import fashion_mnist_available, load_fashion_mnist, read_idx
 from distill.data.mnist1d import load_mnist1d
 from distill.data.resumable import EpochSampler, ResumableLoader
 from distill.data.splits import WithoutLabels, labeled_split, train_val_split
+from distill.data.views import MultiCrop, random_crop_resized
 from distill.data.vision import Augmented, ImageFolder, load_cifar, load_image_folder
 
 DATASETS = ("fashion_mnist", "mnist1d", "cifar10", "cifar100", "image_folder")
@@ -43,8 +45,12 @@ __all__ = [
     "Augmented",
     "EpochSampler",
     "ImageFolder",
+    "MultiCrop",
     "ResumableLoader",
+    "WithDomain",
     "WithoutLabels",
+    "class_to_domain",
+    "domain_subset",
     "fashion_mnist_available",
     "labeled_split",
     "load_cifar",
@@ -52,6 +58,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_folder",
     "load_mnist1d",
+    "random_crop_resized",
     "read_idx",
     "train_val_split",
 ]

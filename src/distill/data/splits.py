@@ -39,9 +39,9 @@ class WithoutLabels(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        x, y = self.dataset[index]
-        return x, (int(y) if index in self.keep else IGNORE_INDEX)
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        x, y, *meta = self.dataset[index]
+        return (x, int(y) if index in self.keep else IGNORE_INDEX, *meta)
 
 
 def labeled_split(

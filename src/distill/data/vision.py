@@ -107,8 +107,8 @@ class Augmented(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        x, y = self.dataset[index]
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        x, y, *meta = self.dataset[index]
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         if self.padding:
@@ -118,4 +118,4 @@ class Augmented(Dataset):
             offsets = [int(torch.randint(0, 2 * p + 1, ())) for _ in size]
             window = tuple(slice(o, o + s) for o, s in zip(offsets, size, strict=True))
             x = padded[(slice(None), *window)]
-        return x, y
+        return (x, y, *meta)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from distill.losses._reduce import upcast
 
@@ -67,11 +67,12 @@ def dino(
     return total / count
 
 
-class DINOCenter:
+class DINOCenter(nn.Module):
     """DINO's loss with its state: the centre ``c ← m c + (1 − m) mean(teacher outputs)``
-    is updated after each call (no gradient). Use it as a term's loss:
-    ``Term(DINOCenter(out_dim), ...)``; it reads ``student_logits`` and ``teacher_logits``
-    (or, with taps, features)."""
+    is updated after each call (no gradient) and is a buffer, so checkpoints keep it. Use
+    it as a term's loss: ``Term(DINOCenter(out_dim), ...)``; it reads ``student_logits``
+    and ``teacher_logits``. With ``global_views=G``, logits of shape (V, N, D) are V views
+    (``selfsup.MultiView``), and the teacher's first G are its views."""
 
     def __init__(
         self,
@@ -79,29 +80,42 @@ class DINOCenter:
         momentum: float = 0.9,
         student_temperature: float = 0.1,
         teacher_temperature: float = 0.04,
+        global_views: int | None = None,
     ) -> None:
-        self.center = torch.zeros(dim)
+        super().__init__()
+        self.register_buffer("center", torch.zeros(dim))
         self.momentum = momentum
         self.student_temperature = student_temperature
         self.teacher_temperature = teacher_temperature
+        self.global_views = global_views
         self.__name__ = "dino"
 
-    def __call__(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        self.center = self.center.to(teacher_logits.device)
+    def _split(self, student: Tensor, teacher: Tensor) -> tuple[Views, Views]:
+        if self.global_views is None:
+            return student, teacher
+        if student.dim() != 3 or teacher.dim() != 3:
+            raise ValueError(
+                "DINOCenter(global_views=...) reads (views, N, D) logits from a MultiView "
+                f"student and teacher; got {tuple(student.shape)} and {tuple(teacher.shape)}"
+            )
+        return list(student.unbind(0)), list(teacher[: self.global_views].unbind(0))
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        students, teachers = self._split(student_logits, teacher_logits)
         loss = dino(
-            student_logits,
-            teacher_logits,
-            center=self.center,
+            students,
+            teachers,
+            center=self.center.to(teacher_logits.device),
             student_temperature=self.student_temperature,
             teacher_temperature=self.teacher_temperature,
         )
-        self.update(teacher_logits)
+        self.update(teachers)
         return loss
 
     @torch.no_grad()
     def update(self, teacher_views: Views) -> None:
         batch_mean = torch.cat([upcast(t) for t in _views(teacher_views)]).mean(0)
-        self.center = self.momentum * self.center + (1 - self.momentum) * batch_mean
+        self.center.mul_(self.momentum).add_((1 - self.momentum) * batch_mean.to(self.center))
 
 
 def byol(student_views: Views, teacher_views: Views) -> Tensor:

@@ -206,10 +206,10 @@ def final_hidden_tap(model: torch.nn.Module, head: str = "lm_head") -> str:
     """The tap that sees a model's final hidden states for every token: the input of
     ``head``, or, for a Hugging Face causal LM (which may run its head on the last position
     only, ``logits_to_keep``), the output of its base model, which feeds the head as is."""
-    from distill.batch import _takes_logits_to_keep
+    from distill.batch import _takes
 
     prefix = getattr(model, "base_model_prefix", "")
-    if prefix and _takes_logits_to_keep(type(model)) and hasattr(model, prefix):
+    if prefix and _takes(type(model), "logits_to_keep") and hasattr(model, prefix):
         return prefix
     return f"{head}:input"
 

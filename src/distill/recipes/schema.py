@@ -118,7 +118,9 @@ class TeacherSpec(ModelSpec):
     ``train`` once and cached (``distill teacher`` does it explicitly).
 
     ``model: ensemble`` combines ``members`` (each a teacher spec, trained and cached on its
-    own) by ``combine`` at ``temperature`` (use the KD term's). ``model: ema`` is
+    own) by ``combine`` at ``temperature`` (use the KD term's); ``combine: route`` sends each
+    example to the member whose ``domain`` (one of ``data.domains``, the only data that
+    member is trained on) is the example's. ``model: ema`` is
     self-distillation: the teacher is the moving average of the student during training,
     with momentum ``ema_momentum`` rising to 1 along a cosine."""
 
@@ -126,7 +128,10 @@ class TeacherSpec(ModelSpec):
     autocast: Literal["no", "bf16", "fp16"] = "no"
     cache: bool = Field(True, description="reuse a teacher trained earlier with the same spec")
     members: list[TeacherSpec] | None = None
-    combine: Literal["mean", "weighted", "confidence"] = "mean"
+    combine: Literal["mean", "weighted", "confidence", "route"] = "mean"
+    domain: str | None = Field(
+        None, description="ensemble member: train on this one of data.domains only"
+    )
     weights: list[float] | None = None
     temperature: float = Field(1.0, gt=0, description="ensemble: the temperature of the mix")
     ema_momentum: float = Field(0.99, ge=0, le=1)
@@ -143,6 +148,13 @@ class TeacherSpec(ModelSpec):
             raise ValueError(f"weights needs one number per member ({len(self.members or [])})")
         if self.model == "ema" and (self.train or self.checkpoint):
             raise ValueError("an ema teacher is the student's moving average: no train/checkpoint")
+        if self.combine == "route":
+            named = [m.domain for m in self.members or []]
+            if None in named or len(set(named)) != len(named):
+                raise ValueError(
+                    "combine: route needs a different domain on every member (members[*].domain, "
+                    f"one of data.domains); got {named}"
+                )
         return self
 
 
@@ -163,6 +175,11 @@ class DataSpec(Strict):
     eval_batch_size: int = Field(1024, ge=1)
     num_workers: int = Field(0, ge=0)
     split_seed: int = 0
+    domains: dict[str, list[int]] | None = Field(
+        None,
+        description="domain name -> its classes: a coarse field every example carries, also "
+        "in the transfer set, that routes it to its specialised teacher",
+    )
 
 
 class TextDataSpec(Strict):
@@ -243,6 +260,7 @@ class Recipe(Strict):
                 "mutual learning needs peers >= 2 and an objective term "
                 "{loss: mutual_learning, student: stack}; give both or neither"
             )
+        self._check_domains()
         if self.student.model == "teacher" and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:
@@ -252,6 +270,25 @@ class Recipe(Strict):
             if reads:
                 raise ValueError(f"objective terms {reads} read the teacher, but no teacher is set")
         return self
+
+    def _check_domains(self) -> None:
+        domains = getattr(self.data, "domains", None) or {}
+        members = self.teacher.members or [] if self.teacher else []
+        if self.teacher is not None and self.teacher.combine == "route":
+            missing = set(domains) - {m.domain for m in members}
+            if not domains or missing:
+                raise ValueError(
+                    "combine: route needs data.domains and one member per domain"
+                    + (f"; no member for {sorted(missing)}" if missing else "")
+                )
+        named = [("teacher", self.teacher)] if self.teacher else []
+        named += [(f"teacher.members[{i}]", member) for i, member in enumerate(members)]
+        for where, spec in named:
+            if spec.domain is not None and spec.domain not in domains:
+                raise ValueError(
+                    f"{where}.domain {spec.domain!r} is not one of data.domains "
+                    f"({', '.join(domains) or 'none set'})"
+                )
 
 
 def _reads_teacher(term: TermSpec) -> bool:

@@ -146,11 +146,7 @@ class Ensemble:
                 "a routed ensemble needs a 'domain' entry in each batch (a dict batch with "
                 "domain: the index of the teacher of each example)"
             )
-        if domain.min() < 0 or domain.max() >= len(self.members):
-            raise ValueError(
-                f"batch domain values must lie in 0..{len(self.members) - 1} (one per member "
-                f"{', '.join(self.members)}); got {sorted(set(domain.tolist()))}"
-            )
+        _check_domains(domain, len(self.members))
         result: Tensor | None = None
         for index, member in enumerate(self.members.values()):
             rows = (domain == index).nonzero().squeeze(1)
@@ -166,14 +162,16 @@ class Ensemble:
 
 class EnsembleModel(nn.Module):
     """Members combined into one ``nn.Module`` whose logits are the mixture
-    ``T · log Σ_i w_i softmax(z_i / T)`` (``mean``, ``weighted`` or ``confidence``): usable
-    wherever a single teacher model is, e.g. ``teachers.Module(EnsembleModel(...))`` in a
-    recipe run, which then also measures the ensemble's size and latency."""
+    ``T · log Σ_i w_i softmax(z_i / T)`` (``mean``, ``weighted`` or ``confidence``), or, with
+    ``route``, member ``domain[n]``'s logits for example ``n`` (``forward(x, domain=...)``;
+    ``Batch.run`` passes a batch's domains). Usable wherever a single teacher model is, e.g.
+    ``teachers.Module(EnsembleModel(...))`` in a recipe run, which then also measures the
+    ensemble's size and latency."""
 
     def __init__(
         self,
         members: Sequence[nn.Module],
-        combine: Literal["mean", "weighted", "confidence"] = "mean",
+        combine: Combine = "mean",
         weights: Sequence[float] | None = None,
         temperature: float = 1.0,
     ) -> None:
@@ -183,10 +181,40 @@ class EnsembleModel(nn.Module):
         self.combine, self.temperature = combine, temperature
         self.register_buffer("weights", rule.weights, persistent=False)
 
-    def forward(self, *args, **kwargs) -> Tensor:
+    def forward(self, *args, domain: Tensor | None = None, **kwargs) -> Tensor:
+        if self.combine == "route":
+            return self._route(args, kwargs, domain)
         logits = [logits_of(m(*args, **kwargs)) for m in self.members]
         if self.combine == "confidence":
             weights = confidence_weights(logits, self.temperature)
         else:
             weights = self.weights
         return mix_logits(logits, weights, self.temperature)
+
+    def _route(self, args: tuple, kwargs: dict, domain: Tensor | None) -> Tensor:
+        if domain is None:
+            raise ValueError(
+                "a routed ensemble needs domain=: the index of each example's domain (its "
+                "teacher); recipe data gets it from data.domains"
+            )
+        _check_domains(domain, len(self.members))
+        batch = Batch(args=args, kwargs=kwargs)
+        result: Tensor | None = None
+        for index, member in enumerate(self.members):
+            rows = (domain == index).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            logits = logits_of(batch.select(rows).run(member))
+            if result is None:
+                result = logits.new_zeros((batch.size(), *logits.shape[1:]))
+            result[rows] = logits
+        assert result is not None
+        return result
+
+
+def _check_domains(domain: Tensor, members: int) -> None:
+    if domain.numel() and (domain.min() < 0 or domain.max() >= members):
+        raise ValueError(
+            f"domain values must lie in 0..{members - 1} (one per member); got "
+            f"{sorted(set(domain.tolist()))}"
+        )
