@@ -1,4 +1,4 @@
-"""The ``distill`` command: demo, run, teacher, eval, losses, version."""
+"""The ``distill`` command: demo, run, teacher, eval, export, losses, version."""
 
 from __future__ import annotations
 
@@ -67,10 +67,13 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _guarded(fn, *args: Any, **kwargs: Any) -> Any:
     """Run a command body, turning known failures into a one-line error and exit code."""
+    from distill.compress.export import ParityError
     from distill.recipes import RecipeError
 
     try:
         return fn(*args, **kwargs)
+    except ParityError as error:  # the exported model does not match: a failed check
+        _fail(str(error), code=1)
     except (RecipeError, FileNotFoundError, ImportError, ValueError, TypeError) as error:
         _fail(str(error))
     except KeyboardInterrupt as error:
@@ -253,6 +256,59 @@ def eval_(
                 f"{run_dir}: test accuracy {100 * metrics['accuracy']:.2f}% "
                 f"(loss {metrics['loss']:.4f}, {int(metrics['examples']):,} examples)"
             )
+
+    _guarded(body)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by distill run")],
+    stage: Annotated[
+        int | None,
+        typer.Option(help="compress stage to export (0: the distilled student; default: last)"),
+    ] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="also ONNX Runtime's int8 version")] = False,
+    min_agreement: Annotated[
+        float, typer.Option(help="share of test examples whose top-1 must match PyTorch")
+    ] = 0.999,
+    atol: Annotated[float, typer.Option(help="largest logit difference allowed (float)")] = 1e-3,
+    int8_min_agreement: Annotated[
+        float, typer.Option(help="top-1 agreement asked of the int8 version")
+    ] = 0.97,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Export a run's student to ONNX, check it in ONNX Runtime against PyTorch on the test
+    split (exit 1 if they disagree beyond the tolerances) and measure both."""
+    from distill.compress.deploy import export_run
+
+    def body() -> None:
+        result = export_run(
+            run_dir,
+            stage=stage,
+            int8=int8,
+            min_agreement=min_agreement,
+            atol=atol,
+            int8_min_agreement=int8_min_agreement,
+            log=_logger(quiet, as_json),
+        )
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+            return
+        table = Table(title=f"distill export: {result['model']}", box=box.SIMPLE)
+        for i, column in enumerate(["format", "test acc.", "agreement", "size", "CPU ms/ex."]):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for key, row in result["models"].items():
+            agreement = row.get("agreement")
+            table.add_row(
+                {"pytorch": "PyTorch", "onnx": "ONNX", "onnx_int8": "ONNX int8"}[key],
+                f"{100 * row['accuracy']:.2f}%",
+                "" if agreement is None else f"{100 * agreement:.2f}%",
+                f"{row['size_bytes'] / 1024:.0f} KiB",
+                f"{row['latency_ms']:.3f}",
+            )
+        out_console.print(table)
+        typer.echo(f"written: {run_dir / 'export'}")
 
     _guarded(body)
 

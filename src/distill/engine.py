@@ -91,7 +91,11 @@ class FitResult:
 
 
 class Callback:
-    """Override what you need; the engine calls these on the main process only."""
+    """Override what you need; the engine calls these on the main process only, or on
+    every process when ``all_ranks`` is true (a callback that changes the student, like
+    gradual pruning, must run everywhere)."""
+
+    all_ranks = False
 
     def on_step_end(self, distiller: Distiller, step: int, logs: dict[str, float]) -> None:
         pass
@@ -324,6 +328,7 @@ class Distiller:
         total_steps = epochs * steps_per_epoch
         if max_steps is not None:
             total_steps = min(total_steps, max_steps)
+        self.total_steps = total_steps  # what callbacks may schedule against
 
         self.objective.loss_states.to(accelerator.device)
         self._build_projectors(as_batch(next(iter(data.epoch(0)))).to(accelerator.device))
@@ -392,8 +397,8 @@ class Distiller:
                 progress.update(step, logs["loss"], logs["samples_per_s"])
                 if step % c.log_every == 0 or step == total_steps:
                     self._log({"step": step, "epoch": state["epoch"], **means.pop()})
-                if self.is_main:
-                    for callback in self.callbacks:
+                for callback in self.callbacks:
+                    if self.is_main or getattr(callback, "all_ranks", False):
                         callback.on_step_end(self, step, logs)
                 epoch_done = state["batch_in_epoch"] >= len(data)
                 if epoch_done:
@@ -538,6 +543,11 @@ class Distiller:
 
     def _unwrapped(self) -> nn.Module:
         return self._accelerate().unwrap_model(self.student)
+
+    @property
+    def model(self) -> nn.Module:
+        """The student as built (unwrapped from any distributed wrapper)."""
+        return self._unwrapped()
 
     def _save_best(self) -> None:
         run_dir = self.config.run_dir

@@ -27,7 +27,6 @@ def size_on_disk(model: nn.Module, path: Path | None = None) -> int:
         return target.stat().st_size
 
 
-@torch.inference_mode()
 def cpu_latency_ms(
     model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5, **kwargs
 ) -> float:
@@ -35,14 +34,19 @@ def cpu_latency_ms(
     the forward, e.g. a routed ensemble's ``domain``)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
-    model.cpu().eval()
+    if device.type != "cpu":  # moved outside inference mode: quantized weights must swap
+        model.cpu()
+    model.eval()
     x = example.unsqueeze(0).cpu()
-    for _ in range(warmup):
-        model(x, **kwargs)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x, **kwargs)
-        times.append(time.perf_counter() - start)
-    model.to(device).train(was_training)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x, **kwargs)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x, **kwargs)
+            times.append(time.perf_counter() - start)
+    if device.type != "cpu":
+        model.to(device)
+    model.train(was_training)
     return 1000.0 * statistics.median(times)

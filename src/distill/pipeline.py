@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from distill.data import (
     load_dataset,
     train_val_split,
 )
-from distill.engine import Distiller
+from distill.engine import Callback, Distiller
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
 from distill.models import build_model
@@ -307,18 +307,23 @@ def fit_student(
     max_steps: int,
     eval_every: int,
     progress: bool,
+    callbacks: Sequence[Callback] = (),
+    **changes: Any,
 ) -> tuple[Distiller, Any, float]:
-    """Train ``student`` with the recipe's settings; (distiller, fit result, seconds)."""
+    """Train ``student`` with the recipe's settings (``changes`` override some);
+    returns (distiller, fit result, seconds)."""
     run = Distiller(
         student,
         teacher,
         objective,
+        callbacks=callbacks,
         **_settings(
             recipe.train,
             seed=recipe.seed,
             run_dir=run_dir,
             progress=progress,
             eval_every=recipe.train.eval_every or eval_every,
+            **changes,
         ),
     )
     started = time.perf_counter()
@@ -513,6 +518,13 @@ def run_recipe(
             **metrics,
             **describe(student, data, recipe, run_dir / ckpt.STUDENT_FILE),
         }
+    if recipe.compress:
+        from distill.compress.stages import run_compress
+
+        assert teacher_model is not None  # the recipe checks it
+        models.update(
+            run_compress(recipe, data, student, teacher_model, run_dir, per_epoch, progress, log)
+        )
 
     summary = {
         "name": recipe.name,
@@ -528,11 +540,37 @@ def run_recipe(
         "gap_closed": _gap_closed(models),
         "seconds": time.perf_counter() - started,
     }
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    _write_summary(run_dir, summary)
+    if recipe.export is not None:  # after the summary, so a failed check leaves it readable
+        models.update(_export_rows(recipe, run_dir, models, log))
+        summary["seconds"] = time.perf_counter() - started
+        _write_summary(run_dir, summary)
+    return summary
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     from distill.report import write_report
 
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     write_report(run_dir, summary)
-    return summary
+
+
+def _export_rows(
+    recipe: Recipe, run_dir: Path, models: dict[str, dict[str, Any]], log: Log
+) -> dict[str, dict[str, Any]]:
+    """The recipe's ``export``: report rows for the ONNX graphs (``export_onnx``, …)."""
+    from distill.compress.deploy import export_run
+
+    spec = recipe.export
+    assert spec is not None
+    result = export_run(run_dir, **spec.model_dump(), log=log)
+    stages = [k for k in models if k.startswith("compress_") and not k.endswith("_quantize")]
+    source = models[stages[-1] if stages else "student"]
+    return {
+        f"export_{key}": {**row, "parameters": source["parameters"]}
+        for key, row in result["models"].items()
+        if key != "pytorch"
+    }
 
 
 def _peer_rows(

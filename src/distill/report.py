@@ -22,18 +22,26 @@ EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"
 
 def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(key, label, colour) of every model in the summary: the teacher, any assistant,
-    generations or peers, the label-only student, then the distilled student."""
+    generations or peers, the label-only student, the distilled student, then its
+    compression stages ("+ 1 prune", …)."""
     models = summary["models"]
-    extras = [k for k in models if k not in LABELS]
+    # compression stages and exports come after the student, in order
+    stages = [k for k in models if k.startswith(("compress_", "export_"))]
+    extras = [k for k in models if k not in LABELS and k not in stages]
     order = [k for k in ("teacher",) if k in models] + extras
-    order += [k for k in ("baseline", "student") if k in models]
+    order += [k for k in ("baseline", "student") if k in models] + stages
     rows = []
     for key in order:
         if key in LABELS:
             rows.append((key, LABELS[key], COLORS[key]))
         else:
-            colour = EXTRA_COLORS[extras.index(key) % len(EXTRA_COLORS)]
-            rows.append((key, key.replace("_", " "), colour))
+            colour = EXTRA_COLORS[(extras + stages).index(key) % len(EXTRA_COLORS)]
+            label = key.removeprefix("compress_").replace("_", " ")
+            if key.startswith("export_"):
+                label = {"export_onnx": "ONNX", "export_onnx_int8": "ONNX int8"}.get(key, label)
+            elif key in stages:
+                label = f"+ {label}"
+            rows.append((key, label, colour))
     return rows
 
 

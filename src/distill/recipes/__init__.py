@@ -8,9 +8,18 @@ from distill.recipes.load import (
     load_recipe,
     validate_recipe,
 )
-from distill.recipes.schema import DataSpec, ModelSpec, Recipe, TeacherSpec, TermSpec, TrainSpec
+from distill.recipes.schema import (
+    CompressStage,
+    DataSpec,
+    ModelSpec,
+    Recipe,
+    TeacherSpec,
+    TermSpec,
+    TrainSpec,
+)
 
 __all__ = [
+    "CompressStage",
     "DataSpec",
     "ModelSpec",
     "Recipe",

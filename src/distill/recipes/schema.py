@@ -158,6 +158,59 @@ class TeacherSpec(ModelSpec):
         return self
 
 
+class CompressStage(Strict):
+    """One compression stage, run on the distilled student and followed (or, for gradual
+    pruning and QAT, accompanied) by distillation from the original teacher with the
+    recipe's objective, for ``epochs`` of the student's data (or ``max_steps``).
+
+    - ``prune``: global magnitude pruning to ``sparsity``, gradually (cubic schedule,
+      reached at ``end`` of the stage), zeros kept by later stages;
+    - ``channels``: remove ``ratio`` of every layer's channels (Torch-Pruning);
+    - ``factorize``: truncated SVD of Linear/conv layers at ``rank`` or ``energy``;
+    - ``quantize``: quantization-aware training with torchao's ``scheme``, then converted
+      (the last stage); with ``epochs: 0``, post-training quantization, no training."""
+
+    kind: Literal["prune", "channels", "factorize", "quantize"]
+    sparsity: float | None = Field(None, gt=0, lt=1)
+    end: float = Field(0.75, gt=0, le=1, description="prune: share of the stage to reach it")
+    ratio: float | None = Field(None, gt=0, lt=1)
+    rank: int | None = Field(None, ge=1)
+    energy: float | None = Field(None, gt=0, le=1)
+    scheme: Literal["int8", "int8_weight_only", "int4_weight_only"] = "int8"
+    skip: list[str] = Field(default_factory=list, description="module paths left as they are")
+    epochs: int | None = Field(1, ge=0, description="0: no recovery training")
+    max_steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0, description="None: train.lr")
+    recover: Literal["teacher", "student", "labels"] = Field(
+        "teacher",
+        description="teacher: the recipe's objective with the original teacher; student: "
+        "the same objective with the distilled student before compression (the uncompressed "
+        "model) as the teacher; labels: cross-entropy on the labelled examples alone",
+    )
+
+    @model_validator(mode="after")
+    def _fields(self) -> CompressStage:
+        needs = {"prune": ["sparsity"], "channels": ["ratio"], "factorize": [], "quantize": []}
+        for name in needs[self.kind]:
+            if getattr(self, name) is None:
+                raise ValueError(f"a {self.kind} stage needs {name}")
+        if self.kind == "factorize" and (self.rank is None) == (self.energy is None):
+            raise ValueError("a factorize stage needs exactly one of rank or energy")
+        if self.kind == "prune" and self.epochs == 0 and self.max_steps is None:
+            raise ValueError("a prune stage prunes while training: give it epochs or max_steps")
+        return self
+
+
+class ExportSpec(Strict):
+    """Export at the end of ``distill run`` (as ``distill export`` does): the last float
+    stage as ONNX, checked in ONNX Runtime against PyTorch on the test split."""
+
+    int8: bool = Field(False, description="also ONNX Runtime's dynamic int8 version")
+    min_agreement: float = Field(0.999, gt=0, le=1, description="top-1 agreement asked")
+    atol: float = Field(1e-3, gt=0, description="largest logit difference allowed")
+    int8_min_agreement: float = Field(0.97, gt=0, le=1)
+
+
 class DataSpec(Strict):
     dataset: DatasetName
     path: Path | None = Field(None, description="folder with the files; None: the defaults")
@@ -238,6 +291,12 @@ class Recipe(Strict):
         "term loss: mutual_learning, student: stack); no teacher needed",
     )
     baseline: bool = Field(True, description="also train a label-only student, same budget")
+    compress: list[CompressStage] = Field(
+        default_factory=list,
+        description="stages run in order on the distilled student, each with distillation "
+        "from the original teacher and a report row",
+    )
+    export: ExportSpec | None = Field(None, description="ONNX export, checked, at the end")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")
@@ -261,6 +320,7 @@ class Recipe(Strict):
                 "{loss: mutual_learning, student: stack}; give both or neither"
             )
         self._check_domains()
+        self._check_compress()
         if self.student.model == "teacher" and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:
@@ -270,6 +330,24 @@ class Recipe(Strict):
             if reads:
                 raise ValueError(f"objective terms {reads} read the teacher, but no teacher is set")
         return self
+
+    def _check_compress(self) -> None:
+        if self.export is not None and (self.task != "classification" or self.peers > 1):
+            raise ValueError("export is for classification recipes with one student")
+        kinds = [stage.kind for stage in self.compress]
+        if not kinds:
+            return
+        if self.task != "classification" or self.peers > 1:
+            raise ValueError("compress stages are for classification recipes with one student")
+        if self.teacher is None or self.teacher.model == "ema":
+            raise ValueError("compress stages distil from the recipe's teacher: set teacher")
+        if "quantize" in kinds[:-1]:
+            raise ValueError(f"compress: quantize must be the last stage, got {kinds}")
+        if "prune" in kinds and any(k != "quantize" for k in kinds[kinds.index("prune") + 1 :]):
+            raise ValueError(
+                "compress: only quantize may follow prune (channels and factorize would reshape "
+                f"the pruned weights); got {kinds}"
+            )
 
     def _check_domains(self) -> None:
         domains = getattr(self.data, "domains", None) or {}

@@ -1,0 +1,144 @@
+"""ONNX export with a check: the exported graph must predict what the PyTorch model does.
+
+``export_onnx`` writes the model with a dynamic batch dimension (``torch.onnx.export``,
+the dynamo exporter); ``quantize_onnx_int8`` makes ONNX Runtime's dynamic int8 version
+(int8 weights, activations quantized at run time); ``check_parity`` runs a graph in ONNX
+Runtime on held-out inputs next to the PyTorch model and raises ``ParityError`` when the
+top-1 predictions agree on fewer than ``min_agreement`` of the examples or (for the
+float export) the logits differ by more than ``atol``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+class ParityError(RuntimeError):
+    """The exported model disagrees with the PyTorch model beyond the tolerance."""
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            "export needs onnx, onnxscript and onnxruntime: pip install 'distill[compress]'"
+        ) from error
+    return onnxruntime
+
+
+@torch.no_grad()
+def export_onnx(model: nn.Module, example: Tensor, path: Path) -> Path:
+    """Write ``model`` (eval mode, CPU) to ``path`` as ONNX, batch dimension dynamic;
+    ``example`` is one batch of inputs."""
+    _onnxruntime()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    batch = torch.export.Dim("batch", min=1)
+    example = example.cpu()
+    if example.shape[0] < 2:  # a batch of one would fix the dimension
+        example = torch.cat([example, example])
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=True,
+        dynamic_shapes=({0: batch},),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        external_data=False,
+        verbose=False,
+    )
+    return path
+
+
+def quantize_onnx_int8(source: Path, target: Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantization of ``source`` (weights int8 per channel)."""
+    _onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+    return Path(target)
+
+
+def session(path: Path):
+    """An ONNX Runtime CPU session for ``path``."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class Parity:
+    """How an exported graph compares with the PyTorch model on held-out inputs."""
+
+    examples: int
+    agreement: float  # share of examples with the same top-1 prediction
+    max_abs_diff: float  # largest difference between the logits
+    accuracy: float | None  # the exported graph's accuracy, when labels were given
+
+
+@torch.no_grad()
+def check_parity(
+    model: nn.Module,
+    path: Path,
+    batches: Iterable,
+    *,
+    min_agreement: float = 0.99,
+    atol: float | None = 1e-3,
+) -> Parity:
+    """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on ``batches`` (inputs or
+    (inputs, labels)); raise ``ParityError`` if they disagree beyond the tolerances."""
+    runtime = session(path)
+    model = model.eval().cpu()
+    examples = agree = correct = 0
+    labelled = True
+    max_diff = 0.0
+    for batch in batches:
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        ours = model(x.cpu()).float()
+        theirs = torch.from_numpy(runtime.run(None, {INPUT_NAME: x.cpu().numpy()})[0])
+        max_diff = max(max_diff, float((ours - theirs).abs().max()))
+        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        examples += x.shape[0]
+        if y is None:
+            labelled = False
+        else:
+            correct += int((theirs.argmax(-1) == y.cpu()).sum())
+    if examples == 0:
+        raise ValueError("check_parity got no inputs")
+    result = Parity(examples, agree / examples, max_diff, correct / examples if labelled else None)
+    if result.agreement < min_agreement or (atol is not None and max_diff > atol):
+        raise ParityError(
+            f"{path}: ONNX Runtime and PyTorch disagree on {examples - agree} of {examples} "
+            f"held-out examples (agreement {result.agreement:.2%}, asked >= "
+            f"{min_agreement:.2%}); largest logit difference {max_diff:.2e}"
+            + (f" (asked <= {atol:.0e})" if atol is not None else "")
+        )
+    return result
+
+
+def onnx_latency_ms(path: Path, example: Tensor, repeats: int = 50, warmup: int = 5) -> float:
+    """Median wall time of a batch-1 ONNX Runtime run on the CPU, in milliseconds."""
+    runtime = session(path)
+    feed = {INPUT_NAME: example.unsqueeze(0).cpu().numpy().astype(np.float32)}
+    for _ in range(warmup):
+        runtime.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runtime.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
