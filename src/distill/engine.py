@@ -190,6 +190,8 @@ class Distiller:
     ``teacher`` may be None for a label-only baseline. ``objective`` defaults to Hinton KD
     (see ``default_objective``). ``optimizer`` may be a callable that takes the trainable
     parameters and returns a ``torch.optim.Optimizer``, overriding ``optimizer=`` names.
+    ``batch_transform(batch, step)`` rewrites each training micro-batch (on the device)
+    before the teacher and the student see it; on-policy distillation uses it.
     """
 
     def __init__(
@@ -200,6 +202,7 @@ class Distiller:
         *,
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
         callbacks: Iterable[Callback] = (),
+        batch_transform: Callable[[Batch, int], Batch] | None = None,
         **settings: Any,
     ) -> None:
         if optimizer is not None and not callable(optimizer):
@@ -216,6 +219,7 @@ class Distiller:
             )
         self.optimizer_factory = optimizer
         self.callbacks = list(callbacks)
+        self.batch_transform = batch_transform
         self.accelerator: Accelerator | None = None
         self.student_taps = Taps(student, self.objective.student_taps)
         if teacher is not None:
@@ -276,6 +280,7 @@ class Distiller:
         return LossInputs(
             student_logits=logits,
             teacher_logits=teacher_out.logits if teacher_out is not None else None,
+            teacher_topk=teacher_out.topk if teacher_out is not None else None,
             labels=batch.labels,
             mask=batch.mask,
             student_features=self.student_taps.pop(),
@@ -424,6 +429,8 @@ class Distiller:
     def _step(self, window: list[Any], step: int, total_steps: int) -> dict[str, float]:
         accelerator = self._accelerate()
         batches = [as_batch(raw).to(accelerator.device) for raw in window]
+        if self.batch_transform is not None:  # e.g. on-policy: the student writes the answers
+            batches = [self.batch_transform(b, step) for b in batches]
         # each micro-batch weighs by the rows its losses average over, so that a window
         # split into micro-batches gives the update of one batch (and a batch of a transfer
         # set with no labelled row still teaches through its distillation terms)

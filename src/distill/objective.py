@@ -7,10 +7,10 @@
     )
 
 A term's loss receives, by parameter name, ``student_logits``, ``teacher_logits``,
-``labels``, ``mask``, and, for feature losses, ``student_features`` / ``teacher_features``
-read from the tap paths ``student=`` / ``teacher=``. ``weight`` and ``temperature`` may be
-numbers or schedules. The total is ``Σ weight_i(step) · loss_i``; every term is reported
-separately.
+``teacher_topk`` (a sparse teacher, from a top-k cache), ``labels``, ``mask``, and, for
+feature losses, ``student_features`` / ``teacher_features`` read from the tap paths
+``student=`` / ``teacher=``. ``weight`` and ``temperature`` may be numbers or schedules.
+The total is ``Σ weight_i(step) · loss_i``; every term is reported separately.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from distill.batch import IGNORE_INDEX
+from distill.losses.sparse import TopK
 from distill.projectors import build_projector
 from distill.schedules import Schedule, as_schedule
 
 INPUT_NAMES = (
     "student_logits",
     "teacher_logits",
+    "teacher_topk",
     "labels",
     "mask",
     "student_features",
@@ -43,6 +45,7 @@ class LossInputs:
 
     student_logits: Tensor | None = None
     teacher_logits: Tensor | None = None
+    teacher_topk: TopK | None = None
     labels: Tensor | None = None
     mask: Tensor | None = None
     student_features: dict[str, Tensor] = field(default_factory=dict)

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from distill.data.domains import WithDomain, class_to_domain, domain_subset
+from distill.data.ids import WithExampleId
 from distill.data.idx import fashion_mnist_available, load_fashion_mnist, read_idx
 from distill.data.mnist1d import load_mnist1d
 from distill.data.resumable import EpochSampler, ResumableLoader
@@ -48,6 +49,7 @@ __all__ = [
     "MultiCrop",
     "ResumableLoader",
     "WithDomain",
+    "WithExampleId",
     "WithoutLabels",
     "class_to_domain",
     "domain_subset",

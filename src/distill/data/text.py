@@ -90,6 +90,7 @@ class PackedText(Dataset):
             "input_ids": block[:-1],
             "labels": labels,
             "loss_mask": torch.ones_like(labels, dtype=torch.bool),
+            "example_id": torch.tensor(index),
         }
 
 
@@ -151,7 +152,7 @@ class ChatExamples(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.rows[index]
+        return {**self.rows[index], "example_id": torch.tensor(index)}
 
 
 def _ids(value: Any) -> list[int]:
@@ -254,4 +255,5 @@ class MaskedBlocks(Dataset):
         return {
             "input_ids": torch.cat([torch.tensor([self.cls]), corrupted, torch.tensor([self.sep])]),
             "labels": torch.cat([ignore, torch.where(chosen, tokens, IGNORE_INDEX), ignore]),
+            "example_id": torch.tensor(index),
         }

@@ -26,9 +26,11 @@ from distill.losses.logits import (
     tvd,
 )
 from distill.losses.mutual import mutual_learning
-from distill.losses.tokens import lm_head_kd
+from distill.losses.sparse import TopK, sparse_divergence, sparse_kl
+from distill.losses.tokens import lm_head_kd, lm_head_sparse_kd
 
 __all__ = [
+    "TopK",
     "attention_transfer",
     "cosine_embedding",
     "cross_entropy",
@@ -38,6 +40,7 @@ __all__ = [
     "jsd",
     "kl",
     "lm_head_kd",
+    "lm_head_sparse_kd",
     "logit_standardized_kl",
     "mutual_learning",
     "pkt",
@@ -46,5 +49,7 @@ __all__ = [
     "rkd_distance",
     "skew_kl",
     "skew_reverse_kl",
+    "sparse_divergence",
+    "sparse_kl",
     "tvd",
 ]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from distill.losses.logits import cross_entropy, jsd, kl, reverse_kl, skew_kl, skew_reverse_kl, tvd
+from distill.losses.sparse import TopK, sparse_divergence
 
 Divergence = Literal["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 IGNORE_INDEX = -100
@@ -53,12 +54,12 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out if bias is None else out + bias
 
 
-class _ChunkedLMHeadKD(torch.autograd.Function):
+class _ChunkedLMHead(torch.autograd.Function):
+    """Σ over chunks of ``chunk_loss(student_logits[rows], rows) · |rows| / count``, with
+    the student's gradients computed chunk by chunk in the forward pass."""
+
     @staticmethod
-    def forward(
-        ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, selected, labels, settings
-    ):
-        divergence, temperature, kd_weight, ce_weight, softcap, chunk, count = settings
+    def forward(ctx, s_hidden, s_weight, s_bias, selected, chunk_loss, softcap, chunk, count):
         needs_grad = any(ctx.needs_input_grad[:3])
         acc = torch.promote_types(s_hidden.dtype, torch.float32)  # float32, or float64
         grad_hidden = torch.zeros_like(s_hidden) if needs_grad else None
@@ -72,14 +73,9 @@ class _ChunkedLMHeadKD(torch.autograd.Function):
         for start in range(0, index.numel(), chunk):
             rows = index[start : start + chunk]
             h = s_hidden[rows]
-            teacher = _softcap(_logits(t_hidden[rows], t_weight, t_bias).to(acc), softcap)
             with torch.enable_grad():
                 logits = _logits(h, s_weight, s_bias).to(acc).detach().requires_grad_(needs_grad)
-                student = _softcap(logits, softcap)
-                value = kd_weight * divergence(student, teacher, temperature=temperature)
-                if ce_weight:
-                    value = value + ce_weight * cross_entropy(student, labels[rows])
-                value = value * (rows.numel() / count)
+                value = chunk_loss(_softcap(logits, softcap), rows) * (rows.numel() / count)
                 if needs_grad:
                     (grad_logits,) = torch.autograd.grad(value, logits)
             total += value.detach()
@@ -102,8 +98,22 @@ class _ChunkedLMHeadKD(torch.autograd.Function):
             None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
             None if grad_weight is None else (grad_weight * scale).to(weight_dtype),
             None if grad_bias is None else (grad_bias * scale).to(bias_dtype),
-            *([None] * 6),
+            *([None] * 5),
         )
+
+
+def _selection(
+    tokens: int, device: torch.device, labels: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Which flattened tokens count (mask, and labels not -100), and the flat labels."""
+    selected = torch.ones(tokens, dtype=torch.bool, device=device)
+    if mask is not None:
+        selected = selected & mask.reshape(-1).bool()
+    flat_labels = None
+    if labels is not None:
+        flat_labels = labels.reshape(-1)
+        selected = selected & (flat_labels != IGNORE_INDEX)
+    return selected, flat_labels
 
 
 def lm_head_kd(
@@ -162,43 +172,115 @@ def lm_head_kd(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     s_hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
-    t_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
+    t_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
     if s_hidden.shape[0] != t_hidden.shape[0]:
         raise ValueError(
             f"student has {s_hidden.shape[0]} tokens, teacher {t_hidden.shape[0]}: they must "
             "be the same positions of the same sequences"
         )
-    selected = torch.ones(s_hidden.shape[0], dtype=torch.bool, device=s_hidden.device)
-    if mask is not None:
-        selected = selected & mask.reshape(-1).bool()
-    flat_labels = None
-    if labels is not None:
-        flat_labels = labels.reshape(-1)
-        selected = selected & (flat_labels != IGNORE_INDEX)
+    selected, flat_labels = _selection(s_hidden.shape[0], s_hidden.device, labels, mask)
     count = int(selected.sum()) if global_count is None else int(global_count)
     if count == 0:
         return (s_hidden.sum() + student_head.sum()) * 0.0
-    settings = (
-        _divergence(divergence, beta, skew),
-        temperature,
-        kd_weight,
-        ce_weight,
+    measure = _divergence(divergence, beta, skew)
+    t_weight = teacher_head[:vocab_size].detach()
+    t_bias = None if teacher_bias is None else teacher_bias[:vocab_size].detach()
+
+    def chunk_loss(student: Tensor, rows: Tensor) -> Tensor:
+        teacher = _softcap(_logits(t_hidden[rows], t_weight, t_bias).to(student.dtype), softcap)
+        value = kd_weight * measure(student, teacher, temperature=temperature)
+        if ce_weight:
+            value = value + ce_weight * cross_entropy(student, flat_labels[rows])
+        return value
+
+    return _ChunkedLMHead.apply(
+        s_hidden,
+        student_head[:vocab_size],
+        None if student_bias is None else student_bias[:vocab_size],
+        selected,
+        chunk_loss,
         softcap,
         chunk_size,
         count,
     )
-    s_bias = None if student_bias is None else student_bias[:vocab_size]
-    t_bias = None if teacher_bias is None else teacher_bias[:vocab_size]
-    return _ChunkedLMHeadKD.apply(
+
+
+def lm_head_sparse_kd(
+    student_hidden: Tensor,
+    student_head: Tensor,
+    teacher_topk: TopK,
+    *,
+    divergence: Divergence = "kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+    labels: Tensor | None = None,
+    mask: Tensor | None = None,
+    kd_weight: float = 1.0,
+    ce_weight: float = 0.0,
+    student_bias: Tensor | None = None,
+    vocab_size: int | None = None,
+    softcap: float | None = None,
+    chunk_size: int = 1024,
+    global_count: int | None = None,
+) -> Tensor:
+    """Token-level KD from a top-k teacher (a teacher cache) through the student's LM head,
+    chunk by chunk over tokens, without the student's full logits.
+
+    Formula: ``loss = (1 / count) Σ_selected [kd_weight · D_T(q̄ ‖ p̄) + ce_weight · CE]``
+    with ``p = softmax(softcap(h_s W_sᵀ + b_s) / T)`` over the first ``vocab_size`` columns
+    and D the divergence on the k + 1 buckets of ``losses.sparse`` (top-k, then the tail
+    mass: exact at k = vocabulary, a lower bound below). ``teacher_topk`` holds (..., k)
+    ids and log-probabilities and (...) tail log-masses with the hidden states' leading
+    shape, at ``temperature``. Reduction: as ``lm_head_kd``. T² scaling: yes (not ``tvd``).
+    Papers: Hinton et al. 2015; Agarwal et al. 2024 (GKD); Gu et al. 2024 (MiniLLM).
+    """
+    if ce_weight and labels is None:
+        raise ValueError("ce_weight > 0 needs labels")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    vocab_size = student_head.shape[0] if vocab_size is None else vocab_size
+    if vocab_size > student_head.shape[0]:
+        raise ValueError(f"vocab_size={vocab_size} exceeds the head's {student_head.shape[0]} rows")
+    s_hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
+    k = teacher_topk.ids.shape[-1]
+    if teacher_topk.ids.numel() != s_hidden.shape[0] * k:
+        raise ValueError(
+            f"the teacher's top-k covers {teacher_topk.ids.numel() // k} tokens, the student "
+            f"has {s_hidden.shape[0]}: they must be the same positions of the same sequences"
+        )
+    if int(teacher_topk.ids.max()) >= vocab_size:
+        raise ValueError(
+            f"the teacher's top-k holds token id {int(teacher_topk.ids.max())}, beyond the "
+            f"student's vocabulary of {vocab_size}: the cache was built with another tokenizer"
+        )
+    selected, flat_labels = _selection(s_hidden.shape[0], s_hidden.device, labels, mask)
+    count = int(selected.sum()) if global_count is None else int(global_count)
+    if count == 0:
+        return (s_hidden.sum() + student_head.sum()) * 0.0
+    options = {"jsd": {"beta": beta}, "skew_kl": {"skew": skew}, "skew_reverse_kl": {"skew": skew}}
+
+    def chunk_loss(student: Tensor, rows: Tensor) -> Tensor:
+        value = kd_weight * sparse_divergence(
+            student,
+            teacher_topk.select(rows),
+            divergence=divergence,
+            temperature=temperature,
+            **options.get(divergence, {}),
+        )
+        if ce_weight:
+            value = value + ce_weight * cross_entropy(student, flat_labels[rows])
+        return value
+
+    return _ChunkedLMHead.apply(
         s_hidden,
         student_head[:vocab_size],
-        s_bias,
-        t_hidden.detach(),
-        teacher_head[:vocab_size].detach(),
-        None if t_bias is None else t_bias.detach(),
+        None if student_bias is None else student_bias[:vocab_size],
         selected,
-        flat_labels,
-        settings,
+        chunk_loss,
+        softcap,
+        chunk_size,
+        count,
     )
 
 
@@ -265,4 +347,49 @@ def token_kd_term(
         temperature=temperature,
         student=final_hidden_tap(student, head),
         teacher=final_hidden_tap(teacher, head),
+    )
+
+
+def sparse_token_kd_term(
+    student: torch.nn.Module,
+    *,
+    weight: float = 1.0,
+    temperature: float = 1.0,
+    head: str = "lm_head",
+    ce_weight: float = 0.0,
+    **options: object,
+):
+    """An objective ``Term`` that runs ``lm_head_sparse_kd`` against a top-k teacher (a
+    ``teachers.Cached`` top-k cache): it taps the student's final hidden states and reads
+    its head's weight at each step, so no (tokens × vocabulary) logits are kept; ``options``
+    go to ``lm_head_sparse_kd`` (``divergence``, ``beta``, ``skew``, ``vocab_size``,
+    ``softcap``, ``chunk_size``)."""
+    from distill.objective import Term
+
+    student_head = student.get_submodule(head)
+
+    def sparse_token_kd(
+        student_features: Tensor,
+        teacher_topk: TopK,
+        labels: Tensor | None = None,
+        mask: Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        return lm_head_sparse_kd(
+            student_features,
+            student_head.weight,
+            teacher_topk,
+            temperature=temperature,
+            labels=labels if ce_weight else None,
+            mask=mask,
+            ce_weight=ce_weight,
+            student_bias=getattr(student_head, "bias", None),
+            **options,  # type: ignore[arg-type]
+        )
+
+    return Term(
+        sparse_token_kd,
+        weight=weight,
+        temperature=temperature,
+        student=final_hidden_tap(student, head),
     )

@@ -88,7 +88,8 @@ def layers_by_similarity(model: nn.Module, calibration: dict[str, Tensor], keep:
     from one forward pass on ``calibration`` (model keyword arguments, e.g. input_ids)."""
     was_training = model.training
     model.eval()
-    inputs = {k: v for k, v in calibration.items() if k not in ("labels", "loss_mask")}
+    not_inputs = ("labels", "loss_mask", "example_id")
+    inputs = {k: v for k, v in calibration.items() if k not in not_inputs}
     hidden = model(**inputs, output_hidden_states=True).hidden_states
     model.train(was_training)
     return contiguous_block_to_drop(hidden, len(hidden) - 1 - keep, inputs.get("attention_mask"))

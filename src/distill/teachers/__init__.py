@@ -1,11 +1,22 @@
 """Teachers: anything that answers a batch with a ``TeacherOutput`` and never trains.
 
-``Module`` (a frozen model), ``Ensemble`` (several teachers combined or routed) and ``EMA``
-(the moving average of the student, for self-distillation)."""
+``Module`` (a frozen model), ``Ensemble`` (several teachers combined or routed), ``EMA``
+(the moving average of the student, for self-distillation) and ``Cached`` (a teacher's
+outputs read back from a teacher cache)."""
 
 from distill.teachers.base import Teacher, TeacherOutput
+from distill.teachers.cached import Cached
 from distill.teachers.ema import EMA, ema_momentum
 from distill.teachers.ensemble import Ensemble, EnsembleModel
 from distill.teachers.module import Module
 
-__all__ = ["EMA", "Ensemble", "EnsembleModel", "Module", "Teacher", "TeacherOutput", "ema_momentum"]
+__all__ = [
+    "EMA",
+    "Cached",
+    "Ensemble",
+    "EnsembleModel",
+    "Module",
+    "Teacher",
+    "TeacherOutput",
+    "ema_momentum",
+]

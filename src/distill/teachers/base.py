@@ -9,14 +9,17 @@ import torch
 from torch import Tensor
 
 from distill.batch import Batch
+from distill.losses.sparse import TopK
 
 
 @dataclass
 class TeacherOutput:
-    """A teacher's answer for one batch: its logits and the features its taps captured."""
+    """A teacher's answer for one batch: its logits (or, from a top-k teacher cache, its
+    sparse top-k log-probabilities ``topk``) and the features its taps captured."""
 
     logits: Tensor | None
     features: dict[str, Tensor] = field(default_factory=dict)
+    topk: TopK | None = None
 
 
 @runtime_checkable

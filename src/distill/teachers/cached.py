@@ -1,0 +1,99 @@
+"""A teacher read back from a teacher-output cache (``distill cache``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.batch import Batch
+from distill.cache import CacheError, CacheReader, _example_ids, input_hashes
+from distill.losses.sparse import TopK
+from distill.teachers.base import TeacherOutput
+
+
+class Cached:
+    """The answers a teacher gave once, looked up by each batch's ``example_id``.
+
+    A dense cache gives ``TeacherOutput.logits`` (exactly the teacher's); a top-k cache
+    gives ``TeacherOutput.topk`` (ids, log-probabilities and tail mass at the cache's
+    temperature), read by sparse losses (``losses.sparse``, ``lm_head_sparse_kd``).
+
+    ``expect`` lists what the cache must have been built with (e.g. tokenizer, vocabulary
+    size, sequence length); any difference from the cache's fingerprint is an error naming
+    it. With ``check_inputs`` every batch's inputs are compared with the digests stored at
+    build time, so a cache read with other data, another tokenizer or augmentations fails
+    loudly instead of teaching wrong answers. ``verify`` checks each shard's SHA-256 when it
+    is first read.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        expect: Mapping[str, Any] | None = None,
+        check_inputs: bool = True,
+        verify: bool = True,
+    ) -> None:
+        self.reader = CacheReader(folder, verify=verify)
+        self.layout = self.reader.layout
+        self.check_inputs = check_inputs
+        self.device = torch.device("cpu")
+        fingerprint = self.layout.fingerprint
+        differ = [k for k, v in (expect or {}).items() if fingerprint.get(k) != v]
+        if differ:
+            details = "; ".join(
+                f"{k}: cache built with {fingerprint.get(k)!r}, now {expect[k]!r}"  # type: ignore[index]
+                for k in differ
+            )
+            raise CacheError(
+                f"the teacher cache {folder} does not match this run ({details}); rebuild "
+                "it with `distill cache` or point to the right folder"
+            )
+
+    @property
+    def temperature(self) -> float:
+        return self.layout.temperature
+
+    def add_taps(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        if paths:
+            raise CacheError(
+                f"a cached teacher keeps only its outputs, not the features at {paths}; use a "
+                "live teacher (teachers.Module) for feature losses"
+            )
+
+    def to(self, device: torch.device | str) -> Cached:
+        self.device = torch.device(device)
+        return self
+
+    def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
+        ids = _example_ids(batch)
+        rows = self.reader.rows(ids)
+        if self.check_inputs:
+            differ = np.nonzero(rows["input_hash"] != input_hashes(batch))[0]
+            if differ.size:
+                raise CacheError(
+                    f"examples {ids[differ[:5]].tolist()}: their inputs differ from those the "
+                    "cache was built on (other data, tokenizer, sequence length, split or "
+                    "augmentation); rebuild the cache, or pass check_inputs=False if that is "
+                    "intended"
+                )
+
+        def tensor(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(rows[name])).to(self.device, dtype)
+
+        if self.layout.kind == "dense":
+            return TeacherOutput(logits=tensor("logits", torch.float32))
+        return TeacherOutput(
+            logits=None,
+            topk=TopK(
+                ids=tensor("ids", torch.long),
+                logprobs=tensor("logprobs", torch.float32),
+                tail=tensor("tail", torch.float32),
+                temperature=self.layout.temperature,
+            ),
+        )
