@@ -227,3 +227,40 @@ def test_lm_recipe_with_missing_text_or_bad_student_args(tmp_path, tokenizer_dir
     )  # fmt: skip
     with pytest.raises(RecipeError, match=r"data\.source"):
         run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lambda m: None)
+
+
+def test_cached_kd_recipe_builds_resumes_and_trains_from_the_cache(
+    text_file, tokenizer_dir, tmp_path, monkeypatch
+):
+    """`distill cache` by two workers, then `distill run` trains against the cache; a
+    cache read with another sequence length is refused with what differs."""
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    overrides = [
+        *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
+        "student.args.keep=2",
+        "cache.top_k=16",
+        "cache.shard_size=20",
+        "baseline=false",
+    ]
+    recipe_file = ROOT / "recipes" / "llm_cached_kd.yaml"
+    args = ["cache", str(recipe_file), *[f"--set={o}" for o in overrides], "--json"]
+    first = CliRunner().invoke(cli.app, [*args, "--worker", "0", "--workers", "2"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["manifest"] is None  # the other worker's shards are missing
+    second = CliRunner().invoke(cli.app, [*args, "--worker", "1", "--workers", "2"])
+    manifest = json.loads(second.stdout)["manifest"]
+    assert manifest["k"] == 16 and manifest["bytes_per_token"] == 16 * (2 + 2) + 2
+
+    messages = []
+    recipe = load_recipe(recipe_file, overrides)
+    summary = run_recipe(recipe, progress=False, log=messages.append)
+    assert any("complete, reused" in m for m in messages)
+    assert any("learns from the teacher cache" in m for m in messages)
+    student = summary["models"]["student"]
+    assert 1.0 < student["perplexity"] < 400 and student["teacher_agreement"] > 0
+
+    other = CliRunner().invoke(
+        cli.app, ["run", str(recipe_file), *[f"--set={o}" for o in [*overrides, "data.seq_len=24"]]]
+    )
+    assert other.exit_code == 2
+    assert "seq_len" in other.output and "delete the folder" in other.output

@@ -1,4 +1,4 @@
-"""The ``distill`` command: demo, run, teacher, eval, export, losses, version."""
+"""The ``distill`` command: demo, run, teacher, cache, eval, export, losses, version."""
 
 from __future__ import annotations
 
@@ -219,6 +219,52 @@ def teacher(
     _guarded(body)
 
 
+@app.command()
+def cache(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file with a cache: section")],
+    set_: SetOption = None,
+    worker: Annotated[int, typer.Option(help="this machine's index, from 0")] = 0,
+    workers: Annotated[int, typer.Option(help="machines sharing the build, by shard")] = 1,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the recipe's teacher once and store its answers: the teacher-output cache.
+
+    Top-k token log-probabilities (cache.top_k) and the tail mass per position, in
+    checksummed shards under cache.dir. Rerun to resume a killed build; with
+    --worker I --workers N, N machines each build every N-th shard into one folder
+    (shared, or copied together); the last to finish writes the manifest. A recipe with
+    cache.use then trains its student against the cache.
+    """
+    from distill.recipes import load_recipe
+
+    def body() -> None:
+        loaded = load_recipe(recipe, set_ or [])
+        if loaded.task != "causal_lm":
+            raise ValueError(f"{recipe}: distill cache builds caches for causal_lm recipes")
+        from distill.lm_pipeline import cache_command
+
+        log = _logger(quiet, as_json)
+        result = cache_command(
+            loaded, worker=worker, workers=workers, progress=not (quiet or as_json), log=log
+        )
+        manifest = result["manifest"]
+        if as_json:
+            typer.echo(json.dumps(result, indent=2, default=str))
+        elif manifest is None:
+            typer.echo(f"{result['folder']}: this worker's shards are done; others still missing")
+        else:
+            per = manifest.get("bytes_per_token") or manifest.get("bytes_per_example")
+            unit = "token" if "bytes_per_token" in manifest else "example"
+            typer.echo(
+                f"{result['folder']}: {manifest['num_examples']:,} examples in "
+                f"{len(manifest['shards'])} shards, {manifest['bytes'] / 2**20:.1f} MiB, "
+                f"{per:.0f} bytes per {unit}"
+            )
+
+    _guarded(body)
+
+
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="a run directory written by distill run")],
@@ -325,6 +371,8 @@ def losses() -> None:
     from distill import losses as loss_module
 
     for name in loss_module.__all__:
+        if not name.islower():  # a type (TopK), not a loss
+            continue
         doc = (getattr(loss_module, name).__doc__ or "").strip().splitlines()[0]
         typer.echo(f"{name:24s} {doc}")
 

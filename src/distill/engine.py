@@ -502,8 +502,19 @@ class Distiller:
             predicted = inputs.student_logits.argmax(-1)
             if teacher_out is not None and teacher_out.logits is not None:
                 kl = losses.kl(inputs.student_logits, teacher_out.logits, mask=batch.mask)
+                teacher_top = teacher_out.logits.argmax(-1)
+            elif teacher_out is not None and teacher_out.topk is not None:  # a top-k cache
+                topk = teacher_out.topk  # KL on k + 1 buckets, at the cache's temperature
+                kl = losses.sparse_kl(
+                    inputs.student_logits, topk, temperature=topk.temperature, mask=batch.mask
+                )
+                teacher_top = topk.ids[..., 0]
+            answered = teacher_out is not None and (
+                teacher_out.logits is not None or teacher_out.topk is not None
+            )
+            if answered:
                 sums["kl_to_teacher"] += float(kl) * rows
-                agree = (predicted == teacher_out.logits.argmax(-1)) & counted
+                agree = (predicted == teacher_top) & counted
                 sums["teacher_agreement"] += float(agree.sum())
                 compared += int(counted.sum())
             if batch.labels is not None:

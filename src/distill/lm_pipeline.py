@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from distill import checkpoint as ckpt
 from distill import teachers
+from distill.cache_recipe import cache_as_teacher, ensure_cache
 from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.engine import Distiller
 from distill.losses import cross_entropy
@@ -257,6 +258,32 @@ def teacher_command(recipe: Recipe, progress: bool, log: Log) -> dict[str, Any]:
     return {**info, "cache": str(teacher_cache_dir(recipe))}
 
 
+def cache_command(
+    recipe: Recipe, *, worker: int = 0, workers: int = 1, progress: bool = True, log: Log = print
+) -> dict[str, Any]:
+    """``distill cache``: run the teacher over the training and validation rows once and
+    store its top-k answers (this worker's shards of them)."""
+    if recipe.cache is None:
+        raise RecipeError(
+            "cache: the recipe has no cache section; add `cache: {top_k: 64}` (see "
+            "recipes/llm_cached_kd.yaml)"
+        )
+    tokenizer = tokenizer_for(recipe)
+    data = prepare_text(recipe, tokenizer)
+    teacher, _ = get_lm_teacher(recipe, tokenizer, data, progress, log)
+    return ensure_cache(
+        recipe,
+        tokenizer,
+        teacher.eval().requires_grad_(False),
+        data.train,
+        data.val,
+        worker=worker,
+        workers=workers,
+        progress=progress,
+        log=log,
+    )
+
+
 def evaluate_run(run_dir: Path, recipe: Recipe) -> dict[str, float]:
     """``distill eval`` for a language-model run: its saved student on the test rows."""
     folder = Path(run_dir) / HF_STUDENT_DIR
@@ -301,14 +328,19 @@ def _train_student(
     budget: int,
     eval_every: int,
     progress: bool,
+    answers: teachers.Teacher | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """One student; it learns from ``answers`` (e.g. a teacher cache) when given, else
+    from the live ``teacher``."""
     torch.manual_seed(recipe.seed)  # the same initial weights for every student
     student = build_lm(recipe.student, recipe, tokenizer, teacher=teacher, data=data)
     objective = objective_for(student)
+    if objective.reads_teacher and answers is None:
+        answers = _teacher_module(recipe, teacher)
     _, result, seconds = fit_student(
         recipe,
         student,
-        _teacher_module(recipe, teacher) if objective.reads_teacher else None,
+        answers if objective.reads_teacher else None,
         objective,
         run_dir=run_dir,
         train_loader=loader(data.train, recipe, True),
@@ -369,6 +401,13 @@ def run_lm_recipe(
             **common,
         )
     terms = ", ".join(recipe.objective)
+    answers = None
+    if recipe.cache is not None and recipe.cache.use:
+        cache_info = ensure_cache(
+            recipe, tokenizer, teacher, data.train, data.val, progress=progress, log=log
+        )
+        answers = cache_as_teacher(recipe, tokenizer)
+        log(f"the distilled student learns from the teacher cache {cache_info['folder']}")
     log(f"distilled student {recipe.student.model}: {budget} steps, objective {terms}")
     _, models["student"] = _train_student(
         recipe,
@@ -376,9 +415,10 @@ def run_lm_recipe(
         tokenizer,
         teacher,
         objective_for=lambda student: build_objective(
-            recipe.objective, per_epoch, student, teacher
+            recipe.objective, per_epoch, student, teacher, sparse_teacher=answers is not None
         ),
         run_dir=run_dir,
+        answers=answers,
         **common,
     )
     summary = {

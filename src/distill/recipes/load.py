@@ -12,7 +12,7 @@ from torch import nn
 
 from distill import losses
 from distill.data import DATASETS
-from distill.losses.tokens import token_kd_term
+from distill.losses.tokens import sparse_token_kd_term, token_kd_term
 from distill.objective import Objective, Term
 from distill.recipes.schema import Recipe, TermSpec
 
@@ -140,11 +140,25 @@ def build_term(
     steps_per_epoch: int,
     student: nn.Module | None = None,
     teacher: nn.Module | None = None,
+    sparse_teacher: bool = False,
 ) -> Term:
     def value(v):
         return v if isinstance(v, (int, float)) or v is None else v.build(steps_per_epoch)
 
     if spec.loss == "lm_head_kd":
+        if sparse_teacher and student is not None:  # against a top-k teacher cache
+            options = dict(spec.options)
+            try:
+                return sparse_token_kd_term(
+                    student,
+                    weight=value(spec.weight),
+                    temperature=value(spec.temperature) or 1.0,
+                    head=str(options.pop("head", "lm_head")),
+                    ce_weight=float(options.pop("ce_weight", 0.0)),
+                    **options,
+                )
+            except (TypeError, AttributeError) as error:
+                raise RecipeError(f"objective.{name}: {error}") from None
         if student is None or teacher is None:
             raise RecipeError(
                 f"objective.{name}: lm_head_kd reads two language models' LM heads; use it in "
@@ -184,11 +198,13 @@ def build_objective(
     steps_per_epoch: int,
     student: nn.Module | None = None,
     teacher: nn.Module | None = None,
+    sparse_teacher: bool = False,
 ) -> Objective:
-    """The recipe's objective; ``lm_head_kd`` terms need the two models."""
+    """The recipe's objective; ``lm_head_kd`` terms need the two models (or the student
+    and, with ``sparse_teacher``, a top-k teacher cache)."""
     return Objective(
         {
-            name: build_term(name, spec, steps_per_epoch, student, teacher)
+            name: build_term(name, spec, steps_per_epoch, student, teacher, sparse_teacher)
             for name, spec in terms.items()
         }
     )

@@ -17,7 +17,7 @@ from distill import losses, schedules
 from distill.data import DATASETS
 from distill.engine import TrainConfig
 
-LossName = Literal[tuple(losses.__all__)]  # type: ignore[valid-type]
+LossName = Literal[tuple(n for n in losses.__all__ if n.islower())]  # type: ignore[valid-type]
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 
 
@@ -211,6 +211,21 @@ class ExportSpec(Strict):
     int8_min_agreement: float = Field(0.97, gt=0, le=1)
 
 
+class CacheSpec(Strict):
+    """The teacher-output cache: ``distill cache RECIPE`` runs the teacher once over the
+    training and validation rows and stores its answers; with ``use`` the distilled
+    student trains against them (``teachers.Cached``) instead of running the teacher."""
+
+    dir: Path | None = Field(None, description="None: <output.dir>/<name>/teacher_outputs")
+    top_k: int | None = Field(
+        64, ge=1, description="language models: tokens kept per position; None: dense logits"
+    )
+    logprob_dtype: Literal["float16", "float32"] = "float16"
+    shard_size: int = Field(256, ge=1, description="examples per shard file")
+    batch_size: int = Field(8, ge=1, description="teacher batch size while caching")
+    use: bool = Field(True, description="train the distilled student against the cache")
+
+
 class DataSpec(Strict):
     dataset: DatasetName
     path: Path | None = Field(None, description="folder with the files; None: the defaults")
@@ -297,6 +312,7 @@ class Recipe(Strict):
         "from the original teacher and a report row",
     )
     export: ExportSpec | None = Field(None, description="ONNX export, checked, at the end")
+    cache: CacheSpec | None = Field(None, description="teacher-output cache (distill cache)")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")
@@ -321,6 +337,7 @@ class Recipe(Strict):
             )
         self._check_domains()
         self._check_compress()
+        self._check_cache()
         if self.student.model == "teacher" and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:
@@ -348,6 +365,30 @@ class Recipe(Strict):
                 "compress: only quantize may follow prune (channels and factorize would reshape "
                 f"the pruned weights); got {kinds}"
             )
+
+    def _check_cache(self) -> None:
+        if self.cache is None:
+            return
+        if self.task != "causal_lm":
+            raise ValueError(
+                "cache: recipes cache causal language-model teachers (task: causal_lm); for "
+                "other teachers use distill.cache.build_cache and teachers.Cached from Python"
+            )
+        if self.teacher is None or self.teacher.members or self.teacher.model == "ema":
+            raise ValueError("cache: needs one teacher model to run once")
+        if self.cache.use:
+            kd = [n for n, t in self.objective.items() if t.loss == "lm_head_kd"]
+            other = [n for n, t in self.objective.items() if _reads_teacher(t) and n not in kd]
+            if len(kd) != 1 or other:
+                raise ValueError(
+                    "cache.use: the objective must have one lm_head_kd term and no other term "
+                    f"that reads the teacher (got {sorted(kd + other) or 'none'})"
+                )
+            if not isinstance(self.objective[kd[0]].temperature, (int, float, type(None))):
+                raise ValueError(
+                    f"cache.use: objective.{kd[0]}.temperature must be a number: the cache "
+                    "stores the teacher at one temperature"
+                )
 
     def _check_domains(self) -> None:
         domains = getattr(self.data, "domains", None) or {}

@@ -1,0 +1,136 @@
+"""A recipe's teacher-output cache (``cache:``): where it lives, what it must match, and
+building it (``distill cache RECIPE``) for a causal language-model recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from distill import teachers
+from distill.cache import CacheError, Layout, build_cache, read_manifest
+from distill.recipes import Recipe, RecipeError
+
+OUTPUTS_DIR = "teacher_outputs"
+
+
+def cache_dir(recipe: Recipe) -> Path:
+    assert recipe.cache is not None
+    return recipe.cache.dir or recipe.output.dir / recipe.name / OUTPUTS_DIR
+
+
+def kd_term_name(recipe: Recipe) -> str:
+    names = [n for n, t in recipe.objective.items() if t.loss == "lm_head_kd"]
+    if not names:
+        raise RecipeError("cache: the objective has no lm_head_kd term to read the cache")
+    return names[0]
+
+
+def cache_temperature(recipe: Recipe) -> float:
+    temperature = recipe.objective[kd_term_name(recipe)].temperature
+    return 1.0 if temperature is None else float(temperature)  # a number (schema-checked)
+
+
+def cache_vocab_size(recipe: Recipe, teacher: nn.Module) -> int:
+    """The vocabulary the cache ranks: ``options.vocab_size`` of the KD term, else the
+    teacher head's rows."""
+    option = recipe.objective[kd_term_name(recipe)].options.get("vocab_size")
+    return (
+        int(option) if option is not None else int(teacher.get_output_embeddings().weight.shape[0])
+    )
+
+
+def fingerprint(recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
+    """What the cached answers depend on besides the inputs themselves (which every read
+    checks by digest): a run reading the cache must agree on all of it."""
+    assert recipe.teacher is not None
+    spec = recipe.data
+    return {
+        "teacher": recipe.teacher.model,
+        "teacher_args": dict(recipe.teacher.args),
+        "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        "tokenizer_size": len(tokenizer),
+        "seq_len": spec.seq_len,  # type: ignore[union-attr]
+        "source": spec.source,  # type: ignore[union-attr]
+        "format": spec.format,  # type: ignore[union-attr]
+    }
+
+
+def cached_rows(train: Dataset, val: Dataset) -> Subset:
+    """The rows a recipe caches: training then validation (ids stay the rows' own)."""
+    assert isinstance(train, Subset) and isinstance(val, Subset)
+    return Subset(train.dataset, [*train.indices, *val.indices])
+
+
+def layout_for(recipe: Recipe, tokenizer: Any, teacher: nn.Module, rows: int) -> Layout:
+    assert recipe.cache is not None
+    top_k = recipe.cache.top_k
+    vocab = cache_vocab_size(recipe, teacher)
+    try:
+        return Layout(
+            kind="dense" if top_k is None else "topk",
+            num_examples=rows,
+            shard_size=recipe.cache.shard_size,
+            k=top_k,
+            temperature=cache_temperature(recipe),
+            vocab_size=vocab,
+            logprob_dtype=recipe.cache.logprob_dtype,
+            fingerprint=fingerprint(recipe, tokenizer),
+        )
+    except ValueError as error:
+        raise RecipeError(f"cache: {error}") from None
+
+
+def ensure_cache(
+    recipe: Recipe,
+    tokenizer: Any,
+    teacher: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    *,
+    worker: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Build this worker's missing shards (nothing when the cache is complete)."""
+    assert recipe.cache is not None
+    folder = cache_dir(recipe)
+    rows = cached_rows(train, val)
+    layout = layout_for(recipe, tokenizer, teacher, len(rows))
+    if workers == 1 and (folder / "manifest.json").exists():
+        manifest = read_manifest(folder)
+        if {k: manifest.get(k) for k in layout.to_json()} == layout.to_json():
+            log(f"teacher cache {folder}: complete, reused")
+            return {"folder": str(folder), "written_shards": [], "manifest": manifest}
+    autocast = {"bf16": "bfloat16", "fp16": "float16"}.get(recipe.teacher.autocast)  # type: ignore[union-attr]
+    import torch
+
+    live = teachers.Module(teacher, autocast_dtype=getattr(torch, autocast) if autocast else None)
+    device = next(teacher.parameters()).device
+    try:
+        return build_cache(
+            live,
+            rows,
+            folder,
+            layout,
+            batch_size=recipe.cache.batch_size,
+            device=device,
+            worker=worker,
+            workers=workers,
+            progress=progress,
+            log=log,
+        )
+    except CacheError as error:
+        raise RecipeError(f"cache.dir {folder}: {error}") from None
+
+
+def cache_as_teacher(recipe: Recipe, tokenizer: Any) -> teachers.Cached:
+    """The recipe's complete cache as a teacher; its fingerprint must match the recipe."""
+    try:
+        return teachers.Cached(cache_dir(recipe), expect=fingerprint(recipe, tokenizer))
+    except CacheError as error:
+        raise RecipeError(f"cache: {error}") from None
