@@ -106,10 +106,9 @@ def ensure_cache(
         if {k: manifest.get(k) for k in layout.to_json()} == layout.to_json():
             log(f"teacher cache {folder}: complete, reused")
             return {"folder": str(folder), "written_shards": [], "manifest": manifest}
-    autocast = {"bf16": "bfloat16", "fp16": "float16"}.get(recipe.teacher.autocast)  # type: ignore[union-attr]
-    import torch
+    from distill.pipeline import _teacher_module
 
-    live = teachers.Module(teacher, autocast_dtype=getattr(torch, autocast) if autocast else None)
+    live = _teacher_module(recipe, teacher)  # with the recipe's autocast
     device = next(teacher.parameters()).device
     try:
         return build_cache(

@@ -1,4 +1,5 @@
-"""The ``distill`` command: demo, run, teacher, cache, eval, export, losses, version."""
+"""The ``distill`` command: demo, run, teacher, cache, generate, doctor, eval, export, losses,
+version."""
 
 from __future__ import annotations
 
@@ -263,6 +264,93 @@ def cache(
             )
 
     _guarded(body)
+
+
+@app.command()
+def generate(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file with a generate: section")],
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Make the teacher answer the recipe's prompts: a chat dataset for sequence-level KD.
+
+    Renders each prompt with the tokenizer's chat template, generates in batches
+    (transformers; vLLM with generate.backend vllm, or auto when installed), and writes
+    generate.out (default <output.dir>/<name>/generated.jsonl) with a provenance file. A
+    killed run, rerun, continues where it stopped. Train on it with data.source: generated.
+    """
+    from distill.recipes import load_recipe
+
+    def body() -> dict[str, Any]:
+        loaded = load_recipe(recipe, set_ or [])
+        if loaded.task != "causal_lm":
+            raise ValueError(f"{recipe}: distill generate is for causal_lm recipes")
+        from distill.generate import read_generations
+        from distill.lm_pipeline import generate_command
+
+        log = _logger(quiet, as_json)
+        path = generate_command(loaded, progress=not (quiet or as_json), log=log)
+        rows, provenance = read_generations(path)
+        return {"path": str(path), "rows": len(rows), "provenance": provenance}
+
+    result = _guarded(body)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        seconds = result["provenance"].get("seconds", 0.0)
+        typer.echo(f"{result['path']}: {result['rows']} answers in {seconds:.0f} s")
+
+
+@app.command()
+def doctor(
+    target: Annotated[Path, typer.Argument(help="a recipe YAML file or a run directory")],
+    set_: SetOption = None,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="also train short KD runs at T = 1, 2, 4, 8")
+    ] = False,
+    sample: Annotated[int, typer.Option(help="inputs per split the checks look at")] = 2000,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Diagnose why distillation might do nothing: temperature, teacher overconfidence,
+    capacity gap, data shift and teacher cost, each measured, judged and with a fix.
+
+    Writes doctor.json, doctor.md and plots into the run directory (for a recipe:
+    <output.dir>/<name>), where the run's report shows them. Exits 1 when a check finds a
+    problem.
+    """
+    from distill.doctor.run import TITLES, diagnose
+    from distill.recipes import load_recipe
+
+    def body() -> dict[str, Any]:
+        run_dir = None
+        path = target
+        if target.is_dir():
+            run_dir, path = target, target / "recipe.yaml"
+        loaded = load_recipe(path, set_ or [])
+        log = _logger(quiet, as_json)
+        return diagnose(
+            loaded, run_dir, sweep=sweep, sample=sample, progress=not (quiet or as_json), log=log
+        )
+
+    result = _guarded(body)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        styles = {"ok": "green", "warning": "yellow", "problem": "bold red"}
+        for f in result["findings"]:
+            style = styles[f["verdict"]]
+            out_console.print(f"[{style}]{f['verdict']:>7}[/]  [bold]{TITLES[f['check']]}[/]")
+            out_console.print(f"         {f['summary']}", highlight=False)
+            if f["verdict"] != "ok":
+                out_console.print(f"         [{style}]→[/] {f['suggestion']}", highlight=False)
+        out_console.print(
+            f"overall: [{styles[result['verdict']]}]{result['verdict']}[/]; details and plots "
+            f"in {result['out_dir']}/doctor.md"
+        )
+    if result["verdict"] == "problem":
+        raise typer.Exit(1)
 
 
 @app.command("eval")

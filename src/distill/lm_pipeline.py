@@ -27,11 +27,13 @@ from distill import teachers
 from distill.cache_recipe import cache_as_teacher, ensure_cache
 from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.engine import Distiller
+from distill.generate import GenerationSettings, generate_dataset, load_prompts, read_generations
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
 from distill.models import hf
 from distill.models.shrink import student_from_teacher
 from distill.objective import Objective, Term
+from distill.on_policy import OnPolicy
 from distill.pipeline import (
     BASELINE_DIR,
     RECIPE_FILE,
@@ -48,6 +50,7 @@ from distill.recipes import ModelSpec, Recipe, RecipeError, build_objective, dum
 from distill.recipes.schema import TextDataSpec
 
 HF_STUDENT_DIR = "student"
+GENERATED_FILE = "generated.jsonl"
 CALIBRATION_BLOCKS = 8
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -95,10 +98,19 @@ def tokenizer_for(recipe: Recipe) -> Any:
     return tokenizer
 
 
+def generated_path(recipe: Recipe) -> Path:
+    """Where ``generate:`` writes the teacher's answers."""
+    assert recipe.generate is not None
+    return recipe.generate.out or recipe.output.dir / recipe.name / GENERATED_FILE
+
+
 def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
     spec = _spec(recipe)
     try:
-        records = text_records(spec.source)
+        if spec.source == "generated":  # the teacher's answers, checked against provenance
+            records, _ = read_generations(generated_path(recipe))
+        else:
+            records = text_records(spec.source)
     except (FileNotFoundError, ValueError, ImportError) as error:
         raise RecipeError(f"data.source: {error}") from None
     if recipe.task == "masked_lm":
@@ -258,6 +270,54 @@ def teacher_command(recipe: Recipe, progress: bool, log: Log) -> dict[str, Any]:
     return {**info, "cache": str(teacher_cache_dir(recipe))}
 
 
+def generate_command(recipe: Recipe, *, progress: bool = True, log: Log = print) -> Path:
+    """``distill generate``: the teacher answers ``generate.prompts``; returns the dataset."""
+    spec = recipe.generate
+    if spec is None or recipe.teacher is None:
+        raise RecipeError(
+            "generate: the recipe has no generate section; add `generate: {prompts: "
+            "prompts.jsonl}` (see recipes/llm_seqkd.yaml)"
+        )
+    if recipe.teacher.train is not None:
+        raise RecipeError(
+            "generate: the teacher answers as loaded; drop teacher.train (fine-tune it in "
+            "another recipe and give its checkpoint)"
+        )
+    tokenizer = tokenizer_for(recipe)
+    teacher = build_lm(recipe.teacher, recipe, tokenizer, where="teacher").eval()
+    try:
+        prompts = load_prompts(spec.prompts)[: spec.max_prompts]
+    except (FileNotFoundError, ValueError) as error:
+        raise RecipeError(f"generate.prompts: {error}") from None
+    out = generated_path(recipe)
+    log(
+        f"generate: {teacher.config.name_or_path or recipe.teacher.model} answers "
+        f"{len(prompts)} prompts -> {out}"
+    )
+    model_id = None
+    if recipe.teacher.model.startswith("hf:") and "gguf_file" not in recipe.teacher.args:
+        model_id = hf.resolve(recipe.teacher.model.removeprefix("hf:"))[0]
+    settings = GenerationSettings(**spec.model_dump(include=set(GenerationSettings.model_fields)))
+    provenance = {
+        "teacher": recipe.teacher.model,
+        "teacher_args": dict(recipe.teacher.args),
+        "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "prompts": spec.prompts,
+        "recipe": recipe.name,
+    }
+    return generate_dataset(
+        teacher,
+        tokenizer,
+        prompts,
+        settings,
+        out,
+        provenance,
+        model_id=model_id,
+        progress=progress,
+        log=log,
+    )
+
+
 def cache_command(
     recipe: Recipe, *, worker: int = 0, workers: int = 1, progress: bool = True, log: Log = print
 ) -> dict[str, Any]:
@@ -329,14 +389,28 @@ def _train_student(
     eval_every: int,
     progress: bool,
     answers: teachers.Teacher | None = None,
+    on_policy: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """One student; it learns from ``answers`` (e.g. a teacher cache) when given, else
-    from the live ``teacher``."""
+    from the live ``teacher``; with ``on_policy`` it writes answers itself (GKD)."""
     torch.manual_seed(recipe.seed)  # the same initial weights for every student
     student = build_lm(recipe.student, recipe, tokenizer, teacher=teacher, data=data)
     objective = objective_for(student)
     if objective.reads_teacher and answers is None:
         answers = _teacher_module(recipe, teacher)
+    rewrite = None
+    if on_policy and recipe.on_policy is not None:
+        spec = recipe.on_policy
+        rewrite = OnPolicy(
+            student,
+            lam=spec.lam,
+            max_new_tokens=spec.max_new_tokens,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            seed=recipe.seed,
+        )
     _, result, seconds = fit_student(
         recipe,
         student,
@@ -348,10 +422,14 @@ def _train_student(
         max_steps=budget,
         eval_every=eval_every,
         progress=progress,
+        batch_transform=rewrite,
     )
     student.save_pretrained(run_dir / HF_STUDENT_DIR)
     tokenizer.save_pretrained(run_dir / HF_STUDENT_DIR)
     measured = _measure(student, recipe, data, teacher, run_dir / ckpt.STUDENT_FILE)
+    if rewrite is not None:
+        measured["on_policy_batches"] = rewrite.generated_batches
+        measured["on_policy_tokens"] = rewrite.generated_tokens
     return student, {
         **measured,
         "train_seconds": seconds,
@@ -370,6 +448,8 @@ def run_lm_recipe(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe))
     started = time.perf_counter()
+    if recipe.generate is not None and not generated_path(recipe).exists():
+        generate_command(recipe, progress=progress, log=log)  # sequence-level KD data first
     tokenizer = tokenizer_for(recipe)
     data = prepare_text(recipe, tokenizer)
     log(f"data: {data.regime}")
@@ -419,6 +499,7 @@ def run_lm_recipe(
         ),
         run_dir=run_dir,
         answers=answers,
+        on_policy=True,
         **common,
     )
     summary = {

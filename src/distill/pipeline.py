@@ -14,13 +14,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from distill import checkpoint as ckpt
 from distill import teachers
+from distill.batch import Batch
 from distill.data import (
     Augmented,
     WithDomain,
+    WithoutLabels,
     class_to_domain,
     domain_subset,
     labeled_split,
@@ -88,6 +90,8 @@ def prepare_data(recipe: Recipe) -> Data:
         baseline_train, val, student_train = labeled_split(
             train, spec.labeled, spec.val_fraction, spec.split_seed
         )
+        if spec.transfer_classes is not None:
+            student_train = _only_classes(student_train, train, spec.transfer_classes)
         regime = (
             f"{spec.labeled:,} labels ({len(baseline_train):,} train + {len(val):,} validation); "
             f"the distilled student also learns from the teacher on {len(student_train):,} "
@@ -103,6 +107,20 @@ def prepare_data(recipe: Recipe) -> Data:
     return Data(
         teacher_train, val, student_train, baseline_train, test, num_classes, in_shape, regime
     )
+
+
+def _only_classes(transfer: Dataset, labelled_source: Dataset, classes: list[int]) -> Subset:
+    """The transfer set's labelled rows plus its unlabelled rows of ``classes`` (read from
+    the source's true labels, which the transfer set hides)."""
+    assert isinstance(transfer, WithoutLabels) and isinstance(transfer.dataset, Subset)
+    source_index = transfer.dataset.indices
+    wanted = set(classes)
+    keep = [
+        i
+        for i in range(len(transfer))
+        if i in transfer.keep or int(labelled_source[source_index[i]][1]) in wanted
+    ]
+    return Subset(transfer, keep)
 
 
 def loader(dataset: Dataset, recipe: Recipe, train: bool) -> DataLoader:
@@ -308,6 +326,7 @@ def fit_student(
     eval_every: int,
     progress: bool,
     callbacks: Sequence[Callback] = (),
+    batch_transform: Callable[[Batch, int], Batch] | None = None,
     **changes: Any,
 ) -> tuple[Distiller, Any, float]:
     """Train ``student`` with the recipe's settings (``changes`` override some);
@@ -317,6 +336,7 @@ def fit_student(
         teacher,
         objective,
         callbacks=callbacks,
+        batch_transform=batch_transform,
         **_settings(
             recipe.train,
             seed=recipe.seed,

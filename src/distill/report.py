@@ -242,6 +242,30 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _doctor_html(run_dir: Path) -> str:
+    """The doctor's findings and plot, when ``distill doctor`` ran in this directory."""
+    path = run_dir / "doctor.json"
+    if not path.exists():
+        return ""
+    result = json.loads(path.read_text())
+    rows = "".join(
+        f"<tr><td>{html.escape(f['check'])}</td><td>{html.escape(f['verdict'])}</td>"
+        f"<td style='text-align:left'>{html.escape(f['summary'])}</td>"
+        f"<td style='text-align:left'>{html.escape(f['suggestion'])}</td></tr>"
+        for f in result["findings"]
+    )
+    images = "".join(
+        f'<img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode((run_dir / rel).read_bytes()).decode()}">'
+        for name, rel in result["plots"].items()
+        if (run_dir / rel).exists()
+    )
+    return (
+        f"<h2>Doctor: {html.escape(result['verdict'])}</h2><table><tr><th>check</th>"
+        f"<th>verdict</th><th>measured</th><th>suggestion</th></tr>{rows}</table>{images}"
+    )
+
+
 def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     """Write the plots, report.md and report.html; returns their paths."""
     plots = run_dir / PLOTS
@@ -276,6 +300,9 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     for path, caption in figures.values():
         md += [f"![{caption}]({PLOTS}/{path.name})", ""]
     md.append(note)
+    doctor = run_dir / "doctor.md"  # written by distill doctor
+    if doctor.exists():
+        md += ["", doctor.read_text()]
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
 
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in columns)
@@ -295,7 +322,7 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1>{paragraphs}<table><tr>{cells}</tr>{body_rows}</table>{images}
-<p>{html.escape(note)}</p>
+<p>{html.escape(note)}</p>{_doctor_html(run_dir)}
 </body></html>
 """
     (run_dir / "report.html").write_text(page)

@@ -181,6 +181,26 @@ def pydoc_records() -> list[dict[str, Any]]:
     return [{"text": topics[key]} for key in sorted(topics)]
 
 
+def pydoc_prompts() -> list[dict[str, Any]]:
+    """One question per CPython help topic (``pydoc_data.topics``), e.g. "Explain the
+    Python help topic `with` briefly, with a short example.": 79 prompts on any machine."""
+    from pydoc_data.topics import topics
+
+    return [
+        {
+            "id": key,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"Explain the Python help topic `{key}` briefly, with a short "
+                    "example.",
+                }
+            ],
+        }
+        for key in sorted(topics)
+    ]
+
+
 def text_records(source: str) -> list[dict[str, Any]]:
     """Records for a recipe's ``data.source``: ``pydoc``, ``hf:<dataset>[:<split>]``, or a
     .txt/.jsonl file or a folder of them."""

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from distill import losses, schedules
 from distill.data import DATASETS
 from distill.engine import TrainConfig
+from distill.generate import GenerationSettings
 
 LossName = Literal[tuple(n for n in losses.__all__ if n.islower())]  # type: ignore[valid-type]
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
@@ -226,6 +227,29 @@ class CacheSpec(Strict):
     use: bool = Field(True, description="train the distilled student against the cache")
 
 
+class GenerateSpec(GenerationSettings):
+    """Sequence-level KD: ``distill generate RECIPE`` (or ``distill run``, when the file is
+    missing) makes the teacher answer ``prompts`` and writes a chat dataset with a
+    provenance file; point ``data.source`` at ``out`` with ``data.format: chat``."""
+
+    prompts: str = Field(
+        description="a .jsonl (prompt or messages per row) or .txt (a prompt per line) file, "
+        "or 'pydoc': questions about CPython's help topics"
+    )
+    out: Path | None = Field(None, description="None: <output.dir>/<name>/generated.jsonl")
+    max_prompts: int | None = Field(None, ge=1)
+
+
+class OnPolicySpec(Strict):
+    """On-policy distillation (GKD, Agarwal et al. 2024): with probability ``lam`` per
+    batch the student writes the answers, which the teacher then scores token by token."""
+
+    lam: float = Field(0.5, ge=0, le=1, description="share of batches answered by the student")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, ge=0, description="the student's sampling; 0: greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
 class DataSpec(Strict):
     dataset: DatasetName
     path: Path | None = Field(None, description="folder with the files; None: the defaults")
@@ -239,6 +263,11 @@ class DataSpec(Strict):
         "set that only the teacher labels (None: every example keeps its label)",
     )
     augment: bool = Field(False, description="random crop (padding 4) and horizontal flip")
+    transfer_classes: list[int] | None = Field(
+        None,
+        description="with labeled: keep only these classes in the unlabelled transfer set "
+        "(a biased pool, as when transfer data differ from deployment; distill doctor flags it)",
+    )
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -249,6 +278,12 @@ class DataSpec(Strict):
         "in the transfer set, that routes it to its specialised teacher",
     )
 
+    @model_validator(mode="after")
+    def _transfer_needs_labeled(self) -> DataSpec:
+        if self.transfer_classes is not None and self.labeled is None:
+            raise ValueError("transfer_classes shapes the transfer set: set labeled as well")
+        return self
+
 
 class TextDataSpec(Strict):
     """Text for language-model recipes, split by blocks into train / validation / test."""
@@ -257,7 +292,7 @@ class TextDataSpec(Strict):
     source: str = Field(
         "pydoc",
         description="pydoc (CPython's help topics, offline everywhere), hf:<dataset>[:<split>], "
-        "or a .txt/.jsonl file or folder",
+        "a .txt/.jsonl file or folder, or 'generated': the teacher's answers (generate:)",
     )
     format: Literal["packed", "chat"] = Field(
         "packed", description="packed: plain text in blocks; chat: one conversation per row"
@@ -313,6 +348,8 @@ class Recipe(Strict):
     )
     export: ExportSpec | None = Field(None, description="ONNX export, checked, at the end")
     cache: CacheSpec | None = Field(None, description="teacher-output cache (distill cache)")
+    generate: GenerateSpec | None = Field(None, description="teacher answers (distill generate)")
+    on_policy: OnPolicySpec | None = Field(None, description="the student writes the answers")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")
@@ -338,6 +375,7 @@ class Recipe(Strict):
         self._check_domains()
         self._check_compress()
         self._check_cache()
+        self._check_generation()
         if self.student.model == "teacher" and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:
@@ -365,6 +403,29 @@ class Recipe(Strict):
                 "compress: only quantize may follow prune (channels and factorize would reshape "
                 f"the pruned weights); got {kinds}"
             )
+
+    def _check_generation(self) -> None:
+        if (self.generate or self.on_policy) and self.task != "causal_lm":
+            raise ValueError("generate and on_policy are for causal_lm recipes")
+        if getattr(self.data, "source", None) == "generated":
+            if self.generate is None:
+                raise ValueError(
+                    "data.source 'generated' reads the teacher's answers: set generate"
+                )
+            if getattr(self.data, "format", None) != "chat":
+                raise ValueError("data.source 'generated' is a chat dataset: set data.format: chat")
+        if self.generate is not None and self.teacher is None:
+            raise ValueError("generate: the teacher writes the answers; set teacher")
+        if self.on_policy is not None:
+            if getattr(self.data, "format", None) != "chat":
+                raise ValueError(
+                    "on_policy: the student answers the prompts of chat rows; set data.format: chat"
+                )
+            if self.cache is not None and self.cache.use:
+                raise ValueError(
+                    "on_policy: a teacher cache holds no answers to the student's own samples; "
+                    "set cache.use: false"
+                )
 
     def _check_cache(self) -> None:
         if self.cache is None:

@@ -1,0 +1,22 @@
+"""``distill doctor``: diagnose the five classic KD pitfalls (temperature, teacher
+overconfidence, capacity gap, data shift, teacher cost) with a verdict and a fix each."""
+
+from distill.doctor.checks import (
+    Finding,
+    capacity_gap_check,
+    data_shift_check,
+    overconfidence_check,
+    teacher_cost_check,
+    temperature_check,
+)
+from distill.doctor.run import diagnose
+
+__all__ = [
+    "Finding",
+    "capacity_gap_check",
+    "data_shift_check",
+    "diagnose",
+    "overconfidence_check",
+    "teacher_cost_check",
+    "temperature_check",
+]

@@ -1,0 +1,236 @@
+"""``distill doctor``: the five checks on a classification recipe (or a finished run).
+
+The teacher is trained or reused from the teacher cache as ``distill run`` would; the
+student is the recipe's architecture at its initial weights. Samples: up to ``sample``
+inputs of the transfer set (what the distilled student learns from) and of the test split
+(labelled and never seen by the teacher: calibration, and a stand-in for deployment data).
+Writes ``doctor.json``, ``doctor.md`` and plots into the run directory; ``distill run``
+then puts the doctor's section into ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from distill import teachers
+from distill.batch import as_batch
+from distill.doctor.checks import (
+    Finding,
+    capacity_gap_check,
+    data_shift_check,
+    overconfidence_check,
+    teacher_cost_check,
+    temperature_check,
+    verdict_rank,
+)
+from distill.doctor.plots import plot_findings, plot_sweep
+from distill.recipes import Recipe, RecipeError
+
+DOCTOR_JSON = "doctor.json"
+DOCTOR_MD = "doctor.md"
+Log = Callable[[str], None]
+SWEEP_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+
+
+def kd_temperature(recipe: Recipe) -> float:
+    """The temperature of the recipe's first logit-distillation term (1 when it has none)."""
+    for term in recipe.objective.values():
+        if isinstance(term.temperature, (int, float)):
+            return float(term.temperature)
+    return 1.0
+
+
+def _sample(dataset: Dataset, count: int, seed: int) -> Dataset:
+    n = len(dataset)  # type: ignore[arg-type]
+    if n <= count:
+        return dataset
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
+    return Subset(dataset, order.tolist())
+
+
+@torch.no_grad()
+def teacher_answers(
+    teacher: torch.nn.Module, dataset: Dataset, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, labels, teacher logits) over ``dataset``; batches may carry domains."""
+    live = teachers.Module(teacher)
+    inputs, labels, logits = [], [], []
+    for raw in DataLoader(dataset, batch_size=batch_size):
+        batch = as_batch(raw)
+        inputs.append(batch.args[0])
+        labels.append(batch.labels)
+        logits.append(live(batch).logits.float())
+    return torch.cat(inputs), torch.cat(labels), torch.cat(logits)
+
+
+def diagnose(
+    recipe: Recipe,
+    out_dir: Path | None = None,
+    *,
+    sweep: bool = False,
+    sample: int = 2000,
+    probe_steps: int = 300,
+    progress: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run the five checks (and, with ``sweep``, a short temperature sweep); write the
+    results to ``out_dir`` (default ``<output.dir>/<name>``) and return them."""
+    from distill.pipeline import get_teacher, model_from_spec, prepare_data, steps_per_epoch
+
+    if recipe.task != "classification":
+        raise RecipeError(
+            "distill doctor checks classification recipes; language-model recipes are not "
+            "covered yet"
+        )
+    if recipe.teacher is None or recipe.teacher.model == "ema":
+        raise RecipeError("distill doctor examines a teacher: the recipe names none")
+    out_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(recipe)
+    teacher, _ = get_teacher(recipe, data, progress, log)
+    teacher.eval()
+    torch.manual_seed(recipe.seed)
+    student = model_from_spec(recipe.student, data)
+    temperature = kd_temperature(recipe)
+
+    log(f"doctor: teacher outputs on up to {sample:,} transfer and test inputs")
+    transfer_x, _, transfer_logits = teacher_answers(
+        teacher, _sample(data.student_train, sample, 1)
+    )
+    # the test split: labelled, and never seen by the teacher (the validation split may have
+    # been in its training data); it also stands in for the deployment data
+    _, test_y, test_logits = teacher_answers(teacher, _sample(data.test, sample, 3))
+    probe_x, probe_logits = transfer_x[:512], transfer_logits[:512]
+
+    findings: list[Finding] = [temperature_check(transfer_logits, temperature)]
+    findings.append(overconfidence_check(test_logits, test_y))
+    log(f"doctor: capacity probe, {probe_steps} steps of the student on the teacher")
+    findings.append(capacity_gap_check(teacher, student, probe_x, probe_logits, steps=probe_steps))
+    findings.append(data_shift_check(transfer_logits, test_logits))
+    epochs = recipe.train.epochs or max(
+        1, math.ceil((recipe.train.max_steps or 1) / steps_per_epoch(data.student_train, recipe))
+    )
+    findings.append(
+        teacher_cost_check(
+            teacher,
+            student,
+            transfer_x[: recipe.data.batch_size],  # type: ignore[union-attr]
+            steps_per_epoch=steps_per_epoch(data.student_train, recipe),
+            epochs=epochs,
+        )
+    )
+    sweep_result = None
+    if sweep:
+        sweep_result = temperature_sweep(recipe, data, teacher, progress=progress, log=log)
+        findings[0] = _with_sweep(findings[0], sweep_result)
+    plots = plot_findings(findings, out_dir)
+    if sweep_result is not None:
+        plots["sweep"] = plot_sweep(sweep_result, out_dir)
+    result = {
+        "recipe": recipe.name,
+        "out_dir": str(out_dir),
+        "verdict": verdict_rank(findings),
+        "findings": [asdict(f) for f in findings],
+        "sweep": sweep_result,
+        "plots": {k: str(v.relative_to(out_dir)) for k, v in plots.items()},
+    }
+    (out_dir / DOCTOR_JSON).write_text(json.dumps(result, indent=2))
+    (out_dir / DOCTOR_MD).write_text(markdown_section(result))
+    _refresh_report(out_dir)
+    return result
+
+
+def temperature_sweep(
+    recipe: Recipe,
+    data: Any,
+    teacher: torch.nn.Module,
+    *,
+    temperatures: tuple[float, ...] = SWEEP_TEMPERATURES,
+    steps: int = 300,
+    progress: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Short distillation runs (``steps`` each, the recipe's objective with every
+    temperature set to T) scored on the validation split."""
+    import tempfile
+
+    from distill.engine import Distiller
+    from distill.pipeline import loader, train_student
+    from distill.recipes import build_objective
+
+    accuracy = {}
+    for t in temperatures:
+        log(f"doctor: temperature sweep, T = {t:g}, {steps} steps")
+        terms = {
+            name: term.model_copy(update={"temperature": t})
+            if term.temperature is not None
+            else term
+            for name, term in recipe.objective.items()
+        }
+        objective = build_objective(terms, steps)
+        torch.manual_seed(recipe.seed)
+        with tempfile.TemporaryDirectory() as run_dir:
+            student, _ = train_student(
+                recipe,
+                data,
+                objective=objective,
+                teacher=teacher,
+                train_set=data.student_train,
+                run_dir=Path(run_dir),
+                max_steps=steps,
+                eval_every=steps,
+                progress=progress,
+            )
+        metrics = Distiller(student, progress=False).evaluate(loader(data.val, recipe, False))
+        accuracy[str(t)] = metrics["accuracy"]
+    best = max(accuracy, key=accuracy.get)  # type: ignore[arg-type]
+    return {"steps": steps, "val_accuracy": accuracy, "best": float(best)}
+
+
+def _with_sweep(finding: Finding, sweep: dict[str, Any]) -> Finding:
+    scores = ", ".join(f"T={t}: {100 * a:.1f}%" for t, a in sweep["val_accuracy"].items())
+    finding.measurements["sweep"] = sweep
+    finding.summary += f"; sweep ({sweep['steps']} steps each, validation accuracy) {scores}"
+    finding.suggestion = f"the sweep prefers T = {sweep['best']:g}; " + finding.suggestion
+    return finding
+
+
+ICONS = {"ok": "ok", "warning": "WARNING", "problem": "PROBLEM"}
+TITLES = {
+    "temperature": "Temperature",
+    "overconfidence": "Teacher overconfidence",
+    "capacity_gap": "Capacity gap",
+    "data_shift": "Data shift",
+    "teacher_cost": "Teacher cost",
+}
+
+
+def markdown_section(result: dict[str, Any]) -> str:
+    """The doctor's section of the report."""
+    lines = ["## Doctor", "", f"Overall: **{ICONS[result['verdict']]}**.", ""]
+    lines += ["| check | verdict | what was measured | suggestion |", "| --- | --- | --- | --- |"]
+    for f in result["findings"]:
+        lines.append(
+            f"| {TITLES[f['check']]} | {ICONS[f['verdict']]} | {f['summary']} | {f['suggestion']} |"
+        )
+    lines.append("")
+    for name, path in result["plots"].items():
+        lines += [f"![{name}]({path})", ""]
+    return "\n".join(lines)
+
+
+def _refresh_report(run_dir: Path) -> None:
+    """Rewrite the run's report (if the run has one) so it shows the doctor's section."""
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        from distill.report import write_report
+
+        write_report(run_dir, json.loads(summary.read_text()))

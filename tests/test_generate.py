@@ -1,0 +1,354 @@
+"""Sequence-level KD data (distill generate) and on-policy distillation, on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch.utils.data import DataLoader
+from typer.testing import CliRunner
+
+from distill import Distiller, Objective, cli, teachers
+from distill.batch import IGNORE_INDEX, as_batch
+from distill.checkpoint import save_weights
+from distill.data.text import ChatExamples
+from distill.generate import (
+    GenerationSettings,
+    generate_answers,
+    generate_dataset,
+    load_prompts,
+    partial_path,
+    read_generations,
+    write_generations,
+)
+from distill.losses.tokens import token_kd_term
+from distill.on_policy import OnPolicy
+from distill.pipeline import run_recipe
+from distill.recipes import load_recipe
+
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "a",
+    "dog",
+    "ran",
+    "far",
+    "what",
+    "did",
+    "do",
+    "it",
+    "answer",
+    "is",
+    "yes",
+    "no",
+]
+SPECIAL = ["<unk>", "<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
+ROOT = Path(__file__).parent.parent
+
+
+def make_tokenizer():
+    vocab = {token: i for i, token in enumerate([*SPECIAL, *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
+    )
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+    )
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+VOCAB = len(SPECIAL) + len(WORDS)
+
+
+def tiny_llama(seed=0, vocab=VOCAB):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.5,  # sharp random logits: greedy answers are not all one token
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+PROMPTS = [
+    {"id": 0, "messages": [{"role": "user", "content": "what did the cat do"}]},
+    {"id": 1, "messages": [{"role": "user", "content": "a dog"}]},
+    {"id": 2, "messages": [{"role": "user", "content": "what is the answer the dog ran far"}]},
+    {"id": 3, "messages": [{"role": "user", "content": "yes"}]},
+]
+
+
+def test_load_prompts_reads_jsonl_and_txt_and_names_bad_lines(tmp_path):
+    good = tmp_path / "p.jsonl"
+    rows = [
+        {"prompt": "what did the cat do"},
+        {"id": "x", "messages": [{"role": "user", "content": "a dog"}]},
+        {"messages": [{"role": "user", "content": "yes"}, {"role": "assistant", "content": "no"}]},
+    ]
+    good.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = load_prompts(good)
+    assert [p["id"] for p in prompts] == [0, "x", 2]
+    assert prompts[2]["messages"] == [{"role": "user", "content": "yes"}]  # answer dropped
+    text = tmp_path / "p.txt"
+    text.write_text("the cat\n\na dog\n")
+    assert [p["messages"][0]["content"] for p in load_prompts(text)] == ["the cat", "a dog"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "ok"}) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not valid JSON"):
+        load_prompts(bad)
+    bad.write_text(json.dumps({"text": "no prompt"}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: a row needs 'prompt'"):
+        load_prompts(bad)
+    bad.write_text(
+        json.dumps({"id": 1, "prompt": "a"}) + "\n" + json.dumps({"id": 1, "prompt": "b"})
+    )
+    with pytest.raises(ValueError, match="ids repeat"):
+        load_prompts(bad)
+    assert len(load_prompts("pydoc")) > 50
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tokenizer):
+    model = tiny_llama()
+    greedy = GenerationSettings(max_new_tokens=6, temperature=0, batch_size=3)
+    batched = generate_answers(model, tokenizer, PROMPTS, greedy, progress=False)
+    alone = [generate_answers(model, tokenizer, [p], greedy, progress=False)[0] for p in PROMPTS]
+    assert batched == alone and any(batched)
+    assert tokenizer.padding_side == "right"  # restored
+    sampled = GenerationSettings(max_new_tokens=6, temperature=1.0, batch_size=2, seed=3)
+    first = generate_answers(model, tokenizer, PROMPTS, sampled, progress=False)
+    assert first == generate_answers(model, tokenizer, PROMPTS, sampled, progress=False)
+
+
+def test_generated_dataset_round_trip_provenance_and_chat_rows(tmp_path, tokenizer):
+    path = write_generations(
+        tmp_path / "gen.jsonl", PROMPTS, ["yes", "it ran", "no", "the cat"], {"teacher": "tiny"}
+    )
+    rows, provenance = read_generations(path)
+    assert provenance["teacher"] == "tiny" and provenance["count"] == 4
+    assert rows[1]["messages"][-1] == {"role": "assistant", "content": "it ran"}
+    data = ChatExamples(rows, tokenizer, seq_len=24)
+    row = data[1]
+    answer = tokenizer("it ran <|end|>", add_special_tokens=False)["input_ids"]
+    assert row["labels"][row["labels"] != IGNORE_INDEX].tolist() == answer
+    path.write_text(path.read_text().replace("it ran", "it sat"))
+    with pytest.raises(ValueError, match="changed since it was generated"):
+        read_generations(path)
+
+
+def test_a_killed_generation_resumes_without_answering_twice(tmp_path, tokenizer, monkeypatch):
+    model = tiny_llama()
+    settings = GenerationSettings(max_new_tokens=5, temperature=0, batch_size=2)
+    whole = generate_dataset(
+        model,
+        tokenizer,
+        PROMPTS,
+        settings,
+        tmp_path / "a.jsonl",
+        {},
+        progress=False,
+        log=lambda m: None,
+    )
+    calls = []
+    real = model.generate
+
+    def dies_after_one_batch(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", dies_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(
+            model,
+            tokenizer,
+            PROMPTS,
+            settings,
+            tmp_path / "b.jsonl",
+            {},
+            progress=False,
+            log=lambda m: None,
+        )
+    assert len(partial_path(tmp_path / "b.jsonl").read_text().splitlines()) == 2
+    calls.clear()
+    monkeypatch.setattr(model, "generate", real)
+    resumed = generate_dataset(
+        model,
+        tokenizer,
+        PROMPTS,
+        settings,
+        tmp_path / "b.jsonl",
+        {},
+        progress=False,
+        log=lambda m: None,
+    )
+    assert resumed.read_text() == whole.read_text()
+    assert not partial_path(resumed).exists()
+    with pytest.raises(ValueError, match="not in this prompt set"):
+        partial_path(resumed).write_text(json.dumps({"id": 99, "answer": "x"}) + "\n")
+        generate_dataset(model, tokenizer, PROMPTS, settings, resumed, {}, progress=False)
+
+
+def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, tokenizer):
+    settings = GenerationSettings(backend="vllm", max_new_tokens=2)
+    with pytest.raises(ImportError, match="pip install vllm"):
+        generate_dataset(
+            tiny_llama(),
+            tokenizer,
+            PROMPTS,
+            settings,
+            tmp_path / "v.jsonl",
+            {},
+            model_id="some/model",
+            progress=False,
+            log=lambda m: None,
+        )
+
+
+# -- on-policy ------------------------------------------------------------------------------
+
+
+def chat_batch(tokenizer, answers=("yes", "it ran far", "no", "the cat sat")):
+    records = [
+        {"messages": [*p["messages"], {"role": "assistant", "content": a}]}
+        for p, a in zip(PROMPTS, answers, strict=True)
+    ]
+    rows = ChatExamples(records, tokenizer, seq_len=24)
+    return as_batch(torch.utils.data.default_collate([rows[i] for i in range(len(rows))]))
+
+
+def on_policy(student, tokenizer, **kwargs):
+    return OnPolicy(
+        student, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs
+    )
+
+
+def test_lambda_zero_is_off_policy_and_draws_follow_lambda(tokenizer):
+    batch = chat_batch(tokenizer)
+    off = on_policy(tiny_llama(), tokenizer, lam=0.0)
+    assert all(off(batch, step) is batch for step in range(20))
+    mixed = on_policy(tiny_llama(), tokenizer, lam=0.3, max_new_tokens=2, seed=1)
+    draws = [mixed._draw(step) for step in range(300)]
+    assert 0.2 < sum(draws) / 300 < 0.4
+    again = on_policy(tiny_llama(), tokenizer, lam=0.3, seed=1)
+    assert draws == [again._draw(step) for step in range(300)]  # a resumed run agrees
+
+
+def test_on_policy_rows_keep_the_prompt_and_label_the_students_answer(tokenizer):
+    batch = chat_batch(tokenizer)
+    student = tiny_llama().train()
+    rewrite = on_policy(student, tokenizer, lam=1.0, max_new_tokens=6, temperature=1.0)
+    new = rewrite(batch, step=0)
+    assert rewrite.last_on_policy and rewrite.generated_batches == 1 and student.training
+    ids, labels = new.kwargs["input_ids"], new.labels
+    assert ids.shape == batch.kwargs["input_ids"].shape
+    eos = tokenizer.eos_token_id
+    for row in range(ids.shape[0]):
+        old_labels = batch.labels[row]
+        start = int((old_labels != IGNORE_INDEX).float().argmax())  # last prompt position
+        assert torch.equal(ids[row, : start + 1], batch.kwargs["input_ids"][row, : start + 1])
+        assert (labels[row, :start] == IGNORE_INDEX).all()
+        labelled = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1)
+        assert labelled.numel() >= 1 and int(labelled[0]) == start
+        for j in labelled.tolist()[:-1]:
+            assert int(labels[row, j]) == int(ids[row, j + 1])  # next-token labels
+        assert int(labels[row, labelled[-1]]) == eos or labelled.numel() == 6
+        assert not (labels[row, : int(labelled[-1])] == eos).any()  # nothing after eos
+        assert new.kwargs["attention_mask"][row, : int(labelled[-1]) + 1].all()
+    assert torch.equal(new.mask, labels != IGNORE_INDEX)
+
+
+def test_an_on_policy_distiller_trains_on_the_students_samples(tokenizer):
+    rows = ChatExamples(
+        [{"messages": [*p["messages"], {"role": "assistant", "content": "yes"}]} for p in PROMPTS],
+        tokenizer,
+        seq_len=24,
+    )
+    student, teacher = tiny_llama(seed=1), tiny_llama(seed=2)
+    before = [p.detach().clone() for p in student.parameters()]
+    rewrite = on_policy(student, tokenizer, lam=1.0, max_new_tokens=4)
+    objective = Objective(kd=token_kd_term(student, teacher, divergence="reverse_kl"))
+    Distiller(
+        student,
+        teachers.Module(teacher),
+        objective,
+        batch_transform=rewrite,
+        progress=False,
+        cpu=True,
+        select_metric=None,
+    ).fit(DataLoader(rows, batch_size=2), max_steps=3)
+    assert rewrite.generated_batches == 3 and rewrite.generated_tokens > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))
+
+
+# -- recipes ---------------------------------------------------------------------------------
+
+
+def test_generate_then_sequence_level_and_on_policy_recipes_run(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    save_weights(tiny_llama(seed=5), tmp_path / "teacher.safetensors")
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": i, "messages": p["messages"]} for i, p in enumerate(PROMPTS * 6)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tiny = (
+        "{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
+        "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}"
+    )
+    overrides = [
+        "teacher.model=hf-config:llama",
+        f"teacher.args={tiny}",
+        f"teacher.checkpoint={tmp_path / 'teacher.safetensors'}",
+        f"data.tokenizer=hf:{tmp_path / 'tok'}",
+        "data.seq_len=24",
+        "data.batch_size=4",
+        "data.val_blocks=4",
+        "data.test_blocks=4",
+        f"generate.prompts={prompts}",
+        f"generate.out={tmp_path / 'generated.jsonl'}",
+        "generate.max_new_tokens=6",
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "output.latency_repeats=2",
+        f"output.dir={tmp_path}",
+        "student.model=hf-config:llama",
+        f"student.args={tiny}",
+    ]
+    recipe_file = ROOT / "recipes" / "llm_seqkd.yaml"
+    result = CliRunner().invoke(
+        cli.app, ["generate", str(recipe_file), *[f"--set={o}" for o in overrides], "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    generated = json.loads(result.stdout)
+    assert generated["rows"] == 24 and generated["provenance"]["teacher"] == "hf-config:llama"
+
+    summary = run_recipe(load_recipe(recipe_file, overrides), progress=False, log=lambda m: None)
+    assert summary["models"]["student"]["perplexity"] > 1
+
+    on_policy_file = ROOT / "recipes" / "llm_on_policy.yaml"
+    summary = run_recipe(load_recipe(on_policy_file, overrides), progress=False, log=lambda m: None)
+    student = summary["models"]["student"]
+    assert 0 < student["on_policy_batches"] <= summary["steps"]  # lam 0.5 of 4 steps, seeded
+    assert student["on_policy_tokens"] > 0
