@@ -17,6 +17,7 @@ from distill.data import train_val_split
 from distill.engine import Callback, Distiller, FitResult, TrainConfig, default_objective
 from distill.mutual import Cohort, mutual_objective
 from distill.objective import LossInputs, Objective, Term
+from distill.on_policy import OnPolicy
 from distill.selfsup import MultiView, dino_objective
 from distill.taps import TapError, Taps
 
@@ -30,6 +31,7 @@ __all__ = [
     "LossInputs",
     "MultiView",
     "Objective",
+    "OnPolicy",
     "TapError",
     "Taps",
     "Term",

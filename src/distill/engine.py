@@ -436,11 +436,14 @@ class Distiller:
         # set with no labelled row still teaches through its distillation terms)
         labelled_only = self.objective.labelled_rows_only
         rows = [b.rows(labelled_only) for b in batches]
-        total_rows = max(1, sum(rows))
+        # over processes too: every rank weighs its rows by the rows of the global batch;
+        # DDP then averages the gradients over the ranks, hence the factor ``world``
+        world = accelerator.num_processes
+        total_rows = max(1.0, self._global_sum(float(sum(rows))))
         self.student.train()
         logs: dict[str, float] = {"loss": 0.0, "examples": 0.0}
         for i, batch in enumerate(batches):
-            share = rows[i] / total_rows
+            share = rows[i] / total_rows * world
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last else accelerator.no_sync(self.student)
             with sync:
@@ -451,11 +454,15 @@ class Distiller:
                     inputs = self._loss_inputs(batch, teacher_out, training=True)
                     value = self.objective(inputs, step, total_steps)
                 accelerator.backward(value.total * share)
-            logs["loss"] += float(value.total.detach()) * share
+            logs["loss"] += float(value.total.detach()) * share / world
             logs["examples"] += batch.size()
             for name, term_value in value.terms.items():
                 key = f"loss/{name}"
-                logs[key] = logs.get(key, 0.0) + float(term_value.detach()) * share
+                logs[key] = logs.get(key, 0.0) + float(term_value.detach()) * share / world
+        if world > 1:  # the global batch's values, as one process would log them
+            for key in [k for k in logs if k == "loss" or k.startswith("loss/")]:
+                logs[key] = self._global_sum(logs[key])
+            logs["examples"] = self._global_sum(logs["examples"])
         for name, weight in value.weights.items():
             logs[f"weight/{name}"] = weight
         for name, temperature in value.temperatures.items():
@@ -472,6 +479,14 @@ class Distiller:
         if after_step is not None:  # e.g. an EMA teacher follows the student
             after_step(step + 1, total_steps)
         return logs
+
+    def _global_sum(self, value: float) -> float:
+        """``value`` summed over the processes (itself in a single process)."""
+        accelerator = self._accelerate()
+        if accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor(value, dtype=torch.float64, device=accelerator.device)
+        return float(accelerator.reduce(tensor, reduction="sum"))
 
     # -- evaluation ------------------------------------------------------------------------
 
