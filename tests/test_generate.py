@@ -20,9 +20,11 @@ from distill.generate import (
     GenerationSettings,
     generate_answers,
     generate_dataset,
+    generate_with_vllm,
     load_prompts,
     partial_path,
     read_generations,
+    vllm_available,
     write_generations,
 )
 from distill.losses.tokens import token_kd_term
@@ -121,10 +123,18 @@ def test_load_prompts_reads_jsonl_and_txt_and_names_bad_lines(tmp_path):
     bad.write_text(json.dumps({"text": "no prompt"}) + "\n")
     with pytest.raises(ValueError, match=r"line 1: a row needs 'prompt'"):
         load_prompts(bad)
+    bad.write_text(json.dumps({"messages": [{"role": "assistant", "content": "no"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 1: 'messages' must end with a user"):
+        load_prompts(bad)  # nothing is left to answer once the answer is dropped
+    bad.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"messages": "the cat"}))
+    with pytest.raises(ValueError, match=r"line 2: 'messages' must be a list"):
+        load_prompts(bad)
     bad.write_text(
-        json.dumps({"id": 1, "prompt": "a"}) + "\n" + json.dumps({"id": 1, "prompt": "b"})
-    )
-    with pytest.raises(ValueError, match="ids repeat"):
+        json.dumps({"id": 1, "prompt": "a"}) + "\n\n" + json.dumps({"prompt": "b"}) + "\n"
+    )  # the second row's id is its line index, 2: no clash
+    assert [p["id"] for p in load_prompts(bad)] == [1, 2]
+    bad.write_text(json.dumps({"id": 1, "prompt": "a"}) + "\n" + json.dumps({"prompt": "b"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: id 1 repeats line 1"):
         load_prompts(bad)
     assert len(load_prompts("pydoc")) > 50
 
@@ -136,17 +146,42 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tokenizer):
     alone = [generate_answers(model, tokenizer, [p], greedy, progress=False)[0] for p in PROMPTS]
     assert batched == alone and any(batched)
     assert tokenizer.padding_side == "right"  # restored
+    no_pad = make_tokenizer()
+    no_pad.pad_token = None  # as many LLM tokenizers: padding falls back to EOS
+    assert generate_answers(model, no_pad, PROMPTS, greedy, progress=False) == batched
+    assert no_pad.pad_token is None  # restored
     sampled = GenerationSettings(max_new_tokens=6, temperature=1.0, batch_size=2, seed=3)
+    torch.manual_seed(123)
     first = generate_answers(model, tokenizer, PROMPTS, sampled, progress=False)
+    after = torch.rand(1)
     assert first == generate_answers(model, tokenizer, PROMPTS, sampled, progress=False)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)  # the caller's RNG is left as it was
+
+
+def test_answers_stop_at_any_end_token_of_the_generation_config(tokenizer):
+    model = tiny_llama()
+    greedy = GenerationSettings(max_new_tokens=6, temperature=0, batch_size=2)
+    answers = generate_answers(model, tokenizer, PROMPTS, greedy, progress=False)
+    words = answers[0].split()
+    assert len(words) >= 2
+    # a chat model ends its turn with a token of its own besides the tokenizer's EOS
+    end_of_turn = tokenizer.convert_tokens_to_ids(words[1])
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    stopped = generate_answers(model, tokenizer, PROMPTS[:1], greedy, progress=False)
+    assert stopped == [words[0]]  # the end token and what would follow are not in the answer
 
 
 def test_generated_dataset_round_trip_provenance_and_chat_rows(tmp_path, tokenizer):
-    path = write_generations(
-        tmp_path / "gen.jsonl", PROMPTS, ["yes", "it ran", "no", "the cat"], {"teacher": "tiny"}
-    )
+    answers = ["yes", "it ran", "no\u2028\x85 the", ""]  # line separators inside a string
+    path = write_generations(tmp_path / "gen.jsonl", PROMPTS, answers, {"teacher": "tiny"})
     rows, provenance = read_generations(path)
     assert provenance["teacher"] == "tiny" and provenance["count"] == 4
+    assert provenance["empty_answers"] == 1 and len(provenance["sha256"]) == 64
+    assert {"distill", "torch", "transformers"} <= set(provenance["versions"])
+    assert [r["id"] for r in rows] == [0, 1, 2, 3]
+    assert [r["messages"][-1]["content"] for r in rows] == answers
+    assert rows[0]["messages"][:-1] == PROMPTS[0]["messages"]
     assert rows[1]["messages"][-1] == {"role": "assistant", "content": "it ran"}
     data = ChatExamples(rows, tokenizer, seq_len=24)
     row = data[1]
@@ -160,58 +195,71 @@ def test_generated_dataset_round_trip_provenance_and_chat_rows(tmp_path, tokeniz
 def test_a_killed_generation_resumes_without_answering_twice(tmp_path, tokenizer, monkeypatch):
     model = tiny_llama()
     settings = GenerationSettings(max_new_tokens=5, temperature=0, batch_size=2)
-    whole = generate_dataset(
-        model,
-        tokenizer,
-        PROMPTS,
-        settings,
-        tmp_path / "a.jsonl",
-        {},
-        progress=False,
-        log=lambda m: None,
-    )
-    calls = []
-    real = model.generate
 
-    def dies_after_one_batch(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(model, "generate", dies_after_one_batch)
-    with pytest.raises(KeyboardInterrupt):
-        generate_dataset(
+    def run(out, settings=settings, provenance=None):
+        return generate_dataset(
             model,
             tokenizer,
             PROMPTS,
             settings,
-            tmp_path / "b.jsonl",
-            {},
+            tmp_path / out,
+            provenance or {"teacher": "tiny"},
             progress=False,
             log=lambda m: None,
         )
-    assert len(partial_path(tmp_path / "b.jsonl").read_text().splitlines()) == 2
+
+    whole = run("a.jsonl")
+    calls = []
+    real = model.generate
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        if len(calls) == 2 and kill:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", counted)
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        run("b.jsonl")
+    partial = partial_path(tmp_path / "b.jsonl")
+    assert len(partial.read_text().splitlines()) == 1 + 2  # the run's header, one batch
+    assert calls == [2, 2]
     calls.clear()
-    monkeypatch.setattr(model, "generate", real)
-    resumed = generate_dataset(
-        model,
-        tokenizer,
-        PROMPTS,
-        settings,
-        tmp_path / "b.jsonl",
-        {},
-        progress=False,
-        log=lambda m: None,
-    )
+    kill = False
+    resumed = run("b.jsonl")
+    assert calls == [2]  # only the two prompts without an answer
     assert resumed.read_text() == whole.read_text()
-    assert not partial_path(resumed).exists()
+    assert not partial.exists()
+
+    # killed while writing a row: the cut-off row is answered again
+    with pytest.raises(KeyboardInterrupt):
+        kill, calls[:] = True, []
+        run("c.jsonl")
+    partial = partial_path(tmp_path / "c.jsonl")
+    header, first, second = partial.read_text().splitlines()
+    partial.write_text(f"{header}\n{first}\n{second[:9]}")
+    kill, calls[:] = False, []
+    assert run("c.jsonl").read_text() == whole.read_text() and calls == [2, 1]
+
+    # a partial file from other settings, or with unknown prompts, is not resumed
+    with pytest.raises(KeyboardInterrupt):
+        kill, calls[:] = True, []
+        run("d.jsonl")
+    kill = False
+    with pytest.raises(ValueError, match="other settings or teacher"):
+        run("d.jsonl", settings.model_copy(update={"max_new_tokens": 4}))
+    with pytest.raises(ValueError, match="other settings or teacher"):
+        run("d.jsonl", provenance={"teacher": "another"})
+    assert run("d.jsonl", settings.model_copy(update={"batch_size": 4})).exists()
+    partial_path(resumed).write_text(json.dumps({"id": 99, "answer": "x"}) + "\n")
     with pytest.raises(ValueError, match="not in this prompt set"):
-        partial_path(resumed).write_text(json.dumps({"id": 99, "answer": "x"}) + "\n")
-        generate_dataset(model, tokenizer, PROMPTS, settings, resumed, {}, progress=False)
+        run("b.jsonl")
 
 
 def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, tokenizer):
+    if vllm_available():
+        pytest.skip("vLLM is installed")
     settings = GenerationSettings(backend="vllm", max_new_tokens=2)
     with pytest.raises(ImportError, match="pip install vllm"):
         generate_dataset(
@@ -225,6 +273,9 @@ def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, tokenizer):
             progress=False,
             log=lambda m: None,
         )
+    assert not partial_path(tmp_path / "v.jsonl").exists()
+    with pytest.raises(ImportError, match="pip install vllm"):
+        generate_with_vllm("some/model", PROMPTS, settings)
 
 
 # -- on-policy ------------------------------------------------------------------------------

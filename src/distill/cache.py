@@ -231,6 +231,13 @@ class CacheWriter:
 KEY_FIELDS = ("example_id", "input_hash")
 
 
+def finalize_cache(folder: str | Path) -> dict[str, Any] | None:
+    """Write the manifest of a cache whose shards are all done (None if some are missing):
+    for workers of one launch, once they have all finished."""
+    layout = Layout.from_json(json.loads((Path(folder) / LAYOUT_FILE).read_text()))
+    return CacheWriter(folder, layout).finalize()
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / MANIFEST_FILE

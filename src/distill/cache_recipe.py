@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from distill import teachers
-from distill.cache import CacheError, Layout, build_cache, read_manifest
+from distill.cache import CacheError, Layout, build_cache, finalize_cache, read_manifest
+from distill.distributed import on_main, wait_for_everyone
 from distill.recipes import Recipe, RecipeError
 
 OUTPUTS_DIR = "teacher_outputs"
@@ -95,13 +96,16 @@ def ensure_cache(
     workers: int = 1,
     progress: bool = True,
     log=print,
+    together: bool = False,
 ) -> dict[str, Any]:
-    """Build this worker's missing shards (nothing when the cache is complete)."""
+    """Build this worker's missing shards (nothing when the cache is complete). With
+    ``together`` the workers are the processes of one launch: they wait for each other
+    and the main process writes the manifest."""
     assert recipe.cache is not None
     folder = cache_dir(recipe)
     rows = cached_rows(train, val)
     layout = layout_for(recipe, tokenizer, teacher, len(rows))
-    if workers == 1 and (folder / "manifest.json").exists():
+    if (folder / "manifest.json").exists():
         manifest = read_manifest(folder)
         if {k: manifest.get(k) for k in layout.to_json()} == layout.to_json():
             log(f"teacher cache {folder}: complete, reused")
@@ -111,7 +115,7 @@ def ensure_cache(
     live = _teacher_module(recipe, teacher)  # with the recipe's autocast
     device = next(teacher.parameters()).device
     try:
-        return build_cache(
+        result = build_cache(
             live,
             rows,
             folder,
@@ -125,6 +129,10 @@ def ensure_cache(
         )
     except CacheError as error:
         raise RecipeError(f"cache.dir {folder}: {error}") from None
+    if together:
+        wait_for_everyone()
+        on_main(lambda: finalize_cache(folder))
+    return result
 
 
 def cache_as_teacher(recipe: Recipe, tokenizer: Any) -> teachers.Cached:

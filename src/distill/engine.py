@@ -373,6 +373,7 @@ class Distiller:
             self._restore_best(state)
         if run_dir is not None and self.is_main:
             ckpt.save_weights(self._unwrapped(), run_dir / ckpt.STUDENT_FILE)
+        accelerator.wait_for_everyone()  # the other processes may read it next
         return FitResult(
             steps=state["step"],
             total_steps=total_steps,

@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+# settings that change the answers; a partial file written under others is not resumed
+ANSWER_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed")
 
 
 class GenerationSettings(BaseModel):
@@ -39,11 +42,30 @@ class GenerationSettings(BaseModel):
     backend: Literal["auto", "transformers", "vllm"] = "auto"
 
 
+def _lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, split on newlines only: ``str.splitlines`` would also
+    split inside JSON strings that hold U+2028, U+2029 or U+0085, which JSON leaves raw."""
+    return path.read_text(encoding="utf-8").split("\n")
+
+
+def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        raise ValueError(
+            f'{where}: \'messages\' must be a list of {{"role": ..., "content": text}} turns'
+        )
+    return [dict(m) for m in value]
+
+
 def _record(row: Any, where: str, fallback_id: int) -> dict[str, Any]:
     if not isinstance(row, dict) or not ({"prompt", "messages"} & set(row)):
         raise ValueError(f"{where}: a row needs 'prompt' (text) or 'messages' (a chat)")
+    if "id" in row and not isinstance(row["id"], (str, int)):
+        raise ValueError(f"{where}: 'id' must be a string or an integer")
     if "messages" in row:
-        messages = [dict(m) for m in row["messages"]]
+        messages = _messages(row["messages"], where)
         if messages and messages[-1].get("role") == "assistant":
             messages = messages[:-1]  # re-answer an existing chat dataset
         if not messages or messages[-1].get("role") != "user":
@@ -67,7 +89,8 @@ def load_prompts(source: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {path} does not exist")
     prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    first_line: dict[str, int] = {}  # id -> the line that gave it
+    for number, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         where = f"{path}, line {number}"
@@ -81,9 +104,13 @@ def load_prompts(source: str | Path) -> list[dict[str, Any]]:
         else:
             raise ValueError(f"prompts file {path}: use .jsonl or .txt")
         prompts.append(_record(row, where, number - 1))
-    ids = [p["id"] for p in prompts]
-    if len(set(map(str, ids))) != len(ids):
-        raise ValueError(f"{path}: prompt ids repeat; give each row a unique 'id'")
+        key = str(prompts[-1]["id"])  # ids are compared as text, as in the partial file
+        if key in first_line:
+            raise ValueError(
+                f"{where}: id {prompts[-1]['id']!r} repeats line {first_line[key]}; give each "
+                "row a unique 'id' (rows without one get their 0-based line number)"
+            )
+        first_line[key] = number
     if not prompts:
         raise ValueError(f"{path} holds no prompts")
     return prompts
@@ -96,6 +123,24 @@ def render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 
+def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """The model's end tokens (a chat model's generation config often lists its end-of-turn
+    token besides the tokenizer's EOS; passing only one would run past the answer)."""
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the tokenizer has no eos_token_id; set tokenizer.eos_token")
+    return ids
+
+
+def _until_eos(tokens: list[int], eos: list[int]) -> list[int]:
+    """The answer's tokens before the first end token (generate pads finished rows after it)."""
+    return next((tokens[:i] for i, token in enumerate(tokens) if token in eos), tokens)
+
+
 @torch.inference_mode()
 def generate_answers(
     model: nn.Module,
@@ -103,28 +148,42 @@ def generate_answers(
     prompts: Sequence[dict[str, Any]],
     settings: GenerationSettings,
     progress: bool = True,
-    on_batch: Any = None,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
     """The model's answer to each prompt (transformers ``generate``), in prompt order.
-    ``on_batch(indices, answers)`` is called after each batch."""
+
+    Prompts are sorted by length and left-padded in batches of ``settings.batch_size``;
+    the answer is the text of the new tokens before the first end token, stripped. The
+    torch RNG is seeded with ``settings.seed`` inside a fork, so sampling is reproducible and
+    the caller's RNG state is untouched. ``on_batch(indices, answers)`` is called after each
+    batch with the indices of its prompts.
+    """
     from rich.progress import Progress
 
+    if not prompts:
+        return []
+    template = bool(getattr(tokenizer, "chat_template", None))
+    special = not template  # the chat template writes BOS itself; plain text needs it added
     texts = [render(tokenizer, p["messages"]) for p in prompts]
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     answers: list[str] = [""] * len(texts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    eos = _eos_ids(model, tokenizer)
+    side, pad_token = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     was_training = model.training
     model.eval()
-    torch.manual_seed(settings.seed)
     sampling = settings.temperature > 0
     options: dict[str, Any] = {"do_sample": sampling, "max_new_tokens": settings.max_new_tokens}
     if sampling:
         options.update(temperature=settings.temperature, top_p=settings.top_p)
     device = next(model.parameters()).device
+    cuda = [device] if device.type == "cuda" else []
     try:
-        with Progress(disable=not progress) as bar:
+        with torch.random.fork_rng(devices=cuda), Progress(disable=not progress) as bar:
+            torch.manual_seed(settings.seed)
             task = bar.add_task("generate", total=len(texts))
             for start in range(0, len(order), settings.batch_size):
                 chunk = order[start : start + settings.batch_size]
@@ -132,13 +191,19 @@ def generate_answers(
                     [texts[i] for i in chunk],
                     return_tensors="pt",
                     padding=True,
-                    add_special_tokens=False,
-                ).to(device)
-                output = model.generate(
-                    **encoded, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **options
+                    add_special_tokens=special,
                 )
-                new = output[:, encoded["input_ids"].shape[1] :]
-                done = tokenizer.batch_decode(new, skip_special_tokens=True)
+                output = model.generate(
+                    input_ids=encoded["input_ids"].to(device),
+                    attention_mask=encoded["attention_mask"].to(device),
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                    **options,
+                )
+                new = output[:, encoded["input_ids"].shape[1] :].tolist()
+                done = tokenizer.batch_decode(
+                    [_until_eos(tokens, eos) for tokens in new], skip_special_tokens=True
+                )
                 for i, text in zip(chunk, done, strict=True):
                     answers[i] = text.strip()
                 if on_batch is not None:
@@ -146,30 +211,45 @@ def generate_answers(
                 bar.advance(task, len(chunk))
     finally:
         tokenizer.padding_side = side
+        if pad_token is None:
+            tokenizer.pad_token = None
         model.train(was_training)
     return answers
 
 
 def generate_with_vllm(
-    model_id: str, prompts: Sequence[dict[str, Any]], settings: GenerationSettings
+    model_id: str,
+    prompts: Sequence[dict[str, Any]],
+    settings: GenerationSettings,
+    chat_template_tokenizer: Any = None,
 ) -> list[str]:
-    """The same with vLLM (``pip install vllm``; a GPU): one call, vLLM batches itself."""
+    """The same with vLLM (``pip install vllm``; a GPU): one call, vLLM batches itself.
+
+    The prompts go through the model's own chat template, or through
+    ``chat_template_tokenizer``'s when given; a tokenizer without a template gets the plain
+    user text, as in ``generate_answers``."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as error:
         raise ImportError("generate.backend vllm needs vLLM: pip install vllm") from error
     llm = LLM(model=model_id, seed=settings.seed)
     params = SamplingParams(
-        temperature=settings.temperature,
+        temperature=settings.temperature,  # 0: greedy
         top_p=settings.top_p if settings.temperature > 0 else 1.0,
         max_tokens=settings.max_new_tokens,
         seed=settings.seed,
     )
-    outputs = llm.chat([p["messages"] for p in prompts], params)
+    template = getattr(chat_template_tokenizer, "chat_template", None)
+    if chat_template_tokenizer is not None and not template:
+        texts = [render(chat_template_tokenizer, p["messages"]) for p in prompts]
+        outputs = llm.generate(texts, params)
+    else:
+        outputs = llm.chat([p["messages"] for p in prompts], params, chat_template=template)
     return [o.outputs[0].text.strip() for o in outputs]
 
 
 def vllm_available() -> bool:
+    """Whether ``import vllm`` would find the package."""
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
@@ -180,10 +260,12 @@ def _sha256(path: Path) -> str:
 
 
 def provenance_path(path: Path) -> Path:
+    """``<stem>.provenance.json`` next to the dataset."""
     return path.with_name(f"{path.stem}.provenance.json")
 
 
 def partial_path(path: Path) -> Path:
+    """``<stem>.partial.jsonl`` next to the dataset: the answers of an unfinished run."""
     return path.with_name(f"{path.stem}.partial.jsonl")
 
 
@@ -205,22 +287,27 @@ def write_generations(
     answers: Sequence[str],
     provenance: dict[str, Any],
 ) -> Path:
-    """The chat dataset (prompt + the answer as the assistant turn) and its provenance."""
+    """The chat dataset (prompt + the answer as the assistant turn, one JSON row per prompt,
+    the shape ``ChatExamples`` reads) and ``<stem>.provenance.json``: ``provenance`` plus
+    count, created (UTC), the dataset's SHA-256 and package versions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [
         {"id": p["id"], "messages": [*p["messages"], {"role": "assistant", "content": a}]}
         for p, a in zip(prompts, answers, strict=True)
     ]
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     meta = {
         **provenance,
         "count": len(rows),
+        "empty_answers": sum(not a for a in answers),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sha256": _sha256(path),
         "versions": _versions(),
     }
-    provenance_path(path).write_text(json.dumps(meta, indent=2))
+    provenance_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
     return path
 
 
@@ -230,14 +317,43 @@ def read_generations(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, 
     meta_path = provenance_path(path)
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path} is missing: {path} was not written by distill")
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if _sha256(path) != meta.get("sha256"):
         raise ValueError(
             f"{path} changed since it was generated (SHA-256 differs from {meta_path.name}); "
             "regenerate it or remove the provenance file if the edit is intended"
         )
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in _lines(path) if line.strip()]
     return rows, meta
+
+
+def _read_partial(partial: Path, header: dict[str, Any]) -> dict[str, str]:
+    """The answers kept in a partial file, checked against this run's ``header``. A last
+    line cut off by the kill is dropped, and the file rewritten without it."""
+    text = partial.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # a row cut off mid-write; it is answered again
+        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    done: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(
+                f"{partial}, line {number}: not valid JSON; delete the file to start over"
+            ) from None
+        if "header" in row:
+            if row["header"] != header:
+                raise ValueError(
+                    f"{partial} was written by a run with other settings or teacher "
+                    f"({row['header']}); rerun with those, or delete the file to start over"
+                )
+        else:
+            done[str(row["id"])] = row["answer"]
+    return done
 
 
 def generate_dataset(
@@ -250,17 +366,35 @@ def generate_dataset(
     *,
     model_id: str | None = None,
     progress: bool = True,
-    log: Any = print,
+    log: Callable[[str], Any] = print,
 ) -> Path:
-    """Answer ``prompts`` with the teacher and write the dataset; resumable (see module)."""
+    """Answer ``prompts`` with the teacher and write the dataset with ``write_generations``.
+
+    Every finished batch is appended to ``<stem>.partial.jsonl``; a run killed and started
+    again with the same prompts, settings and provenance answers only the prompts missing
+    there (a changed ``batch_size`` or ``backend`` is fine). The partial file is removed
+    once the dataset is written. vLLM answers when ``settings.backend`` is ``vllm``, or
+    ``auto`` with vLLM installed and ``model_id`` (a hub id or folder) given.
+    """
     out = Path(out)
     partial = partial_path(out)
+    use_vllm = settings.backend == "vllm" or (
+        settings.backend == "auto" and model_id is not None and vllm_available()
+    )
+    if use_vllm and model_id is None:
+        raise ValueError("generate.backend vllm needs the teacher as a hub id or folder")
+    if use_vllm and not vllm_available():
+        raise ImportError("generate.backend vllm needs vLLM: pip install vllm")
+    # what must match for a partial file to be resumed (JSON round-tripped, as read back)
+    header = json.loads(
+        json.dumps(
+            {"settings": settings.model_dump(include=set(ANSWER_SETTINGS)), **provenance},
+            default=str,
+        )
+    )
     done: dict[str, str] = {}
     if partial.exists():
-        for line in partial.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[str(row["id"])] = row["answer"]
+        done = _read_partial(partial, header)
         unknown = set(done) - {str(p["id"]) for p in prompts}
         if unknown:
             raise ValueError(
@@ -268,13 +402,12 @@ def generate_dataset(
                 f"({sorted(unknown)[:3]}…); delete it to start over"
             )
         log(f"generate: resuming, {len(done)} of {len(prompts)} prompts answered")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"header": header}) + "\n", encoding="utf-8")
     todo = [p for p in prompts if str(p["id"]) not in done]
     started = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    use_vllm = settings.backend == "vllm" or (
-        settings.backend == "auto" and model_id is not None and vllm_available()
-    )
-    with open(partial, "a") as handle:
+    with open(partial, "a", encoding="utf-8") as handle:
 
         def keep(indices: list[int], answers: list[str]) -> None:
             for i, answer in zip(indices, answers, strict=True):
@@ -283,9 +416,9 @@ def generate_dataset(
             handle.flush()
 
         if todo and use_vllm:
-            if model_id is None:
-                raise ValueError("generate.backend vllm needs the teacher as a hub id or folder")
-            keep(list(range(len(todo))), generate_with_vllm(model_id, todo, settings))
+            assert model_id is not None
+            answers = generate_with_vllm(model_id, todo, settings, tokenizer)
+            keep(list(range(len(todo))), answers)
         elif todo:
             generate_answers(model, tokenizer, todo, settings, progress, on_batch=keep)
     answers = [done[str(p["id"])] for p in prompts]

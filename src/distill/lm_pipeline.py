@@ -11,7 +11,6 @@ CPU latency per sequence. The students are also saved in Hugging Face format
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from distill import checkpoint as ckpt
 from distill import teachers
 from distill.cache_recipe import cache_as_teacher, ensure_cache
 from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
+from distill.distributed import num_processes, on_main, process_index
 from distill.engine import Distiller
 from distill.generate import GenerationSettings, generate_dataset, load_prompts, read_generations
 from distill.losses import cross_entropy
@@ -37,7 +37,6 @@ from distill.on_policy import OnPolicy
 from distill.pipeline import (
     BASELINE_DIR,
     RECIPE_FILE,
-    SUMMARY_FILE,
     Log,
     _gain,
     _teacher_module,
@@ -424,8 +423,12 @@ def _train_student(
         progress=progress,
         batch_transform=rewrite,
     )
-    student.save_pretrained(run_dir / HF_STUDENT_DIR)
-    tokenizer.save_pretrained(run_dir / HF_STUDENT_DIR)
+
+    def save_hf() -> None:  # a Hugging Face folder too, loadable with from_pretrained
+        student.save_pretrained(run_dir / HF_STUDENT_DIR)
+        tokenizer.save_pretrained(run_dir / HF_STUDENT_DIR)
+
+    on_main(save_hf)
     measured = _measure(student, recipe, data, teacher, run_dir / ckpt.STUDENT_FILE)
     if rewrite is not None:
         measured["on_policy_batches"] = rewrite.generated_batches
@@ -446,10 +449,11 @@ def run_lm_recipe(
         raise RecipeError("teacher: a language-model recipe needs a teacher")
     run_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe))
+    on_main(lambda: (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe)))
     started = time.perf_counter()
     if recipe.generate is not None and not generated_path(recipe).exists():
-        generate_command(recipe, progress=progress, log=log)  # sequence-level KD data first
+        # sequence-level KD data first, by the main process
+        on_main(lambda: generate_command(recipe, progress=progress, log=log))
     tokenizer = tokenizer_for(recipe)
     data = prepare_text(recipe, tokenizer)
     log(f"data: {data.regime}")
@@ -484,7 +488,16 @@ def run_lm_recipe(
     answers = None
     if recipe.cache is not None and recipe.cache.use:
         cache_info = ensure_cache(
-            recipe, tokenizer, teacher, data.train, data.val, progress=progress, log=log
+            recipe,
+            tokenizer,
+            teacher,
+            data.train,
+            data.val,
+            worker=process_index(),  # every process builds its share of the shards
+            workers=num_processes(),
+            progress=progress,
+            log=log,
+            together=True,
         )
         answers = cache_as_teacher(recipe, tokenizer)
         log(f"the distilled student learns from the teacher cache {cache_info['folder']}")
@@ -522,8 +535,7 @@ def run_lm_recipe(
         "gap_closed": None,
         "seconds": time.perf_counter() - started,
     }
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    from distill.report import write_report
+    from distill.pipeline import _write_summary
 
-    write_report(run_dir, summary)
+    _write_summary(run_dir, summary)
     return summary

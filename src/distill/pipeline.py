@@ -29,6 +29,7 @@ from distill.data import (
     load_dataset,
     train_val_split,
 )
+from distill.distributed import on_main
 from distill.engine import Callback, Distiller
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
@@ -241,8 +242,12 @@ def fit_and_cache_teacher(
         "train_seconds": time.perf_counter() - started,
         "val": {**val, **val_extras(val)},
     }
-    ckpt.save_weights(model, folder / "teacher.safetensors")
-    (folder / "teacher.json").write_text(json.dumps(info, indent=2))
+
+    def write() -> None:
+        ckpt.save_weights(model, folder / "teacher.safetensors")
+        (folder / "teacher.json").write_text(json.dumps(info, indent=2))
+
+    on_main(write)
     return info
 
 
@@ -444,7 +449,7 @@ def run_recipe(
         return run_lm_recipe(recipe, out_dir=out_dir, progress=progress, log=log)
     run_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe))
+    on_main(lambda: (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe)))
     started = time.perf_counter()
     data = prepare_data(recipe)
     log(f"data: {recipe.data.dataset}, {data.regime}")
@@ -569,10 +574,14 @@ def run_recipe(
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """summary.json and the report, by the main process."""
     from distill.report import write_report
 
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    write_report(run_dir, summary)
+    def write() -> None:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        write_report(run_dir, summary)
+
+    on_main(write)
 
 
 def _export_rows(
@@ -583,7 +592,9 @@ def _export_rows(
 
     spec = recipe.export
     assert spec is not None
-    result = export_run(run_dir, **spec.model_dump(), log=log)
+    result = on_main(lambda: export_run(run_dir, **spec.model_dump(), log=log))
+    if result is None:  # not the main process: it exports alone
+        return {}
     stages = [k for k in models if k.startswith("compress_") and not k.endswith("_quantize")]
     source = models[stages[-1] if stages else "student"]
     return {
@@ -602,7 +613,7 @@ def _peer_rows(
     (run_dir / "peers").mkdir(exist_ok=True)
     for k, peer in enumerate(cohort.peers):
         weights = run_dir / "peers" / f"peer_{k}.safetensors"
-        ckpt.save_weights(peer, weights)
+        on_main(lambda peer=peer, weights=weights: ckpt.save_weights(peer, weights))
         metrics = {
             **evaluate_model(peer, data, recipe),
             "train_seconds": cohort_metrics["train_seconds"],

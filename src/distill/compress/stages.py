@@ -12,6 +12,7 @@ each stage's change replayed and its weights loaded.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from distill.compress.quantize import (
     quantize_weights,
     save_quantized,
 )
+from distill.distributed import on_main
 from distill.engine import Callback
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count
@@ -161,9 +163,9 @@ def run_compress(
         if stage.kind == "quantize":
             if change["qat"]:
                 convert_qat(student, stage.scheme)
-            size = save_quantized(student, folder / ckpt.STUDENT_FILE)
+            size = on_main(functools.partial(save_quantized, student, folder / ckpt.STUDENT_FILE))
         else:
-            ckpt.save_weights(student, folder / ckpt.STUDENT_FILE)
+            on_main(functools.partial(ckpt.save_weights, student, folder / ckpt.STUDENT_FILE))
             size = (folder / ckpt.STUDENT_FILE).stat().st_size
         metrics = evaluate_model(student, data, recipe, teacher=teacher_model)
         row = {
@@ -178,7 +180,7 @@ def run_compress(
             row["sparsity"] = sparsity(student)
         rows[f"compress_{name}"] = row
         record = {"stage": stage.model_dump(mode="json"), "change": change, **meta, "row": row}
-        (folder / STAGE_FILE).write_text(json.dumps(record, indent=2))
+        on_main(functools.partial((folder / STAGE_FILE).write_text, json.dumps(record, indent=2)))
     return rows
 
 
