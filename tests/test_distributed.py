@@ -80,3 +80,34 @@ def test_a_resumed_two_process_run_matches_an_uninterrupted_one(classifier_runs,
     launch(tmp_path / "run", "--batch", "8", "--steps", "6", "--resume", processes=2)
     assert max_difference(tmp_path / "run", classifier_runs / "two") < 1e-6
     assert logged_losses(tmp_path / "run") == pytest.approx(logged_losses(classifier_runs / "two"))
+
+
+def test_a_recipe_runs_under_accelerate_launch_and_only_the_main_process_writes(tmp_path):
+    """`accelerate launch --num_processes 2 --cpu -m distill run RECIPE`: teacher, label-only
+    and distilled students all train in two processes; one summary, one report, and one
+    metrics row per logged step."""
+    overrides = [
+        "teacher.train.epochs=1",
+        "train.epochs=2",
+        "train.log_every=1",
+        f"output.dir={tmp_path}",
+        "output.latency_repeats=2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILL_CACHE": str(tmp_path / "cache")}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes=2", "--cpu",
+        f"--main_process_port={free_port()}", "-m", "distill", "run",
+        str(Path(__file__).parent.parent / "recipes" / "mnist1d_kd.yaml"), "--quiet",
+        *[f"--set={o}" for o in overrides],
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "mnist1d_kd"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["models"]) == {"teacher", "baseline", "student"}
+    assert summary["models"]["student"]["accuracy"] > 0.2  # chance: 0.1
+    for metrics in (run_dir / "metrics.jsonl", run_dir / "baseline" / "metrics.jsonl"):
+        lines = metrics.read_text().splitlines()
+        assert len(set(lines)) == len(lines)  # no row twice: one process logged
+        assert [json.loads(line)["step"] for line in lines][-1] == summary["steps"]
+    assert (run_dir / "report.md").exists()
