@@ -450,7 +450,7 @@ def teacher_cost_check(
         f"teacher forward {1e3 * t_teacher:.2f} ms vs student step {1e3 * t_student:.2f} ms per "
         f"batch of {inputs.shape[0]}: online KD adds {100 * overhead:.0f}% per step; over "
         f"{epochs} epoch(s) the teacher runs {t_teacher * steps:.1f} s, a cache "
-        f"{t_teacher * steps_per_epoch:.1f} s"
+        f"{t_teacher * steps_per_epoch:.3g} s"
     )
     if overhead > max_overhead and t_teacher * steps > min_seconds:
         return Finding(
@@ -461,6 +461,8 @@ def teacher_cost_check(
             "(teacher.autocast), or distil from a smaller teacher",
             measurements,
         )
+    if overhead > max_overhead:
+        described += f", under the {min_seconds:.0f} s that would make a cache worth building"
     return Finding("teacher_cost", "ok", described, "nothing to do", measurements)
 
 
