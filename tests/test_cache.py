@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import transformers
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -18,6 +17,7 @@ from distill.cache import CacheError, CacheReader, Layout, build_cache, narrowes
 from distill.data import WithExampleId
 from distill.losses.sparse import DIVERGENCES, sparse_divergence, topk_of
 from distill.losses.tokens import lm_head_kd, lm_head_sparse_kd, sparse_token_kd_term
+from tests import text_models
 
 OPTIONS = {"jsd": {"beta": 0.3}, "skew_kl": {"skew": 0.1}, "skew_reverse_kl": {"skew": 0.1}}
 
@@ -274,17 +274,7 @@ def test_a_cache_read_with_other_data_or_settings_is_an_error_that_says_what_dif
 
 
 def tiny_llama(seed=0, vocab=300):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return text_models.tiny_llama(seed, vocab).eval()
 
 
 def token_rows(n=24, length=12, vocab=300):

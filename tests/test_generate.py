@@ -1,4 +1,5 @@
-"""Sequence-level KD data (distill generate) and on-policy distillation, on tiny models."""
+"""Sequence-level KD data (distill generate), and the generation and on-policy recipes end
+to end, on tiny models (OnPolicy itself: tests/test_on_policy.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
-from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
-from distill import Distiller, Objective, cli, teachers
-from distill.batch import IGNORE_INDEX, as_batch
+from distill import cli
+from distill.batch import IGNORE_INDEX
 from distill.checkpoint import save_weights
 from distill.data.text import ChatExamples
 from distill.generate import (
@@ -27,71 +25,24 @@ from distill.generate import (
     vllm_available,
     write_generations,
 )
-from distill.losses.tokens import token_kd_term
-from distill.on_policy import OnPolicy
 from distill.pipeline import run_recipe
 from distill.recipes import load_recipe
+from tests import text_models
+from tests.text_models import EOS, PAD, chat_tokenizer
 
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "mat",
-    "a",
-    "dog",
-    "ran",
-    "far",
-    "what",
-    "did",
-    "do",
-    "it",
-    "answer",
-    "is",
-    "yes",
-    "no",
-]
-SPECIAL = ["<unk>", "<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
 ROOT = Path(__file__).parent.parent
-
-
-def make_tokenizer():
-    vocab = {token: i for i, token in enumerate([*SPECIAL, *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
-    )
-    tok.chat_template = (
-        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-    )
-    return tok
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return make_tokenizer()
+    return chat_tokenizer()
 
 
-VOCAB = len(SPECIAL) + len(WORDS)
-
-
-def tiny_llama(seed=0, vocab=VOCAB):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=1,
-        eos_token_id=2,
-        initializer_range=0.5,  # sharp random logits: greedy answers are not all one token
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+def tiny_llama(seed=0):
+    # sharp random logits: greedy answers are not all one token
+    return text_models.tiny_llama(
+        seed, pad_token_id=PAD, eos_token_id=EOS, initializer_range=0.5
+    ).eval()
 
 
 PROMPTS = [
@@ -146,7 +97,7 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tokenizer):
     alone = [generate_answers(model, tokenizer, [p], greedy, progress=False)[0] for p in PROMPTS]
     assert batched == alone and any(batched)
     assert tokenizer.padding_side == "right"  # restored
-    no_pad = make_tokenizer()
+    no_pad = chat_tokenizer()
     no_pad.pad_token = None  # as many LLM tokenizers: padding falls back to EOS
     assert generate_answers(model, no_pad, PROMPTS, greedy, progress=False) == batched
     assert no_pad.pad_token is None  # restored
@@ -276,82 +227,6 @@ def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, tokenizer):
     assert not partial_path(tmp_path / "v.jsonl").exists()
     with pytest.raises(ImportError, match="pip install vllm"):
         generate_with_vllm("some/model", PROMPTS, settings)
-
-
-# -- on-policy ------------------------------------------------------------------------------
-
-
-def chat_batch(tokenizer, answers=("yes", "it ran far", "no", "the cat sat")):
-    records = [
-        {"messages": [*p["messages"], {"role": "assistant", "content": a}]}
-        for p, a in zip(PROMPTS, answers, strict=True)
-    ]
-    rows = ChatExamples(records, tokenizer, seq_len=24)
-    return as_batch(torch.utils.data.default_collate([rows[i] for i in range(len(rows))]))
-
-
-def on_policy(student, tokenizer, **kwargs):
-    return OnPolicy(
-        student, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs
-    )
-
-
-def test_lambda_zero_is_off_policy_and_draws_follow_lambda(tokenizer):
-    batch = chat_batch(tokenizer)
-    off = on_policy(tiny_llama(), tokenizer, lam=0.0)
-    assert all(off(batch, step) is batch for step in range(20))
-    mixed = on_policy(tiny_llama(), tokenizer, lam=0.3, max_new_tokens=2, seed=1)
-    draws = [mixed._draw(step) for step in range(300)]
-    assert 0.2 < sum(draws) / 300 < 0.4
-    again = on_policy(tiny_llama(), tokenizer, lam=0.3, seed=1)
-    assert draws == [again._draw(step) for step in range(300)]  # a resumed run agrees
-
-
-def test_on_policy_rows_keep_the_prompt_and_label_the_students_answer(tokenizer):
-    batch = chat_batch(tokenizer)
-    student = tiny_llama().train()
-    rewrite = on_policy(student, tokenizer, lam=1.0, max_new_tokens=6, temperature=1.0)
-    new = rewrite(batch, step=0)
-    assert rewrite.last_on_policy and rewrite.generated_batches == 1 and student.training
-    ids, labels = new.kwargs["input_ids"], new.labels
-    assert ids.shape == batch.kwargs["input_ids"].shape
-    eos = tokenizer.eos_token_id
-    for row in range(ids.shape[0]):
-        old_labels = batch.labels[row]
-        start = int((old_labels != IGNORE_INDEX).float().argmax())  # last prompt position
-        assert torch.equal(ids[row, : start + 1], batch.kwargs["input_ids"][row, : start + 1])
-        assert (labels[row, :start] == IGNORE_INDEX).all()
-        labelled = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1)
-        assert labelled.numel() >= 1 and int(labelled[0]) == start
-        for j in labelled.tolist()[:-1]:
-            assert int(labels[row, j]) == int(ids[row, j + 1])  # next-token labels
-        assert int(labels[row, labelled[-1]]) == eos or labelled.numel() == 6
-        assert not (labels[row, : int(labelled[-1])] == eos).any()  # nothing after eos
-        assert new.kwargs["attention_mask"][row, : int(labelled[-1]) + 1].all()
-    assert torch.equal(new.mask, labels != IGNORE_INDEX)
-
-
-def test_an_on_policy_distiller_trains_on_the_students_samples(tokenizer):
-    rows = ChatExamples(
-        [{"messages": [*p["messages"], {"role": "assistant", "content": "yes"}]} for p in PROMPTS],
-        tokenizer,
-        seq_len=24,
-    )
-    student, teacher = tiny_llama(seed=1), tiny_llama(seed=2)
-    before = [p.detach().clone() for p in student.parameters()]
-    rewrite = on_policy(student, tokenizer, lam=1.0, max_new_tokens=4)
-    objective = Objective(kd=token_kd_term(student, teacher, divergence="reverse_kl"))
-    Distiller(
-        student,
-        teachers.Module(teacher),
-        objective,
-        batch_transform=rewrite,
-        progress=False,
-        cpu=True,
-        select_metric=None,
-    ).fit(DataLoader(rows, batch_size=2), max_steps=3)
-    assert rewrite.generated_batches == 3 and rewrite.generated_tokens > 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))
 
 
 # -- recipes ---------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
@@ -17,29 +15,9 @@ from distill.data.text import ChatExamples
 from distill.engine import Callback
 from distill.losses.tokens import token_kd_term
 from distill.on_policy import OnPolicy
+from tests import text_models
+from tests.text_models import EOS, PAD, chat_tokenizer
 
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "mat",
-    "a",
-    "dog",
-    "ran",
-    "far",
-    "what",
-    "did",
-    "do",
-    "it",
-    "answer",
-    "is",
-    "yes",
-    "no",
-]
-SPECIAL = ["<unk>", "<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
-VOCAB = len(SPECIAL) + len(WORDS)
-PAD, EOS = 1, 2
 SEQ_LEN = 20
 CHATS = [
     ("what did the cat do", "it sat on the mat"),
@@ -51,18 +29,7 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {token: i for i, token in enumerate([*SPECIAL, *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
-    )
-    tok.chat_template = (
-        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-    )
-    assert (tok.pad_token_id, tok.eos_token_id) == (PAD, EOS)
-    return tok
+    return chat_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +47,8 @@ def batch(rows):
 
 
 def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        initializer_range=0.5,  # sharp random logits: samples are not all one token
-    )
-    return transformers.LlamaForCausalLM(config)
+    # sharp random logits: samples are not all one token
+    return text_models.tiny_llama(seed, pad_token_id=PAD, eos_token_id=EOS, initializer_range=0.5)
 
 
 def on_policy(student, **kwargs):

@@ -1,49 +1,17 @@
-"""Packed text and chat rows, with a word-level tokenizer built in the test."""
+"""Packed text and chat rows, with a word-level tokenizer built for the tests."""
 
 import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from distill.data.text import ChatExamples, PackedText, read_documents
-
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "mat",
-    "a",
-    "dog",
-    "ran",
-    "far",
-    "what",
-    "did",
-    "do",
-    "it",
-    "answer",
-    "is",
-    "yes",
-    "no",
-]
-SPECIAL = ["<unk>", "<pad>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
+from tests.text_models import chat_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {token: i for i, token in enumerate([*SPECIAL, *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
-    )
-    tok.chat_template = (
-        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-    )
-    return tok
+    return chat_tokenizer()
 
 
 def test_read_documents(tmp_path):

@@ -116,6 +116,40 @@ def _selection(
     return selected, flat_labels
 
 
+def _chunked_head_loss(
+    kd: Callable[[Tensor, Tensor], Tensor],
+    s_hidden: Tensor,
+    head: Tensor,
+    bias: Tensor | None,
+    labels: Tensor | None,
+    mask: Tensor | None,
+    kd_weight: float,
+    ce_weight: float,
+    softcap: float | None,
+    chunk_size: int,
+    global_count: int | None,
+) -> Tensor:
+    """``kd_weight · kd(student_logits, rows) + ce_weight · CE`` over the selected tokens
+    (mask, labels not -100), chunk by chunk through the student's head ``head`` (already cut
+    to the vocabulary), divided by ``global_count`` (default: the selected tokens)."""
+    selected, flat_labels = _selection(s_hidden.shape[0], s_hidden.device, labels, mask)
+    count = int(selected.sum()) if global_count is None else int(global_count)
+    if count == 0:
+        return (s_hidden.sum() + head.sum()) * 0.0
+
+    def chunk_loss(student: Tensor, rows: Tensor) -> Tensor:
+        value = kd_weight * kd(student, rows)
+        if ce_weight:
+            value = value + ce_weight * cross_entropy(student, flat_labels[rows])
+        return value
+
+    if bias is not None:
+        bias = bias[: head.shape[0]]
+    return _ChunkedLMHead.apply(
+        s_hidden, head, bias, selected, chunk_loss, softcap, chunk_size, count
+    )
+
+
 def lm_head_kd(
     student_hidden: Tensor,
     student_head: Tensor,
@@ -178,31 +212,18 @@ def lm_head_kd(
             f"student has {s_hidden.shape[0]} tokens, teacher {t_hidden.shape[0]}: they must "
             "be the same positions of the same sequences"
         )
-    selected, flat_labels = _selection(s_hidden.shape[0], s_hidden.device, labels, mask)
-    count = int(selected.sum()) if global_count is None else int(global_count)
-    if count == 0:
-        return (s_hidden.sum() + student_head.sum()) * 0.0
     measure = _divergence(divergence, beta, skew)
     t_weight = teacher_head[:vocab_size].detach()
     t_bias = None if teacher_bias is None else teacher_bias[:vocab_size].detach()
 
-    def chunk_loss(student: Tensor, rows: Tensor) -> Tensor:
+    def kd(student: Tensor, rows: Tensor) -> Tensor:
         teacher = _softcap(_logits(t_hidden[rows], t_weight, t_bias).to(student.dtype), softcap)
-        value = kd_weight * measure(student, teacher, temperature=temperature)
-        if ce_weight:
-            value = value + ce_weight * cross_entropy(student, flat_labels[rows])
-        return value
+        return measure(student, teacher, temperature=temperature)
 
-    return _ChunkedLMHead.apply(
-        s_hidden,
-        student_head[:vocab_size],
-        None if student_bias is None else student_bias[:vocab_size],
-        selected,
-        chunk_loss,
-        softcap,
-        chunk_size,
-        count,
-    )
+    return _chunked_head_loss(
+        kd, s_hidden, student_head[:vocab_size], student_bias, labels, mask, kd_weight,
+        ce_weight, softcap, chunk_size, global_count,
+    )  # fmt: skip
 
 
 def lm_head_sparse_kd(
@@ -254,34 +275,21 @@ def lm_head_sparse_kd(
             f"the teacher's top-k holds token id {int(teacher_topk.ids.max())}, beyond the "
             f"student's vocabulary of {vocab_size}: the cache was built with another tokenizer"
         )
-    selected, flat_labels = _selection(s_hidden.shape[0], s_hidden.device, labels, mask)
-    count = int(selected.sum()) if global_count is None else int(global_count)
-    if count == 0:
-        return (s_hidden.sum() + student_head.sum()) * 0.0
     options = {"jsd": {"beta": beta}, "skew_kl": {"skew": skew}, "skew_reverse_kl": {"skew": skew}}
 
-    def chunk_loss(student: Tensor, rows: Tensor) -> Tensor:
-        value = kd_weight * sparse_divergence(
+    def kd(student: Tensor, rows: Tensor) -> Tensor:
+        return sparse_divergence(
             student,
             teacher_topk.select(rows),
             divergence=divergence,
             temperature=temperature,
             **options.get(divergence, {}),
         )
-        if ce_weight:
-            value = value + ce_weight * cross_entropy(student, flat_labels[rows])
-        return value
 
-    return _ChunkedLMHead.apply(
-        s_hidden,
-        student_head[:vocab_size],
-        None if student_bias is None else student_bias[:vocab_size],
-        selected,
-        chunk_loss,
-        softcap,
-        chunk_size,
-        count,
-    )
+    return _chunked_head_loss(
+        kd, s_hidden, student_head[:vocab_size], student_bias, labels, mask, kd_weight,
+        ce_weight, softcap, chunk_size, global_count,
+    )  # fmt: skip
 
 
 def final_hidden_tap(model: torch.nn.Module, head: str = "lm_head") -> str:
