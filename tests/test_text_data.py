@@ -65,3 +65,11 @@ def test_chat_rows_score_only_the_answer(tokenizer):
     )
     with pytest.raises(ValueError, match="assistant"):
         ChatExamples([{"messages": [{"role": "user", "content": "the"}]}], tokenizer, 8)
+
+
+def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
+    """JSON leaves U+2028 / U+0085 unescaped; they must not split a row in two."""
+    path = tmp_path / "rows.jsonl"
+    rows = [{"text": "one\u2028line"}, {"text": "two\x85lines"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    assert read_documents(path) == rows

@@ -356,8 +356,16 @@ def _read_partial(partial: Path, header: dict[str, Any]) -> dict[str, str]:
     return done
 
 
+def uses_vllm(settings: GenerationSettings, model_id: str | None) -> bool:
+    """Whether generation goes to vLLM: asked for, or ``auto`` with vLLM installed and the
+    teacher given as a hub id or folder."""
+    return settings.backend == "vllm" or (
+        settings.backend == "auto" and model_id is not None and vllm_available()
+    )
+
+
 def generate_dataset(
-    model: nn.Module,
+    model: nn.Module | None,
     tokenizer: Any,
     prompts: Sequence[dict[str, Any]],
     settings: GenerationSettings,
@@ -378,9 +386,9 @@ def generate_dataset(
     """
     out = Path(out)
     partial = partial_path(out)
-    use_vllm = settings.backend == "vllm" or (
-        settings.backend == "auto" and model_id is not None and vllm_available()
-    )
+    use_vllm = uses_vllm(settings, model_id)
+    if model is None and not use_vllm:
+        raise ValueError("generate_dataset needs the model unless vLLM generates")
     if use_vllm and model_id is None:
         raise ValueError("generate.backend vllm needs the teacher as a hub id or folder")
     if use_vllm and not vllm_available():

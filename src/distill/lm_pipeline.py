@@ -27,7 +27,13 @@ from distill.cache_recipe import cache_as_teacher, ensure_cache
 from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.distributed import num_processes, on_main, process_index
 from distill.engine import Distiller
-from distill.generate import GenerationSettings, generate_dataset, load_prompts, read_generations
+from distill.generate import (
+    GenerationSettings,
+    generate_dataset,
+    load_prompts,
+    read_generations,
+    uses_vllm,
+)
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
 from distill.models import hf
@@ -283,20 +289,19 @@ def generate_command(recipe: Recipe, *, progress: bool = True, log: Log = print)
             "another recipe and give its checkpoint)"
         )
     tokenizer = tokenizer_for(recipe)
-    teacher = build_lm(recipe.teacher, recipe, tokenizer, where="teacher").eval()
     try:
         prompts = load_prompts(spec.prompts)[: spec.max_prompts]
     except (FileNotFoundError, ValueError) as error:
         raise RecipeError(f"generate.prompts: {error}") from None
     out = generated_path(recipe)
-    log(
-        f"generate: {teacher.config.name_or_path or recipe.teacher.model} answers "
-        f"{len(prompts)} prompts -> {out}"
-    )
     model_id = None
     if recipe.teacher.model.startswith("hf:") and "gguf_file" not in recipe.teacher.args:
         model_id = hf.resolve(recipe.teacher.model.removeprefix("hf:"))[0]
     settings = GenerationSettings(**spec.model_dump(include=set(GenerationSettings.model_fields)))
+    teacher = None  # vLLM loads the teacher itself: not a second copy here
+    if not uses_vllm(settings, model_id):
+        teacher = build_lm(recipe.teacher, recipe, tokenizer, where="teacher").eval()
+    log(f"generate: {recipe.teacher.model} answers {len(prompts)} prompts -> {out}")
     provenance = {
         "teacher": recipe.teacher.model,
         "teacher_args": dict(recipe.teacher.args),

@@ -34,7 +34,10 @@ def read_documents(paths: str | Path | Iterable[str | Path]) -> list[dict[str, A
         if not file.is_file():
             raise FileNotFoundError(f"text file {file} does not exist")
         if file.suffix == ".jsonl":
-            for number, line in enumerate(file.read_text().splitlines(), start=1):
+            # split on newlines only: str.splitlines would also split inside JSON strings
+            # holding U+2028, U+2029 or U+0085, which JSON leaves unescaped
+            lines = file.read_text(encoding="utf-8").split("\n")
+            for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
