@@ -431,7 +431,8 @@ class Distiller:
         accelerator = self._accelerate()
         batches = [as_batch(raw).to(accelerator.device) for raw in window]
         if self.batch_transform is not None:  # e.g. on-policy: the student writes the answers
-            batches = [self.batch_transform(b, step) for b in batches]
+            with accelerator.autocast():  # in the run's precision, like the forward passes
+                batches = [self.batch_transform(b, step) for b in batches]
         # each micro-batch weighs by the rows its losses average over, so that a window
         # split into micro-batches gives the update of one batch (and a batch of a transfer
         # set with no labelled row still teaches through its distillation terms)
