@@ -355,3 +355,47 @@ def test_manifest_lists_every_file_with_its_checksum(tmp_path):
         "logprobs",
         "tail",
     ]
+
+
+def test_a_classifier_recipe_trains_against_its_dense_cache(tmp_path, monkeypatch):
+    """`distill cache` stores the teacher's logits on the transfer, validation and test
+    rows; `distill run` then trains the student against them and ends where a run against
+    the live teacher ends."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from distill import cli
+    from distill.pipeline import run_recipe
+    from distill.recipes import RecipeError, load_recipe
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "weights"))
+    recipe_file = Path(__file__).parent.parent / "recipes" / "mnist1d_kd.yaml"
+    overrides = [
+        "teacher.train.epochs=2",
+        "train.epochs=3",
+        "baseline=false",
+        f"output.dir={tmp_path}",
+        "output.latency_repeats=2",
+    ]
+    quiet = {"progress": False, "log": lambda m: None}
+    live = run_recipe(load_recipe(recipe_file, overrides), out_dir=tmp_path / "live", **quiet)
+    args = ["cache", str(recipe_file), *[f"--set={o}" for o in [*overrides, "cache={}"]], "--json"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)["manifest"]
+    assert manifest["kind"] == "dense" and manifest["bytes_per_example"] == 10 * 4
+    assert manifest["num_examples"] == 4_000 + 1_000  # transfer + validation, then test
+
+    messages = []
+    recipe = load_recipe(recipe_file, [*overrides, "cache={}"])
+    cached = run_recipe(recipe, out_dir=tmp_path / "cached", progress=False, log=messages.append)
+    assert any("complete, reused" in m for m in messages)
+    assert any("learns from the teacher cache" in m for m in messages)
+    difference = cached["models"]["student"]["accuracy"] - live["models"]["student"]["accuracy"]
+    assert abs(difference) < 0.02
+
+    with pytest.raises(RecipeError, match="augment"):
+        load_recipe(recipe_file, [*overrides, "cache={}", "data.augment=true"])
+    with pytest.raises(RecipeError, match="dense logits; drop top_k"):
+        load_recipe(recipe_file, [*overrides, "cache={top_k: 8}"])

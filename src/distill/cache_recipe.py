@@ -1,5 +1,6 @@
 """A recipe's teacher-output cache (``cache:``): where it lives, what it must match, and
-building it (``distill cache RECIPE``) for a causal language-model recipe."""
+building it (``distill cache RECIPE``): top-k per token for a causal language model,
+dense logits for a classifier."""
 
 from __future__ import annotations
 
@@ -43,15 +44,26 @@ def cache_vocab_size(recipe: Recipe, teacher: nn.Module) -> int:
     )
 
 
-def fingerprint(recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
+def fingerprint(recipe: Recipe, tokenizer: Any = None) -> dict[str, Any]:
     """What the cached answers depend on besides the inputs themselves (which every read
     checks by digest): a run reading the cache must agree on all of it."""
     assert recipe.teacher is not None
     spec = recipe.data
-    return {
+    found: dict[str, Any] = {
         "teacher": recipe.teacher.model,
         "teacher_args": dict(recipe.teacher.args),
         "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+    }
+    if tokenizer is None:  # a classifier: its teacher was trained for this data and seed
+        return {
+            **found,
+            "teacher_train": recipe.teacher.model_dump(mode="json")["train"],
+            "dataset": spec.dataset,  # type: ignore[union-attr]
+            "split_seed": spec.split_seed,
+            "seed": recipe.seed,
+        }
+    return {
+        **found,
         "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
         "tokenizer_size": len(tokenizer),
         "seq_len": spec.seq_len,  # type: ignore[union-attr]
@@ -67,19 +79,30 @@ def cached_rows(train: Dataset, val: Dataset) -> Subset:
 
 
 def layout_for(recipe: Recipe, tokenizer: Any, teacher: nn.Module, rows: int) -> Layout:
+    """A language model's cache: top-k per token (or dense with ``top_k: null``)."""
     assert recipe.cache is not None
     top_k = recipe.cache.top_k
-    vocab = cache_vocab_size(recipe, teacher)
+    return _layout(
+        recipe,
+        kind="dense" if top_k is None else "topk",
+        num_examples=rows,
+        k=top_k,
+        temperature=cache_temperature(recipe),
+        vocab_size=cache_vocab_size(recipe, teacher),
+        fingerprint=fingerprint(recipe, tokenizer),
+    )
+
+
+def classifier_layout(recipe: Recipe, rows: int) -> Layout:
+    """A classifier's cache: its dense logits, exact, usable at any temperature."""
+    return _layout(recipe, kind="dense", num_examples=rows, fingerprint=fingerprint(recipe))
+
+
+def _layout(recipe: Recipe, **fields: Any) -> Layout:
+    assert recipe.cache is not None
     try:
         return Layout(
-            kind="dense" if top_k is None else "topk",
-            num_examples=rows,
-            shard_size=recipe.cache.shard_size,
-            k=top_k,
-            temperature=cache_temperature(recipe),
-            vocab_size=vocab,
-            logprob_dtype=recipe.cache.logprob_dtype,
-            fingerprint=fingerprint(recipe, tokenizer),
+            shard_size=recipe.cache.shard_size, logprob_dtype=recipe.cache.logprob_dtype, **fields
         )
     except ValueError as error:
         raise RecipeError(f"cache: {error}") from None
@@ -87,10 +110,9 @@ def layout_for(recipe: Recipe, tokenizer: Any, teacher: nn.Module, rows: int) ->
 
 def ensure_cache(
     recipe: Recipe,
-    tokenizer: Any,
     teacher: nn.Module,
-    train: Dataset,
-    val: Dataset,
+    rows: Dataset,
+    layout: Layout,
     *,
     worker: int = 0,
     workers: int = 1,
@@ -98,13 +120,11 @@ def ensure_cache(
     log=print,
     together: bool = False,
 ) -> dict[str, Any]:
-    """Build this worker's missing shards (nothing when the cache is complete). With
-    ``together`` the workers are the processes of one launch: they wait for each other
-    and the main process writes the manifest."""
+    """Build this worker's missing shards of the teacher's answers on ``rows`` (nothing when
+    the cache is complete). With ``together`` the workers are the processes of one launch:
+    they wait for each other and the main process writes the manifest."""
     assert recipe.cache is not None
     folder = cache_dir(recipe)
-    rows = cached_rows(train, val)
-    layout = layout_for(recipe, tokenizer, teacher, len(rows))
     if (folder / "manifest.json").exists():
         manifest = read_manifest(folder)
         if {k: manifest.get(k) for k in layout.to_json()} == layout.to_json():
@@ -135,7 +155,7 @@ def ensure_cache(
     return result
 
 
-def cache_as_teacher(recipe: Recipe, tokenizer: Any) -> teachers.Cached:
+def cache_as_teacher(recipe: Recipe, tokenizer: Any = None) -> teachers.Cached:
     """The recipe's complete cache as a teacher; its fingerprint must match the recipe."""
     try:
         return teachers.Cached(cache_dir(recipe), expect=fingerprint(recipe, tokenizer))

@@ -231,19 +231,20 @@ def cache(
 ) -> None:
     """Run the recipe's teacher once and store its answers: the teacher-output cache.
 
-    Top-k token log-probabilities (cache.top_k) and the tail mass per position, in
-    checksummed shards under cache.dir. Rerun to resume a killed build; with
-    --worker I --workers N, N machines each build every N-th shard into one folder
-    (shared, or copied together); the last to finish writes the manifest. A recipe with
-    cache.use then trains its student against the cache.
+    For a language model, its top-k token log-probabilities (cache.top_k) and the tail mass
+    per position; for a classifier, its logits; in checksummed shards under cache.dir.
+    Rerun to resume a killed build; with --worker I --workers N, N machines each build
+    every N-th shard into one folder (shared, or copied together); the last to finish
+    writes the manifest. A recipe with cache.use then trains its student against it.
     """
     from distill.recipes import load_recipe
 
     def body() -> None:
         loaded = load_recipe(recipe, set_ or [])
-        if loaded.task != "causal_lm":
-            raise ValueError(f"{recipe}: distill cache builds caches for causal_lm recipes")
-        from distill.lm_pipeline import cache_command
+        if loaded.task == "classification":
+            from distill.pipeline import cache_command
+        else:
+            from distill.lm_pipeline import cache_command
 
         log = _logger(quiet, as_json)
         result = cache_command(

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from distill import checkpoint as ckpt
 from distill import teachers
-from distill.cache_recipe import cache_as_teacher, ensure_cache
+from distill.cache_recipe import cache_as_teacher, cached_rows, ensure_cache, layout_for
 from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.distributed import num_processes, on_main, process_index
 from distill.engine import Distiller
@@ -335,12 +335,13 @@ def cache_command(
     tokenizer = tokenizer_for(recipe)
     data = prepare_text(recipe, tokenizer)
     teacher, _ = get_lm_teacher(recipe, tokenizer, data, progress, log)
+    teacher = teacher.eval().requires_grad_(False)
+    rows = cached_rows(data.train, data.val)
     return ensure_cache(
         recipe,
-        tokenizer,
-        teacher.eval().requires_grad_(False),
-        data.train,
-        data.val,
+        teacher,
+        rows,
+        layout_for(recipe, tokenizer, teacher, len(rows)),
         worker=worker,
         workers=workers,
         progress=progress,
@@ -492,12 +493,12 @@ def run_lm_recipe(
     terms = ", ".join(recipe.objective)
     answers = None
     if recipe.cache is not None and recipe.cache.use:
+        rows = cached_rows(data.train, data.val)
         cache_info = ensure_cache(
             recipe,
-            tokenizer,
             teacher,
-            data.train,
-            data.val,
+            rows,
+            layout_for(recipe, tokenizer, teacher, len(rows)),
             worker=process_index(),  # every process builds its share of the shards
             workers=num_processes(),
             progress=progress,

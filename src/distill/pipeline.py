@@ -14,14 +14,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from distill import checkpoint as ckpt
 from distill import teachers
 from distill.batch import Batch
+from distill.cache_recipe import cache_as_teacher
 from distill.data import (
     Augmented,
     WithDomain,
+    WithExampleId,
     WithoutLabels,
     class_to_domain,
     domain_subset,
@@ -29,7 +31,7 @@ from distill.data import (
     load_dataset,
     train_val_split,
 )
-from distill.distributed import on_main
+from distill.distributed import num_processes, on_main, process_index
 from distill.engine import Callback, Distiller
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
@@ -82,6 +84,8 @@ def prepare_data(recipe: Recipe) -> Data:
         except ValueError as error:
             raise RecipeError(str(error)) from error
         train, test = WithDomain(train, domain_of_class), WithDomain(test, domain_of_class)
+    if recipe.cache is not None:  # ids for the teacher-output cache, unique over both sets
+        train, test = WithExampleId(train), WithExampleId(test, offset=len(train))
     teacher_train, teacher_val = train_val_split(train, spec.val_fraction, spec.split_seed)
     if spec.labeled is None:
         student_train = baseline_train = teacher_train
@@ -312,6 +316,42 @@ def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[n
 # -- students --------------------------------------------------------------------------------
 
 
+def build_classifier_cache(
+    recipe: Recipe,
+    data: Data,
+    teacher: nn.Module,
+    *,
+    worker: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+    log: Log = print,
+    together: bool = False,
+) -> dict[str, Any]:
+    """The teacher's dense logits on the transfer, validation and test rows (this worker's
+    shards of them), kept by example id in the recipe's cache folder."""
+    from distill.cache_recipe import classifier_layout, ensure_cache
+
+    rows = ConcatDataset([data.student_train, data.val, data.test])
+    return ensure_cache(
+        recipe, teacher.eval(), rows, classifier_layout(recipe, len(rows)), worker=worker,
+        workers=workers, progress=progress, log=log, together=together,
+    )  # fmt: skip
+
+
+def cache_command(
+    recipe: Recipe, *, worker: int = 0, workers: int = 1, progress: bool = True, log: Log = print
+) -> dict[str, Any]:
+    """``distill cache`` for a classification recipe: the teacher (trained or reused) runs
+    once over the data, and its logits are stored."""
+    if recipe.cache is None:
+        raise RecipeError("cache: the recipe has no cache section; add `cache: {}`")
+    data = prepare_data(recipe)
+    teacher, _ = get_teacher(recipe, data, progress, log)
+    return build_classifier_cache(
+        recipe, data, teacher, worker=worker, workers=workers, progress=progress, log=log
+    )
+
+
 def _teacher_module(recipe: Recipe, model: nn.Module) -> teachers.Module:
     assert recipe.teacher is not None
     dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.teacher.autocast]
@@ -370,11 +410,13 @@ def train_student(
     spec: ModelSpec | None = None,
     peers: int = 1,
     ema_momentum: float | None = None,
+    answers: teachers.Teacher | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train one student (``spec``, default the recipe's) and measure it on the test split;
     with ``peers`` > 1, a ``Cohort`` of that many, seeded ``seed``, ``seed + 1``, …; with
     ``ema_momentum``, the teacher is the student's moving average (measured as
-    ``metrics["ema_teacher"]``)."""
+    ``metrics["ema_teacher"]``); with ``answers`` (a teacher cache) it learns from those
+    instead of running ``teacher``."""
     spec = spec or recipe.student
     torch.manual_seed(recipe.seed)  # the same initial weights for every student
     student = model_from_spec(spec, data)
@@ -384,10 +426,10 @@ def train_student(
             torch.manual_seed(recipe.seed + offset)
             members.append(model_from_spec(spec, data))
         student = Cohort(members)
-    wrapped: teachers.Teacher | None = None
+    wrapped: teachers.Teacher | None = answers
     if ema_momentum is not None:
         wrapped = teachers.EMA(student, momentum=ema_momentum)
-    elif teacher is not None:
+    elif teacher is not None and answers is None:
         wrapped = _teacher_module(recipe, teacher)
     run, result, seconds = fit_student(
         recipe,
@@ -518,6 +560,15 @@ def run_recipe(
         models[name] = {**metrics, **describe(model, data, recipe)}
         teacher_of_student = model.eval()
 
+    answers = None
+    if recipe.cache is not None and recipe.cache.use:
+        assert teacher_model is not None  # the recipe checks it
+        cache_info = build_classifier_cache(
+            recipe, data, teacher_model, worker=process_index(), workers=num_processes(),
+            progress=progress, log=log, together=True,
+        )  # fmt: skip
+        answers = cache_as_teacher(recipe)
+        log(f"the distilled student learns from the teacher cache {cache_info['folder']}")
     log(
         f"distilled student {recipe.student.model}"
         + (f" ({recipe.peers} peers learning from each other)" if recipe.peers > 1 else "")
@@ -532,6 +583,7 @@ def run_recipe(
         run_dir=run_dir,
         peers=recipe.peers,
         ema_momentum=ema,
+        answers=answers,
         **common,
     )
     if "ema_teacher" in metrics:

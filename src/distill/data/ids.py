@@ -13,17 +13,17 @@ class WithExampleId(Dataset):
     """Each item of ``dataset`` with its index as ``example_id``: a dict item gains the key,
     ``(inputs, label)`` becomes ``(inputs, label, {"example_id": i})`` and an item that
     already has a metadata dict gains the entry. Wrap the full dataset before splitting, so
-    an example keeps its id in every split."""
+    an example keeps its id in every split; ``offset`` keeps two datasets' ids apart."""
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, offset: int = 0) -> None:
+        self.dataset, self.offset = dataset, offset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
         item = self.dataset[index]
-        example_id = torch.tensor(index)
+        example_id = torch.tensor(self.offset + index)
         if isinstance(item, Mapping):
             return {**item, "example_id": example_id}
         if isinstance(item, (tuple, list)) and len(item) == 3 and isinstance(item[2], Mapping):

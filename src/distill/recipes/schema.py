@@ -219,7 +219,10 @@ class CacheSpec(Strict):
 
     dir: Path | None = Field(None, description="None: <output.dir>/<name>/teacher_outputs")
     top_k: int | None = Field(
-        64, ge=1, description="language models: tokens kept per position; None: dense logits"
+        64,
+        ge=1,
+        description="language models: tokens kept per position; None: dense logits (what a "
+        "classifier's cache always holds)",
     )
     logprob_dtype: Literal["float16", "float32"] = "float16"
     shard_size: int = Field(256, ge=1, description="examples per shard file")
@@ -430,14 +433,15 @@ class Recipe(Strict):
     def _check_cache(self) -> None:
         if self.cache is None:
             return
-        if self.task != "causal_lm":
-            raise ValueError(
-                "cache: recipes cache causal language-model teachers (task: causal_lm); for "
-                "other teachers use distill.cache.build_cache and teachers.Cached from Python"
-            )
-        if self.teacher is None or self.teacher.members or self.teacher.model == "ema":
-            raise ValueError("cache: needs one teacher model to run once")
-        if self.cache.use:
+        if self.task == "masked_lm":
+            raise ValueError("cache: masked-LM recipes are not cached; use a causal_lm recipe")
+        if self.teacher is None or self.teacher.model == "ema":
+            raise ValueError("cache: needs a teacher to run once")
+        if self.task == "classification":
+            self._check_classifier_cache()
+        elif self.teacher.members:
+            raise ValueError("cache: a language-model cache needs one teacher model")
+        elif self.cache.use:
             kd = [n for n, t in self.objective.items() if t.loss == "lm_head_kd"]
             other = [n for n, t in self.objective.items() if _reads_teacher(t) and n not in kd]
             if len(kd) != 1 or other:
@@ -450,6 +454,28 @@ class Recipe(Strict):
                     f"cache.use: objective.{kd[0]}.temperature must be a number: the cache "
                     "stores the teacher at one temperature"
                 )
+
+    def _check_classifier_cache(self) -> None:
+        """A classifier's cache holds its dense logits for the data as split, unaugmented."""
+        assert self.cache is not None
+        if "top_k" in self.cache.model_fields_set and self.cache.top_k is not None:
+            raise ValueError("cache.top_k: a classifier's cache holds dense logits; drop top_k")
+        if getattr(self.data, "augment", False):
+            raise ValueError(
+                "cache: augmented inputs differ every epoch, so the teacher's cached answers "
+                "would not match them; set data.augment: false or drop cache"
+            )
+        if self.assistant is not None or self.generations > 1 or self.peers > 1:
+            raise ValueError(
+                "cache: caches the recipe's teacher for one distilled student; drop assistant, "
+                "generations and peers"
+            )
+        features = [n for n, t in self.objective.items() if t.teacher]
+        if self.cache.use and features:
+            raise ValueError(
+                f"cache.use: objective terms {features} read teacher features, which a cache "
+                "does not keep; set cache.use: false"
+            )
 
     def _check_domains(self) -> None:
         domains = getattr(self.data, "domains", None) or {}
