@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -23,26 +22,15 @@ import torch
 from torch.utils.data import DataLoader
 
 import distill
-from distill import Callback, Objective, teachers
+from distill import Objective, teachers
 from distill.data.text import PackedText
 from distill.distributed import is_main_process, num_processes
 from distill.losses.tokens import token_kd_term
+from distill.measure import StepClock
 from distill.models.hf import SMOLLM2_GGUF, load_hf_lm, smollm2_dir
 from distill.models.shrink import student_from_teacher
 
 ROOT = Path(__file__).parent
-
-
-class StepClock(Callback):
-    all_ranks = True
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_step_end(self, distiller, step, logs) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
 
 
 def main() -> None:
@@ -83,7 +71,7 @@ def main() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     run.fit(DataLoader(data, batch_size=args.batch, shuffle=True), max_steps=args.steps)
-    seconds = (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
+    seconds = clock.seconds_per_step()
     world = num_processes()
     tokens = args.batch * args.seq_len * world
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None

@@ -36,26 +36,15 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import distill
-from distill import Callback, Objective, Term, losses, teachers
+from distill import Objective, Term, losses, teachers
 from distill.cache import CacheReader, Layout, build_cache
 from distill.data.text import PackedText
 from distill.losses.tokens import sparse_token_kd_term, token_kd_term
+from distill.measure import StepClock
 from distill.models.hf import SMOLLM2_GGUF, load_hf_lm, smollm2_dir
 from distill.models.shrink import student_from_teacher
 
 ROOT = Path(__file__).parent
-
-
-class StepClock(Callback):
-    """Wall-clock time at the end of every step."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_step_end(self, distiller, step, logs) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
 
 
 def train_seconds_per_step(student, teacher, objective, rows, args) -> float:
@@ -73,7 +62,7 @@ def train_seconds_per_step(student, teacher, objective, rows, args) -> float:
         max_grad_norm=1.0,
         callbacks=[clock],
     ).fit(DataLoader(rows, batch_size=args.batch, shuffle=True), max_steps=args.steps)
-    return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
+    return clock.seconds_per_step()
 
 
 def layout(k: int, n: int, vocab: int) -> Layout:

@@ -386,3 +386,15 @@ def test_a_batch_without_labels_still_teaches_through_its_kd_term():
             select_metric=None,
         ).fit(data, max_steps=1)  # fmt: skip
         assert (not torch.equal(before, student.weight)) == moves
+
+
+def test_step_clock_notes_every_step(teacher_model, digits):
+    from distill.measure import StepClock
+
+    clock = StepClock()
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    distill.Distiller(
+        student, distill.teachers.Module(teacher_model), callbacks=[clock], progress=False, cpu=True
+    ).fit(DataLoader(digits[0], batch_size=64), max_steps=4)
+    assert len(clock.times) == 4 and clock.times == sorted(clock.times)
+    assert clock.seconds_per_step() > 0

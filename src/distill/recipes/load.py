@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -146,31 +147,22 @@ def build_term(
         return v if isinstance(v, (int, float)) or v is None else v.build(steps_per_epoch)
 
     if spec.loss == "lm_head_kd":
-        if sparse_teacher and student is not None:  # against a top-k teacher cache
-            options = dict(spec.options)
-            try:
-                return sparse_token_kd_term(
-                    student,
-                    weight=value(spec.weight),
-                    temperature=value(spec.temperature) or 1.0,
-                    head=str(options.pop("head", "lm_head")),
-                    ce_weight=float(options.pop("ce_weight", 0.0)),
-                    **options,
-                )
-            except (TypeError, AttributeError) as error:
-                raise RecipeError(f"objective.{name}: {error}") from None
-        if student is None or teacher is None:
+        if student is None or (teacher is None and not sparse_teacher):
             raise RecipeError(
                 f"objective.{name}: lm_head_kd reads two language models' LM heads; use it in "
                 "a recipe with task causal_lm or masked_lm"
             )
         if spec.student or spec.teacher:
             raise RecipeError(f"objective.{name}: lm_head_kd finds its own taps; drop them")
+        # against a top-k teacher cache, or the live teacher's head
+        make = (
+            functools.partial(sparse_token_kd_term, student)
+            if sparse_teacher
+            else functools.partial(token_kd_term, student, teacher)
+        )
         options = dict(spec.options)
         try:
-            return token_kd_term(
-                student,
-                teacher,
+            return make(
                 weight=value(spec.weight),
                 temperature=value(spec.temperature) or 1.0,
                 head=str(options.pop("head", "lm_head")),
