@@ -38,6 +38,7 @@ from distill import checkpoint as ckpt
 from distill import losses
 from distill.batch import Batch, as_batch, logits_of
 from distill.data.resumable import ResumableLoader
+from distill.distributed import no_accelerator
 from distill.objective import LossInputs, Objective, Term
 from distill.progress import TrainingProgress
 from distill.taps import Taps
@@ -231,7 +232,9 @@ class Distiller:
         if self.accelerator is None:
             _allow_new_settings_in_one_process()
             self.accelerator = Accelerator(
-                cpu=self.config.cpu, mixed_precision=self.config.mixed_precision
+                # without CUDA: the CPU, which Accelerate needs to hear to launch over gloo
+                cpu=self.config.cpu or no_accelerator(),
+                mixed_precision=self.config.mixed_precision,
             )
             self.student.to(self.accelerator.device)
             self.objective.to(self.accelerator.device)

@@ -47,6 +47,7 @@ from distill.pipeline import (
     _gain,
     _teacher_module,
     cached_teacher,
+    epoch_steps,
     fit_and_cache_teacher,
     fit_student,
     teacher_cache_dir,
@@ -467,8 +468,7 @@ def run_lm_recipe(
     teacher.eval().requires_grad_(False)
 
     spec = _spec(recipe)
-    batches = math.ceil(len(data.train) / spec.batch_size)  # type: ignore[arg-type]
-    per_epoch = math.ceil(batches / recipe.train.grad_accum_steps)
+    per_epoch = epoch_steps(len(data.train), spec.batch_size, recipe.train.grad_accum_steps)  # type: ignore[arg-type]
     budget = recipe.train.max_steps or per_epoch * (recipe.train.epochs or 1)
     if recipe.train.max_steps and recipe.train.epochs:
         budget = min(budget, per_epoch * recipe.train.epochs)

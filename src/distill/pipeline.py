@@ -160,8 +160,15 @@ def model_from_spec(spec: ModelSpec, data: Data) -> nn.Module:
 
 
 def steps_per_epoch(dataset: Dataset, recipe: Recipe) -> int:
-    batches = math.ceil(len(dataset) / recipe.data.batch_size)  # type: ignore[arg-type]
-    return math.ceil(batches / recipe.train.grad_accum_steps)
+    """Optimizer steps in one pass over ``dataset``: each process reads its own shard."""
+    return epoch_steps(len(dataset), recipe.data.batch_size, recipe.train.grad_accum_steps)  # type: ignore[arg-type]
+
+
+def epoch_steps(examples: int, batch_size: int, grad_accum_steps: int) -> int:
+    """Optimizer steps per epoch when every process reads ``examples / processes`` of them
+    in batches of ``batch_size`` (as the engine's sampler shards them)."""
+    per_process = math.ceil(examples / num_processes())
+    return math.ceil(math.ceil(per_process / batch_size) / grad_accum_steps)
 
 
 def _settings(train: TrainSpec, **changes: Any) -> dict[str, Any]:
