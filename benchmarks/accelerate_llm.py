@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader
 import distill
 from distill import Objective, teachers
 from distill.data.text import PackedText
-from distill.distributed import is_main_process, num_processes
 from distill.losses.tokens import token_kd_term
-from distill.measure import StepClock
 from distill.models.hf import SMOLLM2_GGUF, load_hf_lm, smollm2_dir
 from distill.models.shrink import student_from_teacher
+from distill.training import StepClock
+from distill.training.distributed import is_main_process, num_processes
 
 ROOT = Path(__file__).parent
 

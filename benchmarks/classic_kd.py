@@ -37,15 +37,11 @@ import torch
 
 from distill.losses import cross_entropy
 from distill.objective import Objective, Term
-from distill.pipeline import (
-    get_teacher,
-    prepare_data,
-    run_recipe,
-    steps_per_epoch,
-    teacher_cache_dir,
-    train_student,
-)
 from distill.recipes import build_objective, validate_recipe
+from distill.runs import run_recipe
+from distill.runs.classify import Classification, get_teacher, prepare_data
+from distill.runs.common import steps_per_epoch, teacher_cache_dir
+from distill.runs.run import train_student
 
 ROOT = Path(__file__).parent
 TEACHER = {
@@ -250,9 +246,7 @@ def run(seeds: list[int], epochs: int, regimes: list[str], out: Path, beyond: bo
     teacher_data = prepare_data(base)
     started = time.perf_counter()
     teacher, info = get_teacher(base, teacher_data, progress=False, log=print)
-    from distill.pipeline import evaluate_model
-
-    teacher_acc = evaluate_model(teacher, teacher_data, base)["accuracy"]
+    teacher_acc = Classification().evaluate(teacher, base, teacher_data, None)["accuracy"]
     results["teacher"] = {
         "accuracy": teacher_acc,
         "train_seconds": info.get("train_seconds"),
@@ -276,14 +270,15 @@ def run(seeds: list[int], epochs: int, regimes: list[str], out: Path, beyond: bo
                     else build_objective(recipe.objective, per_epoch)
                 )
                 _, metrics = train_student(
+                    Classification(),
                     recipe,
                     data,
-                    objective=built,
-                    teacher=None if labels_only else teacher,
+                    None if labels_only else teacher,
+                    objective=lambda student, built=built: built,
                     train_set=data.baseline_train if labels_only else data.student_train,
                     run_dir=Path(f"runs/benchmarks/{regime}/{method.split()[0]}-{seed}"),
-                    max_steps=budget,
-                    eval_every=per_epoch,
+                    budget=budget,
+                    per_epoch=per_epoch,
                     progress=False,
                 )
                 accuracies.append(metrics["accuracy"])

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from distill.pipeline import run_recipe
 from distill.recipes import load_recipe
+from distill.runs import run_recipe
 
 ROOT = Path(__file__).parent
 RECIPE = ROOT.parent / "recipes" / "fashion_mnist_compress.yaml"

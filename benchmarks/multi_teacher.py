@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from distill.pipeline import run_recipe
 from distill.recipes import load_recipe
+from distill.runs import run_recipe
 
 ROOT = Path(__file__).parent
 RECIPES = ROOT.parent / "recipes"

@@ -39,10 +39,10 @@ import distill
 from distill import Objective, Term, losses, teachers
 from distill.cache import CacheReader, Layout, build_cache
 from distill.data.text import PackedText
-from distill.losses.tokens import sparse_token_kd_term, token_kd_term
-from distill.measure import StepClock
+from distill.methods.token_kd import sparse_token_kd_term, token_kd_term
 from distill.models.hf import SMOLLM2_GGUF, load_hf_lm, smollm2_dir
 from distill.models.shrink import student_from_teacher
+from distill.training import StepClock
 
 ROOT = Path(__file__).parent
 

@@ -40,7 +40,7 @@ def classifier_setup():
 def lm_setup():
     import transformers
 
-    from distill.losses.tokens import token_kd_term
+    from distill.methods.token_kd import token_kd_term
 
     def llama(seed):
         torch.manual_seed(seed)

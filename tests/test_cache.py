@@ -15,8 +15,11 @@ from distill import Distiller, Objective, Term, losses, teachers
 from distill.batch import as_batch
 from distill.cache import CacheError, CacheReader, Layout, build_cache, narrowest_id_dtype
 from distill.data import WithExampleId
-from distill.losses.sparse import DIVERGENCES, sparse_divergence, topk_of
-from distill.losses.tokens import lm_head_kd, lm_head_sparse_kd, sparse_token_kd_term
+from distill.losses.logits import DIVERGENCES
+from distill.losses.sparse import sparse_divergence
+from distill.losses.tokens import lm_head_kd, lm_head_sparse_kd
+from distill.methods.token_kd import sparse_token_kd_term
+from distill.outputs import topk_of
 from tests import text_models
 
 OPTIONS = {"jsd": {"beta": 0.3}, "skew_kl": {"skew": 0.1}, "skew_reverse_kl": {"skew": 0.1}}
@@ -327,7 +330,7 @@ def test_training_against_a_full_topk_cache_equals_dense_token_kd(tmp_path):
         if sparse:
             teacher, term = teachers.Cached(tmp_path / "c"), sparse_token_kd_term(student)
         else:
-            from distill.losses.tokens import token_kd_term
+            from distill.methods.token_kd import token_kd_term
 
             teacher, term = teachers.Module(teacher_model), token_kd_term(student, teacher_model)
         torch.manual_seed(0)
@@ -366,8 +369,8 @@ def test_a_classifier_recipe_trains_against_its_dense_cache(tmp_path, monkeypatc
     from typer.testing import CliRunner
 
     from distill import cli
-    from distill.pipeline import run_recipe
     from distill.recipes import RecipeError, load_recipe
+    from distill.runs import run_recipe
 
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "weights"))
     recipe_file = Path(__file__).parent.parent / "recipes" / "mnist1d_kd.yaml"

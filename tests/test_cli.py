@@ -85,7 +85,7 @@ def test_demo_teacher_run_and_eval(digits_as_fashion, isolated_cache, tmp_path):
 
 
 def test_demo_falls_back_to_mnist1d(isolated_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr("distill.data.fashion_mnist_available", lambda path=None: False)
+    monkeypatch.setattr("distill.cli.fashion_mnist_available", lambda path=None: False)
     result = runner.invoke(
         cli.app,
         ["demo", "--out", str(tmp_path / "m1d"), "--quiet", "--set", "train.max_steps=3",
@@ -106,3 +106,32 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
     result = runner.invoke(cli.app, ["eval", str(tmp_path)])
     assert result.exit_code == 2 and "not a distill run directory" in result.output
+
+
+def test_known_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, tmp_path):
+    """An error distill explains (its own types) prints one line and exits 2; anything
+    else is a bug and keeps its traceback."""
+    from distill.errors import DataError
+
+    recipe = str(cli_recipe())
+
+    def explained(*args, **kwargs):
+        raise DataError("data.path /nowhere holds no images; point it at a folder")
+
+    monkeypatch.setattr(cli, "run_recipe", explained)
+    result = runner.invoke(cli.app, ["run", recipe, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "error: data.path /nowhere" in result.output
+    assert "Traceback" not in result.output
+
+    def bug(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(cli, "run_recipe", bug)
+    result = runner.invoke(cli.app, ["run", recipe, "--out", str(tmp_path)])
+    assert result.exit_code == 1 and isinstance(result.exception, TypeError)
+
+
+def cli_recipe():
+    from pathlib import Path
+
+    return Path(__file__).parents[1] / "recipes" / "mnist1d_kd.yaml"

@@ -68,7 +68,8 @@ def test_gradual_pruning_follows_the_cubic_schedule_during_distillation(digits):
 
     import distill
     from distill import losses, teachers
-    from distill.compress.prune import GradualPruning, cubic_sparsity, sparsity
+    from distill.compress.prune import cubic_sparsity, sparsity
+    from distill.methods.pruning import GradualPruning
 
     assert cubic_sparsity(0, 100, 0.9) == 0 and cubic_sparsity(100, 100, 0.9) == 0.9
     assert cubic_sparsity(50, 100, 0.9) == pytest.approx(0.9 * (1 - 0.5**3))
@@ -178,9 +179,10 @@ def tiny_compress_recipe(stages: list[dict]) -> dict:
 def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(isolated_cache, tmp_path):
     import json
 
-    from distill.compress.stages import load_stage
-    from distill.pipeline import evaluate_model, prepare_data, run_recipe
     from distill.recipes import RecipeError, validate_recipe
+    from distill.runs import run_recipe
+    from distill.runs.classify import Classification, prepare_data
+    from distill.runs.compress import load_stage
 
     raw = tiny_compress_recipe([
         {"kind": "channels", "ratio": 0.5, "max_steps": 8},
@@ -215,7 +217,10 @@ def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(isolated_cach
     data = prepare_data(recipe)
     for index, key in enumerate(keys, start=1):
         loaded = load_stage(run_dir, index)
-        assert evaluate_model(loaded, data, recipe)["accuracy"] == models[key]["accuracy"]
+        assert (
+            Classification().evaluate(loaded, recipe, data, None)["accuracy"]
+            == models[key]["accuracy"]
+        )
         stage = json.loads(
             (run_dir / "compress" / key.removeprefix("compress_") / "stage.json").read_text()
         )
@@ -252,9 +257,10 @@ def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(isolated_cach
 
 
 def test_post_training_quantization_stage_and_export_from_the_recipe(isolated_cache, tmp_path):
-    from distill.compress.stages import load_stage
-    from distill.pipeline import evaluate_model, prepare_data, run_recipe
     from distill.recipes import validate_recipe
+    from distill.runs import run_recipe
+    from distill.runs.classify import Classification, prepare_data
+    from distill.runs.compress import load_stage
 
     stage = {"kind": "quantize", "scheme": "int8_weight_only", "epochs": 0}
     recipe = validate_recipe({**tiny_compress_recipe([stage]), "export": {}})
@@ -267,4 +273,7 @@ def test_post_training_quantization_stage_and_export_from_the_recipe(isolated_ca
     assert row["steps"] == 0 and row["size_bytes"] < 0.5 * student["size_bytes"]
     assert abs(row["accuracy"] - student["accuracy"]) < 0.02  # int8 weights change little
     loaded = load_stage(tmp_path / "ptq", 1)
-    assert evaluate_model(loaded, prepare_data(recipe), recipe)["accuracy"] == row["accuracy"]
+    assert (
+        Classification().evaluate(loaded, recipe, prepare_data(recipe), None)["accuracy"]
+        == row["accuracy"]
+    )

@@ -16,14 +16,13 @@ from distill.doctor import diagnose
 from distill.doctor.checks import (
     calibration,
     capacity_gap_check,
-    data_shift_check,
-    domain_classifier_auc,
     overconfidence_check,
     teacher_cost_check,
     temperature_check,
 )
-from distill.pipeline import run_recipe
+from distill.doctor.shift import data_shift_check, domain_classifier_auc
 from distill.recipes import RecipeError, load_recipe
+from distill.runs import run_recipe
 
 
 def calibrated_case(n=4000, classes=10, seed=0):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 import distill
 from distill import Objective, Term, losses, teachers
-from distill.checkpoint import latest_checkpoint
+from distill.training.checkpoint import latest_checkpoint
 
 from .models import TinyResNet, mlp
 
@@ -389,7 +389,7 @@ def test_a_batch_without_labels_still_teaches_through_its_kd_term():
 
 
 def test_step_clock_notes_every_step(teacher_model, digits):
-    from distill.measure import StepClock
+    from distill.training import StepClock
 
     clock = StepClock()
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))

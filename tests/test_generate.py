@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 
 from distill import cli
 from distill.batch import IGNORE_INDEX
-from distill.checkpoint import save_weights
 from distill.data.text import ChatExamples
-from distill.generate import (
+from distill.methods.generation import (
     GenerationSettings,
     generate_answers,
     generate_dataset,
@@ -25,8 +24,9 @@ from distill.generate import (
     vllm_available,
     write_generations,
 )
-from distill.pipeline import run_recipe
 from distill.recipes import load_recipe
+from distill.runs import run_recipe
+from distill.training.checkpoint import save_weights
 from tests import text_models
 from tests.text_models import EOS, PAD, chat_tokenizer
 

@@ -7,7 +7,7 @@ import transformers
 
 import distill
 from distill import Objective, Term, losses, teachers
-from distill.layer_maps import hidden_state_terms, layer_map
+from distill.methods.layer_maps import hidden_state_terms, layer_map
 from distill.models.shrink import layer_stack, student_from_teacher, uniform_layers
 
 VOCAB = 97
@@ -79,6 +79,10 @@ def test_every_other_layer_copies_those_layers(kind):
 def test_layer_maps():
     assert uniform_layers(12, 6) == [1, 3, 5, 7, 9, 11]
     assert layer_map(2, 4) == [(0, 1), (1, 3)]
+    # a ratio that is not whole: ⌈(i + 1)·6/4⌉ − 1, the first teacher layer at or beyond
+    # each student layer's relative depth (banker's rounding gave [1, 2, 3, 5])
+    assert layer_map(4, 6) == [(0, 1), (1, 2), (2, 4), (3, 5)]
+    assert layer_map(3, 4) == [(0, 1), (1, 2), (2, 3)]
     assert layer_map(3, 12, "last") == [(2, 11)]
     assert layer_map(2, 4, [(0, 0), (1, 3)]) == [(0, 0), (1, 3)]
     with pytest.raises(ValueError, match="outside"):
@@ -128,7 +132,7 @@ def test_token_kd_with_hidden_state_matching_lowers_the_kd_loss():
 
 
 def test_token_kd_term_equals_the_logit_kl_and_trains():
-    from distill.losses.tokens import token_kd_term
+    from distill.methods.token_kd import token_kd_term
 
     teacher = tiny("llama", layers=4)
     student = student_from_teacher(teacher, keep=2)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from distill import Objective, Term, cli, losses
 from distill.data.text import MaskedBlocks, pydoc_records
 from distill.objective import LossInputs
-from distill.pipeline import run_recipe
 from distill.recipes import RecipeError, load_recipe, validate_recipe
+from distill.runs import run_recipe
 
 ROOT = Path(__file__).parent.parent
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

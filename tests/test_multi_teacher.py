@@ -209,8 +209,8 @@ ROOT = __import__("pathlib").Path(__file__).parents[1]
 
 
 def run_shipped(name, overrides, tmp_path):
-    from distill.pipeline import run_recipe
     from distill.recipes import load_recipe
+    from distill.runs import run_recipe
 
     recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", overrides)
     return run_recipe(recipe, out_dir=tmp_path / name, progress=False, log=lambda m: None)
@@ -274,7 +274,7 @@ def test_ensemble_recipe_trains_and_caches_each_member(isolated_cache, tmp_path)
     recipe = recipe.model_copy(
         update={"teacher": recipe.teacher.model_copy(update={"members": raw_members})}
     )
-    from distill.pipeline import run_recipe
+    from distill.runs import run_recipe
 
     summary = run_recipe(recipe, out_dir=tmp_path / "ens", progress=False, log=lambda m: None)
     teacher = summary["models"]["teacher"]
@@ -367,8 +367,8 @@ def test_domains_follow_examples_through_splits_and_hidden_labels():
 
 
 def test_routed_recipe_trains_each_member_on_its_domain_only(isolated_cache, tmp_path):
-    from distill.pipeline import run_recipe
     from distill.recipes import RecipeError, load_recipe, validate_recipe
+    from distill.runs import run_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "mnist1d_routed.yaml", [*TINY_RUN])
     members = [m.model_copy(update={"train": m.train.model_copy(update={"max_steps": 6})})
@@ -425,7 +425,7 @@ def small_cnn(seed: int, out_dim: int) -> nn.Module:
 
 
 def test_multi_view_student_sees_every_view_and_its_teacher_the_global_ones():
-    from distill.selfsup import MultiView
+    from distill.methods.dino import MultiView
 
     model = MultiView(small_cnn(0, 5), global_views=2)
     views = torch.rand(4, 6, 1, 8, 8)
@@ -438,7 +438,7 @@ def test_multi_view_student_sees_every_view_and_its_teacher_the_global_ones():
 
 def dino_run(digits, run_dir=None, callbacks=(), steps=60, resume=None):
     from distill.data.views import MultiCrop
-    from distill.selfsup import MultiView, dino_objective
+    from distill.methods.dino import MultiView, dino_objective
 
     torch.manual_seed(0)
     train, _ = digits

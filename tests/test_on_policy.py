@@ -10,11 +10,12 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
 from distill import Distiller, Objective, teachers
-from distill.batch import IGNORE_INDEX, Batch, as_batch
+from distill.batch import Batch, as_batch
 from distill.data.text import ChatExamples
-from distill.engine import Callback
-from distill.losses.tokens import token_kd_term
-from distill.on_policy import OnPolicy
+from distill.methods.on_policy import OnPolicy
+from distill.methods.token_kd import token_kd_term
+from distill.outputs import IGNORE_INDEX
+from distill.training import Callback
 from tests import text_models
 from tests.text_models import EOS, PAD, chat_tokenizer
 

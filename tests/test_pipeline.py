@@ -1,18 +1,19 @@
-from distill.pipeline import _gap_closed, teacher_cache_dir
 from distill.recipes import apply_overrides, validate_recipe
+from distill.runs.classify import gap_closed
+from distill.runs.common import teacher_cache_dir
 
 from .test_recipes import GOOD
 
 
-def test_gap_closed():
+def testgap_closed():
     models = {
         "teacher": {"accuracy": 0.9},
         "baseline": {"accuracy": 0.8},
         "student": {"accuracy": 0.85},
     }
-    assert abs(_gap_closed(models) - 0.5) < 1e-12
-    assert _gap_closed({**models, "teacher": {"accuracy": 0.7}}) is None
-    assert _gap_closed({"student": {"accuracy": 0.8}}) is None
+    assert abs(gap_closed(models) - 0.5) < 1e-12
+    assert gap_closed({**models, "teacher": {"accuracy": 0.7}}) is None
+    assert gap_closed({"student": {"accuracy": 0.8}}) is None
 
 
 def test_teacher_cache_key_follows_what_shapes_the_teacher(isolated_cache):

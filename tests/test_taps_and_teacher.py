@@ -82,3 +82,28 @@ def test_batch_reading():
     assert token_batch.rows() == 5 and "input_ids" in token_batch.kwargs
     with pytest.raises(TypeError, match="cannot read a batch"):
         as_batch((x, y, y, y))
+
+
+def test_a_teacher_needs_only_call_and_a_model_is_refused_with_the_fix():
+    """``teachers.Teacher`` gives the engine's defaults (no taps, no state, nothing after a
+    step); a bare ``nn.Module`` as the teacher is an error that says how to wrap it."""
+    import pytest
+    from torch import nn
+
+    from distill import Distiller, teachers
+    from distill.outputs import TeacherOutput
+
+    class Constant(teachers.Teacher):
+        def __call__(self, batch, logits=True):
+            return TeacherOutput(logits=torch.zeros(batch.size(), 3))
+
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    student = nn.Linear(4, 3)
+    result = Distiller(student, Constant(), lr=0.1, progress=False).fit(loader, max_steps=2)
+    assert result.steps == 2
+    assert Constant().state_module is None and Constant().fixed_temperature is None
+    with pytest.raises(ValueError, match="no model to tap"):
+        Constant().add_taps(["layer1"])
+    with pytest.raises(TypeError, match=r"teachers\.Module\(model\)"):
+        Distiller(student, nn.Linear(4, 3))

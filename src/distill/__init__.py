@@ -14,18 +14,19 @@ result = distill.Distiller(
 
 from distill import losses, schedules, teachers
 from distill.data import train_val_split
-from distill.engine import Callback, Distiller, FitResult, TrainConfig, default_objective
-from distill.mutual import Cohort, mutual_objective
-from distill.objective import LossInputs, Objective, Term
-from distill.on_policy import OnPolicy
-from distill.selfsup import MultiView, dino_objective
+from distill.errors import DistillError
+from distill.methods import Cohort, MultiView, OnPolicy, dino_objective, mutual_objective
+from distill.objective import LossInputs, Objective, Term, default_objective
+from distill.outputs import TeacherOutput, TopK
 from distill.taps import TapError, Taps
+from distill.training import Callback, Distiller, FitResult, TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Callback",
     "Cohort",
+    "DistillError",
     "Distiller",
     "FitResult",
     "LossInputs",
@@ -34,7 +35,9 @@ __all__ = [
     "OnPolicy",
     "TapError",
     "Taps",
+    "TeacherOutput",
     "Term",
+    "TopK",
     "TrainConfig",
     "__version__",
     "default_objective",

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from distill.outputs import IGNORE_INDEX
+
 META_KEYS = ("domain", "example_id")
 
 
@@ -37,9 +38,13 @@ class Batch:
         output logits: a Hugging Face causal LM then computes them for the last position
         only (``logits_to_keep=1``) instead of (tokens × vocab)."""
         kwargs = self.kwargs
-        if not logits and _takes(type(model), "logits_to_keep") and "logits_to_keep" not in kwargs:
+        if (
+            not logits
+            and takes_argument(type(model), "logits_to_keep")
+            and "logits_to_keep" not in kwargs
+        ):
             kwargs = {**kwargs, "logits_to_keep": 1}
-        if "domain" in self.meta and _takes(type(model), "domain"):
+        if "domain" in self.meta and takes_argument(type(model), "domain"):
             kwargs = {**kwargs, "domain": self.meta["domain"]}
         return model(*self.args, **kwargs)
 
@@ -96,7 +101,7 @@ class Batch:
 
 
 @functools.cache
-def _takes(model_type: type, argument: str) -> bool:
+def takes_argument(model_type: type, argument: str) -> bool:
     """Whether ``model_type.forward`` has a parameter named ``argument``."""
     return argument in inspect.signature(model_type.forward).parameters
 

@@ -37,21 +37,26 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from distill.batch import Batch, as_batch
-from distill.losses.sparse import topk_of
+from distill.errors import CacheError
+from distill.outputs import topk_of
 
 FORMAT = "distill-teacher-cache/1"
 LAYOUT_FILE = "layout.json"
 MANIFEST_FILE = "manifest.json"
 LOGPROB_DTYPES = {"float16": np.float16, "float32": np.float32}
 Kind = Literal["dense", "topk"]
-
-
-class CacheError(ValueError):
-    """A cache that is incomplete, corrupt, or does not match the data it is read with."""
 
 
 def narrowest_id_dtype(vocab_size: int) -> np.dtype:
@@ -332,7 +337,7 @@ class CacheReader:
         return out
 
 
-def _example_ids(batch: Batch) -> np.ndarray:
+def example_ids(batch: Batch) -> np.ndarray:
     ids = batch.meta.get("example_id")
     if ids is None:
         raise CacheError(
@@ -378,14 +383,6 @@ def build_cache(
     """Run ``teacher`` (a ``distill.teachers`` teacher) over ``dataset`` and write this
     worker's missing shards; returns what it did and, once all shards are done, the
     manifest. ``dataset`` items must carry an ``example_id``. Rerun to resume."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     if len(dataset) != layout.num_examples:  # type: ignore[arg-type]
         raise CacheError(
@@ -416,7 +413,7 @@ def build_cache(
                 if output.logits is None:
                     raise CacheError("the teacher returned no logits to cache")
                 arrays = {
-                    "example_id": _example_ids(batch),
+                    "example_id": example_ids(batch),
                     "input_hash": input_hashes(batch),
                     **teacher_arrays(output.logits, layout),
                 }

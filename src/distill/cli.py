@@ -14,6 +14,23 @@ from rich.console import Console
 from rich.table import Table
 
 import distill
+from distill.compress.export import ParityError
+from distill.data import fashion_mnist_available
+from distill.doctor.run import TITLES, diagnose
+from distill.errors import DistillError
+from distill.losses import LOSSES
+from distill.methods.generation import read_generations
+from distill.recipes import Recipe, load_recipe
+from distill.runs.report import terminal_table, verdict
+from distill.runs.run import (
+    cache_command,
+    eval_command,
+    export_command,
+    generate_command,
+    run_recipe,
+    task_for,
+    teacher_command,
+)
 
 app = typer.Typer(
     help="distill: knowledge distillation for PyTorch. Start with `distill demo`.",
@@ -34,48 +51,20 @@ OutOption = Annotated[
 ]
 
 
-# the report's columns, short enough for an 80-column terminal
-TERMINAL_HEADER = ["model", "test acc.", "params", "size", "CPU ms/ex.", "KL to T", "train"]
-TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms/seq", "train"]
-
-
-def _lm_terminal_rows(summary: dict[str, Any]) -> list[list[str]]:
-    from distill.report import model_rows
-
-    rows = []
-    for key, label, _ in model_rows(summary):
-        m = summary["models"][key]
-        agreement = m.get("teacher_agreement")
-        rows.append(
-            [
-                label,
-                f"{m['perplexity']:.2f}",
-                "" if agreement is None else f"{100 * agreement:.1f}%",
-                f"{100 * m['accuracy']:.1f}%",
-                f"{m['parameters'] / 1e6:.1f}M",
-                f"{m['size_bytes'] / 2**20:.1f}",
-                f"{m['latency_ms']:.1f}",
-                f"{m.get('train_seconds', 0.0):.0f} s",
-            ]
-        )
-    return rows
-
-
 def _fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 
 def _guarded(fn, *args: Any, **kwargs: Any) -> Any:
-    """Run a command body, turning known failures into a one-line error and exit code."""
-    from distill.compress.export import ParityError
-    from distill.recipes import RecipeError
-
+    """Run a command body, turning the failures distill explains (its own error types, and
+    a file the user named that does not exist) into one line and an exit code; anything
+    else, a bug, keeps its traceback."""
     try:
         return fn(*args, **kwargs)
     except ParityError as error:  # the exported model does not match: a failed check
         _fail(str(error), code=1)
-    except (RecipeError, FileNotFoundError, ImportError, ValueError, TypeError) as error:
+    except (DistillError, FileNotFoundError) as error:
         _fail(str(error))
     except KeyboardInterrupt as error:
         _fail(f"interrupted: {error}" if str(error) else "interrupted", code=130)
@@ -90,21 +79,17 @@ def _logger(quiet: bool, as_json: bool):
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
-    from distill.report import is_language_model, table_rows
-
     table = Table(title=f"distill: {summary['name']}", title_justify="left", box=box.SIMPLE)
-    lm = is_language_model(summary)
-    for i, column in enumerate(TERMINAL_HEADER_LM if lm else TERMINAL_HEADER):
+    header, rows = terminal_table(summary)
+    for i, column in enumerate(header):
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
-    for model, *cells in _lm_terminal_rows(summary) if lm else table_rows(summary):
+    for model, *cells in rows:
         style = "bold green" if model == "student, distilled" else None
         table.add_row(model.removeprefix("student, "), *cells, style=style)
     return table
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
-    from distill.report import verdict
-
     if as_json:
         typer.echo(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2))
         return
@@ -114,9 +99,7 @@ def _print_summary(summary: dict[str, Any], run_dir: Path, as_json: bool) -> Non
     typer.echo(f"report: {run_dir / 'report.html'}  (and report.md)")
 
 
-def _run(recipe, out: Path | None, quiet: bool, as_json: bool) -> None:
-    from distill.pipeline import run_recipe
-
+def _run(recipe: Recipe, out: Path | None, quiet: bool, as_json: bool) -> None:
     run_dir = out or recipe.output.dir / recipe.name
     log = _logger(quiet, as_json)
     summary = run_recipe(recipe, out_dir=run_dir, progress=not (quiet or as_json), log=log)
@@ -137,9 +120,6 @@ def demo(
     distilled student with the same seed and budget; prints a table and writes a report.
     Uses Fashion-MNIST when its files are on this machine, MNIST-1D otherwise.
     """
-    from distill.data import fashion_mnist_available
-    from distill.recipes import load_recipe
-
     log = _logger(quiet, as_json)
     if fashion_mnist_available():
         name = "demo_fashion_mnist.yaml"
@@ -170,8 +150,6 @@ def run(
     as_json: JsonOption = False,
 ) -> None:
     """Distil as the recipe says: teacher, label-only student, distilled student, report."""
-    from distill.recipes import load_recipe
-
     loaded = _guarded(load_recipe, recipe, set_ or [])
     _guarded(_run, loaded, out, quiet, as_json)
 
@@ -189,32 +167,17 @@ def teacher(
     go to the teacher cache ($DISTILL_CACHE or ~/.cache/distill), keyed by the teacher,
     data and seed, where `distill run` and `distill demo` find them.
     """
-    from distill.pipeline import prepare_data, train_teacher
-    from distill.recipes import load_recipe
 
     def body() -> None:
         loaded = load_recipe(recipe, set_ or [])
-        if loaded.teacher is None:
-            raise ValueError(f"{recipe}: the recipe names no teacher")
         log = _logger(quiet, as_json)
-        progress = not (quiet or as_json)
-        if loaded.task != "classification":
-            from distill.lm_pipeline import teacher_command
-
-            result = teacher_command(loaded, progress, log)
-            score = f"validation perplexity {result['val']['perplexity']:.2f}"
-        else:
-            from distill.pipeline import teacher_cache_dir
-
-            _, info = train_teacher(loaded, prepare_data(loaded), progress=progress, log=log)
-            result = {**info, "cache": str(teacher_cache_dir(loaded))}
-            score = f"validation accuracy {100 * info['val']['accuracy']:.2f}%"
+        result = teacher_command(loaded, progress=not (quiet or as_json), log=log)
         if as_json:
             typer.echo(json.dumps(result, indent=2))
         else:
             typer.echo(
-                f"teacher {result['model']}: {score} in {result['train_seconds']:.0f} s; "
-                f"saved to {result['cache']}"
+                f"teacher {result['model']}: {task_for(loaded).describe_teacher(result)} in "
+                f"{result['train_seconds']:.0f} s; saved to {result['cache']}"
             )
 
     _guarded(body)
@@ -237,15 +200,9 @@ def cache(
     every N-th shard into one folder (shared, or copied together); the last to finish
     writes the manifest. A recipe with cache.use then trains its student against it.
     """
-    from distill.recipes import load_recipe
 
     def body() -> None:
         loaded = load_recipe(recipe, set_ or [])
-        if loaded.task == "classification":
-            from distill.pipeline import cache_command
-        else:
-            from distill.lm_pipeline import cache_command
-
         log = _logger(quiet, as_json)
         result = cache_command(
             loaded, worker=worker, workers=workers, progress=not (quiet or as_json), log=log
@@ -281,15 +238,9 @@ def generate(
     generate.out (default <output.dir>/<name>/generated.jsonl) with a provenance file. A
     killed run, rerun, continues where it stopped. Train on it with data.source: generated.
     """
-    from distill.recipes import load_recipe
 
     def body() -> dict[str, Any]:
         loaded = load_recipe(recipe, set_ or [])
-        if loaded.task != "causal_lm":
-            raise ValueError(f"{recipe}: distill generate is for causal_lm recipes")
-        from distill.generate import read_generations
-        from distill.lm_pipeline import generate_command
-
         log = _logger(quiet, as_json)
         path = generate_command(loaded, progress=not (quiet or as_json), log=log)
         rows, provenance = read_generations(path)
@@ -321,8 +272,6 @@ def doctor(
     <output.dir>/<name>), where the run's report shows them. Exits 1 when a check finds a
     problem.
     """
-    from distill.doctor.run import TITLES, diagnose
-    from distill.recipes import load_recipe
 
     def body() -> dict[str, Any]:
         run_dir = None
@@ -361,36 +310,13 @@ def eval_(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a run's student on the test split of its recipe's data."""
-    from distill.pipeline import RECIPE_FILE, evaluate_model, model_from_spec, prepare_data
-    from distill.recipes import ModelSpec, validate_recipe
-    from distill.recipes.load import read_yaml
 
     def body() -> None:
-        if not (run_dir / RECIPE_FILE).exists():
-            raise FileNotFoundError(f"{run_dir} is not a distill run directory (no {RECIPE_FILE})")
-        recipe = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
-        if recipe.task != "classification":
-            from distill.lm_pipeline import evaluate_run
-
-            metrics = evaluate_run(run_dir, recipe)
-            if as_json:
-                typer.echo(json.dumps(metrics, indent=2))
-            else:
-                typer.echo(
-                    f"{run_dir}: test perplexity {metrics['perplexity']:.2f}, token accuracy "
-                    f"{100 * metrics['accuracy']:.1f}% ({int(metrics['examples']):,} tokens)"
-                )
-            return
-        data = prepare_data(recipe)
-        student = model_from_spec(ModelSpec(model=str(run_dir)), data)
-        metrics = evaluate_model(student, data, recipe)
+        metrics, line = eval_command(run_dir)
         if as_json:
             typer.echo(json.dumps(metrics, indent=2))
         else:
-            typer.echo(
-                f"{run_dir}: test accuracy {100 * metrics['accuracy']:.2f}% "
-                f"(loss {metrics['loss']:.4f}, {int(metrics['examples']):,} examples)"
-            )
+            typer.echo(f"{run_dir}: {line}")
 
     _guarded(body)
 
@@ -415,10 +341,9 @@ def export(
 ) -> None:
     """Export a run's student to ONNX, check it in ONNX Runtime against PyTorch on the test
     split (exit 1 if they disagree beyond the tolerances) and measure both."""
-    from distill.compress.deploy import export_run
 
     def body() -> None:
-        result = export_run(
+        result = export_command(
             run_dir,
             stage=stage,
             int8=int8,
@@ -457,13 +382,8 @@ def version() -> None:
 @app.command()
 def losses() -> None:
     """List the built-in losses with the first line of their docstring."""
-    from distill import losses as loss_module
-
-    for name in loss_module.__all__:
-        if not name.islower():  # a type (TopK), not a loss
-            continue
-        doc = (getattr(loss_module, name).__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:24s} {doc}")
+    for name, info in LOSSES.items():
+        typer.echo(f"{name:24s} {info.summary}")
 
 
 def main() -> None:

@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 from torch import nn
-
-from distill.checkpoint import save_weights
-from distill.engine import Callback, Distiller
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -24,7 +22,7 @@ def size_on_disk(model: nn.Module, path: Path | None = None) -> int:
         return Path(path).stat().st_size
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "model.safetensors"
-        save_weights(model, target)
+        save_model(model, str(target))
         return target.stat().st_size
 
 
@@ -51,24 +49,3 @@ def cpu_latency_ms(
         model.to(device)
     model.train(was_training)
     return 1000.0 * statistics.median(times)
-
-
-class StepClock(Callback):
-    """A ``Distiller`` callback that notes the wall-clock time at the end of every step (on
-    every process; the GPU is synchronised first) for throughput benchmarks."""
-
-    all_ranks = True
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_step_end(self, distiller: Distiller, step: int, logs: dict[str, float]) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
-
-    def seconds_per_step(self) -> float:
-        """Mean time per step after the first (which carries the setup)."""
-        if len(self.times) < 2:
-            raise ValueError("time per step needs at least two steps")
-        return (self.times[-1] - self.times[0]) / (len(self.times) - 1)

@@ -23,20 +23,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from distill.batch import IGNORE_INDEX
-from distill.losses.sparse import TopK
+from distill.losses.logits import cross_entropy, kl
+from distill.losses.registry import INPUT_NAMES, inputs_read, loss_parameters
+from distill.outputs import IGNORE_INDEX, TopK
 from distill.projectors import build_projector
-from distill.schedules import Schedule, as_schedule
-
-INPUT_NAMES = (
-    "student_logits",
-    "teacher_logits",
-    "teacher_topk",
-    "labels",
-    "mask",
-    "student_features",
-    "teacher_features",
-)
+from distill.schedules import Constant, Schedule, as_schedule
+from distill.teachers.base import Teacher
 
 
 @dataclass
@@ -88,9 +80,8 @@ class Term:
         self.projector = projector
         self.options = options
         self.name = getattr(loss, "__name__", type(loss).__name__)
-        # an nn.Module loss (with state, like DINO's centre) declares its inputs in forward
-        params = inspect.signature(loss.forward if isinstance(loss, nn.Module) else loss).parameters
-        self.reads = [n for n in INPUT_NAMES if n in params]
+        params = loss_parameters(loss)  # of forward, for a loss with state (DINO's centre)
+        self.reads = inputs_read(loss)
         self.optional = {n for n in self.reads if params[n].default is not inspect.Parameter.empty}
         self._check(params)
 
@@ -201,6 +192,35 @@ class Objective(nn.Module):
     def reads_teacher(self) -> bool:
         return any(t.reads_teacher for t in self.terms.values())
 
+    def check_teacher(self, teacher: Teacher | None) -> None:
+        """Refuse a teacher this objective cannot learn from: none when a term reads one,
+        a model not wrapped as a ``Teacher``, or answers that hold at one temperature
+        (an ensemble mixes probabilities at its temperature; a top-k cache stores them at
+        one) read by a term at another fixed temperature."""
+        if teacher is not None and not isinstance(teacher, Teacher):
+            raise TypeError(
+                f"teacher is a {type(teacher).__name__}, not a distill.teachers.Teacher; wrap "
+                "a model as teachers.Module(model)"
+            )
+        if self.reads_teacher and teacher is None:
+            raise ValueError(
+                "the objective has terms that read the teacher, but teacher=None; pass a "
+                "teacher (e.g. distill.teachers.Module(model)) or use labels-only terms"
+            )
+        if teacher is None or teacher.fixed_temperature is None:
+            return
+        temperature = teacher.fixed_temperature
+        for name, term in self.terms.items():
+            reads = {"teacher_logits", "teacher_topk"} & set(term.reads)
+            fixed = term.temperature  # a number becomes a Constant schedule
+            if reads and isinstance(fixed, Constant) and abs(fixed.value - temperature) > 1e-6:
+                raise ValueError(
+                    f"objective term {name!r} reads the teacher at temperature "
+                    f"{fixed.value:g}, but the teacher's answers hold at {temperature:g} (an "
+                    "ensemble's mixing "
+                    "temperature, or a top-k cache's); use the same temperature for both"
+                )
+
     @torch.no_grad()
     def build(self, inputs: LossInputs) -> None:
         """Create the projectors from the first batch's shapes; call before the optimizer."""
@@ -228,3 +248,10 @@ class Objective(nn.Module):
             total = weight * value if total is None else total + weight * value
         assert total is not None
         return ObjectiveValue(total, values, weights, temperatures)
+
+
+def default_objective(has_teacher: bool) -> Objective:
+    """Hinton KD (T = 4, kd_weight 0.9, ce_weight 0.1) with a teacher; labels only without."""
+    if not has_teacher:
+        return Objective(ce=Term(cross_entropy))
+    return Objective(ce=Term(cross_entropy, weight=0.1), kd=Term(kl, weight=0.9, temperature=4.0))

@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from distill.errors import DistillError
+
 INPUT_SUFFIX = ":input"
 
 
-class TapError(KeyError):
+class TapError(DistillError, KeyError):
     """A tap path that does not name a submodule of the model."""
 
     def __str__(self) -> str:  # KeyError would print the message in quotes

@@ -1,5 +1,7 @@
-"""Compression with distillation: pruning, low-rank factorization, quantization-aware
-training, ONNX export with a parity check, and the recipe stages that chain them."""
+"""Compression transforms: pruning, low-rank factorization, quantization-aware training,
+ONNX export with a parity check. Pure functions on models; the recipe stages that chain
+them with distillation live in ``distill.runs.compress``, the pruning callbacks in
+``distill.methods.pruning``."""
 
 from distill.compress.export import (
     Parity,
@@ -11,7 +13,6 @@ from distill.compress.export import (
 )
 from distill.compress.lowrank import Factorized, factorize, factorize_layer, rank_for_energy
 from distill.compress.prune import (
-    GradualPruning,
     cubic_sparsity,
     magnitude_prune,
     make_permanent,
@@ -29,7 +30,6 @@ from distill.compress.quantize import (
 
 __all__ = [
     "Factorized",
-    "GradualPruning",
     "Parity",
     "ParityError",
     "check_parity",

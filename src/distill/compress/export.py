@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from distill.errors import MissingDependency
+
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -31,7 +33,7 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependency(
             "export needs onnx, onnxscript and onnxruntime: pip install 'distill[compress]'"
         ) from error
     return onnxruntime

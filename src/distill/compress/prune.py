@@ -2,7 +2,7 @@
 channel pruning that removes channels for real.
 
 - **Unstructured** (``torch.nn.utils.prune``): the weights of every Linear and convolution
-  compete in one pool; the smallest |w| are masked to zero. ``GradualPruning`` raises the
+  compete in one pool; the smallest |w| are masked to zero. ``methods.GradualPruning`` raises the
   sparsity along Zhu & Gupta's cubic schedule (2017, "To prune, or not to prune"),
   ``s_t = s_f · (1 − (1 − t / n)³)``, during training, so the network (distilled from
   the unpruned model) adapts as it goes; ``make_permanent`` then bakes the zeros into the
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from distill.engine import Callback
+from distill.errors import MissingDependency
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -95,32 +95,6 @@ def cubic_sparsity(step: int, total: int, final: float, start: int = 0) -> float
     return final * (1 - (1 - progress) ** 3)
 
 
-class GradualPruning(Callback):
-    """A ``Distiller`` callback that prunes the student to ``final`` global sparsity along
-    the cubic schedule, every ``every`` optimizer steps, reaching it after ``end`` (a share)
-    of the run's steps; the masks keep pruned weights at zero in between. It runs on every
-    process, so all replicas prune alike."""
-
-    all_ranks = True
-
-    def __init__(
-        self, final: float, every: int = 10, end: float = 0.75, skip: Iterable[str] = ()
-    ) -> None:
-        if not 0 < final < 1:
-            raise ValueError(f"final sparsity must be in (0, 1), got {final}")
-        if not 0 < end <= 1:
-            raise ValueError(f"end must be a share of the run in (0, 1], got {end}")
-        self.final, self.every, self.end, self.skip = final, every, end, tuple(skip)
-        self.history: list[tuple[int, float]] = []
-
-    def on_step_end(self, distiller, step: int, logs: dict[str, float]) -> None:
-        last = max(1, round(self.end * distiller.total_steps))
-        if step > last or (step % self.every and step != last):
-            return
-        target = cubic_sparsity(step, last, self.final)
-        self.history.append((step, magnitude_prune(distiller.model, target, self.skip)))
-
-
 def prune_channels(
     model: nn.Module,
     example: Tensor,
@@ -134,7 +108,7 @@ def prune_channels(
     try:
         import torch_pruning as tp
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependency(
             "structured channel pruning needs torch-pruning: pip install 'distill[compress]'"
         ) from error
     if not 0 < ratio < 1:

@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from distill.errors import MissingDependency
 
 Scheme = Literal["int8", "int8_weight_only", "int4_weight_only"]
 SCHEMES: tuple[str, ...] = ("int8", "int8_weight_only", "int4_weight_only")
@@ -37,7 +40,9 @@ def _torchao():
     try:
         import torchao  # noqa: F401
     except ImportError as error:
-        raise ImportError("quantization needs torchao: pip install 'distill[compress]'") from error
+        raise MissingDependency(
+            "quantization needs torchao: pip install 'distill[compress]'"
+        ) from error
 
 
 def base_config(scheme: Scheme):
@@ -136,8 +141,6 @@ def _flat(model: nn.Module) -> dict[str, Tensor]:
 def save_quantized(model: nn.Module, path: Path) -> int:
     """Write the model's integer weights, scales and float tensors as safetensors;
     returns the file's size in bytes."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in _flat(model).items()}, str(path))
@@ -148,8 +151,6 @@ def save_quantized(model: nn.Module, path: Path) -> int:
 def load_quantized(model: nn.Module, path: Path, scheme: Scheme, skip=()) -> nn.Module:
     """``model`` (the float architecture) quantized with ``scheme`` (and ``skip``, as when
     it was saved) and given the tensors ``save_quantized`` wrote."""
-    from safetensors.torch import load_file
-
     quantize_weights(model, scheme, skip)
     saved = load_file(str(path))
     target = _flat(model)

@@ -14,6 +14,7 @@ from distill.data.resumable import EpochSampler, ResumableLoader
 from distill.data.splits import WithoutLabels, labeled_split, train_val_split
 from distill.data.views import MultiCrop, random_crop_resized
 from distill.data.vision import Augmented, ImageFolder, load_cifar, load_image_folder
+from distill.errors import DataError
 
 DATASETS = ("fashion_mnist", "mnist1d", "cifar10", "cifar100", "image_folder")
 NUM_CLASSES = {"fashion_mnist": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
@@ -37,7 +38,7 @@ def load_dataset(
         train, test = load_image_folder(path, image_size)
         return train, test, len(train.classes)
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return train, test, NUM_CLASSES[name]
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from distill.errors import DataError
 from distill.paths import cache_root
 
 FILES = {
@@ -60,14 +61,14 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(_DTYPES[data[2]])
     body = data[4 + 4 * ndim :]
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(body) != expected:
-        raise ValueError(f"{path}: header says {shape} ({expected} bytes), file has {len(body)}")
+        raise DataError(f"{path}: header says {shape} ({expected} bytes), file has {len(body)}")
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
@@ -104,7 +105,7 @@ def download(folder: Path) -> None:
         urllib.request.urlretrieve(SOURCE + name, partial)
         if _md5(partial) != md5:
             partial.unlink()
-            raise ValueError(f"downloaded {name} does not match its official MD5 {md5}")
+            raise DataError(f"downloaded {name} does not match its official MD5 {md5}")
         partial.rename(target)
 
 
@@ -147,7 +148,7 @@ def load_fashion_mnist(
         x = torch.from_numpy(read_idx(folder / FILES[images]).copy()).float().div_(255.0)
         y = torch.from_numpy(read_idx(folder / FILES[labels]).astype(np.int64))
         if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{folder}: {x.shape[0]} images but {y.shape[0]} labels")
+            raise DataError(f"{folder}: {x.shape[0]} images but {y.shape[0]} labels")
         return TensorDataset(x.sub_(MEAN).div_(STD).unsqueeze(1), y)
 
     return part("train_images", "train_labels"), part("test_images", "test_labels")

@@ -6,13 +6,17 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
+from distill.errors import MissingDependency
+
 
 def load_mnist1d(seed: int = 42) -> tuple[TensorDataset, TensorDataset]:
     """(train, test): 4,000 and 1,000 signals as (N, 1, 40) floats with int64 labels."""
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as error:
-        raise ImportError("MNIST-1D needs the mnist1d package: pip install mnist1d") from error
+        raise MissingDependency(
+            "MNIST-1D needs the mnist1d package: pip install mnist1d"
+        ) from error
     args = get_dataset_args()
     args.seed = seed
     data = make_dataset(args)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, Subset, random_split
 
 from distill.batch import IGNORE_INDEX
+from distill.errors import DataError
 
 
 def train_val_split(
@@ -57,7 +58,7 @@ def labeled_split(
     """
     n = len(dataset)  # type: ignore[arg-type]
     if not 0 < labeled <= n:
-        raise ValueError(f"data.labeled must be between 1 and {n} (the training set size)")
+        raise DataError(f"data.labeled must be between 1 and {n} (the training set size)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, round(labeled * val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:labeled]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from distill.errors import DataError, MissingDependency
 from distill.paths import cache_root
 
 CIFAR_STATS = {
@@ -32,7 +33,7 @@ def load_cifar(
     try:
         import torchvision
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependency(
             f"data.dataset={name} needs torchvision: pip install torchvision"
         ) from error
     root = Path(path or os.environ.get("DISTILL_DATA", cache_root()))
@@ -87,13 +88,13 @@ class ImageFolder(Dataset):
 def load_image_folder(path: str | Path | None, image_size: int = 32):
     """``path/train`` and ``path/test`` image folders with the same class names."""
     if path is None:
-        raise ValueError("data.dataset=image_folder needs data.path (with train/ and test/)")
+        raise DataError("data.dataset=image_folder needs data.path (with train/ and test/)")
     train, test = (
         ImageFolder(Path(path) / "train", image_size),
         ImageFolder(Path(path) / "test", image_size),
     )
     if train.classes != test.classes:
-        raise ValueError(f"{path}: train classes {train.classes} != test classes {test.classes}")
+        raise DataError(f"{path}: train classes {train.classes} != test classes {test.classes}")
     return train, test
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -25,14 +26,20 @@ from distill.batch import as_batch
 from distill.doctor.checks import (
     Finding,
     capacity_gap_check,
-    data_shift_check,
     overconfidence_check,
     teacher_cost_check,
     temperature_check,
     verdict_rank,
 )
 from distill.doctor.plots import plot_findings, plot_sweep
-from distill.recipes import Recipe, RecipeError
+from distill.doctor.shift import data_shift_check
+from distill.errors import RecipeError
+from distill.objective import Objective
+from distill.recipes import Recipe, build_objective
+from distill.runs.common import Splits, loader, steps_per_epoch
+from distill.runs.report import write_report
+from distill.runs.run import task_for, train_student
+from distill.training import Distiller
 
 DOCTOR_JSON = "doctor.json"
 DOCTOR_MD = "doctor.md"
@@ -83,22 +90,21 @@ def diagnose(
 ) -> dict[str, Any]:
     """Run the five checks (and, with ``sweep``, a short temperature sweep); write the
     results to ``out_dir`` (default ``<output.dir>/<name>``) and return them."""
-    from distill.pipeline import get_teacher, model_from_spec, prepare_data, steps_per_epoch
-
-    if recipe.task != "classification":
+    task = task_for(recipe)
+    if not task.diagnosable:
         raise RecipeError(
-            "distill doctor checks classification recipes; language-model recipes are not "
-            "covered yet"
+            f"task {recipe.task}: distill doctor checks classification recipes; language-model "
+            "recipes are not covered yet"
         )
     if recipe.teacher is None or recipe.teacher.model == "ema":
         raise RecipeError("distill doctor examines a teacher: the recipe names none")
     out_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(recipe)
-    teacher, _ = get_teacher(recipe, data, progress, log)
+    data = task.prepare(recipe, progress, log)
+    teacher, _ = task.teacher(recipe, data, progress, log)
     teacher.eval()
     torch.manual_seed(recipe.seed)
-    student = model_from_spec(recipe.student, data)
+    student = task.build_student(recipe, data, recipe.student, teacher)
     temperature = kd_temperature(recipe)
 
     log(f"doctor: teacher outputs on up to {sample:,} transfer and test inputs")
@@ -150,7 +156,7 @@ def diagnose(
 
 def temperature_sweep(
     recipe: Recipe,
-    data: Any,
+    data: Splits,
     teacher: torch.nn.Module,
     *,
     temperatures: tuple[float, ...] = SWEEP_TEMPERATURES,
@@ -160,12 +166,6 @@ def temperature_sweep(
 ) -> dict[str, Any]:
     """Short distillation runs (``steps`` each, the recipe's objective with every
     temperature set to T) scored on the validation split."""
-    import tempfile
-
-    from distill.engine import Distiller
-    from distill.pipeline import loader, train_student
-    from distill.recipes import build_objective
-
     accuracy = {}
     for t in temperatures:
         log(f"doctor: temperature sweep, T = {t:g}, {steps} steps")
@@ -175,20 +175,13 @@ def temperature_sweep(
             else term
             for name, term in recipe.objective.items()
         }
-        objective = build_objective(terms, steps)
+        objective: Objective = build_objective(terms, steps)
         torch.manual_seed(recipe.seed)
         with tempfile.TemporaryDirectory() as run_dir:
             student, _ = train_student(
-                recipe,
-                data,
-                objective=objective,
-                teacher=teacher,
-                train_set=data.student_train,
-                run_dir=Path(run_dir),
-                max_steps=steps,
-                eval_every=steps,
-                progress=progress,
-            )
+                task_for(recipe), recipe, data, teacher, objective=lambda s, o=objective: o,
+                run_dir=Path(run_dir), budget=steps, per_epoch=steps, progress=progress,
+            )  # fmt: skip
         metrics = Distiller(student, progress=False).evaluate(loader(data.val, recipe, False))
         accuracy[str(t)] = metrics["accuracy"]
     best = max(accuracy, key=accuracy.get)  # type: ignore[arg-type]
@@ -231,6 +224,4 @@ def _refresh_report(run_dir: Path) -> None:
     """Rewrite the run's report (if the run has one) so it shows the doctor's section."""
     summary = run_dir / "summary.json"
     if summary.exists():
-        from distill.report import write_report
-
         write_report(run_dir, json.loads(summary.read_text()))

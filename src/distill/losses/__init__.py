@@ -1,8 +1,8 @@
 """Loss functions: pure functions on tensors, each with its formula and paper.
 
 A loss's parameter names say what it reads (``student_logits``, ``teacher_logits``,
-``labels``, ``mask``, ``student_features``, ``teacher_features``); an objective term
-uses those names to feed it.
+``teacher_topk``, ``labels``, ``mask``, ``student_features``, ``teacher_features``); an
+objective term uses those names to feed it. ``losses.registry`` names them for recipes.
 """
 
 from distill.losses.features import (
@@ -26,11 +26,13 @@ from distill.losses.logits import (
     tvd,
 )
 from distill.losses.mutual import mutual_learning
-from distill.losses.sparse import TopK, sparse_divergence, sparse_kl
+from distill.losses.registry import LOSSES, LossInfo
+from distill.losses.sparse import sparse_divergence, sparse_kl
 from distill.losses.tokens import lm_head_kd, lm_head_sparse_kd
 
 __all__ = [
-    "TopK",
+    "LOSSES",
+    "LossInfo",
     "attention_transfer",
     "cosine_embedding",
     "cross_entropy",

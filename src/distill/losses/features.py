@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses._reduce import check_mask, check_same_shape, masked_mean, select_rows, upcast
+from distill.losses.reductions import check_mask, check_same_shape, masked_mean, select_rows, upcast
 
 __all__ = ["attention_transfer", "cosine_embedding", "hint", "pkt", "rkd_angle", "rkd_distance"]
 

@@ -2,7 +2,7 @@
 
 Every function takes logits of shape (N, C) or (N, T, C) and an optional boolean ``mask``
 of shape (N,) or (N, T) that selects the rows (examples or tokens) that count. The result
-is the mean of a per-row value over the selected rows (see ``_reduce.py``).
+is the mean of a per-row value over the selected rows (see ``reductions.py``).
 
 Temperature: the divergences soften both distributions, ``p^T = softmax(z / T)``, and the
 KL family (``kl``, ``reverse_kl``, ``jsd``, ``skew_kl``, ``skew_reverse_kl``, ``dkd``,
@@ -16,23 +16,28 @@ Parameter names matter: an objective term feeds a loss by the names of its param
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses._reduce import (
+from distill.losses.reductions import (
     check_mask,
     check_same_shape,
     masked_mean,
     select_rows,
     upcast,
 )
+from distill.outputs import IGNORE_INDEX
 
 __all__ = [
+    "DIVERGENCES",
     "cross_entropy",
     "dist",
+    "divergence_by_name",
     "dkd",
     "jsd",
     "kl",
@@ -78,7 +83,7 @@ def cross_entropy(
     labels: Tensor,
     *,
     label_smoothing: float = 0.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     mask: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy with the labels, optionally label-smoothed.
@@ -277,7 +282,7 @@ def dkd(
     tckd_weight: float = 1.0,
     nckd_weight: float = 8.0,
     temperature: float = 4.0,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     mask: Tensor | None = None,
 ) -> Tensor:
     """Decoupled knowledge distillation: target-class and non-target-class parts of KD.
@@ -381,3 +386,28 @@ def logit_standardized_kl(
         temperature=temperature,
         mask=mask,
     )
+
+
+# the token-level divergences, by the name recipes and ``lm_head_kd(divergence=...)`` use;
+# each takes (student_logits, teacher_logits, temperature=, mask=) plus its own option
+DIVERGENCES: dict[str, Callable[..., Tensor]] = {
+    "kl": kl,
+    "reverse_kl": reverse_kl,
+    "jsd": jsd,
+    "skew_kl": skew_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+    "tvd": tvd,
+}
+# the option each divergence takes beyond the temperature
+DIVERGENCE_OPTIONS = {"jsd": "beta", "skew_kl": "skew", "skew_reverse_kl": "skew"}
+
+
+def divergence_by_name(name: str, beta: float = 0.5, skew: float = 0.1) -> Callable[..., Tensor]:
+    """The divergence ``name`` with its option bound (``beta`` for ``jsd``, ``skew`` for the
+    skew divergences; the others take none)."""
+    if name not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {name!r}")
+    option = DIVERGENCE_OPTIONS.get(name)
+    if option is None:
+        return DIVERGENCES[name]
+    return functools.partial(DIVERGENCES[name], **{option: beta if option == "beta" else skew})

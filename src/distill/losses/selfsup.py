@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.losses._reduce import upcast
+from distill.losses.reductions import upcast
 
 Views = Tensor | Sequence[Tensor]
 

@@ -23,52 +23,17 @@ inventing how the teacher spreads its tail. Properties, each tested:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses import logits as dense
-from distill.losses._reduce import check_mask, select_rows, upcast
+from distill.losses.logits import DIVERGENCES
+from distill.losses.reductions import check_mask, select_rows, upcast
+from distill.outputs import TopK
 
 # a log-probability standing for "no mass": exp() of it is 0 in float32, and unlike -inf
 # it keeps 0 · (log 0 − log 0) terms at 0 instead of NaN
 LOG_ZERO = -1.0e4
-
-
-@dataclass
-class TopK:
-    """A sparse teacher distribution per row: ``ids`` (..., k) int, ``logprobs`` (..., k)
-    and ``tail`` (...) the log of the mass outside the ids, at ``temperature``."""
-
-    ids: Tensor
-    logprobs: Tensor
-    tail: Tensor
-    temperature: float = 1.0
-
-    def select(self, rows: Tensor) -> TopK:
-        """The rows ``rows`` (an index or a boolean mask over the flattened rows)."""
-        k = self.ids.shape[-1]
-        return TopK(
-            self.ids.reshape(-1, k)[rows],
-            self.logprobs.reshape(-1, k)[rows],
-            self.tail.reshape(-1)[rows],
-            self.temperature,
-        )
-
-    def to(self, device: torch.device | str) -> TopK:
-        return TopK(
-            self.ids.to(device), self.logprobs.to(device), self.tail.to(device), self.temperature
-        )
-
-
-def topk_of(logits: Tensor, k: int, temperature: float = 1.0) -> TopK:
-    """The top-k of ``softmax(logits / T)`` and its exact tail, as a cache stores them."""
-    log_p = F.log_softmax(upcast(logits) / temperature, dim=-1)
-    logprobs, ids = log_p.topk(min(k, log_p.shape[-1]), dim=-1)
-    tail = torch.logsumexp(log_p.scatter(-1, ids, float("-inf")), dim=-1)
-    return TopK(ids, logprobs, tail, temperature)
 
 
 def bucket_log_probs(student_logits: Tensor, ids: Tensor, temperature: float) -> Tensor:
@@ -86,16 +51,6 @@ def teacher_buckets(logprobs: Tensor, tail: Tensor) -> Tensor:
     k = logprobs.shape[-1]
     buckets = [upcast(logprobs).reshape(-1, k), upcast(tail).reshape(-1, 1)]
     return torch.cat(buckets, dim=-1).clamp_min(LOG_ZERO)
-
-
-DIVERGENCES = {
-    "kl": dense.kl,
-    "reverse_kl": dense.reverse_kl,
-    "jsd": dense.jsd,
-    "skew_kl": dense.skew_kl,
-    "skew_reverse_kl": dense.skew_reverse_kl,
-    "tvd": dense.tvd,
-}
 
 
 def sparse_divergence(

@@ -17,32 +17,17 @@ were split. Identical for any ``chunk_size``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from distill.losses.logits import cross_entropy, jsd, kl, reverse_kl, skew_kl, skew_reverse_kl, tvd
-from distill.losses.sparse import TopK, sparse_divergence
+from distill.losses.logits import DIVERGENCE_OPTIONS, cross_entropy, divergence_by_name
+from distill.losses.sparse import sparse_divergence
+from distill.outputs import IGNORE_INDEX, TopK
 
 Divergence = Literal["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
-IGNORE_INDEX = -100
-
-
-def _divergence(name: str, beta: float, skew: float) -> Callable[..., Tensor]:
-    table: dict[str, Callable[..., Tensor]] = {
-        "kl": kl,
-        "reverse_kl": reverse_kl,
-        "jsd": functools.partial(jsd, beta=beta),
-        "skew_kl": functools.partial(skew_kl, skew=skew),
-        "skew_reverse_kl": functools.partial(skew_reverse_kl, skew=skew),
-        "tvd": tvd,
-    }
-    if name not in table:
-        raise ValueError(f"divergence must be one of {', '.join(table)}, got {name!r}")
-    return table[name]
 
 
 def _softcap(logits: Tensor, cap: float | None) -> Tensor:
@@ -212,7 +197,7 @@ def lm_head_kd(
             f"student has {s_hidden.shape[0]} tokens, teacher {t_hidden.shape[0]}: they must "
             "be the same positions of the same sequences"
         )
-    measure = _divergence(divergence, beta, skew)
+    measure = divergence_by_name(divergence, beta, skew)
     t_weight = teacher_head[:vocab_size].detach()
     t_bias = None if teacher_bias is None else teacher_bias[:vocab_size].detach()
 
@@ -275,7 +260,8 @@ def lm_head_sparse_kd(
             f"the teacher's top-k holds token id {int(teacher_topk.ids.max())}, beyond the "
             f"student's vocabulary of {vocab_size}: the cache was built with another tokenizer"
         )
-    options = {"jsd": {"beta": beta}, "skew_kl": {"skew": skew}, "skew_reverse_kl": {"skew": skew}}
+    option = DIVERGENCE_OPTIONS.get(divergence)
+    options = {} if option is None else {option: beta if option == "beta" else skew}
 
     def kd(student: Tensor, rows: Tensor) -> Tensor:
         return sparse_divergence(
@@ -283,121 +269,10 @@ def lm_head_sparse_kd(
             teacher_topk.select(rows),
             divergence=divergence,
             temperature=temperature,
-            **options.get(divergence, {}),
+            **options,
         )
 
     return _chunked_head_loss(
         kd, s_hidden, student_head[:vocab_size], student_bias, labels, mask, kd_weight,
         ce_weight, softcap, chunk_size, global_count,
     )  # fmt: skip
-
-
-def final_hidden_tap(model: torch.nn.Module, head: str = "lm_head") -> str:
-    """The tap that sees a model's final hidden states for every token: the input of
-    ``head``, or, for a Hugging Face causal LM (which may run its head on the last position
-    only, ``logits_to_keep``), the output of its base model, which feeds the head as is."""
-    from distill.batch import _takes
-
-    prefix = getattr(model, "base_model_prefix", "")
-    if prefix and _takes(type(model), "logits_to_keep") and hasattr(model, prefix):
-        return prefix
-    return f"{head}:input"
-
-
-def token_kd_term(
-    student: torch.nn.Module,
-    teacher: torch.nn.Module,
-    *,
-    weight: float = 1.0,
-    temperature: float = 1.0,
-    head: str = "lm_head",
-    ce_weight: float = 0.0,
-    **options: object,
-):
-    """An objective ``Term`` that runs ``lm_head_kd`` on two models' LM heads.
-
-    It taps the final hidden states on both models (``final_hidden_tap``) and reads the
-    heads' weights (and biases) at each step, so the engine need not compute either
-    model's full logits; ``options`` go to ``lm_head_kd``
-    (``divergence``, ``beta``, ``skew``, ``vocab_size``, ``softcap``, ``chunk_size``). With
-    ``ce_weight`` > 0 the label cross-entropy is computed in the same chunked pass and only
-    labelled tokens count.
-    """
-    from distill.objective import Term
-
-    student_head = student.get_submodule(head)
-    teacher_head = teacher.get_submodule(head)
-
-    def token_kd(
-        student_features: Tensor,
-        teacher_features: Tensor,
-        labels: Tensor | None = None,
-        mask: Tensor | None = None,
-        temperature: float = 1.0,
-    ) -> Tensor:
-        return lm_head_kd(
-            student_features,
-            student_head.weight,
-            teacher_features,
-            teacher_head.weight,
-            temperature=temperature,
-            labels=labels if ce_weight else None,
-            mask=mask,
-            ce_weight=ce_weight,
-            student_bias=getattr(student_head, "bias", None),
-            teacher_bias=getattr(teacher_head, "bias", None),
-            **options,  # type: ignore[arg-type]
-        )
-
-    return Term(
-        token_kd,
-        weight=weight,
-        temperature=temperature,
-        student=final_hidden_tap(student, head),
-        teacher=final_hidden_tap(teacher, head),
-    )
-
-
-def sparse_token_kd_term(
-    student: torch.nn.Module,
-    *,
-    weight: float = 1.0,
-    temperature: float = 1.0,
-    head: str = "lm_head",
-    ce_weight: float = 0.0,
-    **options: object,
-):
-    """An objective ``Term`` that runs ``lm_head_sparse_kd`` against a top-k teacher (a
-    ``teachers.Cached`` top-k cache): it taps the student's final hidden states and reads
-    its head's weight at each step, so no (tokens × vocabulary) logits are kept; ``options``
-    go to ``lm_head_sparse_kd`` (``divergence``, ``beta``, ``skew``, ``vocab_size``,
-    ``softcap``, ``chunk_size``)."""
-    from distill.objective import Term
-
-    student_head = student.get_submodule(head)
-
-    def sparse_token_kd(
-        student_features: Tensor,
-        teacher_topk: TopK,
-        labels: Tensor | None = None,
-        mask: Tensor | None = None,
-        temperature: float = 1.0,
-    ) -> Tensor:
-        return lm_head_sparse_kd(
-            student_features,
-            student_head.weight,
-            teacher_topk,
-            temperature=temperature,
-            labels=labels if ce_weight else None,
-            mask=mask,
-            ce_weight=ce_weight,
-            student_bias=getattr(student_head, "bias", None),
-            **options,  # type: ignore[arg-type]
-        )
-
-    return Term(
-        sparse_token_kd,
-        weight=weight,
-        temperature=temperature,
-        student=final_hidden_tap(student, head),
-    )

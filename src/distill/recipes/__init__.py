@@ -1,7 +1,7 @@
 """Recipes: YAML files validated by a typed schema."""
 
+from distill.errors import RecipeError
 from distill.recipes.load import (
-    RecipeError,
     apply_overrides,
     build_objective,
     dump_recipe,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +10,12 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from distill import losses
 from distill.data import DATASETS
-from distill.losses.tokens import sparse_token_kd_term, token_kd_term
+from distill.errors import RecipeError
+from distill.losses.registry import loss_info
+from distill.methods.token_kd import lm_head_term
 from distill.objective import Objective, Term
 from distill.recipes.schema import Recipe, TermSpec
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the file, the field and the fix."""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -146,34 +142,28 @@ def build_term(
     def value(v):
         return v if isinstance(v, (int, float)) or v is None else v.build(steps_per_epoch)
 
-    if spec.loss == "lm_head_kd":
+    info = loss_info(spec.loss)
+    if info.lm_heads:
         if student is None or (teacher is None and not sparse_teacher):
             raise RecipeError(
-                f"objective.{name}: lm_head_kd reads two language models' LM heads; use it in "
+                f"objective.{name}: {spec.loss} reads two language models' LM heads; use it in "
                 "a recipe with task causal_lm or masked_lm"
             )
         if spec.student or spec.teacher:
-            raise RecipeError(f"objective.{name}: lm_head_kd finds its own taps; drop them")
-        # against a top-k teacher cache, or the live teacher's head
-        make = (
-            functools.partial(sparse_token_kd_term, student)
-            if sparse_teacher
-            else functools.partial(token_kd_term, student, teacher)
-        )
-        options = dict(spec.options)
-        try:
-            return make(
+            raise RecipeError(f"objective.{name}: {spec.loss} finds its own taps; drop them")
+        try:  # against a top-k teacher cache, or the live teacher's head
+            return lm_head_term(
+                student,
+                None if sparse_teacher else teacher,
                 weight=value(spec.weight),
                 temperature=value(spec.temperature) or 1.0,
-                head=str(options.pop("head", "lm_head")),
-                ce_weight=float(options.pop("ce_weight", 0.0)),
-                **options,
+                options=spec.options,
             )
         except (TypeError, AttributeError) as error:
             raise RecipeError(f"objective.{name}: {error}") from None
     try:
         return Term(
-            getattr(losses, spec.loss),
+            info.fn,
             weight=value(spec.weight),
             temperature=value(spec.temperature),
             student=spec.student,

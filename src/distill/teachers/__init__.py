@@ -4,7 +4,8 @@
 (the moving average of the student, for self-distillation) and ``Cached`` (a teacher's
 outputs read back from a teacher cache)."""
 
-from distill.teachers.base import Teacher, TeacherOutput
+from distill.outputs import TeacherOutput
+from distill.teachers.base import Teacher
 from distill.teachers.cached import Cached
 from distill.teachers.ema import EMA, ema_momentum
 from distill.teachers.ensemble import Ensemble, EnsembleModel

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 
 from distill.batch import Batch
-from distill.cache import CacheError, CacheReader, _example_ids, input_hashes
-from distill.losses.sparse import TopK
-from distill.teachers.base import TeacherOutput
+from distill.cache import CacheReader, example_ids, input_hashes
+from distill.errors import CacheError
+from distill.outputs import TeacherOutput, TopK
+from distill.teachers.base import Teacher
 
 
-class Cached:
+class Cached(Teacher):
     """The answers a teacher gave once, looked up by each batch's ``example_id``.
 
     A dense cache gives ``TeacherOutput.logits`` (exactly the teacher's); a top-k cache
@@ -58,6 +59,11 @@ class Cached:
     def temperature(self) -> float:
         return self.layout.temperature
 
+    @property
+    def fixed_temperature(self) -> float | None:  # type: ignore[override]
+        """A top-k cache holds the teacher at one temperature; dense logits take any."""
+        return self.layout.temperature if self.layout.kind == "topk" else None
+
     def add_taps(self, paths: Iterable[str]) -> None:
         paths = list(paths)
         if paths:
@@ -71,7 +77,7 @@ class Cached:
         return self
 
     def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
-        ids = _example_ids(batch)
+        ids = example_ids(batch)
         rows = self.reader.rows(ids)
         if self.check_inputs:
             differ = np.nonzero(rows["input_hash"] != input_hashes(batch))[0]

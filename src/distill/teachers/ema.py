@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from distill.batch import Batch
-from distill.teachers.base import TeacherOutput
+from distill.outputs import TeacherOutput
+from distill.teachers.base import Teacher
 from distill.teachers.module import Module
 
 
@@ -31,7 +32,7 @@ def ema_momentum(step: int, total_steps: int, start: float, end: float = 1.0) ->
     return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
 
 
-class EMA:
+class EMA(Teacher):
     """A teacher that is the moving average of ``student`` (see the module docstring)."""
 
     def __init__(

@@ -22,14 +22,15 @@ back per member as ``"<member>/<path>"``: a term reads ``teacher="vision/layer3"
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from distill.batch import Batch, logits_of
-from distill.teachers.base import Teacher, TeacherOutput
+from distill.outputs import TeacherOutput
+from distill.teachers.base import Teacher
 from distill.teachers.module import Module
 
 Combine = Literal["mean", "weighted", "confidence", "route"]
@@ -57,10 +58,72 @@ def confidence_weights(logits: Sequence[Tensor], temperature: float) -> Tensor:
     return torch.softmax(-torch.stack(entropies), dim=0)
 
 
-class Ensemble:
+class Mixture:
+    """How ``members`` teachers answer as one (the module docstring's rules): the one core
+    that ``Ensemble`` (teachers) and ``EnsembleModel`` (an ``nn.Module``) share."""
+
+    def __init__(
+        self,
+        members: int,
+        combine: Combine = "mean",
+        weights: Sequence[float] | None = None,
+        temperature: float = 1.0,
+    ) -> None:
+        if members < 1:
+            raise ValueError("an ensemble needs at least one teacher")
+        if combine not in ("mean", "weighted", "confidence", "route"):
+            raise ValueError(
+                f"combine must be mean, weighted, confidence or route, got {combine!r}"
+            )
+        if (weights is not None) != (combine == "weighted"):
+            raise ValueError("give weights exactly when combine='weighted'")
+        if weights is not None:
+            if len(weights) != members or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(
+                    f"weights must be {members} non-negative numbers with a positive sum, "
+                    f"got {list(weights)}"
+                )
+            total = float(sum(weights))
+            self.weights = torch.tensor([w / total for w in weights])
+        else:
+            self.weights = torch.full((members,), 1.0 / members)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.members, self.combine, self.temperature = members, combine, temperature
+
+    def mix(self, logits: Sequence[Tensor]) -> Tensor:
+        """The members' logits (one per member, same shape) mixed at the temperature."""
+        if self.combine == "confidence":
+            weights = confidence_weights(logits, self.temperature)
+        else:
+            weights = self.weights.to(logits[0].device)
+        return mix_logits(logits, weights, self.temperature)
+
+    def route(self, domain: Tensor, size: int, answer: Callable[[int, Tensor], Tensor]) -> Tensor:
+        """Each of ``size`` examples answered by member ``domain[n]`` alone:
+        ``answer(member, rows)`` gives that member's logits on the examples ``rows``."""
+        if domain.numel() and (domain.min() < 0 or domain.max() >= self.members):
+            raise ValueError(
+                f"domain values must lie in 0..{self.members - 1} (one per member); got "
+                f"{sorted(set(domain.tolist()))}"
+            )
+        result: Tensor | None = None
+        for index in range(self.members):
+            rows = (domain == index).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            logits = answer(index, rows)
+            if result is None:
+                result = logits.new_zeros((size, *logits.shape[1:]))
+            result[rows] = logits
+        assert result is not None, "a batch with no example"
+        return result
+
+
+class Ensemble(Teacher):
     """Teachers ``members`` (a list, or a mapping of names to teachers or modules) that
     answer as one; see the module docstring for ``combine``. ``temperature`` must equal the
-    temperature of the KD term that reads the ensemble."""
+    temperature of the KD term that reads the ensemble (the engine checks it)."""
 
     def __init__(
         self,
@@ -71,28 +134,15 @@ class Ensemble:
         temperature: float = 1.0,
     ) -> None:
         named = members if isinstance(members, Mapping) else dict(enumerate(members))
-        if len(named) < 1:
-            raise ValueError("an Ensemble needs at least one teacher")
+        self.mixture = Mixture(len(named), combine, weights, temperature)
         self.members = {str(name): _as_teacher(m) for name, m in named.items()}
-        if combine not in ("mean", "weighted", "confidence", "route"):
-            raise ValueError(
-                f"combine must be mean, weighted, confidence or route, got {combine!r}"
-            )
-        if (weights is not None) != (combine == "weighted"):
-            raise ValueError("give weights exactly when combine='weighted'")
-        if weights is not None:
-            if len(weights) != len(self.members) or min(weights) < 0 or sum(weights) <= 0:
-                raise ValueError(
-                    f"weights must be {len(self.members)} non-negative numbers with a positive "
-                    f"sum, got {list(weights)}"
-                )
-            total = float(sum(weights))
-            self.weights = torch.tensor([w / total for w in weights])
-        else:
-            self.weights = torch.full((len(self.members),), 1.0 / len(self.members))
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.combine, self.temperature = combine, temperature
+        self.weights = self.mixture.weights
+
+    @property
+    def fixed_temperature(self) -> float | None:  # type: ignore[override]
+        """A mixture of probabilities holds at its temperature only (routing: any)."""
+        return None if self.combine == "route" else self.temperature
 
     # -- the Teacher interface -------------------------------------------------------------
 
@@ -119,8 +169,21 @@ class Ensemble:
         return self
 
     def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
+        members = list(self.members.values())
         if self.combine == "route":
-            return self._route(batch)
+            domain = batch.meta.get("domain")
+            if domain is None:
+                raise ValueError(
+                    "a routed ensemble needs a 'domain' entry in each batch (a dict batch with "
+                    "domain: the index of the teacher of each example)"
+                )
+
+            def answer(index: int, rows: Tensor) -> Tensor:
+                out = members[index](batch.select(rows))
+                assert out.logits is not None
+                return out.logits
+
+            return TeacherOutput(self.mixture.route(domain, batch.size(), answer))
         outputs = {name: member(batch) for name, member in self.members.items()}
         features = {
             f"{name}/{path}": value
@@ -130,34 +193,7 @@ class Ensemble:
         member_logits = [out.logits for out in outputs.values()]
         if any(z is None for z in member_logits):
             raise ValueError("every ensemble member must return logits")
-        if self.combine == "confidence":
-            weights = confidence_weights(member_logits, self.temperature)  # type: ignore[arg-type]
-        else:
-            weights = self.weights.to(member_logits[0].device)  # type: ignore[union-attr]
-        return TeacherOutput(
-            logits=mix_logits(member_logits, weights, self.temperature),  # type: ignore[arg-type]
-            features=features,
-        )
-
-    def _route(self, batch: Batch) -> TeacherOutput:
-        domain = batch.meta.get("domain")
-        if domain is None:
-            raise ValueError(
-                "a routed ensemble needs a 'domain' entry in each batch (a dict batch with "
-                "domain: the index of the teacher of each example)"
-            )
-        _check_domains(domain, len(self.members))
-        result: Tensor | None = None
-        for index, member in enumerate(self.members.values()):
-            rows = (domain == index).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            out = member(batch.select(rows))
-            assert out.logits is not None
-            if result is None:
-                result = out.logits.new_zeros((batch.size(), *out.logits.shape[1:]))
-            result[rows] = out.logits
-        return TeacherOutput(logits=result, features={})
+        return TeacherOutput(logits=self.mixture.mix(member_logits), features=features)  # type: ignore[arg-type]
 
 
 class EnsembleModel(nn.Module):
@@ -177,44 +213,21 @@ class EnsembleModel(nn.Module):
     ) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
-        rule = Ensemble(list(members), combine, weights=weights, temperature=temperature)
+        self.mixture = Mixture(len(members), combine, weights, temperature)
         self.combine, self.temperature = combine, temperature
-        self.register_buffer("weights", rule.weights, persistent=False)
+        self.register_buffer("weights", self.mixture.weights, persistent=False)
 
     def forward(self, *args, domain: Tensor | None = None, **kwargs) -> Tensor:
         if self.combine == "route":
-            return self._route(args, kwargs, domain)
-        logits = [logits_of(m(*args, **kwargs)) for m in self.members]
-        if self.combine == "confidence":
-            weights = confidence_weights(logits, self.temperature)
-        else:
-            weights = self.weights
-        return mix_logits(logits, weights, self.temperature)
+            if domain is None:
+                raise ValueError(
+                    "a routed ensemble needs domain=: the index of each example's domain (its "
+                    "teacher); recipe data gets it from data.domains"
+                )
+            batch = Batch(args=args, kwargs=kwargs)
 
-    def _route(self, args: tuple, kwargs: dict, domain: Tensor | None) -> Tensor:
-        if domain is None:
-            raise ValueError(
-                "a routed ensemble needs domain=: the index of each example's domain (its "
-                "teacher); recipe data gets it from data.domains"
-            )
-        _check_domains(domain, len(self.members))
-        batch = Batch(args=args, kwargs=kwargs)
-        result: Tensor | None = None
-        for index, member in enumerate(self.members):
-            rows = (domain == index).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            logits = logits_of(batch.select(rows).run(member))
-            if result is None:
-                result = logits.new_zeros((batch.size(), *logits.shape[1:]))
-            result[rows] = logits
-        assert result is not None
-        return result
+            def answer(index: int, rows: Tensor) -> Tensor:
+                return logits_of(batch.select(rows).run(self.members[index]))
 
-
-def _check_domains(domain: Tensor, members: int) -> None:
-    if domain.numel() and (domain.min() < 0 or domain.max() >= members):
-        raise ValueError(
-            f"domain values must lie in 0..{members - 1} (one per member); got "
-            f"{sorted(set(domain.tolist()))}"
-        )
+            return self.mixture.route(domain, batch.size(), answer)
+        return self.mixture.mix([logits_of(m(*args, **kwargs)) for m in self.members])

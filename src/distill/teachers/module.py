@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from distill.batch import Batch, logits_of
+from distill.outputs import TeacherOutput
 from distill.taps import Taps
-from distill.teachers.base import TeacherOutput
+from distill.teachers.base import Teacher
 
 
 def _ordinary(t: Tensor) -> Tensor:
@@ -19,7 +20,7 @@ def _ordinary(t: Tensor) -> Tensor:
     return t.clone() if t.is_inference() else t
 
 
-class Module:
+class Module(Teacher):
     """A frozen ``nn.Module`` teacher: ``eval()``, no gradients, ``torch.inference_mode``.
 
     ``taps`` are dotted module paths whose outputs come back in ``TeacherOutput.features``

@@ -22,13 +22,16 @@ def layer_map(
 ) -> list[tuple[int, int]]:
     """(student layer, teacher layer) pairs.
 
-    ``uniform``: student layer i matches teacher layer ⌈(i + 1)·T/S⌉ − 1, so the last
-    layers meet (as TinyBERT and MiniLM map depth); ``last``: only the two last layers;
+    ``uniform``: student layer i (from 0) matches teacher layer ⌈(i + 1)·T/S⌉ − 1 for S
+    student and T teacher layers: TinyBERT's g(m) = m·T/S in 1-based layers (Jiao et al.
+    2020), rounded up when T/S is not whole, so each student layer learns from the first
+    teacher layer at or beyond its relative depth and the last layers meet (4 student / 6
+    teacher layers: [1, 2, 4, 5]); ``last``: only the two last layers (MiniLM's choice);
     or explicit pairs, checked against both depths.
     """
-    if kind == "uniform":
+    if kind == "uniform":  # ⌈a / b⌉ = −(−a // b), exact in integers
         return [
-            (i, round((i + 1) * teacher_layers / student_layers) - 1) for i in range(student_layers)
+            (i, -(-(i + 1) * teacher_layers // student_layers) - 1) for i in range(student_layers)
         ]
     if kind == "last":
         return [(student_layers - 1, teacher_layers - 1)]

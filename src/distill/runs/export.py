@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
-from distill import checkpoint as ckpt
 from distill.compress.export import (
     check_parity,
     export_onnx,
     onnx_latency_ms,
     quantize_onnx_int8,
 )
+from distill.errors import UsageError
 from distill.measure import cpu_latency_ms
-
-if TYPE_CHECKING:
-    from distill.pipeline import Data
-    from distill.recipes import Recipe
+from distill.recipes import ModelSpec, Recipe, validate_recipe
+from distill.recipes.load import read_yaml
+from distill.runs.classify import Data, model_from_spec, prepare_data
+from distill.runs.common import RECIPE_FILE, Log, check_run_dir, loader
+from distill.runs.compress import load_stage
+from distill.training import Distiller
+from distill.training import checkpoint as ckpt
+from distill.training.distributed import on_main
 
 EXPORT_DIR = "export"
 EXPORT_FILE = "export.json"
@@ -32,17 +36,13 @@ def exportable_student(
 ) -> tuple[nn.Module, str]:
     """The model to export and its name: compress stage ``stage`` (0: the distilled
     student); by default the last stage that is not torchao-quantized."""
-    from distill.compress.stages import load_stage
-    from distill.pipeline import model_from_spec
-    from distill.recipes import ModelSpec
-
     kinds = [s.kind for s in recipe.compress]
     if stage is None:
         stage = len(kinds) - (1 if kinds and kinds[-1] == "quantize" else 0)
     if not 0 <= stage <= len(kinds):
-        raise ValueError(f"--stage must be between 0 and {len(kinds)} for {run_dir}")
+        raise UsageError(f"--stage must be between 0 and {len(kinds)} for {run_dir}")
     if stage and kinds[stage - 1] == "quantize":
-        raise ValueError(
+        raise UsageError(
             f"stage {stage} is torchao-quantized, which ONNX export does not take; export "
             f"stage {stage - 1} and add --int8 for ONNX Runtime's int8 version"
         )
@@ -53,6 +53,7 @@ def exportable_student(
 
 def export_run(
     run_dir: Path,
+    recipe: Recipe,
     *,
     stage: int | None = None,
     int8: bool = False,
@@ -61,19 +62,11 @@ def export_run(
     int8_min_agreement: float = 0.97,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Export, check and measure; raises ``ParityError`` when a graph disagrees with the
+    """Export a classification run's student, check and measure it (``runs.run.export_command``
+    refuses other tasks); raises ``ParityError`` when a graph disagrees with the
     PyTorch model beyond the tolerances. Writes ``<run_dir>/export/`` (the ONNX files and
     ``export.json``) and returns what it wrote to the JSON file."""
-    from distill.pipeline import RECIPE_FILE, evaluate_model, loader, prepare_data
-    from distill.recipes import validate_recipe
-    from distill.recipes.load import read_yaml
-
     run_dir = Path(run_dir)
-    if not (run_dir / RECIPE_FILE).exists():
-        raise FileNotFoundError(f"{run_dir} is not a distill run directory (no {RECIPE_FILE})")
-    recipe = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
-    if recipe.task != "classification":
-        raise ValueError("distill export takes classification runs (LM export is not built yet)")
     data = prepare_data(recipe)
     model, name = exportable_student(run_dir, recipe, data, stage)
     example = data.test[0][0]
@@ -82,10 +75,11 @@ def export_run(
     weights = out / "pytorch.safetensors"
     ckpt.save_weights(model, weights)
     repeats = recipe.output.latency_repeats
+    test = loader(data.test, recipe, train=False)
     rows: dict[str, dict[str, Any]] = {
         "pytorch": {
             "file": str(weights),
-            "accuracy": evaluate_model(model, data, recipe)["accuracy"],
+            "accuracy": Distiller(model, progress=False).evaluate(test)["accuracy"],
             "size_bytes": weights.stat().st_size,
             "latency_ms": cpu_latency_ms(model, example, repeats),
         }
@@ -100,7 +94,6 @@ def export_run(
             if key == "onnx"
             else {"min_agreement": int8_min_agreement, "atol": None}
         )
-        test = loader(data.test, recipe, train=False)
         parity = check_parity(model, path, ((b[0], b[1]) for b in test), **tolerance)
         rows[key] = {
             "file": str(path),
@@ -118,3 +111,4 @@ def export_run(
     result = {"run_dir": str(run_dir), "model": name, "models": rows}
     (out / EXPORT_FILE).write_text(json.dumps(result, indent=2))
     return result
+

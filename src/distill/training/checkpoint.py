@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,10 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from distill.errors import CheckpointError
+
 CHECKPOINTS = "checkpoints"
+BEST_DIR = "best"
 STUDENT_FILE = "student.safetensors"
 TEACHER_STATE_FILE = "teacher_state.safetensors"
 LOSS_STATE_FILE = "loss_state.safetensors"
@@ -58,41 +62,44 @@ def save_weights(module: nn.Module, path: Path) -> None:
 def load_weights(module: nn.Module, path: Path) -> None:
     missing, unexpected = load_model(module, str(path), strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: weights do not fit {type(module).__name__}: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}; was it saved from the same architecture?"
         )
 
 
-def save_checkpoint(
-    directory: Path,
-    *,
-    student: nn.Module,
-    projectors: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: dict[str, Any],
-    teacher_state: nn.Module | None = None,
-    loss_state: nn.Module | None = None,
-) -> Path:
-    """Write a checkpoint atomically (a temporary folder renamed into place).
-    ``teacher_state`` is the weights of a teacher that changes during training (an EMA),
-    ``loss_state`` the buffers of losses that keep state (DINO's centre)."""
+@dataclass
+class Trainables:
+    """What a checkpoint restores besides the run's position: the student's and the
+    projectors' weights, the optimizer and LR scheduler, the weights of a teacher that
+    changes during training (an EMA) and the buffers of losses that keep state (DINO's
+    centre)."""
+
+    student: nn.Module
+    projectors: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    teacher_state: nn.Module | None = None
+    loss_state: nn.Module | None = None
+
+
+def save_checkpoint(directory: Path, parts: Trainables, state: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (a temporary folder renamed into place)."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_weights(student, tmp / STUDENT_FILE)
-    if teacher_state is not None:
-        save_weights(teacher_state, tmp / TEACHER_STATE_FILE)
-    if loss_state is not None and _has_state(loss_state):
-        save_weights(loss_state, tmp / LOSS_STATE_FILE)
-    if _has_state(projectors):
-        save_weights(projectors, tmp / PROJECTORS_FILE)
+    save_weights(parts.student, tmp / STUDENT_FILE)
+    if parts.teacher_state is not None:
+        save_weights(parts.teacher_state, tmp / TEACHER_STATE_FILE)
+    if parts.loss_state is not None and _has_state(parts.loss_state):
+        save_weights(parts.loss_state, tmp / LOSS_STATE_FILE)
+    if _has_state(parts.projectors):
+        save_weights(parts.projectors, tmp / PROJECTORS_FILE)
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
             "rng": capture_rng(),
         },
         tmp / TRAINER_FILE,
@@ -103,16 +110,7 @@ def save_checkpoint(
     return directory
 
 
-def load_checkpoint(
-    directory: Path,
-    *,
-    student: nn.Module,
-    projectors: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    teacher_state: nn.Module | None = None,
-    loss_state: nn.Module | None = None,
-) -> dict[str, Any]:
+def load_checkpoint(directory: Path, parts: Trainables) -> dict[str, Any]:
     """Load weights and optimizer/scheduler state; returns state.json and the RNG states."""
     directory = Path(directory)
     if not (directory / STATE_FILE).exists():
@@ -120,30 +118,68 @@ def load_checkpoint(
             f"{directory} is not a distill checkpoint (no {STATE_FILE}); pass a "
             f"'{CHECKPOINTS}/step_N' directory or a run directory that has one"
         )
-    load_weights(student, directory / STUDENT_FILE)
-    if teacher_state is not None:
+    load_weights(parts.student, directory / STUDENT_FILE)
+    if parts.teacher_state is not None:
         if not (directory / TEACHER_STATE_FILE).exists():
             raise FileNotFoundError(
                 f"{directory} holds no {TEACHER_STATE_FILE}: it was written without the moving "
                 "teacher this run has; resume with the teacher the checkpoint was made with"
             )
-        load_weights(teacher_state, directory / TEACHER_STATE_FILE)
-    if loss_state is not None and _has_state(loss_state):
+        load_weights(parts.teacher_state, directory / TEACHER_STATE_FILE)
+    if parts.loss_state is not None and _has_state(parts.loss_state):
         if not (directory / LOSS_STATE_FILE).exists():
             raise FileNotFoundError(
                 f"{directory} holds no {LOSS_STATE_FILE}: it was written without the stateful "
                 "loss (e.g. DINO's centre) this run's objective has; resume with the objective "
                 "the checkpoint was made with"
             )
-        load_weights(loss_state, directory / LOSS_STATE_FILE)
+        load_weights(parts.loss_state, directory / LOSS_STATE_FILE)
     if (directory / PROJECTORS_FILE).exists():
-        load_weights(projectors, directory / PROJECTORS_FILE)
+        load_weights(parts.projectors, directory / PROJECTORS_FILE)
     trainer = torch.load(directory / TRAINER_FILE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
+    parts.optimizer.load_state_dict(trainer["optimizer"])
+    parts.scheduler.load_state_dict(trainer["scheduler"])
     state = json.loads((directory / STATE_FILE).read_text())
     state["rng"] = trainer["rng"]
     return state
+
+
+def resume_path(resume: bool | str | Path, run_dir: Path | None) -> Path | None:
+    """The checkpoint ``fit(resume=...)`` continues from: with ``True`` the latest in
+    ``run_dir`` (None: there is none yet), else the checkpoint or run directory given."""
+    if resume is True:
+        if run_dir is None:
+            raise ValueError("resume=True needs run_dir=; or pass the checkpoint's path")
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    return path if (path / STATE_FILE).exists() else latest_checkpoint(path) or path
+
+
+class BestWeights:
+    """The best student so far (by the validation metric): ``best/student.safetensors`` in
+    the run directory, written by the main process, or a copy in memory without one."""
+
+    def __init__(self, run_dir: Path | None, is_main: bool) -> None:
+        self.path = None if run_dir is None else run_dir / BEST_DIR / STUDENT_FILE
+        self.is_main = is_main
+        self.in_memory: dict[str, torch.Tensor] = {}
+
+    def exists(self) -> bool:
+        return self.path is not None and self.path.exists()
+
+    def save(self, model: nn.Module) -> None:
+        if self.path is None:
+            weights = model.state_dict()
+            self.in_memory = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+        elif self.is_main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(model, self.path)
+
+    def restore(self, model: nn.Module) -> None:
+        if self.path is None:
+            model.load_state_dict(self.in_memory)
+        else:
+            load_weights(model, self.path)
 
 
 def _has_state(module: nn.Module) -> bool:

@@ -22,10 +22,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from distill import checkpoint as ckpt
 from distill.compress.lowrank import factorize, factorize_layer
 from distill.compress.prune import (
-    GradualPruning,
     make_permanent,
     nonzero_parameters,
     prune_channels,
@@ -38,41 +36,20 @@ from distill.compress.quantize import (
     quantize_weights,
     save_quantized,
 )
-from distill.distributed import on_main
-from distill.engine import Callback
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency_ms, parameter_count
+from distill.methods.pruning import GradualPruning, KeepZeros, zero_masks
+from distill.models import build_model
 from distill.objective import Objective, Term
-from distill.recipes import CompressStage, Recipe
+from distill.recipes import CompressStage, Recipe, build_objective, validate_recipe
+from distill.recipes.load import read_yaml
+from distill.runs.common import RECIPE_FILE, Log, Splits, Task, fit_student, loader, teacher_module
+from distill.training import Callback
+from distill.training import checkpoint as ckpt
+from distill.training.distributed import on_main
 
 STAGES_DIR = "compress"
 STAGE_FILE = "stage.json"
-
-
-class KeepZeros(Callback):
-    """Keeps pruned weights at zero while a later stage trains: after every optimizer
-    step, each masked parameter is multiplied by its mask (on every process)."""
-
-    all_ranks = True
-
-    def __init__(self, masks: dict[str, Tensor]) -> None:
-        self.masks = masks
-
-    @torch.no_grad()
-    def on_step_end(self, distiller, step: int, logs: dict[str, float]) -> None:
-        model = distiller.model
-        for name, mask in self.masks.items():
-            parameter = model.get_parameter(name)
-            parameter.mul_(mask.to(parameter.device, parameter.dtype))
-
-
-def zero_masks(model: nn.Module) -> dict[str, Tensor]:
-    """For every weight with zeros, the mask of its nonzero entries."""
-    return {
-        name: (p != 0)
-        for name, p in model.named_parameters()
-        if name.endswith("weight") and bool((p == 0).any())
-    }
 
 
 def stage_name(index: int, stage: CompressStage) -> str:
@@ -95,30 +72,23 @@ def _change(stage: CompressStage, model: nn.Module, example: Tensor, budget: int
 
 
 def run_compress(
+    task: Task,
     recipe: Recipe,
-    data: Any,
+    data: Splits,
     student: nn.Module,
     teacher_model: nn.Module,
     run_dir: Path,
     per_epoch: int,
     progress: bool,
-    log: Any,
+    log: Log,
 ) -> dict[str, dict[str, Any]]:
     """Run every stage of ``recipe.compress`` on ``student`` in place; returns a summary
     row per stage (``compress_<k>_<kind>``)."""
-    from distill.pipeline import (
-        _teacher_module,
-        evaluate_model,
-        fit_student,
-        loader,
-    )
-    from distill.recipes import build_objective
-
     rows: dict[str, dict[str, Any]] = {}
     masks: dict[str, Tensor] = {}
     uncompressed = copy.deepcopy(student).eval()  # the teacher of ``recover: student``
     example = data.test[0][0].unsqueeze(0)
-    meta = {"num_classes": data.num_classes, "in_shape": list(data.in_shape)}
+    meta = {"num_classes": data.num_classes, "in_shape": list(data.in_shape)}  # type: ignore[attr-defined]
     for index, stage in enumerate(recipe.compress, start=1):
         name = stage_name(index, stage)
         folder = run_dir / STAGES_DIR / name
@@ -140,7 +110,7 @@ def run_compress(
             teacher, objective = None, Objective(ce=Term(cross_entropy))
             if stage.recover != "labels":
                 source = teacher_model if stage.recover == "teacher" else uncompressed
-                teacher = _teacher_module(recipe, source)
+                teacher = teacher_module(recipe, source)
                 objective = build_objective(recipe.objective, per_epoch)
             fit_student(
                 recipe,
@@ -167,7 +137,7 @@ def run_compress(
         else:
             on_main(functools.partial(ckpt.save_weights, student, folder / ckpt.STUDENT_FILE))
             size = (folder / ckpt.STUDENT_FILE).stat().st_size
-        metrics = evaluate_model(student, data, recipe, teacher=teacher_model)
+        metrics = task.evaluate(student, recipe, data, teacher_module(recipe, teacher_model))
         row = {
             **metrics,
             "parameters": nonzero_parameters(student) if masks else parameter_count(student),
@@ -234,11 +204,6 @@ def resize_like(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 def load_stage(run_dir: Path, index: int) -> nn.Module:
     """The student after compress stage ``index`` (1-based) of the run in ``run_dir``."""
-    from distill.models import build_model
-    from distill.pipeline import RECIPE_FILE
-    from distill.recipes import validate_recipe
-    from distill.recipes.load import read_yaml
-
     run_dir = Path(run_dir)
     recipe = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
     if not 1 <= index <= len(recipe.compress):

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
 
 T = TypeVar("T")
 
@@ -49,3 +51,16 @@ def on_main(write: Callable[[], T]) -> T | None:
     result = write() if is_main_process() else None
     wait_for_everyone()
     return result
+
+
+def make_accelerator(cpu: bool = False, mixed_precision: str = "no") -> Accelerator:
+    """An ``Accelerator`` with these settings, on the CPU when asked or when there is no GPU
+    (which Accelerate needs to hear to launch over gloo).
+
+    Accelerate keeps one global state per process; a script that trains a teacher in
+    float32 and then a student in bf16 needs a fresh one. That reset is only done without
+    a distributed launch, where the launcher's settings must win."""
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("distributed_type") == DistributedType.NO:
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cpu or no_accelerator(), mixed_precision=mixed_precision)

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.batch import IGNORE_INDEX, Batch
+from distill.batch import Batch
+from distill.outputs import IGNORE_INDEX
 
 _MASK64 = (1 << 64) - 1
 

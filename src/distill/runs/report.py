@@ -89,6 +89,34 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+# the terminal's columns, short enough for an 80-column terminal
+TERMINAL_HEADER = ["model", "test acc.", "params", "size", "CPU ms/ex.", "KL to T", "train"]
+TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms/seq", "train"]
+
+
+def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The summary table for a terminal: (header, rows)."""
+    if not is_language_model(summary):
+        return TERMINAL_HEADER, table_rows(summary)
+    rows = []
+    for key, label, _ in model_rows(summary):
+        m = summary["models"][key]
+        agreement = m.get("teacher_agreement")
+        rows.append(
+            [
+                label,
+                f"{m['perplexity']:.2f}",
+                "" if agreement is None else f"{100 * agreement:.1f}%",
+                f"{100 * m['accuracy']:.1f}%",
+                f"{m['parameters'] / 1e6:.1f}M",
+                f"{m['size_bytes'] / 2**20:.1f}",
+                f"{m['latency_ms']:.1f}",
+                f"{m.get('train_seconds', 0.0):.0f} s",
+            ]
+        )
+    return TERMINAL_HEADER_LM, rows
+
+
 def header(summary: dict[str, Any]) -> list[str]:
     if is_language_model(summary):
         headline = ["test perplexity", "agreement with teacher", "token accuracy"]

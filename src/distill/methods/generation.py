@@ -15,15 +15,21 @@ of the JSONL.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import Progress
 from torch import nn
+
+from distill.data.text import pydoc_prompts
+from distill.errors import MissingDependency
 
 # settings that change the answers; a partial file written under others is not resumed
 ANSWER_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed")
@@ -82,8 +88,6 @@ def load_prompts(source: str | Path) -> list[dict[str, Any]]:
     per row), a .txt file (one prompt per line) or ``pydoc`` (a question per CPython help
     topic). Errors name the file and line."""
     if str(source) == "pydoc":
-        from distill.data.text import pydoc_prompts
-
         return pydoc_prompts()
     path = Path(source)
     if not path.is_file():
@@ -158,8 +162,6 @@ def generate_answers(
     the caller's RNG state is untouched. ``on_batch(indices, answers)`` is called after each
     batch with the indices of its prompts.
     """
-    from rich.progress import Progress
-
     if not prompts:
         return []
     template = bool(getattr(tokenizer, "chat_template", None))
@@ -231,7 +233,7 @@ def generate_with_vllm(
     try:
         from vllm import LLM, SamplingParams
     except ImportError as error:
-        raise ImportError("generate.backend vllm needs vLLM: pip install vllm") from error
+        raise MissingDependency("generate.backend vllm needs vLLM: pip install vllm") from error
     llm = LLM(model=model_id, seed=settings.seed)
     params = SamplingParams(
         temperature=settings.temperature,  # 0: greedy
@@ -250,8 +252,6 @@ def generate_with_vllm(
 
 def vllm_available() -> bool:
     """Whether ``import vllm`` would find the package."""
-    import importlib.util
-
     return importlib.util.find_spec("vllm") is not None
 
 
@@ -270,8 +270,6 @@ def partial_path(path: Path) -> Path:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {}
     for package in ("distill", "torch", "transformers"):
         try:
@@ -392,7 +390,7 @@ def generate_dataset(
     if use_vllm and model_id is None:
         raise ValueError("generate.backend vllm needs the teacher as a hub id or folder")
     if use_vllm and not vllm_available():
-        raise ImportError("generate.backend vllm needs vLLM: pip install vllm")
+        raise MissingDependency("generate.backend vllm needs vLLM: pip install vllm")
     # what must match for a partial file to be resumed (JSON round-tripped, as read back)
     header = json.loads(
         json.dumps(

@@ -1,0 +1,45 @@
+"""The errors distill explains. Each names the field, file or value at fault and how to
+fix it; the command line prints them as one line. Anything else (a ``TypeError`` from a
+bug, say) keeps its traceback.
+
+They also derive from the built-in type a caller would expect (``ValueError``,
+``ImportError``, ...), so ``except ValueError`` still catches a bad recipe."""
+
+from __future__ import annotations
+
+
+class DistillError(Exception):
+    """Base class: an error whose message is the whole story."""
+
+
+class RecipeError(DistillError, ValueError):
+    """A recipe that cannot be used; the message names the file, the field and the fix."""
+
+
+class DataError(DistillError, ValueError):
+    """Data that cannot be read or does not fit: a missing file, a corrupt download, an
+    empty split."""
+
+
+class ModelError(DistillError, ValueError):
+    """A model that cannot be built or loaded: an unknown name, mismatched weights."""
+
+
+class ModelArgumentError(ModelError, TypeError):
+    """Arguments a model's constructor does not take."""
+
+
+class CheckpointError(DistillError, ValueError):
+    """Weights or a checkpoint that do not fit the model, or a run directory that is not one."""
+
+
+class CacheError(DistillError, ValueError):
+    """A teacher-output cache that is missing, corrupt or built for other inputs."""
+
+
+class UsageError(DistillError, ValueError):
+    """A command's argument that does not fit what it points at (a stage a run lacks)."""
+
+
+class MissingDependency(DistillError, ImportError):
+    """An optional package is not installed; the message says which extra to install."""

@@ -1,0 +1,316 @@
+"""The sections of a recipe (data, models, objective terms, training, cache, compression
+stages, ...), each a pydantic model validated field by field; ``schema.Recipe`` puts them
+together and checks how they combine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distill import schedules
+from distill.data import DATASETS
+from distill.losses.registry import RECIPE_LOSSES
+from distill.methods.generation import GenerationSettings
+from distill.training.config import TrainConfig
+
+LossName = Literal[RECIPE_LOSSES]  # type: ignore[valid-type]
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScheduleSpec(Strict):
+    """A value that changes over training: ``{kind: warmup, value: 1.0, epochs: 20}``."""
+
+    kind: Literal["constant", "linear", "cosine", "warmup"]
+    value: float | None = None
+    start: float | None = None
+    end: float | None = None
+    steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> ScheduleSpec:
+        need = {
+            "constant": ("value",),
+            "warmup": ("value",),
+            "linear": ("start", "end"),
+            "cosine": ("start", "end"),
+        }[self.kind]
+        missing = [name for name in need if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} schedule needs {', '.join(missing)}")
+        if self.kind == "warmup" and self.steps is None and self.epochs is None:
+            raise ValueError("a warmup schedule needs steps or epochs")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        return self
+
+    def build(self, steps_per_epoch: int) -> schedules.Schedule:
+        steps = self.steps
+        if self.epochs is not None:
+            steps = max(1, round(self.epochs * steps_per_epoch))
+        if self.kind == "constant":
+            return schedules.Constant(self.value)  # type: ignore[arg-type]
+        if self.kind == "warmup":
+            return schedules.Warmup(self.value, steps)  # type: ignore[arg-type]
+        kind = schedules.Linear if self.kind == "linear" else schedules.Cosine
+        return kind(self.start, self.end, steps)  # type: ignore[arg-type]
+
+
+Scheduled = float | ScheduleSpec
+
+
+class TermSpec(Strict):
+    """One objective term: a built-in loss, its weight, temperature, taps and options.
+
+    ``loss: lm_head_kd`` is token-level KD through the two models' LM heads without full
+    logits (language-model recipes; ``options`` go to ``lm_head_kd``)."""
+
+    loss: LossName
+    weight: Scheduled = 1.0
+    temperature: Scheduled | None = None
+    student: str | None = Field(None, description="student tap path, for feature losses")
+    teacher: str | None = Field(None, description="teacher tap path, for feature losses")
+    rows: Literal["all", "labelled"] = Field(
+        "all",
+        description="labelled: only rows with a label count (DistilBERT's KL on masked tokens)",
+    )
+    options: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+
+class ModelSpec(Strict):
+    """``model`` is ``zoo:<name>``, ``torchvision:<name>``, ``timm:<name>``, ``hf:<id|dir>``
+    or the directory of an earlier distill run (its student, with its weights). Language-model
+    recipes also take ``hf-config:<model_type>`` (random weights; ``args`` are config fields)
+    and, for the student, ``teacher``: a copy of the teacher with fewer layers
+    (``args: {keep: 6 | [0, 2, 4] | every_other, select: similarity | uniform}``)."""
+
+    model: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = Field(None, description="safetensors weights to load")
+    pretrained: bool = False
+
+
+class TrainSpec(TrainConfig):
+    """TrainConfig's settings plus the budget. ``run_dir`` comes from ``output.dir``."""
+
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainSpec:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("give epochs or max_steps")
+        if self.run_dir is not None:
+            raise ValueError("run_dir is set by output.dir and the run name, not in train")
+        return self
+
+
+class TeacherSpec(ModelSpec):
+    """The teacher: weights from ``checkpoint`` or a run directory, else trained with
+    ``train`` once and cached (``distill teacher`` does it explicitly).
+
+    ``model: ensemble`` combines ``members`` (each a teacher spec, trained and cached on its
+    own) by ``combine`` at ``temperature`` (use the KD term's); ``combine: route`` sends each
+    example to the member whose ``domain`` (one of ``data.domains``, the only data that
+    member is trained on) is the example's. ``model: ema`` is
+    self-distillation: the teacher is the moving average of the student during training,
+    with momentum ``ema_momentum`` rising to 1 along a cosine."""
+
+    train: TrainSpec | None = None
+    autocast: Literal["no", "bf16", "fp16"] = "no"
+    cache: bool = Field(True, description="reuse a teacher trained earlier with the same spec")
+    members: list[TeacherSpec] | None = None
+    combine: Literal["mean", "weighted", "confidence", "route"] = "mean"
+    domain: str | None = Field(
+        None, description="ensemble member: train on this one of data.domains only"
+    )
+    weights: list[float] | None = None
+    temperature: float = Field(1.0, gt=0, description="ensemble: the temperature of the mix")
+    ema_momentum: float = Field(0.99, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _kind(self) -> TeacherSpec:
+        if (self.model == "ensemble") != bool(self.members):
+            raise ValueError("give members exactly when model is ensemble (two or more teachers)")
+        if self.members is not None and len(self.members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        if (self.weights is not None) != (self.combine == "weighted"):
+            raise ValueError("give weights exactly when combine is weighted")
+        if self.weights is not None and len(self.weights) != len(self.members or []):
+            raise ValueError(f"weights needs one number per member ({len(self.members or [])})")
+        if self.model == "ema" and (self.train or self.checkpoint):
+            raise ValueError("an ema teacher is the student's moving average: no train/checkpoint")
+        if self.combine == "route":
+            named = [m.domain for m in self.members or []]
+            if None in named or len(set(named)) != len(named):
+                raise ValueError(
+                    "combine: route needs a different domain on every member (members[*].domain, "
+                    f"one of data.domains); got {named}"
+                )
+        return self
+
+
+class CompressStage(Strict):
+    """One compression stage, run on the distilled student and followed (or, for gradual
+    pruning and QAT, accompanied) by distillation from the original teacher with the
+    recipe's objective, for ``epochs`` of the student's data (or ``max_steps``).
+
+    - ``prune``: global magnitude pruning to ``sparsity``, gradually (cubic schedule,
+      reached at ``end`` of the stage), zeros kept by later stages;
+    - ``channels``: remove ``ratio`` of every layer's channels (Torch-Pruning);
+    - ``factorize``: truncated SVD of Linear/conv layers at ``rank`` or ``energy``;
+    - ``quantize``: quantization-aware training with torchao's ``scheme``, then converted
+      (the last stage); with ``epochs: 0``, post-training quantization, no training."""
+
+    kind: Literal["prune", "channels", "factorize", "quantize"]
+    sparsity: float | None = Field(None, gt=0, lt=1)
+    end: float = Field(0.75, gt=0, le=1, description="prune: share of the stage to reach it")
+    ratio: float | None = Field(None, gt=0, lt=1)
+    rank: int | None = Field(None, ge=1)
+    energy: float | None = Field(None, gt=0, le=1)
+    scheme: Literal["int8", "int8_weight_only", "int4_weight_only"] = "int8"
+    skip: list[str] = Field(default_factory=list, description="module paths left as they are")
+    epochs: int | None = Field(1, ge=0, description="0: no recovery training")
+    max_steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0, description="None: train.lr")
+    recover: Literal["teacher", "student", "labels"] = Field(
+        "teacher",
+        description="teacher: the recipe's objective with the original teacher; student: "
+        "the same objective with the distilled student before compression (the uncompressed "
+        "model) as the teacher; labels: cross-entropy on the labelled examples alone",
+    )
+
+    @model_validator(mode="after")
+    def _fields(self) -> CompressStage:
+        needs = {"prune": ["sparsity"], "channels": ["ratio"], "factorize": [], "quantize": []}
+        for name in needs[self.kind]:
+            if getattr(self, name) is None:
+                raise ValueError(f"a {self.kind} stage needs {name}")
+        if self.kind == "factorize" and (self.rank is None) == (self.energy is None):
+            raise ValueError("a factorize stage needs exactly one of rank or energy")
+        if self.kind == "prune" and self.epochs == 0 and self.max_steps is None:
+            raise ValueError("a prune stage prunes while training: give it epochs or max_steps")
+        return self
+
+
+class ExportSpec(Strict):
+    """Export at the end of ``distill run`` (as ``distill export`` does): the last float
+    stage as ONNX, checked in ONNX Runtime against PyTorch on the test split."""
+
+    int8: bool = Field(False, description="also ONNX Runtime's dynamic int8 version")
+    min_agreement: float = Field(0.999, gt=0, le=1, description="top-1 agreement asked")
+    atol: float = Field(1e-3, gt=0, description="largest logit difference allowed")
+    int8_min_agreement: float = Field(0.97, gt=0, le=1)
+
+
+class CacheSpec(Strict):
+    """The teacher-output cache: ``distill cache RECIPE`` runs the teacher once over the
+    training and validation rows and stores its answers; with ``use`` the distilled
+    student trains against them (``teachers.Cached``) instead of running the teacher."""
+
+    dir: Path | None = Field(None, description="None: <output.dir>/<name>/teacher_outputs")
+    top_k: int | None = Field(
+        64,
+        ge=1,
+        description="language models: tokens kept per position; None: dense logits (what a "
+        "classifier's cache always holds)",
+    )
+    logprob_dtype: Literal["float16", "float32"] = "float16"
+    shard_size: int = Field(256, ge=1, description="examples per shard file")
+    batch_size: int = Field(8, ge=1, description="teacher batch size while caching")
+    use: bool = Field(True, description="train the distilled student against the cache")
+
+
+class GenerateSpec(GenerationSettings):
+    """Sequence-level KD: ``distill generate RECIPE`` (or ``distill run``, when the file is
+    missing) makes the teacher answer ``prompts`` and writes a chat dataset with a
+    provenance file; point ``data.source`` at ``out`` with ``data.format: chat``."""
+
+    prompts: str = Field(
+        description="a .jsonl (prompt or messages per row) or .txt (a prompt per line) file, "
+        "or 'pydoc': questions about CPython's help topics"
+    )
+    out: Path | None = Field(None, description="None: <output.dir>/<name>/generated.jsonl")
+    max_prompts: int | None = Field(None, ge=1)
+
+
+class OnPolicySpec(Strict):
+    """On-policy distillation (GKD, Agarwal et al. 2024): with probability ``lam`` per
+    batch the student writes the answers, which the teacher then scores token by token."""
+
+    lam: float = Field(0.5, ge=0, le=1, description="share of batches answered by the student")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, ge=0, description="the student's sampling; 0: greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class DataSpec(Strict):
+    dataset: DatasetName
+    path: Path | None = Field(None, description="folder with the files; None: the defaults")
+    download: bool = True
+    image_size: int = Field(32, ge=8, description="image_folder only")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    labeled: int | None = Field(
+        None,
+        ge=1,
+        description="labelled training examples; the other inputs form a transfer "
+        "set that only the teacher labels (None: every example keeps its label)",
+    )
+    augment: bool = Field(False, description="random crop (padding 4) and horizontal flip")
+    transfer_classes: list[int] | None = Field(
+        None,
+        description="with labeled: keep only these classes in the unlabelled transfer set "
+        "(a biased pool, as when transfer data differ from deployment; distill doctor flags it)",
+    )
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    num_workers: int = Field(0, ge=0)
+    split_seed: int = 0
+    domains: dict[str, list[int]] | None = Field(
+        None,
+        description="domain name -> its classes: a coarse field every example carries, also "
+        "in the transfer set, that routes it to its specialised teacher",
+    )
+
+    @model_validator(mode="after")
+    def _transfer_needs_labeled(self) -> DataSpec:
+        if self.transfer_classes is not None and self.labeled is None:
+            raise ValueError("transfer_classes shapes the transfer set: set labeled as well")
+        return self
+
+
+class TextDataSpec(Strict):
+    """Text for language-model recipes, split by blocks into train / validation / test."""
+
+    dataset: Literal["text"]
+    source: str = Field(
+        "pydoc",
+        description="pydoc (CPython's help topics, offline everywhere), hf:<dataset>[:<split>], "
+        "a .txt/.jsonl file or folder, or 'generated': the teacher's answers (generate:)",
+    )
+    format: Literal["packed", "chat"] = Field(
+        "packed", description="packed: plain text in blocks; chat: one conversation per row"
+    )
+    tokenizer: str | None = Field(
+        None, description="hf:<id or dir> to take the tokenizer from; None: the teacher's"
+    )
+    seq_len: int = Field(128, ge=8)
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked_lm only")
+    val_blocks: int = Field(32, ge=1, description="held-out rows that select the best student")
+    test_blocks: int = Field(48, ge=1, description="held-out rows the report is measured on")
+    max_train_blocks: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+    split_seed: int = 0
+
+
+class OutputSpec(Strict):
+    dir: Path = Path("runs")
+    latency_repeats: int = Field(50, ge=1, description="timed batch-1 forwards per model")

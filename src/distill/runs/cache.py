@@ -1,0 +1,110 @@
+"""A recipe's teacher-output cache (``cache:``): where it lives, its layout, building the
+missing shards (``distill cache RECIPE``, or ``distill run`` before training) and reading it
+back as a teacher. What the rows are and what the answers depend on is the task's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill import teachers
+from distill.cache import Layout, build_cache, finalize_cache, read_manifest
+from distill.errors import CacheError, RecipeError
+from distill.losses.registry import loss_info
+from distill.recipes import Recipe
+from distill.training.distributed import on_main, wait_for_everyone
+
+OUTPUTS_DIR = "teacher_outputs"
+
+
+def cache_dir(recipe: Recipe) -> Path:
+    assert recipe.cache is not None
+    return recipe.cache.dir or recipe.output.dir / recipe.name / OUTPUTS_DIR
+
+
+def kd_term_name(recipe: Recipe) -> str:
+    """The objective term that reads a language model's cache: its LM-head loss."""
+    names = [n for n, t in recipe.objective.items() if loss_info(t.loss).lm_heads]
+    if not names:
+        raise RecipeError("cache: the objective has no lm_head_kd term to read the cache")
+    return names[0]
+
+
+def cache_temperature(recipe: Recipe) -> float:
+    temperature = recipe.objective[kd_term_name(recipe)].temperature
+    return 1.0 if temperature is None else float(temperature)  # a number (schema-checked)
+
+
+def cache_vocab_size(recipe: Recipe, teacher: nn.Module) -> int:
+    """The vocabulary the cache ranks: ``options.vocab_size`` of the KD term, else the
+    teacher head's rows."""
+    option = recipe.objective[kd_term_name(recipe)].options.get("vocab_size")
+    return (
+        int(option) if option is not None else int(teacher.get_output_embeddings().weight.shape[0])
+    )
+
+
+def make_layout(recipe: Recipe, **fields: Any) -> Layout:
+    """The recipe's cache layout (``cache.shard_size``, ``cache.logprob_dtype``) with
+    ``fields``; a field the format refuses names the ``cache`` section."""
+    assert recipe.cache is not None
+    try:
+        return Layout(
+            shard_size=recipe.cache.shard_size, logprob_dtype=recipe.cache.logprob_dtype, **fields
+        )
+    except ValueError as error:
+        raise RecipeError(f"cache: {error}") from None
+
+
+def ensure_cache(
+    recipe: Recipe,
+    teacher: teachers.Teacher,
+    rows: Dataset,
+    layout: Layout,
+    *,
+    worker: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+    log=print,
+    together: bool = False,
+) -> dict[str, Any]:
+    """Build this worker's missing shards of ``teacher``'s answers on ``rows`` (nothing
+    when the cache is complete). With ``together`` the workers are the processes of one
+    launch: they wait for each other and the main process writes the manifest."""
+    assert recipe.cache is not None
+    folder = cache_dir(recipe)
+    if (folder / "manifest.json").exists():
+        manifest = read_manifest(folder)
+        if {k: manifest.get(k) for k in layout.to_json()} == layout.to_json():
+            log(f"teacher cache {folder}: complete, reused")
+            return {"folder": str(folder), "written_shards": [], "manifest": manifest}
+    try:
+        result = build_cache(
+            teacher,
+            rows,
+            folder,
+            layout,
+            batch_size=recipe.cache.batch_size,
+            device=teacher.device if isinstance(teacher, teachers.Module) else "cpu",
+            worker=worker,
+            workers=workers,
+            progress=progress,
+            log=log,
+        )
+    except CacheError as error:
+        raise RecipeError(f"cache.dir {folder}: {error}") from None
+    if together:
+        wait_for_everyone()
+        on_main(lambda: finalize_cache(folder))
+    return result
+
+
+def cache_as_teacher(recipe: Recipe, fingerprint: dict[str, Any]) -> teachers.Cached:
+    """The recipe's complete cache as a teacher; its fingerprint must match the recipe's."""
+    try:
+        return teachers.Cached(cache_dir(recipe), expect=fingerprint)
+    except CacheError as error:
+        raise RecipeError(f"cache: {error}") from None

@@ -1,0 +1,304 @@
+"""``task: classification``: a labelled dataset (a transfer set when only some labels are
+kept), teachers from the zoo, torchvision, timm, a run directory, or an ensemble of them,
+students measured by test accuracy, size on disk and CPU latency per example."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from distill import teachers
+from distill.cache import Layout
+from distill.data import (
+    Augmented,
+    WithDomain,
+    WithExampleId,
+    WithoutLabels,
+    class_to_domain,
+    domain_subset,
+    labeled_split,
+    load_dataset,
+    train_val_split,
+)
+from distill.errors import RecipeError
+from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
+from distill.models import build_model
+from distill.recipes import ModelSpec, Recipe, validate_recipe
+from distill.recipes.load import read_yaml
+from distill.runs.cache import make_layout
+from distill.runs.common import (
+    RECIPE_FILE,
+    Log,
+    Splits,
+    Task,
+    cached_teacher,
+    fit_and_cache_teacher,
+    loader,
+)
+from distill.training import checkpoint as ckpt
+
+
+@dataclass
+class Data(Splits):
+    """A classification run's splits, plus the teacher's training rows and the shapes."""
+
+    teacher_train: Dataset
+    num_classes: int
+    in_shape: tuple[int, ...]
+
+
+def prepare_data(recipe: Recipe) -> Data:
+    spec = recipe.data
+    train, test, num_classes = load_dataset(
+        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size
+    )
+    if spec.domains:
+        try:
+            domain_of_class = class_to_domain(spec.domains, num_classes)
+        except ValueError as error:
+            raise RecipeError(str(error)) from error
+        train, test = WithDomain(train, domain_of_class), WithDomain(test, domain_of_class)
+    if recipe.cache is not None:  # ids for the teacher-output cache, unique over both sets
+        train, test = WithExampleId(train), WithExampleId(test, offset=len(train))
+    teacher_train, teacher_val = train_val_split(train, spec.val_fraction, spec.split_seed)
+    if spec.labeled is None:
+        student_train = baseline_train = teacher_train
+        val = teacher_val
+        regime = f"all {len(teacher_train):,} training labels"
+    else:
+        baseline_train, val, student_train = labeled_split(
+            train, spec.labeled, spec.val_fraction, spec.split_seed
+        )
+        if spec.transfer_classes is not None:
+            student_train = only_classes(student_train, train, spec.transfer_classes)
+        regime = (
+            f"{spec.labeled:,} labels ({len(baseline_train):,} train + {len(val):,} validation); "
+            f"the distilled student also learns from the teacher on {len(student_train):,} "
+            "training inputs (a transfer set)"
+        )
+    if spec.augment:
+        teacher_train, student_train, baseline_train = (
+            Augmented(teacher_train),
+            Augmented(student_train),
+            Augmented(baseline_train),
+        )
+    return Data(
+        student_train=student_train,
+        baseline_train=baseline_train,
+        val=val,
+        test=test,
+        regime=regime,
+        teacher_train=teacher_train,
+        num_classes=num_classes,
+        in_shape=tuple(train[0][0].shape),
+    )
+
+
+def only_classes(transfer: Dataset, labelled_source: Dataset, classes: list[int]) -> Subset:
+    """The transfer set's labelled rows plus its unlabelled rows of ``classes`` (read from
+    the source's true labels, which the transfer set hides)."""
+    assert isinstance(transfer, WithoutLabels) and isinstance(transfer.dataset, Subset)
+    source_index = transfer.dataset.indices
+    wanted = set(classes)
+    keep = [
+        i
+        for i in range(len(transfer))
+        if i in transfer.keep or int(labelled_source[source_index[i]][1]) in wanted
+    ]
+    return Subset(transfer, keep)
+
+
+def model_from_spec(spec: ModelSpec, data: Data) -> nn.Module:
+    """Build a model; load ``checkpoint`` weights, or a run directory's student."""
+    run_dir = Path(spec.model)
+    if run_dir.is_dir():
+        if not (run_dir / RECIPE_FILE).exists() or not (run_dir / ckpt.STUDENT_FILE).exists():
+            raise RecipeError(
+                f"model {spec.model}: a directory must be a distill run with {RECIPE_FILE} and "
+                f"{ckpt.STUDENT_FILE}"
+            )
+        earlier = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
+        model = model_from_spec(earlier.student.model_copy(update={"checkpoint": None}), data)
+        ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+    else:
+        model = build_model(spec.model, data.num_classes, data.in_shape, spec.args, spec.pretrained)
+    if spec.checkpoint is not None:
+        if not spec.checkpoint.exists():
+            raise RecipeError(f"checkpoint {spec.checkpoint} does not exist")
+        ckpt.load_weights(model, spec.checkpoint)
+    return model
+
+
+def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
+    """Train the recipe's teacher on labels (its ``teacher.train`` settings) and store it."""
+    spec = recipe.teacher
+    if spec is not None and spec.model in ("ensemble", "ema"):
+        raise RecipeError(
+            f"teacher.model {spec.model}: nothing to train beforehand ("
+            + (
+                "distill run trains and caches each member"
+                if spec.model == "ensemble"
+                else "the EMA teacher follows the student during its training"
+            )
+            + ")"
+        )
+    if spec is None or spec.train is None:
+        raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
+    torch.manual_seed(recipe.seed)
+    model = model_from_spec(spec, data)
+    train_set, val_set, where = data.teacher_train, data.val, ""
+    if spec.domain is not None:
+        assert recipe.data.domains is not None  # the recipe checks it
+        index = list(recipe.data.domains).index(spec.domain)
+        train_set, val_set = domain_subset(train_set, index), domain_subset(val_set, index)
+        where = f" of domain {spec.domain}"
+    log(f"training the teacher {spec.model} on {len(train_set):,} labelled examples{where}")
+    info = fit_and_cache_teacher(
+        recipe, model, loader(train_set, recipe, True), loader(val_set, recipe, False), progress
+    )
+    return model.eval(), info
+
+
+def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
+    """The recipe's teacher: an ensemble of members (each got like a teacher), weights
+    loaded as given, a teacher trained earlier for this recipe, or one trained now."""
+    spec = recipe.teacher
+    assert spec is not None
+    if spec.model == "ensemble":
+        return get_ensemble(recipe, data, progress, log)
+    has_weights = spec.checkpoint is not None or Path(spec.model).is_dir()
+    if spec.train is None and not (has_weights or spec.pretrained):
+        raise RecipeError(
+            "teacher: give checkpoint (weights), a run directory as model, pretrained: true, "
+            "or train (settings to train it, or to fine-tune pretrained weights)"
+        )
+    if has_weights or spec.train is None:
+        log(f"teacher {spec.model}: loaded, not trained")
+        return model_from_spec(spec, data).eval(), {"model": spec.model, "train_seconds": 0.0}
+    cached = cached_teacher(recipe, lambda: model_from_spec(spec, data), log)
+    if cached is not None:
+        return cached
+    return train_teacher(recipe, data, progress, log)
+
+
+def get_ensemble(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
+    spec = recipe.teacher
+    assert spec is not None and spec.members is not None
+    members, infos = [], []
+    order = spec.members
+    if spec.combine == "route":  # member k answers domain k
+        assert recipe.data.domains is not None
+        names = list(recipe.data.domains)
+        order = sorted(spec.members, key=lambda member: names.index(member.domain))
+    for i, member in enumerate(order):
+        log(
+            f"ensemble member {i}: {member.model}"
+            + (f" (domain {member.domain})" if member.domain else "")
+        )
+        model, info = get_teacher(recipe.model_copy(update={"teacher": member}), data, progress, log)
+        members.append(model)
+        infos.append(info)
+    ensemble = teachers.EnsembleModel(
+        members, spec.combine, weights=spec.weights, temperature=spec.temperature
+    )
+    seconds = sum(info.get("train_seconds", 0.0) for info in infos)
+    return ensemble.eval(), {"model": "ensemble", "train_seconds": seconds, "members": infos}
+
+
+class Classification(Task):
+    """``task: classification``."""
+
+    name = "classification"
+    diagnosable = True
+    exports = True
+    cache_holds_test = True
+
+    def prepare(self, recipe: Recipe, progress: bool, log: Log) -> Data:
+        return prepare_data(recipe)
+
+    def teacher(
+        self, recipe: Recipe, data: Splits, progress: bool, log: Log
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        assert isinstance(data, Data)
+        return get_teacher(recipe, data, progress, log)
+
+    def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
+        assert isinstance(data, Data)
+        return train_teacher(recipe, data, progress, log)[1]
+
+    def build_student(
+        self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
+    ) -> nn.Module:
+        assert isinstance(data, Data)
+        return model_from_spec(spec, data)
+
+    def describe(
+        self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
+    ) -> dict[str, Any]:
+        example = data.test[0]
+        routed = isinstance(model, teachers.EnsembleModel) and model.combine == "route"
+        # a routed model's latency: the first test example, with its domain
+        domain = {"domain": torch.tensor([example[2]["domain"]])} if routed else {}
+        return {
+            "parameters": parameter_count(model),
+            "size_bytes": size_on_disk(model, weights),
+            "latency_ms": cpu_latency_ms(
+                model, example[0], recipe.output.latency_repeats, **domain
+            ),
+        }
+
+    def cache_rows(self, data: Splits) -> Dataset:
+        return ConcatDataset([data.student_train, data.val, data.test])
+
+    def cache_layout(self, recipe: Recipe, data: Splits, teacher: nn.Module, rows: int) -> Layout:
+        """A classifier's cache: its dense logits, exact, usable at any temperature."""
+        fingerprint = self.cache_fingerprint(recipe, data)
+        return make_layout(recipe, kind="dense", num_examples=rows, fingerprint=fingerprint)
+
+    def cache_fingerprint(self, recipe: Recipe, data: Splits) -> dict[str, Any]:
+        """Its teacher was trained for this data and seed."""
+        assert recipe.teacher is not None
+        return {
+            "teacher": recipe.teacher.model,
+            "teacher_args": dict(recipe.teacher.args),
+            "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+            "teacher_train": recipe.teacher.model_dump(mode="json")["train"],
+            "dataset": recipe.data.dataset,
+            "split_seed": recipe.data.split_seed,
+            "seed": recipe.seed,
+        }
+
+    def summary_fields(
+        self, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"dataset": recipe.data.dataset}, {"gap_closed": gap_closed(models)}
+
+    def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:
+        data = prepare_data(recipe)
+        student = model_from_spec(ModelSpec(model=str(run_dir)), data)
+        return self.evaluate(student, recipe, data, None)
+
+    def describe_eval(self, metrics: dict[str, float]) -> str:
+        return (
+            f"test accuracy {100 * metrics['accuracy']:.2f}% "
+            f"(loss {metrics['loss']:.4f}, {int(metrics['examples']):,} examples)"
+        )
+
+    def describe_teacher(self, info: dict[str, Any]) -> str:
+        return f"validation accuracy {100 * info['val']['accuracy']:.2f}%"
+
+
+def gap_closed(models: dict[str, dict]) -> float | None:
+    """Share of the teacher–baseline accuracy gap that distillation closes."""
+    if "baseline" not in models or "teacher" not in models:
+        return None
+    gap = models["teacher"]["accuracy"] - models["baseline"]["accuracy"]
+    if gap <= 0:
+        return None
+    return (models["student"]["accuracy"] - models["baseline"]["accuracy"]) / gap
+

@@ -1,0 +1,351 @@
+"""What every kind of run shares: the run directory's names, the ``Task`` interface, data
+loaders and step budgets, the teacher store (a teacher trained for a recipe, kept by a
+digest of everything that shapes it), fitting a student with the recipe's settings, and
+writing the summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from distill import teachers
+from distill.batch import Batch
+from distill.cache import Layout
+from distill.objective import Objective
+from distill.paths import cache_root
+from distill.recipes import ModelSpec, Recipe, TrainSpec
+from distill.runs.report import write_report
+from distill.training import Callback, Distiller
+from distill.training import checkpoint as ckpt
+from distill.training.distributed import num_processes, on_main
+
+RECIPE_FILE = "recipe.yaml"
+SUMMARY_FILE = "summary.json"
+BASELINE_DIR = "baseline"
+# teacher fields that describe ensembles and EMA teachers, not a model to train
+ENSEMBLE_AND_EMA_FIELDS = {"members", "combine", "weights", "temperature", "ema_momentum"}
+AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Splits:
+    """The rows of a run: what the distilled and the label-only students train on, the
+    validation rows that select each model, the test rows it is measured on."""
+
+    student_train: Dataset
+    baseline_train: Dataset
+    val: Dataset
+    test: Dataset
+    regime: str  # one line for the log and the report: what data, how many labels
+
+
+class Task(ABC):
+    """One kind of run (classification, language modelling, ...): how it prepares its data,
+    builds and measures its models, and what its cache and summary hold. The driver
+    (``runs.run``) does everything else the same way for every task.
+
+    ``diagnosable``: ``distill doctor`` has checks for it; ``generates``: ``distill
+    generate`` can make its teacher write a dataset; ``exports``: ``distill export`` turns
+    its students into checked ONNX graphs; ``cache_holds_test``: its teacher
+    cache holds the test rows too, so students are measured against the cache they
+    learned from (a top-k cache would only bound the KL, so language models are measured
+    against the live teacher)."""
+
+    name: str = ""
+    diagnosable = False
+    generates = False
+    exports = False
+    cache_holds_test = False
+    cache_example = "cache: {}"  # the cache section to suggest when a recipe lacks one
+
+    @abstractmethod
+    def prepare(self, recipe: Recipe, progress: bool, log: Log) -> Splits:
+        raise NotImplementedError
+
+    @abstractmethod
+    def teacher(
+        self, recipe: Recipe, data: Splits, progress: bool, log: Log
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """The recipe's teacher: loaded, reused from the teacher store, or trained."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
+        """``distill teacher``: train (or fine-tune) the teacher and keep it in the store."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def build_student(
+        self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
+    ) -> nn.Module:
+        raise NotImplementedError
+
+    def batch_transform(
+        self, recipe: Recipe, data: Splits, student: nn.Module
+    ) -> Callable[[Batch, int], Batch] | None:
+        """A rewrite of the distilled student's training batches (on-policy answers)."""
+        return None
+
+    def evaluate(
+        self, model: nn.Module, recipe: Recipe, data: Splits, judge: teachers.Teacher | None
+    ) -> dict[str, Any]:
+        """Test-split metrics of ``model``, with KL and agreement to ``judge`` if given."""
+        return Distiller(model, judge, progress=False).evaluate(loader(data.test, recipe, False))
+
+    @abstractmethod
+    def describe(
+        self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
+    ) -> dict[str, Any]:
+        """What a deployment reads: parameters, bytes on disk, CPU latency."""
+        raise NotImplementedError
+
+    def measure(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        data: Splits,
+        judge: teachers.Teacher | None = None,
+        weights: Path | None = None,
+    ) -> dict[str, Any]:
+        return {
+            **self.evaluate(model, recipe, data, judge),
+            **self.describe(model, recipe, data, weights),
+        }
+
+    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:
+        """Any format besides ``student.safetensors`` (a Hugging Face folder, say)."""
+
+    @abstractmethod
+    def cache_rows(self, data: Splits) -> Dataset:
+        """The rows the teacher-output cache holds (example ids unique among them)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def cache_layout(
+        self, recipe: Recipe, data: Splits, teacher: nn.Module, rows: int
+    ) -> Layout:
+        raise NotImplementedError
+
+    @abstractmethod
+    def cache_fingerprint(self, recipe: Recipe, data: Splits) -> dict[str, Any]:
+        """What the cached answers depend on besides the inputs (which reads check by
+        digest): a run reading the cache must agree on all of it."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def summary_fields(
+        self, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Task-specific summary entries: (those before ``regime``, those after the gain)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:
+        """``distill eval``: the saved student of ``run_dir`` on the test split."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def describe_eval(self, metrics: dict[str, float]) -> str:
+        raise NotImplementedError
+
+    @abstractmethod
+    def describe_teacher(self, info: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+
+# -- data and budgets -------------------------------------------------------------------------
+
+
+def loader(dataset: Dataset, recipe: Recipe, train: bool) -> DataLoader:
+    spec = recipe.data
+    return DataLoader(
+        dataset,
+        batch_size=spec.batch_size if train else spec.eval_batch_size,
+        shuffle=train,
+        num_workers=spec.num_workers,
+    )
+
+
+def epoch_steps(examples: int, batch_size: int, grad_accum_steps: int) -> int:
+    """Optimizer steps per epoch when every process reads ``examples / processes`` of them
+    in batches of ``batch_size`` (as the engine's sampler shards them)."""
+    per_process = math.ceil(examples / num_processes())
+    return math.ceil(math.ceil(per_process / batch_size) / grad_accum_steps)
+
+
+def steps_per_epoch(dataset: Dataset, recipe: Recipe) -> int:
+    """Optimizer steps in one pass over ``dataset``: each process reads its own shard."""
+    return epoch_steps(len(dataset), recipe.data.batch_size, recipe.train.grad_accum_steps)  # type: ignore[arg-type]
+
+
+def step_budget(recipe: Recipe, per_epoch: int) -> int:
+    """Every student's optimizer steps: ``train.max_steps``, ``train.epochs`` of the
+    distilled student's data, or the smaller of the two when both are set."""
+    epochs, max_steps = recipe.train.epochs, recipe.train.max_steps
+    budget = max_steps or per_epoch * (epochs or 1)
+    return min(budget, per_epoch * epochs) if max_steps and epochs else budget
+
+
+def settings(train: TrainSpec, **changes: Any) -> dict[str, Any]:
+    """A recipe's training section as ``Distiller`` settings (budget aside)."""
+    values = train.model_dump(exclude={"epochs", "max_steps"})
+    values.update(changes)
+    return values
+
+
+# -- the teacher store ------------------------------------------------------------------------
+
+
+def teacher_cache_dir(recipe: Recipe) -> Path:
+    """Where a teacher trained for this recipe is kept: keyed by everything that shapes it."""
+    assert recipe.teacher is not None
+    key_fields = {
+        "teacher": recipe.teacher.model_dump(
+            mode="json", exclude={"cache", "autocast", *ENSEMBLE_AND_EMA_FIELDS}
+        ),
+        "data": recipe.data.model_dump(
+            mode="json", exclude={"download", "labeled", "eval_batch_size", "num_workers"}
+        ),
+        "seed": recipe.seed,
+    }
+    for section, field in (("teacher", "domain"), ("data", "domains")):
+        if key_fields[section].get(field) is None:  # unset: the keys of earlier versions
+            key_fields[section].pop(field, None)
+    digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "teachers" / f"{recipe.teacher.model.replace(':', '_')}-{digest}"
+
+
+def fit_and_cache_teacher(
+    recipe: Recipe,
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    progress: bool,
+    val_extras: Callable[[dict[str, float]], dict[str, float]] = lambda metrics: {},
+) -> dict[str, Any]:
+    """Train ``model`` with ``teacher.train``, then write it and its validation metrics
+    (plus ``val_extras`` of them) to the teacher store; returns that info."""
+    spec = recipe.teacher
+    assert spec is not None and spec.train is not None
+    folder = teacher_cache_dir(recipe)
+    started = time.perf_counter()
+    run = Distiller(
+        model, **settings(spec.train, seed=recipe.seed, run_dir=folder / "run", progress=progress)
+    )
+    run.fit(train_loader, val_loader, epochs=spec.train.epochs, max_steps=spec.train.max_steps)
+    val = run.evaluate(val_loader)
+    info = {
+        "model": spec.model,
+        "train_seconds": time.perf_counter() - started,
+        "val": {**val, **val_extras(val)},
+    }
+
+    def write() -> None:
+        ckpt.save_weights(model, folder / "teacher.safetensors")
+        (folder / "teacher.json").write_text(json.dumps(info, indent=2))
+
+    on_main(write)
+    return info
+
+
+def cached_teacher(
+    recipe: Recipe, build: Callable[[], nn.Module], log: Log
+) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The teacher trained earlier for this recipe (``build()`` with the stored weights)
+    and its info, or None when there is none (or ``teacher.cache`` is off)."""
+    assert recipe.teacher is not None
+    folder = teacher_cache_dir(recipe)
+    weights = folder / "teacher.safetensors"
+    if not (recipe.teacher.cache and weights.exists()):
+        return None
+    model = build()
+    ckpt.load_weights(model, weights)
+    log(f"teacher {recipe.teacher.model}: reused from the cache {folder}")
+    info = json.loads((folder / "teacher.json").read_text())
+    return model.eval(), {**info, "cached": True}
+
+
+def teacher_module(recipe: Recipe, model: nn.Module) -> teachers.Module:
+    """``model`` as a frozen teacher, run under the recipe's ``teacher.autocast``."""
+    assert recipe.teacher is not None
+    return teachers.Module(model, autocast_dtype=AUTOCAST[recipe.teacher.autocast])
+
+
+# -- students ---------------------------------------------------------------------------------
+
+
+def fit_student(
+    recipe: Recipe,
+    student: nn.Module,
+    teacher: teachers.Teacher | None,
+    objective: Objective,
+    *,
+    run_dir: Path,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    max_steps: int,
+    eval_every: int,
+    progress: bool,
+    callbacks: Sequence[Callback] = (),
+    batch_transform: Callable[[Batch, int], Batch] | None = None,
+    **changes: Any,
+) -> tuple[Distiller, Any, float]:
+    """Train ``student`` with the recipe's settings (``changes`` override some);
+    returns (distiller, fit result, seconds)."""
+    run = Distiller(
+        student,
+        teacher,
+        objective,
+        callbacks=callbacks,
+        batch_transform=batch_transform,
+        **settings(
+            recipe.train,
+            seed=recipe.seed,
+            run_dir=run_dir,
+            progress=progress,
+            eval_every=recipe.train.eval_every or eval_every,
+            **changes,
+        ),
+    )
+    started = time.perf_counter()
+    result = run.fit(train_loader, val_loader, max_steps=max_steps)
+    return run, result, time.perf_counter() - started
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a folder that ``distill run`` did not write."""
+    if not (Path(run_dir) / RECIPE_FILE).exists():
+        raise FileNotFoundError(f"{run_dir} is not a distill run directory (no {RECIPE_FILE})")
+
+
+# -- summary ----------------------------------------------------------------------------------
+
+
+def gain(models: dict[str, dict[str, Any]]) -> float | None:
+    """The distilled student's accuracy minus the label-only student's."""
+    if "baseline" not in models:
+        return None
+    return models["student"]["accuracy"] - models["baseline"]["accuracy"]
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """summary.json and the report, by the main process."""
+
+    def write() -> None:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        write_report(run_dir, summary)
+
+    on_main(write)

@@ -1,0 +1,446 @@
+"""``task: causal_lm`` and ``task: masked_lm``: text split into train / validation / test
+rows, Hugging Face teachers and students (loaded, built from a config, or the teacher with
+fewer layers), all measured on the test rows: perplexity (exp of the mean token
+cross-entropy), next-token (or masked-token) agreement with the teacher, token accuracy,
+parameters, size on disk and CPU latency per sequence. Students are also saved in Hugging
+Face format (``student/``, with the tokenizer) so ``from_pretrained`` loads them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from distill.cache import Layout
+from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
+from distill.errors import RecipeError
+from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
+from distill.methods.generation import (
+    GenerationSettings,
+    generate_dataset,
+    load_prompts,
+    read_generations,
+    uses_vllm,
+)
+from distill.methods.on_policy import OnPolicy
+from distill.models import hf
+from distill.models.shrink import student_from_teacher
+from distill.recipes import ModelSpec, Recipe
+from distill.recipes.schema import TextDataSpec
+from distill.teachers import Teacher
+from distill.runs.cache import cache_temperature, cache_vocab_size, make_layout
+from distill.runs.common import (
+    Log,
+    Splits,
+    Task,
+    cached_teacher,
+    fit_and_cache_teacher,
+    loader,
+)
+from distill.training import checkpoint as ckpt
+from distill.training.distributed import on_main
+
+HF_STUDENT_DIR = "student"
+GENERATED_FILE = "generated.jsonl"
+CALIBRATION_BLOCKS = 8
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TextData(Splits):
+    """A language-model run's rows (the distilled and the label-only students train on the
+    same ones) and the tokenizer that made them."""
+
+    tokenizer: Any
+
+    @property
+    def train(self) -> Dataset:
+        return self.student_train
+
+
+def hf_task(recipe: Recipe) -> hf.Task:
+    return "causal" if recipe.task == "causal_lm" else "masked"
+
+
+def text_spec(recipe: Recipe) -> TextDataSpec:
+    assert isinstance(recipe.data, TextDataSpec)
+    return recipe.data
+
+
+def tokenizer_for(recipe: Recipe) -> Any:
+    """The recipe's tokenizer: ``data.tokenizer``, else the teacher's (or an ``hf:`` student's)."""
+    spec = text_spec(recipe)
+    owner = None
+    if spec.tokenizer is not None:
+        source, gguf = spec.tokenizer, None
+    else:
+        for owner in (recipe.teacher, recipe.student):
+            if owner is not None and owner.model.startswith("hf:"):
+                break
+        else:
+            raise RecipeError(
+                "data.tokenizer: no hf: teacher or student to take a tokenizer from; set "
+                "data.tokenizer to hf:<id or dir>"
+            )
+        source, gguf = owner.model, owner.args.get("gguf_file")
+    try:
+        tokenizer = hf.load_tokenizer(source, gguf)
+    except (OSError, ValueError, ImportError) as error:
+        field = "data.tokenizer" if owner is None else "the tokenizer of " + owner.model
+        raise RecipeError(f"{field}: cannot load a tokenizer ({error})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def generated_path(recipe: Recipe) -> Path:
+    """Where ``generate:`` writes the teacher's answers."""
+    assert recipe.generate is not None
+    return recipe.generate.out or recipe.output.dir / recipe.name / GENERATED_FILE
+
+
+def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
+    spec = text_spec(recipe)
+    try:
+        if spec.source == "generated":  # the teacher's answers, checked against provenance
+            records, _ = read_generations(generated_path(recipe))
+        else:
+            records = text_records(spec.source)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        raise RecipeError(f"data.source: {error}") from None
+    if recipe.task == "masked_lm":
+        rows: Dataset = MaskedBlocks(
+            records, tokenizer, spec.seq_len, spec.mlm_probability, seed=spec.split_seed
+        )
+    elif spec.format == "chat":
+        rows = ChatExamples(records, tokenizer, spec.seq_len)
+    else:
+        rows = PackedText(records, tokenizer, spec.seq_len)
+    total = len(rows)  # type: ignore[arg-type]
+    held = spec.test_blocks + spec.val_blocks
+    if held >= total:
+        raise RecipeError(
+            f"data: {total} rows of {spec.seq_len} tokens, but val_blocks + test_blocks = {held}; "
+            "lower them or give more text"
+        )
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(spec.split_seed))
+    order_list = order.tolist()
+    test = Subset(rows, order_list[: spec.test_blocks])
+    val = Subset(rows, order_list[spec.test_blocks : held])
+    train_ids = order_list[held:]
+    if spec.max_train_blocks is not None:
+        train_ids = train_ids[: spec.max_train_blocks]
+    regime = (
+        f"{spec.source} text, {len(train_ids):,} train / {len(val):,} validation / "
+        f"{len(test):,} test rows of {spec.seq_len} tokens"
+    )
+    train = Subset(rows, train_ids)
+    return TextData(
+        student_train=train, baseline_train=train, val=val, test=test, regime=regime,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+
+
+def calibration_rows(data: TextData) -> dict[str, torch.Tensor]:
+    count = min(CALIBRATION_BLOCKS, len(data.train))  # type: ignore[arg-type]
+    rows = [data.train[i] for i in range(count)]
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "labels"}
+
+
+def build_lm(
+    spec: ModelSpec,
+    recipe: Recipe,
+    tokenizer: Any,
+    *,
+    teacher: nn.Module | None = None,
+    data: TextData | None = None,
+    where: str = "student",
+) -> nn.Module:
+    """The model a language-model recipe names (see ``ModelSpec``), with its weights."""
+    kind, _, name = spec.model.partition(":")
+    args = dict(spec.args)
+    if spec.model == "teacher":
+        if teacher is None or where != "student":
+            raise RecipeError(f"{where}.model: only the student can be made from the teacher")
+        keep = args.pop("keep", "every_other")
+        select = args.pop("select", "similarity" if isinstance(keep, int) else "uniform")
+        if args or select not in ("similarity", "uniform"):
+            raise RecipeError(
+                f"{where}.args: a student made from the teacher takes keep (a count, a list "
+                "of layer indices or every_other) and select (similarity or uniform); got "
+                f"{spec.args}"
+            )
+        calibration = calibration_rows(data) if select == "similarity" and data else None
+        try:
+            model = student_from_teacher(teacher, keep, calibration=calibration)
+        except ValueError as error:
+            raise RecipeError(f"{where}.args.keep: {error}") from None
+    elif kind == "hf-config":
+        fields = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args}
+        try:
+            model = hf.model_from_config(name, hf_task(recipe), **fields)
+        except (ValueError, TypeError, KeyError) as error:
+            raise RecipeError(f"{where}.model {spec.model}: {error}") from None
+    elif kind == "hf":
+        dtype = args.pop("dtype", None)
+        gguf_file = args.pop("gguf_file", None)
+        if args or (dtype is not None and dtype not in DTYPES):
+            raise RecipeError(
+                f"{where}.args: hf models take gguf_file and dtype ({', '.join(DTYPES)}); "
+                f"got {spec.args}"
+            )
+        try:
+            model, _ = hf.load_hf_lm(
+                spec.model, task=hf_task(recipe), gguf_file=gguf_file, dtype=DTYPES.get(dtype)
+            )
+        except (OSError, ValueError, ImportError) as error:
+            raise RecipeError(f"{where}.model {spec.model}: {error}") from None
+    else:
+        raise RecipeError(
+            f"{where}.model {spec.model!r}: a language-model recipe takes hf:<id, dir or "
+            f"{' | '.join(hf.LOCAL_MODELS)}>, hf-config:<model_type>"
+            + (" or teacher" if where == "student" else "")
+        )
+    if spec.checkpoint is not None:
+        if not spec.checkpoint.exists():
+            raise RecipeError(f"{where}.checkpoint {spec.checkpoint} does not exist")
+        ckpt.load_weights(model, spec.checkpoint)
+    return model.float() if model.dtype == torch.float16 else model
+
+
+def build_teacher(recipe: Recipe, tokenizer: Any) -> nn.Module:
+    """The recipe's teacher model, built from the recipe's seed: a head the checkpoint
+    lacks (a sentence encoder's masked-LM head) starts the same in every run."""
+    assert recipe.teacher is not None
+    torch.manual_seed(recipe.seed)
+    return build_lm(recipe.teacher, recipe, tokenizer, where="teacher")
+
+
+def get_lm_teacher(
+    recipe: Recipe, tokenizer: Any, data: TextData, progress: bool, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher as named; with ``teacher.train`` it is first fine-tuned on the train
+    blocks (label cross-entropy) and cached, keyed by everything that shapes it."""
+    spec = recipe.teacher
+    assert spec is not None
+    model = build_teacher(recipe, tokenizer)
+    if spec.train is None:
+        if spec.model.startswith("hf-config:") and spec.checkpoint is None:
+            raise RecipeError(
+                "teacher: an hf-config model starts random; give teacher.train or a checkpoint"
+            )
+        log(f"teacher {spec.model}: loaded, not trained")
+        return model.eval(), {"model": spec.model, "train_seconds": 0.0}
+    cached = cached_teacher(recipe, lambda: model, log)
+    if cached is not None:
+        return cached
+    return train_lm_teacher(recipe, model, data, progress, log)
+
+
+def train_lm_teacher(
+    recipe: Recipe, model: nn.Module, data: TextData, progress: bool, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune (or train) the teacher with ``teacher.train`` on the train rows; cache it."""
+    spec = recipe.teacher
+    if spec is None or spec.train is None:
+        raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
+    log(f"training the teacher {spec.model} on {len(data.train):,} rows")  # type: ignore[arg-type]
+    torch.manual_seed(recipe.seed)
+    info = fit_and_cache_teacher(
+        recipe,
+        model,
+        loader(data.train, recipe, True),
+        loader(data.val, recipe, False),
+        progress,
+        val_extras=lambda val: {"perplexity": math.exp(val["loss"])},
+    )
+    return model.eval(), info
+
+
+def generate_teacher_answers(recipe: Recipe, *, progress: bool = True, log: Log = print) -> Path:
+    """``distill generate``: the teacher answers ``generate.prompts``; returns the dataset."""
+    spec = recipe.generate
+    if spec is None or recipe.teacher is None:
+        raise RecipeError(
+            "generate: the recipe has no generate section; add `generate: {prompts: "
+            "prompts.jsonl}` (see recipes/llm_seqkd.yaml)"
+        )
+    if recipe.teacher.train is not None:
+        raise RecipeError(
+            "generate: the teacher answers as loaded; drop teacher.train (fine-tune it in "
+            "another recipe and give its checkpoint)"
+        )
+    tokenizer = tokenizer_for(recipe)
+    try:
+        prompts = load_prompts(spec.prompts)[: spec.max_prompts]
+    except (FileNotFoundError, ValueError) as error:
+        raise RecipeError(f"generate.prompts: {error}") from None
+    out = generated_path(recipe)
+    model_id = None
+    if recipe.teacher.model.startswith("hf:") and "gguf_file" not in recipe.teacher.args:
+        model_id = hf.resolve(recipe.teacher.model.removeprefix("hf:"))[0]
+    settings = GenerationSettings(**spec.model_dump(include=set(GenerationSettings.model_fields)))
+    teacher = None  # vLLM loads the teacher itself: not a second copy here
+    if not uses_vllm(settings, model_id):
+        teacher = build_teacher(recipe, tokenizer).eval()
+    log(f"generate: {recipe.teacher.model} answers {len(prompts)} prompts -> {out}")
+    provenance = {
+        "teacher": recipe.teacher.model,
+        "teacher_args": dict(recipe.teacher.args),
+        "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "prompts": spec.prompts,
+        "recipe": recipe.name,
+    }
+    return generate_dataset(
+        teacher,
+        tokenizer,
+        prompts,
+        settings,
+        out,
+        provenance,
+        model_id=model_id,
+        progress=progress,
+        log=log,
+    )
+
+
+class Language(Task):
+    """``task: causal_lm`` or ``task: masked_lm``."""
+
+    cache_example = "cache: {top_k: 64} (see recipes/llm_cached_kd.yaml)"
+
+    def __init__(self, kind: hf.Task) -> None:
+        self.kind = kind
+        self.name = f"{kind}_lm"
+        self.generates = kind == "causal"  # a masked LM writes no answers
+
+    def prepare(self, recipe: Recipe, progress: bool, log: Log) -> TextData:
+        if recipe.teacher is None:
+            raise RecipeError("teacher: a language-model recipe needs a teacher")
+        if recipe.generate is not None and not generated_path(recipe).exists():
+            # sequence-level KD data first, by the main process
+            on_main(lambda: generate_teacher_answers(recipe, progress=progress, log=log))
+        return prepare_text(recipe, tokenizer_for(recipe))
+
+    def teacher(
+        self, recipe: Recipe, data: Splits, progress: bool, log: Log
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        assert isinstance(data, TextData)
+        teacher, info = get_lm_teacher(recipe, data.tokenizer, data, progress, log)
+        return teacher.eval().requires_grad_(False), info
+
+    def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
+        assert isinstance(data, TextData) and recipe.teacher is not None
+        model = build_teacher(recipe, data.tokenizer)
+        return train_lm_teacher(recipe, model, data, progress, log)[1]
+
+    def build_student(
+        self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
+    ) -> nn.Module:
+        assert isinstance(data, TextData)
+        return build_lm(spec, recipe, data.tokenizer, teacher=teacher, data=data)
+
+    def batch_transform(self, recipe: Recipe, data: Splits, student: nn.Module) -> OnPolicy | None:
+        assert isinstance(data, TextData)
+        spec = recipe.on_policy
+        if spec is None:
+            return None
+        return OnPolicy(
+            student,
+            lam=spec.lam,
+            max_new_tokens=spec.max_new_tokens,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            pad_token_id=data.tokenizer.pad_token_id,
+            eos_token_id=data.tokenizer.eos_token_id,
+            seed=recipe.seed,
+        )
+
+    def evaluate(
+        self, model: nn.Module, recipe: Recipe, data: Splits, judge: Teacher | None
+    ) -> dict[str, Any]:
+        metrics = super().evaluate(model, recipe, data, judge)
+        return {**metrics, "perplexity": math.exp(metrics["loss"])}
+
+    def describe(
+        self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
+    ) -> dict[str, Any]:
+        example = data.test[0]["input_ids"]
+        return {
+            "parameters": parameter_count(model),
+            "size_bytes": size_on_disk(model, weights),
+            "latency_ms": cpu_latency_ms(model, example, recipe.output.latency_repeats),
+        }
+
+    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:
+        """A Hugging Face folder too, loadable with ``from_pretrained``."""
+        assert isinstance(data, TextData)
+        student.save_pretrained(run_dir / HF_STUDENT_DIR)  # type: ignore[operator]
+        data.tokenizer.save_pretrained(run_dir / HF_STUDENT_DIR)
+
+    def cache_rows(self, data: Splits) -> Dataset:
+        """Training then validation rows (ids stay the rows' own)."""
+        train, val = data.student_train, data.val
+        assert isinstance(train, Subset) and isinstance(val, Subset)
+        return Subset(train.dataset, [*train.indices, *val.indices])
+
+    def cache_layout(self, recipe: Recipe, data: Splits, teacher: nn.Module, rows: int) -> Layout:
+        """Top-k per token (or dense with ``top_k: null``) at the KD term's temperature."""
+        assert recipe.cache is not None
+        top_k = recipe.cache.top_k
+        return make_layout(
+            recipe,
+            kind="dense" if top_k is None else "topk",
+            num_examples=rows,
+            k=top_k,
+            temperature=cache_temperature(recipe),
+            vocab_size=cache_vocab_size(recipe, teacher),
+            fingerprint=self.cache_fingerprint(recipe, data),
+        )
+
+    def cache_fingerprint(self, recipe: Recipe, data: Splits) -> dict[str, Any]:
+        assert isinstance(data, TextData) and recipe.teacher is not None
+        spec = text_spec(recipe)
+        tokenizer = data.tokenizer
+        return {
+            "teacher": recipe.teacher.model,
+            "teacher_args": dict(recipe.teacher.args),
+            "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+            "tokenizer_size": len(tokenizer),
+            "seq_len": spec.seq_len,
+            "source": spec.source,
+            "format": spec.format,
+        }
+
+    def summary_fields(
+        self, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        ratio = None
+        if "baseline" in models:
+            ratio = models["student"]["perplexity"] / models["baseline"]["perplexity"]
+        before = {"task": recipe.task, "dataset": f"text ({text_spec(recipe).source})"}
+        return before, {"perplexity_ratio": ratio, "gap_closed": None}
+
+    def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:
+        folder = Path(run_dir) / HF_STUDENT_DIR
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{run_dir} holds no student/ folder; did the run finish?")
+        data = prepare_text(recipe, tokenizer_for(recipe))
+        student = hf.auto_class(hf_task(recipe)).from_pretrained(folder)
+        return self.evaluate(student, recipe, data, None)
+
+    def describe_eval(self, metrics: dict[str, float]) -> str:
+        return (
+            f"test perplexity {metrics['perplexity']:.2f}, token accuracy "
+            f"{100 * metrics['accuracy']:.1f}% ({int(metrics['examples']):,} tokens)"
+        )
+
+    def describe_teacher(self, info: dict[str, Any]) -> str:
+        return f"validation perplexity {info['val']['perplexity']:.2f}"

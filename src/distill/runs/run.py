@@ -1,0 +1,408 @@
+"""Running a recipe, the same way for every kind of run.
+
+``TASKS`` maps a recipe's ``task`` to the ``Task`` that knows its data, models and
+metrics; ``run_recipe`` then goes teacher -> label-only baseline -> students (a teacher
+assistant, born-again generations, or peers learning from each other) -> teacher cache ->
+the distilled student -> compression stages -> summary and report -> export. The
+commands ``distill teacher``, ``cache``, ``generate`` and ``eval`` are here too, so the
+command line never asks which task a recipe is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from distill import teachers
+from distill.errors import RecipeError
+from distill.losses import cross_entropy
+from distill.methods import Cohort, OnPolicy
+from distill.objective import Objective, Term
+from distill.recipes import ModelSpec, Recipe, build_objective, dump_recipe, validate_recipe
+from distill.recipes.load import read_yaml
+from distill.runs.cache import cache_as_teacher, ensure_cache
+from distill.runs.classify import Classification
+from distill.runs.common import (
+    BASELINE_DIR,
+    RECIPE_FILE,
+    Log,
+    Splits,
+    Task,
+    check_run_dir,
+    fit_student,
+    gain,
+    loader,
+    step_budget,
+    steps_per_epoch,
+    teacher_cache_dir,
+    teacher_module,
+    write_summary,
+)
+from distill.runs.compress import run_compress
+from distill.runs.export import export_run
+from distill.runs.language import Language, generate_teacher_answers
+from distill.training import checkpoint as ckpt
+from distill.training.distributed import num_processes, on_main, process_index
+
+TASKS: dict[str, Task] = {
+    "classification": Classification(),
+    "causal_lm": Language("causal"),
+    "masked_lm": Language("masked"),
+}
+
+
+def task_for(recipe: Recipe) -> Task:
+    return TASKS[recipe.task]
+
+
+def run_recipe(
+    recipe: Recipe, *, out_dir: Path | None = None, progress: bool = True, log: Log = print
+) -> dict[str, Any]:
+    """Everything ``distill run`` does; returns the summary it writes to summary.json."""
+    task = task_for(recipe)
+    run_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    on_main(lambda: (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe)))
+    started = time.perf_counter()
+    data = task.prepare(recipe, progress, log)
+    log(f"data: {recipe.data.dataset}, {data.regime}")
+    teacher, teacher_info = None, {}
+    if recipe.teacher is not None and recipe.teacher.model != "ema":
+        teacher, teacher_info = task.teacher(recipe, data, progress, log)
+    per_epoch = steps_per_epoch(data.student_train, recipe)
+    budget = Budget(step_budget(recipe, per_epoch), per_epoch, progress)
+    models: dict[str, dict[str, Any]] = {}
+    if teacher is not None:
+        seconds = teacher_info.get("train_seconds", 0.0)
+        models["teacher"] = {**task.measure(teacher, recipe, data), "train_seconds": seconds}
+    if recipe.baseline:
+        log(
+            f"label-only student {recipe.student.model}: {budget.steps} steps on "
+            f"{len(data.baseline_train):,} labelled examples"  # type: ignore[arg-type]
+        )
+        labels_only = Lesson(lambda s: Objective(ce=Term(cross_entropy)), teacher, rows="baseline")
+        _, models["baseline"] = train_student(
+            task, recipe, data, labels_only, run_dir / BASELINE_DIR, budget
+        )
+    # a teacher assistant, then born-again generations: each stage teaches the next
+    teacher_of_student = teacher
+    for name, spec, description in chain_stages(recipe):
+        log(f"{description}: distilled first")
+        lesson = Lesson(recipe_objective(recipe, per_epoch, teacher_of_student), teacher_of_student)
+        stage, models[name] = train_student(
+            task, recipe, data, lesson, run_dir / name, budget, spec=spec
+        )
+        teacher_of_student = stage.eval()
+    lesson = distilled_lesson(task, recipe, data, teacher_of_student, per_epoch, progress, log)
+    log(
+        f"distilled student {recipe.student.model}"
+        + (f" ({recipe.peers} peers learning from each other)" if recipe.peers > 1 else "")
+        + f": {budget.steps} steps on {len(data.student_train):,} examples, objective "  # type: ignore[arg-type]
+        + ", ".join(recipe.objective)
+    )
+    student, metrics = train_student(
+        task, recipe, data, lesson, run_dir, budget, peers=recipe.peers
+    )
+    if "ema_teacher" in metrics:
+        models["ema_teacher"] = metrics.pop("ema_teacher")
+    if isinstance(student, Cohort):
+        models.update(peer_rows(task, student, recipe, data, run_dir, metrics))
+    else:
+        models["student"] = metrics
+    if recipe.compress:  # each stage distils from the recipe's teacher again
+        assert teacher is not None  # the recipe checks it
+        models.update(
+            run_compress(task, recipe, data, student, teacher, run_dir, per_epoch, progress, log)
+        )
+    summary = summarize(task, recipe, data, models, budget.steps)
+    write_summary(run_dir, {**summary, "seconds": time.perf_counter() - started})
+    if recipe.export is not None:  # after the summary, so a failed check leaves it readable
+        models.update(export_rows(recipe, run_dir, models, log))
+        write_summary(run_dir, {**summary, "seconds": time.perf_counter() - started})
+    return {**summary, "seconds": time.perf_counter() - started}
+
+
+@dataclass
+class Budget:
+    """Every student's training: ``steps`` optimizer updates, validation every
+    ``per_epoch`` (unless ``train.eval_every`` says otherwise), a progress bar or not."""
+
+    steps: int
+    per_epoch: int
+    progress: bool
+
+
+@dataclass
+class Lesson:
+    """What one student learns from: ``objective(student)``; the live ``teacher`` model
+    (the recipe's, or the stage before), or instead a teacher cache's ``answers`` or the
+    student's own moving average (``ema_momentum``); its ``rows`` (``"student"``: the
+    distilled student's, ``"baseline"``: the labelled ones); whether the task may rewrite
+    its batches (``on_policy``: the student writes the answers)."""
+
+    objective: Callable[[nn.Module], Objective]
+    teacher: nn.Module | None = None
+    answers: teachers.Teacher | None = None
+    ema_momentum: float | None = None
+    rows: Literal["student", "baseline"] = "student"
+    on_policy: bool = False
+
+
+def recipe_objective(
+    recipe: Recipe, per_epoch: int, teacher: nn.Module | None, sparse_teacher: bool = False
+) -> Callable[[nn.Module], Objective]:
+    """The recipe's objective for a student (LM-head terms read both models' heads)."""
+    return lambda student: build_objective(
+        recipe.objective, per_epoch, student, teacher, sparse_teacher=sparse_teacher
+    )
+
+
+def distilled_lesson(
+    task: Task,
+    recipe: Recipe,
+    data: Splits,
+    teacher: nn.Module | None,
+    per_epoch: int,
+    progress: bool,
+    log: Log,
+) -> Lesson:
+    """The distilled student's lesson: from ``teacher``, from the teacher's cached answers
+    (built first if missing), or, with ``teacher.model: ema``, from its moving average."""
+    spec = recipe.teacher
+    answers = None
+    if recipe.cache is not None and recipe.cache.use:
+        assert teacher is not None  # the recipe checks it
+        info = build_cache(
+            task, recipe, data, teacher, worker=process_index(), workers=num_processes(),
+            progress=progress, log=log, together=True,
+        )  # fmt: skip
+        answers = cache_as_teacher(recipe, task.cache_fingerprint(recipe, data))
+        log(f"the distilled student learns from the teacher cache {info['folder']}")
+    return Lesson(
+        recipe_objective(recipe, per_epoch, teacher, sparse_teacher=answers is not None),
+        teacher,
+        answers=answers,
+        ema_momentum=spec.ema_momentum if spec is not None and spec.model == "ema" else None,
+        on_policy=True,
+    )
+
+
+def summarize(
+    task: Task, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]], steps: int
+) -> dict[str, Any]:
+    before, after = task.summary_fields(recipe, data, models)
+    return {
+        "name": recipe.name,
+        "description": recipe.description,
+        **before,
+        "regime": data.regime,
+        "teacher_model": recipe.teacher.model if recipe.teacher else None,
+        "student_model": recipe.student.model,
+        "objective": {name: term.loss for name, term in recipe.objective.items()},
+        "steps": steps,
+        "models": models,
+        "gain_over_baseline": gain(models),
+        **after,
+    }
+
+
+def chain_stages(recipe: Recipe) -> list[tuple[str, ModelSpec | None, str]]:
+    """(run folder, student spec or None for the recipe's, description) of the students
+    distilled before the final one: the teacher assistant, then born-again generations."""
+    stages: list[tuple[str, ModelSpec | None, str]] = []
+    if recipe.assistant is not None:
+        stages.append(
+            ("assistant", recipe.assistant, f"teacher assistant {recipe.assistant.model}")
+        )
+    stages += [
+        (f"generation_{g}", None, f"born-again generation {g} of {recipe.generations}")
+        for g in range(1, recipe.generations)
+    ]
+    return stages
+
+
+def train_student(
+    task: Task,
+    recipe: Recipe,
+    data: Splits,
+    lesson: Lesson,
+    run_dir: Path,
+    budget: Budget,
+    *,
+    spec: ModelSpec | None = None,
+    peers: int = 1,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one student (``spec``, default the recipe's; with ``peers`` > 1 a ``Cohort``
+    of that many, seeded ``seed``, ``seed + 1``, …) as ``lesson`` says and measure it on
+    the test split; an EMA teacher is measured too (``metrics["ema_teacher"]``)."""
+    spec = spec or recipe.student
+    torch.manual_seed(recipe.seed)  # the same initial weights for every student
+    student = task.build_student(recipe, data, spec, lesson.teacher)
+    if peers > 1:
+        members = [student]
+        for offset in range(1, peers):
+            torch.manual_seed(recipe.seed + offset)
+            members.append(task.build_student(recipe, data, spec, lesson.teacher))
+        student = Cohort(members)
+    objective = lesson.objective(student)
+    live = None if lesson.teacher is None else teacher_module(recipe, lesson.teacher)
+    if lesson.ema_momentum is not None:
+        live = teachers.EMA(student, momentum=lesson.ema_momentum)
+    judge = lesson.answers if lesson.answers is not None and task.cache_holds_test else live
+    transform = task.batch_transform(recipe, data, student) if lesson.on_policy else None
+    rows = data.baseline_train if lesson.rows == "baseline" else data.student_train
+    _, result, seconds = fit_student(
+        recipe, student, lesson.answers or live, objective, run_dir=run_dir,
+        train_loader=loader(rows, recipe, True), val_loader=loader(data.val, recipe, False),
+        max_steps=budget.steps, eval_every=budget.per_epoch, progress=budget.progress,
+        batch_transform=transform,
+    )  # fmt: skip
+    on_main(lambda: task.save_student(student, run_dir, data))
+    if isinstance(student, Cohort):  # each peer is measured on its own (peer_rows)
+        metrics = task.evaluate(student, recipe, data, judge)
+    else:
+        metrics = task.measure(student, recipe, data, judge, run_dir / ckpt.STUDENT_FILE)
+    if isinstance(live, teachers.EMA):
+        metrics["ema_teacher"] = task.measure(live.model, recipe, data)
+    if isinstance(transform, OnPolicy):
+        metrics["on_policy_batches"] = transform.generated_batches
+        metrics["on_policy_tokens"] = transform.generated_tokens
+    return student, {
+        **metrics,
+        "train_seconds": seconds,
+        "steps": result.steps,
+        "best_step": result.best_step,
+    }
+
+
+def export_rows(
+    recipe: Recipe, run_dir: Path, models: dict[str, dict[str, Any]], log: Log
+) -> dict[str, dict[str, Any]]:
+    """The recipe's ``export``: report rows for the ONNX graphs (``export_onnx``, …)."""
+    spec = recipe.export
+    assert spec is not None
+    result = on_main(lambda: export_run(run_dir, recipe, **spec.model_dump(), log=log))
+    if result is None:  # not the main process: it exports alone
+        return {}
+    stages = [k for k in models if k.startswith("compress_") and not k.endswith("_quantize")]
+    source = models[stages[-1] if stages else "student"]
+    return {
+        f"export_{key}": {**row, "parameters": source["parameters"]}
+        for key, row in result["models"].items()
+        if key != "pytorch"
+    }
+
+
+def peer_rows(
+    task: Task,
+    cohort: Cohort,
+    recipe: Recipe,
+    data: Splits,
+    run_dir: Path,
+    cohort_metrics: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Each peer of a mutual-learning cohort measured and saved on its own
+    (``peers/peer_<k>.safetensors``); peer 0 is reported as the student."""
+    rows: dict[str, dict[str, Any]] = {}
+    (run_dir / "peers").mkdir(exist_ok=True)
+    for k, peer in enumerate(cohort.peers):
+        weights = run_dir / "peers" / f"peer_{k}.safetensors"
+        on_main(lambda peer=peer, weights=weights: ckpt.save_weights(peer, weights))
+        rows["student" if k == 0 else f"peer_{k}"] = {
+            **task.evaluate(peer, recipe, data, None),
+            "train_seconds": cohort_metrics["train_seconds"],
+            "cohort_accuracy": cohort_metrics["accuracy"],
+            **task.describe(peer, recipe, data, weights),
+        }
+    return rows
+
+
+# -- the other commands -----------------------------------------------------------------------
+
+
+def build_cache(
+    task: Task,
+    recipe: Recipe,
+    data: Splits,
+    teacher: nn.Module,
+    *,
+    worker: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+    log: Log = print,
+    together: bool = False,
+) -> dict[str, Any]:
+    """The teacher's answers on the task's cache rows (this worker's shards of them)."""
+    rows = task.cache_rows(data)
+    layout = task.cache_layout(recipe, data, teacher, len(rows))  # type: ignore[arg-type]
+    live = teacher_module(recipe, teacher.eval().requires_grad_(False))  # the recipe's autocast
+    return ensure_cache(
+        recipe, live, rows, layout, worker=worker, workers=workers, progress=progress, log=log,
+        together=together,
+    )  # fmt: skip
+
+
+def cache_command(
+    recipe: Recipe, *, worker: int = 0, workers: int = 1, progress: bool = True, log: Log = print
+) -> dict[str, Any]:
+    """``distill cache``: run the teacher (trained or reused) once over the rows students
+    read and store its answers (this worker's shards of them)."""
+    task = task_for(recipe)
+    if recipe.cache is None:
+        raise RecipeError(f"cache: the recipe has no cache section; add `{task.cache_example}`")
+    data = task.prepare(recipe, progress, log)
+    teacher, _ = task.teacher(recipe, data, progress, log)
+    return build_cache(
+        task, recipe, data, teacher, worker=worker, workers=workers, progress=progress, log=log
+    )
+
+
+def teacher_command(recipe: Recipe, *, progress: bool = True, log: Log = print) -> dict[str, Any]:
+    """``distill teacher``: train (or fine-tune) the recipe's teacher and store it; its
+    info (validation metrics, seconds) and where it is (``cache``)."""
+    if recipe.teacher is None:
+        raise RecipeError("teacher: the recipe names no teacher")
+    task = task_for(recipe)
+    info = task.train_teacher(recipe, task.prepare(recipe, progress, log), progress, log)
+    return {**info, "cache": str(teacher_cache_dir(recipe))}
+
+
+def generate_command(recipe: Recipe, *, progress: bool = True, log: Log = print) -> Path:
+    """``distill generate``: the teacher answers the recipe's prompts; returns the dataset."""
+    if not task_for(recipe).generates:
+        raise RecipeError(f"task {recipe.task}: distill generate is for causal_lm recipes")
+    return generate_teacher_answers(recipe, progress=progress, log=log)
+
+
+def read_run_recipe(run_dir: Path) -> Recipe:
+    """The resolved recipe a finished (or interrupted) run wrote."""
+    check_run_dir(run_dir)
+    path = Path(run_dir) / RECIPE_FILE
+    return validate_recipe(read_yaml(path), str(path))
+
+
+def eval_command(run_dir: Path) -> tuple[dict[str, float], str]:
+    """``distill eval``: the run's saved student on its recipe's test split; the metrics
+    and a line that says them."""
+    recipe = read_run_recipe(run_dir)
+    task = task_for(recipe)
+    metrics = task.evaluate_run(Path(run_dir), recipe)
+    return metrics, task.describe_eval(metrics)
+
+
+def export_command(run_dir: Path, **options: Any) -> dict[str, Any]:
+    """``distill export``: a run's student as ONNX, checked against PyTorch (``options``
+    as ``runs.export.export_run``); for the tasks that export."""
+    recipe = read_run_recipe(run_dir)
+    if not task_for(recipe).exports:
+        raise RecipeError(
+            f"task {recipe.task}: distill export takes classification runs (LM export is not "
+            "built yet)"
+        )
+    return export_run(Path(run_dir), recipe, **options)

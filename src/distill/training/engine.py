@@ -1,0 +1,433 @@
+"""The training engine: forward, loss, backward, step, on Hugging Face Accelerate.
+
+    result = Distiller(student, teachers.Module(teacher), objective, lr=1e-3).fit(
+        train_loader, eval_loader=val_loader, epochs=10)
+
+One optimizer step reads ``grad_accum_steps`` micro-batches. Each micro-batch's loss is
+weighted by its share of the window's rows (examples, or tokens under a mask), so the
+update equals the one of a single large batch whatever the accumulation factor.
+Checkpoints hold weights, optimizer, scheduler, RNG states and the data position; a
+resumed run continues bit-identically on CPU. Ctrl-C finishes the current step, writes a
+checkpoint and raises ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+
+from distill.batch import Batch, as_batch, logits_of
+from distill.data.resumable import ResumableLoader
+from distill.objective import LossInputs, Objective, default_objective
+from distill.outputs import TeacherOutput
+from distill.taps import Taps
+from distill.teachers import Teacher
+from distill.training import checkpoint as ckpt
+from distill.training.callbacks import Callback
+from distill.training.config import OptimizerFactory, TrainConfig, make_optimizer, make_scheduler
+from distill.training.distributed import make_accelerator
+from distill.training.evaluation import EvaluationSums
+from distill.training.progress import TrainingProgress
+from distill.training.state import (
+    RunningMeans,
+    StopRequest,
+    TrainState,
+    append_metrics,
+    is_better,
+    truncate_metrics,
+)
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: where it ended and the validation history."""
+
+    steps: int
+    total_steps: int
+    best_metric: float | None
+    best_step: int | None
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+class Distiller:
+    """Distil ``teacher`` into ``student`` under ``objective``; settings as in TrainConfig.
+
+    ``teacher`` (a ``distill.teachers.Teacher``) may be None for a label-only baseline.
+    ``objective`` defaults to Hinton KD (see ``default_objective``). ``optimizer`` may be a
+    callable that takes the trainable parameters and returns a ``torch.optim.Optimizer``,
+    overriding ``optimizer=`` names. ``batch_transform(batch, step)`` rewrites each
+    training micro-batch (on the device) before the teacher and the student see it;
+    on-policy distillation uses it.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: Teacher | None = None,
+        objective: Objective | None = None,
+        *,
+        optimizer: OptimizerFactory | None = None,
+        callbacks: Iterable[Callback] = (),
+        batch_transform: Callable[[Batch, int], Batch] | None = None,
+        **settings: Any,
+    ) -> None:
+        if optimizer is not None and not callable(optimizer):
+            settings["optimizer"] = optimizer
+            optimizer = None
+        self.config = TrainConfig(**settings)
+        self.student = student
+        self.teacher = teacher
+        self.objective = objective or default_objective(teacher is not None)
+        self.objective.check_teacher(teacher)
+        self.optimizer_factory = optimizer
+        self.callbacks = list(callbacks)
+        self.batch_transform = batch_transform
+        self.accelerator: Accelerator | None = None
+        self.student_taps = Taps(student, self.objective.student_taps)
+        if teacher is not None:
+            teacher.add_taps(self.objective.teacher_taps)
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _accelerate(self) -> Accelerator:
+        if self.accelerator is None:
+            self.accelerator = make_accelerator(self.config.cpu, self.config.mixed_precision)
+            self.student.to(self.accelerator.device)
+            self.objective.to(self.accelerator.device)
+            if self.teacher is not None:
+                self.teacher.to(self.accelerator.device)
+        return self.accelerator
+
+    @property
+    def device(self) -> torch.device:
+        return self._accelerate().device
+
+    @property
+    def is_main(self) -> bool:
+        return self._accelerate().is_main_process
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def _teacher_output(
+        self, batch: Batch, needed: bool = True, training: bool = False
+    ) -> TeacherOutput | None:
+        if self.teacher is None or not needed:
+            return None
+        return self.teacher(batch, logits=not training or self.objective.reads("teacher_logits"))
+
+    def _loss_inputs(
+        self, batch: Batch, teacher_out: TeacherOutput | None, training: bool = False
+    ) -> LossInputs:
+        """What the objective reads. In training, logits no term reads are not computed in
+        full (a Hugging Face causal LM keeps the last position only)."""
+        full_logits = not training or self.objective.reads("student_logits")
+        logits = logits_of(batch.run(self.student, logits=full_logits))
+        return LossInputs(
+            student_logits=logits,
+            teacher_logits=teacher_out.logits if teacher_out is not None else None,
+            teacher_topk=teacher_out.topk if teacher_out is not None else None,
+            labels=batch.labels,
+            mask=batch.mask,
+            student_features=self.student_taps.pop(),
+            teacher_features=teacher_out.features if teacher_out is not None else {},
+        )
+
+    def _build_projectors(self, first: Batch) -> None:
+        """One forward on the first batch: checks taps and terms, creates projectors."""
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad(), self._accelerate().autocast():
+            teacher_out = self._teacher_output(first, self.objective.reads_teacher, training=True)
+            self.objective.build(self._loss_inputs(first, teacher_out, training=True))
+        self.student.train(was_training)
+
+    # -- training ------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train_loader: DataLoader,
+        eval_loader: DataLoader | None = None,
+        *,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        resume: bool | str | Path | None = None,
+    ) -> FitResult:
+        """Train for ``epochs`` (or ``max_steps`` optimizer updates, whichever ends first).
+
+        ``eval_loader`` is the validation split that selects the best student (by
+        ``select_metric``); keep the test split for ``evaluate`` after training.
+        ``resume=True`` continues from the latest checkpoint in ``run_dir``; a path resumes
+        from that checkpoint.
+        """
+        c = self.config
+        if epochs is None and max_steps is None:
+            raise ValueError("fit needs epochs= or max_steps=")
+        accelerator = self._accelerate()
+        set_seed(c.seed)
+        data = ResumableLoader(
+            train_loader,
+            seed=c.seed,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+        )
+        if len(data) == 0:
+            raise ValueError("the training loader yields no batch; is the dataset empty?")
+        steps_per_epoch = math.ceil(len(data) / c.grad_accum_steps)
+        if epochs is None:
+            epochs = math.ceil(max_steps / steps_per_epoch)  # type: ignore[operator]
+        total_steps = epochs * steps_per_epoch
+        if max_steps is not None:
+            total_steps = min(total_steps, max_steps)
+        self.total_steps = total_steps  # what callbacks may schedule against
+
+        self.objective.loss_states.to(accelerator.device)
+        self._build_projectors(as_batch(next(iter(data.epoch(0)))).to(accelerator.device))
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        params += list(self.objective.parameters())
+        optimizer = (self.optimizer_factory or (lambda ps: make_optimizer(ps, c)))(params)
+        scheduler = make_scheduler(optimizer, c, total_steps, steps_per_epoch)
+        self.student, optimizer = accelerator.prepare(self.student, optimizer)
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+        self.best = ckpt.BestWeights(c.run_dir, self.is_main)
+        state = self._resume(resume) if resume else TrainState()
+        run_dir = c.run_dir
+        if run_dir is not None and self.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            truncate_metrics(run_dir, state.step)
+
+        progress = TrainingProgress(
+            total_steps, enabled=c.progress and self.is_main, completed=state.step
+        )
+        with StopRequest() as stop, progress:
+            self._train(data, eval_loader, state, total_steps, epochs, stop, progress)
+        if c.select_metric and state.best_step not in (None, state.step):
+            accelerator.wait_for_everyone()  # the main process wrote them
+            self.best.restore(self._unwrapped())
+        if run_dir is not None and self.is_main:
+            ckpt.save_weights(self._unwrapped(), run_dir / ckpt.STUDENT_FILE)
+        accelerator.wait_for_everyone()  # the other processes may read it next
+        return FitResult(
+            steps=state.step,
+            total_steps=total_steps,
+            best_metric=state.best_metric,
+            best_step=state.best_step,
+            evaluations=state.evaluations,
+            run_dir=run_dir,
+        )
+
+    def _windows(self, batches: Iterator[Any]) -> Iterator[list[Any]]:
+        while window := list(itertools.islice(batches, self.config.grad_accum_steps)):
+            yield window
+
+    def _train(
+        self,
+        data: ResumableLoader,
+        eval_loader: DataLoader | None,
+        state: TrainState,
+        total_steps: int,
+        epochs: int,
+        stop: StopRequest,
+        progress: TrainingProgress,
+    ) -> None:
+        c = self.config
+        means = RunningMeans()
+        while state.epoch < epochs and state.step < total_steps:
+            batches = data.epoch(state.epoch, skip_batches=state.batch_in_epoch)
+            for window in self._windows(batches):
+                started = time.perf_counter()
+                logs = self._step(window, state.step, total_steps)
+                logs["samples_per_s"] = logs.pop("examples") / (time.perf_counter() - started)
+                state.step += 1
+                state.batch_in_epoch += len(window)
+                step = state.step
+                means.add(logs)
+                progress.update(step, logs["loss"], logs["samples_per_s"])
+                if step % c.log_every == 0 or step == total_steps:
+                    self._log({"step": step, "epoch": state.epoch, **means.pop()})
+                for callback in self.callbacks:
+                    if self.is_main or getattr(callback, "all_ranks", False):
+                        callback.on_step_end(self, step, logs)
+                epoch_done = state.batch_in_epoch >= len(data)
+                if epoch_done:
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                if eval_loader is not None and (
+                    step % c.eval_every == 0 if c.eval_every else epoch_done
+                ):
+                    self._validate(eval_loader, state)
+                if stop.requested:
+                    path = self._checkpoint(state)
+                    where = f"checkpoint at {path}" if path else "no run_dir: nothing saved"
+                    raise KeyboardInterrupt(f"training stopped by Ctrl-C at step {step}; {where}")
+                if c.checkpoint_every and step % c.checkpoint_every == 0:
+                    self._checkpoint(state)
+                if step == total_steps or epoch_done:
+                    break
+        done = state.evaluations
+        if eval_loader is not None and (not done or done[-1]["step"] != state.step):
+            self._validate(eval_loader, state)
+        self._checkpoint(state)
+
+    def _step(self, window: list[Any], step: int, total_steps: int) -> dict[str, float]:
+        accelerator = self._accelerate()
+        batches = [as_batch(raw).to(accelerator.device) for raw in window]
+        if self.batch_transform is not None:  # e.g. on-policy: the student writes the answers
+            with accelerator.autocast():  # in the run's precision, like the forward passes
+                batches = [self.batch_transform(b, step) for b in batches]
+        # each micro-batch weighs by the rows its losses average over, so that a window
+        # split into micro-batches gives the update of one batch (and a batch of a transfer
+        # set with no labelled row still teaches through its distillation terms)
+        labelled_only = self.objective.labelled_rows_only
+        rows = [b.rows(labelled_only) for b in batches]
+        # over processes too: every rank weighs its rows by the rows of the global batch;
+        # DDP then averages the gradients over the ranks, hence the factor ``world``
+        world = accelerator.num_processes
+        total_rows = max(1.0, self._global_sum(float(sum(rows))))
+        self.student.train()
+        logs: dict[str, float] = {"loss": 0.0, "examples": 0.0}
+        for i, batch in enumerate(batches):
+            share = rows[i] / total_rows * world
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(self.student)
+            with sync:
+                teacher_out = self._teacher_output(
+                    batch, self.objective.reads_teacher, training=True
+                )
+                with accelerator.autocast():
+                    inputs = self._loss_inputs(batch, teacher_out, training=True)
+                    value = self.objective(inputs, step, total_steps)
+                accelerator.backward(value.total * share)
+            logs["loss"] += float(value.total.detach()) * share / world
+            logs["examples"] += batch.size()
+            for name, term_value in value.terms.items():
+                key = f"loss/{name}"
+                logs[key] = logs.get(key, 0.0) + float(term_value.detach()) * share / world
+        if world > 1:  # the global batch's values, as one process would log them
+            for key in [k for k in logs if k == "loss" or k.startswith("loss/")]:
+                logs[key] = self._global_sum(logs[key])
+            logs["examples"] = self._global_sum(logs["examples"])
+        for name, weight in value.weights.items():
+            logs[f"weight/{name}"] = weight
+        for name, temperature in value.temperatures.items():
+            logs[f"temperature/{name}"] = temperature
+        if self.config.max_grad_norm is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            norm = accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+            logs["grad_norm"] = float(norm)
+        logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.teacher is not None:  # e.g. an EMA teacher follows the student
+            self.teacher.after_step(step + 1, total_steps)
+        return logs
+
+    def _global_sum(self, value: float) -> float:
+        """``value`` summed over the processes (itself in a single process)."""
+        accelerator = self._accelerate()
+        if accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor(value, dtype=torch.float64, device=accelerator.device)
+        return float(accelerator.reduce(tensor, reduction="sum"))
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> dict[str, float]:
+        """Accuracy and cross-entropy on labelled rows; with a teacher, KL(teacher ‖ student)
+        at T = 1 and ``teacher_agreement`` (see ``training.evaluation``)."""
+        accelerator = self._accelerate()
+        was_training = self.student.training
+        self.student.eval()
+        sums = EvaluationSums(has_teacher=self.teacher is not None)
+        for raw in loader:
+            batch = as_batch(raw).to(accelerator.device)
+            teacher_out = self._teacher_output(batch)
+            with accelerator.autocast():
+                inputs = self._loss_inputs(batch, teacher_out)
+            assert inputs.student_logits is not None
+            sums.add(batch, inputs.student_logits, teacher_out)
+        self.student.train(was_training)
+        return sums.result()
+
+    def _validate(self, loader: DataLoader, state: TrainState) -> None:
+        metrics = self.evaluate(loader)
+        state.evaluations.append({"step": state.step, **metrics})
+        validation = {f"val/{k}": v for k, v in metrics.items()}
+        self._log({"step": state.step, "epoch": state.epoch, **validation})
+        metric = self.config.select_metric
+        if metric:
+            if metric not in metrics:
+                raise ValueError(
+                    f"select_metric={metric!r} is not a validation metric; available: "
+                    f"{sorted(metrics)} (or select_metric=None to keep the last student)"
+                )
+            if is_better(metric, metrics[metric], state.best_metric):
+                state.best_metric, state.best_step = metrics[metric], state.step
+                self.best.save(self._unwrapped())
+        if self.is_main:
+            for callback in self.callbacks:
+                callback.on_evaluate(self, state.step, metrics)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _unwrapped(self) -> nn.Module:
+        return self._accelerate().unwrap_model(self.student)
+
+    @property
+    def model(self) -> nn.Module:
+        """The student as built (unwrapped from any distributed wrapper)."""
+        return self._unwrapped()
+
+    def _trainables(self) -> ckpt.Trainables:
+        return ckpt.Trainables(
+            student=self._unwrapped(),
+            projectors=self.objective.projectors,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            teacher_state=self.teacher.state_module if self.teacher else None,
+            loss_state=self.objective.loss_states,
+        )
+
+    def _checkpoint(self, state: TrainState) -> Path | None:
+        run_dir = self.config.run_dir
+        accelerator = self._accelerate()
+        accelerator.wait_for_everyone()
+        if run_dir is None:
+            return None
+        path = run_dir / ckpt.CHECKPOINTS / f"step_{state.step:07d}"
+        if self.is_main:
+            ckpt.save_checkpoint(path, self._trainables(), state.to_dict())
+            ckpt.prune_checkpoints(run_dir, self.config.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return path
+
+    def _resume(self, resume: bool | str | Path) -> TrainState:
+        path = ckpt.resume_path(resume, self.config.run_dir)
+        if path is None:
+            return TrainState()  # nothing to resume: start from scratch
+        loaded = ckpt.load_checkpoint(path, self._trainables())
+        ckpt.restore_rng(loaded.pop("rng"))
+        state = TrainState.from_dict(loaded)
+        if state.best_step is not None and not self.best.exists():
+            state.best_step = state.best_metric = None  # the best weights are not here
+        return state
+
+    def _log(self, row: dict[str, Any]) -> None:
+        run_dir = self.config.run_dir
+        if run_dir is not None and self.is_main:
+            append_metrics(run_dir, row)

@@ -1,0 +1,100 @@
+"""The state of a training run between steps: where it is (``TrainState``, what a
+checkpoint's ``state.json`` holds), the metrics file, running means and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: optimizer steps taken, the epoch and the batches of it read,
+    the best validation metric so far (and its step) and every validation row."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+def is_better(metric: str, new: float, old: float | None) -> bool:
+    """Whether ``new`` beats ``old`` for ``metric`` (losses and KL: lower is better)."""
+    lower_is_better = metric.endswith("loss") or metric.startswith("kl")
+    return old is None or (new < old if lower_is_better else new > old)
+
+
+class StopRequest:
+    """SIGINT handler: the first Ctrl-C asks for a clean stop, the second interrupts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class RunningMeans:
+    """Means of the logged values since the last ``pop``."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: v / max(1, self.count) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(run_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, drop rows an interrupted run logged after its last checkpoint."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    shutil.move(tmp, path)
