@@ -261,6 +261,7 @@ def test_run_directory_contents_and_model_selection(digits, teacher_model, tmp_p
         "projectors.safetensors",
         "trainer_state.pt",
         "state.json",
+        "checksums.json",
     }
     trainer = torch.load(last / "trainer_state.pt", weights_only=True)
     assert {"optimizer", "scheduler", "rng"} <= set(trainer)

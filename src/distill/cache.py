@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -51,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from distill.batch import Batch, as_batch
 from distill.errors import CacheError
 from distill.outputs import topk_of
+from distill.paths import atomic_write, sha256_file, write_json
 
 FORMAT = "distill-teacher-cache/1"
 LAYOUT_FILE = "layout.json"
@@ -110,27 +110,6 @@ class Layout:
         return cls(**data)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, mode) as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write(path, lambda h: h.write(json.dumps(data, indent=1)), mode="w")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_hashes(batch: Batch) -> np.ndarray:
     """One 64-bit digest per example of every tensor the model receives (args and kwargs,
     in a fixed order): the cache's check that it is read with the inputs it was built on."""
@@ -171,7 +150,7 @@ class CacheWriter:
                     "folder or write the new cache elsewhere"
                 )
         else:
-            _write_json(path, layout.to_json())
+            write_json(path, layout.to_json())
 
     def shard_file(self, index: int, name: str) -> Path:
         return self.folder / f"shard-{index:05d}.{name}.npy"
@@ -198,16 +177,16 @@ class CacheWriter:
             if array.shape[0] != rows:
                 raise CacheError(f"shard {index}: {name} has {array.shape[0]} rows, not {rows}")
             path = self.shard_file(index, name)
-            _atomic_write(path, lambda h, a=array: np.save(h, np.ascontiguousarray(a)))
+            atomic_write(path, lambda h, a=array: np.save(h, np.ascontiguousarray(a)))
             files[name] = {
                 "file": path.name,
-                "sha256": _sha256(path),
+                "sha256": sha256_file(path),
                 "bytes": path.stat().st_size,
                 "payload_bytes": int(array.nbytes),
                 "dtype": str(array.dtype),
                 "shape": list(array.shape),
             }
-        _write_json(
+        write_json(
             self.folder / f"shard-{index:05d}.json", {"index": index, "rows": rows, "files": files}
         )
 
@@ -229,7 +208,7 @@ class CacheWriter:
             f["payload_bytes"] for f in payload
         ) / (self.layout.num_examples * positions)
         manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _write_json(self.folder / MANIFEST_FILE, manifest)
+        write_json(self.folder / MANIFEST_FILE, manifest)
         return manifest
 
 
@@ -298,7 +277,7 @@ class CacheReader:
         if key not in self._maps:
             meta = self.manifest["shards"][index]["files"][name]
             path = self.folder / meta["file"]
-            if self.verify and _sha256(path) != meta["sha256"]:
+            if self.verify and sha256_file(path) != meta["sha256"]:
                 raise CacheError(
                     f"{path}: checksum mismatch, the file changed or is corrupt; delete "
                     f"{self.folder / f'shard-{index:05d}.json'} and manifest.json, then run "

@@ -41,5 +41,9 @@ class UsageError(DistillError, ValueError):
     """A command's argument that does not fit what it points at (a stage a run lacks)."""
 
 
+class NonFiniteLoss(DistillError, FloatingPointError):
+    """Training produced a non-finite loss or gradient norm (``train.on_nonfinite: stop``)."""
+
+
 class MissingDependency(DistillError, ImportError):
     """An optional package is not installed; the message says which extra to install."""

@@ -14,7 +14,6 @@ of the JSONL.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import time
@@ -30,6 +29,7 @@ from torch import nn
 
 from distill.data.text import pydoc_prompts
 from distill.errors import MissingDependency
+from distill.paths import sha256_file
 
 # settings that change the answers; a partial file written under others is not resumed
 ANSWER_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed")
@@ -255,10 +255,6 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def provenance_path(path: Path) -> Path:
     """``<stem>.provenance.json`` next to the dataset."""
     return path.with_name(f"{path.stem}.provenance.json")
@@ -302,7 +298,7 @@ def write_generations(
         "count": len(rows),
         "empty_answers": sum(not a for a in answers),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "versions": _versions(),
     }
     provenance_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
@@ -316,7 +312,7 @@ def read_generations(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, 
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path} is missing: {path} was not written by distill")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if _sha256(path) != meta.get("sha256"):
+    if sha256_file(path) != meta.get("sha256"):
         raise ValueError(
             f"{path} changed since it was generated (SHA-256 differs from {meta_path.name}); "
             "regenerate it or remove the provenance file if the edit is intended"

@@ -5,6 +5,7 @@ settings and LR schedules (``config``), checkpoints (``checkpoint``), evaluation
 
 from distill.training.callbacks import Callback, StepClock
 from distill.training.config import TrainConfig
-from distill.training.engine import Distiller, FitResult
+from distill.training.engine import Distiller
+from distill.training.state import FitResult
 
 __all__ = ["Callback", "Distiller", "FitResult", "StepClock", "TrainConfig"]

@@ -3,8 +3,11 @@
 A checkpoint is a directory ``<run_dir>/checkpoints/step_<N>/`` holding
 ``student.safetensors``, ``projectors.safetensors`` (when the objective has projectors),
 ``trainer_state.pt`` (optimizer, LR scheduler, RNG states; read back with
-``torch.load(weights_only=True)``) and ``state.json`` (step, data position, best metric).
-It is written to a temporary directory and renamed, so a crash never leaves half of one.
+``torch.load(weights_only=True)``), ``state.json`` (step, data position, best metric, the
+settings it was trained with) and ``checksums.json`` (the SHA-256 of each file, written
+last). It is written to a temporary directory (``step_<N>.tmp``, never listed as a
+checkpoint) and renamed, so a crash never leaves half of one; a checkpoint whose files do
+not match their checksums is refused, and resuming falls back to the one before it.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from distill.errors import CheckpointError
+from distill.paths import CHECKSUMS_FILE, fsync_dir, verify_checksums, write_checksums
 
 CHECKPOINTS = "checkpoints"
 BEST_DIR = "best"
@@ -105,18 +111,28 @@ def save_checkpoint(directory: Path, parts: Trainables, state: dict[str, Any]) -
         tmp / TRAINER_FILE,
     )
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_checksums(tmp, [p.name for p in tmp.iterdir()])
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
+    fsync_dir(directory.parent)
     return directory
 
 
 def load_checkpoint(directory: Path, parts: Trainables) -> dict[str, Any]:
-    """Load weights and optimizer/scheduler state; returns state.json and the RNG states."""
+    """Verify, then load weights and optimizer/scheduler state; returns state.json and the
+    RNG states. A file that differs from its checksum is a ``CheckpointError`` naming it,
+    raised before anything is loaded."""
     directory = Path(directory)
     if not (directory / STATE_FILE).exists():
         raise FileNotFoundError(
             f"{directory} is not a distill checkpoint (no {STATE_FILE}); pass a "
             f"'{CHECKPOINTS}/step_N' directory or a run directory that has one"
+        )
+    damaged = [name for name in verify_checksums(directory) if name != CHECKSUMS_FILE]
+    if damaged:
+        raise CheckpointError(
+            f"{directory / damaged[0]}: differs from the checksum recorded when it was written "
+            "(the file is corrupt or was changed)"
         )
     load_weights(parts.student, directory / STUDENT_FILE)
     if parts.teacher_state is not None:
@@ -144,15 +160,63 @@ def load_checkpoint(directory: Path, parts: Trainables) -> dict[str, Any]:
     return state
 
 
-def resume_path(resume: bool | str | Path, run_dir: Path | None) -> Path | None:
-    """The checkpoint ``fit(resume=...)`` continues from: with ``True`` the latest in
-    ``run_dir`` (None: there is none yet), else the checkpoint or run directory given."""
+def resume_candidates(resume: bool | str | Path, run_dir: Path | None) -> list[Path]:
+    """The checkpoints ``fit(resume=...)`` may continue from, newest first: with ``True``
+    those of ``run_dir`` (none yet: an empty list), else the checkpoint given, or those of
+    the run directory given."""
     if resume is True:
         if run_dir is None:
             raise ValueError("resume=True needs run_dir=; or pass the checkpoint's path")
-        return latest_checkpoint(run_dir)
+        return list_checkpoints(run_dir)[::-1]
     path = Path(resume)
-    return path if (path / STATE_FILE).exists() else latest_checkpoint(path) or path
+    if (path / STATE_FILE).exists():
+        return [path]
+    found = list_checkpoints(path)[::-1]
+    return found or [path]  # not a checkpoint: load_checkpoint says so
+
+
+# what a damaged or unreadable checkpoint raises while it is loaded
+UNREADABLE = (CheckpointError, OSError, RuntimeError, ValueError, EOFError, SafetensorError)
+
+
+def load_intact(
+    candidates: list[Path],
+    parts: Trainables,
+    fingerprint: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Load the newest of ``candidates`` that is intact, saying which were passed over; a
+    checkpoint trained under another ``fingerprint`` (the settings that change training)
+    is refused, naming what differs."""
+    errors = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, parts)
+        except FileNotFoundError:
+            raise
+        except UNREADABLE as error:
+            errors.append(f"{path}: {error}")
+            log(f"checkpoint {path} is unreadable ({error}); trying the one before it")
+            continue
+        written = state.get("settings")
+        if written is not None and written != fingerprint:
+            differ = sorted(
+                k for k in {*written, *fingerprint} if written.get(k) != fingerprint.get(k)
+            )
+            details = ", ".join(
+                f"{k}: {written.get(k)!r} -> {fingerprint.get(k)!r}" for k in differ
+            )
+            raise CheckpointError(
+                f"{path} was trained with other settings ({details}); resume with the same "
+                "settings, or start over (distill run --restart; fit without resume)"
+            )
+        if errors:
+            log(f"resuming from {path}, the newest intact checkpoint")
+        return state
+    raise CheckpointError(
+        f"no intact checkpoint to resume from: {'; '.join(errors)}; delete "
+        f"{candidates[0].parent} to start over (distill run --restart does)"
+    )
 
 
 class BestWeights:
@@ -187,10 +251,16 @@ def _has_state(module: nn.Module) -> bool:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The finished checkpoints of a run, oldest first (``step_<N>.tmp`` folders, left by a
+    crash while one was written, are not checkpoints)."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if (p / STATE_FILE).exists()]
+    found = [
+        p
+        for p in root.glob("step_*")
+        if p.name.removeprefix("step_").isdigit() and (p / STATE_FILE).exists()
+    ]
     return sorted(found, key=lambda p: int(p.name.removeprefix("step_")))
 
 

@@ -31,6 +31,11 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     grad_accum_steps: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(None, gt=0)
+    on_nonfinite: Literal["stop", "skip_step"] = Field(
+        "stop",
+        description="a non-finite loss or gradient norm: stop the run (the last checkpoint "
+        "stays the last good one), or skip that step's update and go on",
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     cpu: bool = Field(False, description="train on the CPU even when a GPU is present")
@@ -91,3 +96,17 @@ def make_scheduler(
         config.lr_schedule, config.warmup_steps, total_steps, milestones, config.lr_decay
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# settings that change what training computes: a checkpoint is resumed only under the same
+NOT_RESUMED_ACROSS = (
+    "lr", "weight_decay", "optimizer", "momentum", "lr_schedule", "lr_milestones", "lr_decay",
+    "warmup_steps", "grad_accum_steps", "max_grad_norm", "mixed_precision", "seed",
+    "eval_every", "select_metric",
+)  # fmt: skip
+
+
+def training_fingerprint(config: TrainConfig) -> dict[str, object]:
+    """What a checkpoint must have been trained under to be resumed: the settings that
+    change the computation. (Not the length: a run may be resumed to train longer.)"""
+    return config.model_dump(mode="json", include=set(NOT_RESUMED_ACROSS))

@@ -17,8 +17,8 @@ import contextlib
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,30 +36,28 @@ from distill.taps import Taps
 from distill.teachers import Teacher
 from distill.training import checkpoint as ckpt
 from distill.training.callbacks import Callback
-from distill.training.config import OptimizerFactory, TrainConfig, make_optimizer, make_scheduler
+from distill.training.config import (
+    OptimizerFactory,
+    TrainConfig,
+    make_optimizer,
+    make_scheduler,
+    training_fingerprint,
+)
 from distill.training.distributed import make_accelerator
 from distill.training.evaluation import EvaluationSums
 from distill.training.progress import TrainingProgress
 from distill.training.state import (
+    FitResult,
     RunningMeans,
     StopRequest,
     TrainState,
     append_metrics,
     is_better,
+    nonfinite,
+    nonfinite_error,
+    to_stderr,
     truncate_metrics,
 )
-
-
-@dataclass
-class FitResult:
-    """What ``fit`` returns: where it ended and the validation history."""
-
-    steps: int
-    total_steps: int
-    best_metric: float | None
-    best_step: int | None
-    evaluations: list[dict[str, float]] = field(default_factory=list)
-    run_dir: Path | None = None
 
 
 class Distiller:
@@ -70,7 +68,12 @@ class Distiller:
     callable that takes the trainable parameters and returns a ``torch.optim.Optimizer``,
     overriding ``optimizer=`` names. ``batch_transform(batch, step)`` rewrites each
     training micro-batch (on the device) before the teacher and the student see it;
-    on-policy distillation uses it.
+    on-policy distillation uses it. ``log`` receives notes (a damaged checkpoint passed
+    over on resume).
+
+    Non-finite values: a loss or gradient norm that is NaN or infinite stops training with
+    ``NonFiniteLoss`` (the last checkpoint written stays the last good one), or, with
+    ``on_nonfinite="skip_step"``, that step's update is dropped (logged: ``skipped_step``).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Distiller:
         optimizer: OptimizerFactory | None = None,
         callbacks: Iterable[Callback] = (),
         batch_transform: Callable[[Batch, int], Batch] | None = None,
+        log: Callable[[str], None] = to_stderr,
         **settings: Any,
     ) -> None:
         if optimizer is not None and not callable(optimizer):
@@ -95,6 +99,7 @@ class Distiller:
         self.optimizer_factory = optimizer
         self.callbacks = list(callbacks)
         self.batch_transform = batch_transform
+        self.log = log
         self.accelerator: Accelerator | None = None
         self.student_taps = Taps(student, self.objective.student_taps)
         if teacher is not None:
@@ -192,6 +197,7 @@ class Distiller:
         if max_steps is not None:
             total_steps = min(total_steps, max_steps)
         self.total_steps = total_steps  # what callbacks may schedule against
+        self.fingerprint = training_fingerprint(c)
 
         self.objective.loss_states.to(accelerator.device)
         self._build_projectors(as_batch(next(iter(data.epoch(0)))).to(accelerator.device))
@@ -324,13 +330,23 @@ class Distiller:
             logs[f"weight/{name}"] = weight
         for name, temperature in value.temperatures.items():
             logs[f"temperature/{name}"] = temperature
+        # clipping at infinity changes nothing but measures the norm the policy checks
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = float(accelerator.clip_grad_norm_(params, self.config.max_grad_norm or math.inf))
         if self.config.max_grad_norm is not None:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            norm = accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
-            logs["grad_norm"] = float(norm)
+            logs["grad_norm"] = norm
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
+        problem = nonfinite(logs, norm)
+        if problem is not None and self.config.on_nonfinite == "stop":
+            raise nonfinite_error(step + 1, problem, self.config.run_dir)
+        if problem is None:
+            self.optimizer.step()
+            self.scheduler.step()
+        else:  # skip_step: the update is dropped, the schedule goes on
+            logs["skipped_step"] = 1.0
+            with warnings.catch_warnings():  # "scheduler before optimizer": on purpose here
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.teacher is not None:  # e.g. an EMA teacher follows the student
             self.teacher.after_step(step + 1, total_steps)
@@ -411,16 +427,17 @@ class Distiller:
             return None
         path = run_dir / ckpt.CHECKPOINTS / f"step_{state.step:07d}"
         if self.is_main:
-            ckpt.save_checkpoint(path, self._trainables(), state.to_dict())
+            state_json = {**state.to_dict(), "settings": self.fingerprint}
+            ckpt.save_checkpoint(path, self._trainables(), state_json)
             ckpt.prune_checkpoints(run_dir, self.config.keep_checkpoints)
         accelerator.wait_for_everyone()
         return path
 
     def _resume(self, resume: bool | str | Path) -> TrainState:
-        path = ckpt.resume_path(resume, self.config.run_dir)
-        if path is None:
+        candidates = ckpt.resume_candidates(resume, self.config.run_dir)
+        if not candidates:
             return TrainState()  # nothing to resume: start from scratch
-        loaded = ckpt.load_checkpoint(path, self._trainables())
+        loaded = ckpt.load_intact(candidates, self._trainables(), self.fingerprint, self.log)
         ckpt.restore_rng(loaded.pop("rng"))
         state = TrainState.from_dict(loaded)
         if state.best_step is not None and not self.best.exists():

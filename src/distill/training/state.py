@@ -1,17 +1,35 @@
 """The state of a training run between steps: where it is (``TrainState``, what a
-checkpoint's ``state.json`` holds), the metrics file, running means and Ctrl-C."""
+checkpoint's ``state.json`` holds) and where it ended (``FitResult``), the metrics file,
+running means, Ctrl-C, and the non-finite policy's checks and message."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
+import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.errors import NonFiniteLoss
+from distill.training.checkpoint import latest_checkpoint
+
 METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: where it ended and the validation history."""
+
+    steps: int
+    total_steps: int
+    best_metric: float | None
+    best_step: int | None
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    run_dir: Path | None = None
 
 
 @dataclass
@@ -32,6 +50,38 @@ class TrainState:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+def nonfinite(logs: dict[str, float], grad_norm: float) -> str | None:
+    """What is not finite in a step's logged losses or its gradient norm (None: all is)."""
+    terms = [k.removeprefix("loss/") for k, v in logs.items() if k.startswith("loss/")]
+    bad = [t for t in terms if not math.isfinite(logs[f"loss/{t}"])]
+    if bad:
+        return f"the loss of term {bad[0]!r} is {logs[f'loss/{bad[0]}']}"
+    if not math.isfinite(logs["loss"]):
+        return f"the loss is {logs['loss']}"
+    if not math.isfinite(grad_norm):
+        return f"the gradient norm is {grad_norm}"
+    return None
+
+
+def nonfinite_error(step: int, problem: str, run_dir: Path | None) -> NonFiniteLoss:
+    """The one line a stopped run prints: where, what, the last good checkpoint, what to try."""
+    last = latest_checkpoint(run_dir) if run_dir is not None else None
+    return NonFiniteLoss(
+        f"step {step}: {problem}; training stopped, and "
+        + (
+            f"the last checkpoint ({last}) holds the last good weights"
+            if last
+            else "nothing was saved"
+        )
+        + ". Try a lower train.lr or a train.max_grad_norm, or check the teacher's outputs "
+        "(train.on_nonfinite: skip_step drops such steps and goes on)"
+    )
+
+
+def to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def is_better(metric: str, new: float, old: float | None) -> bool:
