@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 import distill
 from distill import Objective, teachers
 from distill.data.text import PackedText
-from distill.losses.tokens import token_kd_term
+from distill.methods.token_kd import token_kd_term
 from distill.models.hf import SMOLLM2_GGUF, load_hf_lm, smollm2_dir
 from distill.models.shrink import student_from_teacher
 from distill.training import StepClock

@@ -40,8 +40,9 @@ from distill.objective import Objective, Term
 from distill.recipes import build_objective, validate_recipe
 from distill.runs import run_recipe
 from distill.runs.classify import Classification, get_teacher, prepare_data
-from distill.runs.common import steps_per_epoch, teacher_cache_dir
-from distill.runs.run import train_student
+from distill.runs.common import steps_per_epoch
+from distill.runs.run import Budget, Lesson, train_student
+from distill.runs.store import teacher_cache_dir
 
 ROOT = Path(__file__).parent
 TEACHER = {
@@ -269,17 +270,18 @@ def run(seeds: list[int], epochs: int, regimes: list[str], out: Path, beyond: bo
                     if labels_only
                     else build_objective(recipe.objective, per_epoch)
                 )
+                lesson = Lesson(
+                    lambda student, built=built: built,
+                    None if labels_only else teacher,
+                    rows="baseline" if labels_only else "student",
+                )
                 _, metrics = train_student(
                     Classification(),
                     recipe,
                     data,
-                    None if labels_only else teacher,
-                    objective=lambda student, built=built: built,
-                    train_set=data.baseline_train if labels_only else data.student_train,
-                    run_dir=Path(f"runs/benchmarks/{regime}/{method.split()[0]}-{seed}"),
-                    budget=budget,
-                    per_epoch=per_epoch,
-                    progress=False,
+                    lesson,
+                    Path(f"runs/benchmarks/{regime}/{method.split()[0]}-{seed}"),
+                    Budget(budget, per_epoch, progress=False),
                 )
                 accuracies.append(metrics["accuracy"])
                 seconds.append(metrics["train_seconds"])

@@ -259,8 +259,13 @@ def test_cached_kd_recipe_builds_resumes_and_trains_from_the_cache(
     student = summary["models"]["student"]
     assert 1.0 < student["perplexity"] < 400 and student["teacher_agreement"] > 0
 
+    changed = [f"--set={o}" for o in [*overrides, "data.seq_len=24"]]
+    # into another run directory, the run reads the same cache, which was built otherwise
     other = CliRunner().invoke(
-        cli.app, ["run", str(recipe_file), *[f"--set={o}" for o in [*overrides, "data.seq_len=24"]]]
+        cli.app, ["run", str(recipe_file), *changed, "--out", str(tmp_path / "other")]
     )
     assert other.exit_code == 2
     assert "seq_len" in other.output and "delete the folder" in other.output
+    # into the same run directory, the run of the first recipe is not continued
+    same = CliRunner().invoke(cli.app, ["run", str(recipe_file), *changed])
+    assert same.exit_code == 2 and "data.seq_len: 32 -> 24" in same.output

@@ -173,3 +173,21 @@ def test_every_module_has_a_layer_and_imports_only_its_own_or_lower_ones():
         if target in MODULES and target != "distill" and layer_of(target) < layer_of(name)  # type: ignore[operator]
     ]
     assert not upward, "\n".join(upward)
+
+
+def test_what_the_benchmarks_import_exists():
+    """The benchmarks do not run in the tests; their imports of distill at least resolve."""
+    import importlib
+
+    missing = []
+    for script in sorted((PACKAGE.parents[1] / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distill"):
+                module = importlib.import_module(node.module)  # type: ignore[arg-type]
+                for alias in node.names:
+                    if (
+                        not hasattr(module, alias.name)
+                        and f"{node.module}.{alias.name}" not in MODULES
+                    ):
+                        missing.append(f"{script.name}: {node.module}.{alias.name}")
+    assert not missing, missing

@@ -1,6 +1,6 @@
 from distill.recipes import apply_overrides, validate_recipe
 from distill.runs.classify import gap_closed
-from distill.runs.common import teacher_cache_dir
+from distill.runs.store import teacher_cache_dir
 
 from .test_recipes import GOOD
 

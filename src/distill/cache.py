@@ -215,6 +215,37 @@ class CacheWriter:
 KEY_FIELDS = ("example_id", "input_hash")
 
 
+def damaged_shards(folder: str | Path) -> list[int]:
+    """The finished shards of ``folder`` whose files are missing or differ from the sizes
+    and SHA-256 their shard JSON recorded."""
+    bad = []
+    for marker in sorted(Path(folder).glob("shard-*.json")):
+        try:
+            files = json.loads(marker.read_text())["files"]
+        except (ValueError, KeyError):
+            bad.append(int(marker.name[6:11]))
+            continue
+        for meta in files.values():
+            path = Path(folder) / meta["file"]
+            if (
+                not path.is_file()
+                or path.stat().st_size != meta["bytes"]
+                or (sha256_file(path) != meta["sha256"])
+            ):
+                bad.append(int(marker.name[6:11]))
+                break
+    return bad
+
+
+def discard_shards(folder: str | Path, shards: list[int]) -> None:
+    """Forget ``shards`` (and the manifest), so the next build writes them again."""
+    folder = Path(folder)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    for index in shards:
+        for path in folder.glob(f"shard-{index:05d}.*"):
+            path.unlink()
+
+
 def finalize_cache(folder: str | Path) -> dict[str, Any] | None:
     """Write the manifest of a cache whose shards are all done (None if some are missing):
     for workers of one launch, once they have all finished."""

@@ -46,6 +46,14 @@ SetOption = Annotated[
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or notes")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print only a JSON result on stdout")]
+RestartOption = Annotated[
+    bool,
+    typer.Option(
+        "--restart",
+        help="start over in a run directory an earlier run used (by default a rerun continues "
+        "where it stopped: finished students reused, an interrupted one resumed)",
+    ),
+]
 OutOption = Annotated[
     Path | None, typer.Option("--out", help="run directory (default: <output.dir>/<name>)")
 ]
@@ -99,10 +107,12 @@ def _print_summary(summary: dict[str, Any], run_dir: Path, as_json: bool) -> Non
     typer.echo(f"report: {run_dir / 'report.html'}  (and report.md)")
 
 
-def _run(recipe: Recipe, out: Path | None, quiet: bool, as_json: bool) -> None:
+def _run(recipe: Recipe, out: Path | None, quiet: bool, as_json: bool, restart: bool) -> None:
     run_dir = out or recipe.output.dir / recipe.name
     log = _logger(quiet, as_json)
-    summary = run_recipe(recipe, out_dir=run_dir, progress=not (quiet or as_json), log=log)
+    summary = run_recipe(
+        recipe, out_dir=run_dir, progress=not (quiet or as_json), log=log, restart=restart
+    )
     _print_summary(summary, run_dir, as_json)
 
 
@@ -111,6 +121,7 @@ def demo(
     out: OutOption = None,
     seed: Annotated[int, typer.Option(help="seed of the students and the teacher")] = 0,
     set_: SetOption = None,
+    restart: RestartOption = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -132,7 +143,7 @@ def demo(
         )
     path = resources.files("distill.recipes").joinpath(name)
     recipe = _guarded(load_recipe, Path(str(path)), [f"seed={seed}", *(set_ or [])])
-    _guarded(_run, recipe, out, quiet, as_json)
+    _guarded(_run, recipe, out, quiet, as_json, restart)
     if not (quiet or as_json):
         typer.echo(
             "Why distillation helps here: the student owns few labels and the teacher labels "
@@ -146,12 +157,18 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
     set_: SetOption = None,
     out: OutOption = None,
+    restart: RestartOption = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Distil as the recipe says: teacher, label-only student, distilled student, report."""
+    """Distil as the recipe says: teacher, label-only student, distilled student, report.
+
+    Rerun into the same run directory, it continues where an earlier run stopped (finished
+    students reused, an interrupted one resumed from its last checkpoint); --restart starts
+    over. A run directory in use by another run, or holding another recipe's run, is refused.
+    """
     loaded = _guarded(load_recipe, recipe, set_ or [])
-    _guarded(_run, loaded, out, quiet, as_json)
+    _guarded(_run, loaded, out, quiet, as_json, restart)
 
 
 @app.command()

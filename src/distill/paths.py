@@ -57,6 +57,18 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     fsync_dir(path.parent)
 
 
+def atomic_save(path: str | Path, save: Callable[[Path], None]) -> None:
+    """``save(temporary_path)`` (a writer that takes a path, as safetensors' does), then
+    fsync and rename it over ``path``."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save(temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
 def write_json(path: str | Path, data: Any, indent: int = 1) -> None:
     atomic_write(path, lambda h: h.write(json.dumps(data, indent=indent)), mode="w")
 

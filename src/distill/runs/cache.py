@@ -11,7 +11,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distill import teachers
-from distill.cache import Layout, build_cache, finalize_cache, read_manifest
+from distill.cache import (
+    Layout,
+    build_cache,
+    damaged_shards,
+    discard_shards,
+    finalize_cache,
+    read_manifest,
+)
 from distill.errors import CacheError, RecipeError
 from distill.losses.registry import loss_info
 from distill.recipes import Recipe
@@ -72,10 +79,15 @@ def ensure_cache(
     together: bool = False,
 ) -> dict[str, Any]:
     """Build this worker's missing shards of ``teacher``'s answers on ``rows`` (nothing
-    when the cache is complete). With ``together`` the workers are the processes of one
+    when the cache is complete; every finished shard is verified first, and a damaged one
+    is built again). With ``together`` the workers are the processes of one
     launch: they wait for each other and the main process writes the manifest."""
     assert recipe.cache is not None
     folder = cache_dir(recipe)
+    damaged = damaged_shards(folder)
+    if damaged:
+        log(f"teacher cache {folder}: shard(s) {damaged} differ from their checksums; rebuilding")
+        on_main(lambda: discard_shards(folder, damaged))
     if (folder / "manifest.json").exists():
         manifest = read_manifest(folder)
         if {k: manifest.get(k) for k in layout.to_json()} == layout.to_json():

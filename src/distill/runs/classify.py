@@ -36,10 +36,9 @@ from distill.runs.common import (
     Log,
     Splits,
     Task,
-    cached_teacher,
-    fit_and_cache_teacher,
     loader,
 )
+from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
 from distill.training import checkpoint as ckpt
 
 
@@ -158,9 +157,10 @@ def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple
         train_set, val_set = domain_subset(train_set, index), domain_subset(val_set, index)
         where = f" of domain {spec.domain}"
     log(f"training the teacher {spec.model} on {len(train_set):,} labelled examples{where}")
-    info = fit_and_cache_teacher(
-        recipe, model, loader(train_set, recipe, True), loader(val_set, recipe, False), progress
-    )
+    info = fit_and_store_teacher(
+        recipe, model, loader(train_set, recipe, True), loader(val_set, recipe, False),
+        progress, log,
+    )  # fmt: skip
     return model.eval(), info
 
 
@@ -180,10 +180,9 @@ def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[n
     if has_weights or spec.train is None:
         log(f"teacher {spec.model}: loaded, not trained")
         return model_from_spec(spec, data).eval(), {"model": spec.model, "train_seconds": 0.0}
-    cached = cached_teacher(recipe, lambda: model_from_spec(spec, data), log)
-    if cached is not None:
-        return cached
-    return train_teacher(recipe, data, progress, log)
+    with store_lock(teacher_cache_dir(recipe), log):  # another run may be training it
+        stored = stored_teacher(recipe, lambda: model_from_spec(spec, data), log)
+        return stored if stored is not None else train_teacher(recipe, data, progress, log)
 
 
 def get_ensemble(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
@@ -200,7 +199,9 @@ def get_ensemble(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[
             f"ensemble member {i}: {member.model}"
             + (f" (domain {member.domain})" if member.domain else "")
         )
-        model, info = get_teacher(recipe.model_copy(update={"teacher": member}), data, progress, log)
+        model, info = get_teacher(
+            recipe.model_copy(update={"teacher": member}), data, progress, log
+        )
         members.append(model)
         infos.append(info)
     ensemble = teachers.EnsembleModel(
@@ -228,8 +229,9 @@ class Classification(Task):
         return get_teacher(recipe, data, progress, log)
 
     def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
-        assert isinstance(data, Data)
-        return train_teacher(recipe, data, progress, log)[1]
+        assert isinstance(data, Data) and recipe.teacher is not None
+        with store_lock(teacher_cache_dir(recipe), log):
+            return train_teacher(recipe, data, progress, log)[1]
 
     def build_student(
         self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
@@ -301,4 +303,3 @@ def gap_closed(models: dict[str, dict]) -> float | None:
     if gap <= 0:
         return None
     return (models["student"]["accuracy"] - models["baseline"]["accuracy"]) / gap
-

@@ -5,7 +5,6 @@ writing the summary."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,18 +22,15 @@ from distill import teachers
 from distill.batch import Batch
 from distill.cache import Layout
 from distill.objective import Objective
-from distill.paths import cache_root
-from distill.recipes import ModelSpec, Recipe, TrainSpec
+from distill.recipes import ModelSpec, Recipe
 from distill.runs.report import write_report
+from distill.runs.store import settings
 from distill.training import Callback, Distiller
-from distill.training import checkpoint as ckpt
 from distill.training.distributed import num_processes, on_main
 
 RECIPE_FILE = "recipe.yaml"
 SUMMARY_FILE = "summary.json"
 BASELINE_DIR = "baseline"
-# teacher fields that describe ensembles and EMA teachers, not a model to train
-ENSEMBLE_AND_EMA_FIELDS = {"members", "combine", "weights", "temperature", "ema_momentum"}
 AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 Log = Callable[[str], None]
@@ -125,8 +121,9 @@ class Task(ABC):
             **self.describe(model, recipe, data, weights),
         }
 
-    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:
-        """Any format besides ``student.safetensors`` (a Hugging Face folder, say)."""
+    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:  # noqa: B027
+        """Any format besides ``student.safetensors`` (a Hugging Face folder, say); none
+        by default."""
 
     @abstractmethod
     def cache_rows(self, data: Splits) -> Dataset:
@@ -134,9 +131,7 @@ class Task(ABC):
         raise NotImplementedError
 
     @abstractmethod
-    def cache_layout(
-        self, recipe: Recipe, data: Splits, teacher: nn.Module, rows: int
-    ) -> Layout:
+    def cache_layout(self, recipe: Recipe, data: Splits, teacher: nn.Module, rows: int) -> Layout:
         raise NotImplementedError
 
     @abstractmethod
@@ -199,85 +194,6 @@ def step_budget(recipe: Recipe, per_epoch: int) -> int:
     return min(budget, per_epoch * epochs) if max_steps and epochs else budget
 
 
-def settings(train: TrainSpec, **changes: Any) -> dict[str, Any]:
-    """A recipe's training section as ``Distiller`` settings (budget aside)."""
-    values = train.model_dump(exclude={"epochs", "max_steps"})
-    values.update(changes)
-    return values
-
-
-# -- the teacher store ------------------------------------------------------------------------
-
-
-def teacher_cache_dir(recipe: Recipe) -> Path:
-    """Where a teacher trained for this recipe is kept: keyed by everything that shapes it."""
-    assert recipe.teacher is not None
-    key_fields = {
-        "teacher": recipe.teacher.model_dump(
-            mode="json", exclude={"cache", "autocast", *ENSEMBLE_AND_EMA_FIELDS}
-        ),
-        "data": recipe.data.model_dump(
-            mode="json", exclude={"download", "labeled", "eval_batch_size", "num_workers"}
-        ),
-        "seed": recipe.seed,
-    }
-    for section, field in (("teacher", "domain"), ("data", "domains")):
-        if key_fields[section].get(field) is None:  # unset: the keys of earlier versions
-            key_fields[section].pop(field, None)
-    digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root() / "teachers" / f"{recipe.teacher.model.replace(':', '_')}-{digest}"
-
-
-def fit_and_cache_teacher(
-    recipe: Recipe,
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    progress: bool,
-    val_extras: Callable[[dict[str, float]], dict[str, float]] = lambda metrics: {},
-) -> dict[str, Any]:
-    """Train ``model`` with ``teacher.train``, then write it and its validation metrics
-    (plus ``val_extras`` of them) to the teacher store; returns that info."""
-    spec = recipe.teacher
-    assert spec is not None and spec.train is not None
-    folder = teacher_cache_dir(recipe)
-    started = time.perf_counter()
-    run = Distiller(
-        model, **settings(spec.train, seed=recipe.seed, run_dir=folder / "run", progress=progress)
-    )
-    run.fit(train_loader, val_loader, epochs=spec.train.epochs, max_steps=spec.train.max_steps)
-    val = run.evaluate(val_loader)
-    info = {
-        "model": spec.model,
-        "train_seconds": time.perf_counter() - started,
-        "val": {**val, **val_extras(val)},
-    }
-
-    def write() -> None:
-        ckpt.save_weights(model, folder / "teacher.safetensors")
-        (folder / "teacher.json").write_text(json.dumps(info, indent=2))
-
-    on_main(write)
-    return info
-
-
-def cached_teacher(
-    recipe: Recipe, build: Callable[[], nn.Module], log: Log
-) -> tuple[nn.Module, dict[str, Any]] | None:
-    """The teacher trained earlier for this recipe (``build()`` with the stored weights)
-    and its info, or None when there is none (or ``teacher.cache`` is off)."""
-    assert recipe.teacher is not None
-    folder = teacher_cache_dir(recipe)
-    weights = folder / "teacher.safetensors"
-    if not (recipe.teacher.cache and weights.exists()):
-        return None
-    model = build()
-    ckpt.load_weights(model, weights)
-    log(f"teacher {recipe.teacher.model}: reused from the cache {folder}")
-    info = json.loads((folder / "teacher.json").read_text())
-    return model.eval(), {**info, "cached": True}
-
-
 def teacher_module(recipe: Recipe, model: nn.Module) -> teachers.Module:
     """``model`` as a frozen teacher, run under the recipe's ``teacher.autocast``."""
     assert recipe.teacher is not None
@@ -301,27 +217,34 @@ def fit_student(
     progress: bool,
     callbacks: Sequence[Callback] = (),
     batch_transform: Callable[[Batch, int], Batch] | None = None,
+    resume: bool = True,
+    log: Log = print,
     **changes: Any,
 ) -> tuple[Distiller, Any, float]:
-    """Train ``student`` with the recipe's settings (``changes`` override some);
-    returns (distiller, fit result, seconds)."""
+    """Train ``student`` with the recipe's settings (``changes`` override some), from
+    the last checkpoint in ``run_dir`` if an earlier run was stopped there (``resume``);
+    a checkpoint at every validation unless ``train.checkpoint_every`` says otherwise.
+    Returns (distiller, fit result, seconds)."""
+    every = recipe.train.eval_every or eval_every
     run = Distiller(
         student,
         teacher,
         objective,
         callbacks=callbacks,
         batch_transform=batch_transform,
+        log=log,
         **settings(
             recipe.train,
             seed=recipe.seed,
             run_dir=run_dir,
             progress=progress,
-            eval_every=recipe.train.eval_every or eval_every,
+            eval_every=every,
+            checkpoint_every=recipe.train.checkpoint_every or every,
             **changes,
         ),
     )
     started = time.perf_counter()
-    result = run.fit(train_loader, val_loader, max_steps=max_steps)
+    result = run.fit(train_loader, val_loader, max_steps=max_steps, resume=resume)
     return run, result, time.perf_counter() - started
 
 

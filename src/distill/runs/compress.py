@@ -41,6 +41,7 @@ from distill.measure import cpu_latency_ms, parameter_count
 from distill.methods.pruning import GradualPruning, KeepZeros, zero_masks
 from distill.models import build_model
 from distill.objective import Objective, Term
+from distill.paths import sha256_file, write_json
 from distill.recipes import CompressStage, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.common import RECIPE_FILE, Log, Splits, Task, fit_student, loader, teacher_module
@@ -92,6 +93,15 @@ def run_compress(
     for index, stage in enumerate(recipe.compress, start=1):
         name = stage_name(index, stage)
         folder = run_dir / STAGES_DIR / name
+        done = finished_stage(folder, log)
+        if done is not None:  # finished by an earlier run: its student, rebuilt
+            student = load_stage(run_dir, index)
+            masks = (
+                zero_masks(student) if "prune" in [s.kind for s in recipe.compress[:index]] else {}
+            )
+            rows[f"compress_{name}"] = done
+            log(f"compress stage {index}: {stage.kind}, finished by an earlier run, reused")
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         budget = stage.max_steps or per_epoch * (stage.epochs or 0)
@@ -124,6 +134,8 @@ def run_compress(
                 eval_every=per_epoch,
                 progress=progress,
                 callbacks=callbacks,
+                resume=False,  # an interrupted stage starts over: it changed the model first
+                log=log,
                 **changes,
             )
         student.eval()
@@ -150,8 +162,26 @@ def run_compress(
             row["sparsity"] = sparsity(student)
         rows[f"compress_{name}"] = row
         record = {"stage": stage.model_dump(mode="json"), "change": change, **meta, "row": row}
-        on_main(functools.partial((folder / STAGE_FILE).write_text, json.dumps(record, indent=2)))
+        record["sha256"] = weights_sum(folder)  # written last: the stage is finished
+        on_main(functools.partial(write_json, folder / STAGE_FILE, record, indent=2))
     return rows
+
+
+def weights_sum(folder: Path) -> str:
+    return sha256_file(folder / ckpt.STUDENT_FILE)
+
+
+def finished_stage(folder: Path, log: Log) -> dict[str, Any] | None:
+    """The row of a stage an earlier run finished in ``folder`` (``stage.json``, written
+    last) whose weights match their checksum; None otherwise (saying why if they changed)."""
+    marker = folder / STAGE_FILE
+    if not marker.exists():
+        return None
+    record = json.loads(marker.read_text())
+    if record.get("sha256") != weights_sum(folder):
+        log(f"{folder / ckpt.STUDENT_FILE}: missing or changed since it was finished; redoing it")
+        return None
+    return record["row"]
 
 
 def _describe_stage(stage: CompressStage, change: dict[str, Any], budget: int) -> str:

@@ -18,14 +18,12 @@ from distill.compress.export import (
 )
 from distill.errors import UsageError
 from distill.measure import cpu_latency_ms
-from distill.recipes import ModelSpec, Recipe, validate_recipe
-from distill.recipes.load import read_yaml
+from distill.recipes import ModelSpec, Recipe
 from distill.runs.classify import Data, model_from_spec, prepare_data
-from distill.runs.common import RECIPE_FILE, Log, check_run_dir, loader
+from distill.runs.common import loader
 from distill.runs.compress import load_stage
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
-from distill.training.distributed import on_main
 
 EXPORT_DIR = "export"
 EXPORT_FILE = "export.json"
@@ -111,4 +109,3 @@ def export_run(
     result = {"run_dir": str(run_dir), "model": name, "models": rows}
     (out / EXPORT_FILE).write_text(json.dumps(result, indent=2))
     return result
-

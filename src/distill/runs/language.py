@@ -33,16 +33,15 @@ from distill.models import hf
 from distill.models.shrink import student_from_teacher
 from distill.recipes import ModelSpec, Recipe
 from distill.recipes.schema import TextDataSpec
-from distill.teachers import Teacher
 from distill.runs.cache import cache_temperature, cache_vocab_size, make_layout
 from distill.runs.common import (
     Log,
     Splits,
     Task,
-    cached_teacher,
-    fit_and_cache_teacher,
     loader,
 )
+from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
+from distill.teachers import Teacher
 from distill.training import checkpoint as ckpt
 from distill.training.distributed import on_main
 
@@ -237,10 +236,11 @@ def get_lm_teacher(
             )
         log(f"teacher {spec.model}: loaded, not trained")
         return model.eval(), {"model": spec.model, "train_seconds": 0.0}
-    cached = cached_teacher(recipe, lambda: model, log)
-    if cached is not None:
-        return cached
-    return train_lm_teacher(recipe, model, data, progress, log)
+    with store_lock(teacher_cache_dir(recipe), log):  # another run may be training it
+        stored = stored_teacher(recipe, lambda: model, log)
+        return (
+            stored if stored is not None else train_lm_teacher(recipe, model, data, progress, log)
+        )
 
 
 def train_lm_teacher(
@@ -252,12 +252,13 @@ def train_lm_teacher(
         raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
     log(f"training the teacher {spec.model} on {len(data.train):,} rows")  # type: ignore[arg-type]
     torch.manual_seed(recipe.seed)
-    info = fit_and_cache_teacher(
+    info = fit_and_store_teacher(
         recipe,
         model,
         loader(data.train, recipe, True),
         loader(data.val, recipe, False),
         progress,
+        log,
         val_extras=lambda val: {"perplexity": math.exp(val["loss"])},
     )
     return model.eval(), info
@@ -338,7 +339,8 @@ class Language(Task):
     def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
         assert isinstance(data, TextData) and recipe.teacher is not None
         model = build_teacher(recipe, data.tokenizer)
-        return train_lm_teacher(recipe, model, data, progress, log)[1]
+        with store_lock(teacher_cache_dir(recipe), log):
+            return train_lm_teacher(recipe, model, data, progress, log)[1]
 
     def build_student(
         self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None

@@ -24,7 +24,7 @@ from distill.errors import RecipeError
 from distill.losses import cross_entropy
 from distill.methods import Cohort, OnPolicy
 from distill.objective import Objective, Term
-from distill.recipes import ModelSpec, Recipe, build_objective, dump_recipe, validate_recipe
+from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.cache import cache_as_teacher, ensure_cache
 from distill.runs.classify import Classification
@@ -40,13 +40,14 @@ from distill.runs.common import (
     loader,
     step_budget,
     steps_per_epoch,
-    teacher_cache_dir,
     teacher_module,
     write_summary,
 )
 from distill.runs.compress import run_compress
 from distill.runs.export import export_run
 from distill.runs.language import Language, generate_teacher_answers
+from distill.runs.store import teacher_cache_dir
+from distill.runs.workdir import finished_row, mark_finished, open_run_dir
 from distill.training import checkpoint as ckpt
 from distill.training.distributed import num_processes, on_main, process_index
 
@@ -62,13 +63,25 @@ def task_for(recipe: Recipe) -> Task:
 
 
 def run_recipe(
-    recipe: Recipe, *, out_dir: Path | None = None, progress: bool = True, log: Log = print
+    recipe: Recipe,
+    *,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    log: Log = print,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """Everything ``distill run`` does; returns the summary it writes to summary.json."""
-    task = task_for(recipe)
+    """Everything ``distill run`` does; returns the summary it writes to summary.json.
+
+    Rerun into the same directory, it continues where an earlier run stopped: finished
+    students are reused, an interrupted one resumes from its last checkpoint. ``restart``
+    starts over instead (see ``runs.workdir``)."""
     run_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    on_main(lambda: (run_dir / RECIPE_FILE).write_text(dump_recipe(recipe)))
+    with open_run_dir(recipe, run_dir, restart, log):
+        return run_in(task_for(recipe), recipe, run_dir, progress, log)
+
+
+def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) -> dict[str, Any]:
+    """``run_recipe``'s work, in the locked run directory."""
     started = time.perf_counter()
     data = task.prepare(recipe, progress, log)
     log(f"data: {recipe.data.dataset}, {data.regime}")
@@ -76,7 +89,7 @@ def run_recipe(
     if recipe.teacher is not None and recipe.teacher.model != "ema":
         teacher, teacher_info = task.teacher(recipe, data, progress, log)
     per_epoch = steps_per_epoch(data.student_train, recipe)
-    budget = Budget(step_budget(recipe, per_epoch), per_epoch, progress)
+    budget = Budget(step_budget(recipe, per_epoch), per_epoch, progress, log)
     models: dict[str, dict[str, Any]] = {}
     if teacher is not None:
         seconds = teacher_info.get("train_seconds", 0.0)
@@ -131,11 +144,13 @@ def run_recipe(
 @dataclass
 class Budget:
     """Every student's training: ``steps`` optimizer updates, validation every
-    ``per_epoch`` (unless ``train.eval_every`` says otherwise), a progress bar or not."""
+    ``per_epoch`` (unless ``train.eval_every`` says otherwise), a progress bar or not,
+    where notes go."""
 
     steps: int
     per_epoch: int
     progress: bool
+    log: Log = print
 
 
 @dataclass
@@ -240,7 +255,8 @@ def train_student(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train one student (``spec``, default the recipe's; with ``peers`` > 1 a ``Cohort``
     of that many, seeded ``seed``, ``seed + 1``, …) as ``lesson`` says and measure it on
-    the test split; an EMA teacher is measured too (``metrics["ema_teacher"]``)."""
+    the test split; an EMA teacher is measured too (``metrics["ema_teacher"]``). A student
+    an earlier run finished in ``run_dir`` is reused; one it left unfinished resumes."""
     spec = spec or recipe.student
     torch.manual_seed(recipe.seed)  # the same initial weights for every student
     student = task.build_student(recipe, data, spec, lesson.teacher)
@@ -250,6 +266,11 @@ def train_student(
             torch.manual_seed(recipe.seed + offset)
             members.append(task.build_student(recipe, data, spec, lesson.teacher))
         student = Cohort(members)
+    done = finished_row(run_dir, [ckpt.STUDENT_FILE], budget.log)
+    if done is not None:
+        ckpt.load_weights(student, run_dir / ckpt.STUDENT_FILE)
+        budget.log(f"{run_dir}: finished by an earlier run, reused")
+        return student, done
     objective = lesson.objective(student)
     live = None if lesson.teacher is None else teacher_module(recipe, lesson.teacher)
     if lesson.ema_momentum is not None:
@@ -261,7 +282,7 @@ def train_student(
         recipe, student, lesson.answers or live, objective, run_dir=run_dir,
         train_loader=loader(rows, recipe, True), val_loader=loader(data.val, recipe, False),
         max_steps=budget.steps, eval_every=budget.per_epoch, progress=budget.progress,
-        batch_transform=transform,
+        batch_transform=transform, log=budget.log,
     )  # fmt: skip
     on_main(lambda: task.save_student(student, run_dir, data))
     if isinstance(student, Cohort):  # each peer is measured on its own (peer_rows)
@@ -273,12 +294,14 @@ def train_student(
     if isinstance(transform, OnPolicy):
         metrics["on_policy_batches"] = transform.generated_batches
         metrics["on_policy_tokens"] = transform.generated_tokens
-    return student, {
+    row = {
         **metrics,
         "train_seconds": seconds,
         "steps": result.steps,
         "best_step": result.best_step,
     }
+    on_main(lambda: mark_finished(run_dir, row, [ckpt.STUDENT_FILE]))
+    return student, row
 
 
 def export_rows(

@@ -269,6 +269,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def clear_run(run_dir: Path, log: Callable[[str], None]) -> None:
+    """Remove an earlier run's checkpoints and best weights from ``run_dir`` (a fresh run
+    there would otherwise keep the earlier run's higher-numbered checkpoints)."""
+    earlier = [Path(run_dir) / CHECKPOINTS, Path(run_dir) / BEST_DIR]
+    if any(path.exists() for path in earlier):
+        log(f"{run_dir}: a new run replaces the earlier run's checkpoints")
+        for path in earlier:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

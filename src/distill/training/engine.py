@@ -208,13 +208,13 @@ class Distiller:
         self.student, optimizer = accelerator.prepare(self.student, optimizer)
         self.optimizer, self.scheduler = optimizer, scheduler
 
-        self.best = ckpt.BestWeights(c.run_dir, self.is_main)
+        self.best, run_dir = ckpt.BestWeights(c.run_dir, self.is_main), c.run_dir
+        if run_dir is not None and not resume and self.is_main:
+            ckpt.clear_run(run_dir, self.log)  # a fresh run replaces an earlier one's files
         state = self._resume(resume) if resume else TrainState()
-        run_dir = c.run_dir
         if run_dir is not None and self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             truncate_metrics(run_dir, state.step)
-
         progress = TrainingProgress(
             total_steps, enabled=c.progress and self.is_main, completed=state.step
         )

@@ -1,0 +1,167 @@
+"""The teacher store: a teacher trained for a recipe, kept under ``$DISTILL_CACHE/teachers``
+by a digest of everything that shapes it, so later runs (and ``distill doctor``) reuse it.
+
+An entry is ``teacher.safetensors`` and ``teacher.json`` (its validation metrics and the
+weights' SHA-256), each written atomically, the JSON last: a crash leaves no entry, and the
+next run resumes the teacher's training from its checkpoints (``run/``). Reused weights are
+verified; a damaged entry is trained again, saying so. A lock per entry makes a second run
+that needs the same teacher wait for the first instead of training it alongside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from torch import nn
+from torch.utils.data import DataLoader
+
+from distill.paths import atomic_save, cache_root, read_json, sha256_file, write_json
+from distill.recipes import Recipe, TrainSpec
+from distill.training import Distiller
+from distill.training import checkpoint as ckpt
+from distill.training.distributed import is_main_process, on_main, wait_for_everyone
+
+WEIGHTS_FILE = "teacher.safetensors"
+LOCK_FILE = ".lock"
+INFO_FILE = "teacher.json"
+# teacher fields that describe ensembles and EMA teachers, not a model to train
+ENSEMBLE_AND_EMA_FIELDS = {"members", "combine", "weights", "temperature", "ema_momentum"}
+
+Log = Callable[[str], None]
+
+
+def settings(train: TrainSpec, **changes: Any) -> dict[str, Any]:
+    """A recipe's training section as ``Distiller`` settings (budget aside)."""
+    values = train.model_dump(exclude={"epochs", "max_steps"})
+    values.update(changes)
+    return values
+
+
+def teacher_cache_dir(recipe: Recipe) -> Path:
+    """Where a teacher trained for this recipe is kept: keyed by everything that shapes it."""
+    assert recipe.teacher is not None
+    key_fields = {
+        "teacher": recipe.teacher.model_dump(
+            mode="json", exclude={"cache", "autocast", *ENSEMBLE_AND_EMA_FIELDS}
+        ),
+        "data": recipe.data.model_dump(
+            mode="json", exclude={"download", "labeled", "eval_batch_size", "num_workers"}
+        ),
+        "seed": recipe.seed,
+    }
+    for section, field in (("teacher", "domain"), ("data", "domains")):
+        if key_fields[section].get(field) is None:  # unset: the keys of earlier versions
+            key_fields[section].pop(field, None)
+    train = key_fields["teacher"].get("train")
+    if train is not None and train.get("on_nonfinite") == "stop":  # the default: old keys
+        train.pop("on_nonfinite")
+    digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "teachers" / f"{recipe.teacher.model.replace(':', '_')}-{digest}"
+
+
+@contextlib.contextmanager
+def store_lock(folder: Path, log: Log) -> Iterator[None]:
+    """Hold the entry's lock (the main process takes it; the others wait with it): a run
+    that finds the entry locked says so and waits for the other run to finish it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE))
+    if is_main_process():
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"another run is training this teacher ({folder}): waiting for it")
+            lock.acquire()
+    wait_for_everyone()
+    try:
+        yield
+    finally:
+        wait_for_everyone()
+        if lock.is_locked:
+            lock.release()
+
+
+def stored_teacher(
+    recipe: Recipe, build: Callable[[], nn.Module], log: Log
+) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The teacher trained earlier for this recipe (``build()`` with the stored weights,
+    verified) and its info; None when there is none, ``teacher.cache`` is off, or the
+    entry is damaged (then it says so, and the caller trains it again)."""
+    assert recipe.teacher is not None
+    folder = teacher_cache_dir(recipe)
+    weights, info_file = folder / WEIGHTS_FILE, folder / INFO_FILE
+    if not (recipe.teacher.cache and weights.exists() and info_file.exists()):
+        return None
+    try:
+        info = read_json(info_file)
+    except ValueError as error:
+        log(f"teacher {recipe.teacher.model}: damaged store entry ({error}); training it again")
+        return None
+    expected = info.get("sha256")
+    if expected is not None and sha256_file(weights) != expected:
+        log(
+            f"teacher {recipe.teacher.model}: {weights} differs from the checksum recorded "
+            "when it was stored (the file is corrupt or was changed); training it again"
+        )
+        return None
+    model = build()
+    ckpt.load_weights(model, weights)
+    log(f"teacher {recipe.teacher.model}: reused from the cache {folder}")
+    return model.eval(), {**info, "cached": True}
+
+
+def fit_and_store_teacher(
+    recipe: Recipe,
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    progress: bool,
+    log: Log,
+    val_extras: Callable[[dict[str, float]], dict[str, float]] = lambda metrics: {},
+) -> dict[str, Any]:
+    """Train ``model`` with ``teacher.train`` (continuing an interrupted training from its
+    checkpoints when ``teacher.cache`` is on), then store it and its validation metrics
+    (plus ``val_extras`` of them); returns that info."""
+    spec = recipe.teacher
+    assert spec is not None and spec.train is not None
+    folder = teacher_cache_dir(recipe)
+    started = time.perf_counter()
+    per_epoch = len(train_loader)
+    run = Distiller(
+        model,
+        **settings(
+            spec.train,
+            seed=recipe.seed,
+            run_dir=folder / "run",
+            progress=progress,
+            checkpoint_every=spec.train.checkpoint_every or spec.train.eval_every or per_epoch,
+        ),
+        log=log,
+    )
+    run.fit(
+        train_loader,
+        val_loader,
+        epochs=spec.train.epochs,
+        max_steps=spec.train.max_steps,
+        resume=spec.cache,
+    )
+    val = run.evaluate(val_loader)
+    info = {
+        "model": spec.model,
+        "train_seconds": time.perf_counter() - started,
+        "val": {**val, **val_extras(val)},
+    }
+
+    def write() -> None:
+        weights = folder / WEIGHTS_FILE
+        atomic_save(weights, lambda path: ckpt.save_weights(model, path))
+        write_json(folder / INFO_FILE, {**info, "sha256": sha256_file(weights)}, indent=2)
+
+    on_main(write)
+    return info

@@ -1,0 +1,140 @@
+"""The run directory: one run of one recipe, locked while it runs, resumed when rerun.
+
+- ``open_run_dir`` takes an exclusive lock (a second run into the same directory fails at
+  once, naming it), refuses a directory that holds a run of another recipe (naming the
+  fields that differ), and with ``restart`` deletes everything an earlier run wrote there
+  (only in a directory that holds a run's ``recipe.yaml``).
+- Each student's folder gets ``finished.json`` when it is trained and measured: its report
+  row and the SHA-256 of its weights. A rerun reuses a finished, intact student and resumes
+  an interrupted one from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from filelock import FileLock, Timeout
+
+from distill.errors import RecipeError, UsageError
+from distill.paths import read_json, sha256_file, write_json
+from distill.recipes import Recipe, dump_recipe
+from distill.runs.common import RECIPE_FILE, Log
+from distill.training.distributed import is_main_process, on_main, wait_for_everyone
+
+LOCK_FILE = ".lock"
+FINISHED_FILE = "finished.json"
+# recipe fields a rerun may change without starting over: they do not change what is trained
+HARMLESS = {
+    ("description",),
+    ("output", "latency_repeats"),
+    ("data", "num_workers"),
+    ("data", "eval_batch_size"),
+}
+
+
+def flat(values: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """A nested mapping as {(key, path): value}."""
+    if not isinstance(values, dict):
+        return {prefix: values}
+    out: dict[tuple[str, ...], Any] = {}
+    for key, value in values.items():
+        out.update(flat(value, (*prefix, str(key))))
+    return out
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The fields (``a.b: old -> new``) in which two resolved recipes differ, harmless
+    ones aside."""
+    a, b = flat(old), flat(new)
+    keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k) and k not in HARMLESS)
+    return [f"{'.'.join(k)}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
+@contextlib.contextmanager
+def open_run_dir(recipe: Recipe, run_dir: Path, restart: bool, log: Log) -> Iterator[Path]:
+    """The run directory, locked for this run (see the module docstring). A directory this
+    call created and that holds nothing more when the run fails is removed again."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is a file; give --out (or output.dir) a folder")
+    created = not run_dir.exists()
+    lock = FileLock(str(run_dir / LOCK_FILE))
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise UsageError(
+                f"{run_dir} is in use by another distill run (it holds {run_dir / LOCK_FILE}); "
+                "wait for it to end, or give another --out"
+            ) from None
+    wait_for_everyone()
+    finished = False
+    try:
+        on_main(lambda: prepare(recipe, run_dir, restart, log))
+        yield run_dir
+        finished = True
+    finally:
+        wait_for_everyone()
+        if lock.is_locked:
+            lock.release()
+        leftover = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        if created and not finished and leftover <= {LOCK_FILE, RECIPE_FILE}:  # nothing done
+            on_main(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+
+
+def prepare(recipe: Recipe, run_dir: Path, restart: bool, log: Log) -> None:
+    """Refuse another recipe's run (unless ``restart``), clear it with ``restart``, then
+    write this run's recipe."""
+    written = run_dir / RECIPE_FILE
+    resolved = dump_recipe(recipe)
+    if written.exists() and not restart:
+        try:
+            old = yaml.safe_load(written.read_text())
+        except yaml.YAMLError:
+            old = {}
+        changes = recipe_changes(old or {}, yaml.safe_load(resolved))
+        if changes:
+            raise RecipeError(
+                f"{run_dir} holds a run of another recipe ({'; '.join(changes[:5])}"
+                + (f"; {len(changes) - 5} more" if len(changes) > 5 else "")
+                + "); rerun with --restart to start over there, or give another --out"
+            )
+        log(f"{run_dir}: continuing the run there (finished students are reused)")
+    if restart and written.exists():
+        log(f"{run_dir}: --restart, deleting the earlier run's files")
+        for path in run_dir.iterdir():
+            if path.name == LOCK_FILE:
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    written.write_text(resolved)
+
+
+def finished_row(folder: Path, weights: list[str], log: Log) -> dict[str, Any] | None:
+    """The report row of a student finished in ``folder`` whose ``weights`` files match
+    their checksums; None when it did not finish, or (saying so) its files changed."""
+    marker = folder / FINISHED_FILE
+    if not marker.exists():
+        return None
+    try:
+        record = read_json(marker)
+    except ValueError as error:
+        log(f"{marker}: {error}; training that student again")
+        return None
+    for name in weights:
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != record.get("sha256", {}).get(name):
+            log(f"{path}: missing or changed since it was finished; training that student again")
+            return None
+    return record["row"]
+
+
+def mark_finished(folder: Path, row: dict[str, Any], weights: list[str]) -> None:
+    """Record that the student in ``folder`` is trained and measured (written last)."""
+    sums = {name: sha256_file(folder / name) for name in weights}
+    write_json(folder / FINISHED_FILE, {"row": row, "sha256": sums}, indent=2)
