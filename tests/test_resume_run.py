@@ -184,3 +184,22 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
     assert result.returncode == 2
     assert "error: step" in result.stderr and "Traceback" not in result.stderr
     assert "train.lr" in result.stderr
+
+
+def test_distill_cache_verifies_a_complete_cache_and_rebuilds_a_damaged_shard(tmp_path):
+    env = {**os.environ, "DISTILL_CACHE": str(tmp_path / "weights")}
+    args = [*[f"--set={o}" for o in TINY], "--set=cache={}", f"--set=output.dir={tmp_path}"]
+    command = [sys.executable, "-m", "distill", "cache", str(RECIPE), *args]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    folder = tmp_path / "mnist1d_kd" / "teacher_outputs"
+    shard = sorted(folder.glob("shard-00001.logits.npy"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[-5] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "shard(s) [1] differ from their checksums; rebuilding" in again.stderr
+    assert "complete, reused" not in again.stderr and "wrote 1 shard(s)" in again.stderr
+    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert "complete, reused" in third.stderr
