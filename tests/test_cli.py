@@ -1,6 +1,7 @@
 """Every command on a tiny budget, on real digits images in Fashion-MNIST's file format."""
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -135,3 +136,19 @@ def cli_recipe():
     from pathlib import Path
 
     return Path(__file__).parents[1] / "recipes" / "mnist1d_kd.yaml"
+
+
+def test_version_and_losses_speak_json_and_quiet_silences_library_progress_bars(monkeypatch):
+    import tqdm.auto
+
+    assert json.loads(invoke("version", "--json").output) == {"version": distill.__version__}
+    listed = json.loads(invoke("losses", "--json").output)
+    assert listed["kl"]["reads"] == ["student_logits", "teacher_logits", "mask"]
+    assert listed["lm_head_sparse_kd"]["in_recipes"] is False
+    for name in cli.QUIET_LIBRARIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", tqdm.std.tqdm.__init__)
+    monkeypatch.setattr(tqdm.std.tqdm, "distill_quiet", False, raising=False)
+    cli._logger(quiet=True, as_json=False)
+    assert tqdm.auto.tqdm(range(3)).disable  # transformers' and gguf's bars start off
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"

@@ -3,11 +3,15 @@ version."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import tqdm.std
 import typer
 from rich import box
 from rich.console import Console
@@ -21,7 +25,7 @@ from distill.errors import DistillError
 from distill.losses import LOSSES
 from distill.methods.generation import read_generations
 from distill.recipes import Recipe, load_recipe
-from distill.runs.report import terminal_table, verdict
+from distill.runs.report import export_table, terminal_table, verdict
 from distill.runs.run import (
     cache_command,
     eval_command,
@@ -78,7 +82,30 @@ def _guarded(fn, *args: Any, **kwargs: Any) -> Any:
         _fail(f"interrupted: {error}" if str(error) else "interrupted", code=130)
 
 
+# the progress bars and notes of the libraries distill drives (transformers, the hub, gguf's
+# tqdm): read when those libraries are imported, which is later, by the command
+QUIET_LIBRARIES = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
 def _logger(quiet: bool, as_json: bool):
+    """Where a command's notes go: stderr, or nowhere with --quiet / --json (then the
+    libraries' progress bars are off too)."""
+    if quiet or as_json:
+        for name, value in QUIET_LIBRARIES.items():
+            os.environ.setdefault(name, value)
+        for name in ("torch", "torchao", "transformers", "accelerate"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        # tqdm reads TQDM_DISABLE when it is first imported, which may have happened: every
+        # bar now starts disabled unless its caller asks otherwise (gguf's de-quantizing)
+        if not getattr(tqdm.std.tqdm, "distill_quiet", False):
+            tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+            tqdm.std.tqdm.distill_quiet = True
+
     def log(message: str) -> None:
         if not quiet and not as_json:
             err_console.print(f"[dim]·[/] {message}", highlight=False)
@@ -373,17 +400,11 @@ def export(
             typer.echo(json.dumps(result, indent=2))
             return
         table = Table(title=f"distill export: {result['model']}", box=box.SIMPLE)
-        for i, column in enumerate(["format", "test acc.", "agreement", "size", "CPU ms/ex."]):
+        header, rows = export_table(result)
+        for i, column in enumerate(header):
             table.add_column(column, justify="left" if i == 0 else "right")
-        for key, row in result["models"].items():
-            agreement = row.get("agreement")
-            table.add_row(
-                {"pytorch": "PyTorch", "onnx": "ONNX", "onnx_int8": "ONNX int8"}[key],
-                f"{100 * row['accuracy']:.2f}%",
-                "" if agreement is None else f"{100 * agreement:.2f}%",
-                f"{row['size_bytes'] / 1024:.0f} KiB",
-                f"{row['latency_ms']:.3f}",
-            )
+        for row in rows:
+            table.add_row(*row)
         out_console.print(table)
         typer.echo(f"written: {run_dir / 'export'}")
 
@@ -391,14 +412,30 @@ def export(
 
 
 @app.command()
-def version() -> None:
+def version(as_json: JsonOption = False) -> None:
     """Print the installed distill version."""
-    typer.echo(distill.__version__)
+    if as_json:
+        typer.echo(json.dumps({"version": distill.__version__}))
+    else:
+        typer.echo(distill.__version__)
 
 
 @app.command()
-def losses() -> None:
+def losses(as_json: JsonOption = False) -> None:
     """List the built-in losses with the first line of their docstring."""
+    if as_json:
+        rows = {
+            name: {
+                "summary": info.summary,
+                "reads": info.reads,
+                "reads_teacher": info.reads_teacher,
+                "lm_heads": info.lm_heads,
+                "in_recipes": info.in_recipes,
+            }
+            for name, info in LOSSES.items()
+        }
+        typer.echo(json.dumps(rows, indent=2))
+        return
     for name, info in LOSSES.items():
         typer.echo(f"{name:24s} {info.summary}")
 

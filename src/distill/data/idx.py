@@ -14,6 +14,7 @@ import hashlib
 import os
 import struct
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,14 @@ def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (gzip-compressed or not) into an array of its stated shape."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # truncated or not gzip
+        raise DataError(
+            f"{path}: damaged ({error or type(error).__name__}); delete it and get it again "
+            "(distill downloads Fashion-MNIST again when it may)"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]
@@ -76,10 +83,8 @@ def _has_files(folder: Path) -> bool:
     return all((folder / name).exists() for name in FILES.values())
 
 
-def _candidates(path: str | Path | None) -> list[Path]:
+def _candidates() -> list[Path]:
     found = []
-    if path is not None:
-        found.append(Path(path))
     if os.environ.get("DISTILL_DATA"):
         root = Path(os.environ["DISTILL_DATA"])
         found += [root, root / "fashion-mnist"]
@@ -110,14 +115,17 @@ def download(folder: Path) -> None:
 
 
 def locate(path: str | Path | None = None, allow_download: bool = True) -> Path:
-    """The folder holding the four Fashion-MNIST files (see the module docstring)."""
-    for folder in _candidates(path):
-        if _has_files(folder):
-            return folder
-    if path is not None and not _has_files(Path(path)):
+    """The folder holding the four Fashion-MNIST files (see the module docstring); an
+    explicit ``path`` is the only place looked at."""
+    if path is not None:
+        if _has_files(Path(path)):
+            return Path(path)
         raise FileNotFoundError(
             f"data.path={path} does not hold the Fashion-MNIST files {sorted(FILES.values())}"
         )
+    for folder in _candidates():
+        if _has_files(folder):
+            return folder
     if allow_download:
         try:
             download(cache_dir())
@@ -134,8 +142,11 @@ def locate(path: str | Path | None = None, allow_download: bool = True) -> Path:
 
 
 def fashion_mnist_available(path: str | Path | None = None) -> bool:
-    """Whether the four files are on this machine already (no download is tried)."""
-    return any(_has_files(folder) for folder in _candidates(path))
+    """Whether the four files are on this machine already (no download is tried): in
+    ``path`` when given, else in the places ``locate`` looks."""
+    if path is not None:
+        return _has_files(Path(path))
+    return any(_has_files(folder) for folder in _candidates())
 
 
 def load_fashion_mnist(

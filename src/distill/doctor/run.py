@@ -101,6 +101,7 @@ def diagnose(
     out_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     out_dir.mkdir(parents=True, exist_ok=True)
     data = task.prepare(recipe, progress, log)
+    task.preflight(recipe, data)
     teacher, _ = task.teacher(recipe, data, progress, log)
     teacher.eval()
     torch.manual_seed(recipe.seed)

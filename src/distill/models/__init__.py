@@ -20,6 +20,8 @@ from distill.models.cifar import CIFAR_MODELS
 from distill.models.small import CNN, MLP
 
 SOURCES = ("zoo", "torchvision", "timm", "hf")
+# what a pretrained hf: image classifier's from_pretrained may be given from a recipe
+HF_PRETRAINED_ARGS = {"revision", "dtype"}
 
 
 def _cifar(make: Callable[[int], nn.Module], in_shape: Sequence[int], n: int) -> nn.Module:
@@ -74,14 +76,28 @@ def build_model(
             raise ModelArgumentError(f"zoo:{name} args {args}: {error}") from error
     if source == "torchvision":
         tv = _optional("torchvision", spec)
-        weights = "DEFAULT" if pretrained else None
-        return tv.models.get_model(name, weights=weights, num_classes=num_classes, **args)
+        if not pretrained:
+            return tv.models.get_model(name, weights=None, num_classes=num_classes, **args)
+        # ImageNet weights come with a 1000-class head: a new one for this data's classes
+        return replace_head(tv.models.get_model(name, weights="DEFAULT", **args), num_classes)
     if source == "timm":
         timm = _optional("timm", spec)
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **args)
+    refused = sorted(k for k in args if "remote" in k or "code" in k)
+    if refused:
+        raise ModelError(
+            f"model {spec}: args {refused}: distill does not run code shipped with a model; "
+            "use an architecture transformers knows"
+        )
     transformers = _optional("transformers", spec)
     model_cls = transformers.AutoModelForImageClassification
     if pretrained or Path(name).is_dir():
+        unknown = sorted(set(args) - HF_PRETRAINED_ARGS)
+        if unknown:
+            raise ModelError(
+                f"model {spec}: args {unknown} are not taken; pretrained hf models take "
+                f"{', '.join(sorted(HF_PRETRAINED_ARGS))}"
+            )
         return model_cls.from_pretrained(
             name, num_labels=num_classes, ignore_mismatched_sizes=True, **args
         )
@@ -89,8 +105,37 @@ def build_model(
     return model_cls.from_config(config)
 
 
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """``model`` with its classifier (its last ``Linear``, or a 1×1 convolution as in
+    SqueezeNet) replaced by a new one for ``num_classes`` outputs, unless it has them."""
+    path, head = next(
+        (
+            (name, module)
+            for name, module in reversed(list(model.named_modules()))
+            if isinstance(module, nn.Linear)
+            or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1))
+        ),
+        (None, None),
+    )
+    if head is None or path is None:
+        raise ModelError(
+            f"{type(model).__name__}: no Linear classifier to give {num_classes} outputs"
+        )
+    if isinstance(head, nn.Linear):
+        if head.out_features == num_classes:
+            return model
+        new: nn.Module = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    else:
+        if head.out_channels == num_classes:
+            return model
+        new = nn.Conv2d(head.in_channels, num_classes, 1)
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["CNN", "MLP", "SOURCES", "ZOO", "build_model", "count_parameters"]
+__all__ = ["CNN", "MLP", "SOURCES", "ZOO", "build_model", "count_parameters", "replace_head"]

@@ -31,19 +31,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The recipe with ``--set a.b=c`` overrides applied; a number indexes a list
+    (``teacher.members.0.model=zoo:mlp``)."""
     result = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        node = result
-        for i, key in enumerate(path[:-1]):
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                where = ".".join(path[: i + 1])
-                raise RecipeError(f"--set {text!r}: {where} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        node: Any = result
+        for i, key in enumerate(path):
+            above = ".".join(path[:i])
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise RecipeError(
+                        f"--set {text!r}: {above} is a list of {len(node)}; index it with "
+                        f"0..{len(node) - 1}"
+                    )
+                key = int(key)  # type: ignore[assignment]
+            elif not isinstance(node, dict):
+                raise RecipeError(f"--set {text!r}: {above} is a value, not a section")
+            if i == len(path) - 1:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
     return result
 
 
@@ -115,6 +125,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"recipe file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (a recipe is YAML)") from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML: {error}") from None
     return raw if raw is not None else {}

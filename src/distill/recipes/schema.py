@@ -53,7 +53,11 @@ __all__ = [
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
+        description="the run's folder under output.dir: letters, digits, _ . -, not starting "
+        "with a dot",
+    )
     description: str = ""
     seed: int = 0
     task: Literal["classification", "causal_lm", "masked_lm"] = "classification"

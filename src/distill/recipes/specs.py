@@ -82,6 +82,18 @@ class TermSpec(Strict):
     )
     options: dict[str, float | int | bool | str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _positive_temperature(self) -> TermSpec:
+        t = self.temperature
+        values = [t] if isinstance(t, (int, float)) else []
+        if isinstance(t, ScheduleSpec):
+            if t.kind == "warmup":
+                raise ValueError("temperature: a warmup schedule starts at 0; use linear or cosine")
+            values = [v for v in (t.value, t.start, t.end) if v is not None]
+        if any(v <= 0 for v in values):
+            raise ValueError(f"temperature must be > 0 (it divides the logits), got {values}")
+        return self
+
 
 class ModelSpec(Strict):
     """``model`` is ``zoo:<name>``, ``torchvision:<name>``, ``timm:<name>``, ``hf:<id|dir>``

@@ -4,15 +4,17 @@ students measured by test accuracy, size on disk and CPU latency per example."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset, default_collate
 
 from distill import teachers
+from distill.batch import as_batch, logits_of
 from distill.cache import Layout
 from distill.data import (
     Augmented,
@@ -25,10 +27,12 @@ from distill.data import (
     load_dataset,
     train_val_split,
 )
-from distill.errors import RecipeError
+from distill.errors import DistillError, RecipeError
 from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
+from distill.methods import Cohort
 from distill.models import build_model
-from distill.recipes import ModelSpec, Recipe, validate_recipe
+from distill.objective import Objective
+from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.cache import make_layout
 from distill.runs.common import (
@@ -39,6 +43,7 @@ from distill.runs.common import (
     loader,
 )
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
+from distill.taps import Taps
 from distill.training import checkpoint as ckpt
 
 
@@ -227,6 +232,47 @@ class Classification(Task):
     ) -> tuple[nn.Module, dict[str, Any]]:
         assert isinstance(data, Data)
         return get_teacher(recipe, data, progress, log)
+
+    def preflight(self, recipe: Recipe, data: Splits) -> None:
+        """Every model the recipe names is built (without downloads) and run on two test
+        examples: it must give one output per class, and have the modules the objective's
+        terms tap."""
+        assert isinstance(data, Data)
+        objective = build_objective(recipe.objective, 1)
+        batch = as_batch(default_collate([data.test[0], data.test[1]]))
+        with torch.random.fork_rng():  # no draw from the run's random streams
+            for field, spec, taps in self.named_models(recipe, objective):
+                try:
+                    model = model_from_spec(spec.model_copy(update={"pretrained": False}), data)
+                    if field == "student" and recipe.peers > 1:  # the taps are the cohort's
+                        model = Cohort([model, copy.deepcopy(model)])
+                    Taps(model, taps)  # an unknown path is an error listing the closest
+                    with torch.no_grad():
+                        outputs = logits_of(batch.run(model.eval())).shape[-1]
+                except (DistillError, TypeError, RuntimeError, OSError) as error:
+                    raise RecipeError(f"{field}.model {spec.model}: {error}") from None
+                if outputs != data.num_classes:
+                    raise RecipeError(
+                        f"{field}.model {spec.model} gives {outputs} outputs per example; "
+                        f"the data has {data.num_classes} classes"
+                    )
+
+    @staticmethod
+    def named_models(
+        recipe: Recipe, objective: Objective
+    ) -> list[tuple[str, ModelSpec, list[str]]]:
+        """(field, spec, taps it must have) of every model a run builds from a spec."""
+        found = [("student", recipe.student, objective.student_taps)]
+        if recipe.assistant is not None:
+            found.append(("assistant", recipe.assistant, objective.student_taps))
+        spec = recipe.teacher
+        if spec is not None and spec.model == "ensemble":
+            found += [
+                (f"teacher.members[{i}]", member, []) for i, member in enumerate(spec.members or [])
+            ]
+        elif spec is not None and spec.model != "ema":
+            found.append(("teacher", spec, objective.teacher_taps))
+        return found
 
     def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
         assert isinstance(data, Data) and recipe.teacher is not None

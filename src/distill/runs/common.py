@@ -71,6 +71,11 @@ class Task(ABC):
     def prepare(self, recipe: Recipe, progress: bool, log: Log) -> Splits:
         raise NotImplementedError
 
+    def preflight(self, recipe: Recipe, data: Splits) -> None:  # noqa: B027
+        """Build what is cheap to build (the models, the objective) and check that it fits
+        the data before anything trains, so a bad recipe fails in seconds, naming the field.
+        No random draws: the run that follows is the same as without it."""
+
     @abstractmethod
     def teacher(
         self, recipe: Recipe, data: Splits, progress: bool, log: Log

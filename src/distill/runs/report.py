@@ -117,6 +117,22 @@ def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return TERMINAL_HEADER_LM, rows
 
 
+def export_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """``distill export``'s result as a terminal table: (header, rows)."""
+    names = {"pytorch": "PyTorch", "onnx": "ONNX", "onnx_int8": "ONNX int8"}
+    rows = [
+        [
+            names[key],
+            f"{100 * row['accuracy']:.2f}%",
+            "" if row.get("agreement") is None else f"{100 * row['agreement']:.2f}%",
+            f"{row['size_bytes'] / 1024:.0f} KiB",
+            f"{row['latency_ms']:.3f}",
+        ]
+        for key, row in result["models"].items()
+    ]
+    return ["format", "test acc.", "agreement", "size", "CPU ms/ex."], rows
+
+
 def header(summary: dict[str, Any]) -> list[str]:
     if is_language_model(summary):
         headline = ["test perplexity", "agreement with teacher", "token accuracy"]

@@ -85,6 +85,7 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
     started = time.perf_counter()
     data = task.prepare(recipe, progress, log)
     log(f"data: {recipe.data.dataset}, {data.regime}")
+    task.preflight(recipe, data)
     teacher, teacher_info = None, {}
     if recipe.teacher is not None and recipe.teacher.model != "ema":
         teacher, teacher_info = task.teacher(recipe, data, progress, log)

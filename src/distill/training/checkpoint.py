@@ -66,7 +66,17 @@ def save_weights(module: nn.Module, path: Path) -> None:
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
-    missing, unexpected = load_model(module, str(path), strict=False)
+    """Load a safetensors file into ``module``; a file that does not fit it (other names
+    or shapes) or does not parse is a ``CheckpointError`` naming the file."""
+    try:
+        missing, unexpected = load_model(module, str(path), strict=False)
+    except (SafetensorError, RuntimeError) as error:  # damaged, or other tensor shapes
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = " ".join(lines[:2]) or repr(error)
+        raise CheckpointError(
+            f"{path}: cannot be loaded into {type(module).__name__} ({reason}); was it saved "
+            "from the same architecture, and is the file whole?"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit {type(module).__name__}: missing {sorted(missing)[:5]}, "
