@@ -203,3 +203,13 @@ def test_distill_cache_verifies_a_complete_cache_and_rebuilds_a_damaged_shard(tm
     assert "complete, reused" not in again.stderr and "wrote 1 shard(s)" in again.stderr
     third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert "complete, reused" in third.stderr
+
+
+def test_every_model_of_a_report_is_timed_back_to_back_with_its_spread(uninterrupted):
+    summary = json.loads((uninterrupted / "run" / "summary.json").read_text())
+    for row in ("teacher", "baseline", "student"):
+        m = summary["models"][row]
+        assert 0 < m["latency_p10_ms"] <= m["latency_ms"] <= m["latency_p90_ms"]
+    report = (uninterrupted / "run" / "report.md").read_text()
+    assert "timed back to back at the end of the run" in report
+    assert "10th–90th percentile (ms): teacher" in report

@@ -26,11 +26,12 @@ def size_on_disk(model: nn.Module, path: Path | None = None) -> int:
         return target.stat().st_size
 
 
-def cpu_latency_ms(
+def cpu_latency(
     model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5, **kwargs
-) -> float:
-    """Median wall time of a batch-1 forward on the CPU, in milliseconds (``kwargs`` go to
-    the forward, e.g. a routed ensemble's ``domain``)."""
+) -> dict[str, float]:
+    """Wall time of a batch-1 forward on the CPU, in milliseconds: the median of ``repeats``
+    timed forwards after ``warmup`` untimed ones, and the 10th and 90th percentiles (the
+    spread). ``kwargs`` go to the forward (e.g. a routed ensemble's ``domain``)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     if device.type != "cpu":  # moved outside inference mode: quantized weights must swap
@@ -44,8 +45,16 @@ def cpu_latency_ms(
         for _ in range(repeats):
             start = time.perf_counter()
             model(x, **kwargs)
-            times.append(time.perf_counter() - start)
+            times.append(1000.0 * (time.perf_counter() - start))
     if device.type != "cpu":
         model.to(device)
     model.train(was_training)
-    return 1000.0 * statistics.median(times)
+    low, high = statistics.quantiles(times, n=10)[::8] if len(times) > 1 else (times[0],) * 2
+    return {"latency_ms": statistics.median(times), "latency_p10_ms": low, "latency_p90_ms": high}
+
+
+def cpu_latency_ms(
+    model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5, **kwargs
+) -> float:
+    """The median of ``cpu_latency``, in milliseconds."""
+    return cpu_latency(model, example, repeats, warmup, **kwargs)["latency_ms"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, Dataset, Subset, default_collate
 
 from distill import teachers
@@ -28,7 +28,7 @@ from distill.data import (
     train_val_split,
 )
 from distill.errors import DistillError, RecipeError
-from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
+from distill.measure import parameter_count, size_on_disk
 from distill.methods import Cohort
 from distill.models import build_model
 from distill.objective import Objective
@@ -288,17 +288,13 @@ class Classification(Task):
     def describe(
         self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
     ) -> dict[str, Any]:
+        return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
+
+    def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
         example = data.test[0]
         routed = isinstance(model, teachers.EnsembleModel) and model.combine == "route"
         # a routed model's latency: the first test example, with its domain
-        domain = {"domain": torch.tensor([example[2]["domain"]])} if routed else {}
-        return {
-            "parameters": parameter_count(model),
-            "size_bytes": size_on_disk(model, weights),
-            "latency_ms": cpu_latency_ms(
-                model, example[0], recipe.output.latency_repeats, **domain
-            ),
-        }
+        return example[0], {"domain": torch.tensor([example[2]["domain"]])} if routed else {}
 
     def cache_rows(self, data: Splits) -> Dataset:
         return ConcatDataset([data.student_train, data.val, data.test])

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from distill import teachers
 from distill.batch import Batch
 from distill.cache import Layout
+from distill.measure import cpu_latency
 from distill.objective import Objective
 from distill.recipes import ModelSpec, Recipe
 from distill.runs.report import write_report
@@ -110,7 +111,12 @@ class Task(ABC):
     def describe(
         self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
     ) -> dict[str, Any]:
-        """What a deployment reads: parameters, bytes on disk, CPU latency."""
+        """What a deployment reads besides latency: parameters, bytes on disk."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
+        """One test input for a batch-1 latency measurement, and the forward's keywords."""
         raise NotImplementedError
 
     def measure(
@@ -121,6 +127,7 @@ class Task(ABC):
         judge: teachers.Teacher | None = None,
         weights: Path | None = None,
     ) -> dict[str, Any]:
+        """Test metrics and size (latency: see ``LatencyBench``)."""
         return {
             **self.evaluate(model, recipe, data, judge),
             **self.describe(model, recipe, data, weights),
@@ -164,6 +171,39 @@ class Task(ABC):
     @abstractmethod
     def describe_teacher(self, info: dict[str, Any]) -> str:
         raise NotImplementedError
+
+
+class LatencyBench:
+    """The models a report times. Each is added when the run has it and all are timed back
+    to back at the end of the run (``cpu_latency``: warm-up, repeats, median and the 10th
+    to 90th percentile), so no row is measured while the machine was busier than for
+    another. Without a bench (``None``), ``latency`` times a model at once."""
+
+    def __init__(self, task: Task, data: Splits, repeats: int) -> None:
+        self.task, self.data, self.repeats = task, data, repeats
+        self.models: dict[str, nn.Module] = {}
+
+    def add(self, row: str, model: nn.Module) -> None:
+        self.models[row] = model
+
+    def measure(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Time every model added, one after another, into its row."""
+        for row, model in self.models.items():
+            if row in rows:
+                example, kwargs = self.task.latency_input(model, self.data)
+                rows[row].update(cpu_latency(model, example, self.repeats, **kwargs))
+
+
+def latency(
+    task: Task, recipe: Recipe, data: Splits, model: nn.Module, bench: LatencyBench | None, row: str
+) -> dict[str, float]:
+    """``model``'s latency for report row ``row``: left to ``bench`` (filled in at the end of
+    the run), or, without one, measured now."""
+    if bench is not None:
+        bench.add(row, model)
+        return {}
+    example, kwargs = task.latency_input(model, data)
+    return cpu_latency(model, example, recipe.output.latency_repeats, **kwargs)
 
 
 # -- data and budgets -------------------------------------------------------------------------

@@ -37,14 +37,24 @@ from distill.compress.quantize import (
     save_quantized,
 )
 from distill.losses import cross_entropy
-from distill.measure import cpu_latency_ms, parameter_count
+from distill.measure import parameter_count
 from distill.methods.pruning import GradualPruning, KeepZeros, zero_masks
 from distill.models import build_model
 from distill.objective import Objective, Term
 from distill.paths import sha256_file, write_json
 from distill.recipes import CompressStage, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
-from distill.runs.common import RECIPE_FILE, Log, Splits, Task, fit_student, loader, teacher_module
+from distill.runs.common import (
+    RECIPE_FILE,
+    LatencyBench,
+    Log,
+    Splits,
+    Task,
+    fit_student,
+    latency,
+    loader,
+    teacher_module,
+)
 from distill.training import Callback
 from distill.training import checkpoint as ckpt
 from distill.training.distributed import on_main
@@ -79,12 +89,15 @@ def run_compress(
     student: nn.Module,
     teacher_model: nn.Module,
     run_dir: Path,
-    per_epoch: int,
-    progress: bool,
+    budget: Any,
+    bench: LatencyBench | None,
     log: Log,
 ) -> dict[str, dict[str, Any]]:
     """Run every stage of ``recipe.compress`` on ``student`` in place; returns a summary
-    row per stage (``compress_<k>_<kind>``)."""
+    row per stage (``compress_<k>_<kind>``). ``budget`` (``runs.run.Budget``) gives the
+    steps per epoch and the progress bar; each stage's model goes to ``bench`` (a copy:
+    later stages change the student) to be timed with the others."""
+    per_epoch, progress = budget.per_epoch, budget.progress
     rows: dict[str, dict[str, Any]] = {}
     masks: dict[str, Tensor] = {}
     uncompressed = copy.deepcopy(student).eval()  # the teacher of ``recover: student``
@@ -100,6 +113,7 @@ def run_compress(
                 zero_masks(student) if "prune" in [s.kind for s in recipe.compress[:index]] else {}
             )
             rows[f"compress_{name}"] = done
+            done.update(latency(task, recipe, data, student, bench, f"compress_{name}"))
             log(f"compress stage {index}: {stage.kind}, finished by an earlier run, reused")
             continue
         folder.mkdir(parents=True, exist_ok=True)
@@ -154,16 +168,18 @@ def run_compress(
             **metrics,
             "parameters": nonzero_parameters(student) if masks else parameter_count(student),
             "size_bytes": size,
-            "latency_ms": cpu_latency_ms(student, example[0], recipe.output.latency_repeats),
             "train_seconds": time.perf_counter() - started,
             "steps": budget,
         }
         if masks:
             row["sparsity"] = sparsity(student)
         rows[f"compress_{name}"] = row
+        frozen = copy.deepcopy(student) if bench is not None else student  # later stages change it
+        timing = latency(task, recipe, data, frozen, bench, f"compress_{name}")
         record = {"stage": stage.model_dump(mode="json"), "change": change, **meta, "row": row}
         record["sha256"] = weights_sum(folder)  # written last: the stage is finished
         on_main(functools.partial(write_json, folder / STAGE_FILE, record, indent=2))
+        row.update(timing)
     return rows
 
 

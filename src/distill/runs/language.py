@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from distill.cache import Layout
 from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.errors import RecipeError
-from distill.measure import cpu_latency_ms, parameter_count, size_on_disk
+from distill.measure import parameter_count, size_on_disk
 from distill.methods.generation import (
     GenerationSettings,
     generate_dataset,
@@ -373,12 +373,10 @@ class Language(Task):
     def describe(
         self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
     ) -> dict[str, Any]:
-        example = data.test[0]["input_ids"]
-        return {
-            "parameters": parameter_count(model),
-            "size_bytes": size_on_disk(model, weights),
-            "latency_ms": cpu_latency_ms(model, example, recipe.output.latency_repeats),
-        }
+        return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
+
+    def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
+        return data.test[0]["input_ids"], {}
 
     def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:
         """A Hugging Face folder too, loadable with ``from_pretrained``."""

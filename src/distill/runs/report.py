@@ -152,16 +152,35 @@ def header(summary: dict[str, Any]) -> list[str]:
 
 def footnote(summary: dict[str, Any]) -> str:
     if is_language_model(summary):
-        return (
+        measured = (
             "Measured on held-out test rows, used once after training; the students were "
             "selected on separate validation rows. Perplexity: exp of the mean cross-entropy "
             "over scored tokens. Agreement: share of scored tokens where the student's top "
-            "token is the teacher's. Latency: median batch-1 forward of one row on the CPU."
+            "token is the teacher's. "
         )
+        what = "one row"
+    else:
+        measured = (
+            "Accuracy is on the test split, used once after training; the students were "
+            "selected on a validation split carved from the training data. "
+        )
+        what = "one example"
+    return measured + latency_note(summary, what)
+
+
+def latency_note(summary: dict[str, Any], what: str) -> str:
+    """How latency was measured, and each model's spread (10th to 90th percentile)."""
+    spreads = [
+        f"{label} {m['latency_p10_ms']:.3f}–{m['latency_p90_ms']:.3f}"
+        for key, label, _ in model_rows(summary)
+        if "latency_p10_ms" in (m := summary["models"][key])
+    ]
+    text = f"Latency: median batch-1 forward of {what} on the CPU"
+    if not spreads:
+        return text + "."
     return (
-        "Accuracy is on the test split, used once after training; the students were selected "
-        "on a validation split carved from the training data. Latency: median batch-1 forward "
-        "on the CPU."
+        text + ", every model timed back to back at the end of the run after warm-up "
+        "forwards; 10th–90th percentile (ms): " + "; ".join(spreads) + "."
     )
 
 

@@ -31,12 +31,14 @@ from distill.runs.classify import Classification
 from distill.runs.common import (
     BASELINE_DIR,
     RECIPE_FILE,
+    LatencyBench,
     Log,
     Splits,
     Task,
     check_run_dir,
     fit_student,
     gain,
+    latency,
     loader,
     step_budget,
     steps_per_epoch,
@@ -90,11 +92,13 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
     if recipe.teacher is not None and recipe.teacher.model != "ema":
         teacher, teacher_info = task.teacher(recipe, data, progress, log)
     per_epoch = steps_per_epoch(data.student_train, recipe)
-    budget = Budget(step_budget(recipe, per_epoch), per_epoch, progress, log)
+    bench = LatencyBench(task, data, recipe.output.latency_repeats)
+    budget = Budget(step_budget(recipe, per_epoch), per_epoch, progress, log, bench)
     models: dict[str, dict[str, Any]] = {}
     if teacher is not None:
         seconds = teacher_info.get("train_seconds", 0.0)
         models["teacher"] = {**task.measure(teacher, recipe, data), "train_seconds": seconds}
+        bench.add("teacher", teacher)
     if recipe.baseline:
         log(
             f"label-only student {recipe.student.model}: {budget.steps} steps on "
@@ -102,7 +106,7 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
         )
         labels_only = Lesson(lambda s: Objective(ce=Term(cross_entropy)), teacher, rows="baseline")
         _, models["baseline"] = train_student(
-            task, recipe, data, labels_only, run_dir / BASELINE_DIR, budget
+            task, recipe, data, labels_only, run_dir / BASELINE_DIR, budget, row="baseline"
         )
     # a teacher assistant, then born-again generations: each stage teaches the next
     teacher_of_student = teacher
@@ -110,7 +114,7 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
         log(f"{description}: distilled first")
         lesson = Lesson(recipe_objective(recipe, per_epoch, teacher_of_student), teacher_of_student)
         stage, models[name] = train_student(
-            task, recipe, data, lesson, run_dir / name, budget, spec=spec
+            task, recipe, data, lesson, run_dir / name, budget, row=name, spec=spec
         )
         teacher_of_student = stage.eval()
     lesson = distilled_lesson(task, recipe, data, teacher_of_student, per_epoch, progress, log)
@@ -121,19 +125,21 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
         + ", ".join(recipe.objective)
     )
     student, metrics = train_student(
-        task, recipe, data, lesson, run_dir, budget, peers=recipe.peers
+        task, recipe, data, lesson, run_dir, budget, row="student", peers=recipe.peers
     )
     if "ema_teacher" in metrics:
         models["ema_teacher"] = metrics.pop("ema_teacher")
     if isinstance(student, Cohort):
-        models.update(peer_rows(task, student, recipe, data, run_dir, metrics))
+        models.update(peer_rows(task, student, recipe, data, run_dir, metrics, bench))
     else:
         models["student"] = metrics
     if recipe.compress:  # each stage distils from the recipe's teacher again
         assert teacher is not None  # the recipe checks it
         models.update(
-            run_compress(task, recipe, data, student, teacher, run_dir, per_epoch, progress, log)
+            run_compress(task, recipe, data, student, teacher, run_dir, budget, bench, log)
         )
+    log(f"timing {len(bench.models)} models back to back on this CPU")
+    bench.measure(models)
     summary = summarize(task, recipe, data, models, budget.steps)
     write_summary(run_dir, {**summary, "seconds": time.perf_counter() - started})
     if recipe.export is not None:  # after the summary, so a failed check leaves it readable
@@ -146,12 +152,13 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
 class Budget:
     """Every student's training: ``steps`` optimizer updates, validation every
     ``per_epoch`` (unless ``train.eval_every`` says otherwise), a progress bar or not,
-    where notes go."""
+    where notes go, where the models go to be timed (none: at once)."""
 
     steps: int
     per_epoch: int
     progress: bool
     log: Log = print
+    bench: LatencyBench | None = None
 
 
 @dataclass
@@ -251,6 +258,7 @@ def train_student(
     run_dir: Path,
     budget: Budget,
     *,
+    row: str = "student",
     spec: ModelSpec | None = None,
     peers: int = 1,
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -271,6 +279,8 @@ def train_student(
     if done is not None:
         ckpt.load_weights(student, run_dir / ckpt.STUDENT_FILE)
         budget.log(f"{run_dir}: finished by an earlier run, reused")
+        if not isinstance(student, Cohort):
+            done.update(latency(task, recipe, data, student, budget.bench, row))
         return student, done
     objective = lesson.objective(student)
     live = None if lesson.teacher is None else teacher_module(recipe, lesson.teacher)
@@ -290,8 +300,11 @@ def train_student(
         metrics = task.evaluate(student, recipe, data, judge)
     else:
         metrics = task.measure(student, recipe, data, judge, run_dir / ckpt.STUDENT_FILE)
+        metrics.update(latency(task, recipe, data, student, budget.bench, row))
     if isinstance(live, teachers.EMA):
-        metrics["ema_teacher"] = task.measure(live.model, recipe, data)
+        ema = live.model
+        metrics["ema_teacher"] = task.measure(ema, recipe, data)
+        metrics["ema_teacher"].update(latency(task, recipe, data, ema, budget.bench, "ema_teacher"))
     if isinstance(transform, OnPolicy):
         metrics["on_policy_batches"] = transform.generated_batches
         metrics["on_policy_tokens"] = transform.generated_tokens
@@ -330,6 +343,7 @@ def peer_rows(
     data: Splits,
     run_dir: Path,
     cohort_metrics: dict[str, Any],
+    bench: LatencyBench | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each peer of a mutual-learning cohort measured and saved on its own
     (``peers/peer_<k>.safetensors``); peer 0 is reported as the student."""
@@ -343,6 +357,7 @@ def peer_rows(
             "train_seconds": cohort_metrics["train_seconds"],
             "cohort_accuracy": cohort_metrics["accuracy"],
             **task.describe(peer, recipe, data, weights),
+            **latency(task, recipe, data, peer, bench, "student" if k == 0 else f"peer_{k}"),
         }
     return rows
 
