@@ -65,3 +65,19 @@ def test_readme_teacher_cache_example_runs(tmp_path, monkeypatch, digits):
     assert (tmp_path / "teacher_outputs" / "manifest.json").exists()
     metrics = scope["run"].evaluate(DataLoader(scope["rows"], batch_size=256))
     assert metrics["examples"] == 1400 and "kl_to_teacher" in metrics  # the cache answered
+
+
+def test_the_readme_result_tables_are_the_committed_benchmark_outputs():
+    """Every results block of the README holds the table its benchmark wrote: run
+    `python benchmarks/readme_tables.py` after a benchmark, never type a result."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "readme_tables.py"
+    spec = importlib.util.spec_from_file_location("readme_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert readme.count("<!-- results:") >= 10
+    assert module.render(readme) == readme, "run python benchmarks/readme_tables.py"
+    drifted = readme.replace("| KD (Hinton 2015) | 88.88", "| KD (Hinton 2015) | 88.99", 1)
+    assert module.render(drifted) != drifted  # a typed number is caught
