@@ -95,3 +95,19 @@ def test_a_classifier_head_is_replaced_for_the_data_classes():
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 7) and model.fc.out_features == 7
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 1000, 1))
     assert replace_head(conv, 5)[1].out_channels == 5
+
+
+def test_real_torchvision_classifiers_get_a_head_for_the_data_classes():
+    """Runs where torchvision is installed (not in CI: its PyPI wheels need another torch);
+    the architectures ImageNet weights come with, given a head for 10 classes."""
+    import torch
+
+    torchvision = pytest.importorskip("torchvision")
+    from distill.models import replace_head
+
+    for name, side in [("resnet18", 64), ("mobilenet_v3_small", 64), ("vgg11", 64),
+                       ("squeezenet1_0", 64), ("efficientnet_b0", 64), ("vit_b_16", 224),
+                       ("convnext_tiny", 64), ("densenet121", 64), ("swin_t", 224)]:  # fmt: skip
+        model = replace_head(torchvision.models.get_model(name, weights=None), 10).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, side, side)).shape == (2, 10), name
