@@ -111,3 +111,12 @@ def test_real_torchvision_classifiers_get_a_head_for_the_data_classes():
         model = replace_head(torchvision.models.get_model(name, weights=None), 10).eval()
         with torch.no_grad():
             assert model(torch.randn(2, 3, side, side)).shape == (2, 10), name
+
+
+def test_a_garbage_cache_manifest_names_itself(tmp_path):
+    from distill.cache import read_manifest
+    from distill.errors import CacheError
+
+    (tmp_path / "manifest.json").write_text("garbage{")
+    with pytest.raises(CacheError, match=r"manifest\.json: not valid JSON"):
+        read_manifest(tmp_path)
