@@ -41,6 +41,7 @@ LABELS = {
     "compress_4_quantize": "+ int8 QAT (torchao)",
     "export_onnx": "ONNX export of the pruned student",
     "export_onnx_int8": "ONNX Runtime int8 of it",
+    "export_onnx_qdq": "ONNX QDQ static int8 of the QAT student",
 }
 
 

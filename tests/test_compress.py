@@ -277,3 +277,28 @@ def test_post_training_quantization_stage_and_export_from_the_recipe(isolated_ca
         Classification().evaluate(loaded, recipe, prepare_data(recipe), None)["accuracy"]
         == row["accuracy"]
     )
+
+
+def test_an_int8_qat_student_exports_as_a_static_int8_qdq_graph(isolated_cache, tmp_path):
+    """The QAT-trained student reaches deployment: its int8 weights (dequantized, then
+    re-quantized per channel by ONNX Runtime) and calibrated static int8 activations in
+    QDQ form, run in ONNX Runtime and checked against the torchao-quantized student."""
+    import onnx
+
+    from distill.recipes import validate_recipe
+    from distill.runs import run_recipe
+
+    stage = {"kind": "quantize", "scheme": "int8", "max_steps": 20}
+    export = {"qdq": True, "calibration_examples": 128, "int8_min_agreement": 0.9}
+    recipe = validate_recipe({**tiny_compress_recipe([stage]), "export": export})
+    summary = run_recipe(recipe, out_dir=tmp_path / "qat", progress=False, log=lambda m: None)
+    qdq, qat = summary["models"]["export_onnx_qdq"], summary["models"]["compress_1_quantize"]
+    assert qdq["agreement"] >= 0.9 and abs(qdq["accuracy"] - qat["accuracy"]) < 0.05
+    assert qdq["parameters"] == qat["parameters"]
+    graph = onnx.load(tmp_path / "qat" / "export" / "student.qdq.onnx")
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8_weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 2  # every Linear's weight stored as int8
+    assert qdq["size_bytes"] < 0.5 * summary["models"]["export_onnx"]["size_bytes"]
+    assert "ONNX QDQ int8 (the QAT student)" in (tmp_path / "qat" / "report.md").read_text()

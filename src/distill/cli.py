@@ -373,6 +373,13 @@ def export(
         typer.Option(help="compress stage to export (0: the distilled student; default: last)"),
     ] = None,
     int8: Annotated[bool, typer.Option("--int8", help="also ONNX Runtime's int8 version")] = False,
+    qdq: Annotated[
+        bool,
+        typer.Option("--qdq", help="also an int8 QAT stage as static int8 QDQ ONNX, checked"),
+    ] = False,
+    calibration_examples: Annotated[
+        int, typer.Option(help="training inputs that set the QDQ graph's activation ranges")
+    ] = 512,
     min_agreement: Annotated[
         float, typer.Option(help="share of test examples whose top-1 must match PyTorch")
     ] = 0.999,
@@ -391,6 +398,8 @@ def export(
             run_dir,
             stage=stage,
             int8=int8,
+            qdq=qdq,
+            calibration_examples=calibration_examples,
             min_agreement=min_agreement,
             atol=atol,
             int8_min_agreement=int8_min_agreement,

@@ -2,7 +2,10 @@
 
 ``export_onnx`` writes the model with a dynamic batch dimension (``torch.onnx.export``,
 the dynamo exporter); ``quantize_onnx_int8`` makes ONNX Runtime's dynamic int8 version
-(int8 weights, activations quantized at run time); ``check_parity`` runs a graph in ONNX
+(int8 weights, activations quantized at run time); ``quantize_onnx_qdq`` its static int8
+version in QDQ form (QuantizeLinear/DequantizeLinear pairs around every matrix product,
+activation ranges calibrated on given inputs), which ONNX Runtime fuses into integer
+kernels and other runtimes read too; ``check_parity`` runs a graph in ONNX
 Runtime on held-out inputs next to the PyTorch model and raises ``ParityError`` when the
 top-1 predictions agree on fewer than ``min_agreement`` of the examples or (for the
 float export) the logits differ by more than ``atol``.
@@ -10,9 +13,11 @@ float export) the logits differ by more than ``atol``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from distill.errors import MissingDependency
+from distill.errors import DistillError, MissingDependency
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-class ParityError(RuntimeError):
+class ParityError(DistillError, RuntimeError):
     """The exported model disagrees with the PyTorch model beyond the tolerance."""
 
 
@@ -72,6 +77,52 @@ def quantize_onnx_int8(source: Path, target: Path) -> Path:
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
     return Path(target)
+
+
+def quantize_onnx_qdq(source: Path, target: Path, calibration: Iterable[Tensor]) -> Path:
+    """ONNX Runtime's static int8 quantization of ``source`` in QDQ form: weights int8 per
+    output channel (symmetric), activations uint8 per tensor with ranges from the min and
+    max they take on ``calibration`` (batches of inputs), only around MatMul/Gemm (the
+    Linear layers torchao's QAT quantizes)."""
+    _onnxruntime()
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch.cpu().numpy()}
+
+    with _quiet_root_logger():  # "consider pre-processing": the graphs here are simple
+        quantize_static(
+            str(source),
+            str(target),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+    return Path(target)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def session(path: Path):

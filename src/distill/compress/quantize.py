@@ -23,6 +23,7 @@ data and scales as plain safetensors (the bytes a deployment ships) and
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -163,3 +164,15 @@ def load_quantized(model: nn.Module, path: Path, scheme: Scheme, skip=()) -> nn.
     for name, value in target.items():
         value.copy_(saved[name])
     return model
+
+
+@torch.no_grad()
+def dequantized(model: nn.Module) -> nn.Module:
+    """A float copy of a torchao-quantized ``model``: every quantized weight replaced by
+    the float values it stands for (its integers times its scales), for float exporters."""
+    copy_ = copy.deepcopy(model)
+    for module in copy_.modules():
+        for name, value in list(module._parameters.items()):
+            if value is not None and type(value) not in (Tensor, nn.Parameter):
+                module._parameters[name] = nn.Parameter(value.dequantize(), requires_grad=False)
+    return copy_

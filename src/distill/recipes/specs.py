@@ -213,9 +213,18 @@ class CompressStage(Strict):
 
 class ExportSpec(Strict):
     """Export at the end of ``distill run`` (as ``distill export`` does): the last float
-    stage as ONNX, checked in ONNX Runtime against PyTorch on the test split."""
+    stage as ONNX, and an int8 QAT stage as static int8 QDQ ONNX, each checked in ONNX
+    Runtime against PyTorch on the test split."""
 
     int8: bool = Field(False, description="also ONNX Runtime's dynamic int8 version")
+    qdq: bool = Field(
+        False,
+        description="when the last stage is int8 QAT, also that student as a static int8 QDQ "
+        "ONNX graph, checked against it",
+    )
+    calibration_examples: int = Field(
+        512, ge=1, description="training inputs that set the QDQ graph's activation ranges"
+    )
     min_agreement: float = Field(0.999, gt=0, le=1, description="top-1 agreement asked")
     atol: float = Field(1e-3, gt=0, description="largest logit difference allowed")
     int8_min_agreement: float = Field(0.97, gt=0, le=1)

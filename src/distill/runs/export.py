@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from distill.compress.export import (
     check_parity,
     export_onnx,
     onnx_latency_ms,
     quantize_onnx_int8,
+    quantize_onnx_qdq,
 )
+from distill.compress.quantize import dequantized
 from distill.errors import UsageError
 from distill.measure import cpu_latency_ms
 from distill.recipes import ModelSpec, Recipe
@@ -29,24 +32,37 @@ EXPORT_DIR = "export"
 EXPORT_FILE = "export.json"
 
 
-def exportable_student(
-    run_dir: Path, recipe: Recipe, data: Data, stage: int | None
-) -> tuple[nn.Module, str]:
-    """The model to export and its name: compress stage ``stage`` (0: the distilled
-    student); by default the last stage that is not torchao-quantized."""
+def exportable_stages(
+    recipe: Recipe, stage: int | None, qdq: bool
+) -> tuple[int | None, int | None]:
+    """(float stage to export as ONNX, int8 stage to export as QDQ ONNX), either None:
+    by default the last stage that is not torchao-quantized, and, with ``qdq``, the last
+    stage if it is int8-quantized; ``stage`` (0: the distilled student) picks one."""
     kinds = [s.kind for s in recipe.compress]
+    int8_last = bool(kinds) and kinds[-1] == "quantize" and recipe.compress[-1].scheme == "int8"
     if stage is None:
-        stage = len(kinds) - (1 if kinds and kinds[-1] == "quantize" else 0)
+        last_float = len(kinds) - (1 if kinds and kinds[-1] == "quantize" else 0)
+        return last_float, len(kinds) if int8_last and qdq else None
     if not 0 <= stage <= len(kinds):
-        raise UsageError(f"--stage must be between 0 and {len(kinds)} for {run_dir}")
+        raise UsageError(f"--stage must be between 0 and {len(kinds)} for this run")
     if stage and kinds[stage - 1] == "quantize":
-        raise UsageError(
-            f"stage {stage} is torchao-quantized, which ONNX export does not take; export "
-            f"stage {stage - 1} and add --int8 for ONNX Runtime's int8 version"
-        )
+        if not qdq or recipe.compress[stage - 1].scheme != "int8":
+            raise UsageError(
+                f"stage {stage} is torchao-quantized, which float ONNX export does not take: "
+                "add --qdq for an int8 stage's static int8 QDQ graph, or export stage "
+                f"{stage - 1} and add --int8 for ONNX Runtime's int8 version"
+            )
+        return None, stage
+    return stage, None
+
+
+def exportable_student(
+    run_dir: Path, recipe: Recipe, data: Data, stage: int
+) -> tuple[nn.Module, str]:
+    """The model of compress stage ``stage`` (0: the distilled student) and its name."""
     if stage == 0:
         return model_from_spec(ModelSpec(model=str(run_dir)), data), "student"
-    return load_stage(run_dir, stage), f"stage {stage} ({kinds[stage - 1]})"
+    return load_stage(run_dir, stage), f"stage {stage} ({recipe.compress[stage - 1].kind})"
 
 
 def export_run(
@@ -55,57 +71,107 @@ def export_run(
     *,
     stage: int | None = None,
     int8: bool = False,
+    qdq: bool = False,
+    calibration_examples: int = 512,
     min_agreement: float = 0.999,
     atol: float = 1e-3,
     int8_min_agreement: float = 0.97,
     log: Any = print,
 ) -> dict[str, Any]:
     """Export a classification run's student, check and measure it (``runs.run.export_command``
-    refuses other tasks); raises ``ParityError`` when a graph disagrees with the
-    PyTorch model beyond the tolerances. Writes ``<run_dir>/export/`` (the ONNX files and
+    refuses other tasks); raises ``ParityError`` when a graph disagrees with the PyTorch
+    model beyond the tolerances. A float stage becomes ONNX (and, with ``int8``, ONNX
+    Runtime's dynamic int8 version); an int8 QAT stage (with ``qdq``) a static int8 QDQ
+    graph, calibrated on ``calibration_examples`` training inputs and checked against the
+    torchao-quantized student. Writes ``<run_dir>/export/`` (the ONNX files and
     ``export.json``) and returns what it wrote to the JSON file."""
     run_dir = Path(run_dir)
     data = prepare_data(recipe)
-    model, name = exportable_student(run_dir, recipe, data, stage)
-    example = data.test[0][0]
+    float_stage, int8_stage = exportable_stages(recipe, stage, qdq)
     out = run_dir / EXPORT_DIR
     out.mkdir(exist_ok=True)
+    test = loader(data.test, recipe, train=False)
+    check = {"repeats": recipe.output.latency_repeats, "test": test, "log": log}
+    rows: dict[str, dict[str, Any]] = {}
+    names = []
+    if float_stage is not None:
+        model, name = exportable_student(run_dir, recipe, data, float_stage)
+        names.append(name)
+        rows.update(
+            float_rows(model, name, out, int8, min_agreement, atol, int8_min_agreement, check)
+        )
+    if int8_stage is not None:
+        model, name = exportable_student(run_dir, recipe, data, int8_stage)
+        names.append(name)
+        calibration = Subset(
+            data.student_train, range(min(calibration_examples, len(data.student_train)))
+        )  # type: ignore[arg-type]
+        batches = [batch[0] for batch in DataLoader(calibration, batch_size=64)]
+        log(
+            f"exporting {name} of {run_dir} as static int8 QDQ ONNX "
+            f"({len(calibration)} calibration inputs)"
+        )
+        float_copy = out / "student.qat.onnx"  # the QAT weights as floats, quantized next
+        export_onnx(dequantized(model), batches[0][:2], float_copy)
+        path = quantize_onnx_qdq(float_copy, out / "student.qdq.onnx", batches)
+        float_copy.unlink()
+        tolerance = {"min_agreement": int8_min_agreement, "atol": None}
+        rows["onnx_qdq"] = graph_row("onnx_qdq", model, path, tolerance, check)
+    result = {"run_dir": str(run_dir), "model": " and ".join(names), "models": rows}
+    (out / EXPORT_FILE).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def float_rows(
+    model: nn.Module,
+    name: str,
+    out: Path,
+    int8: bool,
+    min_agreement: float,
+    atol: float,
+    int8_min_agreement: float,
+    check: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """The PyTorch model, its ONNX export and (with ``int8``) ONNX Runtime's dynamic int8."""
     weights = out / "pytorch.safetensors"
     ckpt.save_weights(model, weights)
-    repeats = recipe.output.latency_repeats
-    test = loader(data.test, recipe, train=False)
+    example = next(iter(check["test"]))[0][0]
     rows: dict[str, dict[str, Any]] = {
         "pytorch": {
             "file": str(weights),
-            "accuracy": Distiller(model, progress=False).evaluate(test)["accuracy"],
+            "accuracy": Distiller(model, progress=False).evaluate(check["test"])["accuracy"],
             "size_bytes": weights.stat().st_size,
-            "latency_ms": cpu_latency_ms(model, example, repeats),
+            "latency_ms": cpu_latency_ms(model, example, check["repeats"]),
         }
     }
-    log(f"exporting {name} of {run_dir} to ONNX")
-    graphs = [("onnx", export_onnx(model, example.unsqueeze(0), out / "student.onnx"))]
+    check["log"](f"exporting {name} to ONNX")
+    path = export_onnx(model, example.unsqueeze(0), out / "student.onnx")
+    rows["onnx"] = graph_row(
+        "onnx", model, path, {"min_agreement": min_agreement, "atol": atol}, check
+    )
     if int8:
-        graphs.append(("onnx_int8", quantize_onnx_int8(graphs[0][1], out / "student.int8.onnx")))
-    for key, path in graphs:
-        tolerance = (
-            {"min_agreement": min_agreement, "atol": atol}
-            if key == "onnx"
-            else {"min_agreement": int8_min_agreement, "atol": None}
-        )
-        parity = check_parity(model, path, ((b[0], b[1]) for b in test), **tolerance)
-        rows[key] = {
-            "file": str(path),
-            "accuracy": parity.accuracy,
-            "agreement": parity.agreement,
-            "max_abs_diff": parity.max_abs_diff,
-            "tolerance": tolerance,
-            "size_bytes": path.stat().st_size,
-            "latency_ms": onnx_latency_ms(path, example, repeats),
-        }
-        log(
-            f"{key}: agrees with PyTorch on {parity.agreement:.2%} of {parity.examples:,} test "
-            f"examples (largest logit difference {parity.max_abs_diff:.1e})"
-        )
-    result = {"run_dir": str(run_dir), "model": name, "models": rows}
-    (out / EXPORT_FILE).write_text(json.dumps(result, indent=2))
-    return result
+        path = quantize_onnx_int8(path, out / "student.int8.onnx")
+        tolerance = {"min_agreement": int8_min_agreement, "atol": None}
+        rows["onnx_int8"] = graph_row("onnx_int8", model, path, tolerance, check)
+    return rows
+
+
+def graph_row(
+    key: str, model: nn.Module, path: Path, tolerance: dict[str, Any], check: dict[str, Any]
+) -> dict[str, Any]:
+    """An exported graph checked against ``model`` on the test split, and measured."""
+    parity = check_parity(model, path, ((b[0], b[1]) for b in check["test"]), **tolerance)
+    check["log"](
+        f"{key}: agrees with PyTorch on {parity.agreement:.2%} of {parity.examples:,} test "
+        f"examples (largest logit difference {parity.max_abs_diff:.1e})"
+    )
+    example = next(iter(check["test"]))[0][0]
+    return {
+        "file": str(path),
+        "accuracy": parity.accuracy,
+        "agreement": parity.agreement,
+        "max_abs_diff": parity.max_abs_diff,
+        "tolerance": tolerance,
+        "size_bytes": path.stat().st_size,
+        "latency_ms": onnx_latency_ms(path, example, check["repeats"]),
+    }

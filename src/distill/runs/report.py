@@ -38,7 +38,11 @@ def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
             colour = EXTRA_COLORS[(extras + stages).index(key) % len(EXTRA_COLORS)]
             label = key.removeprefix("compress_").replace("_", " ")
             if key.startswith("export_"):
-                label = {"export_onnx": "ONNX", "export_onnx_int8": "ONNX int8"}.get(key, label)
+                label = {
+                    "export_onnx": "ONNX",
+                    "export_onnx_int8": "ONNX int8",
+                    "export_onnx_qdq": "ONNX QDQ int8 (the QAT student)",
+                }.get(key, label)
             elif key in stages:
                 label = f"+ {label}"
             rows.append((key, label, colour))
@@ -119,7 +123,12 @@ def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 def export_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """``distill export``'s result as a terminal table: (header, rows)."""
-    names = {"pytorch": "PyTorch", "onnx": "ONNX", "onnx_int8": "ONNX int8"}
+    names = {
+        "pytorch": "PyTorch",
+        "onnx": "ONNX",
+        "onnx_int8": "ONNX int8",
+        "onnx_qdq": "ONNX QDQ int8",
+    }
     rows = [
         [
             names[key],

@@ -327,10 +327,17 @@ def export_rows(
     result = on_main(lambda: export_run(run_dir, recipe, **spec.model_dump(), log=log))
     if result is None:  # not the main process: it exports alone
         return {}
-    stages = [k for k in models if k.startswith("compress_") and not k.endswith("_quantize")]
-    source = models[stages[-1] if stages else "student"]
+    stages = [k for k in models if k.startswith("compress_")]
+    floats = [k for k in stages if not k.endswith("_quantize")]
+    source = {  # which report row each graph was exported from
+        "onnx": floats[-1] if floats else "student",
+        "onnx_qdq": stages[-1] if stages else "student",
+    }
     return {
-        f"export_{key}": {**row, "parameters": source["parameters"]}
+        f"export_{key}": {
+            **row,
+            "parameters": models[source.get(key, source["onnx"])]["parameters"],
+        }
         for key, row in result["models"].items()
         if key != "pytorch"
     }
