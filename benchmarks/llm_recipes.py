@@ -73,6 +73,8 @@ def render(results: dict) -> str:
             for row, label in LABELS[name].items():
                 m = results["runs"][name][row]
                 agreement = m["teacher_agreement"]
+                if m.get("on_policy_batches") is not None:
+                    label += f", in {m['on_policy_batches']} of the batches"
                 lines.append(
                     f"| `{name}` | {label} | {m['perplexity']:.2f} | "
                     + ("" if row == "teacher" or agreement is None else f"{100 * agreement:.1f}%")
