@@ -302,3 +302,28 @@ def test_an_int8_qat_student_exports_as_a_static_int8_qdq_graph(isolated_cache, 
     assert len(int8_weights) >= 2  # every Linear's weight stored as int8
     assert qdq["size_bytes"] < 0.5 * summary["models"]["export_onnx"]["size_bytes"]
     assert "ONNX QDQ int8 (the QAT student)" in (tmp_path / "qat" / "report.md").read_text()
+
+
+def test_each_row_is_timed_on_its_own_model_at_the_end_of_the_run(
+    isolated_cache, tmp_path, monkeypatch
+):
+    """The report's latencies are measured back to back at the end, each on the model of
+    its row: the distilled student as it was, not as the compression stages left it."""
+    from distill.measure import parameter_count
+    from distill.recipes import validate_recipe
+    from distill.runs import common, run_recipe
+
+    timed = []
+
+    def fake_latency(model, example, repeats, **kwargs):
+        timed.append(parameter_count(model))
+        return {"latency_ms": 1.0, "latency_p10_ms": 1.0, "latency_p90_ms": 1.0}
+
+    monkeypatch.setattr(common, "cpu_latency", fake_latency)
+    stage = {"kind": "channels", "ratio": 0.5, "max_steps": 2}
+    recipe = validate_recipe(tiny_compress_recipe([stage]))
+    summary = run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lambda m: None)
+    models = summary["models"]
+    rows = ["teacher", "student", "compress_1_channels"]
+    assert timed == [models[row]["parameters"] for row in rows]
+    assert models["compress_1_channels"]["parameters"] < models["student"]["parameters"]

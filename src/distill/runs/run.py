@@ -10,6 +10,7 @@ command line never asks which task a recipe is.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,8 +136,9 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
         models["student"] = metrics
     if recipe.compress:  # each stage distils from the recipe's teacher again
         assert teacher is not None  # the recipe checks it
+        stages = copy.deepcopy(student)  # the stages change it; the student row is timed later
         models.update(
-            run_compress(task, recipe, data, student, teacher, run_dir, budget, bench, log)
+            run_compress(task, recipe, data, stages, teacher, run_dir, budget, bench, log)
         )
     log(f"timing {len(bench.models)} models back to back on this CPU")
     bench.measure(models)
