@@ -138,7 +138,7 @@ class CacheWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LAYOUT_FILE
         if path.exists():
-            existing = read_file(path)
+            existing = read_json(path, CacheError)
             wanted = layout.to_json()
             differ = sorted(k for k in {*existing, *wanted} if existing.get(k) != wanted.get(k))
             if differ:
@@ -215,14 +215,6 @@ class CacheWriter:
 KEY_FIELDS = ("example_id", "input_hash")
 
 
-def read_file(path: Path) -> dict[str, Any]:
-    """One of the cache's JSON files; one that does not parse names itself."""
-    try:
-        return read_json(path)
-    except ValueError as error:
-        raise CacheError(str(error)) from None
-
-
 def damaged_shards(folder: str | Path) -> list[int]:
     """The finished shards of ``folder`` whose files are missing or differ from the sizes
     and SHA-256 their shard JSON recorded."""
@@ -257,7 +249,7 @@ def discard_shards(folder: str | Path, shards: list[int]) -> None:
 def finalize_cache(folder: str | Path) -> dict[str, Any] | None:
     """Write the manifest of a cache whose shards are all done (None if some are missing):
     for workers of one launch, once they have all finished."""
-    layout = Layout.from_json(read_file(Path(folder) / LAYOUT_FILE))
+    layout = Layout.from_json(read_json(Path(folder) / LAYOUT_FILE, CacheError))
     return CacheWriter(folder, layout).finalize()
 
 
@@ -266,14 +258,14 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     path = folder / MANIFEST_FILE
     if not path.exists():
         if (folder / LAYOUT_FILE).exists():
-            layout = Layout.from_json(read_file(folder / LAYOUT_FILE))
+            layout = Layout.from_json(read_json(folder / LAYOUT_FILE, CacheError))
             done = len(list(folder.glob("shard-*.json")))
             raise CacheError(
                 f"{folder}: the cache is incomplete ({done} of {layout.num_shards} shards); "
                 "run `distill cache` again to finish it (finished shards are kept)"
             )
         raise CacheError(f"{folder} holds no teacher cache (no {MANIFEST_FILE}); build it first")
-    manifest = read_file(path)
+    manifest = read_json(path, CacheError)
     if manifest.get("format") != FORMAT:
         raise CacheError(f"{path}: format {manifest.get('format')!r}, this distill reads {FORMAT}")
     return manifest

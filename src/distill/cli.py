@@ -433,17 +433,7 @@ def version(as_json: JsonOption = False) -> None:
 def losses(as_json: JsonOption = False) -> None:
     """List the built-in losses with the first line of their docstring."""
     if as_json:
-        rows = {
-            name: {
-                "summary": info.summary,
-                "reads": info.reads,
-                "reads_teacher": info.reads_teacher,
-                "lm_heads": info.lm_heads,
-                "in_recipes": info.in_recipes,
-            }
-            for name, info in LOSSES.items()
-        }
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps({name: info.to_json() for name, info in LOSSES.items()}, indent=2))
         return
     for name, info in LOSSES.items():
         typer.echo(f"{name:24s} {info.summary}")

@@ -73,12 +73,12 @@ def write_json(path: str | Path, data: Any, indent: int = 1) -> None:
     atomic_write(path, lambda h: h.write(json.dumps(data, indent=indent)), mode="w")
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON file; one that does not parse is an error naming it."""
+def read_json(path: str | Path, error_type: type[Exception] = ValueError) -> Any:
+    """A JSON file; one that does not parse is an ``error_type`` naming it."""
     try:
         return json.loads(Path(path).read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); delete it and rerun") from None
+        raise error_type(f"{path}: not valid JSON ({error}); delete it and rerun") from None
 
 
 def write_checksums(folder: str | Path, names: Iterable[str]) -> dict[str, str]:

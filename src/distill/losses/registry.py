@@ -109,6 +109,16 @@ class LossInfo:
     def summary(self) -> str:
         return (self.fn.__doc__ or "").strip().splitlines()[0]
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``distill losses --json`` shows of it."""
+        return {
+            "summary": self.summary,
+            "reads": self.reads,
+            "reads_teacher": self.reads_teacher,
+            "lm_heads": self.lm_heads,
+            "in_recipes": self.in_recipes,
+        }
+
 
 LOSSES: dict[str, LossInfo] = {
     info.name: info

@@ -23,10 +23,11 @@ from distill.errors import UsageError
 from distill.measure import cpu_latency_ms
 from distill.recipes import ModelSpec, Recipe
 from distill.runs.classify import Data, model_from_spec, prepare_data
-from distill.runs.common import loader
+from distill.runs.common import Log, loader
 from distill.runs.compress import load_stage
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
+from distill.training.distributed import on_main
 
 EXPORT_DIR = "export"
 EXPORT_FILE = "export.json"
@@ -174,4 +175,29 @@ def graph_row(
         "tolerance": tolerance,
         "size_bytes": path.stat().st_size,
         "latency_ms": onnx_latency_ms(path, example, check["repeats"]),
+    }
+
+
+def export_rows(
+    recipe: Recipe, run_dir: Path, models: dict[str, dict[str, Any]], log: Log
+) -> dict[str, dict[str, Any]]:
+    """The recipe's ``export``: report rows for the ONNX graphs (``export_onnx``, …)."""
+    spec = recipe.export
+    assert spec is not None
+    result = on_main(lambda: export_run(run_dir, recipe, **spec.model_dump(), log=log))
+    if result is None:  # not the main process: it exports alone
+        return {}
+    stages = [k for k in models if k.startswith("compress_")]
+    floats = [k for k in stages if not k.endswith("_quantize")]
+    source = {  # which report row each graph was exported from
+        "onnx": floats[-1] if floats else "student",
+        "onnx_qdq": stages[-1] if stages else "student",
+    }
+    return {
+        f"export_{key}": {
+            **row,
+            "parameters": models[source.get(key, source["onnx"])]["parameters"],
+        }
+        for key, row in result["models"].items()
+        if key != "pytorch"
     }

@@ -47,7 +47,7 @@ from distill.runs.common import (
     write_summary,
 )
 from distill.runs.compress import run_compress
-from distill.runs.export import export_run
+from distill.runs.export import export_rows, export_run
 from distill.runs.language import Language, generate_teacher_answers
 from distill.runs.store import teacher_cache_dir
 from distill.runs.workdir import finished_row, mark_finished, open_run_dir
@@ -318,31 +318,6 @@ def train_student(
     }
     on_main(lambda: mark_finished(run_dir, row, [ckpt.STUDENT_FILE]))
     return student, row
-
-
-def export_rows(
-    recipe: Recipe, run_dir: Path, models: dict[str, dict[str, Any]], log: Log
-) -> dict[str, dict[str, Any]]:
-    """The recipe's ``export``: report rows for the ONNX graphs (``export_onnx``, …)."""
-    spec = recipe.export
-    assert spec is not None
-    result = on_main(lambda: export_run(run_dir, recipe, **spec.model_dump(), log=log))
-    if result is None:  # not the main process: it exports alone
-        return {}
-    stages = [k for k in models if k.startswith("compress_")]
-    floats = [k for k in stages if not k.endswith("_quantize")]
-    source = {  # which report row each graph was exported from
-        "onnx": floats[-1] if floats else "student",
-        "onnx_qdq": stages[-1] if stages else "student",
-    }
-    return {
-        f"export_{key}": {
-            **row,
-            "parameters": models[source.get(key, source["onnx"])]["parameters"],
-        }
-        for key, row in result["models"].items()
-        if key != "pytorch"
-    }
 
 
 def peer_rows(
