@@ -5,6 +5,8 @@ Methods, measured side by side in one run on the same inputs:
   teacher logits, the student's hidden-state and head gradients), no softmax;
 - ``naive``: full (tokens × vocab) logits for both models, then ``losses.kl``, autograd;
 - ``distill``: ``distill.losses.tokens.lm_head_kd`` (chunks of ``--chunk`` tokens);
+- ``distill-compiled``: the same with ``compile=True`` (each chunk's softmaxes, divergence
+  and their backward as ``torch.compile``d kernels; needs a C compiler on the CPU);
 - ``liger``: Liger-Kernel's ``LigerFusedLinearJSDLoss`` when it is installed (CUDA only).
 
 Memory is the peak beyond the inputs: ``torch.cuda.max_memory_allocated`` on a GPU; on the
@@ -23,6 +25,7 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +39,12 @@ from distill.losses.tokens import lm_head_kd
 
 ROOT = Path(__file__).parent
 GPU_SHAPES = [(4096, 2048, 4096, 128256), (16384, 2048, 4096, 128256)]
-CPU_SHAPES = [(1024, 256, 512, 32000), (4096, 256, 512, 32000)]
+CPU_SHAPES = [
+    (1024, 256, 512, 32000),
+    (4096, 256, 512, 32000),
+    (1024, 1024, 2048, 32000),  # hidden sizes where the matmuls dominate, as on a GPU
+    (4096, 1024, 2048, 32000),
+]
 
 
 def make_inputs(shape, device, dtype, seed=0):
@@ -69,6 +77,10 @@ def run_distill(s_h, s_w, t_h, t_w, chunk):
     lm_head_kd(s_h, s_w, t_h, t_w, chunk_size=chunk).backward()
 
 
+def run_distill_compiled(s_h, s_w, t_h, t_w, chunk):
+    lm_head_kd(s_h, s_w, t_h, t_w, chunk_size=chunk, compile=True).backward()
+
+
 def run_liger(s_h, s_w, t_h, t_w, chunk):
     from liger_kernel.transformers import LigerFusedLinearJSDLoss
 
@@ -76,10 +88,18 @@ def run_liger(s_h, s_w, t_h, t_w, chunk):
     loss(s_h, s_w, t_h, t_w).backward()
 
 
-METHODS = {"floor": run_floor, "naive": run_naive, "distill": run_distill, "liger": run_liger}
+METHODS = {
+    "floor": run_floor,
+    "naive": run_naive,
+    "distill": run_distill,
+    "distill-compiled": run_distill_compiled,
+    "liger": run_liger,
+}
 
 
 def available(method, device):
+    if method == "distill-compiled":  # inductor writes C++ on the CPU, Triton on a GPU
+        return device == "cuda" or shutil.which("cc") is not None
     if method != "liger":
         return True
     try:

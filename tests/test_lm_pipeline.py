@@ -269,3 +269,27 @@ def test_cached_kd_recipe_builds_resumes_and_trains_from_the_cache(
     # into the same run directory, the run of the first recipe is not continued
     same = CliRunner().invoke(cli.app, ["run", str(recipe_file), *changed])
     assert same.exit_code == 2 and "data.seq_len: 32 -> 24" in same.output
+
+
+def test_a_recipe_with_train_compile_compiles_its_models_and_lm_head_chunks(
+    text_file, tokenizer_dir, tmp_path, monkeypatch
+):
+    from distill.losses import tokens
+    from distill.recipes import load_recipe
+    from distill.runs import run_recipe
+
+    from .test_compile import compiled_graphs
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    torch._dynamo.reset()
+    tokens._compiled.cache_clear()
+    overrides = [
+        *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
+        "student.args.keep=2", "baseline=false", "train.max_steps=6", "train.eval_every=3",
+        "train.compile=true", "train.compile_backend=aot_eager",
+    ]  # fmt: skip
+    recipe = load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", overrides)
+    summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    assert 1.0 < summary["models"]["student"]["perplexity"] < 400
+    assert compiled_graphs() > 0
+    assert tokens._compiled.cache_info().currsize == 1  # the chunk body, compiled once

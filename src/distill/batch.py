@@ -86,17 +86,22 @@ class Batch:
         """How many rows (examples, or tokens for sequence labels) this batch contributes:
         those with a label (not -100) under the mask, or, with ``labelled_only=False``, every
         row under the mask (what a distillation term, which needs no label, averages over)."""
+        return int(self.row_count(labelled_only))
+
+    def row_count(self, labelled_only: bool = True) -> Tensor | int:
+        """``rows``, as a tensor on the batch's device when counting needs its values (read
+        it when you need the number: reading waits for the device)."""
         if not labelled_only:
             if self.mask is not None:
-                return int(self.mask.bool().sum())
+                return self.mask.bool().sum()
             return self.labels.numel() if self.labels is not None else self.size()
         if self.mask is not None:
             counted = self.mask.bool()
             if self.labels is not None and self.labels.shape == self.mask.shape:
                 counted = counted & (self.labels != IGNORE_INDEX)
-            return int(counted.sum())
+            return counted.sum()
         if self.labels is not None:
-            return int((self.labels != IGNORE_INDEX).sum())
+            return (self.labels != IGNORE_INDEX).sum()
         return self.size()
 
 

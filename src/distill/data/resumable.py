@@ -40,7 +40,10 @@ class EpochSampler(DistributedSampler):
 class ResumableLoader:
     """Iterate a data loader epoch by epoch, optionally starting mid-epoch."""
 
-    def __init__(self, loader: DataLoader, *, seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self, loader: DataLoader, *, seed: int, rank: int = 0, world: int = 1, pin: bool = False
+    ):
+        """``pin``: batches in page-locked memory (for non-blocking copies to a GPU)."""
         self.source = loader
         self.sampler: EpochSampler | None = None
         self.loader = loader
@@ -55,7 +58,7 @@ class ResumableLoader:
                 rank=rank,
                 world=world,
             )
-            self.loader = _rebuild(loader, self.sampler, seed)
+            self.loader = _rebuild(loader, self.sampler, seed, pin)
         elif world > 1:
             raise ValueError(
                 "a DataLoader with a custom sampler or an IterableDataset cannot be sharded "
@@ -79,7 +82,7 @@ class ResumableLoader:
         return iter(self.loader)
 
 
-def _rebuild(loader: DataLoader, sampler: EpochSampler, seed: int) -> DataLoader:
+def _rebuild(loader: DataLoader, sampler: EpochSampler, seed: int, pin: bool) -> DataLoader:
     # The generator fixes the workers' base seed per epoch, so no draw is taken from the
     # global RNG when an epoch starts.
     return DataLoader(
@@ -88,7 +91,7 @@ def _rebuild(loader: DataLoader, sampler: EpochSampler, seed: int) -> DataLoader
         sampler=sampler,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
+        pin_memory=loader.pin_memory or pin,
         drop_last=loader.drop_last,
         timeout=loader.timeout,
         worker_init_fn=loader.worker_init_fn,

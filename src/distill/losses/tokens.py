@@ -13,10 +13,16 @@ Reduction: the sum over selected tokens divided by ``global_count`` (default: th
 of selected tokens here). Pass the token count of the whole optimizer step — across
 accumulation micro-batches and ranks — to make the result independent of how the tokens
 were split. Identical for any ``chunk_size``.
+
+``compile=True`` (or a backend name) runs each chunk's softmaxes, divergence and
+cross-entropy, forward and backward, as ``torch.compile``d kernels; the matrix products stay
+as they are. The last chunk's other size compiles once more, with a dynamic token count, and
+nothing after it does.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -44,7 +50,7 @@ class _ChunkedLMHead(torch.autograd.Function):
     the student's gradients computed chunk by chunk in the forward pass."""
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, s_bias, selected, chunk_loss, softcap, chunk, count):
+    def forward(ctx, s_hidden, s_weight, s_bias, selected, chunk_loss, chunk, count):
         needs_grad = any(ctx.needs_input_grad[:3])
         acc = torch.promote_types(s_hidden.dtype, torch.float32)  # float32, or float64
         grad_hidden = torch.zeros_like(s_hidden) if needs_grad else None
@@ -60,7 +66,7 @@ class _ChunkedLMHead(torch.autograd.Function):
             h = s_hidden[rows]
             with torch.enable_grad():
                 logits = _logits(h, s_weight, s_bias).to(acc).detach().requires_grad_(needs_grad)
-                value = chunk_loss(_softcap(logits, softcap), rows) * (rows.numel() / count)
+                value = chunk_loss(logits, rows) * (rows.numel() / count)
                 if needs_grad:
                     (grad_logits,) = torch.autograd.grad(value, logits)
             total += value.detach()
@@ -83,8 +89,69 @@ class _ChunkedLMHead(torch.autograd.Function):
             None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
             None if grad_weight is None else (grad_weight * scale).to(weight_dtype),
             None if grad_bias is None else (grad_bias * scale).to(bias_dtype),
-            *([None] * 5),
+            *([None] * 4),
         )
+
+
+def dense_chunk(
+    student: Tensor,
+    teacher: Tensor,
+    labels: Tensor | None,
+    kd_weight: float,
+    ce_weight: float,
+    temperature: float,
+    divergence: str,
+    beta: float,
+    skew: float,
+    softcap: float | None,
+) -> Tensor:
+    """One chunk's ``kd_weight · D_T(z_s, z_t) + ce_weight · CE(z_s, y)`` from both models'
+    raw logits (softcapped here); no CE term when ``labels`` is None."""
+    student = _softcap(student, softcap)
+    measure = divergence_by_name(divergence, beta, skew)
+    value = kd_weight * measure(
+        student, _softcap(teacher.to(student.dtype), softcap), temperature=temperature
+    )
+    return value if labels is None else value + ce_weight * cross_entropy(student, labels)
+
+
+def sparse_chunk(
+    student: Tensor,
+    ids: Tensor,
+    logprobs: Tensor,
+    tail: Tensor,
+    topk_temperature: float,
+    labels: Tensor | None,
+    kd_weight: float,
+    ce_weight: float,
+    temperature: float,
+    divergence: str,
+    beta: float,
+    skew: float,
+    softcap: float | None,
+) -> Tensor:
+    """One chunk's ``kd_weight · D_T(q̄ ‖ p̄) + ce_weight · CE`` against a top-k teacher."""
+    student = _softcap(student, softcap)
+    option = DIVERGENCE_OPTIONS.get(divergence)
+    options = {} if option is None else {option: beta if option == "beta" else skew}
+    teacher = TopK(ids, logprobs, tail, topk_temperature)
+    value = kd_weight * sparse_divergence(
+        student, teacher, divergence=divergence, temperature=temperature, **options
+    )
+    return value if labels is None else value + ce_weight * cross_entropy(student, labels)
+
+
+@functools.cache
+def _compiled(body: Callable[..., Tensor], backend: str) -> Callable[..., Tensor]:
+    """``body`` compiled once per process and backend (floats stay inputs, not constants)."""
+    return torch.compile(body, backend=backend)
+
+
+def chunk_body(body: Callable[..., Tensor], compile: bool | str) -> Callable[..., Tensor]:
+    """``body`` as is, or compiled with ``compile`` (True: inductor, or a backend name)."""
+    if not compile:
+        return body
+    return _compiled(body, "inductor" if compile is True else str(compile))
 
 
 def _selection(
@@ -102,37 +169,32 @@ def _selection(
 
 
 def _chunked_head_loss(
-    kd: Callable[[Tensor, Tensor], Tensor],
+    chunk_loss: Callable[[Tensor, Tensor, Tensor | None], Tensor],
     s_hidden: Tensor,
     head: Tensor,
     bias: Tensor | None,
     labels: Tensor | None,
     mask: Tensor | None,
-    kd_weight: float,
     ce_weight: float,
-    softcap: float | None,
     chunk_size: int,
     global_count: int | None,
 ) -> Tensor:
-    """``kd_weight · kd(student_logits, rows) + ce_weight · CE`` over the selected tokens
-    (mask, labels not -100), chunk by chunk through the student's head ``head`` (already cut
-    to the vocabulary), divided by ``global_count`` (default: the selected tokens)."""
+    """``chunk_loss(student_logits, rows, labels)`` summed over the selected tokens (mask,
+    labels not -100), chunk by chunk through the student's head ``head`` (already cut to the
+    vocabulary), divided by ``global_count`` (default: the selected tokens). ``labels`` is
+    None when there is no cross-entropy term."""
     selected, flat_labels = _selection(s_hidden.shape[0], s_hidden.device, labels, mask)
     count = int(selected.sum()) if global_count is None else int(global_count)
     if count == 0:
         return (s_hidden.sum() + head.sum()) * 0.0
 
-    def chunk_loss(student: Tensor, rows: Tensor) -> Tensor:
-        value = kd_weight * kd(student, rows)
-        if ce_weight:
-            value = value + ce_weight * cross_entropy(student, flat_labels[rows])
-        return value
+    def rows_loss(student: Tensor, rows: Tensor) -> Tensor:
+        chunk_labels = flat_labels[rows] if ce_weight and flat_labels is not None else None
+        return chunk_loss(student, rows, chunk_labels)
 
     if bias is not None:
         bias = bias[: head.shape[0]]
-    return _ChunkedLMHead.apply(
-        s_hidden, head, bias, selected, chunk_loss, softcap, chunk_size, count
-    )
+    return _ChunkedLMHead.apply(s_hidden, head, bias, selected, rows_loss, chunk_size, count)
 
 
 def lm_head_kd(
@@ -155,6 +217,7 @@ def lm_head_kd(
     softcap: float | None = None,
     chunk_size: int = 1024,
     global_count: int | None = None,
+    compile: bool | str = False,
 ) -> Tensor:
     """Token-level KD between two LM heads, chunk by chunk over tokens.
 
@@ -197,17 +260,21 @@ def lm_head_kd(
             f"student has {s_hidden.shape[0]} tokens, teacher {t_hidden.shape[0]}: they must "
             "be the same positions of the same sequences"
         )
-    measure = divergence_by_name(divergence, beta, skew)
+    divergence_by_name(divergence, beta, skew)  # an unknown name fails here, before any work
     t_weight = teacher_head[:vocab_size].detach()
     t_bias = None if teacher_bias is None else teacher_bias[:vocab_size].detach()
+    body = chunk_body(dense_chunk, compile)
 
-    def kd(student: Tensor, rows: Tensor) -> Tensor:
-        teacher = _softcap(_logits(t_hidden[rows], t_weight, t_bias).to(student.dtype), softcap)
-        return measure(student, teacher, temperature=temperature)
+    def chunk_loss(student: Tensor, rows: Tensor, chunk_labels: Tensor | None) -> Tensor:
+        teacher = _logits(t_hidden[rows], t_weight, t_bias)
+        return body(
+            student, teacher, chunk_labels, kd_weight, ce_weight, temperature, divergence,
+            beta, skew, softcap,
+        )  # fmt: skip
 
     return _chunked_head_loss(
-        kd, s_hidden, student_head[:vocab_size], student_bias, labels, mask, kd_weight,
-        ce_weight, softcap, chunk_size, global_count,
+        chunk_loss, s_hidden, student_head[:vocab_size], student_bias, labels, mask,
+        ce_weight, chunk_size, global_count,
     )  # fmt: skip
 
 
@@ -229,6 +296,7 @@ def lm_head_sparse_kd(
     softcap: float | None = None,
     chunk_size: int = 1024,
     global_count: int | None = None,
+    compile: bool | str = False,
 ) -> Tensor:
     """Token-level KD from a top-k teacher (a teacher cache) through the student's LM head,
     chunk by chunk over tokens, without the student's full logits.
@@ -260,19 +328,17 @@ def lm_head_sparse_kd(
             f"the teacher's top-k holds token id {int(teacher_topk.ids.max())}, beyond the "
             f"student's vocabulary of {vocab_size}: the cache was built with another tokenizer"
         )
-    option = DIVERGENCE_OPTIONS.get(divergence)
-    options = {} if option is None else {option: beta if option == "beta" else skew}
+    divergence_by_name(divergence, beta, skew)  # an unknown name fails here, before any work
+    body = chunk_body(sparse_chunk, compile)
 
-    def kd(student: Tensor, rows: Tensor) -> Tensor:
-        return sparse_divergence(
-            student,
-            teacher_topk.select(rows),
-            divergence=divergence,
-            temperature=temperature,
-            **options,
-        )
+    def chunk_loss(student: Tensor, rows: Tensor, chunk_labels: Tensor | None) -> Tensor:
+        teacher = teacher_topk.select(rows)
+        return body(
+            student, teacher.ids, teacher.logprobs, teacher.tail, teacher.temperature,
+            chunk_labels, kd_weight, ce_weight, temperature, divergence, beta, skew, softcap,
+        )  # fmt: skip
 
     return _chunked_head_loss(
-        kd, s_hidden, student_head[:vocab_size], student_bias, labels, mask, kd_weight,
-        ce_weight, softcap, chunk_size, global_count,
+        chunk_loss, s_hidden, student_head[:vocab_size], student_bias, labels, mask,
+        ce_weight, chunk_size, global_count,
     )  # fmt: skip

@@ -150,6 +150,7 @@ def build_term(
     student: nn.Module | None = None,
     teacher: nn.Module | None = None,
     sparse_teacher: bool = False,
+    compile: bool | str = False,
 ) -> Term:
     def value(v):
         return v if isinstance(v, (int, float)) or v is None else v.build(steps_per_epoch)
@@ -169,7 +170,7 @@ def build_term(
                 None if sparse_teacher else teacher,
                 weight=value(spec.weight),
                 temperature=value(spec.temperature) or 1.0,
-                options=spec.options,
+                options={"compile": compile, **spec.options} if compile else spec.options,
             )
         except (TypeError, AttributeError) as error:
             raise RecipeError(f"objective.{name}: {error}") from None
@@ -193,12 +194,14 @@ def build_objective(
     student: nn.Module | None = None,
     teacher: nn.Module | None = None,
     sparse_teacher: bool = False,
+    compile: bool | str = False,
 ) -> Objective:
     """The recipe's objective; ``lm_head_kd`` terms need the two models (or the student
-    and, with ``sparse_teacher``, a top-k teacher cache)."""
+    and, with ``sparse_teacher``, a top-k teacher cache). ``compile`` (a backend name)
+    compiles the LM-head terms' chunks unless a term says otherwise."""
     return Objective(
         {
-            name: build_term(name, spec, steps_per_epoch, student, teacher, sparse_teacher)
+            name: build_term(name, spec, steps_per_epoch, student, teacher, sparse_teacher, compile)
             for name, spec in terms.items()
         }
     )

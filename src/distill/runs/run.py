@@ -183,8 +183,9 @@ def recipe_objective(
     recipe: Recipe, per_epoch: int, teacher: nn.Module | None, sparse_teacher: bool = False
 ) -> Callable[[nn.Module], Objective]:
     """The recipe's objective for a student (LM-head terms read both models' heads)."""
+    compile = recipe.train.compile and recipe.train.compile_backend
     return lambda student: build_objective(
-        recipe.objective, per_epoch, student, teacher, sparse_teacher=sparse_teacher
+        recipe.objective, per_epoch, student, teacher, sparse_teacher, compile
     )
 
 

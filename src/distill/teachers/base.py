@@ -23,6 +23,8 @@ class Teacher(ABC):
       as a teacher without a model has no features);
     - ``after_step(step, total_steps)``: called after every optimizer step (default: no-op;
       an EMA teacher follows the student here);
+    - ``compile(**options)``: ``torch.compile`` its models in place (default: nothing to
+      compile);
     - ``state_module``: weights that change during training and so belong in checkpoints
       (default: None);
     - ``fixed_temperature``: the one temperature its answers hold at, when they are not
@@ -46,6 +48,9 @@ class Teacher(ABC):
             )
 
     def after_step(self, step: int, total_steps: int) -> None:  # noqa: B027 (a no-op default)
+        pass
+
+    def compile(self, **options: object) -> None:  # noqa: B027 (a no-op default)
         pass
 
     @property

@@ -68,6 +68,9 @@ class EMA(Teacher):
         self.inner.to(device)
         return self
 
+    def compile(self, **options: object) -> None:
+        self.inner.compile(**options)
+
     def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
         return self.inner(batch, logits)
 

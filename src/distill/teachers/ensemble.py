@@ -168,6 +168,10 @@ class Ensemble(Teacher):
             member.to(device)
         return self
 
+    def compile(self, **options: object) -> None:
+        for member in self.members.values():
+            member.compile(**options)
+
     def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
         members = list(self.members.values())
         if self.combine == "route":

@@ -45,6 +45,9 @@ class Module(Teacher):
         self.model.to(device)
         return self
 
+    def compile(self, **options: object) -> None:
+        self.model.compile(**options)  # type: ignore[arg-type]
+
     @property
     def device(self) -> torch.device:
         first = next(self.model.parameters(), None)

@@ -12,7 +12,11 @@ class Callback:
     """Override what you need; the engine (``distiller``, a ``Distiller``: ``.model`` is the
     student, ``.total_steps`` the run's length) calls these on the main process only, or on
     every process when ``all_ranks`` is true (a callback that changes the student, like
-    gradual pruning, must run everywhere)."""
+    gradual pruning, must run everywhere).
+
+    ``logs`` maps the step's logged names to floats (``loss``, ``loss/<term>``, ``lr``, ...);
+    the losses stay on the device until read, so a callback that reads one makes the
+    host wait for the device at every step (``logs.is_read`` says whether it has been)."""
 
     all_ranks = False
 

@@ -39,6 +39,14 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     cpu: bool = Field(False, description="train on the CPU even when a GPU is present")
+    compile: bool = Field(
+        False,
+        description="torch.compile the student and the teacher (and LM-head KD's chunks in "
+        "recipes); the first steps compile, a last batch of another size once more",
+    )
+    compile_backend: str = Field(
+        "inductor", description="torch.compile's backend ('aot_eager' needs no C compiler)"
+    )
     run_dir: Path | None = Field(None, description="where checkpoints and metrics go")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -48,15 +47,20 @@ from distill.training.evaluation import EvaluationSums
 from distill.training.progress import TrainingProgress
 from distill.training.state import (
     FitResult,
-    RunningMeans,
     StopRequest,
     TrainState,
     append_metrics,
     is_better,
-    nonfinite,
     nonfinite_error,
     to_stderr,
     truncate_metrics,
+)
+from distill.training.step_logs import (
+    LogWindow,
+    StepLogs,
+    global_rows,
+    grad_norm,
+    loss_factor,
 )
 
 
@@ -114,6 +118,10 @@ class Distiller:
             self.objective.to(self.accelerator.device)
             if self.teacher is not None:
                 self.teacher.to(self.accelerator.device)
+            if self.config.compile:  # in place: the state dict keeps its names
+                self.student.compile(backend=self.config.compile_backend)
+                if self.teacher is not None:
+                    self.teacher.compile(backend=self.config.compile_backend)
         return self.accelerator
 
     @property
@@ -187,6 +195,7 @@ class Distiller:
             seed=c.seed,
             rank=accelerator.process_index,
             world=accelerator.num_processes,
+            pin=accelerator.device.type == "cuda",
         )
         if len(data) == 0:
             raise ValueError("the training loader yields no batch; is the dataset empty?")
@@ -250,45 +259,53 @@ class Distiller:
         progress: TrainingProgress,
     ) -> None:
         c = self.config
-        means = RunningMeans()
+        stop_at = lambda step, problem: nonfinite_error(step, problem, c.run_dir)  # noqa: E731
+        window = LogWindow(c.on_nonfinite == "stop", stop_at, progress.show)
+
         while state.epoch < epochs and state.step < total_steps:
             batches = data.epoch(state.epoch, skip_batches=state.batch_in_epoch)
-            for window in self._windows(batches):
-                started = time.perf_counter()
-                logs = self._step(window, state.step, total_steps)
-                logs["samples_per_s"] = logs.pop("examples") / (time.perf_counter() - started)
+            for micro_batches in self._windows(batches):
+                logs = self._step(micro_batches, state.step, total_steps)
+                window.add(logs)
                 state.step += 1
-                state.batch_in_epoch += len(window)
+                state.batch_in_epoch += len(micro_batches)
                 step = state.step
-                means.add(logs)
-                progress.update(step, logs["loss"], logs["samples_per_s"])
-                if step % c.log_every == 0 or step == total_steps:
-                    self._log({"step": step, "epoch": state.epoch, **means.pop()})
+                progress.update(step)
                 for callback in self.callbacks:
                     if self.is_main or getattr(callback, "all_ranks", False):
                         callback.on_step_end(self, step, logs)
+                if step % c.log_every == 0 or step == total_steps:
+                    window.read()
+                    self._log({"step": step, "epoch": state.epoch, **window.pop()})
                 epoch_done = state.batch_in_epoch >= len(data)
                 if epoch_done:
                     state.epoch += 1
                     state.batch_in_epoch = 0
-                if eval_loader is not None and (
+                validate = eval_loader is not None and (
                     step % c.eval_every == 0 if c.eval_every else epoch_done
-                ):
-                    self._validate(eval_loader, state)
+                )
+                save = bool(c.checkpoint_every and step % c.checkpoint_every == 0)
+                if validate or save or stop.requested:
+                    window.read()  # no non-finite step reaches a checkpoint or the best weights
+                if validate:
+                    self._validate(eval_loader, state)  # type: ignore[arg-type]
                 if stop.requested:
                     path = self._checkpoint(state)
                     where = f"checkpoint at {path}" if path else "no run_dir: nothing saved"
                     raise KeyboardInterrupt(f"training stopped by Ctrl-C at step {step}; {where}")
-                if c.checkpoint_every and step % c.checkpoint_every == 0:
+                if save:
                     self._checkpoint(state)
+                if validate or save:
+                    window.clock.restart()
                 if step == total_steps or epoch_done:
                     break
+        window.read()
         done = state.evaluations
         if eval_loader is not None and (not done or done[-1]["step"] != state.step):
             self._validate(eval_loader, state)
         self._checkpoint(state)
 
-    def _step(self, window: list[Any], step: int, total_steps: int) -> dict[str, float]:
+    def _step(self, window: list[Any], step: int, total_steps: int) -> StepLogs:
         accelerator = self._accelerate()
         batches = [as_batch(raw).to(accelerator.device) for raw in window]
         if self.batch_transform is not None:  # e.g. on-policy: the student writes the answers
@@ -298,13 +315,13 @@ class Distiller:
         # split into micro-batches gives the update of one batch (and a batch of a transfer
         # set with no labelled row still teaches through its distillation terms)
         labelled_only = self.objective.labelled_rows_only
-        rows = [b.rows(labelled_only) for b in batches]
+        rows = [b.row_count(labelled_only) for b in batches]  # tensors: nothing waits
         # over processes too: every rank weighs its rows by the rows of the global batch;
         # DDP then averages the gradients over the ranks, hence the factor ``world``
         world = accelerator.num_processes
-        total_rows = max(1.0, self._global_sum(float(sum(rows))))
+        total_rows = global_rows(rows, accelerator.device, self._reduce if world > 1 else None)
         self.student.train()
-        logs: dict[str, float] = {"loss": 0.0, "examples": 0.0}
+        logs = StepLogs(step + 1, world)
         for i, batch in enumerate(batches):
             share = rows[i] / total_rows * world
             last = i == len(batches) - 1
@@ -316,34 +333,22 @@ class Distiller:
                 with accelerator.autocast():
                     inputs = self._loss_inputs(batch, teacher_out, training=True)
                     value = self.objective(inputs, step, total_steps)
-                accelerator.backward(value.total * share)
-            logs["loss"] += float(value.total.detach()) * share / world
-            logs["examples"] += batch.size()
-            for name, term_value in value.terms.items():
-                key = f"loss/{name}"
-                logs[key] = logs.get(key, 0.0) + float(term_value.detach()) * share / world
-        if world > 1:  # the global batch's values, as one process would log them
-            for key in [k for k in logs if k == "loss" or k.startswith("loss/")]:
-                logs[key] = self._global_sum(logs[key])
-            logs["examples"] = self._global_sum(logs["examples"])
-        for name, weight in value.weights.items():
-            logs[f"weight/{name}"] = weight
-        for name, temperature in value.temperatures.items():
-            logs[f"temperature/{name}"] = temperature
-        # clipping at infinity changes nothing but measures the norm the policy checks
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        norm = float(accelerator.clip_grad_norm_(params, self.config.max_grad_norm or math.inf))
-        if self.config.max_grad_norm is not None:
-            logs["grad_norm"] = norm
-        logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        problem = nonfinite(logs, norm)
-        if problem is not None and self.config.on_nonfinite == "stop":
-            raise nonfinite_error(step + 1, problem, self.config.run_dir)
-        if problem is None:
+                accelerator.backward(value.total * loss_factor(share, value.total))
+            logs.add_micro_batch(value, share, batch.size())
+        norm = grad_norm(accelerator, self.optimizer, self.config.max_grad_norm)
+        # under an fp16 loss scaler overflowing gradients are the scaler's business: it
+        # skips those updates and lowers its scale
+        logs.set_grad_norm(norm, self.config.max_grad_norm is not None, accelerator.scaler is None)
+        logs.tail["lr"] = self.optimizer.param_groups[0]["lr"]
+        logs.pack(accelerator.device, self._reduce if world > 1 else None)
+        # stop: checked when the step is read (at the next log, validation or checkpoint);
+        # skip_step must decide now, which waits for the device every step
+        skip = self.config.on_nonfinite == "skip_step" and logs.problem()
+        if not skip:
             self.optimizer.step()
             self.scheduler.step()
         else:  # skip_step: the update is dropped, the schedule goes on
-            logs["skipped_step"] = 1.0
+            logs.tail["skipped_step"] = 1.0
             with warnings.catch_warnings():  # "scheduler before optimizer": on purpose here
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
@@ -352,13 +357,8 @@ class Distiller:
             self.teacher.after_step(step + 1, total_steps)
         return logs
 
-    def _global_sum(self, value: float) -> float:
-        """``value`` summed over the processes (itself in a single process)."""
-        accelerator = self._accelerate()
-        if accelerator.num_processes == 1:
-            return value
-        tensor = torch.tensor(value, dtype=torch.float64, device=accelerator.device)
-        return float(accelerator.reduce(tensor, reduction="sum"))
+    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self._accelerate().reduce(tensor, reduction="sum")
 
     # -- evaluation ------------------------------------------------------------------------
 

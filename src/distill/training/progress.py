@@ -38,10 +38,15 @@ class TrainingProgress:
             )
         return self
 
-    def update(self, step: int, loss: float, samples_per_s: float) -> None:
+    def update(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def show(self, loss: float, samples_per_s: float) -> None:
+        """The last logged values (the engine reads them from the device every few steps)."""
         if self._progress is not None:
             stats = f"loss {loss:.4f} · {samples_per_s:,.0f} samples/s"
-            self._progress.update(self._task, completed=step, stats=stats)
+            self._progress.update(self._task, stats=stats)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

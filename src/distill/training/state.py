@@ -5,7 +5,6 @@ running means, Ctrl-C, and the non-finite policy's checks and message."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import sys
@@ -50,19 +49,6 @@ class TrainState:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
-
-
-def nonfinite(logs: dict[str, float], grad_norm: float) -> str | None:
-    """What is not finite in a step's logged losses or its gradient norm (None: all is)."""
-    terms = [k.removeprefix("loss/") for k, v in logs.items() if k.startswith("loss/")]
-    bad = [t for t in terms if not math.isfinite(logs[f"loss/{t}"])]
-    if bad:
-        return f"the loss of term {bad[0]!r} is {logs[f'loss/{bad[0]}']}"
-    if not math.isfinite(logs["loss"]):
-        return f"the loss is {logs['loss']}"
-    if not math.isfinite(grad_norm):
-        return f"the gradient norm is {grad_norm}"
-    return None
 
 
 def nonfinite_error(step: int, problem: str, run_dir: Path | None) -> NonFiniteLoss:
