@@ -12,9 +12,10 @@ T = 2, T² scaled). The same models, initial weights, batches and loss run
 
 Rounds alternate the two in one process; each round times the steps after its first
 (setup and the first step's allocations excluded). The table gives the median time per
-step of each and the ratio.
+step of each, and the ratio distill / hand-written of each round (paired rounds: a machine
+that slows down between rounds slows both), as its median and range.
 
-    python benchmarks/kd_step_overhead.py               # CPU: about 2 minutes
+    python benchmarks/kd_step_overhead.py               # CPU: about 1 minute
     python benchmarks/kd_step_overhead.py --device cuda
 
 Writes ``benchmarks/results/kd_step_overhead_<device>.md`` and prints it.
@@ -120,8 +121,8 @@ def with_distill(teacher, student, loader, steps: int, device: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -138,7 +139,6 @@ def main() -> None:
             times[name].append(run(teacher, student, loader, args.steps, args.device))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {1000 * v[-1]:.2f} ms" for k, v in
                                                   times.items()), flush=True)  # fmt: skip
-    plain = statistics.median(times["hand-written"])
     machine = (
         torch.cuda.get_device_name()
         if args.device == "cuda"
@@ -156,14 +156,16 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/kd_step_overhead.py --device {args.device}`",
         "",
-        "| loop | ms / step (median) | fastest round | slowest round | vs hand-written |",
+        "| loop | ms / step (median) | fastest round | slowest round | vs hand-written, "
+        "per round: median (range) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, values in times.items():
-        median = statistics.median(values)
+        ratios = [v / h for v, h in zip(values, times["hand-written"], strict=True)]
         lines.append(
-            f"| {name} | {1000 * median:.2f} | {1000 * min(values):.2f} | "
-            f"{1000 * max(values):.2f} | {median / plain:.3f}× |"
+            f"| {name} | {1000 * statistics.median(values):.2f} | {1000 * min(values):.2f} | "
+            f"{1000 * max(values):.2f} | {statistics.median(ratios):.3f}× "
+            f"({min(ratios):.3f}–{max(ratios):.3f}) |"
         )
     text = "\n".join(lines) + "\n"
     out = args.out or ROOT / "results" / f"kd_step_overhead_{args.device}.md"

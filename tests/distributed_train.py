@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill import Distiller, Objective, Term, losses, teachers
+from distill.training.distributed import process_group_ended
 
 
 def classifier_setup():
@@ -91,11 +92,12 @@ def main() -> None:
         log_every=1,
         select_metric=None,
     )
-    run.fit(
-        DataLoader(data, batch_size=args.batch, shuffle=True),
-        max_steps=args.steps,
-        resume=args.resume,
-    )
+    with process_group_ended():  # a clean exit: gloo's threads stop first
+        run.fit(
+            DataLoader(data, batch_size=args.batch, shuffle=True),
+            max_steps=args.steps,
+            resume=args.resume,
+        )
 
 
 if __name__ == "__main__":

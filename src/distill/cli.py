@@ -35,6 +35,7 @@ from distill.runs.run import (
     task_for,
     teacher_command,
 )
+from distill.training.distributed import process_group_ended
 
 app = typer.Typer(
     help="distill: knowledge distillation for PyTorch. Start with `distill demo`.",
@@ -440,7 +441,8 @@ def losses(as_json: JsonOption = False) -> None:
 
 
 def main() -> None:
-    app()
+    with process_group_ended():
+        app()
 
 
 if __name__ == "__main__":

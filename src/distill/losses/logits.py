@@ -99,14 +99,20 @@ def cross_entropy(
             f"cross_entropy: labels shape {tuple(labels.shape)} must equal the logits' row "
             f"shape {tuple(student_logits.shape[:-1])}"
         )
-    counts = labels != ignore_index
+    counted = labels != ignore_index
     if mask is not None:
-        counts = counts & mask.bool()
-    logits = upcast(select_rows(student_logits, counts, counts.dim()))
-    per_row = F.cross_entropy(
-        logits, labels[counts], reduction="none", label_smoothing=label_smoothing
+        counted = counted & mask.bool()
+        labels = labels.masked_fill(~counted, ignore_index)
+    # rows left out by their label (or the mask) are ignored, not selected: selecting them
+    # would wait for the device to count them
+    total = F.cross_entropy(
+        upcast(student_logits.reshape(-1, student_logits.shape[-1])),
+        labels.reshape(-1),
+        ignore_index=ignore_index,
+        reduction="sum",
+        label_smoothing=label_smoothing,
     )
-    return masked_mean(per_row, None)
+    return total / counted.sum().clamp_min(1)
 
 
 def kl(

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from distill.batch import Batch, logits_of
 from distill.outputs import TeacherOutput
@@ -14,14 +14,8 @@ from distill.taps import Taps
 from distill.teachers.base import Teacher
 
 
-def _ordinary(t: Tensor) -> Tensor:
-    # Tensors made under inference_mode cannot be saved for backward by the student's
-    # loss graph; one clone outside inference mode makes them ordinary tensors.
-    return t.clone() if t.is_inference() else t
-
-
 class Module(Teacher):
-    """A frozen ``nn.Module`` teacher: ``eval()``, no gradients, ``torch.inference_mode``.
+    """A frozen ``nn.Module`` teacher: ``eval()``, no gradients (``torch.no_grad``).
 
     ``taps`` are dotted module paths whose outputs come back in ``TeacherOutput.features``
     (the objective adds the paths its terms read). ``autocast_dtype`` (e.g.
@@ -61,12 +55,15 @@ class Module(Teacher):
     def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
         """The teacher's logits and tapped features for ``batch``; ``logits=False`` lets a
         Hugging Face causal LM skip its full (tokens × vocab) logits (see ``Batch.run``)."""
-        self.model.eval()
-        with torch.inference_mode(), self._autocast():
+        if self.model.training:
+            self.model.eval()
+        # no_grad, not inference_mode: the student's loss graph saves these outputs for its
+        # backward, which inference tensors cannot be (they would need a copy each step)
+        with torch.no_grad(), self._autocast():
             output = batch.run(self.model, logits=logits)
             features = self.taps.pop()
             logits = logits_of(output)
         return TeacherOutput(
-            logits=_ordinary(logits),
-            features={k: _ordinary(v) for k, v in features.items()},
+            logits=logits,
+            features=features,
         )

@@ -7,7 +7,8 @@ is present."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -64,3 +65,14 @@ def make_accelerator(cpu: bool = False, mixed_precision: str = "no") -> Accelera
     if shared and shared.get("distributed_type") == DistributedType.NO:
         AcceleratorState._reset_state()
     return Accelerator(cpu=cpu or no_accelerator(), mixed_precision=mixed_precision)
+
+
+@contextlib.contextmanager
+def process_group_ended() -> Iterator[None]:
+    """Under a launcher, stop the process group when the block ends, before the interpreter
+    exits: left to exit with it, gloo's threads may abort a process whose work is done."""
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -44,6 +44,7 @@ from distill.training.config import (
 )
 from distill.training.distributed import make_accelerator
 from distill.training.evaluation import EvaluationSums
+from distill.training.plain_path import autocast, backward, optimizer_step, zero_grad
 from distill.training.progress import TrainingProgress
 from distill.training.state import (
     FitResult,
@@ -55,13 +56,7 @@ from distill.training.state import (
     to_stderr,
     truncate_metrics,
 )
-from distill.training.step_logs import (
-    LogWindow,
-    StepLogs,
-    global_rows,
-    grad_norm,
-    loss_factor,
-)
+from distill.training.step_logs import LogWindow, StepLogs, global_rows, grad_norm, loss_factor
 
 
 class Distiller:
@@ -162,7 +157,7 @@ class Distiller:
         """One forward on the first batch: checks taps and terms, creates projectors."""
         was_training = self.student.training
         self.student.eval()
-        with torch.no_grad(), self._accelerate().autocast():
+        with torch.no_grad(), autocast(self._accelerate()):
             teacher_out = self._teacher_output(first, self.objective.reads_teacher, training=True)
             self.objective.build(self._loss_inputs(first, teacher_out, training=True))
         self.student.train(was_training)
@@ -309,7 +304,7 @@ class Distiller:
         accelerator = self._accelerate()
         batches = [as_batch(raw).to(accelerator.device) for raw in window]
         if self.batch_transform is not None:  # e.g. on-policy: the student writes the answers
-            with accelerator.autocast():  # in the run's precision, like the forward passes
+            with autocast(accelerator):  # in the run's precision, like the forward passes
                 batches = [self.batch_transform(b, step) for b in batches]
         # each micro-batch weighs by the rows its losses average over, so that a window
         # split into micro-batches gives the update of one batch (and a batch of a transfer
@@ -320,7 +315,8 @@ class Distiller:
         # DDP then averages the gradients over the ranks, hence the factor ``world``
         world = accelerator.num_processes
         total_rows = global_rows(rows, accelerator.device, self._reduce if world > 1 else None)
-        self.student.train()
+        if not self.student.training:  # (train() walks every module: not each step)
+            self.student.train()
         logs = StepLogs(step + 1, world)
         for i, batch in enumerate(batches):
             share = rows[i] / total_rows * world
@@ -330,10 +326,10 @@ class Distiller:
                 teacher_out = self._teacher_output(
                     batch, self.objective.reads_teacher, training=True
                 )
-                with accelerator.autocast():
+                with autocast(accelerator):
                     inputs = self._loss_inputs(batch, teacher_out, training=True)
                     value = self.objective(inputs, step, total_steps)
-                accelerator.backward(value.total * loss_factor(share, value.total))
+                backward(accelerator, value.total * loss_factor(share, value.total))
             logs.add_micro_batch(value, share, batch.size())
         norm = grad_norm(accelerator, self.optimizer, self.config.max_grad_norm)
         # under an fp16 loss scaler overflowing gradients are the scaler's business: it
@@ -345,14 +341,14 @@ class Distiller:
         # skip_step must decide now, which waits for the device every step
         skip = self.config.on_nonfinite == "skip_step" and logs.problem()
         if not skip:
-            self.optimizer.step()
+            optimizer_step(accelerator, self.optimizer)
             self.scheduler.step()
         else:  # skip_step: the update is dropped, the schedule goes on
             logs.tail["skipped_step"] = 1.0
             with warnings.catch_warnings():  # "scheduler before optimizer": on purpose here
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        zero_grad(accelerator, self.optimizer)
         if self.teacher is not None:  # e.g. an EMA teacher follows the student
             self.teacher.after_step(step + 1, total_steps)
         return logs
@@ -373,7 +369,7 @@ class Distiller:
         for raw in loader:
             batch = as_batch(raw).to(accelerator.device)
             teacher_out = self._teacher_output(batch)
-            with accelerator.autocast():
+            with autocast(accelerator):
                 inputs = self._loss_inputs(batch, teacher_out)
             assert inputs.student_logits is not None
             sums.add(batch, inputs.student_logits, teacher_out)

@@ -33,7 +33,9 @@ class StepLogs(Mapping[str, float]):
 
     def __init__(self, step: int, world: int) -> None:
         self.step, self.world = step, world
-        self._sums: dict[str, Tensor | float] = {}  # loss, loss/<term>, examples
+        self._names: list[str] = []  # loss, loss/<term>: the entries of _vector
+        self._vector: Tensor | None = None  # their sums over the micro-batches, float64
+        self._examples = 0.0
         self._norm: Tensor | None = None  # checked for non-finite values
         self.log_norm, self.check_norm = False, True
         self.host: dict[str, float] = {}  # weights, temperatures: known on the host
@@ -45,11 +47,12 @@ class StepLogs(Mapping[str, float]):
 
     def add_micro_batch(self, value: ObjectiveValue, share: Tensor | float, examples: int) -> None:
         """One micro-batch's part: its values times its share of the global batch's rows."""
-        parts = {"loss": value.total, **{f"loss/{n}": v for n, v in value.terms.items()}}
-        for key, part in parts.items():
-            scaled = part.detach().double() * share / self.world
-            self._sums[key] = self._sums.get(key, 0.0) + scaled
-        self._sums["examples"] = self._sums.get("examples", 0.0) + examples
+        if not self._names:
+            self._names = ["loss", *(f"loss/{name}" for name in value.terms)]
+        parts = torch.stack([value.total.detach(), *(v.detach() for v in value.terms.values())])
+        scaled = parts.double() * share / self.world
+        self._vector = scaled if self._vector is None else self._vector + scaled
+        self._examples += examples
         for name, weight in value.weights.items():
             self.host[f"weight/{name}"] = weight
         for name, temperature in value.temperatures.items():
@@ -61,12 +64,16 @@ class StepLogs(Mapping[str, float]):
         self.check_norm = checked
 
     def pack(self, device: torch.device, reduce: Callable[[Tensor], Tensor] | None) -> None:
-        """Stack the sums into one device tensor; ``reduce`` sums it over the processes (a
-        collective every process calls, with no wait on the host)."""
-        sums = self._sums.values()
-        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums])
+        """Put what is read later into one device tensor; ``reduce`` sums the losses and
+        the examples over the processes (a collective every process calls, with no wait on
+        the host). (``torch.full`` writes a number on the device without a copy from the
+        host, which would wait.)"""
+        assert self._vector is not None, "a step without micro-batches"
+        packed = self._vector
+        self._examples_packed = reduce is not None
         if reduce is not None:
-            packed = reduce(packed)
+            examples = torch.full((1,), self._examples, dtype=torch.float64, device=device)
+            packed = reduce(torch.cat([packed, examples]))
         if self._norm is not None:
             packed = torch.cat([packed, self._norm.detach().double().reshape(1)])
         self._packed = packed
@@ -81,8 +88,9 @@ class StepLogs(Mapping[str, float]):
         return self._packed
 
     def set_read(self, numbers: list[float]) -> None:
-        keys = list(self._sums)
+        keys = self._names + (["examples"] if self._examples_packed else [])
         values = dict(zip(keys, numbers, strict=False))
+        values.setdefault("examples", self._examples)
         self._norm_value = numbers[len(keys)] if self._norm is not None else None
         values.update(self.host)
         if self.log_norm:
@@ -112,7 +120,8 @@ class StepLogs(Mapping[str, float]):
     # -- Mapping ---------------------------------------------------------------------------------
 
     def _keys(self) -> list[str]:
-        return [*self._sums, *self.host, *(["grad_norm"] if self.log_norm else []), *self.tail]
+        norm = ["grad_norm"] if self.log_norm else []
+        return [*self._names, "examples", *self.host, *norm, *self.tail]
 
     def __getitem__(self, key: str) -> float:
         if key in self.host or key in self.tail:

@@ -1,0 +1,28 @@
+"""benchmarks/gpu_suite.py runs end to end with --tiny (CPU, small shapes), so that the
+GPU call, when a GPU is lent, cannot fail on a typo."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_gpu_suite_runs_every_case_with_tiny_shapes(tmp_path):
+    out = tmp_path / "gpu.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--tiny", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("## 1. Token-level KD loss", "## 2. Classic KD step", "## 3. `llm_token_kd`"):
+        assert heading in text
+    assert "failed" not in text and "timed out" not in text and "not run" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    methods = {"naive", "distill", "distill-compiled"}
+    assert {row.split(" | ")[2] for row in rows if " | forward KL | " in row} == methods
+    for step in ("student step", "distill KD step", "distill, teacher cache (unchecked)"):
+        assert any(row.startswith(f"| {step} | ") for row in rows)
+    for variant in ("labels only", "live teacher", "top-64 cache"):
+        assert any(row.startswith(f"| {variant} | ") for row in rows)
