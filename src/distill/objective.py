@@ -42,6 +42,7 @@ class LossInputs:
     mask: Tensor | None = None
     student_features: dict[str, Tensor] = field(default_factory=dict)
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
+    text: Tensor | None = None  # the batch's caption embeddings (CLIP-style data)
 
 
 @dataclass

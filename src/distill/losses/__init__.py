@@ -1,10 +1,12 @@
 """Loss functions: pure functions on tensors, each with its formula and paper.
 
 A loss's parameter names say what it reads (``student_logits``, ``teacher_logits``,
-``teacher_topk``, ``labels``, ``mask``, ``student_features``, ``teacher_features``); an
+``teacher_topk``, ``labels``, ``mask``, ``student_features``, ``teacher_features``,
+``text``); an
 objective term uses those names to feed it. ``losses.registry`` names them for recipes.
 """
 
+from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
 from distill.losses.features import (
     attention_transfer,
     cosine_embedding,
@@ -34,6 +36,10 @@ __all__ = [
     "LOSSES",
     "LossInfo",
     "attention_transfer",
+    "clip_affinity",
+    "clip_contrastive",
+    "clip_embedding",
+    "clip_relational",
     "cosine_embedding",
     "cross_entropy",
     "dist",

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
 from distill.losses.features import (
     attention_transfer,
     cosine_embedding,
@@ -55,6 +56,7 @@ INPUT_NAMES = (
     "mask",
     "student_features",
     "teacher_features",
+    "text",
 )
 
 
@@ -144,6 +146,10 @@ LOSSES: dict[str, LossInfo] = {
         LossInfo("sparse_divergence", sparse_divergence),
         LossInfo("lm_head_kd", lm_head_kd, sparse_form="lm_head_sparse_kd"),
         LossInfo("lm_head_sparse_kd", lm_head_sparse_kd, in_recipes=False),
+        LossInfo("clip_contrastive", clip_contrastive),
+        LossInfo("clip_embedding", clip_embedding),
+        LossInfo("clip_relational", clip_relational),
+        LossInfo("clip_affinity", clip_affinity),
     )
 }
 RECIPE_LOSSES = tuple(sorted(name for name, info in LOSSES.items() if info.in_recipes))

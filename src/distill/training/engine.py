@@ -151,6 +151,7 @@ class Distiller:
             mask=batch.mask,
             student_features=self.student_taps.pop(),
             teacher_features=teacher_out.features if teacher_out is not None else {},
+            text=batch.meta.get("text"),
         )
 
     def _build_projectors(self, first: Batch) -> None:
