@@ -31,7 +31,7 @@ def _unit(x: Tensor) -> Tensor:
     return F.normalize(upcast(x), dim=-1)
 
 
-def clip_logits(image: Tensor, text: Tensor, logit_scale: float) -> Tensor:
+def clip_logits(image: Tensor, text: Tensor, logit_scale: float | Tensor) -> Tensor:
     """``logit_scale · cos(image_i, text_j)``: (N_images, N_texts) similarity logits."""
     return logit_scale * _unit(image) @ _unit(text).T
 
@@ -51,7 +51,7 @@ def _symmetric_info_nce(logits: Tensor) -> Tensor:
 
 
 def clip_contrastive(
-    student_features: Tensor, text: Tensor, *, logit_scale: float = 100.0
+    student_features: Tensor, text: Tensor, *, logit_scale: float | Tensor = 100.0
 ) -> Tensor:
     """CLIP's contrastive loss: symmetric InfoNCE between images and their captions.
 

