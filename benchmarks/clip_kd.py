@@ -106,6 +106,12 @@ def measure(model: ZeroShotClassifier, train, test) -> dict[str, float]:
     }
 
 
+def student_encoder(args, width: int):
+    if args.student == "cnn":
+        return build_model("zoo:cnn", width, SHAPE, {"channels": [8, 16], "hidden": args.hidden})
+    return build_model("zoo:mlp", width, SHAPE, {"hidden": args.hidden})
+
+
 def one_seed(seed, args, tower_embed, captions, classes, prompts, train, test):
     caption_embeddings = tower_embed(captions)
     captioned = CaptionedImages(train, caption_embeddings, classes, seed=seed)
@@ -143,7 +149,7 @@ def one_seed(seed, args, tower_embed, captions, classes, prompts, train, test):
     }  # fmt: skip
     for name, (answers, objective) in students.items():
         torch.manual_seed(seed + 1)  # every student starts from the same weights
-        encoder = build_model("zoo:mlp", prompts.shape[1], SHAPE, {"hidden": args.hidden})
+        encoder = student_encoder(args, prompts.shape[1])
         student = ZeroShotClassifier(encoder, prompts, logit_scale=scale)
         live = teachers.Module(answers) if answers is not None else None
         fit(student, live, objective, fit_rows, val_rows, args.epochs, seed)
@@ -212,6 +218,7 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--student", choices=["cnn", "mlp"], default="cnn")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "clip_kd.md")
     args = parser.parse_args()
     started = time.perf_counter()
