@@ -67,3 +67,9 @@ def test_a_contrastive_image_tower_learns_its_captions_and_its_scale():
     accuracy = distill.Distiller(model, progress=False).evaluate(DataLoader(images, 100))
     assert accuracy["accuracy"] > 0.9  # zero-shot through the captions' embeddings
     assert loss.scale != pytest.approx(10.0)  # the scale was trained too
+
+
+def test_unpaired_texts_come_from_every_class():
+    images = TensorDataset(torch.randn(200, 3), torch.zeros(200, dtype=torch.long))
+    unpaired = CaptionedImages(images, torch.eye(4), [0, 1, 2, 3], paired=False)
+    assert {int(unpaired[i][2]["text"].argmax()) for i in range(200)} == {0, 1, 2, 3}

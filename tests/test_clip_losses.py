@@ -112,3 +112,13 @@ def test_widths_that_differ_name_the_projection():
         clip_contrastive(student, text[:, :3])
     with pytest.raises(ValueError, match="shape"):
         clip_relational(student, student[:, :3], text)
+
+
+def test_contrastive_leaves_out_images_without_a_caption():
+    student, _, text = embeddings(n=6)
+    labels = torch.tensor([3, -100, 1, -100, 0, 2])
+    kept = labels != -100
+    expected = clip_contrastive(student[kept], text[kept], logit_scale=5.0)
+    assert clip_contrastive(student, text, labels, logit_scale=5.0) == expected
+    nothing = torch.full((6,), -100)
+    assert clip_contrastive(student, text, nothing).item() == 0.0

@@ -74,7 +74,10 @@ def class_prompts(
 
 class CaptionedImages(Dataset):
     """``(image, label, {"text": embedding})`` for each item of a classification dataset:
-    image i gets the caption ``choice[i]``, drawn (with ``seed``) among its class's."""
+    image i gets the caption ``choice[i]``, drawn (with ``seed``) among its class's, or,
+    with ``paired=False``, among all captions (a pool of texts that says nothing about the
+    image, for losses that only need texts to compare with, as relational distillation on a
+    transfer set)."""
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class CaptionedImages(Dataset):
         caption_embeddings: Tensor,
         caption_classes: Sequence[int],
         seed: int = 0,
+        paired: bool = True,
     ) -> None:
         self.images, self.embeddings = images, caption_embeddings.float()
         by_class: dict[int, list[int]] = {}
@@ -89,9 +93,10 @@ class CaptionedImages(Dataset):
             by_class.setdefault(int(label), []).append(index)
         g = torch.Generator().manual_seed(seed)
         self.choice = []
+        everything = list(range(len(caption_classes)))
         for i in range(len(images)):  # type: ignore[arg-type]
             label = int(images[i][1])
-            options = by_class.get(label)
+            options = by_class.get(label) if paired else everything
             if not options:
                 raise ValueError(f"class {label} has no caption; give every class a description")
             self.choice.append(options[int(torch.randint(len(options), (1,), generator=g))])

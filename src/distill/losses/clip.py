@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.reductions import check_same_shape, upcast
+from distill.outputs import IGNORE_INDEX
 
 __all__ = [
     "clip_affinity",
@@ -51,7 +52,11 @@ def _symmetric_info_nce(logits: Tensor) -> Tensor:
 
 
 def clip_contrastive(
-    student_features: Tensor, text: Tensor, *, logit_scale: float | Tensor = 100.0
+    student_features: Tensor,
+    text: Tensor,
+    labels: Tensor | None = None,
+    *,
+    logit_scale: float | Tensor = 100.0,
 ) -> Tensor:
     """CLIP's contrastive loss: symmetric InfoNCE between images and their captions.
 
@@ -61,11 +66,18 @@ def clip_contrastive(
     also CLIP-KD's interactive contrastive loss (the student's image embeddings contrasted
     with the teacher's text embeddings; Yang et al., "CLIP-KD", CVPR 2024); without a
     teacher image tower it is the student's own contrastive training.
+    Rows whose label is -100 (images without a caption, in a transfer set) are left out;
+    a batch without a captioned row gives 0.
     Reduction: mean over images and over texts. T² scaling: no.
     Paper: Radford et al., "Learning Transferable Visual Models From Natural Language
     Supervision" (CLIP), ICML 2021.
     """
     _check(student_features, text, "clip_contrastive")
+    if labels is not None:
+        captioned = labels != IGNORE_INDEX
+        if not bool(captioned.any()):
+            return student_features.sum() * 0.0
+        student_features, text = student_features[captioned], text[captioned]
     return _symmetric_info_nce(clip_logits(student_features, text, logit_scale))
 
 
