@@ -89,3 +89,30 @@ def test_zero_shot_logits_are_the_scaled_cosine_to_each_prompt():
     torch.testing.assert_close(model(x), expected)
     assert {"prompts", "logit_scale"} <= set(model.state_dict())  # saved with the student
     assert all(p.requires_grad for p in model.parameters())  # only the encoder trains
+
+
+def test_a_student_keeps_some_layers_of_the_teacher_vision_tower(tmp_path):
+    from distill.measure import parameter_count
+    from distill.models.shrink import student_from_teacher
+
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 32,
+                     "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "max_position_embeddings": 16},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 4,
+                       "num_attention_heads": 2, "image_size": 8, "patch_size": 4},
+        projection_dim=12,
+    )  # fmt: skip
+    transformers.CLIPModel(config).save_pretrained(tmp_path)
+    chat_tokenizer().save_pretrained(tmp_path)
+    teacher, _, _ = load_hf_clip(f"hf-clip:{tmp_path}")
+    student = student_from_teacher(teacher, keep=[0, 3])
+    assert len(student.vision_model.encoder.layers) == 2
+    assert len(teacher.vision_model.encoder.layers) == 4  # the teacher is left whole
+    assert parameter_count(student) < parameter_count(teacher)
+    assert all(p.requires_grad for p in student.parameters())
+    pixels = torch.randn(2, 3, 8, 8)
+    assert student(pixels).shape == teacher(pixels).shape == (2, 12)
+    kept = student.vision_model.encoder.layers[1].mlp.fc1.weight
+    assert torch.equal(kept, teacher.vision_model.encoder.layers[3].mlp.fc1.weight)

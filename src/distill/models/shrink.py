@@ -28,6 +28,7 @@ LAYER_PATHS = (
     "encoder.layer",  # BertModel
     "distilbert.transformer.layer",
     "roberta.encoder.layer",
+    "vision_model.encoder.layers",  # CLIP / SigLIP image towers (models.clip.load_hf_clip)
 )
 LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
