@@ -116,3 +116,9 @@ def test_a_student_keeps_some_layers_of_the_teacher_vision_tower(tmp_path):
     assert student(pixels).shape == teacher(pixels).shape == (2, 12)
     kept = student.vision_model.encoder.layers[1].mlp.fc1.weight
     assert torch.equal(kept, teacher.vision_model.encoder.layers[3].mlp.fc1.weight)
+
+
+def test_an_encoder_of_another_width_than_the_text_is_named():
+    model = ZeroShotClassifier(nn.Flatten(), torch.randn(3, 5), logit_scale=10.0)
+    with pytest.raises(ValueError, match="16-wide embeddings, the text tower 5-wide"):
+        model(torch.randn(2, 1, 4, 4))

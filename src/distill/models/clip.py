@@ -92,7 +92,14 @@ class ZeroShotClassifier(nn.Module):
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
 
     def forward(self, x: Tensor) -> Tensor:
-        image = F.normalize(self.encoder(x).float(), dim=-1)
+        embedded = self.encoder(x)
+        if embedded.shape[-1] != self.prompts.shape[-1]:
+            raise ValueError(
+                f"the image encoder gives {embedded.shape[-1]}-wide embeddings, the text tower "
+                f"{self.prompts.shape[-1]}-wide ones: give the encoder a projection to "
+                f"{self.prompts.shape[-1]} (models.clip.ProjectedEncoder)"
+            )
+        image = F.normalize(embedded.float(), dim=-1)
         return self.logit_scale * image @ self.prompts.T
 
 
