@@ -19,22 +19,26 @@ from distill.models.clip import (
 from .text_models import VOCAB, chat_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory) -> Path:
+def save_tiny_clip(folder: Path, vision_layers: int = 1) -> Path:
     """A CLIPModel built from a tiny config, saved with a tokenizer: what a hub folder holds."""
-    folder = tmp_path_factory.mktemp("tiny-clip")
     torch.manual_seed(0)
     config = transformers.CLIPConfig(
         text_config={"vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 32,
                      "num_hidden_layers": 1, "num_attention_heads": 2,
                      "max_position_embeddings": 16, "pad_token_id": 1, "eos_token_id": 2},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 8, "patch_size": 4},
+        vision_config={"hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": vision_layers, "num_attention_heads": 2,
+                       "image_size": 8, "patch_size": 4},
         projection_dim=12,
     )  # fmt: skip
     transformers.CLIPModel(config).save_pretrained(folder)
     chat_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def test_a_hugging_face_clip_folder_loads_as_image_tower_text_tower_and_scale(tiny_clip_dir):
@@ -95,17 +99,7 @@ def test_a_student_keeps_some_layers_of_the_teacher_vision_tower(tmp_path):
     from distill.measure import parameter_count
     from distill.models.shrink import student_from_teacher
 
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config={"vocab_size": VOCAB, "hidden_size": 16, "intermediate_size": 32,
-                     "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "max_position_embeddings": 16},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 4,
-                       "num_attention_heads": 2, "image_size": 8, "patch_size": 4},
-        projection_dim=12,
-    )  # fmt: skip
-    transformers.CLIPModel(config).save_pretrained(tmp_path)
-    chat_tokenizer().save_pretrained(tmp_path)
+    save_tiny_clip(tmp_path, vision_layers=4)
     teacher, _, _ = load_hf_clip(f"hf-clip:{tmp_path}")
     student = student_from_teacher(teacher, keep=[0, 3])
     assert len(student.vision_model.encoder.layers) == 2

@@ -95,9 +95,9 @@ class CaptionedImages(Dataset):
         self.choice = []
         everything = list(range(len(caption_classes)))
         for i in range(len(images)):  # type: ignore[arg-type]
-            label = int(images[i][1])
-            options = by_class.get(label) if paired else everything
+            options = by_class.get(int(images[i][1])) if paired else everything
             if not options:
+                label = int(images[i][1])
                 raise ValueError(f"class {label} has no caption; give every class a description")
             self.choice.append(options[int(torch.randint(len(options), (1,), generator=g))])
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.losses.logits import kl
 from distill.losses.reductions import check_same_shape, upcast
 from distill.outputs import IGNORE_INDEX
 
@@ -159,13 +160,6 @@ def clip_affinity(
     """
     _check(student_features, text, "clip_affinity")
     check_same_shape(student_features, teacher_features, "clip_affinity")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    s = clip_logits(student_features, text, logit_scale) / temperature
-    t = clip_logits(teacher_features, text, logit_scale).detach() / temperature
-
-    def kl_rows(teacher: Tensor, student: Tensor) -> Tensor:
-        log_t, log_s = F.log_softmax(teacher, -1), F.log_softmax(student, -1)
-        return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
-
-    return temperature**2 * (kl_rows(t, s) + kl_rows(t.T, s.T))
+    s = clip_logits(student_features, text, logit_scale)
+    t = clip_logits(teacher_features, text, logit_scale).detach()
+    return kl(s, t, temperature=temperature) + kl(s.T, t.T, temperature=temperature)

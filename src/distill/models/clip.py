@@ -32,10 +32,6 @@ class TextTower:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer, self.pooling = tokenizer, pooling
 
-    @property
-    def width(self) -> int:
-        return int(self.embed(["a"]).shape[-1])
-
     @torch.no_grad()
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
         if not texts:

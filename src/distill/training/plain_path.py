@@ -37,21 +37,23 @@ def backward(accelerator: Accelerator, loss: torch.Tensor) -> None:
         accelerator.backward(loss)
 
 
-def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> None:
-    """``optimizer`` is what ``accelerator.prepare`` returned."""
+def plain_optimizer(
+    accelerator: Accelerator, optimizer: torch.optim.Optimizer
+) -> torch.optim.Optimizer:
+    """The PyTorch optimizer inside what ``accelerator.prepare`` returned, where
+    Accelerate's wrapper would only pass calls on; else the wrapper itself."""
     inner = getattr(optimizer, "optimizer", None)
     if is_plain(accelerator) and inner is not None and accelerator.sync_gradients:
-        inner.step()
-    else:
-        optimizer.step()
+        return inner
+    return optimizer
+
+
+def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> None:
+    plain_optimizer(accelerator, optimizer).step()
 
 
 def zero_grad(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> None:
-    inner = getattr(optimizer, "optimizer", None)
-    if is_plain(accelerator) and inner is not None and accelerator.sync_gradients:
-        inner.zero_grad(set_to_none=True)
-    else:
-        optimizer.zero_grad(set_to_none=True)
+    plain_optimizer(accelerator, optimizer).zero_grad(set_to_none=True)
 
 
 def autocast(accelerator: Accelerator) -> Any:

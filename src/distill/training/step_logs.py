@@ -171,8 +171,14 @@ class WindowClock:
     def restart(self) -> None:
         self._mark = time.perf_counter()
 
+    @property
+    def current(self) -> float:
+        """Examples per second so far in this window."""
+        return self.examples / self.seconds if self.seconds > 0 else 0.0
+
     def rate(self) -> float:
-        rate = self.examples / self.seconds if self.seconds > 0 else 0.0
+        """``current``, and a new window starts."""
+        rate = self.current
         self.seconds, self.examples = 0.0, 0.0
         return rate
 
@@ -216,8 +222,7 @@ class LogWindow:
             self.clock.lap(values.pop("examples"))
             self.means.add(values)
         if self.pending and self.show is not None:
-            clock = self.clock
-            self.show(self.pending[-1]["loss"], clock.examples / max(clock.seconds, 1e-9))
+            self.show(self.pending[-1]["loss"], self.clock.current)
         self.pending.clear()
 
     def pop(self) -> dict[str, float]:
