@@ -169,5 +169,28 @@ def test_doctor_on_a_broken_recipe_finds_its_problems_and_the_report_shows_them(
 
 def test_doctor_refuses_language_model_recipes():
     recipe = load_recipe(ROOT / "recipes" / "llm_token_kd.yaml")
-    with pytest.raises(RecipeError, match="classification recipes"):
+    with pytest.raises(RecipeError, match="classification and clip recipes"):
         diagnose(recipe)
+
+
+def test_the_temperature_sweep_trains_one_short_run_per_temperature(
+    tmp_path, monkeypatch, digits_idx_dir
+):
+    """A short KD run at each temperature, scored on validation; the recipe's other
+    terms keep their settings."""
+    from distill.doctor.run import temperature_sweep
+    from distill.runs.run import task_for
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe(
+        ROOT / "recipes" / "fashion_mnist_kd.yaml",
+        [f"data.path={digits_idx_dir}", "data.labeled=300", "teacher.train.max_steps=10",
+         f"output.dir={tmp_path}", "output.latency_repeats=1"],
+    )  # fmt: skip
+    task = task_for(recipe)
+    data = task.prepare(recipe, False, print)
+    teacher, _ = task.teacher(recipe, data, False, print)
+    sweep = temperature_sweep(recipe, data, teacher, temperatures=(1.0, 4.0), steps=5)
+    assert set(sweep["val_accuracy"]) == {"1.0", "4.0"}
+    assert all(0.0 <= a <= 1.0 for a in sweep["val_accuracy"].values())
+    assert sweep["best"] in (1.0, 4.0) and sweep["steps"] == 5

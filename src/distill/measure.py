@@ -1,4 +1,5 @@
-"""What a deployment cares about: parameters, bytes on disk, CPU latency per example."""
+"""What a deployment cares about: parameters, bytes on disk, CPU latency per example; and
+for image encoders, the quality of their embeddings (linear probe, retrieval recall)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
-from torch import nn
+from torch import Tensor, nn
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -58,3 +59,67 @@ def cpu_latency_ms(
 ) -> float:
     """The median of ``cpu_latency``, in milliseconds."""
     return cpu_latency(model, example, repeats, warmup, **kwargs)["latency_ms"]
+
+
+def linear_probe_accuracy(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    weight_decay: float = 1e-4,
+    max_iter: int = 200,
+) -> float:
+    """Test accuracy of a logistic regression fitted on frozen features: multinomial, L2
+    penalty ``weight_decay · ‖W‖²``, features standardised on the training rows, full-batch
+    L-BFGS (as scikit-learn's ``LogisticRegression``; the linear probe of CLIP, Radford et
+    al. 2021)."""
+    train_x, test_x = train_x.double(), test_x.double()
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-8)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    probe = nn.Linear(train_x.shape[1], classes).double()
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    optimizer = torch.optim.LBFGS(
+        probe.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(probe(train_x), train_y)
+        loss = loss + weight_decay * probe.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        return float((probe(test_x).argmax(1) == test_y).double().mean())
+
+
+def retrieval_recall(
+    images: Tensor, texts: Tensor, caption_of_image: Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Image→text and text→image recall@k by cosine similarity.
+
+    ``images`` (N, D), ``texts`` (M, D) the distinct captions, ``caption_of_image`` (N,) the
+    index of each image's caption. Image→text: the share of images whose caption is among
+    their k most similar texts. Text→image: the share of the captions some image carries
+    for which one of the k most similar images carries it (with one caption per image, the
+    usual protocol; with templated captions shared by many images, any of them counts)."""
+    similarity = (
+        nn.functional.normalize(images.float(), dim=-1)
+        @ nn.functional.normalize(texts.float(), dim=-1).T
+    )
+    owner = caption_of_image.long()
+    used = torch.unique(owner)
+    out = {}
+    for k in ks:
+        top_texts = similarity.topk(min(k, texts.shape[0]), dim=1).indices
+        out[f"image_to_text_r{k}"] = float((top_texts == owner[:, None]).any(1).float().mean())
+        top_images = similarity[:, used].topk(min(k, images.shape[0]), dim=0).indices  # (k, U)
+        out[f"text_to_image_r{k}"] = float(
+            (owner[top_images] == used[None, :]).any(0).float().mean()
+        )
+    return out

@@ -11,12 +11,16 @@ templates (``class_prompts``): a student is scored on wordings it never trained 
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from distill.data.idx import CLASSES
+from distill.outputs import IGNORE_INDEX
 
 # two descriptions per Fashion-MNIST class, in the order of data.idx.CLASSES
 FASHION_MNIST_DESCRIPTIONS = [
@@ -38,6 +42,26 @@ CAPTION_TEMPLATES = [
     "a small product image: {description}, a {name}",
 ]
 PROMPT_TEMPLATES = ["a photo of a {name}.", "a picture of a {name}, {description}."]
+# the class names of the datasets a recipe names (an image folder's are its folder names)
+CLASS_NAMES = {
+    "fashion_mnist": CLASSES,
+    "mnist1d": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+}  # fmt: skip
+
+
+def check_template(template: str) -> str | None:
+    """What is wrong with a caption template (None: nothing): only ``{name}`` and
+    ``{description}`` may be filled in."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as error:
+        return f"not a template ({error}); write literal braces as {{{{ and }}}}"
+    unknown = sorted(set(fields) - {"name", "description"})
+    if unknown:
+        return f"unknown field(s) {unknown}; a template may use {{name}} and {{description}}"
+    return None
 
 
 def class_captions(
@@ -73,11 +97,12 @@ def class_prompts(
 
 
 class CaptionedImages(Dataset):
-    """``(image, label, {"text": embedding})`` for each item of a classification dataset:
-    image i gets the caption ``choice[i]``, drawn (with ``seed``) among its class's, or,
-    with ``paired=False``, among all captions (a pool of texts that says nothing about the
-    image, for losses that only need texts to compare with, as relational distillation on a
-    transfer set)."""
+    """``(image, label, {"text": embedding})`` for each item of a classification dataset
+    (its own metadata kept): image i gets the caption ``choice[i]``, drawn (with ``seed``)
+    among its class's, or among all captions when the image has no label (-100, a transfer
+    set's unlabelled row) or ``paired=False``: a text from the pool that says nothing about
+    the image, for losses that only need texts to compare with (relational distillation);
+    ``clip_contrastive`` leaves such rows out by their label."""
 
     def __init__(
         self,
@@ -95,15 +120,19 @@ class CaptionedImages(Dataset):
         self.choice = []
         everything = list(range(len(caption_classes)))
         for i in range(len(images)):  # type: ignore[arg-type]
-            options = by_class.get(int(images[i][1])) if paired else everything
+            label = int(images[i][1]) if paired else IGNORE_INDEX
+            options = everything if label == IGNORE_INDEX else by_class.get(label)
             if not options:
-                label = int(images[i][1])
                 raise ValueError(f"class {label} has no caption; give every class a description")
             self.choice.append(options[int(torch.randint(len(options), (1,), generator=g))])
 
     def __len__(self) -> int:
         return len(self.choice)
 
-    def __getitem__(self, index: int) -> tuple[Any, Any, dict[str, Tensor]]:
-        image, label = self.images[index][:2]
-        return image, label, {"text": self.embeddings[self.choice[index]]}
+    def __getitem__(self, index: int) -> tuple[Any, Any, dict[str, Any]]:
+        image, label, *meta = self.images[index]
+        return (
+            image,
+            label,
+            {**(meta[0] if meta else {}), "text": self.embeddings[self.choice[index]]},
+        )

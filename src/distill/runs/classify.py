@@ -285,6 +285,10 @@ class Classification(Task):
         assert isinstance(data, Data)
         return model_from_spec(spec, data)
 
+    def load_student(self, run_dir: Path, recipe: Recipe, data: Splits) -> nn.Module:
+        assert isinstance(data, Data)
+        return model_from_spec(ModelSpec(model=str(run_dir)), data)
+
     def describe(
         self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
     ) -> dict[str, Any]:
@@ -324,8 +328,7 @@ class Classification(Task):
 
     def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:
         data = prepare_data(recipe)
-        student = model_from_spec(ModelSpec(model=str(run_dir)), data)
-        return self.evaluate(student, recipe, data, None)
+        return self.evaluate(self.load_student(run_dir, recipe, data), recipe, data, None)
 
     def describe_eval(self, metrics: dict[str, float]) -> str:
         return (

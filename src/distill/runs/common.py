@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 from distill import teachers
 from distill.batch import Batch
 from distill.cache import Layout
+from distill.losses import cross_entropy
 from distill.measure import cpu_latency
-from distill.objective import Objective
+from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe
 from distill.runs.report import write_report
 from distill.runs.store import settings
@@ -89,11 +90,26 @@ class Task(ABC):
         """``distill teacher``: train (or fine-tune) the teacher and keep it in the store."""
         raise NotImplementedError
 
+    def resolve_recipe(self, recipe: Recipe, data: Splits) -> Recipe:
+        """The recipe the students follow once the teacher is known: a task may fill in
+        what its objective's terms leave out (a CLIP teacher's logit scale); as given by
+        default."""
+        return recipe
+
+    def baseline_objective(self, recipe: Recipe, data: Splits) -> Objective:
+        """What the label-only student (and a ``recover: labels`` stage) learns from:
+        cross-entropy on the labels by default."""
+        return Objective(ce=Term(cross_entropy))
+
     @abstractmethod
     def build_student(
         self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
     ) -> nn.Module:
         raise NotImplementedError
+
+    def load_student(self, run_dir: Path, recipe: Recipe, data: Splits) -> nn.Module:
+        """The distilled student a run saved in ``run_dir`` (for ``eval`` and ``export``)."""
+        raise NotImplementedError(f"task {self.name}: loading a run's student is not built")
 
     def batch_transform(
         self, recipe: Recipe, data: Splits, student: nn.Module
@@ -136,6 +152,15 @@ class Task(ABC):
     def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:  # noqa: B027
         """Any format besides ``student.safetensors`` (a Hugging Face folder, say); none
         by default."""
+
+    def cache_model(self, teacher: nn.Module) -> nn.Module:
+        """The module whose outputs the teacher cache stores: the teacher by default."""
+        return teacher
+
+    def cached_teacher(self, answers: teachers.Cached, data: Splits) -> teachers.Teacher:
+        """The teacher a distilled student reads from the cache: its answers as stored by
+        default."""
+        return answers
 
     @abstractmethod
     def cache_rows(self, data: Splits) -> Dataset:

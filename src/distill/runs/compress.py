@@ -36,11 +36,9 @@ from distill.compress.quantize import (
     quantize_weights,
     save_quantized,
 )
-from distill.losses import cross_entropy
 from distill.measure import parameter_count
 from distill.methods.pruning import GradualPruning, KeepZeros, zero_masks
 from distill.models import build_model
-from distill.objective import Objective, Term
 from distill.paths import sha256_file, write_json
 from distill.recipes import CompressStage, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
@@ -131,7 +129,7 @@ def run_compress(
             changes: dict[str, Any] = {"lr": stage.lr} if stage.lr else {}
             if stage.kind == "prune":
                 changes["select_metric"] = None  # the end of the schedule, not an earlier best
-            teacher, objective = None, Objective(ce=Term(cross_entropy))
+            teacher, objective = None, task.baseline_objective(recipe, data)
             if stage.recover != "labels":
                 source = teacher_model if stage.recover == "teacher" else uncompressed
                 teacher = teacher_module(recipe, source)

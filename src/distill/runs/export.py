@@ -21,9 +21,8 @@ from distill.compress.export import (
 from distill.compress.quantize import dequantized
 from distill.errors import UsageError
 from distill.measure import cpu_latency_ms
-from distill.recipes import ModelSpec, Recipe
-from distill.runs.classify import Data, model_from_spec, prepare_data
-from distill.runs.common import Log, loader
+from distill.recipes import Recipe
+from distill.runs.common import Log, Splits, Task, loader
 from distill.runs.compress import load_stage
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
@@ -58,17 +57,18 @@ def exportable_stages(
 
 
 def exportable_student(
-    run_dir: Path, recipe: Recipe, data: Data, stage: int
+    task: Task, run_dir: Path, recipe: Recipe, data: Splits, stage: int
 ) -> tuple[nn.Module, str]:
     """The model of compress stage ``stage`` (0: the distilled student) and its name."""
     if stage == 0:
-        return model_from_spec(ModelSpec(model=str(run_dir)), data), "student"
+        return task.load_student(run_dir, recipe, data), "student"
     return load_stage(run_dir, stage), f"stage {stage} ({recipe.compress[stage - 1].kind})"
 
 
 def export_run(
     run_dir: Path,
     recipe: Recipe,
+    task: Task,
     *,
     stage: int | None = None,
     int8: bool = False,
@@ -79,15 +79,15 @@ def export_run(
     int8_min_agreement: float = 0.97,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Export a classification run's student, check and measure it (``runs.run.export_command``
-    refuses other tasks); raises ``ParityError`` when a graph disagrees with the PyTorch
+    """Export the student of a run of ``task`` (one that ``exports``), check and measure it;
+    raises ``ParityError`` when a graph disagrees with the PyTorch
     model beyond the tolerances. A float stage becomes ONNX (and, with ``int8``, ONNX
     Runtime's dynamic int8 version); an int8 QAT stage (with ``qdq``) a static int8 QDQ
     graph, calibrated on ``calibration_examples`` training inputs and checked against the
     torchao-quantized student. Writes ``<run_dir>/export/`` (the ONNX files and
     ``export.json``) and returns what it wrote to the JSON file."""
     run_dir = Path(run_dir)
-    data = prepare_data(recipe)
+    data = task.prepare(recipe, False, log)
     float_stage, int8_stage = exportable_stages(recipe, stage, qdq)
     out = run_dir / EXPORT_DIR
     out.mkdir(exist_ok=True)
@@ -96,13 +96,13 @@ def export_run(
     rows: dict[str, dict[str, Any]] = {}
     names = []
     if float_stage is not None:
-        model, name = exportable_student(run_dir, recipe, data, float_stage)
+        model, name = exportable_student(task, run_dir, recipe, data, float_stage)
         names.append(name)
         rows.update(
             float_rows(model, name, out, int8, min_agreement, atol, int8_min_agreement, check)
         )
     if int8_stage is not None:
-        model, name = exportable_student(run_dir, recipe, data, int8_stage)
+        model, name = exportable_student(task, run_dir, recipe, data, int8_stage)
         names.append(name)
         calibration = Subset(
             data.student_train, range(min(calibration_examples, len(data.student_train)))
@@ -179,12 +179,12 @@ def graph_row(
 
 
 def export_rows(
-    recipe: Recipe, run_dir: Path, models: dict[str, dict[str, Any]], log: Log
+    task: Task, recipe: Recipe, run_dir: Path, models: dict[str, dict[str, Any]], log: Log
 ) -> dict[str, dict[str, Any]]:
     """The recipe's ``export``: report rows for the ONNX graphs (``export_onnx``, …)."""
     spec = recipe.export
     assert spec is not None
-    result = on_main(lambda: export_run(run_dir, recipe, **spec.model_dump(), log=log))
+    result = on_main(lambda: export_run(run_dir, recipe, task, **spec.model_dump(), log=log))
     if result is None:  # not the main process: it exports alone
         return {}
     stages = [k for k in models if k.startswith("compress_")]

@@ -32,7 +32,9 @@ def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     order += [k for k in ("baseline", "student") if k in models] + stages
     rows = []
     for key in order:
-        if key in LABELS:
+        if key == "baseline" and is_clip(summary):
+            rows.append((key, "student, captions only", COLORS[key]))
+        elif key in LABELS:
             rows.append((key, LABELS[key], COLORS[key]))
         else:
             colour = EXTRA_COLORS[(extras + stages).index(key) % len(EXTRA_COLORS)]
@@ -60,7 +62,15 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def is_language_model(summary: dict[str, Any]) -> bool:
-    return summary.get("task", "classification") != "classification"
+    return summary.get("task") in ("causal_lm", "masked_lm")
+
+
+def is_clip(summary: dict[str, Any]) -> bool:
+    return summary.get("task") == "clip"
+
+
+def _percent(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{100 * value:.{digits}f}%"
 
 
 def table_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -79,6 +89,8 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
             if lm
             else [f"{100 * m['accuracy']:.2f}%"]
         )
+        if is_clip(summary):  # the embeddings' quality besides zero-shot accuracy
+            headline += [_percent(m.get("linear_probe")), _percent(m.get("image_to_text_r1"), 1)]
         rows.append(
             [
                 label,
@@ -100,6 +112,9 @@ TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms
 
 def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The summary table for a terminal: (header, rows)."""
+    if is_clip(summary):  # without recall, to fit 80 columns
+        rows = [row[:3] + row[4:] for row in table_rows(summary)]
+        return ["model", "zero-shot", "probe", *TERMINAL_HEADER[2:]], rows
     if not is_language_model(summary):
         return TERMINAL_HEADER, table_rows(summary)
     rows = []
@@ -146,6 +161,9 @@ def header(summary: dict[str, Any]) -> list[str]:
     if is_language_model(summary):
         headline = ["test perplexity", "agreement with teacher", "token accuracy"]
         latency = "CPU latency / sequence"
+    elif is_clip(summary):
+        headline = ["zero-shot accuracy", "linear probe", "image→text R@1"]
+        latency = "CPU latency / image"
     else:
         headline, latency = ["test accuracy"], "CPU latency / example"
     return [
@@ -168,6 +186,15 @@ def footnote(summary: dict[str, Any]) -> str:
             "token is the teacher's. "
         )
         what = "one row"
+    elif is_clip(summary):
+        measured = (
+            "Measured on the test split, used once after training; the students were selected "
+            "on validation images by zero-shot accuracy. Zero-shot: the class whose prompt "
+            "embedding (mean over the prompt templates) is closest to the image's; linear "
+            "probe: logistic regression on the frozen embeddings of training images; R@1: "
+            "share of test images whose own caption is the closest of all captions. "
+        )
+        what = "one image"
     else:
         measured = (
             "Accuracy is on the test split, used once after training; the students were "
@@ -214,7 +241,11 @@ def verdict(summary: dict[str, Any]) -> str:
         return ""
     closed = summary.get("gap_closed")
     change = "gains" if gain >= 0 else "loses"
-    text = f"Distillation {change} {100 * abs(gain):.2f} points over the label-only student"
+    text = f"Distillation {change} {100 * abs(gain):.2f} points" + (
+        " of zero-shot accuracy over the student trained on its captions alone"
+        if is_clip(summary)
+        else " over the label-only student"
+    )
     if closed is not None:
         text += f" and closes {100 * closed:.0f}% of its gap to the teacher"
     return text + "."
@@ -245,11 +276,12 @@ def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
     for key, color in zip(terms, TERM_COLORS * len(terms), strict=False):
         points = [(r["step"], r[key]) for r in student if key in r]
         left.plot(*zip(*points, strict=True), label=f"distilled: {key[5:]}", color=color)
-    points = [(r["step"], r["loss/ce"]) for r in baseline if "loss/ce" in r]
-    if points:
+    for key in sorted({k for row in baseline for k in row if k.startswith("loss/")}):
+        points = [(r["step"], r[key]) for r in baseline if key in r]
         left.plot(
-            *zip(*points, strict=True), label="labels only: ce", color=COLORS["baseline"], ls="--"
-        )
+            *zip(*points, strict=True), label=f"baseline: {key[5:]}", color=COLORS["baseline"],
+            ls="--",
+        )  # fmt: skip
     left.set(
         xlabel="optimizer step",
         ylabel="loss term (unweighted)",
@@ -292,7 +324,11 @@ def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
     ax.set(
         xscale="log",
         xlabel="parameters (log scale)",
-        ylabel="test perplexity (log scale)" if lm else "test accuracy (%)",
+        ylabel="test perplexity (log scale)"
+        if lm
+        else "zero-shot accuracy (%)"
+        if is_clip(summary)
+        else "test accuracy (%)",
         yscale="log" if lm else "linear",
         title=("perplexity" if lm else "accuracy") + " against size",
     )
@@ -364,6 +400,10 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
         f"Teacher {summary['teacher_model']}, student {summary['student_model']}, objective "
         + ", ".join(f"{k} ({v})" for k, v in summary["objective"].items())
         + f"; {summary['steps']} optimizer steps for each student, same seed.",
+        f"Text tower {summary['text_tower']} (frozen); the teacher's logit scale is "
+        f"{summary['logit_scale']:.1f}."
+        if is_clip(summary)
+        else "",
         verdict(summary),
     ]
     rows = table_rows(summary)

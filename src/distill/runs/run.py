@@ -22,13 +22,13 @@ from torch import nn
 
 from distill import teachers
 from distill.errors import RecipeError
-from distill.losses import cross_entropy
 from distill.methods import Cohort, OnPolicy
-from distill.objective import Objective, Term
+from distill.objective import Objective
 from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.cache import cache_as_teacher, ensure_cache
 from distill.runs.classify import Classification
+from distill.runs.clip import Clip
 from distill.runs.common import (
     BASELINE_DIR,
     RECIPE_FILE,
@@ -58,6 +58,7 @@ TASKS: dict[str, Task] = {
     "classification": Classification(),
     "causal_lm": Language("causal"),
     "masked_lm": Language("masked"),
+    "clip": Clip(),
 }
 
 
@@ -92,6 +93,7 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
     teacher, teacher_info = None, {}
     if recipe.teacher is not None and recipe.teacher.model != "ema":
         teacher, teacher_info = task.teacher(recipe, data, progress, log)
+    recipe = task.resolve_recipe(recipe, data)
     per_epoch = steps_per_epoch(data.student_train, recipe)
     bench = LatencyBench(task, data, recipe.output.latency_repeats)
     budget = Budget(step_budget(recipe, per_epoch), per_epoch, progress, log, bench)
@@ -105,7 +107,9 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
             f"label-only student {recipe.student.model}: {budget.steps} steps on "
             f"{len(data.baseline_train):,} labelled examples"  # type: ignore[arg-type]
         )
-        labels_only = Lesson(lambda s: Objective(ce=Term(cross_entropy)), teacher, rows="baseline")
+        labels_only = Lesson(
+            lambda s: task.baseline_objective(recipe, data), teacher, rows="baseline"
+        )
         _, models["baseline"] = train_student(
             task, recipe, data, labels_only, run_dir / BASELINE_DIR, budget, row="baseline"
         )
@@ -145,7 +149,7 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
     summary = summarize(task, recipe, data, models, budget.steps)
     write_summary(run_dir, {**summary, "seconds": time.perf_counter() - started})
     if recipe.export is not None:  # after the summary, so a failed check leaves it readable
-        models.update(export_rows(recipe, run_dir, models, log))
+        models.update(export_rows(task, recipe, run_dir, models, log))
         write_summary(run_dir, {**summary, "seconds": time.perf_counter() - started})
     return {**summary, "seconds": time.perf_counter() - started}
 
@@ -208,7 +212,8 @@ def distilled_lesson(
             task, recipe, data, teacher, worker=process_index(), workers=num_processes(),
             progress=progress, log=log, together=True,
         )  # fmt: skip
-        answers = cache_as_teacher(recipe, task.cache_fingerprint(recipe, data))
+        stored = cache_as_teacher(recipe, task.cache_fingerprint(recipe, data))
+        answers = task.cached_teacher(stored, data)
         log(f"the distilled student learns from the teacher cache {info['folder']}")
     return Lesson(
         recipe_objective(recipe, per_epoch, teacher, sparse_teacher=answers is not None),
@@ -365,7 +370,8 @@ def build_cache(
     """The teacher's answers on the task's cache rows (this worker's shards of them)."""
     rows = task.cache_rows(data)
     layout = task.cache_layout(recipe, data, teacher, len(rows))  # type: ignore[arg-type]
-    live = teacher_module(recipe, teacher.eval().requires_grad_(False))  # the recipe's autocast
+    cached = task.cache_model(teacher).eval().requires_grad_(False)
+    live = teacher_module(recipe, cached)  # under the recipe's autocast
     return ensure_cache(
         recipe, live, rows, layout, worker=worker, workers=workers, progress=progress, log=log,
         together=together,
@@ -426,7 +432,7 @@ def export_command(run_dir: Path, **options: Any) -> dict[str, Any]:
     recipe = read_run_recipe(run_dir)
     if not task_for(recipe).exports:
         raise RecipeError(
-            f"task {recipe.task}: distill export takes classification runs (LM export is not "
-            "built yet)"
+            f"task {recipe.task}: distill export takes classification and clip runs (LM "
+            "export is not built yet)"
         )
-    return export_run(Path(run_dir), recipe, **options)
+    return export_run(Path(run_dir), recipe, task_for(recipe), **options)

@@ -22,6 +22,7 @@ from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.data import DataLoader
 
+from distill.objective import Objective
 from distill.paths import atomic_save, cache_root, read_json, sha256_file, write_json
 from distill.recipes import Recipe, TrainSpec
 from distill.training import Distiller
@@ -56,7 +57,7 @@ def teacher_cache_dir(recipe: Recipe) -> Path:
         ),
         "seed": recipe.seed,
     }
-    for section, field in (("teacher", "domain"), ("data", "domains")):
+    for section, field in (("teacher", "domain"), ("data", "domains"), ("data", "captions")):
         if key_fields[section].get(field) is None:  # unset: the keys of earlier versions
             key_fields[section].pop(field, None)
     train = key_fields["teacher"].get("train")
@@ -124,10 +125,15 @@ def fit_and_store_teacher(
     progress: bool,
     log: Log,
     val_extras: Callable[[dict[str, float]], dict[str, float]] = lambda metrics: {},
+    *,
+    objective: Objective | None = None,
+    finish: Callable[[], dict[str, Any]] = dict,
 ) -> dict[str, Any]:
-    """Train ``model`` with ``teacher.train`` (continuing an interrupted training from its
-    checkpoints when ``teacher.cache`` is on), then store it and its validation metrics
-    (plus ``val_extras`` of them); returns that info."""
+    """Train ``model`` with ``teacher.train`` on ``objective`` (default: cross-entropy),
+    continuing an interrupted training from its checkpoints when ``teacher.cache`` is on;
+    then ``finish()`` (which may set buffers the weights keep; what it returns joins the
+    info) and store it with its validation metrics (plus ``val_extras`` of them); returns
+    that info."""
     spec = recipe.teacher
     assert spec is not None and spec.train is not None
     folder = teacher_cache_dir(recipe)
@@ -135,6 +141,7 @@ def fit_and_store_teacher(
     per_epoch = len(train_loader)
     run = Distiller(
         model,
+        objective=objective,
         **settings(
             spec.train,
             seed=recipe.seed,
@@ -156,6 +163,7 @@ def fit_and_store_teacher(
         "model": spec.model,
         "train_seconds": time.perf_counter() - started,
         "val": {**val, **val_extras(val)},
+        **finish(),
     }
 
     def write() -> None:

@@ -1,8 +1,9 @@
 """Teachers: anything that answers a batch with a ``TeacherOutput`` and never trains.
 
 ``Module`` (a frozen model), ``Ensemble`` (several teachers combined or routed), ``EMA``
-(the moving average of the student, for self-distillation) and ``Cached`` (a teacher's
-outputs read back from a teacher cache)."""
+(the moving average of the student, for self-distillation), ``Cached`` (a teacher's
+outputs read back from a teacher cache) and ``ZeroShotAnswers`` (a CLIP teacher read from
+its cache of image embeddings)."""
 
 from distill.outputs import TeacherOutput
 from distill.teachers.base import Teacher
@@ -10,6 +11,7 @@ from distill.teachers.cached import Cached
 from distill.teachers.ema import EMA, ema_momentum
 from distill.teachers.ensemble import Ensemble, EnsembleModel
 from distill.teachers.module import Module
+from distill.teachers.zero_shot import ZeroShotAnswers
 
 __all__ = [
     "EMA",
@@ -19,5 +21,6 @@ __all__ = [
     "Module",
     "Teacher",
     "TeacherOutput",
+    "ZeroShotAnswers",
     "ema_momentum",
 ]

