@@ -11,11 +11,12 @@ import transformers
 from sklearn.linear_model import LogisticRegression
 
 from distill.cache import read_manifest
-from distill.errors import RecipeError
+from distill.errors import DataError, RecipeError
 from distill.measure import linear_probe_accuracy, retrieval_recall
 from distill.recipes import validate_recipe
 from distill.recipes.load import load_recipe, read_yaml
-from distill.runs.clip import clip_terms, prepare_data
+from distill.runs.clip import clip_terms
+from distill.runs.clip_data import prepare_data
 from distill.runs.run import eval_command, export_command, run_recipe
 
 from .test_clip_models import save_tiny_clip
@@ -114,6 +115,9 @@ def test_a_hugging_face_clip_teacher_and_a_student_cut_from_its_image_tower(
     teacher, student = summary["models"]["teacher"], summary["models"]["student"]
     assert student["parameters"] < teacher["parameters"]  # one of two vision layers kept
     assert student["steps"] == 4
+    # distill eval rebuilds the student from the teacher's tower and its saved weights
+    metrics, _ = eval_command(tmp_path / "runs" / "tiny_hf_clip")
+    assert metrics["accuracy"] == pytest.approx(student["accuracy"])
 
 
 def test_clip_terms_tap_the_image_embedding_and_take_the_teachers_scale():
@@ -279,3 +283,124 @@ def test_the_doctor_examines_a_clip_teacher_through_its_zero_shot_logits(
     assert "zero-shot class logits" in result["notes"][0]
     section = (tmp_path / "fashion_mnist_clip_kd" / "doctor.md").read_text()
     assert "logit scale" in section and "Capacity gap" in section
+
+
+@needs_minilm
+def test_clip_students_compress_and_export_like_classifiers(
+    digits_idx_dir, isolated_cache, tmp_path
+):
+    """Channels removed (the projection to the text width kept), then int8 post-training
+    quantization, each a report row; the last float stage exported and checked."""
+    stages = "compress=[{kind: channels, ratio: 0.5, max_steps: 5}, {kind: quantize, epochs: 0}]"
+    recipe = tiny(digits_idx_dir, tmp_path, stages, "export={}", "baseline=false")
+    summary = run_recipe(recipe, progress=False, log=lambda line: None)
+    models = summary["models"]
+    channels, quantized = models["compress_1_channels"], models["compress_2_quantize"]
+    assert channels["parameters"] < models["student"]["parameters"]
+    assert 0.0 <= channels["linear_probe"] <= 1.0 and 0.0 <= quantized["accuracy"] <= 1.0
+    assert models["export_onnx"]["agreement"] >= 0.999
+    # a rerun rebuilds the finished stages from the run directory
+    again = run_recipe(recipe, progress=False, log=lambda line: None)
+    assert again["models"]["compress_1_channels"]["accuracy"] == channels["accuracy"]
+
+
+# -- images with their own captions --------------------------------------------------------
+
+
+def captioned_folder(root, digits, captions_in="txt", skip=()):
+    """digits images as PNG files, root/{train,test}/<class>/<n>.png, each with its own
+    caption (a .txt next to it, or rows of root/captions.jsonl) unless its name is in
+    ``skip``."""
+    import json
+
+    from PIL import Image
+
+    words = {0: "zero", 1: "one", 2: "two"}
+    shapes = {0: "a round loop", 1: "a single stroke", 2: "a curve and a bar"}
+    rows = []
+    for split, data, per_class in (("train", digits[0], 40), ("test", digits[1], 8)):
+        x, y = data.tensors
+        for label, name in words.items():
+            (root / split / name).mkdir(parents=True)
+            picked = (y == label).nonzero().flatten()[:per_class]
+            for n, i in enumerate(picked.tolist()):
+                file = root / split / name / f"{n}.png"
+                Image.fromarray((x[i, 0] * 255).byte().numpy()).save(file)
+                text = f"the digit {name} written by hand, {shapes[label]}, sample {n % 3}"
+                if file.name in skip and split == "test":
+                    continue
+                if captions_in == "txt":
+                    file.with_suffix(".txt").write_text(text)
+                else:
+                    rows.append({"image": str(file.relative_to(root)), "caption": text})
+    if rows:
+        (root / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return root
+
+
+def own_caption_recipe(folder, tmp_path, **captions):
+    return validate_recipe(
+        {
+            "name": "own_captions",
+            "task": "clip",
+            "data": {
+                "dataset": "image_folder",
+                "path": str(folder),
+                "image_size": 16,
+                "batch_size": 32,
+                "captions": {"text_tower": "hf:all-minilm-l6-v2", "probe_examples": 60,
+                             **captions},
+            },
+            "teacher": {"model": "zoo:cnn", "train": {"max_steps": 10}},
+            "student": {"model": "zoo:mlp", "args": {"hidden": 16}},
+            "objective": {"relational": {"loss": "clip_relational"}},
+            "train": {"max_steps": 5},
+            "output": {"dir": str(tmp_path / "runs"), "latency_repeats": 2},
+        }
+    )  # fmt: skip
+
+
+@needs_minilm
+@pytest.mark.parametrize("source", ["txt", "jsonl"])
+def test_images_with_their_own_captions_from_files_or_a_jsonl(
+    digits, isolated_cache, tmp_path, source
+):
+    folder = captioned_folder(tmp_path / "digits", digits, captions_in=source)
+    options = {"files": True} if source == "txt" else {"jsonl": str(folder / "captions.jsonl")}
+    recipe = own_caption_recipe(folder, tmp_path, **options)
+    data = prepare_data(recipe, log=lambda line: None)
+    assert data.caption_embeddings.shape == (9, 384)  # 3 classes x 3 distinct captions
+    image, label, meta = data.test[0]
+    assert image.shape == (3, 16, 16) and label == 0
+    own = data.test.choice[0]  # the caption of test image 0 is its own file's
+    torch.testing.assert_close(meta["text"], data.caption_embeddings[own])
+    summary = run_recipe(recipe, progress=False, log=lambda line: None)
+    for row in summary["models"].values():
+        assert 0.0 <= row["image_to_text_r1"] <= row["image_to_text_r5"] <= 1.0
+
+
+@needs_minilm
+def test_a_test_image_without_its_caption_is_named(digits, tmp_path):
+    folder = captioned_folder(tmp_path / "digits", digits, skip=("3.png",))
+    with pytest.raises(DataError, match=r"one/3.png: this test image has no caption .*3 have"):
+        prepare_data(own_caption_recipe(folder, tmp_path, files=True))
+
+
+def test_own_captions_need_an_image_folder():
+    with pytest.raises(RecipeError, match=r"set data\.dataset: image_folder"):
+        clip_recipe(**{"data.captions.files": True})
+
+
+def test_rows_without_their_own_caption_get_a_pool_text_and_no_label_in_training():
+    from torch.utils.data import Subset, TensorDataset
+
+    from distill.data.captions import OwnCaptions
+
+    images = TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 1, -100]))
+    texts = torch.eye(3)
+    rows = Subset(images, [3, 2, 1])  # row i of the subset is image [3, 2, 1][i]
+    training = OwnCaptions(rows, texts, captions=[0, 2, -1, 1], hide_uncaptioned=True)
+    assert [training[i][1] for i in range(3)] == [-100, -100, 1]  # 3 unlabelled, 2 no caption
+    torch.testing.assert_close(training[2][2]["text"], texts[2])  # image 1's own caption
+    evaluation = OwnCaptions(rows, texts, captions=[0, 2, -1, 1])
+    assert [int(evaluation[i][1]) for i in range(3)] == [-100, 1, 1]

@@ -11,15 +11,18 @@ templates (``class_prompts``): a student is scored on wordings it never trained 
 
 from __future__ import annotations
 
+import json
 import string
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from distill.data.idx import CLASSES
+from distill.errors import DataError
 from distill.outputs import IGNORE_INDEX
 
 # two descriptions per Fashion-MNIST class, in the order of data.idx.CLASSES
@@ -136,3 +139,80 @@ class CaptionedImages(Dataset):
             label,
             {**(meta[0] if meta else {}), "text": self.embeddings[self.choice[index]]},
         )
+
+
+def caption_files(
+    images: Sequence[Path], root: Path, jsonl: Path | None = None
+) -> list[str | None]:
+    """Each image's own caption: the row of ``jsonl`` that names it (``{"image": path, "caption":
+    text}``, the path relative to ``root`` or absolute), else the text file next to it
+    (``cat/001.png`` → ``cat/001.txt``); None where there is neither."""
+    given: dict[Path, str] = {}
+    if jsonl is not None:
+        for number, line in enumerate(Path(jsonl).read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                path, text = Path(row["image"]), str(row["caption"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise DataError(
+                    f'{jsonl} line {number}: expected {{"image": path, "caption": text}} ({error})'
+                ) from None
+            given[(path if path.is_absolute() else root / path).resolve()] = text
+    found: list[str | None] = []
+    for image in images:
+        text = given.get(Path(image).resolve())
+        sidecar = Path(image).with_suffix(".txt")
+        if text is None and sidecar.exists():
+            text = sidecar.read_text().strip()
+        found.append(text or None)
+    return found
+
+
+def source_rows(dataset: Dataset) -> list[int]:
+    """The row of the underlying dataset behind each row of ``dataset`` (through subsets
+    and wrappers that keep rows, such as a transfer set's ``WithoutLabels``)."""
+    if isinstance(dataset, Subset):
+        inner = source_rows(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    inner_dataset = getattr(dataset, "dataset", None)
+    if isinstance(inner_dataset, Dataset) and len(inner_dataset) == len(dataset):  # type: ignore[arg-type]
+        return source_rows(inner_dataset)
+    return list(range(len(dataset)))  # type: ignore[arg-type]
+
+
+class OwnCaptions(Dataset):
+    """``(image, label, {"text": embedding})`` where each image has its own caption:
+    ``captions[i]`` indexes ``embeddings`` for row i of the underlying dataset (-1: none;
+    ``source_rows`` maps ``images``' rows to it). An image without a caption, or without a
+    label (a transfer set's row), gets a text from the pool (drawn with ``seed``) and, with
+    ``hide_uncaptioned`` (training rows), label -100, so contrastive losses leave it out."""
+
+    def __init__(
+        self,
+        images: Dataset,
+        embeddings: Tensor,
+        captions: Sequence[int],
+        seed: int = 0,
+        hide_uncaptioned: bool = False,
+    ) -> None:
+        self.images, self.embeddings = images, embeddings.float()
+        self.hide_uncaptioned = hide_uncaptioned
+        g = torch.Generator().manual_seed(seed)
+        pool = torch.randint(len(embeddings), (len(images),), generator=g).tolist()  # type: ignore[arg-type]
+        self.own = [int(captions[row]) for row in source_rows(images)]
+        self.pool = pool
+        # the caption of each row that has one, a pool text for the others
+        self.choice = [c if c >= 0 else p for c, p in zip(self.own, pool, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.choice)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, dict[str, Any]]:
+        image, label, *meta = self.images[index]
+        captioned = self.own[index] >= 0 and int(label) != IGNORE_INDEX
+        if not captioned and self.hide_uncaptioned:
+            label = IGNORE_INDEX
+        text = self.embeddings[self.own[index] if captioned else self.pool[index]]
+        return image, label, {**(meta[0] if meta else {}), "text": text}

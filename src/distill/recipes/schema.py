@@ -159,6 +159,12 @@ class Recipe(Strict):
             )
         if self.task != "clip":
             return
+        own = captions.files or captions.jsonl is not None
+        if own and getattr(self.data, "dataset", None) != "image_folder":
+            raise ValueError(
+                "data.captions.files and data.captions.jsonl give images their own captions: "
+                "set data.dataset: image_folder (data.path with train/<class>/ and test/<class>/)"
+            )
         if self.teacher is None or self.teacher.model in ("ensemble", "ema"):
             raise ValueError(
                 "task clip distils an image-text teacher: set teacher.model to an image model "
@@ -177,8 +183,10 @@ class Recipe(Strict):
         kinds = [stage.kind for stage in self.compress]
         if not kinds:
             return
-        if self.task != "classification" or self.peers > 1:
-            raise ValueError("compress stages are for classification recipes with one student")
+        if not exports or self.peers > 1:
+            raise ValueError(
+                "compress stages are for classification and clip recipes with one student"
+            )
         if self.teacher is None or self.teacher.model == "ema":
             raise ValueError("compress stages distil from the recipe's teacher: set teacher")
         if "quantize" in kinds[:-1]:

@@ -305,6 +305,16 @@ class CaptionSpec(Strict):
     probe_examples: int = Field(
         10_000, ge=10, description="training images the linear probe is fitted on"
     )
+    files: bool = Field(
+        False,
+        description="image_folder: each image's own caption is the text file next to it "
+        "(cat/001.png + cat/001.txt), instead of templates",
+    )
+    jsonl: Path | None = Field(
+        None,
+        description='image_folder: own captions from a JSONL file of {"image": path, '
+        '"caption": text} rows (paths relative to data.path), instead of templates',
+    )
 
     @model_validator(mode="after")
     def _templates(self) -> CaptionSpec:

@@ -1,10 +1,9 @@
 """``task: clip``: distil a CLIP-style image–text teacher into a small image encoder.
 
-- **Data**: a labelled image dataset whose classes get captions from templates
-  (``data.captions``); a frozen text tower embeds the captions and the classes' zero-shot
+- **Data** (``runs.clip_data``): a labelled image dataset with captions from templates or
+  each image's own; a frozen text tower embeds the captions and the classes' zero-shot
   prompts once. With ``data.labeled`` only that many training images keep their caption;
-  the others form a transfer set, each with a text from the caption pool that says
-  nothing about it (for losses that compare with texts), and the teacher answers for them.
+  the teacher answers for the others (a transfer set).
 - **Models**: every image model is a ``ZeroShotClassifier``: an image encoder (a zoo,
   torchvision or timm model whose head is the learned projection to the text width, an
   ``hf-clip:`` image tower, or for the student ``teacher``: the teacher's tower with fewer
@@ -24,162 +23,37 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, Dataset, Subset, default_collate
+from torch.utils.data import ConcatDataset, Dataset, default_collate
 
 from distill import teachers
 from distill.batch import as_batch
 from distill.cache import Layout
-from distill.data import Augmented, WithExampleId, labeled_split, load_dataset, train_val_split
-from distill.data.captions import (
-    CLASS_NAMES,
-    FASHION_MNIST_DESCRIPTIONS,
-    CaptionedImages,
-    class_captions,
-    class_prompts,
-)
 from distill.errors import DistillError, RecipeError
 from distill.losses import clip_contrastive
 from distill.losses.registry import loss_info, loss_parameters
 from distill.measure import linear_probe_accuracy, parameter_count, retrieval_recall, size_on_disk
 from distill.methods.clip import LearnedScaleContrastive
 from distill.models import build_model
-from distill.models.clip import ZeroShotClassifier, embed_images, load_hf_clip, load_text_tower
+from distill.models.clip import ZeroShotClassifier, embed_images, load_hf_clip
 from distill.models.shrink import student_from_teacher
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.cache import make_layout
 from distill.runs.classify import gap_closed
+from distill.runs.clip_data import INITIAL_SCALE, ClipData, prepare_data
 from distill.runs.common import RECIPE_FILE, Log, Splits, Task, loader
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
 from distill.taps import Taps
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
 
-INITIAL_SCALE = 1 / 0.07  # CLIP's initial logit scale, before the teacher learns its own
 ENCODER = "encoder"  # the tap of a ZeroShotClassifier's image embedding
-
-
-@dataclass
-class ClipData(Splits):
-    """A CLIP run's splits (rows carry their caption's embedding as ``text``), the raw
-    training images with their classes for the linear probe, and the text side."""
-
-    teacher_train: Dataset
-    probe_train: Dataset
-    num_classes: int
-    in_shape: tuple[int, ...]
-    text_tower: str
-    caption_embeddings: Tensor  # (captions, D)
-    prompts: Tensor  # (classes, D): per class, the mean of its prompts' embeddings
-    logit_scale: float = INITIAL_SCALE  # the teacher's, once it is known
-
-
-def text_tower_name(recipe: Recipe) -> str:
-    """``data.captions.text_tower``, or an ``hf-clip:`` teacher's own."""
-    captions = recipe.data.captions  # type: ignore[union-attr]
-    if captions.text_tower is not None:
-        return captions.text_tower
-    teacher = recipe.teacher.model if recipe.teacher is not None else "(none)"
-    if teacher.startswith("hf-clip:"):
-        return teacher
-    raise RecipeError(
-        f"data.captions.text_tower: the teacher {teacher} has no text tower to embed the "
-        "captions and zero-shot prompts; name one (hf:all-minilm-l6-v2, hf:<sentence encoder>, "
-        "hf-clip:<model>)"
-    )
-
-
-def class_texts(recipe: Recipe, train: Dataset, num_classes: int) -> tuple[list, list]:
-    """(class names, descriptions per class) for the captions and prompts."""
-    spec, captions = recipe.data, recipe.data.captions  # type: ignore[union-attr]
-    names = captions.classes or CLASS_NAMES.get(spec.dataset) or getattr(train, "classes", None)
-    if names is None:
-        raise RecipeError(
-            f"data.captions.classes: give the names of the {num_classes} classes of "
-            f"{spec.dataset}, in label order"
-        )
-    if len(names) != num_classes:
-        raise RecipeError(
-            f"data.captions.classes has {len(names)} names; the data has {num_classes} classes"
-        )
-    described = captions.descriptions
-    if described is None:
-        builtin = spec.dataset == "fashion_mnist" and captions.classes is None
-        described = FASHION_MNIST_DESCRIPTIONS if builtin else [[name] for name in names]
-    if len(described) != num_classes:
-        raise RecipeError(
-            f"data.captions.descriptions has {len(described)} lists; give one per class "
-            f"({num_classes})"
-        )
-    return list(names), [list(d) for d in described]
-
-
-def prepare_data(recipe: Recipe, log: Log = print) -> ClipData:
-    spec, captions = recipe.data, recipe.data.captions  # type: ignore[union-attr]
-    train, test, num_classes = load_dataset(
-        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size
-    )
-    names, described = class_texts(recipe, train, num_classes)
-    tower_name = text_tower_name(recipe)
-    try:
-        tower = load_text_tower(tower_name)
-    except (ValueError, DistillError) as error:
-        raise RecipeError(f"data.captions.text_tower: {error}") from None
-    texts, text_classes = class_captions(names, described, captions.templates)
-    embedded = tower.embed(texts)
-    prompts = class_prompts(tower.embed, names, described, captions.prompts)
-    log(
-        f"text tower {tower_name}: {len(texts)} captions and the prompts of {num_classes} "
-        f"classes embedded ({embedded.shape[1]} wide)"
-    )
-    if recipe.cache is not None:  # ids for the teacher-output cache, unique over both sets
-        train, test = WithExampleId(train), WithExampleId(test, offset=len(train))
-    teacher_train, val = train_val_split(train, spec.val_fraction, spec.split_seed)
-    probe_train = Subset(teacher_train, range(min(captions.probe_examples, len(teacher_train))))
-
-    def captioned(rows: Dataset) -> CaptionedImages:
-        return CaptionedImages(rows, embedded, text_classes, seed=spec.split_seed)
-
-    teacher_train, val = captioned(teacher_train), captioned(val)
-    if spec.labeled is None:
-        student_train = baseline_train = teacher_train
-        regime = f"every one of {len(teacher_train):,} training images has a caption"
-    else:
-        baseline, val_rows, transfer = labeled_split(
-            train, spec.labeled, spec.val_fraction, spec.split_seed
-        )
-        baseline_train, val, student_train = map(captioned, (baseline, val_rows, transfer))
-        regime = (
-            f"{spec.labeled:,} captioned images ({len(baseline_train):,} train + {len(val):,} "
-            f"validation); the distilled student also learns from the teacher on "
-            f"{len(student_train):,} training images (a transfer set: the others' texts come "
-            "from the caption pool)"
-        )
-    if spec.augment:
-        teacher_train, student_train, baseline_train = map(
-            Augmented, (teacher_train, student_train, baseline_train)
-        )
-    return ClipData(
-        student_train=student_train,
-        baseline_train=baseline_train,
-        val=val,
-        test=captioned(test),
-        regime=regime,
-        teacher_train=teacher_train,
-        probe_train=probe_train,
-        num_classes=num_classes,
-        in_shape=tuple(train[0][0].shape),
-        text_tower=tower_name,
-        caption_embeddings=embedded,
-        prompts=prompts,
-    )
 
 
 def image_encoder(spec: ModelSpec, data: ClipData) -> nn.Module:
@@ -191,6 +65,15 @@ def image_encoder(spec: ModelSpec, data: ClipData) -> nn.Module:
             raise RecipeError(str(error)) from None
     width = data.prompts.shape[1]  # a model's head is its projection to the text width
     return build_model(spec.model, width, data.in_shape, spec.args, spec.pretrained)
+
+
+def cut_from_teacher(tower: nn.Module, spec: ModelSpec) -> nn.Module:
+    """``student: {model: teacher, args: {keep: ...}}``: the teacher's image tower with
+    the layers ``keep`` selects, weights included (a trainable copy)."""
+    try:
+        return student_from_teacher(tower, spec.args.get("keep", "every_other"))
+    except ValueError as error:
+        raise RecipeError(f"student.args.keep: {error}") from None
 
 
 def clip_model(spec: ModelSpec, data: ClipData, scale: float) -> ZeroShotClassifier:
@@ -206,7 +89,13 @@ def clip_model(spec: ModelSpec, data: ClipData, scale: float) -> ZeroShotClassif
         earlier = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
         if earlier.task != "clip":
             raise RecipeError(f"model {spec.model}: a task {earlier.task} run, not a clip one")
-        model = clip_model(earlier.student.model_copy(update={"checkpoint": None}), data, scale)
+        student = earlier.student.model_copy(update={"checkpoint": None})
+        if student.model == "teacher":  # cut from the earlier teacher's image tower
+            assert earlier.teacher is not None
+            encoder = image_encoder(earlier.teacher, data)
+            model = ZeroShotClassifier(cut_from_teacher(encoder, student), data.prompts, scale)
+        else:
+            model = clip_model(student, data, scale)
         ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
     else:
         model = ZeroShotClassifier(image_encoder(spec, data), data.prompts, scale)
@@ -353,11 +242,7 @@ class Clip(Task):
         if spec.model != "teacher":
             return clip_model(spec, data, data.logit_scale)
         assert isinstance(teacher, ZeroShotClassifier)  # the recipe checks it
-        keep = spec.args.get("keep", "every_other")
-        try:
-            encoder = student_from_teacher(teacher.encoder, keep)
-        except ValueError as error:
-            raise RecipeError(f"student.args.keep: {error}") from None
+        encoder = cut_from_teacher(teacher.encoder, spec)
         return ZeroShotClassifier(encoder, data.prompts, data.logit_scale)
 
     def load_student(self, run_dir: Path, recipe: Recipe, data: Splits) -> nn.Module:
@@ -376,8 +261,9 @@ class Clip(Task):
         train_x, train_y = embed_images(model.encoder, data.probe_train, size)
         test_x, test_y = embed_images(model.encoder, data.test, size)
         metrics["linear_probe"] = linear_probe_accuracy(train_x, train_y, test_x, test_y)
-        caption_of_image = torch.tensor(data.test.choice)  # type: ignore[attr-defined]
-        metrics.update(retrieval_recall(test_x, data.caption_embeddings, caption_of_image))
+        # the test images' captions are the gallery of texts
+        used, owner = torch.tensor(data.test.choice).unique(return_inverse=True)  # type: ignore[attr-defined]
+        metrics.update(retrieval_recall(test_x, data.caption_embeddings[used], owner))
         return metrics
 
     def describe(

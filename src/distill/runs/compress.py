@@ -106,7 +106,7 @@ def run_compress(
         folder = run_dir / STAGES_DIR / name
         done = finished_stage(folder, log)
         if done is not None:  # finished by an earlier run: its student, rebuilt
-            student = load_stage(run_dir, index)
+            student = load_stage(run_dir, index, task.load_student(run_dir, recipe, data))
             masks = (
                 zero_masks(student) if "prune" in [s.kind for s in recipe.compress[:index]] else {}
             )
@@ -246,8 +246,11 @@ def resize_like(model: nn.Module, state: dict[str, Tensor]) -> None:
             module.num_features = module.weight.shape[0]
 
 
-def load_stage(run_dir: Path, index: int) -> nn.Module:
-    """The student after compress stage ``index`` (1-based) of the run in ``run_dir``."""
+def load_stage(run_dir: Path, index: int, student: nn.Module | None = None) -> nn.Module:
+    """The student after compress stage ``index`` (1-based) of the run in ``run_dir``:
+    ``student``, the run's distilled student as its task loads it (None: built from the
+    recipe's student spec, a classifier), with each stage's change replayed and its
+    weights loaded."""
     run_dir = Path(run_dir)
     recipe = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
     if not 1 <= index <= len(recipe.compress):
@@ -261,10 +264,12 @@ def load_stage(run_dir: Path, index: int) -> nn.Module:
     for folder in folders:
         if not (folder / STAGE_FILE).exists():
             raise FileNotFoundError(f"{folder / STAGE_FILE} is missing: did that stage finish?")
-    first = json.loads((folders[0] / STAGE_FILE).read_text())
-    spec = recipe.student
-    model = build_model(spec.model, first["num_classes"], tuple(first["in_shape"]), spec.args)
-    ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+    model = student
+    if model is None:
+        first = json.loads((folders[0] / STAGE_FILE).read_text())
+        spec = recipe.student
+        model = build_model(spec.model, first["num_classes"], tuple(first["in_shape"]), spec.args)
+        ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
     for stage, folder in zip(recipe.compress[:index], folders, strict=True):
         record = json.loads((folder / STAGE_FILE).read_text())
         weights = folder / ckpt.STUDENT_FILE

@@ -62,7 +62,8 @@ def exportable_student(
     """The model of compress stage ``stage`` (0: the distilled student) and its name."""
     if stage == 0:
         return task.load_student(run_dir, recipe, data), "student"
-    return load_stage(run_dir, stage), f"stage {stage} ({recipe.compress[stage - 1].kind})"
+    student = task.load_student(run_dir, recipe, data)
+    return load_stage(run_dir, stage, student), f"stage {stage} ({recipe.compress[stage - 1].kind})"
 
 
 def export_run(

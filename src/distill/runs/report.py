@@ -112,9 +112,9 @@ TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms
 
 def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The summary table for a terminal: (header, rows)."""
-    if is_clip(summary):  # without recall, to fit 80 columns
-        rows = [row[:3] + row[4:] for row in table_rows(summary)]
-        return ["model", "zero-shot", "probe", *TERMINAL_HEADER[2:]], rows
+    if is_clip(summary):  # without recall and size, to fit 80 columns
+        rows = [row[:3] + row[4:5] + row[6:] for row in table_rows(summary)]
+        return ["model", "zero-shot", "probe", "params", *TERMINAL_HEADER[4:]], rows
     if not is_language_model(summary):
         return TERMINAL_HEADER, table_rows(summary)
     rows = []
