@@ -338,13 +338,13 @@ def captioned_folder(root, digits, captions_in="txt", skip=()):
     return root
 
 
-def own_caption_recipe(folder, tmp_path, **captions):
+def own_caption_recipe(folder, tmp_path, dataset="image_folder", **captions):
     return validate_recipe(
         {
             "name": "own_captions",
             "task": "clip",
             "data": {
-                "dataset": "image_folder",
+                "dataset": dataset,
                 "path": str(folder),
                 "image_size": 16,
                 "batch_size": 32,
@@ -382,7 +382,7 @@ def test_images_with_their_own_captions_from_files_or_a_jsonl(
 @needs_minilm
 def test_a_test_image_without_its_caption_is_named(digits, tmp_path):
     folder = captioned_folder(tmp_path / "digits", digits, skip=("3.png",))
-    with pytest.raises(DataError, match=r"one/3.png: this test image has no caption .*3 have"):
+    with pytest.raises(DataError, match=r"one/3.png: this image has no caption \(3.txt.*3 have"):
         prepare_data(own_caption_recipe(folder, tmp_path, files=True))
 
 
@@ -404,3 +404,60 @@ def test_rows_without_their_own_caption_get_a_pool_text_and_no_label_in_training
     torch.testing.assert_close(training[2][2]["text"], texts[2])  # image 1's own caption
     evaluation = OwnCaptions(rows, texts, captions=[0, 2, -1, 1])
     assert [int(evaluation[i][1]) for i in range(3)] == [-100, 1, 1]
+
+
+def save_hub_digits(folder, digits):
+    """digits as a Hugging Face DatasetDict on disk: an Image column, a ClassLabel and a
+    caption column (empty for a few training rows)."""
+    import datasets
+    from PIL import Image
+
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "label": datasets.ClassLabel(names=["zero", "one", "two"]),
+        "caption": datasets.Value("string"),
+    })  # fmt: skip
+    splits = {}
+    for split, data, per_class in (("train", digits[0], 30), ("test", digits[1], 6)):
+        x, y = data.tensors
+        rows = {"image": [], "label": [], "caption": []}
+        for label in range(3):
+            for n, i in enumerate((y == label).nonzero().flatten()[:per_class].tolist()):
+                rows["image"].append(Image.fromarray((x[i, 0] * 255).byte().numpy()))
+                rows["label"].append(label)
+                blank = split == "train" and n < 3
+                rows["caption"].append("" if blank else f"digit {label} in ink, take {n % 2}")
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    return folder
+
+
+@needs_minilm
+def test_a_hugging_face_image_dataset_with_a_caption_column(digits, isolated_cache, tmp_path):
+    folder = save_hub_digits(tmp_path / "hub", digits)
+    recipe = own_caption_recipe(folder, tmp_path, "hf_images", column="caption")
+    data = prepare_data(recipe, log=lambda line: None)
+    assert data.num_classes == 3 and data.caption_embeddings.shape == (6, 384)
+    train_labels = [int(data.teacher_train[i][1]) for i in range(len(data.teacher_train))]
+    # the rows with a blank caption (9 in all, some in validation) are left out
+    blank = data.teacher_train.own.count(-1)
+    assert 0 < blank <= 9 and train_labels.count(-100) == blank
+    summary = run_recipe(recipe, progress=False, log=lambda line: None)
+    assert 0.0 <= summary["models"]["student"]["image_to_text_r5"] <= 1.0
+    bad = recipe.model_copy(deep=True)
+    bad.data.columns = {"image": "picture"}
+    with pytest.raises(DataError, match=r"no column \['picture'\] in the dataset \(it has image"):
+        prepare_data(bad)
+
+
+def test_a_hugging_face_image_dataset_loads_for_any_task(digits, tmp_path):
+    from distill.data import load_dataset
+
+    folder = save_hub_digits(tmp_path / "hub", digits)
+    train, test, classes = load_dataset("hf_images", folder, image_size=12)
+    assert (len(train), len(test), classes) == (90, 18, 3)
+    image, label = test[0]
+    assert image.shape == (3, 12, 12) and -1.0 <= float(image.min()) < float(image.max()) <= 1.0
+    assert train.classes == ["zero", "one", "two"] and label == 0
+    with pytest.raises(DataError, match=r"data.splits: .* has no split \['validation'\]"):
+        load_dataset("hf_images", folder, splits=("train", "validation"))

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from distill.data.domains import WithDomain, class_to_domain, domain_subset
+from distill.data.hub import HubImages, load_hub_images
 from distill.data.ids import WithExampleId
 from distill.data.idx import fashion_mnist_available, load_fashion_mnist, read_idx
 from distill.data.mnist1d import load_mnist1d
@@ -16,7 +17,7 @@ from distill.data.views import MultiCrop, random_crop_resized
 from distill.data.vision import Augmented, ImageFolder, load_cifar, load_image_folder
 from distill.errors import DataError
 
-DATASETS = ("fashion_mnist", "mnist1d", "cifar10", "cifar100", "image_folder")
+DATASETS = ("fashion_mnist", "mnist1d", "cifar10", "cifar100", "image_folder", "hf_images")
 NUM_CLASSES = {"fashion_mnist": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
 
 
@@ -26,8 +27,11 @@ def load_dataset(
     *,
     allow_download: bool = True,
     image_size: int = 32,
+    columns: dict[str, str] | None = None,
+    splits: tuple[str, str] = ("train", "test"),
 ) -> tuple[Dataset, Dataset, int]:
-    """(train, test, number of classes) for a dataset named in a recipe."""
+    """(train, test, number of classes) for a dataset named in a recipe (``columns`` and
+    ``splits``: those of an ``hf_images`` dataset)."""
     if name == "fashion_mnist":
         train, test = load_fashion_mnist(path, allow_download)
     elif name == "mnist1d":
@@ -37,6 +41,10 @@ def load_dataset(
     elif name == "image_folder":
         train, test = load_image_folder(path, image_size)
         return train, test, len(train.classes)
+    elif name == "hf_images":
+        train, test = load_hub_images(path, image_size, columns, splits)
+        labels = list(train.split[train.label]) + list(test.split[test.label])
+        return train, test, len(train.classes) if train.classes else int(max(labels)) + 1
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return train, test, NUM_CLASSES[name]
@@ -46,6 +54,7 @@ __all__ = [
     "DATASETS",
     "Augmented",
     "EpochSampler",
+    "HubImages",
     "ImageFolder",
     "MultiCrop",
     "ResumableLoader",
@@ -59,6 +68,7 @@ __all__ = [
     "load_cifar",
     "load_dataset",
     "load_fashion_mnist",
+    "load_hub_images",
     "load_image_folder",
     "load_mnist1d",
     "random_crop_resized",

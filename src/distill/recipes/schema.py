@@ -160,11 +160,14 @@ class Recipe(Strict):
         if self.task != "clip":
             return
         own = captions.files or captions.jsonl is not None
-        if own and getattr(self.data, "dataset", None) != "image_folder":
+        dataset = getattr(self.data, "dataset", None)
+        if own and dataset != "image_folder":
             raise ValueError(
                 "data.captions.files and data.captions.jsonl give images their own captions: "
                 "set data.dataset: image_folder (data.path with train/<class>/ and test/<class>/)"
             )
+        if captions.column is not None and dataset != "hf_images":
+            raise ValueError("data.captions.column reads a dataset column: data.dataset: hf_images")
         if self.teacher is None or self.teacher.model in ("ensemble", "ema"):
             raise ValueError(
                 "task clip distils an image-text teacher: set teacher.model to an image model "

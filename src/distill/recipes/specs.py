@@ -315,6 +315,9 @@ class CaptionSpec(Strict):
         description='image_folder: own captions from a JSONL file of {"image": path, '
         '"caption": text} rows (paths relative to data.path), instead of templates',
     )
+    column: str | None = Field(
+        None, description="hf_images: each image's own caption from this column"
+    )
 
     @model_validator(mode="after")
     def _templates(self) -> CaptionSpec:
@@ -332,7 +335,12 @@ class DataSpec(Strict):
     dataset: DatasetName
     path: Path | None = Field(None, description="folder with the files; None: the defaults")
     download: bool = True
-    image_size: int = Field(32, ge=8, description="image_folder only")
+    image_size: int = Field(32, ge=8, description="image_folder and hf_images only")
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"image": "image", "label": "label"},
+        description="hf_images: the image and label columns",
+    )
+    splits: tuple[str, str] = Field(("train", "test"), description="hf_images: train, test")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     labeled: int | None = Field(
         None,

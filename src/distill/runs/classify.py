@@ -59,8 +59,9 @@ class Data(Splits):
 def prepare_data(recipe: Recipe) -> Data:
     spec = recipe.data
     train, test, num_classes = load_dataset(
-        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size
-    )
+        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size,
+        columns=spec.columns, splits=spec.splits,
+    )  # fmt: skip
     if spec.domains:
         try:
             domain_of_class = class_to_domain(spec.domains, num_classes)

@@ -92,15 +92,16 @@ def class_texts(recipe: Recipe, train: Dataset, num_classes: int) -> tuple[list,
 def prepare_data(recipe: Recipe, log: Log = print) -> ClipData:
     spec, captions = recipe.data, recipe.data.captions  # type: ignore[union-attr]
     train, test, num_classes = load_dataset(
-        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size
-    )
+        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size,
+        columns=spec.columns, splits=spec.splits,
+    )  # fmt: skip
     names, described = class_texts(recipe, train, num_classes)
     tower_name = text_tower_name(recipe)
     try:
         tower = load_text_tower(tower_name)
     except (ValueError, DistillError) as error:
         raise RecipeError(f"data.captions.text_tower: {error}") from None
-    own = captions.files or captions.jsonl is not None
+    own = captions.files or captions.jsonl is not None or captions.column is not None
     if own:
         texts, own_train, own_test = own_captions(recipe, train, test)
     else:
@@ -160,22 +161,28 @@ def prepare_data(recipe: Recipe, log: Log = print) -> ClipData:
 
 def own_captions(recipe: Recipe, train: Dataset, test: Dataset) -> tuple[list, list, list]:
     """(distinct captions, caption index of each training image (-1: none), of each test
-    image) from the files next to the images or ``data.captions.jsonl``."""
-    captions, root = recipe.data.captions, Path(recipe.data.path)  # type: ignore[union-attr, arg-type]
-    found = {
-        split: caption_files([file for file, _ in rows.samples], root, captions.jsonl)  # type: ignore[attr-defined]
-        for split, rows in (("train", train), ("test", test))
-    }
-    missing = [file for (file, _), text in zip(test.samples, found["test"], strict=True)  # type: ignore[attr-defined]
-               if text is None]  # fmt: skip
+    image) from the files next to the images, ``data.captions.jsonl`` or the dataset's
+    ``data.captions.column``."""
+    captions, root = recipe.data.captions, Path(str(recipe.data.path))  # type: ignore[union-attr]
+    found, names = {}, {}
+    for split, rows in (("train", train), ("test", test)):
+        if captions.column is not None:  # an hf_images dataset
+            found[split] = rows.texts(captions.column)  # type: ignore[attr-defined]
+            names[split] = [f"{split} row {i}: this image has no caption (its "
+                            f"{captions.column!r} is empty)" for i in range(len(rows))]  # type: ignore[arg-type]  # fmt: skip
+        else:
+            files = [file for file, _ in rows.samples]  # type: ignore[attr-defined]
+            found[split] = caption_files(files, root, captions.jsonl)
+            names[split] = [f"{f}: this image has no caption ({f.with_suffix('.txt').name} or "
+                            "a row of data.captions.jsonl)" for f in files]  # fmt: skip
+    missing = [name for name, text in zip(names["test"], found["test"], strict=True) if not text]
     if missing:
         raise DataError(
-            f"{missing[0]}: this test image has no caption ({missing[0].with_suffix('.txt').name}"
-            f" or a row of data.captions.jsonl); image-text recall needs one for every test "
-            f"image, and {len(missing)} have none"
+            f"{missing[0]}; image-text recall needs a caption for every test image, and "
+            f"{len(missing)} have none"
         )
     if not any(found["train"]):
-        raise DataError(f"{root / 'train'}: no training image has a caption file or JSONL row")
+        raise DataError(f"{recipe.data.path}: no training image has a caption")
     texts = sorted({text for split in found.values() for text in split if text})
     index = {text: i for i, text in enumerate(texts)}
     train_index, test_index = ([index[t] if t else -1 for t in found[s]] for s in ("train", "test"))
