@@ -3,8 +3,9 @@
 A batch may be ``inputs``, ``(inputs,)``, ``(inputs, labels)``, ``(inputs, labels, meta)``
 or a dict. A dict's ``labels`` and ``loss_mask`` entries are taken out, so are the metadata
 entries (``META_KEYS``: ``domain``, the index of the domain of each example, which routes it
-to its teacher, ``example_id``, and ``text``, each image's caption embedding for CLIP-style
-losses), and the rest is passed to the model as keyword
+to its teacher, ``example_id``, ``text``, each image's caption embedding for CLIP-style
+losses, and ``example_weight``, a per-example loss weight such as a diffusion step's SNR
+weighting), and the rest is passed to the model as keyword
 arguments (the Hugging Face convention). ``meta`` in a tuple is a dict of metadata entries.
 ``loss_mask`` (N,) or (N, T) selects the rows that count in every loss. A model whose
 ``forward`` takes a ``domain`` argument (a routed ensemble) is given the batch's domains.
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from distill.outputs import IGNORE_INDEX
 
-META_KEYS = ("domain", "example_id", "text")
+META_KEYS = ("domain", "example_id", "text", "example_weight")
 
 
 @dataclass

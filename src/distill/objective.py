@@ -43,6 +43,7 @@ class LossInputs:
     student_features: dict[str, Tensor] = field(default_factory=dict)
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     text: Tensor | None = None  # the batch's caption embeddings (CLIP-style data)
+    example_weight: Tensor | None = None  # a per-example loss weight (diffusion: SNR)
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
 A loss's parameter names say what it reads (``student_logits``, ``teacher_logits``,
 ``teacher_topk``, ``labels``, ``mask``, ``student_features``, ``teacher_features``,
-``text``); an
-objective term uses those names to feed it. ``losses.registry`` names them for recipes.
+``text``, ``example_weight``); an objective term uses those names to feed it.
+``losses.registry`` names them for recipes.
 """
 
 from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
+from distill.losses.diffusion import denoising, progressive_distillation
 from distill.losses.features import (
     attention_transfer,
     cosine_embedding,
@@ -42,6 +43,7 @@ __all__ = [
     "clip_relational",
     "cosine_embedding",
     "cross_entropy",
+    "denoising",
     "dist",
     "dkd",
     "hint",
@@ -52,6 +54,7 @@ __all__ = [
     "logit_standardized_kl",
     "mutual_learning",
     "pkt",
+    "progressive_distillation",
     "reverse_kl",
     "rkd_angle",
     "rkd_distance",

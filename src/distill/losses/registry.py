@@ -6,7 +6,8 @@ new loss is one function in ``losses/``, one test, and one line in ``LOSSES`` be
 
 What a loss reads comes from its parameter names (the convention every loss follows):
 ``student_logits``, ``teacher_logits``, ``teacher_topk`` (a sparse teacher), ``labels``,
-``mask``, ``student_features``, ``teacher_features``; any parameter starting with
+``mask``, ``student_features``, ``teacher_features``, ``text`` (caption embeddings),
+``example_weight`` (a per-example weight the batch carries); any parameter starting with
 ``teacher_`` means it reads the teacher, and ``student_head`` means it reads the two
 models' LM heads rather than logits (``methods.token_kd`` builds its term).
 """
@@ -22,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
+from distill.losses.diffusion import denoising, progressive_distillation
 from distill.losses.features import (
     attention_transfer,
     cosine_embedding,
@@ -57,6 +59,7 @@ INPUT_NAMES = (
     "student_features",
     "teacher_features",
     "text",
+    "example_weight",
 )
 
 
@@ -150,6 +153,8 @@ LOSSES: dict[str, LossInfo] = {
         LossInfo("clip_embedding", clip_embedding),
         LossInfo("clip_relational", clip_relational),
         LossInfo("clip_affinity", clip_affinity),
+        LossInfo("progressive_distillation", progressive_distillation),
+        LossInfo("denoising", denoising),
     )
 }
 RECIPE_LOSSES = tuple(sorted(name for name, info in LOSSES.items() if info.in_recipes))

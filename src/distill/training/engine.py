@@ -152,6 +152,7 @@ class Distiller:
             student_features=self.student_taps.pop(),
             teacher_features=teacher_out.features if teacher_out is not None else {},
             text=batch.meta.get("text"),
+            example_weight=batch.meta.get("example_weight"),
         )
 
     def _build_projectors(self, first: Batch) -> None:

@@ -1,0 +1,121 @@
+"""The arithmetic of distilling a diffusion sampler, as pure functions on tensors.
+
+Variance-preserving diffusion: ``z_t = α_t x + σ_t ε`` with ``α_t² + σ_t² = 1``. A network
+predicts ``v = α_t ε − σ_t x`` (Salimans & Ho's v-parameterisation), from which
+``x̂ = α_t z_t − σ_t v̂`` and ``ε̂ = σ_t z_t + α_t v̂``; an ε-prediction converts by
+``x̂ = (z_t − σ_t ε̂) / α_t``. ``alpha`` and ``sigma`` are per-example (N,) tensors,
+broadcast over the image dimensions.
+
+- ``ddim_step``: the deterministic DDIM update from ``t`` to ``s``.
+- ``progressive_target``: the clean image a one-step student must predict so that its one
+  DDIM step lands where the teacher's two steps landed (Salimans & Ho, 2022, Algorithm 2).
+- ``progressive_distillation``: the student's loss against that target, in v-space, with
+  the paper's truncated-SNR weighting (``truncated_snr_weight``); ``denoising``: the
+  diffusion model's own training loss against the true v.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from distill.losses.reductions import upcast
+
+__all__ = [
+    "ddim_step",
+    "denoising",
+    "progressive_distillation",
+    "progressive_target",
+    "truncated_snr_weight",
+    "v_from_x",
+    "x_from_v",
+]
+
+
+def _b(scale: Tensor, like: Tensor) -> Tensor:
+    """(N,) → (N, 1, 1, …) to broadcast over an image batch."""
+    return scale.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def x_from_v(z: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """``x̂ = α z − σ v``."""
+    return _b(alpha, z) * z - _b(sigma, z) * v
+
+
+def v_from_x(z: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The v that gives ``x``: ``v = (α z − x) / σ`` (σ > 0)."""
+    return (_b(alpha, z) * z - x) / _b(sigma, z)
+
+
+def ddim_step(
+    z: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, alpha_next: Tensor, sigma_next: Tensor
+) -> Tensor:
+    """Deterministic DDIM (Song et al., ICLR 2021, η = 0) from ``z_t`` with the predicted
+    clean image ``x``: ``z_s = α_s x + σ_s ε̂`` with ``ε̂ = (z_t − α_t x) / σ_t``."""
+    eps = (z - _b(alpha, z) * x) / _b(sigma, z)
+    return _b(alpha_next, z) * x + _b(sigma_next, z) * eps
+
+
+def progressive_target(
+    z: Tensor, z_two_steps: Tensor, alpha: Tensor, sigma: Tensor, alpha_end: Tensor,
+    sigma_end: Tensor,
+) -> Tensor:  # fmt: skip
+    """The target ``x̃`` of progressive distillation: the clean-image prediction whose one
+    DDIM step from ``z_t`` lands on the teacher's two-step result ``z_t''``.
+
+    Formula: ``x̃ = (z_t'' − (σ_t''/σ_t) z_t) / (α_t'' − (σ_t''/σ_t) α_t)``; at the last
+    step (σ_t'' = 0) it is ``z_t'' / α_t''``. Paper: Salimans & Ho, "Progressive
+    Distillation for Fast Sampling of Diffusion Models", ICLR 2022 (Algorithm 2)."""
+    z, z_two_steps = upcast(z), upcast(z_two_steps)
+    ratio = _b(sigma_end / sigma, z)
+    return (z_two_steps - ratio * z) / (_b(alpha_end, z) - ratio * _b(alpha, z))
+
+
+def truncated_snr_weight(alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The weight, in v-space, of the paper's "truncated SNR" x-space weighting
+    ``max(SNR, 1)`` (``SNR = α²/σ²``): since ``‖x̃ − x̂‖² = σ² ‖ṽ − v̂‖²``, it is
+    ``max(SNR, 1) · σ² = max(α², σ²)``. It keeps nearly pure-noise inputs from losing all
+    weight, as SNR weighting alone would."""
+    return torch.maximum(alpha.double() ** 2, sigma.double() ** 2)
+
+
+def _weighted_mse(prediction: Tensor, target: Tensor, weight: Tensor | None, what: str) -> Tensor:
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"{what}: the prediction {tuple(prediction.shape)} and the target "
+            f"{tuple(target.shape)} must have the same shape"
+        )
+    error = (upcast(prediction) - upcast(target)).square().flatten(1).mean(1)
+    return error.mean() if weight is None else (weight.to(error.dtype) * error).mean()
+
+
+def progressive_distillation(
+    student_logits: Tensor, teacher_logits: Tensor, example_weight: Tensor | None = None
+) -> Tensor:
+    """The loss of a progressive-distillation student: ``student_logits`` its v-prediction
+    at ``z_t``, ``teacher_logits`` the target ``ṽ`` (the v that gives ``x̃``, the clean image
+    of ``progressive_target``), ``example_weight`` each example's weight
+    (``truncated_snr_weight``).
+
+    Formula: ``L = mean_i w_i · mean_pixels (v̂_i − ṽ_i)²`` with ``w_i = max(α_t², σ_t²)``,
+    the paper's ``max(SNR, 1) · ‖x̃ − x̂‖²`` written in v-space. No weight: plain mean
+    squared error. Reduction: mean over examples. T² scaling: no.
+    Paper: Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models",
+    ICLR 2022.
+    """
+    return _weighted_mse(student_logits, teacher_logits, example_weight, "progressive_distillation")
+
+
+def denoising(
+    student_logits: Tensor, labels: Tensor, example_weight: Tensor | None = None
+) -> Tensor:
+    """The diffusion model's own training loss: its v-prediction against the true
+    ``v = α_t ε − σ_t x`` (the batch's ``labels``, written by the noising transform).
+
+    Formula: ``L = mean_i w_i · mean_pixels (v̂_i − v_i)²`` (w: ``example_weight``, default
+    1; with ``truncated_snr_weight`` it is the x-space loss ``max(SNR, 1) ‖x − x̂‖²``).
+    Reduction: mean over examples. T² scaling: no.
+    Paper: Salimans & Ho, ICLR 2022 (the v-parameterisation); Ho et al., "Denoising
+    Diffusion Probabilistic Models", NeurIPS 2020.
+    """
+    return _weighted_mse(student_logits, labels, example_weight, "denoising")
