@@ -102,9 +102,9 @@ class Batch:
             if self.labels is not None and self.labels.shape == self.mask.shape:
                 counted = counted & (self.labels != IGNORE_INDEX)
             return counted.sum()
-        if self.labels is not None:
+        if self.labels is not None and not self.labels.is_floating_point():
             return (self.labels != IGNORE_INDEX).sum()
-        return self.size()
+        return self.size()  # no labels, or regression targets: every example counts
 
 
 @functools.cache

@@ -206,7 +206,10 @@ class Distiller:
         self.fingerprint = training_fingerprint(c)
 
         self.objective.loss_states.to(accelerator.device)
-        self._build_projectors(as_batch(next(iter(data.epoch(0)))).to(accelerator.device))
+        first = as_batch(next(iter(data.epoch(0)))).to(accelerator.device)
+        if getattr(self.batch_transform, "shapes_inputs", False):  # the model reads its output
+            first = self.batch_transform(first, -1)  # type: ignore[misc]
+        self._build_projectors(first)
         params = [p for p in self.student.parameters() if p.requires_grad]
         params += list(self.objective.parameters())
         optimizer = (self.optimizer_factory or (lambda ps: make_optimizer(ps, c)))(params)

@@ -1,6 +1,10 @@
 """What ``Distiller.evaluate`` reports: accuracy and cross-entropy on the labelled rows,
 and, with a teacher, the KL divergence to it and how often the student's top class (next
-token, for LMs) is the teacher's. Means over rows (examples, or tokens under a mask)."""
+token, for LMs) is the teacher's. Means over rows (examples, or tokens under a mask).
+
+Regression targets (floating-point labels, e.g. a diffusion model's v): ``loss`` is the
+mean squared error per example (weighted by the batch's ``example_weight``), and with a
+teacher ``teacher_target_loss`` (the mean squared error to its answer); no accuracy."""
 
 from __future__ import annotations
 
@@ -19,9 +23,13 @@ class EvaluationSums:
         self.has_teacher = has_teacher
         self.loss = self.correct = self.kl = self.agree = 0.0
         self.rows = self.labelled = self.compared = 0
+        self.regression, self.mse_to_teacher = False, 0.0
 
     @torch.no_grad()
     def add(self, batch: Batch, student_logits: Tensor, teacher: TeacherOutput | None) -> None:
+        if batch.labels is not None and batch.labels.is_floating_point():
+            self._add_regression(batch, student_logits, teacher)
+            return
         rows = batch.rows()
         self.rows += rows
         counted = torch.ones(student_logits.shape[:-1], dtype=torch.bool)
@@ -42,6 +50,17 @@ class EvaluationSums:
             self.loss += float(ce) * rows
             self.correct += float(((predicted == batch.labels) & counted).sum())
             self.labelled += int(counted.sum())
+
+    def _add_regression(
+        self, batch: Batch, prediction: Tensor, teacher: TeacherOutput | None
+    ) -> None:
+        assert batch.labels is not None
+        weight, rows = batch.meta.get("example_weight"), prediction.shape[0]
+        self.regression = True
+        self.rows += rows
+        self.loss += float(losses.denoising(prediction, batch.labels, weight)) * rows
+        if teacher is not None and teacher.logits is not None:
+            self.mse_to_teacher += float(losses.denoising(prediction, teacher.logits)) * rows
 
     @staticmethod
     def _teacher_answer(
@@ -64,6 +83,11 @@ class EvaluationSums:
 
     def result(self) -> dict[str, float]:
         metrics: dict[str, float] = {"examples": float(self.rows)}
+        if self.regression:
+            metrics["loss"] = self.loss / max(1, self.rows)
+            if self.has_teacher:
+                metrics["teacher_target_loss"] = self.mse_to_teacher / max(1, self.rows)
+            return metrics
         if self.labelled:
             metrics["accuracy"] = self.correct / self.labelled
             metrics["loss"] = self.loss / max(1, self.rows)

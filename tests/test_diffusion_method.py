@@ -1,0 +1,136 @@
+"""Diffusion in the engine: noise levels, the v-predicting denoiser (ε converted, guidance),
+DDIM sampling and the progressive-distillation teacher checked with an oracle that knows
+the clean image, then a tiny diffusers UNet trained and distilled one round through the
+ordinary ``Distiller``."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from distill import Distiller, Objective, Term, losses
+from distill.batch import Batch
+from distill.methods.diffusion import (
+    Denoiser,
+    NoisedImages,
+    NoiseLevels,
+    Noising,
+    TwoStepTeacher,
+    ddim_sample,
+)
+
+diffusers = pytest.importorskip("diffusers", reason="pip install diffusers (the dev extra has it)")
+
+
+def linear_levels(steps=100):
+    betas = torch.linspace(1e-4, 0.05, steps, dtype=torch.float64)
+    return NoiseLevels(torch.cumprod(1 - betas, 0))
+
+
+class Oracle(nn.Module):
+    """Knows the clean images: answers the exact v (or ε) for any z and level."""
+
+    def __init__(self, x, levels, prediction="v_prediction"):
+        super().__init__()
+        self.x, self.levels, self.prediction = x, levels, prediction
+
+    def forward(self, z, timestep, class_labels=None):
+        alpha, sigma = self.levels.alpha_sigma(timestep.double() + 1)
+        a, s = alpha.view(-1, 1, 1, 1).float(), sigma.view(-1, 1, 1, 1).float()
+        eps = (z - a * self.x) / s
+        return a * eps - s * self.x if self.prediction == "v_prediction" else eps
+
+
+def test_noise_levels_follow_the_table_and_start_clean():
+    table = torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64)
+    levels = NoiseLevels(table)
+    alpha, sigma = levels.alpha_sigma(torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    torch.testing.assert_close(alpha**2, torch.tensor([1.0, 0.9, 0.5, 0.1], dtype=torch.float64))
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones(4, dtype=torch.float64))
+    middle, _ = levels.alpha_sigma(torch.tensor([1.5]))  # log-linear between 0.9 and 0.5
+    torch.testing.assert_close(middle**2, torch.tensor([(0.9 * 0.5) ** 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        levels.grid(3), torch.tensor([3.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="values in"):
+        NoiseLevels(torch.tensor([1.0, 0.5]))
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_ddim_with_an_exact_denoiser_returns_the_clean_image(prediction, steps):
+    levels = linear_levels()
+    x = torch.randn(3, 1, 4, 4)
+    denoiser = Denoiser(Oracle(x, levels, prediction), levels, prediction=prediction)
+    sample = ddim_sample(denoiser, levels, steps, torch.randn(3, 1, 4, 4))
+    torch.testing.assert_close(sample, x, atol=1e-4, rtol=1e-4)
+
+
+def test_the_two_step_teacher_of_an_exact_denoiser_asks_for_the_exact_v():
+    levels = linear_levels()
+    x = torch.randn(4, 1, 4, 4)
+    denoiser = Denoiser(Oracle(x, levels), levels)
+    batch = Noising(levels, steps=4, seed=1)(Batch(args=(x,), labels=torch.zeros(4).long()))
+    assert set(batch.kwargs["tau"].tolist()) <= {100.0, 75.0, 50.0, 25.0}
+    answer = TwoStepTeacher(denoiser, levels, steps=4)(batch).logits
+    torch.testing.assert_close(answer, batch.labels, atol=1e-4, rtol=1e-4)  # the true v
+
+
+def test_guidance_mixes_the_conditional_and_unconditional_answers():
+    class ByClass(nn.Module):
+        def forward(self, z, timestep, class_labels=None):
+            return z * 0 + class_labels.view(-1, 1, 1, 1).float()
+
+    levels = linear_levels()
+    guided = Denoiser(ByClass(), levels, null_class=0, guidance=2.0)
+    out = guided(torch.zeros(2, 1, 2, 2), torch.tensor([50.0, 50.0]), torch.tensor([3, 5]))
+    torch.testing.assert_close(out[:, 0, 0, 0], torch.tensor([9.0, 15.0]))  # (1 + w) c − w · 0
+    with pytest.raises(ValueError, match="cannot be converted to v"):
+        Denoiser(ByClass(), levels, prediction="sample")
+
+
+def tiny_unet(classes=10):
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1, norm_num_groups=8, num_class_embeds=classes + 1,
+    )  # fmt: skip
+
+
+def test_a_tiny_unet_trains_and_then_distils_one_round_through_the_engine(digits):
+    train = digits[0]
+    x, y = train.tensors[0] * 2 - 1, train.tensors[1]  # digits in [-1, 1]
+    images = TensorDataset(x[:512], y[:512])
+    levels = linear_levels()
+    teacher = Denoiser(tiny_unet(), levels)
+    val = NoisedImages(TensorDataset(x[512:640], y[512:640]), levels, seed=3)
+    run = Distiller(
+        teacher, objective=Objective(denoise=Term(losses.denoising)),
+        batch_transform=Noising(levels, seed=0), lr=3e-3, progress=False, select_metric="loss",
+    )  # fmt: skip
+    before = run.evaluate(DataLoader(val, batch_size=64))["loss"]
+    run.fit(DataLoader(images, batch_size=64, shuffle=True), DataLoader(val, batch_size=64),
+            max_steps=60)  # fmt: skip
+    after = run.evaluate(DataLoader(val, batch_size=64))["loss"]
+    assert after < 0.7 * before, (before, after)
+
+    # one round: a 2-step student from the 4-step teacher, a copy of it to start
+    student = copy.deepcopy(teacher)
+    two_step = TwoStepTeacher(teacher, levels, steps=2)
+    round_val = NoisedImages(TensorDataset(x[512:640], y[512:640]), levels, steps=2, seed=4)
+    pd = Distiller(
+        student, two_step, Objective(pd=Term(losses.progressive_distillation)),
+        batch_transform=Noising(levels, steps=2, seed=1), lr=1e-3, progress=False,
+        select_metric="teacher_target_loss",
+    )  # fmt: skip
+    start = pd.evaluate(DataLoader(round_val, batch_size=64))["teacher_target_loss"]
+    pd.fit(DataLoader(images, batch_size=64, shuffle=True), DataLoader(round_val, batch_size=64),
+           max_steps=40)  # fmt: skip
+    end = pd.evaluate(DataLoader(round_val, batch_size=64))["teacher_target_loss"]
+    assert end < start, (start, end)
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    samples = ddim_sample(student, levels, 2, noise, torch.arange(4))
+    assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all()
