@@ -199,9 +199,7 @@ class Distiller:
         steps_per_epoch = math.ceil(len(data) / c.grad_accum_steps)
         if epochs is None:
             epochs = math.ceil(max_steps / steps_per_epoch)  # type: ignore[operator]
-        total_steps = epochs * steps_per_epoch
-        if max_steps is not None:
-            total_steps = min(total_steps, max_steps)
+        total_steps = min(epochs * steps_per_epoch, max_steps or epochs * steps_per_epoch)
         self.total_steps = total_steps  # what callbacks may schedule against
         self.fingerprint = training_fingerprint(c)
 
