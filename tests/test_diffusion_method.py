@@ -134,3 +134,27 @@ def test_a_tiny_unet_trains_and_then_distils_one_round_through_the_engine(digits
     noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     samples = ddim_sample(student, levels, 2, noise, torch.arange(4))
     assert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all()
+
+
+def test_a_diffusers_pipeline_folder_loads_as_unet_schedule_and_prediction(tmp_path):
+    from distill.errors import ModelError
+    from distill.models.diffusion import load_hf_diffusers
+
+    unet = tiny_unet()
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=100, prediction_type="v_prediction")
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "pipe")
+    loaded, alphas_cumprod, prediction = load_hf_diffusers(f"hf-diffusers:{tmp_path / 'pipe'}")
+    assert prediction == "v_prediction" and alphas_cumprod.shape == (100,)
+    torch.testing.assert_close(alphas_cumprod, scheduler.alphas_cumprod.double())
+    z, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 50])
+    classes = torch.tensor([1, 2])
+    torch.testing.assert_close(
+        loaded(z, t, class_labels=classes).sample, unet(z, t, class_labels=classes).sample
+    )
+    # a scheduler that is not variance-preserving is named, as is a folder without a UNet
+    karras = diffusers.EDMEulerScheduler()
+    diffusers.DDPMPipeline(unet=unet, scheduler=karras).save_pretrained(tmp_path / "edm")
+    with pytest.raises(ModelError, match="scheduler EDMEulerScheduler is not a variance"):
+        load_hf_diffusers(f"hf-diffusers:{tmp_path / 'edm'}")
+    with pytest.raises(ModelError, match="cannot load a UNet"):
+        load_hf_diffusers(f"hf-diffusers:{tmp_path / 'missing'}")
