@@ -40,8 +40,8 @@ from distill.objective import Objective, Term
 from distill.recipes import build_objective, validate_recipe
 from distill.runs import run_recipe
 from distill.runs.classify import Classification, get_teacher, prepare_data
-from distill.runs.common import steps_per_epoch
-from distill.runs.run import Budget, Lesson, train_student
+from distill.runs.common import Budget, Lesson, steps_per_epoch
+from distill.runs.run import train_student
 from distill.runs.store import teacher_cache_dir
 
 ROOT = Path(__file__).parent

@@ -119,7 +119,7 @@ def test_known_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, tm
     def explained(*args, **kwargs):
         raise DataError("data.path /nowhere holds no images; point it at a folder")
 
-    monkeypatch.setattr(cli, "run_recipe", explained)
+    monkeypatch.setattr(cli.shared, "run_recipe", explained)
     result = runner.invoke(cli.app, ["run", recipe, "--out", str(tmp_path)])
     assert result.exit_code == 2 and "error: data.path /nowhere" in result.output
     assert "Traceback" not in result.output
@@ -127,7 +127,7 @@ def test_known_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, tm
     def bug(*args, **kwargs):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
-    monkeypatch.setattr(cli, "run_recipe", bug)
+    monkeypatch.setattr(cli.shared, "run_recipe", bug)
     result = runner.invoke(cli.app, ["run", recipe, "--out", str(tmp_path)])
     assert result.exit_code == 1 and isinstance(result.exception, TypeError)
 
@@ -145,10 +145,10 @@ def test_version_and_losses_speak_json_and_quiet_silences_library_progress_bars(
     listed = json.loads(invoke("losses", "--json").output)
     assert listed["kl"]["reads"] == ["student_logits", "teacher_logits", "mask"]
     assert listed["lm_head_sparse_kd"]["in_recipes"] is False
-    for name in cli.QUIET_LIBRARIES:
+    for name in cli.shared.QUIET_LIBRARIES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(tqdm.std.tqdm, "__init__", tqdm.std.tqdm.__init__)
     monkeypatch.setattr(tqdm.std.tqdm, "distill_quiet", False, raising=False)
-    cli._logger(quiet=True, as_json=False)
+    cli.shared.logger(quiet=True, as_json=False)
     assert tqdm.auto.tqdm(range(3)).disable  # transformers' and gguf's bars start off
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"

@@ -90,3 +90,25 @@ def test_the_diffusion_losses_are_in_the_registry_and_read_the_example_weight():
     ]  # fmt: skip
     assert list(loss_info("denoising").reads) == ["student_logits", "labels", "example_weight"]
     assert not loss_info("denoising").reads_teacher
+
+
+def test_frechet_distance_matches_scipy_and_is_zero_for_one_distribution():
+    import numpy as np
+    from scipy import linalg
+
+    from distill.measure import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    b = (
+        0.7
+        * torch.randn(400, 6, generator=g, dtype=torch.float64)
+        @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+        + 0.3
+    )
+    mu_a, mu_b = a.mean(0).numpy(), b.mean(0).numpy()
+    cov_a, cov_b = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)

@@ -123,3 +123,18 @@ def retrieval_recall(
             (owner[top_images] == used[None, :]).any(0).float().mean()
         )
     return out
+
+
+def frechet_distance(features: Tensor, reference: Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to two sets of features (N, D):
+    ``‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁^½ Σ₂ Σ₁^½)^½)``, FID's formula (Heusel et al.,
+    NeurIPS 2017) on whatever network made the features. Float64, symmetric matrix roots by
+    eigendecomposition."""
+    a, b = features.double(), reference.double()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    distance = (mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    return float(distance.clamp_min(0))

@@ -38,9 +38,9 @@ from distill.doctor.shift import data_shift_check
 from distill.errors import RecipeError
 from distill.objective import Objective
 from distill.recipes import Recipe, build_objective
-from distill.runs.common import Splits, loader, steps_per_epoch
+from distill.runs.common import Budget, Lesson, Splits, loader, steps_per_epoch
 from distill.runs.report import write_report
-from distill.runs.run import Budget, Lesson, task_for, train_student
+from distill.runs.run import task_for, train_student
 from distill.training import Distiller
 
 DOCTOR_JSON = "doctor.json"

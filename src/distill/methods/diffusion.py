@@ -76,7 +76,9 @@ class Denoiser(nn.Module):
     ``prediction``: what the UNet outputs, ``"v_prediction"`` or ``"epsilon"`` (converted:
     ``x̂ = (z − σ ε̂)/α``, ``v̂ = α ε̂ − σ x̂``). The UNet sees timestep ``τ − 1`` (its
     training index). ``guidance`` w > 0 mixes the conditional and unconditional answers
-    (``null_class``: the class the UNet was trained to read as "no class")."""
+    (``null_class``: the class the UNet was trained to read as "no class"). ``steps``: the
+    DDIM steps it samples in (a buffer, kept with the weights: a distilled student knows
+    its own step count)."""
 
     def __init__(
         self,
@@ -85,6 +87,7 @@ class Denoiser(nn.Module):
         prediction: str = "v_prediction",
         null_class: int | None = None,
         guidance: float = 0.0,
+        steps: int = 1,
     ) -> None:
         super().__init__()
         if prediction not in ("v_prediction", "epsilon"):
@@ -96,10 +99,13 @@ class Denoiser(nn.Module):
             raise ValueError("classifier-free guidance needs the null class the UNet knows")
         self.unet, self.levels, self.prediction = unet, levels, prediction
         self.null_class, self.guidance = null_class, guidance
+        config = getattr(unet, "config", None)  # a UNet without a class embedding takes none
+        self.conditional = config is None or getattr(config, "num_class_embeds", None) is not None
+        self.register_buffer("sampler_steps", torch.tensor(steps))  # saved with the weights
 
     def _raw(self, z: Tensor, tau: Tensor, class_labels: Tensor | None) -> Tensor:
         timestep = (tau.float() - 1).clamp_min(0).to(z.device)
-        out = self.unet(z, timestep, class_labels=class_labels)
+        out = self.unet(z, timestep, class_labels=class_labels if self.conditional else None)
         return getattr(out, "sample", out)
 
     def forward(self, z: Tensor, tau: Tensor, class_labels: Tensor | None = None) -> Tensor:

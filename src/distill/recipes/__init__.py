@@ -11,6 +11,7 @@ from distill.recipes.load import (
 from distill.recipes.schema import (
     CompressStage,
     DataSpec,
+    DiffusionSpec,
     ModelSpec,
     Recipe,
     TeacherSpec,
@@ -21,6 +22,7 @@ from distill.recipes.schema import (
 __all__ = [
     "CompressStage",
     "DataSpec",
+    "DiffusionSpec",
     "ModelSpec",
     "Recipe",
     "RecipeError",

@@ -18,6 +18,7 @@ from distill.recipes.specs import (
     CacheSpec,
     CompressStage,
     DataSpec,
+    DiffusionSpec,
     ExportSpec,
     GenerateSpec,
     ModelSpec,
@@ -36,6 +37,7 @@ __all__ = [
     "CacheSpec",
     "CompressStage",
     "DataSpec",
+    "DiffusionSpec",
     "ExportSpec",
     "GenerateSpec",
     "ModelSpec",
@@ -60,7 +62,9 @@ class Recipe(Strict):
     )
     description: str = ""
     seed: int = 0
-    task: Literal["classification", "causal_lm", "masked_lm", "clip"] = "classification"
+    task: Literal["classification", "causal_lm", "masked_lm", "clip", "diffusion"] = (
+        "classification"
+    )
     data: DataSpec | TextDataSpec = Field(discriminator="dataset")
     teacher: TeacherSpec | None = None
     student: ModelSpec
@@ -90,6 +94,7 @@ class Recipe(Strict):
     cache: CacheSpec | None = Field(None, description="teacher-output cache (distill cache)")
     generate: GenerateSpec | None = Field(None, description="teacher answers (distill generate)")
     on_policy: OnPolicySpec | None = Field(None, description="the student writes the answers")
+    diffusion: DiffusionSpec | None = Field(None, description="task: diffusion: the rounds")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")
@@ -105,6 +110,7 @@ class Recipe(Strict):
         if extras and self.task != "classification":
             raise ValueError("assistant, generations and peers are for classification recipes")
         self._check_clip()
+        self._check_diffusion()
         if self.peers > 1 and (self.assistant is not None or self.generations > 1):
             raise ValueError("peers (mutual learning) does not combine with assistant/generations")
         mutual = [n for n, t in self.objective.items() if t.loss == "mutual_learning"]
@@ -148,6 +154,37 @@ class Recipe(Strict):
                     f"members' probabilities at it) differs from objective.{name}.temperature "
                     f"{temperature:g}; set both to the same value"
                 )
+
+    def _check_diffusion(self) -> None:
+        if (self.diffusion is not None) != (self.task == "diffusion"):
+            raise ValueError(
+                "task diffusion needs a diffusion section (steps, to_steps, ...)"
+                if self.task == "diffusion"
+                else "the diffusion section is for task: diffusion"
+            )
+        if self.task != "diffusion":
+            return
+        if self.teacher is None or self.teacher.model in ("ensemble", "ema"):
+            raise ValueError(
+                "task diffusion distils a teacher sampler: set teacher.model to hf-diffusers:"
+                "<id or folder>, or to diffusers:unet2d with args and train"
+            )
+        if self.student.model != "teacher":
+            raise ValueError(
+                "student.model: progressive distillation starts each student as a copy of its "
+                "teacher; set student.model: teacher"
+            )
+        losses = {term.loss for term in self.objective.values()}
+        if losses != {"progressive_distillation"}:
+            raise ValueError(
+                "objective: task diffusion trains each round with one term "
+                f"{{loss: progressive_distillation}}, got {sorted(losses)}"
+            )
+        if self.baseline or self.compress or self.export or self.cache:
+            raise ValueError(
+                "task diffusion: set baseline: false (the teacher's own DDIM at fewer steps "
+                "is measured instead); compress, export and cache are not built for it yet"
+            )
 
     def _check_clip(self) -> None:
         captions = getattr(self.data, "captions", None)

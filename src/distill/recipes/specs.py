@@ -400,6 +400,42 @@ class TextDataSpec(Strict):
     split_seed: int = 0
 
 
+class DiffusionSpec(Strict):
+    """``task: diffusion``: progressive distillation of a DDIM sampler (Salimans & Ho, ICLR
+    2022). The teacher's ``steps``-step sampler teaches a student of half as many steps,
+    which teaches the next, down to ``to_steps``; each round is a stage with the recipe's
+    ``train`` budget. A teacher the recipe trains uses DDPM's linear schedule over
+    ``timesteps`` and predicts ``prediction``; ``guidance`` > 0 bakes classifier-free
+    guidance into the first round (the teacher learns with ``class_dropout`` of its classes
+    dropped). Samplers are measured on ``samples`` generated images."""
+
+    steps: int = Field(64, ge=2, description="the teacher sampler's DDIM steps")
+    to_steps: int = Field(1, ge=1, description="the last student's steps")
+    guidance: float = Field(0.0, ge=0, description="classifier-free guidance weight w")
+    class_dropout: float = Field(0.1, ge=0, lt=1, description="teacher training: null class")
+    timesteps: int = Field(1000, ge=10, description="a trained teacher's schedule length")
+    prediction: Literal["v_prediction", "epsilon"] = "v_prediction"
+    samples: int = Field(1000, ge=10, description="images generated per measured sampler")
+    image_size: int = Field(32, ge=8, description="images padded (or resized) to this size")
+    classifier: dict[str, Any] = Field(
+        default_factory=lambda: {"channels": [32, 64], "hidden": 128},
+        description="args of the zoo:cnn trained on the real images, whose features FID reads",
+    )
+    classifier_epochs: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _halving(self) -> DiffusionSpec:
+        ratio, rounds = self.steps // self.to_steps, 0
+        while ratio > 1 and ratio % 2 == 0:
+            ratio, rounds = ratio // 2, rounds + 1
+        if self.steps % self.to_steps or ratio != 1 or rounds == 0:
+            raise ValueError(
+                f"steps {self.steps} does not halve down to to_steps {self.to_steps}: each round "
+                "halves the steps, so steps must be to_steps times a power of two (64 → 1)"
+            )
+        return self
+
+
 class OutputSpec(Strict):
     dir: Path = Path("runs")
     latency_repeats: int = Field(50, ge=1, description="timed batch-1 forwards per model")

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from distill.cache import Layout
 from distill.losses import cross_entropy
 from distill.measure import cpu_latency
 from distill.objective import Objective, Term
-from distill.recipes import ModelSpec, Recipe
+from distill.recipes import ModelSpec, Recipe, build_objective
 from distill.runs.report import write_report
 from distill.runs.store import settings
 from distill.training import Callback, Distiller
@@ -63,6 +63,7 @@ class Task(ABC):
     against the live teacher)."""
 
     name: str = ""
+    samples = False  # distill sample draws images from its runs (``sample``)
     diagnosable = False
     generates = False
     exports = False
@@ -106,6 +107,22 @@ class Task(ABC):
         self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
     ) -> nn.Module:
         raise NotImplementedError
+
+    def sample(self, run_dir: Path, recipe: Recipe, **options: Any) -> dict[str, Any]:
+        """``distill sample``: draw from a run's generative model (tasks with ``samples``)."""
+        raise NotImplementedError(f"task {self.name} does not sample")
+
+    def chain_stages(self, recipe: Recipe) -> list[tuple[str, ModelSpec | None, str]]:
+        """The students distilled before the final one, each the next one's teacher: (run
+        folder, student spec or None for the recipe's, description)."""
+        return chain_stages(recipe)
+
+    def stage_lesson(
+        self, recipe: Recipe, data: Splits, teacher: nn.Module | None, stage: str, per_epoch: int
+    ) -> Lesson | None:
+        """What the student of ``stage`` (a chain stage's folder, or ``"student"``) learns
+        from ``teacher``, when the task decides it (None: the recipe's objective)."""
+        return None
 
     def load_student(self, run_dir: Path, recipe: Recipe, data: Splits) -> nn.Module:
         """The distilled student a run saved in ``run_dir`` (for ``eval`` and ``export``)."""
@@ -271,6 +288,61 @@ def teacher_module(recipe: Recipe, model: nn.Module) -> teachers.Module:
 
 
 # -- students ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """Every student's training: ``steps`` optimizer updates, validation every
+    ``per_epoch`` (unless ``train.eval_every`` says otherwise), a progress bar or not,
+    where notes go, where the models go to be timed (none: at once)."""
+
+    steps: int
+    per_epoch: int
+    progress: bool
+    log: Log = print
+    bench: LatencyBench | None = None
+
+
+@dataclass
+class Lesson:
+    """What one student learns from: ``objective(student)``; the live ``teacher`` model
+    (the recipe's, or the stage before), or instead a teacher cache's ``answers`` or the
+    student's own moving average (``ema_momentum``); its ``rows`` (``"student"``: the
+    distilled student's, ``"baseline"``: the labelled ones); whether the task may rewrite
+    its batches (``on_policy``: the student writes the answers)."""
+
+    objective: Callable[[nn.Module], Objective]
+    teacher: nn.Module | None = None
+    answers: teachers.Teacher | None = None
+    ema_momentum: float | None = None
+    rows: Literal["student", "baseline"] = "student"
+    on_policy: bool = False
+    transform: Callable[[Batch, int], Batch] | None = None  # the task's for this stage
+
+
+def recipe_objective(
+    recipe: Recipe, per_epoch: int, teacher: nn.Module | None, sparse_teacher: bool = False
+) -> Callable[[nn.Module], Objective]:
+    """The recipe's objective for a student (LM-head terms read both models' heads)."""
+    compile = recipe.train.compile and recipe.train.compile_backend
+    return lambda student: build_objective(
+        recipe.objective, per_epoch, student, teacher, sparse_teacher, compile
+    )
+
+
+def chain_stages(recipe: Recipe) -> list[tuple[str, ModelSpec | None, str]]:
+    """(run folder, student spec or None for the recipe's, description) of the students
+    distilled before the final one: the teacher assistant, then born-again generations."""
+    stages: list[tuple[str, ModelSpec | None, str]] = []
+    if recipe.assistant is not None:
+        stages.append(
+            ("assistant", recipe.assistant, f"teacher assistant {recipe.assistant.model}")
+        )
+    stages += [
+        (f"generation_{g}", None, f"born-again generation {g} of {recipe.generations}")
+        for g in range(1, recipe.generations)
+    ]
+    return stages
 
 
 def fit_student(

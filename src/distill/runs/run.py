@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,8 +21,7 @@ from torch import nn
 from distill import teachers
 from distill.errors import RecipeError
 from distill.methods import Cohort, OnPolicy
-from distill.objective import Objective
-from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
+from distill.recipes import ModelSpec, Recipe, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.cache import cache_as_teacher, ensure_cache
 from distill.runs.classify import Classification
@@ -32,7 +29,9 @@ from distill.runs.clip import Clip
 from distill.runs.common import (
     BASELINE_DIR,
     RECIPE_FILE,
+    Budget,
     LatencyBench,
+    Lesson,
     Log,
     Splits,
     Task,
@@ -41,12 +40,14 @@ from distill.runs.common import (
     gain,
     latency,
     loader,
+    recipe_objective,
     step_budget,
     steps_per_epoch,
     teacher_module,
     write_summary,
 )
 from distill.runs.compress import run_compress
+from distill.runs.diffusion import Diffusion
 from distill.runs.export import export_rows, export_run
 from distill.runs.language import Language, generate_teacher_answers
 from distill.runs.store import teacher_cache_dir
@@ -59,6 +60,7 @@ TASKS: dict[str, Task] = {
     "causal_lm": Language("causal"),
     "masked_lm": Language("masked"),
     "clip": Clip(),
+    "diffusion": Diffusion(),
 }
 
 
@@ -115,14 +117,18 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
         )
     # a teacher assistant, then born-again generations: each stage teaches the next
     teacher_of_student = teacher
-    for name, spec, description in chain_stages(recipe):
+    for name, spec, description in task.chain_stages(recipe):
         log(f"{description}: distilled first")
-        lesson = Lesson(recipe_objective(recipe, per_epoch, teacher_of_student), teacher_of_student)
+        lesson = task.stage_lesson(recipe, data, teacher_of_student, name, per_epoch) or Lesson(
+            recipe_objective(recipe, per_epoch, teacher_of_student), teacher_of_student
+        )
         stage, models[name] = train_student(
             task, recipe, data, lesson, run_dir / name, budget, row=name, spec=spec
         )
         teacher_of_student = stage.eval()
-    lesson = distilled_lesson(task, recipe, data, teacher_of_student, per_epoch, progress, log)
+    lesson = task.stage_lesson(
+        recipe, data, teacher_of_student, "student", per_epoch
+    ) or distilled_lesson(task, recipe, data, teacher_of_student, per_epoch, progress, log)
     log(
         f"distilled student {recipe.student.model}"
         + (f" ({recipe.peers} peers learning from each other)" if recipe.peers > 1 else "")
@@ -152,45 +158,6 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
         models.update(export_rows(task, recipe, run_dir, models, log))
         write_summary(run_dir, {**summary, "seconds": time.perf_counter() - started})
     return {**summary, "seconds": time.perf_counter() - started}
-
-
-@dataclass
-class Budget:
-    """Every student's training: ``steps`` optimizer updates, validation every
-    ``per_epoch`` (unless ``train.eval_every`` says otherwise), a progress bar or not,
-    where notes go, where the models go to be timed (none: at once)."""
-
-    steps: int
-    per_epoch: int
-    progress: bool
-    log: Log = print
-    bench: LatencyBench | None = None
-
-
-@dataclass
-class Lesson:
-    """What one student learns from: ``objective(student)``; the live ``teacher`` model
-    (the recipe's, or the stage before), or instead a teacher cache's ``answers`` or the
-    student's own moving average (``ema_momentum``); its ``rows`` (``"student"``: the
-    distilled student's, ``"baseline"``: the labelled ones); whether the task may rewrite
-    its batches (``on_policy``: the student writes the answers)."""
-
-    objective: Callable[[nn.Module], Objective]
-    teacher: nn.Module | None = None
-    answers: teachers.Teacher | None = None
-    ema_momentum: float | None = None
-    rows: Literal["student", "baseline"] = "student"
-    on_policy: bool = False
-
-
-def recipe_objective(
-    recipe: Recipe, per_epoch: int, teacher: nn.Module | None, sparse_teacher: bool = False
-) -> Callable[[nn.Module], Objective]:
-    """The recipe's objective for a student (LM-head terms read both models' heads)."""
-    compile = recipe.train.compile and recipe.train.compile_backend
-    return lambda student: build_objective(
-        recipe.objective, per_epoch, student, teacher, sparse_teacher, compile
-    )
 
 
 def distilled_lesson(
@@ -243,21 +210,6 @@ def summarize(
     }
 
 
-def chain_stages(recipe: Recipe) -> list[tuple[str, ModelSpec | None, str]]:
-    """(run folder, student spec or None for the recipe's, description) of the students
-    distilled before the final one: the teacher assistant, then born-again generations."""
-    stages: list[tuple[str, ModelSpec | None, str]] = []
-    if recipe.assistant is not None:
-        stages.append(
-            ("assistant", recipe.assistant, f"teacher assistant {recipe.assistant.model}")
-        )
-    stages += [
-        (f"generation_{g}", None, f"born-again generation {g} of {recipe.generations}")
-        for g in range(1, recipe.generations)
-    ]
-    return stages
-
-
 def train_student(
     task: Task,
     recipe: Recipe,
@@ -295,7 +247,9 @@ def train_student(
     if lesson.ema_momentum is not None:
         live = teachers.EMA(student, momentum=lesson.ema_momentum)
     judge = lesson.answers if lesson.answers is not None and task.cache_holds_test else live
-    transform = task.batch_transform(recipe, data, student) if lesson.on_policy else None
+    transform = lesson.transform
+    if transform is None and lesson.on_policy:
+        transform = task.batch_transform(recipe, data, student)
     rows = data.baseline_train if lesson.rows == "baseline" else data.student_train
     _, result, seconds = fit_student(
         recipe, student, lesson.answers or live, objective, run_dir=run_dir,
@@ -436,3 +390,12 @@ def export_command(run_dir: Path, **options: Any) -> dict[str, Any]:
             "export is not built yet)"
         )
     return export_run(Path(run_dir), recipe, task_for(recipe), **options)
+
+
+def sample_command(run_dir: Path, **options: Any) -> dict[str, Any]:
+    """``distill sample``: images from a generative run's model (``Task.sample``)."""
+    recipe = read_run_recipe(run_dir)
+    task = task_for(recipe)
+    if not task.samples:
+        raise RecipeError(f"task {recipe.task}: distill sample draws from diffusion runs")
+    return task.sample(Path(run_dir), recipe, **options)

@@ -128,12 +128,14 @@ def fit_and_store_teacher(
     *,
     objective: Objective | None = None,
     finish: Callable[[], dict[str, Any]] = dict,
+    batch_transform: Callable[[Any, int], Any] | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Train ``model`` with ``teacher.train`` on ``objective`` (default: cross-entropy),
     continuing an interrupted training from its checkpoints when ``teacher.cache`` is on;
     then ``finish()`` (which may set buffers the weights keep; what it returns joins the
     info) and store it with its validation metrics (plus ``val_extras`` of them); returns
-    that info."""
+    that info. ``batch_transform`` and ``changes`` (settings) go to the ``Distiller``."""
     spec = recipe.teacher
     assert spec is not None and spec.train is not None
     folder = teacher_cache_dir(recipe)
@@ -142,12 +144,14 @@ def fit_and_store_teacher(
     run = Distiller(
         model,
         objective=objective,
+        batch_transform=batch_transform,
         **settings(
             spec.train,
             seed=recipe.seed,
             run_dir=folder / "run",
             progress=progress,
             checkpoint_every=spec.train.checkpoint_every or spec.train.eval_every or per_epoch,
+            **changes,
         ),
         log=log,
     )

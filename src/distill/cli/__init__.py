@@ -1,37 +1,41 @@
-"""The ``distill`` command: demo, run, teacher, cache, generate, doctor, eval, export, losses,
-version."""
+"""The ``distill`` command: demo, run, teacher, cache, generate, doctor, eval, export,
+sample, losses, version."""
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import tqdm.std
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 import distill
-from distill.compress.export import ParityError
+from distill.cli.shared import (
+    JsonOption,
+    OutOption,
+    QuietOption,
+    RestartOption,
+    SetOption,
+    guarded,
+    logger,
+    out_console,
+    run_and_print,
+)
 from distill.data import fashion_mnist_available
 from distill.doctor.run import TITLES, diagnose
-from distill.errors import DistillError
 from distill.losses import LOSSES
 from distill.methods.generation import read_generations
-from distill.recipes import Recipe, load_recipe
-from distill.runs.report import export_table, terminal_table, verdict
+from distill.recipes import load_recipe
+from distill.runs.report import export_table
 from distill.runs.run import (
     cache_command,
     eval_command,
     export_command,
     generate_command,
-    run_recipe,
+    sample_command,
     task_for,
     teacher_command,
 )
@@ -42,106 +46,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-out_console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="override a recipe field: --set train.epochs=5 (repeatable)"),
-]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or notes")]
-JsonOption = Annotated[bool, typer.Option("--json", help="print only a JSON result on stdout")]
-RestartOption = Annotated[
-    bool,
-    typer.Option(
-        "--restart",
-        help="start over in a run directory an earlier run used (by default a rerun continues "
-        "where it stopped: finished students reused, an interrupted one resumed)",
-    ),
-]
-OutOption = Annotated[
-    Path | None, typer.Option("--out", help="run directory (default: <output.dir>/<name>)")
-]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _guarded(fn, *args: Any, **kwargs: Any) -> Any:
-    """Run a command body, turning the failures distill explains (its own error types, and
-    a file the user named that does not exist) into one line and an exit code; anything
-    else, a bug, keeps its traceback."""
-    try:
-        return fn(*args, **kwargs)
-    except ParityError as error:  # the exported model does not match: a failed check
-        _fail(str(error), code=1)
-    except (DistillError, FileNotFoundError) as error:
-        _fail(str(error))
-    except KeyboardInterrupt as error:
-        _fail(f"interrupted: {error}" if str(error) else "interrupted", code=130)
-
-
-# the progress bars and notes of the libraries distill drives (transformers, the hub, gguf's
-# tqdm): read when those libraries are imported, which is later, by the command
-QUIET_LIBRARIES = {
-    "TQDM_DISABLE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-}
-
-
-def _logger(quiet: bool, as_json: bool):
-    """Where a command's notes go: stderr, or nowhere with --quiet / --json (then the
-    libraries' progress bars are off too)."""
-    if quiet or as_json:
-        for name, value in QUIET_LIBRARIES.items():
-            os.environ.setdefault(name, value)
-        for name in ("torch", "torchao", "transformers", "accelerate"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        # tqdm reads TQDM_DISABLE when it is first imported, which may have happened: every
-        # bar now starts disabled unless its caller asks otherwise (gguf's de-quantizing)
-        if not getattr(tqdm.std.tqdm, "distill_quiet", False):
-            tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
-            tqdm.std.tqdm.distill_quiet = True
-
-    def log(message: str) -> None:
-        if not quiet and not as_json:
-            err_console.print(f"[dim]·[/] {message}", highlight=False)
-
-    return log
-
-
-def _summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"distill: {summary['name']}", title_justify="left", box=box.SIMPLE)
-    header, rows = terminal_table(summary)
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
-    for model, *cells in rows:
-        style = "bold green" if model == "student, distilled" else None
-        table.add_row(model.removeprefix("student, "), *cells, style=style)
-    return table
-
-
-def _print_summary(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2))
-        return
-    out_console.print(_summary_table(summary))
-    if summary.get("gain_over_baseline") is not None:
-        typer.echo(verdict(summary))
-    typer.echo(f"report: {run_dir / 'report.html'}  (and report.md)")
-
-
-def _run(recipe: Recipe, out: Path | None, quiet: bool, as_json: bool, restart: bool) -> None:
-    run_dir = out or recipe.output.dir / recipe.name
-    log = _logger(quiet, as_json)
-    summary = run_recipe(
-        recipe, out_dir=run_dir, progress=not (quiet or as_json), log=log, restart=restart
-    )
-    _print_summary(summary, run_dir, as_json)
 
 
 @app.command()
@@ -159,7 +63,7 @@ def demo(
     distilled student with the same seed and budget; prints a table and writes a report.
     Uses Fashion-MNIST when its files are on this machine, MNIST-1D otherwise.
     """
-    log = _logger(quiet, as_json)
+    log = logger(quiet, as_json)
     if fashion_mnist_available():
         name = "demo_fashion_mnist.yaml"
         log("Fashion-MNIST found: the demo uses it")
@@ -170,8 +74,8 @@ def demo(
             "the demo uses MNIST-1D, generated offline"
         )
     path = resources.files("distill.recipes").joinpath(name)
-    recipe = _guarded(load_recipe, Path(str(path)), [f"seed={seed}", *(set_ or [])])
-    _guarded(_run, recipe, out, quiet, as_json, restart)
+    recipe = guarded(load_recipe, Path(str(path)), [f"seed={seed}", *(set_ or [])])
+    guarded(run_and_print, recipe, out, quiet, as_json, restart)
     if not (quiet or as_json):
         typer.echo(
             "Why distillation helps here: the student owns few labels and the teacher labels "
@@ -195,8 +99,8 @@ def run(
     students reused, an interrupted one resumed from its last checkpoint); --restart starts
     over. A run directory in use by another run, or holding another recipe's run, is refused.
     """
-    loaded = _guarded(load_recipe, recipe, set_ or [])
-    _guarded(_run, loaded, out, quiet, as_json, restart)
+    loaded = guarded(load_recipe, recipe, set_ or [])
+    guarded(run_and_print, loaded, out, quiet, as_json, restart)
 
 
 @app.command()
@@ -215,7 +119,7 @@ def teacher(
 
     def body() -> None:
         loaded = load_recipe(recipe, set_ or [])
-        log = _logger(quiet, as_json)
+        log = logger(quiet, as_json)
         result = teacher_command(loaded, progress=not (quiet or as_json), log=log)
         if as_json:
             typer.echo(json.dumps(result, indent=2))
@@ -225,7 +129,7 @@ def teacher(
                 f"{result['train_seconds']:.0f} s; saved to {result['cache']}"
             )
 
-    _guarded(body)
+    guarded(body)
 
 
 @app.command()
@@ -248,7 +152,7 @@ def cache(
 
     def body() -> None:
         loaded = load_recipe(recipe, set_ or [])
-        log = _logger(quiet, as_json)
+        log = logger(quiet, as_json)
         result = cache_command(
             loaded, worker=worker, workers=workers, progress=not (quiet or as_json), log=log
         )
@@ -266,7 +170,7 @@ def cache(
                 f"{per:.0f} bytes per {unit}"
             )
 
-    _guarded(body)
+    guarded(body)
 
 
 @app.command()
@@ -286,12 +190,12 @@ def generate(
 
     def body() -> dict[str, Any]:
         loaded = load_recipe(recipe, set_ or [])
-        log = _logger(quiet, as_json)
+        log = logger(quiet, as_json)
         path = generate_command(loaded, progress=not (quiet or as_json), log=log)
         rows, provenance = read_generations(path)
         return {"path": str(path), "rows": len(rows), "provenance": provenance}
 
-    result = _guarded(body)
+    result = guarded(body)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -324,12 +228,12 @@ def doctor(
         if target.is_dir():
             run_dir, path = target, target / "recipe.yaml"
         loaded = load_recipe(path, set_ or [])
-        log = _logger(quiet, as_json)
+        log = logger(quiet, as_json)
         return diagnose(
             loaded, run_dir, sweep=sweep, sample=sample, progress=not (quiet or as_json), log=log
         )
 
-    result = _guarded(body)
+    result = guarded(body)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -363,7 +267,7 @@ def eval_(
         else:
             typer.echo(f"{run_dir}: {line}")
 
-    _guarded(body)
+    guarded(body)
 
 
 @app.command()
@@ -404,7 +308,7 @@ def export(
             min_agreement=min_agreement,
             atol=atol,
             int8_min_agreement=int8_min_agreement,
-            log=_logger(quiet, as_json),
+            log=logger(quiet, as_json),
         )
         if as_json:
             typer.echo(json.dumps(result, indent=2))
@@ -418,7 +322,28 @@ def export(
         out_console.print(table)
         typer.echo(f"written: {run_dir / 'export'}")
 
-    _guarded(body)
+    guarded(body)
+
+
+@app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="a diffusion run directory")],
+    steps: Annotated[int | None, typer.Option(help="DDIM steps (default: the model's own)")] = None,
+    n: Annotated[int, typer.Option("--n", help="images, one class per column")] = 64,
+    model: Annotated[str, typer.Option(help="student, teacher or round_<n>")] = "student",
+    seed: Annotated[int, typer.Option(help="seeds the noise")] = 0,
+    out: Annotated[Path | None, typer.Option(help="the PNG grid")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Draw images from a diffusion run's sampler and write them as a PNG grid."""
+    result = guarded(sample_command, run_dir, model=model, steps=steps, count=n, seed=seed, out=out)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(
+            f"{result['images']} images, {result['model']} in {result['steps']} steps "
+            f"({1000 * result['seconds_per_image']:.1f} ms each): {result['path']}"
+        )
 
 
 @app.command()

@@ -1,0 +1,126 @@
+"""What the ``distill`` commands share: the consoles, the common options, one-line
+failures, the notes' logger and the summary table."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import tqdm.std
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from distill.compress.export import ParityError
+from distill.errors import DistillError
+from distill.recipes import Recipe
+from distill.runs.report import terminal_table, verdict
+from distill.runs.run import run_recipe
+
+out_console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a recipe field: --set train.epochs=5 (repeatable)"),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or notes")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print only a JSON result on stdout")]
+RestartOption = Annotated[
+    bool,
+    typer.Option(
+        "--restart",
+        help="start over in a run directory an earlier run used (by default a rerun continues "
+        "where it stopped: finished students reused, an interrupted one resumed)",
+    ),
+]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="run directory (default: <output.dir>/<name>)")
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def guarded(fn, *args: Any, **kwargs: Any) -> Any:
+    """Run a command body, turning the failures distill explains (its own error types, and
+    a file the user named that does not exist) into one line and an exit code; anything
+    else, a bug, keeps its traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except ParityError as error:  # the exported model does not match: a failed check
+        fail(str(error), code=1)
+    except (DistillError, FileNotFoundError) as error:
+        fail(str(error))
+    except KeyboardInterrupt as error:
+        fail(f"interrupted: {error}" if str(error) else "interrupted", code=130)
+
+
+# the progress bars and notes of the libraries distill drives (transformers, the hub, gguf's
+# tqdm): read when those libraries are imported, which is later, by the command
+QUIET_LIBRARIES = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def logger(quiet: bool, as_json: bool):
+    """Where a command's notes go: stderr, or nowhere with --quiet / --json (then the
+    libraries' progress bars are off too)."""
+    if quiet or as_json:
+        for name, value in QUIET_LIBRARIES.items():
+            os.environ.setdefault(name, value)
+        for name in ("torch", "torchao", "transformers", "accelerate"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        # tqdm reads TQDM_DISABLE when it is first imported, which may have happened: every
+        # bar now starts disabled unless its caller asks otherwise (gguf's de-quantizing)
+        if not getattr(tqdm.std.tqdm, "distill_quiet", False):
+            tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+            tqdm.std.tqdm.distill_quiet = True
+
+    def log(message: str) -> None:
+        if not quiet and not as_json:
+            err_console.print(f"[dim]·[/] {message}", highlight=False)
+
+    return log
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"distill: {summary['name']}", title_justify="left", box=box.SIMPLE)
+    header, rows = terminal_table(summary)
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
+    for model, *cells in rows:
+        style = "bold green" if model == "student, distilled" else None
+        table.add_row(model.removeprefix("student, "), *cells, style=style)
+    return table
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2))
+        return
+    out_console.print(summary_table(summary))
+    if summary.get("gain_over_baseline") is not None:
+        typer.echo(verdict(summary))
+    typer.echo(f"report: {run_dir / 'report.html'}  (and report.md)")
+
+
+def run_and_print(
+    recipe: Recipe, out: Path | None, quiet: bool, as_json: bool, restart: bool
+) -> None:
+    run_dir = out or recipe.output.dir / recipe.name
+    log = logger(quiet, as_json)
+    summary = run_recipe(
+        recipe, out_dir=run_dir, progress=not (quiet or as_json), log=log, restart=restart
+    )
+    print_summary(summary, run_dir, as_json)

@@ -1,0 +1,357 @@
+"""``task: diffusion``: progressive distillation of a DDIM sampler (Salimans & Ho, 2022).
+
+- **Data**: an image dataset mapped to [-1, 1] and padded (or resized) to
+  ``diffusion.image_size``; validation rows noised once (their ``loss`` is the denoising
+  error).
+- **Teacher**: ``hf-diffusers:<id or folder>`` (a UNet with its scheduler), or
+  ``diffusers:unet2d`` built from ``teacher.args`` and trained by the recipe on the
+  denoising loss (v or ε prediction, DDPM's linear schedule, classes dropped for
+  guidance), kept in the teacher store. Either becomes a ``Denoiser`` that samples in
+  ``diffusion.steps`` DDIM steps.
+- **Rounds**: chain stages ``round_<n>`` then the ``student``: each student starts as a
+  copy of its teacher and learns, on the levels of its own n-step grid, the target of two
+  teacher steps (``TwoStepTeacher``, ``progressive_distillation``); guidance is baked
+  into the first round when ``diffusion.guidance`` > 0.
+- **Metrics**: each sampler generates ``diffusion.samples`` images, class by class: the
+  class accuracy of a CNN trained on the real images (the *domain classifier*), FID on
+  that classifier's features against the real test images (FID with a domain classifier,
+  not Inception-FID), and CPU seconds per image; the teacher row also measures its own
+  DDIM at each student's step count (not distilled).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from distill.cache import Layout
+from distill.errors import RecipeError
+from distill.losses import denoising
+from distill.measure import frechet_distance, parameter_count, size_on_disk
+from distill.methods.diffusion import (
+    Denoiser,
+    Noising,
+    TwoStepTeacher,
+    ddim_sample,
+)
+from distill.models import build_model
+from distill.models.diffusion import unet_from_config
+from distill.objective import Objective, Term
+from distill.recipes import ModelSpec, Recipe, TeacherSpec, TrainSpec
+from distill.runs.common import Lesson, Log, Splits, Task, loader, recipe_objective
+from distill.runs.diffusion_data import DiffusionData, hub_teacher, prepare_data, spec_of
+from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
+from distill.taps import Taps
+from distill.training import checkpoint as ckpt
+
+
+def denoiser(recipe: Recipe, data: DiffusionData, spec: ModelSpec) -> Denoiser:
+    """The teacher ``spec`` names as a ``Denoiser`` sampling in ``diffusion.steps`` steps."""
+    settings = spec_of(recipe)
+    if spec.model.startswith("hf-diffusers:"):
+        unet = copy.deepcopy(hub_teacher(spec.model)[0])
+        classes = getattr(unet.config, "num_class_embeds", None)
+        null = data.num_classes if classes == data.num_classes + 1 else None
+    elif spec.model == "diffusers:unet2d":
+        channels, size = data.in_shape[0], data.in_shape[-1]
+        fields = {"sample_size": size, "in_channels": channels, "out_channels": channels,
+                  "num_class_embeds": data.num_classes + 1, **spec.args}  # fmt: skip
+        unet, null = unet_from_config(fields), data.num_classes
+    else:
+        raise RecipeError(
+            f"teacher.model {spec.model}: a diffusion teacher is hf-diffusers:<id or folder> or "
+            "diffusers:unet2d (with args: UNet2DModel config fields, and train)"
+        )
+    try:
+        model = Denoiser(unet, data.levels, data.prediction, null, steps=settings.steps)
+    except ValueError as error:
+        raise RecipeError(f"teacher.model {spec.model}: {error}") from None
+    if spec.checkpoint is not None:
+        ckpt.load_weights(model, spec.checkpoint)
+    return model
+
+
+def get_teacher(
+    recipe: Recipe, data: DiffusionData, progress: bool, log: Log
+) -> tuple[nn.Module, dict]:
+    spec = recipe.teacher
+    assert spec is not None
+    if spec.train is None:
+        log(f"teacher {spec.model}: loaded, not trained")
+        return denoiser(recipe, data, spec).eval(), {"model": spec.model, "train_seconds": 0.0}
+    with store_lock(teacher_cache_dir(recipe), log):
+        stored = stored_teacher(recipe, lambda: denoiser(recipe, data, spec), log)
+        return stored if stored is not None else train_teacher(recipe, data, progress, log)
+
+
+def train_teacher(
+    recipe: Recipe, data: DiffusionData, progress: bool, log: Log
+) -> tuple[nn.Module, dict]:
+    """The denoising loss on every training image, at levels drawn uniformly; classes
+    dropped for guidance at ``diffusion.class_dropout``."""
+    spec, settings = recipe.teacher, spec_of(recipe)
+    assert spec is not None
+    torch.manual_seed(recipe.seed)
+    model = denoiser(recipe, data, spec)
+    noising = Noising(data.levels, null_class=model.null_class, drop=settings.class_dropout,
+                      seed=recipe.seed)  # fmt: skip
+    log(f"training the teacher {spec.model} on {len(data.student_train):,} images")  # type: ignore[arg-type]
+    info = fit_and_store_teacher(
+        recipe, model, loader(data.student_train, recipe, True), loader(data.val, recipe, False),
+        progress, log, objective=Objective(denoise=Term(denoising)), batch_transform=noising,
+        select_metric="loss",
+    )  # fmt: skip
+    return model.eval(), info
+
+
+def round_steps(recipe: Recipe) -> list[int]:
+    """The students' step counts, round by round: steps / 2, steps / 4, …, to_steps."""
+    spec, found = spec_of(recipe), []
+    steps = spec.steps
+    while steps > spec.to_steps:
+        steps //= 2
+        found.append(steps)
+    return found
+
+
+def classifier(recipe: Recipe, data: DiffusionData, progress: bool, log: Log) -> nn.Module:
+    """The domain classifier: a zoo CNN trained on the real training images (kept in the
+    teacher store, like a teacher), whose features FID compares."""
+    spec = spec_of(recipe)
+    scorer = TeacherSpec(model="zoo:cnn", args=spec.classifier,
+                         train=TrainSpec(epochs=spec.classifier_epochs, lr=2e-3))  # fmt: skip
+    as_classifier = recipe.model_copy(update={"teacher": scorer, "task": "classification"})
+    build = lambda: build_model("zoo:cnn", data.num_classes, data.in_shape, spec.classifier)  # noqa: E731
+    with store_lock(teacher_cache_dir(as_classifier), log):
+        stored = stored_teacher(as_classifier, build, log)
+        if stored is not None:
+            return stored[0]
+        torch.manual_seed(recipe.seed)
+        model = build()
+        log(f"training the domain classifier (zoo:cnn) on {len(data.student_train):,} real images")  # type: ignore[arg-type]
+        held_out = Subset(data.real_test, range(min(1000, len(data.real_test))))  # type: ignore[arg-type]
+        fit_and_store_teacher(as_classifier, model, loader(data.student_train, recipe, True),
+                              loader(held_out, recipe, False), progress, log)  # fmt: skip
+        return model.eval()
+
+
+@torch.no_grad()
+def scored(model: nn.Module, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+    """(features at ``fc1``, logits) of the domain classifier."""
+    features, logits = [], []
+    with Taps(model.eval(), ["fc1"]) as taps:
+        for chunk in images.split(batch_size):
+            logits.append(model(chunk))
+            features.append(taps.pop()["fc1"].flatten(1))
+    return torch.cat(features), torch.cat(logits)
+
+
+@torch.no_grad()
+def measure_sampler(
+    model: Denoiser, data: DiffusionData, recipe: Recipe, steps: int
+) -> dict[str, float]:
+    """``steps``-step DDIM samples of ``model`` (``diffusion.samples``, classes in turn,
+    fixed noise): the domain classifier's accuracy on them, FID on its features against
+    the real test images, CPU seconds per image."""
+    count, size = spec_of(recipe).samples, recipe.data.eval_batch_size
+    noise = torch.randn(count, *data.in_shape, generator=torch.Generator().manual_seed(0))
+    classes = torch.arange(count) % data.num_classes
+    started = time.perf_counter()
+    images = torch.cat([
+        ddim_sample(model.eval(), data.levels, steps, z, c).clamp(-1, 1)
+        for z, c in zip(noise.split(size), classes.split(size), strict=True)
+    ])  # fmt: skip
+    seconds = (time.perf_counter() - started) / count
+    features, logits = scored(data.scorer["model"], images)
+    return {
+        "sampler_steps": float(steps),
+        "accuracy": float((logits.argmax(1) == classes).float().mean()),
+        "fid": frechet_distance(features, data.scorer["reference"]),
+        "seconds_per_image": seconds,
+        "examples": float(count),
+    }
+
+
+def image_grid(images: Tensor, columns: int, path: Path) -> Path:
+    """``images`` (N, C, H, W) in [-1, 1] as one PNG, ``columns`` per row."""
+    from PIL import Image
+
+    n, channels, height, width = images.shape
+    rows = -(-n // columns)
+    grid = torch.full((channels, rows * (height + 2), columns * (width + 2)), -1.0)
+    for i, image in enumerate(images):
+        top, left = (i // columns) * (height + 2) + 1, (i % columns) * (width + 2) + 1
+        grid[:, top : top + height, left : left + width] = image
+    pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
+    return path
+
+
+class Diffusion(Task):
+    """``task: diffusion``."""
+
+    name = "diffusion"
+    samples = True
+
+    def sample(
+        self, run_dir: Path, recipe: Recipe, *, model: str = "student", steps: int | None = None,
+        count: int = 64, seed: int = 0, out: Path | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """``count`` images of ``model`` (``student``, a round folder such as ``round_8``,
+        or ``teacher``) in ``steps`` DDIM steps (default: its own), one class per column,
+        from noise seeded by ``seed``; written as a PNG grid (default
+        ``<run_dir>/samples_<model>_<steps>.png``)."""
+        data = prepare_data(recipe, log=lambda line: None)
+        if model == "teacher":
+            sampler = get_teacher(recipe, data, False, lambda line: None)[0]
+        elif model == "student" or (run_dir / model / ckpt.STUDENT_FILE).exists():
+            sampler = self.load_student(
+                run_dir / ("" if model == "student" else model), recipe, data
+            )
+        else:
+            raise RecipeError(f"{run_dir}: no model {model!r} (student, teacher or a round_<n>)")
+        assert isinstance(sampler, Denoiser)
+        steps = steps or int(sampler.sampler_steps)
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(count, *data.in_shape, generator=generator)
+        classes = torch.arange(count) % data.num_classes
+        started = time.perf_counter()
+        images = ddim_sample(sampler.eval(), data.levels, steps, noise, classes)
+        seconds = time.perf_counter() - started
+        path = out or run_dir / f"samples_{model}_{steps}.png"
+        image_grid(images, min(count, data.num_classes), path)
+        return {"path": str(path), "model": model, "steps": steps, "images": count,
+                "seconds_per_image": seconds / count}  # fmt: skip
+
+    def prepare(self, recipe: Recipe, progress: bool, log: Log) -> DiffusionData:
+        return prepare_data(recipe, log)
+
+    def teacher(
+        self, recipe: Recipe, data: Splits, progress: bool, log: Log
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        assert isinstance(data, DiffusionData)
+        model, info = get_teacher(recipe, data, progress, log)
+        scorer = classifier(recipe, data, progress, log)
+        real = torch.stack([data.real_test[i][0] for i in range(len(data.real_test))])  # type: ignore[arg-type]
+        data.scorer = {"model": scorer, "reference": scored(scorer, real)[0]}
+        data.scorer["teacher"] = model
+        return model, info
+
+    def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
+        assert isinstance(data, DiffusionData) and recipe.teacher is not None
+        with store_lock(teacher_cache_dir(recipe), log):
+            return train_teacher(recipe, data, progress, log)[1]
+
+    def chain_stages(self, recipe: Recipe) -> list[tuple[str, ModelSpec | None, str]]:
+        steps = round_steps(recipe)
+        return [(f"round_{n}", None, f"progressive distillation {2 * n} → {n} steps")
+                for n in steps[:-1]]  # fmt: skip
+
+    def stage_lesson(
+        self, recipe: Recipe, data: Splits, teacher: nn.Module | None, stage: str, per_epoch: int
+    ) -> Lesson:
+        """Two steps of ``teacher``'s sampler for one of its student's; the first round's
+        teacher samples with ``diffusion.guidance``."""
+        assert isinstance(data, DiffusionData) and isinstance(teacher, Denoiser)
+        steps = int(teacher.sampler_steps) // 2
+        guide = teacher
+        if int(teacher.sampler_steps) == spec_of(recipe).steps and spec_of(recipe).guidance:
+            guide = copy.copy(teacher)  # the same weights, sampled with guidance
+            guide.guidance = spec_of(recipe).guidance
+        return Lesson(
+            recipe_objective(recipe, per_epoch, teacher),
+            teacher,
+            answers=TwoStepTeacher(guide, data.levels, steps),
+            transform=Noising(data.levels, steps, seed=recipe.seed + steps),
+        )
+
+    def resolve_recipe(self, recipe: Recipe, data: Splits) -> Recipe:
+        """Rounds keep their last step (the paper's fixed schedule) unless the recipe names
+        a validation metric."""
+        if "select_metric" in recipe.train.model_fields_set:
+            return recipe
+        train = recipe.train.model_copy(update={"select_metric": None})
+        return recipe.model_copy(update={"train": train})
+
+    def build_student(
+        self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
+    ) -> nn.Module:
+        """A copy of its teacher that samples in half the steps."""
+        assert isinstance(teacher, Denoiser)
+        student = copy.deepcopy(teacher).requires_grad_(True).train()
+        student.sampler_steps.fill_(int(teacher.sampler_steps) // 2)
+        student.guidance = 0.0
+        return student
+
+    def load_student(self, run_dir: Path, recipe: Recipe, data: Splits) -> nn.Module:
+        assert isinstance(data, DiffusionData) and recipe.teacher is not None
+        model = denoiser(recipe, data, recipe.teacher.model_copy(update={"checkpoint": None}))
+        ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+        return model.eval()
+
+    def evaluate(
+        self, model: nn.Module, recipe: Recipe, data: Splits, judge: Any = None
+    ) -> dict[str, Any]:
+        """The sampler at its own step count; the teacher also at each student's (DDIM,
+        not distilled)."""
+        assert isinstance(data, DiffusionData) and isinstance(model, Denoiser)
+        metrics = measure_sampler(model, data, recipe, int(model.sampler_steps))
+        if model is data.scorer.get("teacher"):
+            metrics["ddim"] = {
+                str(n): measure_sampler(model, data, recipe, n) for n in round_steps(recipe)
+            }
+        return metrics
+
+    def describe(
+        self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
+    ) -> dict[str, Any]:
+        return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
+
+    def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
+        """One denoiser evaluation (a sampler makes ``steps`` of them per image)."""
+        assert isinstance(data, DiffusionData)
+        z = torch.zeros(data.in_shape)
+        return z, {
+            "tau": torch.tensor([float(data.levels.steps)]),
+            "class_labels": torch.tensor([0]),
+        }
+
+    def cache_rows(self, data: Splits) -> Dataset:
+        raise RecipeError("cache: task diffusion has no teacher cache yet")
+
+    def cache_layout(self, recipe: Recipe, data: Splits, teacher: nn.Module, rows: int) -> Layout:
+        raise RecipeError("cache: task diffusion has no teacher cache yet")
+
+    def cache_fingerprint(self, recipe: Recipe, data: Splits) -> dict[str, Any]:
+        raise RecipeError("cache: task diffusion has no teacher cache yet")
+
+    def summary_fields(
+        self, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        spec = spec_of(recipe)
+        before = {"task": "diffusion", "dataset": recipe.data.dataset,
+                  "rounds": [spec.steps, *round_steps(recipe)]}  # fmt: skip
+        return before, {}
+
+    def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:
+        data = prepare_data(recipe, log=lambda line: None)
+        self.teacher(recipe, data, False, lambda line: None)
+        return self.evaluate(self.load_student(run_dir, recipe, data), recipe, data)
+
+    def describe_eval(self, metrics: dict[str, float]) -> str:
+        return (
+            f"{int(metrics['sampler_steps'])}-step sampler: FID (domain classifier) "
+            f"{metrics['fid']:.2f}, "
+            f"class accuracy {100 * metrics['accuracy']:.1f}%, "
+            f"{metrics['seconds_per_image'] * 1000:.1f} ms per image"
+        )
+
+    def describe_teacher(self, info: dict[str, Any]) -> str:
+        return f"validation denoising loss {info['val']['loss']:.4f}"

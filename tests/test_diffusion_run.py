@@ -1,0 +1,116 @@
+"""``task: diffusion`` end to end on a tiny budget: a small class-conditional UNet trained
+on digits images (in Fashion-MNIST's format), two rounds of progressive distillation
+(4 → 2 → 1 steps) as stages of the run, the domain classifier's metrics, a rerun that
+reuses every stage, and recipes that cannot work named in one line."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from distill import cli
+from distill.errors import RecipeError
+from distill.recipes import validate_recipe
+from distill.recipes.load import load_recipe, read_yaml
+from distill.runs.run import eval_command, run_recipe, sample_command
+
+pytest.importorskip("diffusers", reason="pip install 'distill[diffusion]' (CI installs it)")
+
+RECIPE = "recipes/fashion_mnist_progressive.yaml"
+
+
+def tiny(digits_idx_dir, out, *more):
+    return load_recipe(
+        RECIPE,
+        [
+            f"data.path={digits_idx_dir}",
+            "teacher.args={block_out_channels: [16, 32], down_block_types: [DownBlock2D, "
+            "DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D], layers_per_block: 1, "
+            "norm_num_groups: 8}",
+            "teacher.train.max_steps=20",
+            "diffusion.steps=4",
+            "diffusion.samples=20",
+            "diffusion.classifier_epochs=1",
+            "train.max_steps=3",
+            f"output.dir={out}",
+            "output.latency_repeats=2",
+            *more,
+        ],
+    )
+
+
+def test_progressive_rounds_run_as_stages_and_are_measured(
+    digits_idx_dir, isolated_cache, tmp_path
+):
+    lines = []
+    summary = run_recipe(tiny(digits_idx_dir, tmp_path), progress=False, log=lines.append)
+    assert summary["task"] == "diffusion" and summary["rounds"] == [4, 2, 1]
+    models = summary["models"]
+    assert set(models) == {"teacher", "round_2", "student"}
+    sampler_steps = [models[k]["sampler_steps"] for k in ("teacher", "round_2", "student")]
+    assert sampler_steps == [4.0, 2.0, 1.0]
+    assert set(models["teacher"]["ddim"]) == {"2", "1"}  # its own DDIM, not distilled
+    for row in [models["round_2"], models["student"], *models["teacher"]["ddim"].values()]:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["fid"] >= 0.0 and row["seconds_per_image"] > 0
+    assert models["student"]["steps"] == models["round_2"]["steps"] == 3  # optimizer steps
+    assert any("progressive distillation 4 → 2 steps" in line for line in lines)
+    run_dir = tmp_path / "fashion_mnist_progressive"
+    assert (run_dir / "round_2" / "student.safetensors").exists()
+
+    again = []
+    rerun = run_recipe(tiny(digits_idx_dir, tmp_path), progress=False, log=again.append)
+    assert sum("finished by an earlier run, reused" in line for line in again) == 2
+    assert rerun["models"]["student"]["fid"] == models["student"]["fid"]
+    metrics, line = eval_command(run_dir)
+    assert metrics["fid"] == pytest.approx(models["student"]["fid"])
+    assert "1-step sampler" in line
+
+    # distill sample: a grid from any stage, in any number of steps, one class per column
+    out = tmp_path / "grid.png"
+    result = CliRunner().invoke(
+        cli.app, ["sample", str(run_dir), "--model", "round_2", "--n", "20", "--out", str(out),
+                  "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == 2
+    with Image.open(out) as grid:
+        assert grid.size == (10 * 34, 2 * 34)  # 10 classes per row, 32 pixels and a border
+    default = sample_command(run_dir, count=10)
+    assert default["steps"] == 1 and Path(default["path"]).exists()
+    with pytest.raises(RecipeError, match="no model 'round_7'"):
+        sample_command(run_dir, model="round_7")
+
+
+def test_guidance_is_baked_into_the_first_round_only(digits_idx_dir, isolated_cache, tmp_path):
+    from distill.runs.run import task_for
+
+    recipe = tiny(digits_idx_dir, tmp_path, "diffusion.guidance=1.5")
+    task = task_for(recipe)
+    data = task.prepare(recipe, False, lambda line: None)
+    teacher, _ = task.teacher(recipe, data, False, lambda line: None)
+    first = task.stage_lesson(recipe, data, teacher, "round_2", 1)
+    assert first.answers.denoiser.guidance == 1.5 and teacher.guidance == 0.0
+    student = task.build_student(recipe, data, recipe.student, teacher)
+    assert int(student.sampler_steps) == 2 and student.guidance == 0.0
+    second = task.stage_lesson(recipe, data, student, "student", 1)
+    assert second.answers.denoiser.guidance == 0.0 and second.answers.steps == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"diffusion": {"steps": 48, "to_steps": 1}}, "does not halve down to to_steps 1"),
+        ({"student": {"model": "zoo:cnn"}}, "starts each student as a copy of its teacher"),
+        ({"baseline": True}, "set baseline: false"),
+        ({"objective": {"kd": {"loss": "kl"}}}, "one term \\{loss: progressive_distillation\\}"),
+        ({"diffusion": None}, "task diffusion needs a diffusion section"),
+    ],
+)
+def test_recipes_that_cannot_distil_a_sampler_fail_naming_the_field(changes, message):
+    raw = {**read_yaml(RECIPE), **changes}
+    if raw.get("diffusion") is None:
+        raw.pop("diffusion")
+    with pytest.raises(RecipeError, match=message):
+        validate_recipe(raw)
