@@ -158,3 +158,61 @@ def test_a_diffusers_pipeline_folder_loads_as_unet_schedule_and_prediction(tmp_p
         load_hf_diffusers(f"hf-diffusers:{tmp_path / 'edm'}")
     with pytest.raises(ModelError, match="cannot load a UNet"):
         load_hf_diffusers(f"hf-diffusers:{tmp_path / 'missing'}")
+
+
+def test_consistency_distillation_of_an_exact_denoiser_asks_for_the_exact_v_and_samples_x():
+    from distill.methods.diffusion import ConsistencyTeacher, consistency_sample
+    from distill.teachers import EMA
+
+    levels = linear_levels()
+    x = torch.randn(4, 1, 4, 4)
+    oracle = Denoiser(Oracle(x, levels), levels)
+    batch = Noising(levels, steps=8, seed=2, weighting="x_space")(
+        Batch(args=(x,), labels=torch.zeros(4).long())
+    )
+    _, sigma = levels.alpha_sigma(batch.kwargs["tau"])
+    torch.testing.assert_close(batch.meta["example_weight"], (sigma**2).float())
+    teacher = ConsistencyTeacher(oracle, EMA(oracle, momentum=0.9), levels, steps=8)
+    torch.testing.assert_close(teacher(batch).logits, batch.labels, atol=1e-4, rtol=1e-4)
+    for steps in (1, 2, 4):
+        sample = consistency_sample(oracle, levels, steps, torch.randn(4, 1, 4, 4))
+        torch.testing.assert_close(sample, x, atol=1e-4, rtol=1e-4)
+
+
+def test_the_consistency_loss_is_l2_or_pseudo_huber_on_the_weighted_error():
+    g = torch.Generator().manual_seed(3)
+    student, target = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)
+    weight = torch.tensor([0.1, 0.5, 1.0])
+    error = weight * (student - target).square().flatten(1).mean(1)
+    torch.testing.assert_close(
+        losses.consistency_distillation(student, target, weight), error.mean()
+    )
+    huber = ((error + 0.03**2).sqrt() - 0.03).mean()
+    torch.testing.assert_close(
+        losses.consistency_distillation(student, target, weight, huber_c=0.03), huber
+    )
+
+
+def test_consistency_distillation_trains_through_the_engine_with_an_ema_target(digits):
+    from distill.methods.diffusion import ConsistencyTeacher, consistency_sample
+    from distill.teachers import EMA
+
+    train = digits[0]
+    x, y = train.tensors[0] * 2 - 1, train.tensors[1]
+    images = TensorDataset(x[:256], y[:256])
+    levels = linear_levels()
+    teacher = Denoiser(tiny_unet(), levels).eval()
+    student = copy.deepcopy(teacher)
+    ema = EMA(student, momentum=0.95)
+    before = [p.clone() for p in ema.model.parameters()]
+    target = ConsistencyTeacher(teacher, ema, levels, steps=8)
+    run = Distiller(
+        student, target, Objective(cd=Term(losses.consistency_distillation, huber_c=0.03)),
+        batch_transform=Noising(levels, steps=8, seed=0, weighting="x_space"), lr=1e-3,
+        progress=False, select_metric=None,
+    )  # fmt: skip
+    run.fit(DataLoader(images, batch_size=64, shuffle=True), max_steps=8)
+    moved = any(not torch.equal(a, b) for a, b in zip(before, ema.model.parameters(), strict=True))
+    assert moved  # the target network follows the student
+    samples = consistency_sample(student, levels, 2, torch.randn(3, 1, 8, 8), torch.arange(3))
+    assert samples.shape == (3, 1, 8, 8) and torch.isfinite(samples).all()

@@ -114,3 +114,23 @@ def test_recipes_that_cannot_distil_a_sampler_fail_naming_the_field(changes, mes
         raw.pop("diffusion")
     with pytest.raises(RecipeError, match=message):
         validate_recipe(raw)
+
+
+def test_consistency_distillation_is_one_student_sampled_in_one_two_or_four_steps(
+    digits_idx_dir, isolated_cache, tmp_path
+):
+    recipe = tiny(
+        digits_idx_dir, tmp_path, "diffusion.method=consistency", "diffusion.steps=8",
+        "objective={cd: {loss: consistency_distillation, options: {huber_c: 0.03}}}",
+    )  # fmt: skip
+    summary = run_recipe(recipe, progress=False, log=lambda line: None)
+    models = summary["models"]
+    assert summary["method"] == "consistency" and set(models) == {"teacher", "student"}
+    student = models["student"]
+    assert student["sampler_steps"] == 1.0 and set(student["multistep"]) == {"2", "4"}
+    assert set(models["teacher"]["ddim"]) == {"4", "2", "1"}  # the teacher's DDIM, compared
+    assert all(row["fid"] >= 0 for row in student["multistep"].values())
+    drawn = sample_command(tmp_path / "fashion_mnist_progressive", count=10, steps=2)
+    assert drawn["steps"] == 2 and Path(drawn["path"]).exists()
+    with pytest.raises(RecipeError, match="method consistency trains with one term"):
+        validate_recipe({**read_yaml(RECIPE), "diffusion": {"method": "consistency"}})

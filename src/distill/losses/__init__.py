@@ -7,7 +7,11 @@ A loss's parameter names say what it reads (``student_logits``, ``teacher_logits
 """
 
 from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
-from distill.losses.diffusion import denoising, progressive_distillation
+from distill.losses.diffusion import (
+    consistency_distillation,
+    denoising,
+    progressive_distillation,
+)
 from distill.losses.features import (
     attention_transfer,
     cosine_embedding,
@@ -41,6 +45,7 @@ __all__ = [
     "clip_contrastive",
     "clip_embedding",
     "clip_relational",
+    "consistency_distillation",
     "cosine_embedding",
     "cross_entropy",
     "denoising",

@@ -11,7 +11,8 @@ broadcast over the image dimensions.
   DDIM step lands where the teacher's two steps landed (Salimans & Ho, 2022, Algorithm 2).
 - ``progressive_distillation``: the student's loss against that target, in v-space, with
   the paper's truncated-SNR weighting (``truncated_snr_weight``); ``denoising``: the
-  diffusion model's own training loss against the true v.
+  diffusion model's own training loss against the true v; ``consistency_distillation``:
+  a consistency model's distance to its target, L2 or pseudo-Huber.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import Tensor
 from distill.losses.reductions import upcast
 
 __all__ = [
+    "consistency_distillation",
     "ddim_step",
     "denoising",
     "progressive_distillation",
@@ -119,3 +121,36 @@ def denoising(
     Diffusion Probabilistic Models", NeurIPS 2020.
     """
     return _weighted_mse(student_logits, labels, example_weight, "denoising")
+
+
+def consistency_distillation(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    example_weight: Tensor | None = None,
+    *,
+    huber_c: float | None = None,
+) -> Tensor:
+    """The consistency-distillation loss: the student's v-prediction at ``z_{n+1}`` against
+    the target v of its EMA copy's clean-image estimate at the teacher's one-step ODE
+    solution ``ẑ_n`` (``teacher_logits``, written in v at ``z_{n+1}``).
+
+    Formula: per example ``e = w · mean_pixels (v̂ − ṽ)²`` with ``w = σ²`` (``example_weight``),
+    which is the x-space distance ``mean (f_θ(z_{n+1}) − f_θ⁻(ẑ_n))²``; L2: ``L = mean e``;
+    pseudo-Huber (``huber_c`` = c): ``L = mean (√(e + c²) − c)``. The consistency function
+    ``f(z, τ) = α_τ z − σ_τ v̂`` is the boundary-condition parameterisation with
+    ``c_skip = α_τ``, ``c_out = −σ_τ`` on the network's v output: ``f(z, 0) = z``.
+    Reduction: mean over examples. T² scaling: no.
+    Paper: Song, Dhariwal, Chen & Sutskever, "Consistency Models", ICML 2023 (CD, pseudo-
+    Huber: Song & Dhariwal, "Improved Techniques for Training Consistency Models", 2023).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"consistency_distillation: the prediction {tuple(student_logits.shape)} and the "
+            f"target {tuple(teacher_logits.shape)} must have the same shape"
+        )
+    error = (upcast(student_logits) - upcast(teacher_logits)).square().flatten(1).mean(1)
+    if example_weight is not None:
+        error = example_weight.to(error.dtype) * error
+    if huber_c is not None:
+        error = (error + huber_c**2).sqrt() - huber_c
+    return error.mean()

@@ -23,7 +23,11 @@ from typing import Any
 from torch import nn
 
 from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
-from distill.losses.diffusion import denoising, progressive_distillation
+from distill.losses.diffusion import (
+    consistency_distillation,
+    denoising,
+    progressive_distillation,
+)
 from distill.losses.features import (
     attention_transfer,
     cosine_embedding,
@@ -155,6 +159,7 @@ LOSSES: dict[str, LossInfo] = {
         LossInfo("clip_affinity", clip_affinity),
         LossInfo("progressive_distillation", progressive_distillation),
         LossInfo("denoising", denoising),
+        LossInfo("consistency_distillation", consistency_distillation),
     )
 }
 RECIPE_LOSSES = tuple(sorted(name for name, info in LOSSES.items() if info.in_recipes))

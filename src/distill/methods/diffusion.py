@@ -14,7 +14,11 @@ distillation of the sampler (Salimans & Ho, ICLR 2022), all on any UNet that map
 - ``TwoStepTeacher``: a teacher whose answer for ``z`` at a grid level is the v-target of
   progressive distillation: two DDIM steps of the teacher sampler (half the student's
   step each), and the v that makes one student step land there.
-- ``ddim_sample``: deterministic DDIM sampling in ``steps`` steps.
+- ``ConsistencyTeacher``: the target of consistency distillation (Song et al., ICML
+  2023): one DDIM (ODE) step of the teacher from ``z`` to the next level of its grid, then
+  the clean-image estimate of the student's moving average (``teachers.EMA``) there.
+- ``ddim_sample``: deterministic DDIM sampling in ``steps`` steps;
+  ``consistency_sample``: multistep consistency sampling (denoise, re-noise).
 - ``NoisedImages``: a fixed noising of a dataset (validation rows that are the same at
   every evaluation).
 """
@@ -38,6 +42,7 @@ from distill.losses.diffusion import (
 )
 from distill.outputs import TeacherOutput
 from distill.teachers.base import Teacher
+from distill.teachers.ema import EMA
 
 
 class NoiseLevels:
@@ -102,6 +107,17 @@ class Denoiser(nn.Module):
         config = getattr(unet, "config", None)  # a UNet without a class embedding takes none
         self.conditional = config is None or getattr(config, "num_class_embeds", None) is not None
         self.register_buffer("sampler_steps", torch.tensor(steps))  # saved with the weights
+        self.sampler = "ddim"  # or "consistency": how its images are drawn (``sample``)
+
+    def sample(
+        self, noise: Tensor, class_labels: Tensor | None = None, steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:  # fmt: skip
+        """Images from ``noise`` in ``steps`` (default: its own) steps of its sampler."""
+        steps = steps or int(self.sampler_steps)
+        if self.sampler == "consistency":
+            return consistency_sample(self, self.levels, steps, noise, class_labels, generator)
+        return ddim_sample(self, self.levels, steps, noise, class_labels)
 
     def _raw(self, z: Tensor, tau: Tensor, class_labels: Tensor | None) -> Tensor:
         timestep = (tau.float() - 1).clamp_min(0).to(z.device)
@@ -129,7 +145,8 @@ class Noising:
     """Batch transform: ``(x, y)`` → ``z = α x + σ ε`` at a level ``τ`` drawn for each
     image from the levels of a ``steps``-step sampler (its starting levels: ``grid(steps)``
     minus 0), or uniformly in (0, T] without ``steps``; labels: the true v; meta
-    ``example_weight``: the truncated-SNR weight. ``null_class`` with ``drop`` > 0 replaces
+    ``example_weight``: the truncated-SNR weight (``weighting="x_space"``: σ², the plain
+    x-space error, as consistency distillation weighs it). ``null_class`` with ``drop`` > 0 replaces
     that share of the classes by the null class (training for classifier-free guidance).
 
     The draws of a step depend only on ``seed``, the step and the micro-batch's place in
@@ -147,10 +164,20 @@ class Noising:
         null_class: int | None = None,
         drop: float = 0.0,
         seed: int = 0,
+        weighting: str = "truncated_snr",
     ) -> None:
+        if weighting not in ("truncated_snr", "x_space"):
+            raise ValueError(f"weighting must be truncated_snr or x_space, got {weighting!r}")
+        self.weighting = weighting
         self.levels, self.steps = levels, steps
         self.null_class, self.drop = null_class, drop
         self.seed, self.step, self.calls = seed, None, 0
+
+    def _weight(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The v-space weight of the x-space loss: max(SNR, 1) σ² or plain σ²."""
+        if self.weighting == "x_space":
+            return sigma.double() ** 2
+        return truncated_snr_weight(alpha, sigma)
 
     def _generator(self, step: int) -> torch.Generator:
         self.calls = self.calls + 1 if step == self.step else 0
@@ -178,7 +205,7 @@ class Noising:
             args=(),
             kwargs={"z": z, "tau": tau.to(x.device), "class_labels": classes},
             labels=v,
-            meta={**batch.meta, "example_weight": truncated_snr_weight(alpha, sigma).float()},
+            meta={**batch.meta, "example_weight": self._weight(alpha, sigma).float()},
         )
 
 
@@ -211,6 +238,68 @@ class TwoStepTeacher(Teacher):
         z_end = ddim_step(z_mid, x_mid, a_mid, s_mid, a_end, s_end)
         target = progressive_target(z, z_end, a_t, s_t, a_end, s_end).to(z.dtype)
         return TeacherOutput(logits=v_from_x(z, target, a_t, s_t))
+
+
+class ConsistencyTeacher(Teacher):
+    """The target of consistency distillation for ``z`` at a level ``τ`` of ``denoiser``'s
+    ``steps``-step grid: ``ẑ`` one DDIM step of ``denoiser`` below (the ODE solver), then the
+    clean image that the student's moving average (``ema``, updated after every optimizer
+    step) estimates at ``ẑ`` (``ẑ`` itself at level 0), written as the v at ``z``."""
+
+    def __init__(self, denoiser: nn.Module, ema: EMA, levels: NoiseLevels, steps: int) -> None:
+        self.denoiser = denoiser.eval().requires_grad_(False)
+        self.ema, self.levels, self.delta = ema, levels, levels.steps / steps
+
+    def to(self, device: torch.device | str) -> ConsistencyTeacher:
+        self.denoiser.to(device)
+        self.ema.to(device)
+        return self
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.ema.after_step(step, total_steps)
+
+    @property
+    def state_module(self) -> nn.Module:
+        return self.ema.state_module
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:
+        z, tau = batch.kwargs["z"], batch.kwargs["tau"].double()
+        classes = batch.kwargs.get("class_labels")
+        below = (tau - self.delta).clamp_min(0)
+        (a_t, s_t), (a_n, s_n) = (
+            _same_device(self.levels.alpha_sigma(level), z) for level in (tau, below)
+        )
+        x = x_from_v(z, self.denoiser(z, tau, classes), a_t, s_t)
+        z_below = ddim_step(z, x, a_t, s_t, a_n, s_n)
+        target = x_from_v(z_below, self.ema.model(z_below, below, classes), a_n, s_n)
+        clean = _b((below == 0).to(z.device), z).bool()
+        target = torch.where(clean, z_below, target)  # f(z, 0) = z
+        return TeacherOutput(logits=v_from_x(z, target, a_t, s_t))
+
+
+@torch.no_grad()
+def consistency_sample(
+    model: Callable[..., Tensor],
+    levels: NoiseLevels,
+    steps: int,
+    noise: Tensor,
+    class_labels: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Multistep consistency sampling: the clean image ``f(z, T)`` from noise, then
+    ``steps − 1`` times re-noised to the next level of a ``steps``-step grid and denoised
+    again (Song et al., 2023, Algorithm 1), ``f(z, τ) = α_τ z − σ_τ v̂``."""
+    grid = levels.grid(steps)[:-1]  # T, …, the last level above 0
+    z, x = noise, noise
+    for i, level in enumerate(grid):
+        tau = level.repeat(z.shape[0])
+        alpha, sigma = _same_device(levels.alpha_sigma(tau), z)
+        if i:
+            fresh = torch.randn(z.shape, generator=generator).to(z.device, z.dtype)
+            z = _b(alpha, z) * x + _b(sigma, z) * fresh
+        x = x_from_v(z, model(z, tau, class_labels), alpha, sigma)
+    return x
 
 
 @torch.no_grad()

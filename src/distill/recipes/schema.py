@@ -175,10 +175,14 @@ class Recipe(Strict):
                 "teacher; set student.model: teacher"
             )
         losses = {term.loss for term in self.objective.values()}
-        if losses != {"progressive_distillation"}:
+        method = self.diffusion.method  # type: ignore[union-attr]
+        wanted = (
+            "progressive_distillation" if method == "progressive" else "consistency_distillation"
+        )
+        if losses != {wanted}:
             raise ValueError(
-                "objective: task diffusion trains each round with one term "
-                f"{{loss: progressive_distillation}}, got {sorted(losses)}"
+                f"objective: diffusion.method {method} trains with one term {{loss: {wanted}}}, "
+                f"got {sorted(losses)}"
             )
         if self.baseline or self.compress or self.export or self.cache:
             raise ValueError(

@@ -402,13 +402,21 @@ class TextDataSpec(Strict):
 
 class DiffusionSpec(Strict):
     """``task: diffusion``: progressive distillation of a DDIM sampler (Salimans & Ho, ICLR
-    2022). The teacher's ``steps``-step sampler teaches a student of half as many steps,
+    2022): the teacher's ``steps``-step sampler teaches a student of half as many steps,
     which teaches the next, down to ``to_steps``; each round is a stage with the recipe's
-    ``train`` budget. A teacher the recipe trains uses DDPM's linear schedule over
+    ``train`` budget. Or consistency distillation (``method: consistency``): one student
+    learns to map every level of the teacher's ``steps``-step grid to the clean image. A
+    teacher the recipe trains uses DDPM's linear schedule over
     ``timesteps`` and predicts ``prediction``; ``guidance`` > 0 bakes classifier-free
     guidance into the first round (the teacher learns with ``class_dropout`` of its classes
     dropped). Samplers are measured on ``samples`` generated images."""
 
+    method: Literal["progressive", "consistency"] = Field(
+        "progressive",
+        description="progressive: halving rounds; consistency: one consistency model trained "
+        "on the teacher's steps-step grid (Song et al. 2023), sampled in 1, 2 or 4 steps",
+    )
+    ema_momentum: float = Field(0.95, ge=0, lt=1, description="consistency: the target's EMA")
     steps: int = Field(64, ge=2, description="the teacher sampler's DDIM steps")
     to_steps: int = Field(1, ge=1, description="the last student's steps")
     guidance: float = Field(0.0, ge=0, description="classifier-free guidance weight w")
@@ -425,6 +433,8 @@ class DiffusionSpec(Strict):
 
     @model_validator(mode="after")
     def _halving(self) -> DiffusionSpec:
+        if self.method == "consistency":
+            return self
         ratio, rounds = self.steps // self.to_steps, 0
         while ratio > 1 and ratio % 2 == 0:
             ratio, rounds = ratio // 2, rounds + 1

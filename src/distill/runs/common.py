@@ -318,6 +318,7 @@ class Lesson:
     rows: Literal["student", "baseline"] = "student"
     on_policy: bool = False
     transform: Callable[[Batch, int], Batch] | None = None  # the task's for this stage
+    answers_for: Callable[[nn.Module], teachers.Teacher] | None = None  # built on the student
 
 
 def recipe_objective(

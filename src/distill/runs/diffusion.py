@@ -35,10 +35,10 @@ from distill.errors import RecipeError
 from distill.losses import denoising
 from distill.measure import frechet_distance, parameter_count, size_on_disk
 from distill.methods.diffusion import (
+    ConsistencyTeacher,
     Denoiser,
     Noising,
     TwoStepTeacher,
-    ddim_sample,
 )
 from distill.models import build_model
 from distill.models.diffusion import unet_from_config
@@ -48,6 +48,7 @@ from distill.runs.common import Lesson, Log, Splits, Task, loader, recipe_object
 from distill.runs.diffusion_data import DiffusionData, hub_teacher, prepare_data, spec_of
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
 from distill.taps import Taps
+from distill.teachers import EMA
 from distill.training import checkpoint as ckpt
 
 
@@ -110,6 +111,14 @@ def train_teacher(
     return model.eval(), info
 
 
+def compared_steps(recipe: Recipe) -> list[int]:
+    """The step counts the teacher's own DDIM is measured at, to compare with the
+    students': each round's, or for a consistency model 4, 2 and 1."""
+    if spec_of(recipe).method == "consistency":
+        return [n for n in (4, 2, 1) if n < spec_of(recipe).steps]
+    return round_steps(recipe)
+
+
 def round_steps(recipe: Recipe) -> list[int]:
     """The students' step counts, round by round: steps / 2, steps / 4, …, to_steps."""
     spec, found = spec_of(recipe), []
@@ -156,15 +165,16 @@ def scored(model: nn.Module, images: Tensor, batch_size: int = 500) -> tuple[Ten
 def measure_sampler(
     model: Denoiser, data: DiffusionData, recipe: Recipe, steps: int
 ) -> dict[str, float]:
-    """``steps``-step DDIM samples of ``model`` (``diffusion.samples``, classes in turn,
-    fixed noise): the domain classifier's accuracy on them, FID on its features against
-    the real test images, CPU seconds per image."""
+    """``steps``-step samples of ``model`` (``diffusion.samples``, classes in turn, fixed
+    noise): the domain classifier's accuracy on them, FID on its features against the
+    real test images, CPU seconds per image."""
     count, size = spec_of(recipe).samples, recipe.data.eval_batch_size
-    noise = torch.randn(count, *data.in_shape, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(count, *data.in_shape, generator=generator)
     classes = torch.arange(count) % data.num_classes
     started = time.perf_counter()
     images = torch.cat([
-        ddim_sample(model.eval(), data.levels, steps, z, c).clamp(-1, 1)
+        model.eval().sample(z, c, steps, generator).clamp(-1, 1)
         for z, c in zip(noise.split(size), classes.split(size), strict=True)
     ])  # fmt: skip
     seconds = (time.perf_counter() - started) / count
@@ -223,7 +233,7 @@ class Diffusion(Task):
         noise = torch.randn(count, *data.in_shape, generator=generator)
         classes = torch.arange(count) % data.num_classes
         started = time.perf_counter()
-        images = ddim_sample(sampler.eval(), data.levels, steps, noise, classes)
+        images = sampler.eval().sample(noise, classes, steps, generator)
         seconds = time.perf_counter() - started
         path = out or run_dir / f"samples_{model}_{steps}.png"
         image_grid(images, min(count, data.num_classes), path)
@@ -250,6 +260,8 @@ class Diffusion(Task):
             return train_teacher(recipe, data, progress, log)[1]
 
     def chain_stages(self, recipe: Recipe) -> list[tuple[str, ModelSpec | None, str]]:
+        if spec_of(recipe).method == "consistency":
+            return []  # one consistency model
         steps = round_steps(recipe)
         return [(f"round_{n}", None, f"progressive distillation {2 * n} → {n} steps")
                 for n in steps[:-1]]  # fmt: skip
@@ -257,14 +269,25 @@ class Diffusion(Task):
     def stage_lesson(
         self, recipe: Recipe, data: Splits, teacher: nn.Module | None, stage: str, per_epoch: int
     ) -> Lesson:
-        """Two steps of ``teacher``'s sampler for one of its student's; the first round's
-        teacher samples with ``diffusion.guidance``."""
+        """Two steps of ``teacher``'s sampler for one of its student's (the first round's
+        teacher samples with ``diffusion.guidance``); or, for a consistency model, one
+        teacher step on its grid and the student's moving average there."""
         assert isinstance(data, DiffusionData) and isinstance(teacher, Denoiser)
+        spec = spec_of(recipe)
         steps = int(teacher.sampler_steps) // 2
         guide = teacher
-        if int(teacher.sampler_steps) == spec_of(recipe).steps and spec_of(recipe).guidance:
+        if int(teacher.sampler_steps) == spec.steps and spec.guidance:
             guide = copy.copy(teacher)  # the same weights, sampled with guidance
-            guide.guidance = spec_of(recipe).guidance
+            guide.guidance = spec.guidance
+        if spec.method == "consistency":
+            return Lesson(
+                recipe_objective(recipe, per_epoch, teacher),
+                teacher,
+                answers_for=lambda student: ConsistencyTeacher(
+                    guide, EMA(student, momentum=spec.ema_momentum), data.levels, spec.steps
+                ),
+                transform=Noising(data.levels, spec.steps, seed=recipe.seed, weighting="x_space"),
+            )
         return Lesson(
             recipe_objective(recipe, per_epoch, teacher),
             teacher,
@@ -283,17 +306,23 @@ class Diffusion(Task):
     def build_student(
         self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
     ) -> nn.Module:
-        """A copy of its teacher that samples in half the steps."""
+        """A copy of its teacher that samples in half the steps (a consistency model: in
+        one step of its own sampler)."""
         assert isinstance(teacher, Denoiser)
         student = copy.deepcopy(teacher).requires_grad_(True).train()
         student.sampler_steps.fill_(int(teacher.sampler_steps) // 2)
         student.guidance = 0.0
+        if spec_of(recipe).method == "consistency":
+            student.sampler = "consistency"
+            student.sampler_steps.fill_(1)
         return student
 
     def load_student(self, run_dir: Path, recipe: Recipe, data: Splits) -> nn.Module:
         assert isinstance(data, DiffusionData) and recipe.teacher is not None
         model = denoiser(recipe, data, recipe.teacher.model_copy(update={"checkpoint": None}))
         ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+        if spec_of(recipe).method == "consistency":
+            model.sampler = "consistency"
         return model.eval()
 
     def evaluate(
@@ -305,8 +334,10 @@ class Diffusion(Task):
         metrics = measure_sampler(model, data, recipe, int(model.sampler_steps))
         if model is data.scorer.get("teacher"):
             metrics["ddim"] = {
-                str(n): measure_sampler(model, data, recipe, n) for n in round_steps(recipe)
+                str(n): measure_sampler(model, data, recipe, n) for n in compared_steps(recipe)
             }
+        elif model.sampler == "consistency":  # multistep consistency sampling
+            metrics["multistep"] = {str(n): measure_sampler(model, data, recipe, n) for n in (2, 4)}
         return metrics
 
     def describe(
@@ -336,8 +367,9 @@ class Diffusion(Task):
         self, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         spec = spec_of(recipe)
-        before = {"task": "diffusion", "dataset": recipe.data.dataset,
-                  "rounds": [spec.steps, *round_steps(recipe)]}  # fmt: skip
+        rounds = [spec.steps, *round_steps(recipe)] if spec.method == "progressive" else []
+        before = {"task": "diffusion", "dataset": recipe.data.dataset, "method": spec.method,
+                  "rounds": rounds}  # fmt: skip
         return before, {}
 
     def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:

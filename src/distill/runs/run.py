@@ -11,6 +11,7 @@ command line never asks which task a recipe is.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,8 @@ def train_student(
     live = None if lesson.teacher is None else teacher_module(recipe, lesson.teacher)
     if lesson.ema_momentum is not None:
         live = teachers.EMA(student, momentum=lesson.ema_momentum)
+    if lesson.answers_for is not None:  # e.g. a consistency target: the student's average
+        lesson = dataclasses.replace(lesson, answers=lesson.answers_for(student))
     judge = lesson.answers if lesson.answers is not None and task.cache_holds_test else live
     transform = lesson.transform
     if transform is None and lesson.on_policy:
