@@ -58,6 +58,11 @@ def test_progressive_rounds_run_as_stages_and_are_measured(
     assert any("progressive distillation 4 → 2 steps" in line for line in lines)
     run_dir = tmp_path / "fashion_mnist_progressive"
     assert (run_dir / "round_2" / "student.safetensors").exists()
+    report = (run_dir / "report.md").read_text()
+    assert "| teacher, DDIM (not distilled) | 2 |" in report and "FID (domain classifier)" in report
+    assert "round_2/samples.png" in report and (run_dir / "samples.png").exists()
+    with Image.open(run_dir / "plots" / "fid_vs_steps.png") as plot:
+        assert plot.size[0] > 300
 
     again = []
     rerun = run_recipe(tiny(digits_idx_dir, tmp_path), progress=False, log=again.append)
@@ -134,3 +139,37 @@ def test_consistency_distillation_is_one_student_sampled_in_one_two_or_four_step
     assert drawn["steps"] == 2 and Path(drawn["path"]).exists()
     with pytest.raises(RecipeError, match="method consistency trains with one term"):
         validate_recipe({**read_yaml(RECIPE), "diffusion": {"method": "consistency"}})
+
+
+def test_a_diffusion_recipe_runs_under_accelerate_launch(digits_idx_dir, tmp_path):
+    """`accelerate launch --num_processes 2 -m distill run` (gloo on this CPU): the teacher,
+    the domain classifier and both rounds train in two processes; one summary and report."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_distributed import free_port
+
+    recipe = tiny(digits_idx_dir, tmp_path)
+    overrides = [
+        f"data.path={digits_idx_dir}", "diffusion.steps=4", "diffusion.samples=20",
+        "diffusion.classifier_epochs=1", "teacher.train.max_steps=6", "train.max_steps=2",
+        f"output.dir={tmp_path}", "output.latency_repeats=2",
+        "teacher.args={block_out_channels: [16, 32], down_block_types: [DownBlock2D, "
+        "DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D], layers_per_block: 1, "
+        "norm_num_groups: 8}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILL_CACHE": str(tmp_path / "cache")}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+        f"--main_process_port={free_port()}", "-m", "distill", "run", RECIPE, "--quiet",
+        *[f"--set={o}" for o in overrides],
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / recipe.name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["models"]) == {"teacher", "round_2", "student"}
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(set(lines)) == len(lines)  # one process logged
+    assert (run_dir / "report.md").exists()

@@ -43,6 +43,7 @@ from distill.losses.diffusion import (
 from distill.outputs import TeacherOutput
 from distill.teachers.base import Teacher
 from distill.teachers.ema import EMA
+from distill.training.distributed import process_index
 
 
 class NoiseLevels:
@@ -149,8 +150,9 @@ class Noising:
     x-space error, as consistency distillation weighs it). ``null_class`` with ``drop`` > 0 replaces
     that share of the classes by the null class (training for classifier-free guidance).
 
-    The draws of a step depend only on ``seed``, the step and the micro-batch's place in
-    it, so a run resumed from a checkpoint draws what the uninterrupted run drew. The
+    The draws of a step depend only on ``seed``, the process, the step and the
+    micro-batch's place in it, so a run resumed from a checkpoint draws what the
+    uninterrupted run drew. The
     model reads the transformed batch only (``shapes_inputs``: the engine's first forward,
     which checks taps, sees it too)."""
 
@@ -182,7 +184,8 @@ class Noising:
     def _generator(self, step: int) -> torch.Generator:
         self.calls = self.calls + 1 if step == self.step else 0
         self.step = step
-        return torch.Generator().manual_seed(hash((self.seed, step, self.calls)) % 2**63)
+        key = (self.seed, process_index(), step, self.calls)  # each process its own draws
+        return torch.Generator().manual_seed(hash(key) % 2**63)
 
     def __call__(self, batch: Batch, step: int = 0) -> Batch:
         x, labels = batch.args[0], batch.labels

@@ -18,7 +18,6 @@ from distill.recipes.specs import (
     CacheSpec,
     CompressStage,
     DataSpec,
-    DiffusionSpec,
     ExportSpec,
     GenerateSpec,
     ModelSpec,
@@ -32,6 +31,7 @@ from distill.recipes.specs import (
     TextDataSpec,
     TrainSpec,
 )
+from distill.recipes.task_specs import DiffusionSpec
 
 __all__ = [
     "CacheSpec",

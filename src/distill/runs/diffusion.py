@@ -46,6 +46,7 @@ from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe, TeacherSpec, TrainSpec
 from distill.runs.common import Lesson, Log, Splits, Task, loader, recipe_objective
 from distill.runs.diffusion_data import DiffusionData, hub_teacher, prepare_data, spec_of
+from distill.runs.diffusion_report import GRID
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
 from distill.taps import Taps
 from distill.teachers import EMA
@@ -316,6 +317,16 @@ class Diffusion(Task):
             student.sampler = "consistency"
             student.sampler_steps.fill_(1)
         return student
+
+    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:
+        """A grid of its samples (two per class) next to its weights, for the report."""
+        assert isinstance(student, Denoiser) and isinstance(data, DiffusionData)
+        count = 2 * data.num_classes
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.randn(count, *data.in_shape, generator=generator)
+        classes = torch.arange(count) % data.num_classes
+        images = student.eval().sample(noise, classes, generator=generator)
+        image_grid(images, data.num_classes, run_dir / GRID)
 
     def load_student(self, run_dir: Path, recipe: Recipe, data: Splits) -> nn.Module:
         assert isinstance(data, DiffusionData) and recipe.teacher is not None

@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 
+from distill.runs import diffusion_report
+
 PLOTS = "plots"
 LABELS = {"teacher": "teacher", "baseline": "student, labels only", "student": "student, distilled"}
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -112,6 +114,8 @@ TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms
 
 def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The summary table for a terminal: (header, rows)."""
+    if summary.get("task") == "diffusion":
+        return diffusion_report.terminal_table(summary)
     if is_clip(summary):  # without recall and size, to fit 80 columns
         rows = [row[:3] + row[4:5] + row[6:] for row in table_rows(summary)]
         return ["model", "zero-shot", "probe", "params", *TERMINAL_HEADER[4:]], rows
@@ -346,8 +350,7 @@ def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def _doctor_html(run_dir: Path) -> str:
@@ -376,6 +379,8 @@ def _doctor_html(run_dir: Path) -> str:
 
 def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     """Write the plots, report.md and report.html; returns their paths."""
+    if summary.get("task") == "diffusion":  # samplers, not classifiers
+        return diffusion_report.write_diffusion_report(run_dir, summary)
     plots = run_dir / PLOTS
     plots.mkdir(exist_ok=True)
     figures = {
