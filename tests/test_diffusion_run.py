@@ -111,6 +111,7 @@ def test_guidance_is_baked_into_the_first_round_only(digits_idx_dir, isolated_ca
         ({"baseline": True}, "set baseline: false"),
         ({"objective": {"kd": {"loss": "kl"}}}, "one term \\{loss: progressive_distillation\\}"),
         ({"diffusion": None}, "task diffusion needs a diffusion section"),
+        ({"teacher": {"model": "diffusers:unet2d"}}, "starts with random weights; give train"),
     ],
 )
 def test_recipes_that_cannot_distil_a_sampler_fail_naming_the_field(changes, message):

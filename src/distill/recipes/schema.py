@@ -174,6 +174,13 @@ class Recipe(Strict):
                 "student.model: progressive distillation starts each student as a copy of its "
                 "teacher; set student.model: teacher"
             )
+        if self.teacher.model == "diffusers:unet2d" and not (
+            self.teacher.train or self.teacher.checkpoint
+        ):
+            raise ValueError(
+                "teacher: a diffusers:unet2d teacher starts with random weights; give train "
+                "(settings to train it) or checkpoint"
+            )
         losses = {term.loss for term in self.objective.values()}
         method = self.diffusion.method  # type: ignore[union-attr]
         wanted = (
