@@ -174,3 +174,54 @@ def test_a_diffusion_recipe_runs_under_accelerate_launch(digits_idx_dir, tmp_pat
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(set(lines)) == len(lines)  # one process logged
     assert (run_dir / "report.md").exists()
+
+
+def save_text_conditional_pipeline(folder):
+    """A pipeline folder as diffusers and transformers write it: a tiny UNet2DConditionModel
+    (v-prediction), its scheduler, a tiny CLIP text encoder and a tokenizer."""
+    import diffusers
+    import torch
+    import transformers
+
+    from .text_models import VOCAB, chat_tokenizer
+
+    torch.manual_seed(0)
+    diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+        norm_num_groups=8, cross_attention_dim=16, attention_head_dim=4,
+    ).save_pretrained(folder / "unet")  # fmt: skip
+    diffusers.DDIMScheduler(prediction_type="v_prediction").save_pretrained(folder / "scheduler")
+    transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=32, pad_token_id=1, eos_token_id=2,
+    )).save_pretrained(folder / "text_encoder")  # fmt: skip
+    chat_tokenizer().save_pretrained(folder / "tokenizer")
+    return folder
+
+
+def test_a_text_conditional_teacher_reads_each_class_as_its_prompt(
+    digits_idx_dir, isolated_cache, tmp_path
+):
+    import torch
+
+    from distill.runs.run import task_for
+
+    folder = save_text_conditional_pipeline(tmp_path / "pipe")
+    recipe = tiny(
+        digits_idx_dir, tmp_path, f"teacher={{model: 'hf-diffusers:{folder}'}}",
+        "diffusion.image_size=8", "diffusion.classifier={channels: [8, 16], hidden: 16}",
+    )  # fmt: skip
+    task = task_for(recipe)
+    data = task.prepare(recipe, False, lambda line: None)
+    teacher, _ = task.teacher(recipe, data, False, lambda line: None)
+    assert teacher.conditioning.shape[:1] == (11,)  # ten class prompts, then the empty one
+    z, tau = torch.randn(2, 1, 8, 8), torch.tensor([500.0, 500.0])
+    # a class's prompt and the empty prompt (the null class) condition differently; this
+    # test tokenizer knows few words, so the class names themselves may read alike
+    sandal, empty = teacher(z, tau, torch.tensor([5, 5])), teacher(z, tau, torch.tensor([5, 10]))
+    assert torch.equal(sandal[0], empty[0]) and not torch.equal(sandal[1], empty[1])
+    summary = run_recipe(recipe, progress=False, log=lambda line: None)
+    assert set(summary["models"]) == {"teacher", "round_2", "student"}
+    assert summary["models"]["student"]["sampler_steps"] == 1.0

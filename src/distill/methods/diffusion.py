@@ -84,7 +84,8 @@ class Denoiser(nn.Module):
     training index). ``guidance`` w > 0 mixes the conditional and unconditional answers
     (``null_class``: the class the UNet was trained to read as "no class"). ``steps``: the
     DDIM steps it samples in (a buffer, kept with the weights: a distilled student knows
-    its own step count)."""
+    its own step count). ``conditioning`` (classes + 1, L, D): for a text-conditional UNet,
+    each class's prompt embeddings (the null class's, an empty prompt, last)."""
 
     def __init__(
         self,
@@ -94,6 +95,7 @@ class Denoiser(nn.Module):
         null_class: int | None = None,
         guidance: float = 0.0,
         steps: int = 1,
+        conditioning: Tensor | None = None,
     ) -> None:
         super().__init__()
         if prediction not in ("v_prediction", "epsilon"):
@@ -108,6 +110,8 @@ class Denoiser(nn.Module):
         config = getattr(unet, "config", None)  # a UNet without a class embedding takes none
         self.conditional = config is None or getattr(config, "num_class_embeds", None) is not None
         self.register_buffer("sampler_steps", torch.tensor(steps))  # saved with the weights
+        # a text-conditional UNet: per class (the null class last) its prompt's embeddings
+        self.register_buffer("conditioning", conditioning, persistent=False)
         self.sampler = "ddim"  # or "consistency": how its images are drawn (``sample``)
 
     def sample(
@@ -122,7 +126,15 @@ class Denoiser(nn.Module):
 
     def _raw(self, z: Tensor, tau: Tensor, class_labels: Tensor | None) -> Tensor:
         timestep = (tau.float() - 1).clamp_min(0).to(z.device)
-        out = self.unet(z, timestep, class_labels=class_labels if self.conditional else None)
+        if self.conditioning is not None:  # classes read as their prompts' embeddings
+            rows = (
+                class_labels
+                if class_labels is not None
+                else torch.full((z.shape[0],), len(self.conditioning) - 1, device=z.device)
+            )
+            out = self.unet(z, timestep, encoder_hidden_states=self.conditioning[rows])
+        else:
+            out = self.unet(z, timestep, class_labels=class_labels if self.conditional else None)
         return getattr(out, "sample", out)
 
     def forward(self, z: Tensor, tau: Tensor, class_labels: Tensor | None = None) -> Tensor:

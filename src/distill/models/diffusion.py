@@ -6,6 +6,9 @@
   prediction type it was trained with.
 - ``unet_from_config(args)``: a randomly initialised ``UNet2DModel`` (its config fields as
   ``args``), to be trained by a recipe.
+- ``prompt_embeddings(spec, prompts)``: a text-conditional pipeline's text encoder
+  (``text_encoder/`` and ``tokenizer/``) applied to prompts, for a
+  ``UNet2DConditionModel``'s ``encoder_hidden_states``.
 """
 
 from __future__ import annotations
@@ -94,3 +97,23 @@ def default_schedule(steps: int = 1000) -> Tensor:
     """DDPM's linear β schedule (1e-4 to 0.02) over ``steps``: its ``alphas_cumprod``."""
     betas = torch.linspace(1e-4, 0.02, steps, dtype=torch.float64)
     return torch.cumprod(1 - betas, 0)
+
+
+def prompt_embeddings(spec: str, prompts: list[str]) -> Tensor:
+    """``encoder_hidden_states`` (len(prompts), L, D) of ``prompts`` by the text encoder of
+    the pipeline ``hf-diffusers:<id or folder>`` (padded to the longest prompt)."""
+    import transformers
+
+    source = spec.removeprefix("hf-diffusers:")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
+        encoder = transformers.AutoModel.from_pretrained(source, subfolder="text_encoder")
+    except OSError as error:
+        raise ModelError(
+            f"{spec}: a text-conditional UNet needs its pipeline's text_encoder/ and "
+            f"tokenizer/: {str(error).splitlines()[0]}"
+        ) from None
+    tokens = tokenizer(prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = encoder.eval()(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    return out.last_hidden_state.float()

@@ -104,6 +104,10 @@ class DiffusionSpec(Strict):
         description="args of the zoo:cnn trained on the real images, whose features FID reads",
     )
     classifier_epochs: int = Field(2, ge=1)
+    prompt: str = Field(
+        "a photo of a {name}",
+        description="a text-conditional teacher (UNet2DConditionModel): each class's prompt",
+    )
 
     @model_validator(mode="after")
     def _halving(self) -> DiffusionSpec:

@@ -41,7 +41,7 @@ from distill.methods.diffusion import (
     TwoStepTeacher,
 )
 from distill.models import build_model
-from distill.models.diffusion import unet_from_config
+from distill.models.diffusion import prompt_embeddings, unet_from_config
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe, TeacherSpec, TrainSpec
 from distill.runs.common import Lesson, Log, Splits, Task, loader, recipe_objective
@@ -56,10 +56,14 @@ from distill.training import checkpoint as ckpt
 def denoiser(recipe: Recipe, data: DiffusionData, spec: ModelSpec) -> Denoiser:
     """The teacher ``spec`` names as a ``Denoiser`` sampling in ``diffusion.steps`` steps."""
     settings = spec_of(recipe)
+    conditioning = None
     if spec.model.startswith("hf-diffusers:"):
         unet = copy.deepcopy(hub_teacher(spec.model)[0])
         classes = getattr(unet.config, "num_class_embeds", None)
         null = data.num_classes if classes == data.num_classes + 1 else None
+        if type(unet).__name__ == "UNet2DConditionModel":  # classes as prompts
+            prompts = [settings.prompt.format(name=name) for name in data.class_names] + [""]
+            conditioning, null = prompt_embeddings(spec.model, prompts), data.num_classes
     elif spec.model == "diffusers:unet2d":
         channels, size = data.in_shape[0], data.in_shape[-1]
         fields = {"sample_size": size, "in_channels": channels, "out_channels": channels,
@@ -71,7 +75,8 @@ def denoiser(recipe: Recipe, data: DiffusionData, spec: ModelSpec) -> Denoiser:
             "diffusers:unet2d (with args: UNet2DModel config fields, and train)"
         )
     try:
-        model = Denoiser(unet, data.levels, data.prediction, null, steps=settings.steps)
+        model = Denoiser(unet, data.levels, data.prediction, null, steps=settings.steps,
+                         conditioning=conditioning)  # fmt: skip
     except ValueError as error:
         raise RecipeError(f"teacher.model {spec.model}: {error}") from None
     if spec.checkpoint is not None:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from distill.data import load_dataset, train_val_split
+from distill.data.captions import CLASS_NAMES
 from distill.data.idx import MEAN, STD
 from distill.data.vision import CIFAR_STATS
 from distill.errors import DistillError, RecipeError
@@ -69,6 +70,7 @@ class DiffusionData(Splits):
     levels: NoiseLevels
     prediction: str
     real_test: Dataset
+    class_names: list[str]  # the prompts of a text-conditional teacher name them
     scorer: dict[str, Any] = field(default_factory=dict)  # the domain classifier, its features
 
 
@@ -101,6 +103,8 @@ def prepare_data(recipe: Recipe, log: Log = print) -> DiffusionData:
         data.dataset, data.path, allow_download=data.download, image_size=data.image_size,
         columns=data.columns, splits=data.splits,
     )  # fmt: skip
+    names = CLASS_NAMES.get(data.dataset) or getattr(train, "classes", None)
+    names = list(names or [f"class {i}" for i in range(num_classes)])
     to_unit = unit_range(data.dataset)
     train, test = (DiffusionImages(d, to_unit, spec.image_size) for d in (train, test))
     levels, prediction = schedule(recipe)
@@ -118,4 +122,5 @@ def prepare_data(recipe: Recipe, log: Log = print) -> DiffusionData:
         levels=levels,
         prediction=prediction,
         real_test=test,
+        class_names=[name.lower() for name in names],
     )
