@@ -26,6 +26,7 @@ __all__ = [
     "consistency_distillation",
     "ddim_step",
     "denoising",
+    "per_image",
     "progressive_distillation",
     "progressive_target",
     "truncated_snr_weight",
@@ -34,19 +35,19 @@ __all__ = [
 ]
 
 
-def _b(scale: Tensor, like: Tensor) -> Tensor:
+def per_image(scale: Tensor, like: Tensor) -> Tensor:
     """(N,) → (N, 1, 1, …) to broadcast over an image batch."""
     return scale.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
 def x_from_v(z: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """``x̂ = α z − σ v``."""
-    return _b(alpha, z) * z - _b(sigma, z) * v
+    return per_image(alpha, z) * z - per_image(sigma, z) * v
 
 
 def v_from_x(z: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """The v that gives ``x``: ``v = (α z − x) / σ`` (σ > 0)."""
-    return (_b(alpha, z) * z - x) / _b(sigma, z)
+    return (per_image(alpha, z) * z - x) / per_image(sigma, z)
 
 
 def ddim_step(
@@ -54,8 +55,8 @@ def ddim_step(
 ) -> Tensor:
     """Deterministic DDIM (Song et al., ICLR 2021, η = 0) from ``z_t`` with the predicted
     clean image ``x``: ``z_s = α_s x + σ_s ε̂`` with ``ε̂ = (z_t − α_t x) / σ_t``."""
-    eps = (z - _b(alpha, z) * x) / _b(sigma, z)
-    return _b(alpha_next, z) * x + _b(sigma_next, z) * eps
+    eps = (z - per_image(alpha, z) * x) / per_image(sigma, z)
+    return per_image(alpha_next, z) * x + per_image(sigma_next, z) * eps
 
 
 def progressive_target(
@@ -69,8 +70,8 @@ def progressive_target(
     step (σ_t'' = 0) it is ``z_t'' / α_t''``. Paper: Salimans & Ho, "Progressive
     Distillation for Fast Sampling of Diffusion Models", ICLR 2022 (Algorithm 2)."""
     z, z_two_steps = upcast(z), upcast(z_two_steps)
-    ratio = _b(sigma_end / sigma, z)
-    return (z_two_steps - ratio * z) / (_b(alpha_end, z) - ratio * _b(alpha, z))
+    ratio = per_image(sigma_end / sigma, z)
+    return (z_two_steps - ratio * z) / (per_image(alpha_end, z) - ratio * per_image(alpha, z))
 
 
 def truncated_snr_weight(alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -81,14 +82,15 @@ def truncated_snr_weight(alpha: Tensor, sigma: Tensor) -> Tensor:
     return torch.maximum(alpha.double() ** 2, sigma.double() ** 2)
 
 
-def _weighted_mse(prediction: Tensor, target: Tensor, weight: Tensor | None, what: str) -> Tensor:
+def _weighted_error(prediction: Tensor, target: Tensor, weight: Tensor | None, what: str) -> Tensor:
+    """Per example: ``weight · mean_pixels (prediction − target)²``."""
     if prediction.shape != target.shape:
         raise ValueError(
             f"{what}: the prediction {tuple(prediction.shape)} and the target "
             f"{tuple(target.shape)} must have the same shape"
         )
     error = (upcast(prediction) - upcast(target)).square().flatten(1).mean(1)
-    return error.mean() if weight is None else (weight.to(error.dtype) * error).mean()
+    return error if weight is None else weight.to(error.dtype) * error
 
 
 def progressive_distillation(
@@ -105,7 +107,8 @@ def progressive_distillation(
     Paper: Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models",
     ICLR 2022.
     """
-    return _weighted_mse(student_logits, teacher_logits, example_weight, "progressive_distillation")
+    what = "progressive_distillation"
+    return _weighted_error(student_logits, teacher_logits, example_weight, what).mean()
 
 
 def denoising(
@@ -120,7 +123,7 @@ def denoising(
     Paper: Salimans & Ho, ICLR 2022 (the v-parameterisation); Ho et al., "Denoising
     Diffusion Probabilistic Models", NeurIPS 2020.
     """
-    return _weighted_mse(student_logits, labels, example_weight, "denoising")
+    return _weighted_error(student_logits, labels, example_weight, "denoising").mean()
 
 
 def consistency_distillation(
@@ -143,14 +146,8 @@ def consistency_distillation(
     Paper: Song, Dhariwal, Chen & Sutskever, "Consistency Models", ICML 2023 (CD, pseudo-
     Huber: Song & Dhariwal, "Improved Techniques for Training Consistency Models", 2023).
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"consistency_distillation: the prediction {tuple(student_logits.shape)} and the "
-            f"target {tuple(teacher_logits.shape)} must have the same shape"
-        )
-    error = (upcast(student_logits) - upcast(teacher_logits)).square().flatten(1).mean(1)
-    if example_weight is not None:
-        error = example_weight.to(error.dtype) * error
+    what = "consistency_distillation"
+    error = _weighted_error(student_logits, teacher_logits, example_weight, what)
     if huber_c is not None:
         error = (error + huber_c**2).sqrt() - huber_c
     return error.mean()

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from distill.batch import Batch
 from distill.losses.diffusion import (
     ddim_step,
+    per_image,
     progressive_target,
     truncated_snr_weight,
     v_from_x,
@@ -145,13 +146,9 @@ class Denoiser(nn.Module):
             out = (1 + self.guidance) * out - self.guidance * unconditional
         if self.prediction == "epsilon":
             alpha, sigma = _same_device(self.levels.alpha_sigma(tau), z)
-            x = (z - _b(sigma, z) * out) / _b(alpha, z)
-            out = _b(alpha, z) * out - _b(sigma, z) * x
+            x = (z - per_image(sigma, z) * out) / per_image(alpha, z)
+            out = per_image(alpha, z) * out - per_image(sigma, z) * x
         return out
-
-
-def _b(scale: Tensor, like: Tensor) -> Tensor:
-    return scale.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
 class Noising:
@@ -209,8 +206,8 @@ class Noising:
             tau = starts[torch.randint(len(starts), (n,), generator=g)]
         eps = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
         alpha, sigma = _same_device(self.levels.alpha_sigma(tau), x)
-        z = _b(alpha, x) * x + _b(sigma, x) * eps
-        v = _b(alpha, x) * eps - _b(sigma, x) * x
+        z = per_image(alpha, x) * x + per_image(sigma, x) * eps
+        v = per_image(alpha, x) * eps - per_image(sigma, x) * x
         classes = labels
         if classes is not None and self.drop > 0:
             assert self.null_class is not None
@@ -288,7 +285,7 @@ class ConsistencyTeacher(Teacher):
         x = x_from_v(z, self.denoiser(z, tau, classes), a_t, s_t)
         z_below = ddim_step(z, x, a_t, s_t, a_n, s_n)
         target = x_from_v(z_below, self.ema.model(z_below, below, classes), a_n, s_n)
-        clean = _b((below == 0).to(z.device), z).bool()
+        clean = per_image((below == 0).to(z.device), z).bool()
         target = torch.where(clean, z_below, target)  # f(z, 0) = z
         return TeacherOutput(logits=v_from_x(z, target, a_t, s_t))
 
@@ -312,7 +309,7 @@ def consistency_sample(
         alpha, sigma = _same_device(levels.alpha_sigma(tau), z)
         if i:
             fresh = torch.randn(z.shape, generator=generator).to(z.device, z.dtype)
-            z = _b(alpha, z) * x + _b(sigma, z) * fresh
+            z = per_image(alpha, z) * x + per_image(sigma, z) * fresh
         x = x_from_v(z, model(z, tau, class_labels), alpha, sigma)
     return x
 
