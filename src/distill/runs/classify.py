@@ -28,7 +28,6 @@ from distill.data import (
     train_val_split,
 )
 from distill.errors import DistillError, RecipeError
-from distill.measure import parameter_count, size_on_disk
 from distill.methods import Cohort
 from distill.models import build_model
 from distill.objective import Objective
@@ -290,11 +289,6 @@ class Classification(Task):
         assert isinstance(data, Data)
         return model_from_spec(ModelSpec(model=str(run_dir)), data)
 
-    def describe(
-        self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
-    ) -> dict[str, Any]:
-        return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
-
     def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
         example = data.test[0]
         routed = isinstance(model, teachers.EnsembleModel) and model.combine == "route"
@@ -310,17 +304,7 @@ class Classification(Task):
         return make_layout(recipe, kind="dense", num_examples=rows, fingerprint=fingerprint)
 
     def cache_fingerprint(self, recipe: Recipe, data: Splits) -> dict[str, Any]:
-        """Its teacher was trained for this data and seed."""
-        assert recipe.teacher is not None
-        return {
-            "teacher": recipe.teacher.model,
-            "teacher_args": dict(recipe.teacher.args),
-            "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
-            "teacher_train": recipe.teacher.model_dump(mode="json")["train"],
-            "dataset": recipe.data.dataset,
-            "split_seed": recipe.data.split_seed,
-            "seed": recipe.seed,
-        }
+        return teacher_fingerprint(recipe)
 
     def summary_fields(
         self, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]]
@@ -339,6 +323,21 @@ class Classification(Task):
 
     def describe_teacher(self, info: dict[str, Any]) -> str:
         return f"validation accuracy {100 * info['val']['accuracy']:.2f}%"
+
+
+def teacher_fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """What a trained teacher's cached answers depend on: it was trained for this data and
+    seed."""
+    assert recipe.teacher is not None
+    return {
+        "teacher": recipe.teacher.model,
+        "teacher_args": dict(recipe.teacher.args),
+        "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+        "teacher_train": recipe.teacher.model_dump(mode="json")["train"],
+        "dataset": recipe.data.dataset,
+        "split_seed": recipe.data.split_seed,
+        "seed": recipe.seed,
+    }
 
 
 def gap_closed(models: dict[str, dict]) -> float | None:

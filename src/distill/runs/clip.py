@@ -36,7 +36,7 @@ from distill.cache import Layout
 from distill.errors import DistillError, RecipeError
 from distill.losses import clip_contrastive
 from distill.losses.registry import loss_info, loss_parameters
-from distill.measure import linear_probe_accuracy, parameter_count, retrieval_recall, size_on_disk
+from distill.measure import linear_probe_accuracy, retrieval_recall
 from distill.methods.clip import LearnedScaleContrastive
 from distill.models import build_model
 from distill.models.clip import ZeroShotClassifier, embed_images, load_hf_clip
@@ -45,7 +45,7 @@ from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.cache import make_layout
-from distill.runs.classify import gap_closed
+from distill.runs.classify import gap_closed, teacher_fingerprint
 from distill.runs.clip_data import INITIAL_SCALE, ClipData, prepare_data
 from distill.runs.common import RECIPE_FILE, Log, Splits, Task, loader
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
@@ -266,11 +266,6 @@ class Clip(Task):
         metrics.update(retrieval_recall(test_x, data.caption_embeddings[used], owner))
         return metrics
 
-    def describe(
-        self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
-    ) -> dict[str, Any]:
-        return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
-
     def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
         return data.test[0][0], {}
 
@@ -293,17 +288,9 @@ class Clip(Task):
         return make_layout(recipe, kind="dense", num_examples=rows, fingerprint=fingerprint)
 
     def cache_fingerprint(self, recipe: Recipe, data: Splits) -> dict[str, Any]:
-        assert recipe.teacher is not None and isinstance(data, ClipData)
-        return {
-            "teacher": recipe.teacher.model,
-            "teacher_args": dict(recipe.teacher.args),
-            "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
-            "teacher_train": recipe.teacher.model_dump(mode="json")["train"],
-            "dataset": recipe.data.dataset,
-            "captions": recipe.data.captions.model_dump(mode="json"),  # type: ignore[union-attr]
-            "split_seed": recipe.data.split_seed,
-            "seed": recipe.seed,
-        }
+        """A classifier's, and the captions its teacher was trained against."""
+        captions = recipe.data.captions.model_dump(mode="json")  # type: ignore[union-attr]
+        return {**teacher_fingerprint(recipe), "captions": captions}
 
     def summary_fields(
         self, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]]

@@ -123,9 +123,10 @@ def prepare_data(recipe: Recipe, log: Log = print) -> ClipData:
             return OwnCaptions(rows, embedded, of_rows, spec.split_seed, hide_uncaptioned=training)
         return CaptionedImages(rows, embedded, text_classes, seed=spec.split_seed)
 
-    teacher_train, val = captioned(teacher_train), captioned(val, training=False)
+    teacher_train = captioned(teacher_train)
     if spec.labeled is None:
         student_train = baseline_train = teacher_train
+        val = captioned(val, training=False)
         regime = f"every one of {len(teacher_train):,} training images has a caption"
     else:
         baseline, val_rows, transfer = labeled_split(

@@ -22,7 +22,7 @@ from distill import teachers
 from distill.batch import Batch
 from distill.cache import Layout
 from distill.losses import cross_entropy
-from distill.measure import cpu_latency
+from distill.measure import cpu_latency, parameter_count, size_on_disk
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe, build_objective
 from distill.runs.report import write_report
@@ -140,12 +140,11 @@ class Task(ABC):
         """Test-split metrics of ``model``, with KL and agreement to ``judge`` if given."""
         return Distiller(model, judge, progress=False).evaluate(loader(data.test, recipe, False))
 
-    @abstractmethod
     def describe(
         self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
     ) -> dict[str, Any]:
         """What a deployment reads besides latency: parameters, bytes on disk."""
-        raise NotImplementedError
+        return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
 
     @abstractmethod
     def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, Subset
 from distill.cache import Layout
 from distill.errors import RecipeError
 from distill.losses import denoising
-from distill.measure import frechet_distance, parameter_count, size_on_disk
+from distill.measure import frechet_distance
 from distill.methods.diffusion import (
     ConsistencyTeacher,
     Denoiser,
@@ -355,11 +355,6 @@ class Diffusion(Task):
         elif model.sampler == "consistency":  # multistep consistency sampling
             metrics["multistep"] = {str(n): measure_sampler(model, data, recipe, n) for n in (2, 4)}
         return metrics
-
-    def describe(
-        self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
-    ) -> dict[str, Any]:
-        return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
 
     def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
         """One denoiser evaluation (a sampler makes ``steps`` of them per image)."""
