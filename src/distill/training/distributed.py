@@ -8,6 +8,9 @@ is present."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -69,10 +72,22 @@ def make_accelerator(cpu: bool = False, mixed_precision: str = "no") -> Accelera
 
 @contextlib.contextmanager
 def process_group_ended() -> Iterator[None]:
-    """Under a launcher, stop the process group when the block ends, before the interpreter
-    exits: left to exit with it, gloo's threads may abort a process whose work is done."""
+    """Under a launcher, stop the process group when the block ends, and end a process that
+    finished cleanly right there. Left to the interpreter's own exit, gloo's threads may
+    abort (``terminate called without an active exception``) a process whose work is done,
+    which the launcher reports as a failed run; a failure still propagates as usual."""
+    clean = False
     try:
         yield
+        clean = True
+    except SystemExit as stop:
+        clean = stop.code in (None, 0)
+        raise
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+            if clean:
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
