@@ -6,11 +6,14 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -28,17 +31,24 @@ def size_on_disk(model: nn.Module, path: Path | None = None) -> int:
 
 
 def cpu_latency(
-    model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5, **kwargs
+    model: nn.Module,
+    example: torch.Tensor,
+    repeats: int = 50,
+    warmup: int = 5,
+    batch: int = 1,
+    **kwargs,
 ) -> dict[str, float]:
-    """Wall time of a batch-1 forward on the CPU, in milliseconds: the median of ``repeats``
-    timed forwards after ``warmup`` untimed ones, and the 10th and 90th percentiles (the
-    spread). ``kwargs`` go to the forward (e.g. a routed ensemble's ``domain``)."""
+    """Wall time per example of a forward on the CPU, in milliseconds: the median of
+    ``repeats`` timed forwards of ``batch`` copies of ``example`` (batch 1: the latency of
+    one request), divided by ``batch``, after ``warmup`` untimed ones; and the 10th and
+    90th percentiles (the spread). ``kwargs`` go to the forward (e.g. a routed ensemble's
+    ``domain``)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     if device.type != "cpu":  # moved outside inference mode: quantized weights must swap
         model.cpu()
     model.eval()
-    x = example.unsqueeze(0).cpu()
+    x = example.unsqueeze(0).cpu().expand(batch, *example.shape).contiguous()
     times = []
     with torch.inference_mode():
         for _ in range(warmup):
@@ -46,7 +56,7 @@ def cpu_latency(
         for _ in range(repeats):
             start = time.perf_counter()
             model(x, **kwargs)
-            times.append(1000.0 * (time.perf_counter() - start))
+            times.append(1000.0 * (time.perf_counter() - start) / batch)
     if device.type != "cpu":
         model.to(device)
     model.train(was_training)
@@ -55,10 +65,65 @@ def cpu_latency(
 
 
 def cpu_latency_ms(
-    model: nn.Module, example: torch.Tensor, repeats: int = 50, warmup: int = 5, **kwargs
+    model: nn.Module,
+    example: torch.Tensor,
+    repeats: int = 50,
+    warmup: int = 5,
+    batch: int = 1,
+    **kwargs,
 ) -> float:
-    """The median of ``cpu_latency``, in milliseconds."""
-    return cpu_latency(model, example, repeats, warmup, **kwargs)["latency_ms"]
+    """The median of ``cpu_latency``, in milliseconds per example."""
+    return cpu_latency(model, example, repeats, warmup, batch, **kwargs)["latency_ms"]
+
+
+class _StorageWatch(TorchDispatchMode):
+    """Counts the bytes of every storage the ops allocate from the moment it appears as an
+    op's output until Python frees it (a storage first seen as an input existed before)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.known: set[int] = set()
+        self.live = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        for leaf in tree_leaves((args, kwargs)):
+            if isinstance(leaf, Tensor):
+                self.known.add(leaf.untyped_storage().data_ptr())
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, Tensor):
+                self._watch(leaf.untyped_storage())
+        return out
+
+    def _watch(self, storage: torch.UntypedStorage) -> None:
+        pointer, size = storage.data_ptr(), storage.nbytes()
+        if pointer == 0 or pointer in self.known:
+            return
+        self.known.add(pointer)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._freed, pointer, size)
+
+    def _freed(self, pointer: int, size: int) -> None:
+        self.known.discard(pointer)
+        self.live -= size
+
+
+def forward_memory_bytes(model: nn.Module, example: Tensor, batch: int = 1, **kwargs) -> int:
+    """Memory a forward of ``batch`` copies of ``example`` needs: the model's parameters
+    and buffers plus the peak of the tensors its ops allocate and still hold (measured op
+    by op, on the CPU)."""
+    was_training = model.training
+    model.eval()
+    weights = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in model.state_dict().values()
+    }
+    watch = _StorageWatch()
+    with torch.inference_mode(), watch:
+        model(example.unsqueeze(0).expand(batch, *example.shape).contiguous(), **kwargs)
+    model.train(was_training)
+    return sum(weights.values()) + watch.peak
 
 
 def linear_probe_accuracy(

@@ -32,7 +32,7 @@ def _cifar(make: Callable[[int], nn.Module], in_shape: Sequence[int], n: int) ->
 
 def _zoo() -> dict[str, Callable[..., nn.Module]]:
     small: dict[str, Callable[..., nn.Module]] = {
-        "mlp": lambda in_shape, n, **kw: MLP(math.prod(in_shape), n, **kw),
+        "mlp": lambda in_shape, n, **kw: MLP(math.prod(in_shape), n, in_shape=in_shape, **kw),
         "cnn": lambda in_shape, n, **kw: CNN(in_shape, n, **kw),
     }
     cifar = {name: functools.partial(_cifar, make) for name, make in CIFAR_MODELS.items()}

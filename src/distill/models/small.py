@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -9,7 +10,8 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Flatten, then hidden ReLU layers named ``hidden.0``, ``hidden.1``…, then ``fc``."""
+    """Optionally average-pool the input by ``pool`` (a lower resolution: fewer inputs),
+    flatten, then hidden ReLU layers named ``hidden.0``, ``hidden.1``…, then ``fc``."""
 
     def __init__(
         self,
@@ -17,8 +19,18 @@ class MLP(nn.Module):
         num_classes: int,
         hidden: int | Sequence[int] = 64,
         dropout: float = 0.0,
+        pool: int = 1,
+        in_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        self.pool: nn.Module | None = None
+        if pool != 1:
+            if pool < 1 or in_shape is None or len(in_shape) not in (2, 3):
+                raise ValueError(
+                    f"MLP pool must be >= 1 and needs (C, L) or (C, H, W) inputs, got {pool}"
+                )
+            self.pool = (nn.AvgPool2d if len(in_shape) == 3 else nn.AvgPool1d)(pool)
+            in_features = in_shape[0] * math.prod(size // pool for size in in_shape[1:])
         widths = [hidden] if isinstance(hidden, int) else list(hidden)
         layers: list[nn.Module] = []
         previous = in_features
@@ -32,19 +44,23 @@ class MLP(nn.Module):
         self.fc = nn.Linear(previous, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = self.pool(x)
         return self.fc(self.hidden(x.flatten(1)))
 
 
-def _conv_block(cin: int, cout: int, dims: int) -> nn.Sequential:
+def _conv_block(cin: int, cout: int, dims: int, kernel: int = 3) -> nn.Sequential:
     conv = nn.Conv2d if dims == 2 else nn.Conv1d
     norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
     pool = nn.MaxPool2d if dims == 2 else nn.MaxPool1d
-    return nn.Sequential(conv(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(), pool(2))
+    return nn.Sequential(
+        conv(cin, cout, kernel, padding=kernel // 2, bias=False), norm(cout), nn.ReLU(), pool(2)
+    )
 
 
 class CNN(nn.Module):
-    """Conv blocks (conv 3, batch norm, ReLU, max-pool 2) named ``block1``…, a hidden
-    ``fc1`` and the classifier ``fc``; 2-D for images, 1-D for signals."""
+    """Conv blocks (conv ``kernel``, batch norm, ReLU, max-pool 2) named ``block1``…, a
+    hidden ``fc1`` and the classifier ``fc``; 2-D for images, 1-D for signals."""
 
     def __init__(
         self,
@@ -52,14 +68,17 @@ class CNN(nn.Module):
         num_classes: int,
         channels: Sequence[int] = (32, 64),
         hidden: int = 128,
+        kernel: int = 3,
     ) -> None:
         super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"CNN kernel must be odd (the size is kept), got {kernel}")
         dims = len(in_shape) - 1
         if dims not in (1, 2):
             raise ValueError(f"CNN takes (C, L) or (C, H, W) inputs, got {tuple(in_shape)}")
         previous = in_shape[0]
         for i, width in enumerate(channels, start=1):
-            self.add_module(f"block{i}", _conv_block(previous, width, dims))
+            self.add_module(f"block{i}", _conv_block(previous, width, dims, kernel))
             previous = width
         self.depth = len(channels)
         spatial = [size // 2**self.depth for size in in_shape[1:]]

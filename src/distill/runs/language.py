@@ -30,7 +30,6 @@ from distill.methods.generation import (
 )
 from distill.methods.on_policy import OnPolicy
 from distill.models import hf
-from distill.models.shrink import student_from_teacher
 from distill.recipes import ModelSpec, Recipe
 from distill.recipes.schema import TextDataSpec
 from distill.runs.cache import cache_temperature, cache_vocab_size, make_layout
@@ -40,15 +39,13 @@ from distill.runs.common import (
     Task,
     loader,
 )
+from distill.runs.language_models import build_lm, hf_task
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
 from distill.teachers import Teacher
-from distill.training import checkpoint as ckpt
 from distill.training.distributed import on_main
 
 HF_STUDENT_DIR = "student"
 GENERATED_FILE = "generated.jsonl"
-CALIBRATION_BLOCKS = 8
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -61,10 +58,6 @@ class TextData(Splits):
     @property
     def train(self) -> Dataset:
         return self.student_train
-
-
-def hf_task(recipe: Recipe) -> hf.Task:
-    return "causal" if recipe.task == "causal_lm" else "masked"
 
 
 def text_spec(recipe: Recipe) -> TextDataSpec:
@@ -144,73 +137,6 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
         student_train=train, baseline_train=train, val=val, test=test, regime=regime,
         tokenizer=tokenizer,
     )  # fmt: skip
-
-
-def calibration_rows(data: TextData) -> dict[str, torch.Tensor]:
-    count = min(CALIBRATION_BLOCKS, len(data.train))  # type: ignore[arg-type]
-    rows = [data.train[i] for i in range(count)]
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "labels"}
-
-
-def build_lm(
-    spec: ModelSpec,
-    recipe: Recipe,
-    tokenizer: Any,
-    *,
-    teacher: nn.Module | None = None,
-    data: TextData | None = None,
-    where: str = "student",
-) -> nn.Module:
-    """The model a language-model recipe names (see ``ModelSpec``), with its weights."""
-    kind, _, name = spec.model.partition(":")
-    args = dict(spec.args)
-    if spec.model == "teacher":
-        if teacher is None or where != "student":
-            raise RecipeError(f"{where}.model: only the student can be made from the teacher")
-        keep = args.pop("keep", "every_other")
-        select = args.pop("select", "similarity" if isinstance(keep, int) else "uniform")
-        if args or select not in ("similarity", "uniform"):
-            raise RecipeError(
-                f"{where}.args: a student made from the teacher takes keep (a count, a list "
-                "of layer indices or every_other) and select (similarity or uniform); got "
-                f"{spec.args}"
-            )
-        calibration = calibration_rows(data) if select == "similarity" and data else None
-        try:
-            model = student_from_teacher(teacher, keep, calibration=calibration)
-        except ValueError as error:
-            raise RecipeError(f"{where}.args.keep: {error}") from None
-    elif kind == "hf-config":
-        fields = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args}
-        try:
-            model = hf.model_from_config(name, hf_task(recipe), **fields)
-        except (ValueError, TypeError, KeyError) as error:
-            raise RecipeError(f"{where}.model {spec.model}: {error}") from None
-    elif kind == "hf":
-        dtype = args.pop("dtype", None)
-        gguf_file = args.pop("gguf_file", None)
-        if args or (dtype is not None and dtype not in DTYPES):
-            raise RecipeError(
-                f"{where}.args: hf models take gguf_file and dtype ({', '.join(DTYPES)}); "
-                f"got {spec.args}"
-            )
-        try:
-            model, _ = hf.load_hf_lm(
-                spec.model, task=hf_task(recipe), gguf_file=gguf_file, dtype=DTYPES.get(dtype)
-            )
-        except (OSError, ValueError, ImportError) as error:
-            raise RecipeError(f"{where}.model {spec.model}: {error}") from None
-    else:
-        raise RecipeError(
-            f"{where}.model {spec.model!r}: a language-model recipe takes hf:<id, dir or "
-            f"{' | '.join(hf.LOCAL_MODELS)}>, hf-config:<model_type>"
-            + (" or teacher" if where == "student" else "")
-        )
-    if spec.checkpoint is not None:
-        if not spec.checkpoint.exists():
-            raise RecipeError(f"{where}.checkpoint {spec.checkpoint} does not exist")
-        ckpt.load_weights(model, spec.checkpoint)
-    return model.float() if model.dtype == torch.float16 else model
 
 
 def build_teacher(recipe: Recipe, tokenizer: Any) -> nn.Module:

@@ -1,0 +1,101 @@
+"""The models a language-model recipe names: ``hf:`` (loaded), ``hf-config:`` (built from a
+config, random weights) and, for the student, ``teacher``: a copy of the teacher with fewer
+layers (``keep``, ``select``) and narrower MLPs (``width``, Minitron-style)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import RecipeError
+from distill.models import hf
+from distill.models.shrink import narrow_mlps, student_from_teacher
+from distill.recipes import ModelSpec, Recipe
+from distill.runs.common import Splits
+from distill.training import checkpoint as ckpt
+
+CALIBRATION_BLOCKS = 8
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_task(recipe: Recipe) -> hf.Task:
+    return "causal" if recipe.task == "causal_lm" else "masked"
+
+
+def calibration_rows(data: Splits) -> dict[str, torch.Tensor]:
+    count = min(CALIBRATION_BLOCKS, len(data.student_train))  # type: ignore[arg-type]
+    rows = [data.student_train[i] for i in range(count)]
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "labels"}
+
+
+def build_lm(
+    spec: ModelSpec,
+    recipe: Recipe,
+    tokenizer: Any,
+    *,
+    teacher: nn.Module | None = None,
+    data: Splits | None = None,
+    where: str = "student",
+) -> nn.Module:
+    """The model a language-model recipe names (see ``ModelSpec``), with its weights."""
+    kind, _, name = spec.model.partition(":")
+    args = dict(spec.args)
+    if spec.model == "teacher":
+        if teacher is None or where != "student":
+            raise RecipeError(f"{where}.model: only the student can be made from the teacher")
+        keep = args.pop("keep", "every_other")
+        select = args.pop("select", "similarity" if isinstance(keep, int) else "uniform")
+        width = args.pop("width", 1.0)
+        if args or select not in ("similarity", "uniform"):
+            raise RecipeError(
+                f"{where}.args: a student made from the teacher takes keep (a count, a list "
+                "of layer indices or every_other), select (similarity or uniform) and width "
+                f"(the share of MLP neurons kept); got {spec.args}"
+            )
+        calibration = calibration_rows(data) if data else None
+        try:
+            model = student_from_teacher(
+                teacher, keep, calibration=calibration if select == "similarity" else None
+            )
+        except ValueError as error:
+            raise RecipeError(f"{where}.args.keep: {error}") from None
+        if width != 1.0:
+            if calibration is None:
+                raise RecipeError(f"{where}.args.width: width pruning needs the recipe's data")
+            try:
+                narrow_mlps(model, width, calibration)
+            except (ValueError, TypeError) as error:
+                raise RecipeError(f"{where}.args.width: {error}") from None
+    elif kind == "hf-config":
+        fields = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args}
+        try:
+            model = hf.model_from_config(name, hf_task(recipe), **fields)
+        except (ValueError, TypeError, KeyError) as error:
+            raise RecipeError(f"{where}.model {spec.model}: {error}") from None
+    elif kind == "hf":
+        dtype = args.pop("dtype", None)
+        gguf_file = args.pop("gguf_file", None)
+        if args or (dtype is not None and dtype not in DTYPES):
+            raise RecipeError(
+                f"{where}.args: hf models take gguf_file and dtype ({', '.join(DTYPES)}); "
+                f"got {spec.args}"
+            )
+        try:
+            model, _ = hf.load_hf_lm(
+                spec.model, task=hf_task(recipe), gguf_file=gguf_file, dtype=DTYPES.get(dtype)
+            )
+        except (OSError, ValueError, ImportError) as error:
+            raise RecipeError(f"{where}.model {spec.model}: {error}") from None
+    else:
+        raise RecipeError(
+            f"{where}.model {spec.model!r}: a language-model recipe takes hf:<id, dir or "
+            f"{' | '.join(hf.LOCAL_MODELS)}>, hf-config:<model_type>"
+            + (" or teacher" if where == "student" else "")
+        )
+    if spec.checkpoint is not None:
+        if not spec.checkpoint.exists():
+            raise RecipeError(f"{where}.checkpoint {spec.checkpoint} does not exist")
+        ckpt.load_weights(model, spec.checkpoint)
+    return model.float() if model.dtype == torch.float16 else model
