@@ -1,4 +1,4 @@
-"""The ``distill`` command: demo, run, teacher, cache, generate, doctor, eval, export,
+"""The ``distill`` command: demo, run, search, teacher, cache, generate, doctor, eval, export,
 sample, losses, version."""
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from distill.runs.run import (
     task_for,
     teacher_command,
 )
+from distill.runs.search import Options, search_recipe
+from distill.runs.search_space import describe
 from distill.training.distributed import process_group_ended
 
 app = typer.Typer(
@@ -101,6 +103,71 @@ def run(
     """
     loaded = guarded(load_recipe, recipe, set_ or [])
     guarded(run_and_print, loaded, out, quiet, as_json, restart)
+
+
+@app.command()
+def search(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file with a search section")],
+    set_: SetOption = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="trials in all (default: search.trials)")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="stop starting trials after this many seconds")
+    ] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="trials at once (threads of this process)")] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL several machines share, e.g. postgresql://user:pw@host/db "
+            "(default: SQLite in the run directory)"
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="run directory (default: <output.dir>/<name>-search)"),
+    ] = None,
+    restart: RestartOption = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Search the student's architecture under the recipe's budget, then distil the best.
+
+    Each trial builds a candidate from search.candidates, measures it (parameters, CPU
+    latency, memory) against search.budget, and distils it briefly; the median pruner stops
+    weak trials. The study is in <run dir>/study.db: rerun the same command to continue a
+    killed search. The chosen student and the recipe's own are then distilled fully.
+    """
+
+    def body() -> None:
+        loaded = load_recipe(recipe, set_ or [])
+        log = logger(quiet, as_json)
+        options = Options(trials, timeout, jobs, storage, progress=not (quiet or as_json))
+        summary = search_recipe(loaded, out_dir=out, options=options, log=log, restart=restart)
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        final = summary["final"]
+        shown = [
+            m for m in dict.fromkeys([summary["metric"], "accuracy"]) if m in final["searched"]
+        ]
+        table = Table(
+            title=f"distill search: {summary['name']}", title_justify="left", box=box.SIMPLE
+        )
+        for column in ("student", "params", "CPU ms / ex.", *(f"test {m}" for m in shown)):
+            table.add_column(column, justify="left" if column == "student" else "right")
+        for row, result in final.items():
+            table.add_row(
+                f"{row.replace('_', '-')}: {describe(result['student'])}",
+                f"{result['parameters']:,}",
+                f"{result['latency_ms']:.4g}",
+                *(f"{result[m]:.4f} ± {result[f'{m}_std']:.4f}" for m in shown),
+            )
+        out_console.print(table)
+        run_dir = out or loaded.output.dir / f"{loaded.name}-search"
+        typer.echo(f"report: {run_dir / 'search.md'}  (and pareto.png, search.json, study.db)")
+
+    guarded(body)
 
 
 @app.command()

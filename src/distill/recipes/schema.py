@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from distill.data import DATASETS
 from distill.losses.registry import loss_info, loss_parameters
+from distill.recipes.search_spec import SearchSpec, first_problem
 from distill.recipes.specs import (
     CacheSpec,
     CompressStage,
@@ -46,6 +47,7 @@ __all__ = [
     "Recipe",
     "ScheduleSpec",
     "Scheduled",
+    "SearchSpec",
     "Strict",
     "TeacherSpec",
     "TermSpec",
@@ -95,6 +97,7 @@ class Recipe(Strict):
     generate: GenerateSpec | None = Field(None, description="teacher answers (distill generate)")
     on_policy: OnPolicySpec | None = Field(None, description="the student writes the answers")
     diffusion: DiffusionSpec | None = Field(None, description="task: diffusion: the rounds")
+    search: SearchSpec | None = Field(None, description="distill search: the student's space")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="after")
@@ -124,6 +127,7 @@ class Recipe(Strict):
         self._check_compress()
         self._check_cache()
         self._check_generation()
+        self._check_search()
         if self.student.model == "teacher" and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:
@@ -225,6 +229,24 @@ class Recipe(Strict):
             raise ValueError(
                 "student.model 'teacher' keeps layers of an hf-clip: teacher's image tower; "
                 f"the teacher {self.teacher.model} has none to keep"
+            )
+
+    def _check_search(self) -> None:
+        if self.search is None:
+            return
+        if self.task == "diffusion" or self.peers > 1 or self.assistant or self.generations > 1:
+            raise ValueError(
+                "search: student search is built for one student of a classification, clip or "
+                "language-model recipe (not diffusion, peers, assistant or generations)"
+            )
+        try:
+            TrainSpec.model_validate({**self.train.model_dump(), **self.search.train})
+        except ValidationError as error:
+            raise ValueError(f"search.train.{first_problem(error)}") from None
+        teacherless = [c.model for c in self.search.candidates if c.model == "teacher"]
+        if teacherless and self.teacher is None:
+            raise ValueError(
+                "search.candidates: model 'teacher' copies teacher layers; set teacher"
             )
 
     def _check_compress(self) -> None:

@@ -1,0 +1,143 @@
+"""The report of ``distill search``: ``search.md`` with the full runs (the searched student
+next to the recipe's own), the Pareto front of validation metric and latency among the
+trained trials, every trial with its ``--set`` overrides; and ``pareto.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from distill.runs.search_space import MEASURES, describe
+from distill.training.state import is_better
+
+REPORT_FILE = "search.md"
+PLOT_FILE = "pareto.png"
+
+
+def pareto_front(rows: list[dict[str, Any]], metric: str) -> list[int]:
+    """Numbers of the trained trials no other trained trial beats on both the validation
+    metric and latency, fastest first."""
+    trained = [r for r in rows if r["state"] == "complete"]
+
+    def beaten(row: dict[str, Any]) -> bool:
+        return any(
+            other["latency_ms"] <= row["latency_ms"]
+            and not is_better(metric, row["value"], other["value"])
+            and (other["latency_ms"] < row["latency_ms"] or other["value"] != row["value"])
+            for other in trained
+        )
+
+    front = [r for r in trained if not beaten(r)]
+    return [r["number"] for r in sorted(front, key=lambda r: r["latency_ms"])]
+
+
+def plot_pareto(summary: dict[str, Any], out: Path) -> None:
+    rows, metric = summary["trials"], summary["metric"]
+    trained = [r for r in rows if r["state"] == "complete"]
+    stopped = [r for r in rows if r["state"] == "pruned" and r.get("value") is not None]
+    front = [next(r for r in rows if r["number"] == n) for n in summary["pareto"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter(
+        [r["latency_ms"] for r in trained], [r["value"] for r in trained],
+        s=18, color="tab:gray", alpha=0.7, label="trained trials",
+    )  # fmt: skip
+    if stopped:
+        ax.scatter(
+            [r["latency_ms"] for r in stopped], [r["value"] for r in stopped],
+            s=14, marker="x", color="tab:orange", alpha=0.7, label="stopped early (last value)",
+        )  # fmt: skip
+    ax.plot(
+        [r["latency_ms"] for r in front], [r["value"] for r in front],
+        "-o", color="tab:blue", markersize=5, label="Pareto front",
+    )  # fmt: skip
+    chosen = summary["chosen"]
+    ax.scatter(
+        [chosen["latency_ms"]], [chosen["value"]], s=90, facecolors="none",
+        edgecolors="tab:red", linewidths=2, label="chosen", zorder=3,
+    )  # fmt: skip
+    if "latency_ms" in summary["budget"]:
+        ax.axvline(summary["budget"]["latency_ms"], color="tab:red", ls="--", lw=1, label="budget")
+    ax.set_xlabel(f"CPU latency per example (ms, batch {summary['batch_size']})")
+    ax.set_ylabel(f"validation {metric} after the short distillation")
+    ax.set_title(f"{summary['name']}: {len(rows)} trials ({summary['sampler']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    metric, rows, final = summary["metric"], summary["trials"], summary["final"]
+    states = [r["state"] for r in rows]
+    over = sum("over_budget" in r for r in rows)
+    budget = ", ".join(f"{MEASURES[k]} <= {_number(v)}" for k, v in summary["budget"].items())
+    shown = [m for m in dict.fromkeys([metric, "accuracy"]) if m in next(iter(final.values()))]
+    lines = [
+        f"# Student search: {summary['name']}",
+        "",
+        f"{len(rows)} trials with {summary['sampler']}: {states.count('complete')} trained, "
+        f"{over} over the budget, {states.count('pruned') - over} stopped early by the pruner. "
+        f"Budget: {budget or 'none'} (per example, forwards of {summary['batch_size']}). "
+        f"Chosen: trial {summary['chosen']['number']}, "
+        f"`{describe(summary['chosen']['student'])}`.",
+        "",
+        "## Full runs (the recipe's budget; test split)",
+        "",
+        "| student | params | CPU ms / ex. | "
+        + " | ".join(f"test {m} (mean ± std)" for m in shown)
+        + " | seeds |",
+        "| --- | --- | --- | " + "--- | " * len(shown) + "--- |",
+    ]
+    for row, result in final.items():
+        lines.append(
+            f"| {row.replace('_', '-')}: `{describe(result['student'])}` | "
+            f"{_number(result['parameters'])} | {_number(result['latency_ms'])} | "
+            + " | ".join(f"{result[m]:.4f} ± {result[f'{m}_std']:.4f}" for m in shown)
+            + f" | {len(result['seeds'])} |"
+        )
+    lines += ["", f"![Pareto front]({PLOT_FILE})", "", "## Pareto front (trained trials)", ""]
+    lines += _trial_table(
+        [next(r for r in rows if r["number"] == n) for n in summary["pareto"]], metric
+    )
+    lines += ["", "## Every trial", ""]
+    lines += _trial_table(rows, metric)
+    return "\n".join(lines) + "\n"
+
+
+def _trial_table(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    lines = [
+        "| trial | state | student | params | CPU ms / ex. | memory (MB) | "
+        f"val {metric} | overrides |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        state = r["state"] if "over_budget" not in r else f"over budget: {r['over_budget']}"
+        lines.append(
+            f"| {r['number']} | {state} | `{describe(r['student'])}` | "
+            f"{_number(r.get('parameters'))} | {_number(r.get('latency_ms'))} | "
+            f"{_number(r.get('memory_mb'))} | {_number(r.get('value'))} | "
+            + " ".join(f"`--set {o}`" for o in r["overrides"])
+            + " |"
+        )
+    return lines
+
+
+def write_search_report(run_dir: Path, summary: dict[str, Any]) -> Path:
+    if summary["pareto"]:
+        plot_pareto(summary, run_dir / PLOT_FILE)
+    path = run_dir / REPORT_FILE
+    path.write_text(markdown(summary))
+    return path

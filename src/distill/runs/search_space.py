@@ -1,0 +1,128 @@
+"""A recipe's student search space in Optuna's terms, and what a candidate costs.
+
+``suggest`` draws one candidate's ``student`` section from a trial (a family, then each
+searched field of it); ``smallest`` is a family's cheapest corner, built before any trial to
+catch an unknown field or a budget nothing can meet; ``measure`` times and weighs a built
+candidate on this machine; ``over_budget`` says which limits it breaks.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distill.measure import cpu_latency_ms, forward_memory_bytes, parameter_count
+from distill.recipes.search_spec import Candidate, Dimension
+from distill.runs.common import Splits, Task
+
+MEASURES = {
+    "parameters": "parameters",
+    "latency_ms": "CPU ms / example",
+    "memory_mb": "memory (MB)",
+    "onnx_latency_ms": "ONNX Runtime ms / example",
+}
+
+
+def labels(candidates: list[Candidate]) -> list[str]:
+    """One name per family: its model, numbered when two families share one."""
+    models = [c.model for c in candidates]
+    return [m if models.count(m) == 1 else f"{m}#{i}" for i, m in enumerate(models)]
+
+
+def suggest(trial: Any, candidates: list[Candidate], families: list[str]) -> dict[str, Any]:
+    """The ``student`` section (model and args) of the candidate ``trial`` draws from the
+    ``families`` searched (their ``labels``)."""
+    names = labels(candidates)
+    family = trial.suggest_categorical("family", families) if len(families) > 1 else families[0]
+    index = names.index(family)
+    candidate = candidates[index]
+    args = {
+        name: suggest_value(trial, f"{names[index]}.{name}", value)
+        if isinstance(value, Dimension)
+        else value
+        for name, value in candidate.args.items()
+    }
+    return {"model": candidate.model, "args": args}
+
+
+def suggest_value(trial: Any, key: str, dimension: Dimension) -> Any:
+    if dimension.choices is not None:  # Optuna stores scalars: lists go as their JSON
+        shown = [json.dumps(choice) for choice in dimension.choices]
+        return json.loads(trial.suggest_categorical(key, shown))
+    if dimension.layers is not None:
+        count = trial.suggest_int(f"{key}.layers", *dimension.layers)
+        return [suggest_number(trial, f"{key}.{i}", dimension) for i in range(count)]
+    return suggest_number(trial, key, dimension)
+
+
+def suggest_number(trial: Any, key: str, dimension: Dimension) -> int | float:
+    if dimension.integer:
+        return trial.suggest_int(
+            key, dimension.low, dimension.high, step=dimension.step or 1, log=dimension.log
+        )
+    return trial.suggest_float(
+        key, float(dimension.low), float(dimension.high), step=dimension.step, log=dimension.log
+    )
+
+
+def smallest(candidate: Candidate) -> dict[str, Any]:
+    """The family's cheapest corner: every searched field at its smallest value (the
+    smallest choice when choices compare, else the first)."""
+    args: dict[str, Any] = {}
+    for name, value in candidate.args.items():
+        if not isinstance(value, Dimension):
+            args[name] = value
+            continue
+        corners = value.corners()
+        try:
+            args[name] = min(corners) if value.choices is not None else corners[0]
+        except TypeError:
+            args[name] = corners[0]
+    return {"model": candidate.model, "args": args}
+
+
+def measure(
+    task: Task, data: Splits, model: nn.Module, repeats: int, onnx: bool = False, batch: int = 1
+) -> dict[str, float]:
+    """Parameters, the median CPU latency per example of forwards of ``batch`` examples
+    (``repeats`` of them), the memory of such a forward (weights plus the peak of live
+    tensors), and optionally ONNX Runtime's latency, all measured here."""
+    example, kwargs = task.latency_input(model, data)
+    measured = {
+        "parameters": float(parameter_count(model)),
+        "latency_ms": cpu_latency_ms(model, example, repeats, batch=batch, **kwargs),
+        "memory_mb": forward_memory_bytes(model, example, batch, **kwargs) / 2**20,
+    }
+    if onnx:
+        from distill.compress.export import export_onnx, onnx_latency_ms
+
+        with tempfile.TemporaryDirectory() as folder:
+            was_training = model.training
+            path = export_onnx(model, example.unsqueeze(0), Path(folder) / "candidate.onnx")
+            measured["onnx_latency_ms"] = onnx_latency_ms(path, example, repeats, batch=batch)
+            model.train(was_training)
+    return measured
+
+
+def over_budget(measured: dict[str, float], limits: dict[str, float]) -> list[str]:
+    """The limits ``measured`` breaks, each as ``latency_ms 0.061 > 0.05``."""
+    return [
+        f"{name} {measured[name]:.4g} > {limit:.4g}"
+        for name, limit in limits.items()
+        if measured[name] > limit
+    ]
+
+
+def describe(student: dict[str, Any]) -> str:
+    """``zoo:mlp hidden=[256, 64]``: a candidate in one line."""
+    args = " ".join(f"{k}={json.dumps(v)}" for k, v in student["args"].items())
+    return f"{student['model']} {args}".strip()
+
+
+def overrides(student: dict[str, Any]) -> list[str]:
+    """The ``--set`` overrides that make the recipe train this candidate."""
+    return [f"student.model={student['model']}", f"student.args={json.dumps(student['args'])}"]

@@ -1,0 +1,118 @@
+"""The Optuna study behind ``distill search``: where it is stored (SQLite in the run
+directory, or a shared database), its sampler and pruner, resuming a killed search, and its
+trials as report rows."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from distill.errors import MissingDependency
+from distill.recipes import Recipe
+from distill.recipes.search_spec import SearchSpec
+from distill.runs.common import Log
+
+STUDY_FILE = "study.db"
+
+
+def optuna_module() -> Any:
+    try:
+        import optuna
+    except ImportError as error:
+        raise MissingDependency(
+            "distill search needs optuna: pip install 'distill[search]'"
+        ) from error
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def scored_states() -> tuple[Any, ...]:
+    """The trial states that count towards ``--trials``: trained, or stopped on purpose."""
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def finished(study: Any) -> int:
+    return len(study.get_trials(deepcopy=False, states=scored_states()))
+
+
+def open_study(
+    recipe: Recipe, run_dir: Path, storage: str | None, metric: str, restart: bool, log: Log
+) -> Any:
+    """The recipe's study: in the run directory's SQLite file, or in ``storage`` under a
+    name that digests the recipe (so another recipe never joins it). A local study's
+    trials left running by a killed search are marked failed and drawn again."""
+    optuna = optuna_module()
+    spec = recipe.search
+    assert spec is not None
+    raw = recipe.model_dump(mode="json")
+    raw["search"].pop("trials")
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{recipe.name}-{digest}"
+    local = storage is None
+    url = f"sqlite:///{(run_dir / STUDY_FILE).resolve()}" if local else storage
+    backend = optuna.storages.RDBStorage(
+        url,
+        **({} if local else {"heartbeat_interval": 60, "grace_period": 300}),
+        failed_trial_callback=None if local else optuna.storages.RetryFailedTrialCallback(),
+    )
+    if restart and not local:
+        with contextlib.suppress(KeyError):  # nothing to delete
+            optuna.delete_study(study_name=name, storage=backend)
+    maximize = not metric.endswith("loss") and not metric.startswith("kl")
+    directions = ["maximize" if maximize else "minimize"]
+    if spec.sampler == "nsga2":
+        directions.append("minimize")
+    study = optuna.create_study(
+        study_name=name, storage=backend, directions=directions, load_if_exists=True,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+    )  # fmt: skip
+    # a resumed study draws on from where it stopped, not from its first draws again
+    study.sampler = make_sampler(spec, recipe.seed + len(study.get_trials(deepcopy=False)))
+    if local:
+        requeue_interrupted(study, log)
+    return study
+
+
+def make_sampler(spec: SearchSpec, seed: int) -> Any:
+    optuna = optuna_module()
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=spec.population, seed=seed)
+    if spec.sampler == "tpe":
+        startup = min(10, max(1, spec.trials // 4))
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def requeue_interrupted(study: Any, log: Log) -> None:
+    """Trials a killed search left running: failed, and their candidates drawn again
+    (their folders hold checkpoints, so training resumes)."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, skip_if_exists=True)
+        log(f"search: trial {trial.number} was interrupted; it runs again")
+
+
+def trial_rows(study: Any) -> list[dict[str, Any]]:
+    """Every trial as a row: its state, candidate, overrides, measurements and score."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if "student" not in trial.user_attrs:
+            continue
+        value = trial.values[0] if trial.values else None
+        rows.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name.lower(),
+                "value": value,
+                **trial.user_attrs,
+            }
+        )
+    return rows

@@ -1,0 +1,271 @@
+"""`distill search`: the recipe's search space, budgets measured before training, a tiny
+Optuna study end to end (then the chosen student distilled fully), a killed search resumed,
+an LLM student searched by depth and MLP width, and the one-line errors of a bad space."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import transformers
+from torch import nn
+from typer.testing import CliRunner
+
+from distill import cli
+from distill.measure import forward_memory_bytes
+from distill.models.shrink import narrow_mlps
+from distill.recipes import RecipeError, load_recipe
+from distill.recipes.search_spec import Candidate
+from distill.runs import search_space
+from distill.runs.search_report import pareto_front
+from tests.test_lm_pipeline import text_file, tiny_overrides, tokenizer_dir  # noqa: F401
+
+ROOT = Path(__file__).parents[1]
+MNIST1D = ROOT / "recipes" / "mnist1d_kd.yaml"
+SPACE = (
+    "search={candidates: ["
+    "{model: zoo:mlp, args: {hidden: {layers: [1, 2], low: 8, high: 64, log: true}, "
+    "pool: {choices: [1, 2]}}}, "
+    "{model: zoo:cnn, args: {channels: {layers: [1, 1], low: 4, high: 8}, hidden: 16, "
+    "kernel: {choices: [3, 5]}}}], "
+    "trials: 3, train: {max_steps: 8}, evaluations: 2, seeds: [0, 1]}"
+)
+TINY = [
+    "teacher.train.max_steps=6",
+    "train.max_steps=10",
+    "output.latency_repeats=3",
+    SPACE,
+]
+
+
+def distill_search(run_dir, cache, *extra, kill_at=None):
+    """`distill search` on MNIST-1D in a subprocess; ``kill_at=n`` SIGKILLs it when it has
+    written its n-th checkpoint (as a crash or an out-of-memory kill would)."""
+    env = {**os.environ, "DISTILL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    args = ["search", str(MNIST1D), *[f"--set={o}" for o in TINY], "--out", str(run_dir), "-q"]
+    command = [sys.executable, "-m", "distill", *args, *extra]
+    if kill_at is not None:
+        command = [sys.executable, str(ROOT / "tests" / "kill_run.py"), "written", str(kill_at)]
+        command += [*args, *extra]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    done = distill_search(root / "run", root / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def test_a_tiny_search_scores_trials_and_distils_the_chosen_student_fully(searched):
+    run = searched / "run"
+    summary = json.loads((run / "search.json").read_text())
+    trials = summary["trials"]
+    assert len(trials) == 3 and {t["state"] for t in trials} <= {"complete", "pruned"}
+    for t in trials:  # each trial measured before it trained, and its overrides recorded
+        assert t["parameters"] > 0 and t["latency_ms"] > 0 and t["memory_mb"] > 0
+        assert t["overrides"][0] == f"student.model={t['student']['model']}"
+    chosen = summary["chosen"]
+    complete = [t for t in trials if t["state"] == "complete"]
+    assert chosen["value"] == max(t["value"] for t in complete)
+    assert chosen["number"] in summary["pareto"]
+    final = summary["final"]
+    assert set(final) == {"hand_picked", "searched"}
+    for row in final.values():
+        assert len(row["accuracy_per_seed"]) == 2 and 0 < row["accuracy"] <= 1
+        assert row["accuracy_std"] >= 0 and row["latency_ms"] > 0
+    assert final["searched"]["student"] == chosen["student"]
+    # each full run is a distill run of its own, trained with the recipe's budget
+    folder = run / "final" / "searched" / "seed_1"
+    assert json.loads((folder / "summary.json").read_text())["steps"] == 10
+    assert (run / "pareto.png").stat().st_size > 0
+    report = (run / "search.md").read_text()
+    assert "## Pareto front" in report and "--set student.model=" in report
+
+
+def test_a_killed_search_rerun_continues_where_it_stopped(tmp_path):
+    # the teacher first (its checkpoints are not counted), then kill at the fourth checkpoint
+    # the trials write (each writes at steps 4, 8 and 8 again at its end): the first trial
+    # is finished, the second one is in the middle
+    cache = tmp_path / "cache"
+    env = {**os.environ, "DISTILL_CACHE": str(cache)}
+    teach = [sys.executable, "-m", "distill", "teacher", str(MNIST1D), "-q"]
+    teach += [f"--set={o}" for o in TINY]
+    assert subprocess.run(teach, env=env, capture_output=True, timeout=300).returncode == 0
+    killed = distill_search(tmp_path / "run", cache, kill_at=4)
+    assert killed.returncode == -9
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    states = [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
+    assert "RUNNING" in states and len(states) == 2
+    again = distill_search(tmp_path / "run", cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = optuna.load_study(study_name=name, storage=storage)
+    scored = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(scored) == 3  # three trials in all, the interrupted one drawn again
+    interrupted = next(t for t in study.trials if t.state.name == "FAIL")
+    assert any(t.params == interrupted.params for t in scored)
+    summary = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert set(summary["final"]) == {"hand_picked", "searched"}
+
+
+def test_a_budget_no_candidate_meets_fails_before_training(tmp_path):
+    result = CliRunner().invoke(
+        cli.app,
+        ["search", str(MNIST1D), *[f"--set={o}" for o in TINY], "--set=search.budget.parameters=10",
+         "--out", str(tmp_path / "run"), "-q"],
+        env={"DISTILL_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "search.budget: no candidate's cheapest corner meets parameters <= 10" in result.output
+    assert "smallest" in result.output
+    assert not (tmp_path / "cache" / "teachers").exists()  # before the teacher trained
+    assert not (tmp_path / "run" / "trials").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("search.candidates=[]", "search.candidates: List should have at least 1 item"),
+        (
+            "search.candidates.0.args.hidden={low: 64, high: 8}",
+            "search.candidates.0.args: hidden: low 64 is above high 8",
+        ),
+        (
+            "search.candidates.0.args.hidden={choices: [8], low: 1, high: 2}",
+            "give either choices or low/high",
+        ),
+        ("search.budget.latency=1", "search.budget.latency: unknown field"),
+        ("search.train={lr: -1}", "search.train.lr: Input should be greater than 0"),
+    ],
+)
+def test_a_bad_search_section_names_the_field(override, message):
+    with pytest.raises(RecipeError) as error:
+        load_recipe(MNIST1D, [SPACE, override])
+    assert message in str(error.value)
+
+
+def test_an_unknown_architecture_field_fails_naming_the_candidate(tmp_path):
+    result = CliRunner().invoke(
+        cli.app,
+        ["search", str(MNIST1D), *[f"--set={o}" for o in TINY],
+         "--set=search.candidates.1.args.depth={choices: [1, 2]}", "--out", str(tmp_path / "r")],
+        env={"DISTILL_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "search.candidates.1: zoo:cnn" in result.output and "depth" in result.output
+
+
+def test_suggested_candidates_stay_in_their_space():
+    candidate = Candidate.model_validate(
+        {"model": "zoo:mlp", "args": {
+            "hidden": {"layers": [1, 3], "low": 8, "high": 64, "log": True},
+            "pool": {"choices": [1, 2]}, "dropout": {"low": 0.0, "high": 0.5},
+            "widths": {"choices": [[4, 4], [8]]}, "fixed": 3,
+        }}
+    )  # fmt: skip
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        student = search_space.suggest(study.ask(), [candidate], ["zoo:mlp"])
+        args = student["args"]
+        assert 1 <= len(args["hidden"]) <= 3 and all(8 <= w <= 64 for w in args["hidden"])
+        assert all(isinstance(w, int) for w in args["hidden"])
+        assert args["pool"] in (1, 2) and 0.0 <= args["dropout"] <= 0.5
+        assert args["widths"] in ([4, 4], [8]) and args["fixed"] == 3
+    smallest = search_space.smallest(candidate)["args"]
+    assert smallest["hidden"] == [8] and smallest["pool"] == 1 and smallest["dropout"] == 0.0
+
+
+def test_forward_memory_counts_weights_and_the_peak_of_live_tensors():
+    model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    weights = 4 * sum(p.numel() for p in model.parameters())
+    # the first layer's output and the ReLU's are alive together: 2 × 1024 floats
+    assert forward_memory_bytes(model, torch.randn(784)) == weights + 2 * 4 * 1024
+    wide = nn.Sequential(nn.Linear(784, 4096), nn.ReLU(), nn.Linear(4096, 10))
+    assert (
+        forward_memory_bytes(wide, torch.randn(784))
+        == 4 * sum(p.numel() for p in wide.parameters()) + 2 * 4 * 4096
+    )
+
+
+def test_the_pareto_front_keeps_the_trials_nothing_beats_on_both():
+    rows = [
+        {"number": 0, "state": "complete", "value": 0.80, "latency_ms": 1.0},
+        {"number": 1, "state": "complete", "value": 0.85, "latency_ms": 2.0},
+        {"number": 2, "state": "complete", "value": 0.82, "latency_ms": 2.5},  # beaten by 1
+        {"number": 3, "state": "complete", "value": 0.90, "latency_ms": 3.0},
+        {"number": 4, "state": "pruned", "value": 0.99, "latency_ms": 0.5},  # not trained
+    ]
+    assert pareto_front(rows, "accuracy") == [0, 1, 3]
+    assert pareto_front(rows, "loss") == [0]  # lower is better: the fastest is also best
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_width_pruning_keeps_the_most_active_mlp_neurons():
+    model = tiny_llama()
+    calibration = {"input_ids": torch.randint(50, (4, 12))}
+    ids = torch.randint(50, (2, 10))
+    reference = tiny_llama()
+    narrow_mlps(model, 0.5, calibration)
+    assert model.config.intermediate_size == 16
+    for layer, original in zip(model.model.layers, reference.model.layers, strict=True):
+        assert layer.mlp.gate_proj.out_features == 16 and layer.mlp.down_proj.in_features == 16
+        # the kept neurons are rows of the original: zeroing the others changes nothing more
+        kept = [
+            next(i for i in range(32) if torch.equal(original.mlp.up_proj.weight[i], row))
+            for row in layer.mlp.up_proj.weight
+        ]
+        dropped = sorted(set(range(32)) - set(kept))
+        with torch.no_grad():
+            original.mlp.down_proj.weight[:, dropped] = 0
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
+    with pytest.raises(ValueError, match="share of the MLP neurons"):
+        narrow_mlps(model, 1.5, calibration)
+
+
+def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir, tmp_path):  # noqa: F811
+    overrides = [
+        *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
+        "search={candidates: [{model: teacher, args: {keep: {low: 1, high: 3}, "
+        "width: {choices: [0.5, 1.0]}}}], trials: 3, train: {max_steps: 4}, compare: false}",
+    ]
+    result = CliRunner().invoke(
+        cli.app,
+        ["search", str(ROOT / "recipes" / "llm_token_kd.yaml"), "-q", "--json",
+         *[f"--set={o}" for o in overrides]],
+        env={"DISTILL_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["metric"] == "loss"
+    trials = summary["trials"]
+    assert len(trials) == 3
+    for t in trials:
+        args = t["student"]["args"]
+        assert 1 <= args["keep"] <= 3 and args["width"] in (0.5, 1.0)
+    # fewer layers and narrower MLPs, fewer parameters
+    by_size = sorted(
+        trials, key=lambda t: (t["student"]["args"]["keep"], t["student"]["args"]["width"])
+    )
+    assert by_size[0]["parameters"] <= by_size[-1]["parameters"]
+    assert set(summary["final"]) == {"searched"}
+    student = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "llm_token_kd-search" / "final" / "searched" / "seed_0" / "student"
+    )
+    chosen = summary["chosen"]["student"]["args"]
+    assert student.config.num_hidden_layers == chosen["keep"]
+    assert student.config.intermediate_size == round(64 * chosen["width"])
