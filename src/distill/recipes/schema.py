@@ -234,11 +234,13 @@ class Recipe(Strict):
     def _check_search(self) -> None:
         if self.search is None:
             return
-        if self.task == "diffusion" or self.peers > 1 or self.assistant or self.generations > 1:
+        if self.task in ("clip", "diffusion") or self.peers > 1 or self.assistant:
             raise ValueError(
-                "search: student search is built for one student of a classification, clip or "
-                "language-model recipe (not diffusion, peers, assistant or generations)"
+                "search: student search is built for one student of a classification or "
+                "language-model recipe (not clip, diffusion, peers or an assistant)"
             )
+        if self.generations > 1:
+            raise ValueError("search: student search trains one student; drop generations")
         try:
             TrainSpec.model_validate({**self.train.model_dump(), **self.search.train})
         except ValidationError as error:
