@@ -270,3 +270,28 @@ def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir,
     chosen = summary["chosen"]["student"]["args"]
     assert student.config.num_hidden_layers == chosen["keep"]
     assert student.config.intermediate_size == round(64 * chosen["width"])
+
+
+def test_nsga2_with_shared_storage_jobs_timeout_and_an_onnx_budget(tmp_path):
+    """The other options, together: NSGA-II (metric and latency), a study in a storage URL
+    (the path several machines take: heartbeats, failed trials retried), two trials at once,
+    a timeout, and ONNX Runtime latency measured for the budget."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    result = CliRunner().invoke(
+        cli.app,
+        ["search", str(MNIST1D), *[f"--set={o}" for o in TINY], "--set=search.sampler=nsga2",
+         "--set=search.population=2", "--set=search.budget.onnx_latency_ms=1000",
+         "--set=search.compare=false", "--set=search.seeds=[0]", "--storage", storage,
+         "--jobs", "2", "--timeout", "600", "--trials", "4", "--out", str(tmp_path / "run"),
+         "--json"],
+        env={"DISTILL_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["sampler"] == "nsga2" and summary["budget"] == {"onnx_latency_ms": 1000.0}
+    assert len(summary["trials"]) >= 4  # two at once may start one more before the count
+    assert all(t["onnx_latency_ms"] > 0 for t in summary["trials"])
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert not (tmp_path / "run" / "study.db").exists()  # the study lives in the storage

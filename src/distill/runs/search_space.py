@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from distill.measure import cpu_latency_ms, forward_memory_bytes, parameter_coun
 from distill.recipes.search_spec import Candidate, Dimension
 from distill.runs.common import Splits, Task
 
+MEASURING = threading.Lock()
 MEASURES = {
     "parameters": "parameters",
     "latency_ms": "CPU ms / example",
@@ -90,7 +92,15 @@ def measure(
 ) -> dict[str, float]:
     """Parameters, the median CPU latency per example of forwards of ``batch`` examples
     (``repeats`` of them), the memory of such a forward (weights plus the peak of live
-    tensors), and optionally ONNX Runtime's latency, all measured here."""
+    tensors), and optionally ONNX Runtime's latency, all measured here; one candidate at a
+    time (``--jobs``: the ONNX exporter is not thread-safe, and timings are steadier)."""
+    with MEASURING:
+        return _measure(task, data, model, repeats, onnx, batch)
+
+
+def _measure(
+    task: Task, data: Splits, model: nn.Module, repeats: int, onnx: bool, batch: int
+) -> dict[str, float]:
     example, kwargs = task.latency_input(model, data)
     measured = {
         "parameters": float(parameter_count(model)),

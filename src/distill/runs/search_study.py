@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ def optuna_module() -> Any:
             "distill search needs optuna: pip install 'distill[search]'"
         ) from error
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
 
@@ -55,11 +57,12 @@ def open_study(
     name = f"{recipe.name}-{digest}"
     local = storage is None
     url = f"sqlite:///{(run_dir / STUDY_FILE).resolve()}" if local else storage
-    backend = optuna.storages.RDBStorage(
-        url,
-        **({} if local else {"heartbeat_interval": 60, "grace_period": 300}),
-        failed_trial_callback=None if local else optuna.storages.RetryFailedTrialCallback(),
-    )
+    shared = {  # a machine that stops beating for 5 minutes: its trial is run again
+        "heartbeat_interval": 60,
+        "grace_period": 300,
+        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(),
+    }
+    backend = optuna.storages.RDBStorage(url, **({} if local else shared))
     if restart and not local:
         with contextlib.suppress(KeyError):  # nothing to delete
             optuna.delete_study(study_name=name, storage=backend)
