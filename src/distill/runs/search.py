@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from distill.errors import NonFiniteLoss, RecipeError
+from distill.errors import NonFiniteLoss, RecipeError, UsageError
 from distill.measure import cpu_latency
 from distill.recipes import ModelSpec, Recipe, validate_recipe
 from distill.runs import search_space as space
@@ -88,9 +88,16 @@ def search_recipe(
             "recipes/fashion_mnist_search.yaml)"
         )
     optuna_module()
+    options = options or Options()
+    if options.jobs > 1 and recipe.search.budget.onnx_latency_ms is not None:
+        raise UsageError(
+            "--jobs: the ONNX exporter changes global torch state while other trials train, "
+            "so search.budget.onnx_latency_ms needs --jobs 1 (or several processes sharing "
+            "a --storage)"
+        )
     run_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / f"{recipe.name}-search"
     with open_run_dir(recipe, run_dir, restart, log):
-        return search_in(task_for(recipe), recipe, run_dir, options or Options(), restart, log)
+        return search_in(task_for(recipe), recipe, run_dir, options, restart, log)
 
 
 def search_in(
@@ -368,7 +375,8 @@ def best_value(evaluations: list[dict[str, float]], metric: str, selected: str |
 
 
 def choose(rows: list[dict[str, Any]], metric: str, limits: dict[str, float]) -> dict[str, Any]:
-    """The trained trial with the best validation metric (all trained ones met the budget)."""
+    """The trained trial with the best validation metric (all trained ones met the budget),
+    the fastest of those tied: a point of the Pareto front."""
     scored = [r for r in rows if r["state"] == "complete"]
     if not scored:
         over = [r for r in rows if "over_budget" in r]
@@ -385,7 +393,8 @@ def choose(rows: list[dict[str, Any]], metric: str, limits: dict[str, float]) ->
         )
     best = scored[0]
     for row in scored[1:]:
-        best = row if is_better(metric, row["value"], best["value"]) else best
+        tie = row["value"] == best["value"] and row["latency_ms"] < best["latency_ms"]
+        best = row if tie or is_better(metric, row["value"], best["value"]) else best
     return best
 
 

@@ -93,7 +93,7 @@ def measure(
     """Parameters, the median CPU latency per example of forwards of ``batch`` examples
     (``repeats`` of them), the memory of such a forward (weights plus the peak of live
     tensors), and optionally ONNX Runtime's latency, all measured here; one candidate at a
-    time (``--jobs``: the ONNX exporter is not thread-safe, and timings are steadier)."""
+    time (with ``--jobs``, timings are steadier so)."""
     with MEASURING:
         return _measure(task, data, model, repeats, onnx, batch)
 
