@@ -6,7 +6,10 @@
 - ``generation``: the teacher writes a dataset (sequence-level KD);
 - ``layer_maps``: hidden-state matching between transformer layers;
 - ``token_kd``: token-level KD terms through the LM heads;
-- ``pruning``: pruning callbacks for compressing while distilling.
+- ``pruning``: pruning callbacks for compressing while distilling;
+- ``inversion``, ``synthetic``: DeepInversion inputs from the teacher alone, stored as a
+  resumable, checksummed transfer set;
+- ``pate``: private aggregation of teacher ensembles (GNMax answers, RDP accounting).
 """
 
 from distill.methods.cohort import Cohort, mutual_objective

@@ -1,0 +1,136 @@
+"""A transfer set synthesised by DeepInversion, stored so it is made once.
+
+``write_synthetic_set`` generates ``examples`` inputs in batches (targets cycling through
+the classes), each batch a safetensors shard, with ``provenance.json`` (method, teacher,
+settings, seed) and ``checksums.json``. Rerun, it keeps every intact shard and makes the
+missing or damaged ones (saying so), so a killed generation continues; a folder made with
+other settings is refused. ``SyntheticSet`` reads the shards back, checksums verified, as
+unlabelled rows ``(input, -100, {"example_id": i})``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from distill.errors import CacheError
+from distill.methods.inversion import InversionSettings, deep_inversion
+from distill.paths import (
+    CHECKSUMS_FILE,
+    atomic_save,
+    read_json,
+    sha256_file,
+    verify_checksums,
+    write_checksums,
+    write_json,
+)
+from distill.training.progress import TrainingProgress
+
+PROVENANCE_FILE = "provenance.json"
+UNLABELLED = -100
+
+
+def shard_name(index: int) -> str:
+    return f"batch_{index:05d}.safetensors"
+
+
+def write_synthetic_set(
+    teacher: nn.Module,
+    folder: Path,
+    *,
+    examples: int,
+    shape: tuple[int, ...],
+    num_classes: int,
+    teacher_id: str,
+    settings: InversionSettings | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    student: nn.Module | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Make (or finish) the synthetic set in ``folder``; ``teacher_id`` names the teacher
+    in the provenance (a store digest, say)."""
+    settings = settings or InversionSettings()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    provenance = {
+        "method": "adaptive_deep_inversion" if student is not None else "deep_inversion",
+        "teacher": teacher_id,
+        "settings": dataclasses.asdict(settings),
+        "examples": examples,
+        "shape": list(shape),
+        "num_classes": num_classes,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    written = folder / PROVENANCE_FILE
+    if written.exists():
+        earlier = read_json(written, CacheError)
+        changed = sorted(k for k in provenance if earlier.get(k) != provenance[k])
+        if changed:
+            raise CacheError(
+                f"{folder} holds synthetic inputs made with other {', '.join(changed)}; "
+                "delete the folder or choose another one"
+            )
+    else:
+        write_json(written, provenance, indent=2)
+    shards = math.ceil(examples / batch_size)
+    sums = (
+        read_json(folder / CHECKSUMS_FILE, CacheError) if (folder / CHECKSUMS_FILE).exists() else {}
+    )
+    with TrainingProgress(shards, enabled=progress) as bar:
+        for index in range(shards):
+            name = shard_name(index)
+            path = folder / name
+            if path.is_file() and sums.get(name) == sha256_file(path):
+                bar.update(index + 1)
+                continue
+            if path.exists():
+                log(f"{path}: damaged (checksum differs); generating it again")
+            start = index * batch_size
+            count = min(batch_size, examples - start)
+            targets = (torch.arange(count) + start) % num_classes
+            inputs, _ = deep_inversion(
+                teacher, targets, shape, settings, student=student, seed=seed * 1_000_003 + index
+            )
+            tensors = {"inputs": inputs.cpu().contiguous(), "targets": targets}
+            atomic_save(path, lambda p, t=tensors: save_file(t, str(p)))
+            sums = write_checksums(folder, [*sums.keys() - {name}, name])
+            bar.update(index + 1)
+    return folder
+
+
+class SyntheticSet(Dataset):
+    """The shards of a synthetic set, verified, as unlabelled rows (the teacher labels
+    them); ``targets`` keeps the classes they were made for."""
+
+    def __init__(self, folder: Path) -> None:
+        folder = Path(folder)
+        if not (folder / PROVENANCE_FILE).exists():
+            raise CacheError(f"{folder} holds no synthetic set ({PROVENANCE_FILE} is missing)")
+        damaged = verify_checksums(folder)
+        if damaged:
+            raise CacheError(
+                f"{folder}: {', '.join(damaged)} missing or damaged (checksum differs); "
+                "rerun the generation to make them again"
+            )
+        self.provenance: dict[str, Any] = read_json(folder / PROVENANCE_FILE, CacheError)
+        shards = math.ceil(self.provenance["examples"] / self.provenance["batch_size"])
+        parts = [load_file(str(folder / shard_name(i))) for i in range(shards)]
+        self.inputs: Tensor = torch.cat([p["inputs"] for p in parts])
+        self.targets: Tensor = torch.cat([p["targets"] for p in parts])
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, dict[str, int]]:
+        return self.inputs[index], UNLABELLED, {"example_id": index}
