@@ -40,6 +40,7 @@ from distill.runs.run import (
     teacher_command,
 )
 from distill.runs.search import Options, search_recipe
+from distill.runs.search_report import shown_metrics
 from distill.runs.search_space import describe
 from distill.training.distributed import process_group_ended
 
@@ -148,9 +149,7 @@ def search(
             typer.echo(json.dumps(summary, indent=2))
             return
         final = summary["final"]
-        shown = [
-            m for m in dict.fromkeys([summary["metric"], "accuracy"]) if m in final["searched"]
-        ]
+        shown = shown_metrics(summary)
         table = Table(
             title=f"distill search: {summary['name']}", title_justify="left", box=box.SIMPLE
         )

@@ -42,7 +42,7 @@ from distill.runs.common import (
     teacher_module,
 )
 from distill.runs.run import run_recipe, task_for
-from distill.runs.search_report import pareto_front, write_search_report
+from distill.runs.search_report import final_metrics, pareto_front, write_search_report
 from distill.runs.search_study import (
     finished,
     open_study,
@@ -53,7 +53,7 @@ from distill.runs.search_study import (
 from distill.runs.workdir import open_run_dir
 from distill.training import Callback
 from distill.training import checkpoint as ckpt
-from distill.training.state import is_better
+from distill.training.state import lower_is_better
 
 TRIALS_DIR = "trials"
 FINAL_DIR = "final"
@@ -179,10 +179,9 @@ class TrialProgress:
     def __call__(self, study: Any, trial: Any) -> None:
         if self.progress is None:
             return
-        trained = [t for t in study.get_trials(deepcopy=False) if t.values]
-        best = f"best {max(t.values[0] for t in trained):.4f}" if trained else ""
-        if trained and study.directions[0].name == "MINIMIZE":
-            best = f"best {min(t.values[0] for t in trained):.4f}"
+        values = [t.values[0] for t in study.get_trials(deepcopy=False) if t.values]
+        pick = min if study.directions[0].name == "MINIMIZE" else max
+        best = f"best {pick(values):.4f}" if values else ""
         self.progress.update(self.task, completed=finished(study), best=best)
 
     def __exit__(self, *exc: object) -> None:
@@ -368,10 +367,7 @@ def best_value(evaluations: list[dict[str, float]], metric: str, selected: str |
     values = [row[metric] for row in evaluations]
     if selected != metric:
         return values[-1]
-    best = values[0]
-    for value in values[1:]:
-        best = value if is_better(metric, value, best) else best
-    return best
+    return min(values) if lower_is_better(metric) else max(values)
 
 
 def choose(rows: list[dict[str, Any]], metric: str, limits: dict[str, float]) -> dict[str, Any]:
@@ -391,11 +387,8 @@ def choose(rows: list[dict[str, Any]], metric: str, limits: dict[str, float]) ->
                 else "; run more trials (--trials)"
             )
         )
-    best = scored[0]
-    for row in scored[1:]:
-        tie = row["value"] == best["value"] and row["latency_ms"] < best["latency_ms"]
-        best = row if tie or is_better(metric, row["value"], best["value"]) else best
-    return best
+    sign = 1 if lower_is_better(metric) else -1
+    return min(scored, key=lambda row: (sign * row["value"], row["latency_ms"]))
 
 
 def full_runs(runner: TrialRunner, recipe: Recipe, chosen: dict[str, Any], progress: bool) -> dict:
@@ -422,7 +415,7 @@ def full_runs(runner: TrialRunner, recipe: Recipe, chosen: dict[str, Any], progr
             final = validate_recipe(raw, f"search final {row}")
             summary = run_recipe(final, out_dir=folder, progress=progress, log=log)
             tested = summary["models"]["student"]
-            for name in dict.fromkeys([metric, "accuracy"]):
+            for name in final_metrics(metric):
                 if name in tested:
                     values.setdefault(name, []).append(tested[name])
             if seed == seeds[0]:

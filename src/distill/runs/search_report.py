@@ -19,6 +19,17 @@ REPORT_FILE = "search.md"
 PLOT_FILE = "pareto.png"
 
 
+def final_metrics(metric: str) -> list[str]:
+    """The test metrics the full runs report: the search's metric, and accuracy."""
+    return list(dict.fromkeys([metric, "accuracy"]))
+
+
+def shown_metrics(summary: dict[str, Any]) -> list[str]:
+    """Those of ``final_metrics`` the full runs of ``summary`` measured."""
+    final = next(iter(summary["final"].values()))
+    return [m for m in final_metrics(summary["metric"]) if m in final]
+
+
 def pareto_front(rows: list[dict[str, Any]], metric: str) -> list[int]:
     """Numbers of the trained trials no other trained trial beats on both the validation
     metric and latency, fastest first."""
@@ -84,7 +95,7 @@ def markdown(summary: dict[str, Any]) -> str:
     states = [r["state"] for r in rows]
     over = sum("over_budget" in r for r in rows)
     budget = ", ".join(f"{MEASURES[k]} <= {_number(v)}" for k, v in summary["budget"].items())
-    shown = [m for m in dict.fromkeys([metric, "accuracy"]) if m in next(iter(final.values()))]
+    shown = shown_metrics(summary)
     lines = [
         f"# Student search: {summary['name']}",
         "",

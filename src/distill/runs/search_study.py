@@ -5,6 +5,7 @@ trials as report rows."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import warnings
@@ -15,10 +16,12 @@ from distill.errors import MissingDependency
 from distill.recipes import Recipe
 from distill.recipes.search_spec import SearchSpec
 from distill.runs.common import Log
+from distill.training.state import lower_is_better
 
 STUDY_FILE = "study.db"
 
 
+@functools.cache
 def optuna_module() -> Any:
     try:
         import optuna
@@ -66,8 +69,7 @@ def open_study(
     if restart and not local:
         with contextlib.suppress(KeyError):  # nothing to delete
             optuna.delete_study(study_name=name, storage=backend)
-    maximize = not metric.endswith("loss") and not metric.startswith("kl")
-    directions = ["maximize" if maximize else "minimize"]
+    directions = ["minimize" if lower_is_better(metric) else "maximize"]
     if spec.sampler == "nsga2":
         directions.append("minimize")
     study = optuna.create_study(

@@ -70,10 +70,14 @@ def to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses and KL: lower is better; every other metric: higher."""
+    return metric.endswith("loss") or metric.startswith("kl")
+
+
 def is_better(metric: str, new: float, old: float | None) -> bool:
-    """Whether ``new`` beats ``old`` for ``metric`` (losses and KL: lower is better)."""
-    lower_is_better = metric.endswith("loss") or metric.startswith("kl")
-    return old is None or (new < old if lower_is_better else new > old)
+    """Whether ``new`` beats ``old`` for ``metric`` (see ``lower_is_better``)."""
+    return old is None or (new < old if lower_is_better(metric) else new > old)
 
 
 class StopRequest:
