@@ -73,6 +73,15 @@ def test_synthetic_inputs_are_classified_as_asked_and_match_the_batchnorm_statis
     assert torch.equal(images, again) and not teacher.training
 
 
+def test_inputs_stay_in_their_valid_range_when_one_is_given():
+    teacher = trained_cnn()
+    free, _ = deep_inversion(teacher, torch.arange(10), (1, 8, 8), InversionSettings(steps=20))
+    assert free.min() < -0.5 or free.max() > 1.0  # unbounded, they leave it
+    settings = InversionSettings(steps=20, input_range=(-0.5, 1.0))
+    bounded, _ = deep_inversion(teacher, torch.arange(10), (1, 8, 8), settings)
+    assert bounded.min() >= -0.5 and bounded.max() <= 1.0
+
+
 def test_adaptive_inversion_adds_the_disagreement_term():
     teacher = trained_cnn()
     student = MLP(64, 10, hidden=16)

@@ -14,7 +14,7 @@ from distill.data.mnist1d import load_mnist1d
 from distill.data.resumable import EpochSampler, ResumableLoader
 from distill.data.splits import WithoutLabels, labeled_split, train_val_split
 from distill.data.views import MultiCrop, random_crop_resized
-from distill.data.vision import Augmented, ImageFolder, load_cifar, load_image_folder
+from distill.data.vision import Augmented, ImageFolder, Mixed, load_cifar, load_image_folder
 from distill.errors import DataError
 
 DATASETS = ("fashion_mnist", "mnist1d", "cifar10", "cifar100", "image_folder", "hf_images")
@@ -56,6 +56,7 @@ __all__ = [
     "EpochSampler",
     "HubImages",
     "ImageFolder",
+    "Mixed",
     "MultiCrop",
     "ResumableLoader",
     "WithDomain",

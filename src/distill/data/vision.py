@@ -120,3 +120,21 @@ class Augmented(Dataset):
             window = tuple(slice(o, o + s) for o, s in zip(offsets, size, strict=True))
             x = padded[(slice(None), *window)]
         return (x, y, *meta)
+
+
+class Mixed(Dataset):
+    """Each input mixed with another drawn at random, ``λ x_i + (1 − λ) x_j`` with
+    λ ~ U(0, 1) (mixup, Zhang et al. 2018, without its labels): for unlabelled rows that a
+    teacher labels live, so every epoch brings new inputs. Labels are dropped (-100)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        x, _, *meta = self.dataset[index]
+        other = self.dataset[int(torch.randint(len(self), ()))][0]
+        weight = torch.rand(())
+        return (weight * x + (1 - weight) * other, -100, *meta)

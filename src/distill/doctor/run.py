@@ -106,8 +106,17 @@ def diagnose(
     task.preflight(recipe, data)
     teacher, _ = task.teacher(recipe, data, progress, log)
     teacher.eval()
+    made = task.transfer_set(recipe, data, teacher, progress, log)
     recipe = task.resolve_recipe(recipe, data)
     notes = []
+    if made is not data:  # data-free or PATE: the student's inputs were made just now
+        kind = "public inputs the PATE teachers answered" if recipe.pate else "synthetic inputs"
+        notes.append(
+            f"The checks read the student's {len(made.student_train):,} {kind} "  # type: ignore[arg-type]
+            "(the data-shift check compares them with the test inputs)"
+        )
+        log(notes[-1])
+    data = made
     if recipe.task == "clip":
         notes.append(
             "CLIP teacher: every check reads its zero-shot class logits, the class prompts at "

@@ -8,8 +8,10 @@ layer's running mean and variance, which summarise the teacher's training data:
     L(x) = CE(f_t(x), y) + w_bn Σ_l w_l (‖μ_l(x) − μ̂_l‖₂ + ‖σ²_l(x) − σ̂²_l‖₂)
            + w_tv TV(x) + w_l2 ‖x‖²  [ − w_adi JS(f_t(x), f_s(x)) ]
 
-each step on a randomly shifted (and, for images, flipped) copy. Adaptive DeepInversion
-(the bracket) also rewards inputs on which a ``student`` disagrees with the teacher.
+each step on a randomly shifted (and, for images, flipped) copy, the inputs clamped to their
+valid range (``input_range``: the pixel range after the teacher's normalisation) if given.
+Adaptive DeepInversion (the bracket) also rewards inputs on which a ``student`` disagrees
+with the teacher.
 A teacher without BatchNorm layers has no statistics to match: ``InversionError`` says so.
 """
 
@@ -43,6 +45,20 @@ class InversionSettings:
     adaptive_weight: float = 0.0
     jitter: int = 2
     flip: bool = True
+    input_range: tuple[float, float] | None = None  # clamp after each step (valid pixels)
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model``; ``InversionError`` when it has none."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        raise InversionError(
+            f"DeepInversion matches the teacher's BatchNorm running statistics, and "
+            f"{type(model).__name__} has no BatchNorm layers; distil it on a transfer set "
+            "of real or public inputs instead (data.labeled with the rest unlabelled), or "
+            "train the student with PATE on public inputs"
+        )
+    return layers
 
 
 class BatchNormInputs:
@@ -50,14 +66,7 @@ class BatchNormInputs:
     (biased) variance of each layer's input in the last forward."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not self.layers:
-            raise InversionError(
-                f"DeepInversion matches the teacher's BatchNorm running statistics, and "
-                f"{type(model).__name__} has no BatchNorm layers; distil it on a transfer set "
-                "of real or public inputs instead (data.labeled with the rest unlabelled), or "
-                "train the student with PATE on public inputs"
-            )
+        self.layers = batchnorm_layers(model)
         self.means: list[Tensor] = []
         self.variances: list[Tensor] = []
         self.handles = [layer.register_forward_hook(self._record) for layer in self.layers]
@@ -131,6 +140,9 @@ def deep_inversion(
                 terms["adaptive"] = -settings.adaptive_weight * jsd(student_logits, logits)
             sum(terms.values()).backward()
             optimizer.step()
+            if settings.input_range is not None:
+                with torch.no_grad():
+                    inputs.clamp_(*settings.input_range)
     finally:
         watch.remove()
         teacher.train(was_training)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from distill.errors import MissingDependency
 
@@ -55,6 +55,26 @@ def gnmax(counts: Tensor, sigma: float, generator: torch.Generator | None = None
         raise ValueError(f"the noise σ must be > 0, got {sigma}")
     noise = torch.randn(counts.shape, generator=generator) * sigma
     return (counts + noise).argmax(dim=1)
+
+
+class Votes(nn.Module):
+    """The teachers as one classifier: their noiseless plurality vote. ``counts`` gives the
+    votes per class; ``forward`` the log of the smoothed vote shares, (n_j + 1) / (K + C),
+    so its argmax is the plurality and it can be scored like any classifier. Only for
+    measuring the ensemble: the student must learn from ``gnmax`` answers instead."""
+
+    def __init__(self, members: Sequence[nn.Module], num_classes: int) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.num_classes = num_classes
+
+    def counts(self, x: Tensor) -> Tensor:
+        predictions = torch.stack([member(x).argmax(dim=-1) for member in self.members])
+        return vote_counts(predictions.cpu(), self.num_classes).to(x.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shares = (self.counts(x) + 1) / (len(self.members) + self.num_classes)
+        return shares.log()
 
 
 @dataclass

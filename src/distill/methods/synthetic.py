@@ -11,6 +11,7 @@ unlabelled rows ``(input, -100, {"example_id": i})``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,7 @@ def write_synthetic_set(
         "batch_size": batch_size,
         "seed": seed,
     }
+    provenance = json.loads(json.dumps(provenance))  # as read back: tuples become lists
     written = folder / PROVENANCE_FILE
     if written.exists():
         earlier = read_json(written, CacheError)

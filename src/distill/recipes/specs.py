@@ -13,6 +13,7 @@ from distill import schedules
 from distill.data import DATASETS
 from distill.losses.registry import RECIPE_LOSSES
 from distill.methods.generation import GenerationSettings
+from distill.recipes.private_spec import SyntheticSpec
 from distill.recipes.task_specs import CaptionSpec, Strict
 from distill.training.config import TrainConfig
 
@@ -302,6 +303,9 @@ class DataSpec(Strict):
     )
     captions: CaptionSpec | None = Field(
         None, description="task: clip: the text side (captions, prompts, text tower)"
+    )
+    synthetic: SyntheticSpec | None = Field(
+        None, description="data-free: the student's transfer set is synthesised from the teacher"
     )
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ students measured by test accuracy, size on disk and CPU latency per example."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from distill.data import (
 )
 from distill.errors import DistillError, RecipeError
 from distill.methods import Cohort
+from distill.methods.inversion import batchnorm_layers
+from distill.methods.pate import Votes
 from distill.models import build_model
 from distill.objective import Objective
 from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
@@ -36,10 +39,19 @@ from distill.recipes.load import read_yaml
 from distill.runs.cache import make_layout
 from distill.runs.common import (
     RECIPE_FILE,
+    Lesson,
     Log,
     Splits,
     Task,
     loader,
+    recipe_objective,
+)
+from distill.runs.private import (
+    pate_rows,
+    pate_teachers,
+    privacy_note,
+    split_public,
+    synthetic_rows,
 )
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
 from distill.taps import Taps
@@ -53,6 +65,8 @@ class Data(Splits):
     teacher_train: Dataset
     num_classes: int
     in_shape: tuple[int, ...]
+    public: Dataset | None = None  # pate: the public pool the student's queries come from
+    privacy: dict[str, Any] | None = None  # pate: the answers' (ε, δ) and what they cover
 
 
 def prepare_data(recipe: Recipe) -> Data:
@@ -70,10 +84,19 @@ def prepare_data(recipe: Recipe) -> Data:
     if recipe.cache is not None:  # ids for the teacher-output cache, unique over both sets
         train, test = WithExampleId(train), WithExampleId(test, offset=len(train))
     teacher_train, teacher_val = train_val_split(train, spec.val_fraction, spec.split_seed)
+    public = None
+    if recipe.pate is not None:
+        public, teacher_train = split_public(teacher_train, recipe)
     if spec.labeled is None:
         student_train = baseline_train = teacher_train
         val = teacher_val
         regime = f"all {len(teacher_train):,} training labels"
+        if public is not None:
+            regime = (
+                f"{len(teacher_train):,} private labelled rows split among "
+                f"{recipe.pate.teachers} teachers; the student sees only public inputs "  # type: ignore[union-attr]
+                f"({len(public):,} set aside, labels hidden) and the teachers' noisy answers"
+            )
     else:
         baseline_train, val, student_train = labeled_split(
             train, spec.labeled, spec.val_fraction, spec.split_seed
@@ -100,6 +123,7 @@ def prepare_data(recipe: Recipe) -> Data:
         teacher_train=teacher_train,
         num_classes=num_classes,
         in_shape=tuple(train[0][0].shape),
+        public=public,
     )
 
 
@@ -176,6 +200,11 @@ def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[n
     assert spec is not None
     if spec.model == "ensemble":
         return get_ensemble(recipe, data, progress, log)
+    if recipe.pate is not None:
+        return pate_teachers(
+            recipe, data.teacher_train, data.val, data.num_classes,
+            lambda: model_from_spec(spec, data), progress, log,
+        )  # fmt: skip
     has_weights = spec.checkpoint is not None or Path(spec.model).is_dir()
     if spec.train is None and not (has_weights or spec.pretrained):
         raise RecipeError(
@@ -247,6 +276,8 @@ class Classification(Task):
                     if field == "student" and recipe.peers > 1:  # the taps are the cohort's
                         model = Cohort([model, copy.deepcopy(model)])
                     Taps(model, taps)  # an unknown path is an error listing the closest
+                    if field == "teacher" and recipe.data.synthetic is not None:  # type: ignore[union-attr]
+                        batchnorm_layers(model)  # DeepInversion needs their statistics
                     with torch.no_grad():
                         outputs = logits_of(batch.run(model.eval())).shape[-1]
                 except (DistillError, TypeError, RuntimeError, OSError) as error:
@@ -276,8 +307,36 @@ class Classification(Task):
 
     def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
         assert isinstance(data, Data) and recipe.teacher is not None
+        if recipe.pate is not None:  # each partition's teacher has its own store entry
+            return get_teacher(recipe, data, progress, log)[1]
         with store_lock(teacher_cache_dir(recipe), log):
             return train_teacher(recipe, data, progress, log)[1]
+
+    def transfer_set(
+        self, recipe: Recipe, data: Splits, teacher: nn.Module, progress: bool, log: Log
+    ) -> Data:
+        """Data-free and PATE recipes: the student's rows, made from the teacher."""
+        assert isinstance(data, Data)
+        if recipe.data.synthetic is not None:  # type: ignore[union-attr]
+            rows = synthetic_rows(recipe, teacher, data.in_shape, data.num_classes, progress, log)
+            regime = (
+                f"{data.regime.split(';')[0]}; the distilled student sees no training "
+                f"images, only {len(rows):,} inputs synthesised from the teacher (DeepInversion)"  # type: ignore[arg-type]
+            )
+            return dataclasses.replace(data, student_train=rows, regime=regime)
+        if recipe.pate is not None:
+            assert isinstance(teacher, Votes) and data.public is not None
+            rows, privacy = pate_rows(recipe, data.public, teacher, progress, log)
+            return dataclasses.replace(data, student_train=rows, privacy=privacy)
+        return data
+
+    def stage_lesson(
+        self, recipe: Recipe, data: Splits, teacher: nn.Module | None, stage: str, per_epoch: int
+    ) -> Lesson | None:
+        """A PATE student learns the answered labels only, never the teachers' outputs."""
+        if recipe.pate is None:
+            return None
+        return Lesson(recipe_objective(recipe, per_epoch, None), None)
 
     def build_student(
         self, recipe: Recipe, data: Splits, spec: ModelSpec, teacher: nn.Module | None
@@ -309,7 +368,11 @@ class Classification(Task):
     def summary_fields(
         self, recipe: Recipe, data: Splits, models: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"dataset": recipe.data.dataset}, {"gap_closed": gap_closed(models)}
+        assert isinstance(data, Data)
+        after: dict[str, Any] = {"gap_closed": gap_closed(models)}
+        if data.privacy is not None:
+            after.update(privacy=data.privacy, data_note=privacy_note(data.privacy))
+        return {"dataset": recipe.data.dataset}, after
 
     def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:
         data = prepare_data(recipe)

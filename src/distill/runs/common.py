@@ -97,6 +97,13 @@ class Task(ABC):
         default."""
         return recipe
 
+    def transfer_set(
+        self, recipe: Recipe, data: Splits, teacher: nn.Module, progress: bool, log: Log
+    ) -> Splits:
+        """The splits once the teacher is known: a task may make the distilled student's
+        rows from it (synthetic inputs, a private ensemble's answers); as given by default."""
+        return data
+
     def baseline_objective(self, recipe: Recipe, data: Splits) -> Objective:
         """What the label-only student (and a ``recover: labels`` stage) learns from:
         cross-entropy on the labels by default."""

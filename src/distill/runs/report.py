@@ -410,6 +410,7 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
         if is_clip(summary)
         else "",
         verdict(summary),
+        summary.get("data_note") or "",  # e.g. PATE's (ε, δ) and what it covers
     ]
     rows = table_rows(summary)
     columns, note = header(summary), footnote(summary)
@@ -443,8 +444,5 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 </body></html>
 """
     (run_dir / "report.html").write_text(page)
-    return {
-        "md": run_dir / "report.md",
-        "html": run_dir / "report.html",
-        **{k: v[0] for k, v in figures.items()},
-    }
+    paths = {"md": run_dir / "report.md", "html": run_dir / "report.html"}
+    return {**paths, **{k: v[0] for k, v in figures.items()}}

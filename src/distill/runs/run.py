@@ -96,6 +96,7 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
     teacher, teacher_info = None, {}
     if recipe.teacher is not None and recipe.teacher.model != "ema":
         teacher, teacher_info = task.teacher(recipe, data, progress, log)
+        data = task.transfer_set(recipe, data, teacher, progress, log)
     recipe = task.resolve_recipe(recipe, data)
     per_epoch = steps_per_epoch(data.student_train, recipe)
     bench = LatencyBench(task, data, recipe.output.latency_repeats)

@@ -45,18 +45,22 @@ def settings(train: TrainSpec, **changes: Any) -> dict[str, Any]:
     return values
 
 
-def teacher_cache_dir(recipe: Recipe) -> Path:
-    """Where a teacher trained for this recipe is kept: keyed by everything that shapes it."""
+def teacher_cache_dir(recipe: Recipe, part: str | None = None) -> Path:
+    """Where a teacher trained for this recipe is kept: keyed by everything that shapes it
+    (``part``: which of several teachers, e.g. a PATE partition, trained on its own rows)."""
     assert recipe.teacher is not None
     key_fields = {
         "teacher": recipe.teacher.model_dump(
             mode="json", exclude={"cache", "autocast", *ENSEMBLE_AND_EMA_FIELDS}
         ),
         "data": recipe.data.model_dump(
-            mode="json", exclude={"download", "labeled", "eval_batch_size", "num_workers"}
+            mode="json",
+            exclude={"download", "labeled", "eval_batch_size", "num_workers", "synthetic"},
         ),
         "seed": recipe.seed,
     }
+    if part is not None:
+        key_fields["part"] = part
     for section, field in (("teacher", "domain"), ("data", "domains"), ("data", "captions")):
         if key_fields[section].get(field) is None:  # unset: the keys of earlier versions
             key_fields[section].pop(field, None)
@@ -89,13 +93,13 @@ def store_lock(folder: Path, log: Log) -> Iterator[None]:
 
 
 def stored_teacher(
-    recipe: Recipe, build: Callable[[], nn.Module], log: Log
+    recipe: Recipe, build: Callable[[], nn.Module], log: Log, part: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]] | None:
     """The teacher trained earlier for this recipe (``build()`` with the stored weights,
     verified) and its info; None when there is none, ``teacher.cache`` is off, or the
     entry is damaged (then it says so, and the caller trains it again)."""
     assert recipe.teacher is not None
-    folder = teacher_cache_dir(recipe)
+    folder = teacher_cache_dir(recipe, part)
     weights, info_file = folder / WEIGHTS_FILE, folder / INFO_FILE
     if not (recipe.teacher.cache and weights.exists() and info_file.exists()):
         return None
@@ -129,6 +133,7 @@ def fit_and_store_teacher(
     objective: Objective | None = None,
     finish: Callable[[], dict[str, Any]] = dict,
     batch_transform: Callable[[Any, int], Any] | None = None,
+    part: str | None = None,
     **changes: Any,
 ) -> dict[str, Any]:
     """Train ``model`` with ``teacher.train`` on ``objective`` (default: cross-entropy),
@@ -138,7 +143,7 @@ def fit_and_store_teacher(
     that info. ``batch_transform`` and ``changes`` (settings) go to the ``Distiller``."""
     spec = recipe.teacher
     assert spec is not None and spec.train is not None
-    folder = teacher_cache_dir(recipe)
+    folder = teacher_cache_dir(recipe, part)
     started = time.perf_counter()
     per_epoch = len(train_loader)
     run = Distiller(

@@ -1,0 +1,178 @@
+"""Students trained without the training data, end to end on tiny budgets (real digits
+images in Fashion-MNIST's file format): a data-free recipe (DeepInversion transfer set)
+and a 10-teacher PATE recipe with its ε checked."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.data import Mixed, idx
+from distill.doctor import diagnose
+from distill.errors import RecipeError
+from distill.methods.pate import pate_epsilon
+from distill.methods.synthetic import SyntheticSet
+from distill.paths import CHECKSUMS_FILE
+from distill.recipes import load_recipe
+from distill.runs.classify import prepare_data
+from distill.runs.run import run_recipe
+
+RECIPES = Path(__file__).parent.parent / "recipes"
+DATA_FREE = [
+    "data.labeled=300",
+    "data.batch_size=32",
+    "data.synthetic.examples=64",
+    "data.synthetic.batch_size=32",
+    "data.synthetic.steps=5",
+    "teacher.args.channels=[8,16]",
+    "teacher.train.max_steps=10",
+    "train.max_steps=6",
+    "output.latency_repeats=3",
+]
+PATE = [
+    "data.batch_size=32",
+    "pate.teachers=10",
+    "pate.public=300",
+    "pate.queries=120",
+    "pate.sigma=2",
+    "pate.threshold=5",
+    "pate.sigma_threshold=2",
+    "teacher.args.hidden=16",
+    "teacher.train.epochs=2",
+    "train.max_steps=6",
+    "output.latency_repeats=3",
+]
+
+
+@pytest.fixture
+def fashion(digits_idx_dir, isolated_cache, monkeypatch):
+    """Recipes find 'Fashion-MNIST' (the digits IDX files) via $DISTILL_DATA."""
+    monkeypatch.setenv("DISTILL_DATA", str(digits_idx_dir))
+    monkeypatch.setattr(idx, "SYSTEM_DIR", digits_idx_dir / "nowhere")
+    return isolated_cache
+
+
+def test_a_data_free_run_distils_on_synthetic_inputs_only_and_reuses_them(fashion, tmp_path):
+    recipe = load_recipe(RECIPES / "fashion_mnist_data_free.yaml", DATA_FREE)
+    lines = []
+    summary = run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lines.append)
+    assert set(summary["models"]) == {"teacher", "baseline", "student"}
+    assert 0 <= summary["models"]["student"]["accuracy"] <= 1
+    assert "sees no training images, only 64 inputs synthesised" in summary["regime"]
+    (folder,) = (fashion / "synthetic").iterdir()
+    synthetic = SyntheticSet(folder)  # checksums verified
+    assert len(synthetic) == 64 and synthetic.inputs.shape[1:] == (1, 28, 28)
+    assert synthetic.provenance["settings"]["steps"] == 5
+    assert synthetic.provenance["teacher"] in folder.name
+    assert any("DeepInversion inputs" in line for line in lines)
+
+    # the same teacher and settings in another run: the stored inputs, not new ones
+    stamp = {p.name: p.stat().st_mtime_ns for p in folder.glob("batch_*")}
+    run_recipe(recipe, out_dir=tmp_path / "again", progress=False, log=lines.append)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("batch_*")} == stamp
+
+
+def test_a_data_free_recipe_rejects_a_teacher_without_batchnorm_before_training(fashion, tmp_path):
+    recipe = load_recipe(
+        RECIPES / "fashion_mnist_data_free.yaml", [*DATA_FREE, "teacher.model=zoo:mlp",
+                                                   "teacher.args={hidden: 32}"],
+    )  # fmt: skip
+    with pytest.raises(RecipeError, match=r"teacher.model zoo:mlp: DeepInversion .* no BatchNorm"):
+        run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lambda line: None)
+    assert not (fashion / "teachers").exists()  # nothing trained
+
+
+def test_data_free_refuses_label_terms_and_a_cache():
+    with pytest.raises(RecipeError, match=r"objective.ce: the synthetic transfer set"):
+        load_recipe(
+            RECIPES / "fashion_mnist_data_free.yaml", ["objective.ce={loss: cross_entropy}"]
+        )
+    with pytest.raises(RecipeError, match=r"data.synthetic: drop cache"):
+        load_recipe(RECIPES / "fashion_mnist_data_free.yaml", ["cache={}"])
+
+
+def test_a_pate_run_trains_partition_teachers_answers_noisily_and_reports_epsilon(
+    fashion, tmp_path
+):
+    recipe = load_recipe(RECIPES / "fashion_mnist_pate.yaml", PATE)
+    lines = []
+    summary = run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lines.append)
+    assert set(summary["models"]) == {"teacher", "student"}  # the teacher: the plain vote
+    privacy = summary["privacy"]
+    assert privacy["queries"] == 120 and 0 < privacy["answered"] <= 120
+    # the ε of the answered GNMax queries plus the threshold check on all 120 queries
+    assert privacy["epsilon"] == pytest.approx(
+        pate_epsilon(privacy["answered"], 2.0, 1e-5, queries=120, sigma_threshold=2.0)[0]
+    )
+    assert privacy["epsilon"] > pate_epsilon(privacy["answered"], 2.0, 1e-5)[0]
+    assert 0 <= privacy["answer_accuracy"] <= 1
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"Privacy: ({privacy['epsilon']:.2f}, 1e-05)-DP" in report
+    assert "partitioned among 10 teachers" in report and "Not protected: the public" in report
+    stores = sorted((fashion / "teachers").iterdir())
+    assert len(stores) == 10  # one store entry per partition
+
+    # a rerun draws no new noise: it reuses the teachers and the answers
+    again = run_recipe(recipe, out_dir=tmp_path / "again", progress=False, log=lines.append)
+    assert again["privacy"] == privacy
+    assert any("answers reused" in line for line in lines)
+    assert any("trained 0 teachers, reused 10" in line for line in lines)
+    (answers,) = (fashion / "pate").iterdir()
+    assert json.loads((answers / CHECKSUMS_FILE).read_text())  # checksummed
+    assert "counts" not in (answers / "answers.safetensors").read_bytes().decode("latin-1")
+
+
+def test_pate_data_split_keeps_public_rows_out_of_every_partition(fashion):
+    recipe = load_recipe(RECIPES / "fashion_mnist_pate.yaml", PATE)
+    data = prepare_data(recipe)
+    public = set(data.public.indices)
+    private = set(data.teacher_train.indices)
+    assert len(public) == 300 and not public & private
+    assert data.public.dataset is data.teacher_train.dataset
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("pate.teachers=5000", "pate.teachers 5,000 is more than the 1,050 private rows"),
+        ("pate.public=5000", "pate.public 5,000 leaves no private rows"),
+    ],
+)
+def test_pate_partitions_larger_than_the_data_fail_before_training(
+    fashion, tmp_path, change, message
+):
+    recipe = load_recipe(RECIPES / "fashion_mnist_pate.yaml", [*PATE, change])
+    with pytest.raises(RecipeError, match=message):
+        run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lambda line: None)
+    assert not (fashion / "teachers").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ("pate.sigma=0", "pate.sigma"),
+        ("pate.sigma=-1", "pate.sigma"),
+        ("pate.delta=0", "pate.delta"),
+        ("pate.delta=1", "pate.delta"),
+        ("pate.sigma_threshold=null", "both threshold and sigma_threshold"),
+        ("teacher.train.select_metric=accuracy", "teacher.train.select_metric"),
+        ("objective.kd={loss: kl}", "objective.kd: with pate"),
+    ],
+)
+def test_bad_pate_settings_are_one_line_errors_naming_the_field(change, field):
+    with pytest.raises(RecipeError, match=field) as error:
+        load_recipe(RECIPES / "fashion_mnist_pate.yaml", [change])
+    assert len(str(error.value).strip().splitlines()) <= 2  # the file, then the field
+
+
+def test_doctor_checks_the_shift_between_synthetic_and_test_inputs(fashion, tmp_path):
+    recipe = load_recipe(RECIPES / "fashion_mnist_data_free.yaml", DATA_FREE)
+    result = diagnose(
+        recipe, tmp_path / "doctor", sample=64, probe_steps=5, progress=False,
+        log=lambda line: None,
+    )  # fmt: skip
+    shift = next(f for f in result["findings"] if f["check"] == "data_shift")
+    assert 0.5 <= shift["measurements"]["domain_auc"] <= 1.0
+    assert "the student's 64 synthetic inputs" in (tmp_path / "doctor" / "doctor.md").read_text()
+    rows = prepare_data(recipe)
+    assert not isinstance(rows.student_train, Mixed)  # prepared data: real rows until then
