@@ -109,6 +109,8 @@ def test_a_pate_run_trains_partition_teachers_answers_noisily_and_reports_epsilo
     report = (tmp_path / "run" / "report.md").read_text()
     assert f"Privacy: ({privacy['epsilon']:.2f}, 1e-05)-DP" in report
     assert "partitioned among 10 teachers" in report and "Not protected: the public" in report
+    assert "| teachers' plain vote (10, no noise) |" in report
+    assert "none was selected on validation" in report
     stores = sorted((fashion / "teachers").iterdir())
     assert len(stores) == 10  # one store entry per partition
 
@@ -156,6 +158,10 @@ def test_pate_partitions_larger_than_the_data_fail_before_training(
         ("pate.delta=1", "pate.delta"),
         ("pate.sigma_threshold=null", "both threshold and sigma_threshold"),
         ("teacher.train.select_metric=accuracy", "teacher.train.select_metric"),
+        ("train.select_metric=accuracy", r"\(top level\): train.select_metric: the validation"),
+        ("pate.threshold=300", "threshold 300 exceeds the 250 teachers"),
+        ("pate.queries=20000", "queries 20000 exceeds the public pool"),
+        ("data.labeled=2000", "pate: drop data.labeled"),
         ("objective.kd={loss: kl}", "objective.kd: with pate"),
     ],
 )

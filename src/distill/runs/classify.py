@@ -372,7 +372,14 @@ class Classification(Task):
         after: dict[str, Any] = {"gap_closed": gap_closed(models)}
         if data.privacy is not None:
             after.update(privacy=data.privacy, data_note=privacy_note(data.privacy))
-        return {"dataset": recipe.data.dataset}, after
+            after["row_labels"] = {
+                "teacher": f"teachers' plain vote ({data.privacy['teachers']}, no noise)",
+                "student": "student, on the noisy answers",
+            }
+        elif recipe.data.synthetic is not None:  # type: ignore[union-attr]
+            after["row_labels"] = {"student": "student, distilled on synthetic inputs"}
+        before = {"dataset": recipe.data.dataset, "select_metric": recipe.train.select_metric}
+        return before, after
 
     def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:
         data = prepare_data(recipe)

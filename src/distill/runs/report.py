@@ -36,8 +36,8 @@ def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     for key in order:
         if key == "baseline" and is_clip(summary):
             rows.append((key, "student, captions only", COLORS[key]))
-        elif key in LABELS:
-            rows.append((key, LABELS[key], COLORS[key]))
+        elif key in LABELS:  # a run may name its rows (a PATE run's teacher is a vote)
+            rows.append((key, summary.get("row_labels", {}).get(key, LABELS[key]), COLORS[key]))
         else:
             colour = EXTRA_COLORS[(extras + stages).index(key) % len(EXTRA_COLORS)]
             label = key.removeprefix("compress_").replace("_", " ")
@@ -200,9 +200,11 @@ def footnote(summary: dict[str, Any]) -> str:
         )
         what = "one image"
     else:
-        measured = (
-            "Accuracy is on the test split, used once after training; the students were "
-            "selected on a validation split carved from the training data. "
+        selected = summary.get("select_metric", "accuracy") is not None
+        measured = "Accuracy is on the test split, used once after training; " + (
+            "the students were selected on a validation split carved from the training data. "
+            if selected
+            else "each student is its last step's (none was selected on validation). "
         )
         what = "one example"
     return measured + latency_note(summary, what)
