@@ -7,6 +7,7 @@ A loss's parameter names say what it reads (``student_logits``, ``teacher_logits
 """
 
 from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
+from distill.losses.cross_tokenizer import uld
 from distill.losses.diffusion import (
     consistency_distillation,
     denoising,
@@ -68,4 +69,5 @@ __all__ = [
     "sparse_divergence",
     "sparse_kl",
     "tvd",
+    "uld",
 ]

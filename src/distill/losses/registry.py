@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
+from distill.losses.cross_tokenizer import uld
 from distill.losses.diffusion import (
     consistency_distillation,
     denoising,
@@ -139,6 +140,7 @@ LOSSES: dict[str, LossInfo] = {
         LossInfo("skew_kl", skew_kl),
         LossInfo("skew_reverse_kl", skew_reverse_kl),
         LossInfo("tvd", tvd),
+        LossInfo("uld", uld),
         LossInfo("dkd", dkd),
         LossInfo("dist", dist),
         LossInfo("logit_standardized_kl", logit_standardized_kl),
