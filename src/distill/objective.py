@@ -44,6 +44,7 @@ class LossInputs:
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     text: Tensor | None = None  # the batch's caption embeddings (CLIP-style data)
     example_weight: Tensor | None = None  # a per-example loss weight (diffusion: SNR)
+    alignment: Any = None  # a teacher with another tokenizer: how its rows meet the student's
 
 
 @dataclass

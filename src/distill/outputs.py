@@ -5,6 +5,7 @@ what a top-k teacher cache stores)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,3 +61,4 @@ class TeacherOutput:
     logits: Tensor | None
     features: dict[str, Tensor] = field(default_factory=dict)
     topk: TopK | None = None
+    alignment: Any = None  # another tokenizer's rows: losses.cross_tokenizer.Alignment

@@ -7,7 +7,7 @@ A loss's parameter names say what it reads (``student_logits``, ``teacher_logits
 """
 
 from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
-from distill.losses.cross_tokenizer import uld
+from distill.losses.cross_tokenizer import cross_tokenizer_kd, uld
 from distill.losses.diffusion import (
     consistency_distillation,
     denoising,
@@ -49,6 +49,7 @@ __all__ = [
     "consistency_distillation",
     "cosine_embedding",
     "cross_entropy",
+    "cross_tokenizer_kd",
     "denoising",
     "dist",
     "dkd",

@@ -11,9 +11,25 @@ predict the same characters (``methods.cross_tokenizer`` aligns them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Group:
+    """Student token positions and teacher token positions covering the same characters."""
+
+    student: tuple[int, ...]
+    teacher: tuple[int, ...]
+
+    @property
+    def one_to_one(self) -> bool:
+        return len(self.student) == 1 and len(self.teacher) == 1
 
 
 def _rows(logits: Tensor, mask: Tensor | None) -> Tensor:
@@ -89,3 +105,113 @@ def _with_rest(log_shared: Tensor) -> Tensor:
     at the dtype's smallest normal number, so an empty bucket is finite)."""
     rest = 1 - log_shared.exp().sum(dim=-1, keepdim=True)
     return torch.cat([log_shared, rest.clamp_min(torch.finfo(rest.dtype).tiny).log()], dim=-1)
+
+
+def _usable(groups: Sequence[Group]) -> list[Group]:
+    """The groups both models predict: non-empty on both sides, not at position 0."""
+    return [g for g in groups if g.student and g.teacher and min(g.student[0], g.teacher[0])]
+
+
+def _wide(logits: Tensor) -> Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _merged(log_probs: Tensor, tokens: Tensor, positions: tuple[int, ...]) -> Tensor:
+    """The distribution at the row predicting ``positions[0]``, its first token's entry
+    replaced by the probability of the whole token sequence of ``positions``."""
+    first = positions[0]
+    row = log_probs[first - 1].exp()
+    joint = sum(log_probs[k - 1, tokens[k]] for k in positions)
+    return row.index_put((tokens[first],), joint.exp())  # type: ignore[union-attr]
+
+
+def hybrid_kd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_tokens: Tensor,
+    teacher_tokens: Tensor,
+    groups: Sequence[Group],
+    vocabulary: tuple[Tensor, Tensor] | None = None,
+    *,
+    temperature: float = 1.0,
+    mode: Literal["hybrid", "uld"] = "hybrid",
+) -> Tensor:
+    """Hybrid cross-tokenizer KD for one sequence: logits (positions, vocab) of each model
+    on its own tokens (``*_tokens``: (positions,); row k − 1 predicts token k), aligned by
+    ``groups`` (``methods.cross_tokenizer.align_spans``).
+
+    Formula: one-to-one groups: ``shared_vocab_kl`` at their predicting rows (the tokens
+    ``vocabulary`` pairs up, needed for ``mode="hybrid"``); every other group (all groups
+    with ``mode="uld"``): ``sorted_l1`` of the two *merged* distributions: each model's
+    distribution at the row predicting the group's first token, that token's probability
+    replaced by the probability of the group's whole token sequence,
+    ``exp Σ_j log p(token_j | prefix)`` (the sub-tokens' log-probabilities summed).
+    Reduction: mean over the groups with a predicting row in both models (a group at the
+    start of a sequence has none). T² scaling: on the KL part.
+    Paper: Boizard et al. 2024 (ULD); TRL's GOLD trainer (Patiño et al., 2025) for aligning
+    spans and the exact part on shared tokens.
+    """
+    log_s = F.log_softmax(_wide(student_logits) / temperature, dim=-1)
+    log_t = F.log_softmax(_wide(teacher_logits) / temperature, dim=-1)
+    usable = _usable(groups)
+    exact = [g for g in usable if mode == "hybrid" and g.one_to_one]
+    ranked = [g for g in usable if not (mode == "hybrid" and g.one_to_one)]
+    total = log_s.new_zeros(())
+    if exact:
+        assert vocabulary is not None, "mode='hybrid' needs the shared vocabulary"
+        rows_s = torch.tensor([g.student[0] - 1 for g in exact])
+        rows_t = torch.tensor([g.teacher[0] - 1 for g in exact])
+        kl = shared_vocab_kl(
+            student_logits[rows_s], teacher_logits[rows_t], *vocabulary, temperature=temperature
+        )
+        total = total + kl * len(exact)
+    if ranked:
+        p_s = torch.stack([_merged(log_s, student_tokens, g.student) for g in ranked])
+        p_t = torch.stack([_merged(log_t, teacher_tokens, g.teacher) for g in ranked])
+        total = total + sorted_l1(p_s, p_t.detach()).sum()
+    return total / max(1, len(usable))
+
+
+@dataclass
+class Alignment:
+    """How a teacher with another tokenizer lines up with the student, per batch row: the
+    groups (``Group``) of the row, the student's and the teacher's tokens they index (row
+    k − 1 of each model's logits predicts its token k); ``vocabulary``: the shared
+    tokens' id pairs (student ids, teacher ids)."""
+
+    groups: list[list[Group]]
+    student_tokens: list[Tensor]
+    teacher_tokens: list[Tensor]
+    vocabulary: tuple[Tensor, Tensor] | None = None
+
+
+def cross_tokenizer_kd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    alignment: Alignment,
+    *,
+    temperature: float = 1.0,
+    mode: Literal["hybrid", "uld"] = "hybrid",
+) -> Tensor:
+    """``hybrid_kd`` over a batch: student logits (B, L, V_s) and teacher logits
+    (B, L_t, V_t), each on its own tokens, lined up by ``alignment`` (which
+    ``teachers.CrossTokenizer`` hands over with its logits).
+
+    Formula: ``hybrid_kd`` per row, its group terms summed over rows.
+    Reduction: mean over all usable groups of the batch. T² scaling: on the KL part.
+    Paper: Boizard et al. 2024 (ULD); TRL's GOLD trainer (2025) for the alignment.
+    """
+    total, groups = student_logits.new_zeros((), dtype=torch.float32), 0
+    rows = zip(alignment.groups, alignment.student_tokens, alignment.teacher_tokens, strict=True)
+    for row, (row_groups, student_tokens, teacher_tokens) in enumerate(rows):
+        usable = _usable(row_groups)
+        if not usable:
+            continue
+        value = hybrid_kd(
+            student_logits[row], teacher_logits[row], student_tokens.to(student_logits.device),
+            teacher_tokens.to(teacher_logits.device), usable, alignment.vocabulary,
+            temperature=temperature, mode=mode,
+        )  # fmt: skip
+        total = total + value * len(usable)
+        groups += len(usable)
+    return total / max(1, groups)

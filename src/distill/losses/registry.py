@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from distill.losses.clip import clip_affinity, clip_contrastive, clip_embedding, clip_relational
-from distill.losses.cross_tokenizer import uld
+from distill.losses.cross_tokenizer import cross_tokenizer_kd, uld
 from distill.losses.diffusion import (
     consistency_distillation,
     denoising,
@@ -65,6 +65,7 @@ INPUT_NAMES = (
     "teacher_features",
     "text",
     "example_weight",
+    "alignment",
 )
 
 
@@ -141,6 +142,7 @@ LOSSES: dict[str, LossInfo] = {
         LossInfo("skew_reverse_kl", skew_reverse_kl),
         LossInfo("tvd", tvd),
         LossInfo("uld", uld),
+        LossInfo("cross_tokenizer_kd", cross_tokenizer_kd, in_recipes=False),
         LossInfo("dkd", dkd),
         LossInfo("dist", dist),
         LossInfo("logit_standardized_kl", logit_standardized_kl),

@@ -21,39 +21,22 @@ word-start marker of each scheme made one leading space (byte-level ``Ġ``, Sent
 vocabulary share is left out (ambiguous). Identical vocabularies map every token to
 itself.
 
-**Hybrid loss** (``hybrid_kd``): one-to-one groups get the exact KL on the shared tokens
-(``shared_vocab_kl``); every other group gets ULD on the *merged* distributions: each
-model's distribution at the group's predicting row, in which the probability of the
-group's first token is replaced by the probability of the group's whole token sequence,
-``exp Σ_j log p(token_j | prefix)`` (the sub-tokens' log-probabilities summed). With
-``mode="uld"`` every group gets ULD that way. The result is the mean over groups.
+**Loss**: ``losses.cross_tokenizer.hybrid_kd`` (exact KL on the shared tokens of one-to-one
+groups, ULD on merged spans elsewhere) and ``cross_tokenizer_kd``, its batch form, which
+reads the ``Alignment`` a ``teachers.CrossTokenizer`` hands over with its logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.cross_tokenizer import shared_vocab_kl, sorted_l1
+from distill.losses.cross_tokenizer import Group
 
 Span = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Group:
-    """Student token positions and teacher token positions covering the same characters."""
-
-    student: tuple[int, ...]
-    teacher: tuple[int, ...]
-
-    @property
-    def one_to_one(self) -> bool:
-        return len(self.student) == 1 and len(self.teacher) == 1
 
 
 def _content(span: Span, text: str) -> Span:
@@ -138,51 +121,3 @@ def shared_vocabulary(student_tokenizer: Any, teacher_tokenizer: Any) -> tuple[T
         torch.tensor([student_texts[t] for t in shared], dtype=torch.long),
         torch.tensor([teacher_texts[t] for t in shared], dtype=torch.long),
     )
-
-
-def _wide(logits: Tensor) -> Tensor:
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
-def _merged(log_probs: Tensor, tokens: Tensor, positions: tuple[int, ...]) -> Tensor:
-    """The distribution at the row predicting ``positions[0]``, its first token's entry
-    replaced by the probability of the whole token sequence of ``positions``."""
-    first = positions[0]
-    row = log_probs[first - 1].exp()
-    joint = sum(log_probs[k - 1, tokens[k]] for k in positions)
-    return row.index_put((tokens[first],), joint.exp())  # type: ignore[union-attr]
-
-
-def hybrid_kd(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    student_tokens: Tensor,
-    teacher_tokens: Tensor,
-    groups: Sequence[Group],
-    vocabulary: tuple[Tensor, Tensor] | None = None,
-    *,
-    temperature: float = 1.0,
-    mode: Literal["hybrid", "uld"] = "hybrid",
-) -> Tensor:
-    """The module docstring's loss for one sequence: logits (positions, vocab) of each model
-    on its own tokens (``*_tokens``: (positions,)), aligned by ``groups``; ``vocabulary``
-    (from ``shared_vocabulary``) is needed for ``mode="hybrid"``."""
-    log_s = F.log_softmax(_wide(student_logits) / temperature, dim=-1)
-    log_t = F.log_softmax(_wide(teacher_logits) / temperature, dim=-1)
-    usable = [g for g in groups if g.student and g.teacher and min(g.student[0], g.teacher[0])]
-    exact = [g for g in usable if mode == "hybrid" and g.one_to_one]
-    ranked = [g for g in usable if not (mode == "hybrid" and g.one_to_one)]
-    total = log_s.new_zeros(())
-    if exact:
-        assert vocabulary is not None, "mode='hybrid' needs the shared vocabulary"
-        rows_s = torch.tensor([g.student[0] - 1 for g in exact])
-        rows_t = torch.tensor([g.teacher[0] - 1 for g in exact])
-        kl = shared_vocab_kl(
-            student_logits[rows_s], teacher_logits[rows_t], *vocabulary, temperature=temperature
-        )
-        total = total + kl * len(exact)
-    if ranked:
-        p_s = torch.stack([_merged(log_s, student_tokens, g.student) for g in ranked])
-        p_t = torch.stack([_merged(log_t, teacher_tokens, g.teacher) for g in ranked])
-        total = total + sorted_l1(p_s, p_t.detach()).sum()
-    return total / max(1, len(usable))

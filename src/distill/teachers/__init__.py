@@ -1,6 +1,7 @@
 """Teachers: anything that answers a batch with a ``TeacherOutput`` and never trains.
 
-``Module`` (a frozen model), ``Ensemble`` (several teachers combined or routed), ``EMA``
+``Module`` (a frozen model), ``CrossTokenizer`` (a language model with its own tokenizer),
+``Ensemble`` (several teachers combined or routed), ``EMA``
 (the moving average of the student, for self-distillation), ``Cached`` (a teacher's
 outputs read back from a teacher cache) and ``ZeroShotAnswers`` (a CLIP teacher read from
 its cache of image embeddings)."""
@@ -8,6 +9,7 @@ its cache of image embeddings)."""
 from distill.outputs import TeacherOutput
 from distill.teachers.base import Teacher
 from distill.teachers.cached import Cached
+from distill.teachers.cross_tokenizer import CrossTokenizer
 from distill.teachers.ema import EMA, ema_momentum
 from distill.teachers.ensemble import Ensemble, EnsembleModel
 from distill.teachers.module import Module
@@ -16,6 +18,7 @@ from distill.teachers.zero_shot import ZeroShotAnswers
 __all__ = [
     "EMA",
     "Cached",
+    "CrossTokenizer",
     "Ensemble",
     "EnsembleModel",
     "Module",

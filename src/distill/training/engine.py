@@ -147,6 +147,7 @@ class Distiller:
             student_logits=logits,
             teacher_logits=teacher_out.logits if teacher_out is not None else None,
             teacher_topk=teacher_out.topk if teacher_out is not None else None,
+            alignment=teacher_out.alignment if teacher_out is not None else None,
             labels=batch.labels,
             mask=batch.mask,
             student_features=self.student_taps.pop(),
