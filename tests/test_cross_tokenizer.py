@@ -4,6 +4,7 @@ all-MiniLM-L6-v2's WordPiece, both offline), and the hybrid loss against the ord
 when the tokenizers are the same."""
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,44 @@ def test_a_teacher_with_another_tokenizer_teaches_through_the_alignment(tokenize
     run = Distiller(student, teacher, objective, lr=3e-3, progress=False, cpu=True)
     run.fit(DataLoader([batch] * 40, batch_size=None), epochs=1)
     assert loss_of(student) < 0.8 * before
+
+
+@needs_tokenizers
+def test_the_cross_tokenizer_recipe_runs_end_to_end(tokenizers, tmp_path, isolated_cache):
+    """recipes/llm_cross_tokenizer.yaml with a tiny random teacher on SmolLM2's tokens (a
+    checkpoint, as a pretrained teacher would be) and a tiny student on WordPiece tokens:
+    the run measures the teacher on its own tokens and the students' agreement with it on
+    one-to-one spans, and the report says whose tokens the teacher's perplexity counts."""
+    from distill.models import hf
+    from distill.recipes import load_recipe
+    from distill.runs.run import run_recipe
+    from distill.training import checkpoint as ckpt
+
+    smol, _ = tokenizers
+    size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    size |= dict(num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    torch.manual_seed(0)
+    teacher = hf.model_from_config(
+        "llama", "causal", vocab_size=len(smol), pad_token_id=smol.pad_token_id, **size
+    )
+    ckpt.save_weights(teacher, tmp_path / "teacher.safetensors")
+    args = "{" + ", ".join(f"{k}: {v}" for k, v in size.items()) + "}"
+    recipe = load_recipe(
+        Path(__file__).parent.parent / "recipes" / "llm_cross_tokenizer.yaml",
+        [
+            "teacher.model=hf-config:llama", f"teacher.args={args}",
+            f"teacher.checkpoint={tmp_path / 'teacher.safetensors'}",
+            f"student.args={args}", "data.seq_len=24", "data.max_train_blocks=8",
+            "data.val_blocks=4", "data.test_blocks=4", "data.batch_size=4",
+            "train.epochs=null", "train.max_steps=3", "output.latency_repeats=2",
+        ],
+    )  # fmt: skip
+    summary = run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lambda s: None)
+    models = summary["models"]
+    assert set(models) == {"teacher", "baseline", "student"}
+    assert models["teacher"]["perplexity"] > 1 and "kl_to_teacher" not in models["student"]
+    assert 0 <= models["student"]["teacher_agreement"] <= 1
+    assert 0 <= models["baseline"]["teacher_agreement"] <= 1
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "own tokenizer (hf:smollm2-135m-instruct)" in report
+    assert "the teacher's perplexity (per token of its own tokenizer)" in report

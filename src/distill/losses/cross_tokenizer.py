@@ -215,3 +215,26 @@ def cross_tokenizer_kd(
         total = total + value * len(usable)
         groups += len(usable)
     return total / max(1, groups)
+
+
+@torch.no_grad()
+def aligned_agreement(
+    student_logits: Tensor, teacher_logits: Tensor, alignment: Alignment
+) -> tuple[int, int]:
+    """(agreements, comparisons): over the one-to-one groups, how often the student's top
+    token is the teacher's top token (through the shared vocabulary; a teacher top token
+    the student's vocabulary lacks counts as a disagreement)."""
+    assert alignment.vocabulary is not None
+    to_student = dict(zip(alignment.vocabulary[1].tolist(), alignment.vocabulary[0].tolist(),
+                          strict=True))  # fmt: skip
+    agree = compared = 0
+    for row, groups in enumerate(alignment.groups):
+        exact = [g for g in _usable(groups) if g.one_to_one]
+        if not exact:
+            continue
+        student_top = student_logits[row, [g.student[0] - 1 for g in exact]].argmax(-1)
+        teacher_top = teacher_logits[row, [g.teacher[0] - 1 for g in exact]].argmax(-1)
+        mapped = [to_student.get(int(t), -1) for t in teacher_top]
+        agree += sum(int(s) == m for s, m in zip(student_top, mapped, strict=True))
+        compared += len(exact)
+    return agree, compared

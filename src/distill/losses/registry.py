@@ -142,7 +142,7 @@ LOSSES: dict[str, LossInfo] = {
         LossInfo("skew_reverse_kl", skew_reverse_kl),
         LossInfo("tvd", tvd),
         LossInfo("uld", uld),
-        LossInfo("cross_tokenizer_kd", cross_tokenizer_kd, in_recipes=False),
+        LossInfo("cross_tokenizer_kd", cross_tokenizer_kd),
         LossInfo("dkd", dkd),
         LossInfo("dist", dist),
         LossInfo("logit_standardized_kl", logit_standardized_kl),

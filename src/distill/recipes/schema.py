@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from distill.data import DATASETS
 from distill.losses.registry import loss_info, loss_parameters
+from distill.recipes.pairings import check_cross_tokenizer, check_pate, check_synthetic
 from distill.recipes.private_spec import PateSpec, SyntheticSpec
 from distill.recipes.search_spec import SearchSpec, first_problem
 from distill.recipes.specs import (
@@ -132,8 +133,9 @@ class Recipe(Strict):
         self._check_cache()
         self._check_generation()
         self._check_search()
-        self._check_synthetic()
-        self._check_pate()
+        check_synthetic(self)
+        check_pate(self)
+        check_cross_tokenizer(self)
         if self.student.model == "teacher" and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:
@@ -256,59 +258,6 @@ class Recipe(Strict):
             raise ValueError(
                 "search.candidates: model 'teacher' copies teacher layers; set teacher"
             )
-
-    def _check_synthetic(self) -> None:
-        synthetic = getattr(self.data, "synthetic", None)
-        if synthetic is None:
-            return
-        if self.task != "classification" or self.teacher is None:
-            raise ValueError("data.synthetic inverts the teacher of a classification recipe")
-        if self.teacher.model in ("ensemble", "ema"):
-            raise ValueError(f"data.synthetic inverts one teacher, not {self.teacher.model}")
-        if self.cache is not None or self.search is not None or self.pate is not None:
-            raise ValueError("data.synthetic: drop cache, search and pate (not built together)")
-        for name, term in self.objective.items():
-            if "labels" in loss_info(term.loss).reads:
-                raise ValueError(
-                    f"objective.{name}: the synthetic transfer set has no labels, so "
-                    f"{term.loss} has nothing to read; learn from the teacher only"
-                )
-
-    def _check_pate(self) -> None:
-        if self.pate is None:
-            return
-        teacher = self.teacher
-        if self.task != "classification" or teacher is None or teacher.train is None:
-            raise ValueError(
-                "pate: set teacher (model, args, train) of a classification recipe: each "
-                "partition trains its own copy"
-            )
-        if teacher.model in ("ensemble", "ema") or teacher.checkpoint is not None:
-            raise ValueError("pate: teacher is one model to train per partition")
-        clashes = {
-            "data.labeled": self.data.labeled is not None,  # type: ignore[union-attr]
-            "baseline": self.baseline,
-            "cache": self.cache is not None,
-            "search": self.search is not None,
-            "assistant": self.assistant is not None,
-            "peers": self.peers > 1,
-            "generations": self.generations > 1,
-        }
-        if any(clashes.values()):
-            found = ", ".join(name for name, clash in clashes.items() if clash)
-            raise ValueError(f"pate: drop {found} (the student learns only the noisy answers)")
-        for name, term in self.objective.items():
-            if reads_teacher(term):
-                raise ValueError(
-                    f"objective.{name}: with pate the student learns only the answered labels "
-                    "(the teachers' outputs are private); use {loss: cross_entropy}"
-                )
-        for field, train in (("teacher.train", teacher.train), ("train", self.train)):
-            if train.select_metric is not None:
-                raise ValueError(
-                    f"{field}.select_metric: the validation labels are private data that the "
-                    f"reported ε does not cover; set {field}.select_metric: null (the last step)"
-                )
 
     def _check_compress(self) -> None:
         exports = self.task in ("classification", "clip")

@@ -143,6 +143,11 @@ class TeacherSpec(ModelSpec):
     weights: list[float] | None = None
     temperature: float = Field(1.0, gt=0, description="ensemble: the temperature of the mix")
     ema_momentum: float = Field(0.99, ge=0, le=1)
+    tokenizer: str | None = Field(
+        None,
+        description="causal_lm: hf:<id or dir>, the teacher's own tokenizer when it is not "
+        "the student's (data.tokenizer): cross-tokenizer KD (objective cross_tokenizer_kd)",
+    )
 
     @model_validator(mode="after")
     def _kind(self) -> TeacherSpec:

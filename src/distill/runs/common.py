@@ -104,6 +104,11 @@ class Task(ABC):
         rows from it (synthetic inputs, a private ensemble's answers); as given by default."""
         return data
 
+    def live_teacher(self, recipe: Recipe, data: Splits, model: nn.Module) -> teachers.Teacher:
+        """The teacher a student learns from live: ``model`` frozen, under the recipe's
+        autocast; a task may wrap it (a language model with another tokenizer)."""
+        return teacher_module(recipe, model)
+
     def baseline_objective(self, recipe: Recipe, data: Splits) -> Objective:
         """What the label-only student (and a ``recover: labels`` stage) learns from:
         cross-entropy on the labels by default."""

@@ -34,14 +34,17 @@ from distill.recipes import ModelSpec, Recipe
 from distill.recipes.schema import TextDataSpec
 from distill.runs.cache import cache_temperature, cache_vocab_size, make_layout
 from distill.runs.common import (
+    AUTOCAST,
     Log,
     Splits,
     Task,
     loader,
+    teacher_module,
 )
-from distill.runs.language_models import build_lm, hf_task
+from distill.runs.language_models import build_lm, hf_task, own_token_rows
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
-from distill.teachers import Teacher
+from distill.teachers import CrossTokenizer, Teacher
+from distill.training import Distiller
 from distill.training.distributed import on_main
 
 HF_STUDENT_DIR = "student"
@@ -54,6 +57,8 @@ class TextData(Splits):
     same ones) and the tokenizer that made them."""
 
     tokenizer: Any
+    teacher_tokenizer: Any = None  # teacher.tokenizer: the teacher's own, not the student's
+    cross_teacher: nn.Module | None = None  # that teacher, once built
 
     @property
     def train(self) -> Dataset:
@@ -86,6 +91,8 @@ def tokenizer_for(recipe: Recipe) -> Any:
     except (OSError, ValueError, ImportError) as error:
         field = "data.tokenizer" if owner is None else "the tokenizer of " + owner.model
         raise RecipeError(f"{field}: cannot load a tokenizer ({error})") from None
+    if tokenizer.eos_token_id is None and tokenizer.sep_token_id is not None:
+        tokenizer.eos_token = tokenizer.sep_token  # WordPiece: [SEP] ends a document
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -253,14 +260,34 @@ class Language(Task):
         if recipe.generate is not None and not generated_path(recipe).exists():
             # sequence-level KD data first, by the main process
             on_main(lambda: generate_teacher_answers(recipe, progress=progress, log=log))
-        return prepare_text(recipe, tokenizer_for(recipe))
+        data = prepare_text(recipe, tokenizer_for(recipe))
+        if recipe.teacher.tokenizer is not None:
+            try:
+                data.teacher_tokenizer = hf.load_tokenizer(recipe.teacher.tokenizer)
+            except (OSError, ValueError, ImportError) as error:
+                raise RecipeError(f"teacher.tokenizer: cannot load it ({error})") from None
+            data.regime += (
+                f"; the teacher reads the text with its own tokenizer ({recipe.teacher.tokenizer})"
+            )
+        return data
 
     def teacher(
         self, recipe: Recipe, data: Splits, progress: bool, log: Log
     ) -> tuple[nn.Module, dict[str, Any]]:
         assert isinstance(data, TextData)
-        teacher, info = get_lm_teacher(recipe, data.tokenizer, data, progress, log)
+        tokenizer = data.teacher_tokenizer or data.tokenizer
+        teacher, info = get_lm_teacher(recipe, tokenizer, data, progress, log)
+        if data.teacher_tokenizer is not None:
+            data.cross_teacher = teacher
         return teacher.eval().requires_grad_(False), info
+
+    def live_teacher(self, recipe: Recipe, data: Splits, model: nn.Module) -> Teacher:
+        """With ``teacher.tokenizer``, the teacher reads the student's text with its own."""
+        assert isinstance(data, TextData) and recipe.teacher is not None
+        if data.teacher_tokenizer is None:
+            return teacher_module(recipe, model)
+        autocast = AUTOCAST[recipe.teacher.autocast]
+        return CrossTokenizer(model, data.tokenizer, data.teacher_tokenizer, autocast)
 
     def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
         assert isinstance(data, TextData) and recipe.teacher is not None
@@ -293,7 +320,12 @@ class Language(Task):
     def evaluate(
         self, model: nn.Module, recipe: Recipe, data: Splits, judge: Teacher | None
     ) -> dict[str, Any]:
-        metrics = super().evaluate(model, recipe, data, judge)
+        assert isinstance(data, TextData)
+        if model is data.cross_teacher and data.cross_teacher is not None:  # its own tokens
+            rows = own_token_rows(data.test, data.tokenizer, data.teacher_tokenizer)
+            metrics = Distiller(model, progress=False).evaluate(loader(rows, recipe, False))
+        else:
+            metrics = super().evaluate(model, recipe, data, judge)
         return {**metrics, "perplexity": math.exp(metrics["loss"])}
 
     def describe(
@@ -302,6 +334,11 @@ class Language(Task):
         return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
 
     def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
+        assert isinstance(data, TextData)
+        if model is data.cross_teacher and data.cross_teacher is not None:
+            return own_token_rows(data.test, data.tokenizer, data.teacher_tokenizer)[0][
+                "input_ids"
+            ], {}
         return data.test[0]["input_ids"], {}
 
     def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:
@@ -351,7 +388,9 @@ class Language(Task):
         ratio = None
         if "baseline" in models:
             ratio = models["student"]["perplexity"] / models["baseline"]["perplexity"]
+        own = recipe.teacher.tokenizer if recipe.teacher else None
         before = {"task": recipe.task, "dataset": f"text ({text_spec(recipe).source})"}
+        before["teacher_tokenizer"] = own
         return before, {"perplexity_ratio": ratio, "gap_closed": None}
 
     def evaluate_run(self, run_dir: Path, recipe: Recipe) -> dict[str, float]:

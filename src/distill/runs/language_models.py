@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from distill.errors import RecipeError
+from distill.methods.cross_tokenizer import token_texts
 from distill.models import hf
 from distill.models.shrink import narrow_mlps, student_from_teacher
 from distill.recipes import ModelSpec, Recipe
@@ -99,3 +101,24 @@ def build_lm(
             raise RecipeError(f"{where}.checkpoint {spec.checkpoint} does not exist")
         ckpt.load_weights(model, spec.checkpoint)
     return model.float() if model.dtype == torch.float16 else model
+
+
+def own_token_rows(rows: Dataset, tokenizer: Any, teacher_tokenizer: Any) -> list[dict]:
+    """Packed rows (``input_ids``, ``labels``: the next tokens) written again in a teacher's
+    own tokens: each row's text (its tokens and last label, token by token) cut by
+    ``teacher_tokenizer``, all rows cut to the shortest, so a teacher with another tokenizer
+    is measured on the same text."""
+    texts = token_texts(tokenizer)
+    encoded = []
+    for row in rows:
+        tokens = [*row["input_ids"].tolist(), int(row["labels"][-1])]
+        text = "".join(texts.get(token, "") for token in tokens)
+        encoded.append(teacher_tokenizer(text, add_special_tokens=False)["input_ids"])
+    length = min(len(ids) for ids in encoded)
+    out = []
+    for ids in encoded:
+        block = torch.tensor(ids[:length])
+        labels = block[1:]
+        out.append({"input_ids": block[:-1], "labels": labels,
+                    "loss_mask": torch.ones_like(labels, dtype=torch.bool)})  # fmt: skip
+    return out

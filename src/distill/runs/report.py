@@ -241,7 +241,8 @@ def verdict(summary: dict[str, Any]) -> str:
                 f", and agreement with the teacher from {100 * base['teacher_agreement']:.1f}% "
                 f"to {100 * student['teacher_agreement']:.1f}%"
             )
-        return text + f"; the teacher's perplexity is {models['teacher']['perplexity']:.2f}."
+        own = " (per token of its own tokenizer)" if summary.get("teacher_tokenizer") else ""
+        return text + f"; the teacher's perplexity{own} is {models['teacher']['perplexity']:.2f}."
     gain = summary.get("gain_over_baseline")
     if gain is None:
         return ""
@@ -414,8 +415,7 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
         verdict(summary),
         summary.get("data_note") or "",  # e.g. PATE's (ε, δ) and what it covers
     ]
-    rows = table_rows(summary)
-    columns, note = header(summary), footnote(summary)
+    rows, columns, note = table_rows(summary), header(summary), footnote(summary)
     md = [f"# {title}", "", *[p for p in intro if p], "", markdown_table(columns, rows), ""]
     for path, caption in figures.values():
         md += [f"![{caption}]({PLOTS}/{path.name})", ""]
@@ -447,4 +447,4 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 """
     (run_dir / "report.html").write_text(page)
     paths = {"md": run_dir / "report.md", "html": run_dir / "report.html"}
-    return {**paths, **{k: v[0] for k, v in figures.items()}}
+    return paths | {k: v[0] for k, v in figures.items()}

@@ -245,7 +245,7 @@ def train_student(
             done.update(latency(task, recipe, data, student, budget.bench, row))
         return student, done
     objective = lesson.objective(student)
-    live = None if lesson.teacher is None else teacher_module(recipe, lesson.teacher)
+    live = None if lesson.teacher is None else task.live_teacher(recipe, data, lesson.teacher)
     if lesson.ema_momentum is not None:
         live = teachers.EMA(student, momentum=lesson.ema_momentum)
     if lesson.answers_for is not None:  # e.g. a consistency target: the student's average

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from distill import losses
 from distill.batch import Batch
+from distill.losses.cross_tokenizer import aligned_agreement
 from distill.outputs import IGNORE_INDEX, TeacherOutput
 
 
@@ -22,7 +23,7 @@ class EvaluationSums:
     def __init__(self, has_teacher: bool) -> None:
         self.has_teacher = has_teacher
         self.loss = self.correct = self.kl = self.agree = 0.0
-        self.rows = self.labelled = self.compared = 0
+        self.rows = self.labelled = self.compared = self.kl_rows = 0
         self.regression, self.mse_to_teacher = False, 0.0
 
     @torch.no_grad()
@@ -40,9 +41,12 @@ class EvaluationSums:
             counted &= batch.labels != IGNORE_INDEX
         predicted = student_logits.argmax(-1)
         answer = self._teacher_answer(student_logits, batch, teacher)
-        if answer is not None:
+        if teacher is not None and teacher.alignment is not None:  # another tokenizer: no KL
+            agree, compared = aligned_agreement(student_logits, teacher.logits, teacher.alignment)
+            self.agree, self.compared = self.agree + agree, self.compared + compared
+        elif answer is not None:
             kl, teacher_top = answer
-            self.kl += float(kl) * rows
+            self.kl, self.kl_rows = self.kl + float(kl) * rows, self.kl_rows + rows
             self.agree += float(((predicted == teacher_top) & counted).sum())
             self.compared += int(counted.sum())
         if batch.labels is not None:
@@ -68,7 +72,7 @@ class EvaluationSums:
     ) -> tuple[Tensor, Tensor] | None:
         """KL(teacher ‖ student) at T = 1 and the teacher's top class, from its logits or,
         for a top-k cache, on the cache's k + 1 buckets at its temperature."""
-        if teacher is None:
+        if teacher is None or teacher.alignment is not None:
             return None
         if teacher.logits is not None:
             kl = losses.kl(student_logits, teacher.logits, mask=batch.mask)
@@ -92,6 +96,7 @@ class EvaluationSums:
             metrics["accuracy"] = self.correct / self.labelled
             metrics["loss"] = self.loss / max(1, self.rows)
         if self.has_teacher:
-            metrics["kl_to_teacher"] = self.kl / max(1, self.rows)
+            if self.kl_rows or not self.compared:
+                metrics["kl_to_teacher"] = self.kl / max(1, self.kl_rows)
             metrics["teacher_agreement"] = self.agree / max(1, self.compared)
         return metrics
