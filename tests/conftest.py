@@ -65,3 +65,13 @@ def isolated_cache(tmp_path, monkeypatch):
     """A private teacher/data cache for one test."""
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def digits_as_fashion(digits_idx_dir, isolated_cache, monkeypatch):
+    """The demo and recipes find 'Fashion-MNIST' (the digits IDX files) via $DISTILL_DATA."""
+    from distill.data import idx
+
+    monkeypatch.setenv("DISTILL_DATA", str(digits_idx_dir))
+    monkeypatch.setattr(idx, "SYSTEM_DIR", digits_idx_dir / "nowhere")
+    return digits_idx_dir

@@ -8,7 +8,6 @@ from typer.testing import CliRunner
 
 import distill
 from distill import cli
-from distill.data import idx
 
 runner = CliRunner()
 
@@ -20,14 +19,6 @@ TINY = [
     "train.max_steps=8",
     "output.latency_repeats=3",
 ]
-
-
-@pytest.fixture
-def digits_as_fashion(digits_idx_dir, isolated_cache, monkeypatch):
-    """The demo and recipes find 'Fashion-MNIST' (the digits IDX files) via $DISTILL_DATA."""
-    monkeypatch.setenv("DISTILL_DATA", str(digits_idx_dir))
-    monkeypatch.setattr(idx, "SYSTEM_DIR", digits_idx_dir / "nowhere")
-    return digits_idx_dir
 
 
 def invoke(*args):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.data import Mixed, idx
+from distill.data import Mixed
 from distill.doctor import diagnose
 from distill.errors import RecipeError
 from distill.methods.pate import pate_epsilon
@@ -45,10 +45,8 @@ PATE = [
 
 
 @pytest.fixture
-def fashion(digits_idx_dir, isolated_cache, monkeypatch):
-    """Recipes find 'Fashion-MNIST' (the digits IDX files) via $DISTILL_DATA."""
-    monkeypatch.setenv("DISTILL_DATA", str(digits_idx_dir))
-    monkeypatch.setattr(idx, "SYSTEM_DIR", digits_idx_dir / "nowhere")
+def fashion(digits_as_fashion, isolated_cache):
+    """Recipes read 'Fashion-MNIST' (the digits IDX files); the private cache folder."""
     return isolated_cache
 
 
