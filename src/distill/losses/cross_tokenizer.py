@@ -34,8 +34,7 @@ class Group:
 
 def _rows(logits: Tensor, mask: Tensor | None) -> Tensor:
     """The selected rows as (rows, vocab), in float32 at least (float64 stays)."""
-    logits = logits.reshape(-1, logits.shape[-1])
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logits = _wide(logits.reshape(-1, logits.shape[-1]))
     return logits if mask is None else logits[mask.reshape(-1).bool()]
 
 
@@ -151,12 +150,11 @@ def hybrid_kd(
     Paper: Boizard et al. 2024 (ULD); TRL's GOLD trainer (Patiño et al., 2025) for aligning
     spans and the exact part on shared tokens.
     """
-    log_s = F.log_softmax(_wide(student_logits) / temperature, dim=-1)
-    log_t = F.log_softmax(_wide(teacher_logits) / temperature, dim=-1)
     usable = _usable(groups)
     exact = [g for g in usable if mode == "hybrid" and g.one_to_one]
     ranked = [g for g in usable if not (mode == "hybrid" and g.one_to_one)]
-    total = log_s.new_zeros(())
+    wide = torch.promote_types(student_logits.dtype, torch.float32)
+    total = student_logits.new_zeros((), dtype=wide)
     if exact:
         assert vocabulary is not None, "mode='hybrid' needs the shared vocabulary"
         rows_s = torch.tensor([g.student[0] - 1 for g in exact])
@@ -165,7 +163,9 @@ def hybrid_kd(
             student_logits[rows_s], teacher_logits[rows_t], *vocabulary, temperature=temperature
         )
         total = total + kl * len(exact)
-    if ranked:
+    if ranked:  # the merged spans read every row of the sequence
+        log_s = F.log_softmax(_wide(student_logits) / temperature, dim=-1)
+        log_t = F.log_softmax(_wide(teacher_logits) / temperature, dim=-1)
         p_s = torch.stack([_merged(log_s, student_tokens, g.student) for g in ranked])
         p_t = torch.stack([_merged(log_t, teacher_tokens, g.teacher) for g in ranked])
         total = total + sorted_l1(p_s, p_t.detach()).sum()

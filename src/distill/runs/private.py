@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ from distill.methods.synthetic import SyntheticSet, write_synthetic_set
 from distill.paths import (
     atomic_save,
     cache_root,
+    json_digest,
     read_json,
     verify_checksums,
     write_checksums,
@@ -44,10 +43,6 @@ from distill.training.progress import TrainingProgress
 ANSWERS_FILE = "answers.safetensors"
 PRIVACY_FILE = "privacy.json"
 MEMBER_VAL_ROWS = 512  # each PATE teacher's logged validation (never used to select it)
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def synthetic_rows(
@@ -64,7 +59,7 @@ def synthetic_rows(
     knobs = spec.model_dump(exclude={"method", "examples", "batch_size", "mixup", "augment"})
     teacher_id = teacher_cache_dir(recipe).name
     made = spec.model_dump(mode="json", exclude={"mixup", "augment"})  # how the inputs were made
-    folder = cache_root() / "synthetic" / f"{teacher_id}-{_digest(made)}"
+    folder = cache_root() / "synthetic" / f"{teacher_id}-{json_digest(made)}"
     log(
         f"data-free: {spec.examples:,} DeepInversion inputs from the teacher, "
         f"{spec.steps} steps per batch of {spec.batch_size} ({folder})"
@@ -142,14 +137,17 @@ def pate_teachers(
 
 
 @torch.no_grad()
-def _counts(votes: Votes, rows: Dataset, recipe: Recipe, progress: bool) -> Tensor:
+def _counts(votes: Votes, rows: Dataset, recipe: Recipe, progress: bool) -> tuple[Tensor, Tensor]:
+    """The teachers' vote counts per query, and the queries' true labels (to score the
+    answers; the student never sees them)."""
     batches = DataLoader(rows, batch_size=recipe.data.eval_batch_size)  # type: ignore[union-attr]
-    counts = []
+    counts, truth = [], []
     with TrainingProgress(len(batches), enabled=progress) as bar:
-        for i, (x, *_) in enumerate(batches):
+        for i, (x, y, *_) in enumerate(batches):
             counts.append(votes.counts(x))
+            truth.append(y)
             bar.update(i + 1)
-    return torch.cat(counts)
+    return torch.cat(counts), torch.cat(truth)
 
 
 class Answered(Dataset):
@@ -175,7 +173,7 @@ def pate_rows(
     assert spec is not None
     queries = Subset(public, range(spec.queries or len(public)))  # type: ignore[arg-type]
     key = {"teachers": teacher_cache_dir(recipe, "pate").name, "pate": spec.model_dump()}
-    folder = cache_root() / "pate" / _digest({**key, "seed": recipe.seed})
+    folder = cache_root() / "pate" / json_digest({**key, "seed": recipe.seed})
     if (folder / PRIVACY_FILE).exists():
         damaged = verify_checksums(folder)
         if damaged:
@@ -186,7 +184,7 @@ def pate_rows(
             log(f"PATE: {privacy['answered']:,} answers reused from {folder}")
             return Answered(queries, labels), privacy
     log(f"PATE: the teachers vote on {len(queries):,} public queries")
-    counts = _counts(votes, queries, recipe, progress)
+    counts, truth = _counts(votes, queries, recipe, progress)
     generator = torch.Generator().manual_seed(recipe.seed)
     if spec.threshold is not None:
         assert spec.sigma_threshold is not None
@@ -199,7 +197,6 @@ def pate_rows(
     epsilon, order = pate_epsilon(
         answered, spec.sigma, spec.delta, len(queries), spec.sigma_threshold
     )
-    truth = torch.tensor([int(queries[i][1]) for i in range(len(queries))])
     hit = (labels == truth)[labels >= 0]
     privacy = {
         "queries": len(queries),

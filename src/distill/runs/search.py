@@ -15,7 +15,6 @@ distilled with the recipe's full budget for every seed in ``search.seeds``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import threading
@@ -28,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from distill.errors import NonFiniteLoss, RecipeError, UsageError
 from distill.measure import cpu_latency
+from distill.paths import json_digest
 from distill.recipes import ModelSpec, Recipe, validate_recipe
 from distill.runs import search_space as space
 from distill.runs.common import (
@@ -308,7 +308,7 @@ class TrialRunner:
             trial.set_user_attr("over_budget", "; ".join(broken))
             self.log(f"trial {trial.number}: {space.describe(student)}: over budget ({broken[0]})")
             raise optuna.TrialPruned()
-        key = hashlib.sha256(json.dumps(student, sort_keys=True).encode()).hexdigest()[:12]
+        key = json_digest(student, 12)
         with self.guard:  # a candidate drawn twice at once (--jobs) trains once, then resumes
             folder_lock = self.folder_locks.setdefault(key, threading.Lock())
         with folder_lock:

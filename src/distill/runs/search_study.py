@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 from distill.errors import MissingDependency
+from distill.paths import json_digest
 from distill.recipes import Recipe
 from distill.recipes.search_spec import SearchSpec
 from distill.runs.common import Log
@@ -56,8 +55,7 @@ def open_study(
     assert spec is not None
     raw = recipe.model_dump(mode="json")
     raw["search"].pop("trials")
-    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]
-    name = f"{recipe.name}-{digest}"
+    name = f"{recipe.name}-{json_digest(raw, 10)}"
     local = storage is None
     url = f"sqlite:///{(run_dir / STUDY_FILE).resolve()}" if local else storage
     shared = {  # a machine that stops beating for 5 minutes: its trial is run again

@@ -11,8 +11,6 @@ that needs the same teacher wait for the first instead of training it alongside.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distill.objective import Objective
-from distill.paths import atomic_save, cache_root, read_json, sha256_file, write_json
+from distill.paths import (
+    atomic_save,
+    cache_root,
+    json_digest,
+    read_json,
+    sha256_file,
+    write_json,
+)
 from distill.recipes import Recipe, TrainSpec
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
@@ -67,7 +72,7 @@ def teacher_cache_dir(recipe: Recipe, part: str | None = None) -> Path:
     train = key_fields["teacher"].get("train")
     if train is not None and train.get("on_nonfinite") == "stop":  # the default: old keys
         train.pop("on_nonfinite")
-    digest = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+    digest = json_digest(key_fields)
     return cache_root() / "teachers" / f"{recipe.teacher.model.replace(':', '_')}-{digest}"
 
 

@@ -40,11 +40,10 @@ class EvaluationSums:
         if batch.labels is not None:
             counted &= batch.labels != IGNORE_INDEX
         predicted = student_logits.argmax(-1)
-        answer = self._teacher_answer(student_logits, batch, teacher)
         if teacher is not None and teacher.alignment is not None:  # another tokenizer: no KL
             agree, compared = aligned_agreement(student_logits, teacher.logits, teacher.alignment)
             self.agree, self.compared = self.agree + agree, self.compared + compared
-        elif answer is not None:
+        elif (answer := self._teacher_answer(student_logits, batch, teacher)) is not None:
             kl, teacher_top = answer
             self.kl, self.kl_rows = self.kl + float(kl) * rows, self.kl_rows + rows
             self.agree += float(((predicted == teacher_top) & counted).sum())
@@ -72,7 +71,7 @@ class EvaluationSums:
     ) -> tuple[Tensor, Tensor] | None:
         """KL(teacher ‖ student) at T = 1 and the teacher's top class, from its logits or,
         for a top-k cache, on the cache's k + 1 buckets at its temperature."""
-        if teacher is None or teacher.alignment is not None:
+        if teacher is None:
             return None
         if teacher.logits is not None:
             kl = losses.kl(student_logits, teacher.logits, mask=batch.mask)
