@@ -1,8 +1,13 @@
-"""Shared fixtures: the real scikit-learn digits data (1,797 8×8 images, 10 classes)."""
+"""Shared fixtures: the real scikit-learn digits data (1,797 8×8 images, 10 classes), and
+CPython's help topics as text with a WordPiece tokenizer trained on them."""
+
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 @pytest.fixture(autouse=True)
@@ -75,3 +80,39 @@ def digits_as_fashion(digits_idx_dir, isolated_cache, monkeypatch):
     monkeypatch.setenv("DISTILL_DATA", str(digits_idx_dir))
     monkeypatch.setattr(idx, "SYSTEM_DIR", digits_idx_dir / "nowhere")
     return digits_idx_dir
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    """About 60k characters of CPython's help topics as a .txt file (documents separated by
+    blank lines)."""
+    from distill.data.text import pydoc_records
+
+    records = pydoc_records()[:40]
+    path = tmp_path_factory.mktemp("text") / "topics.txt"
+    path.write_text("\n\n".join(r["text"].replace("\n\n", "\n") for r in records))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, text_file) -> Path:
+    """A 400-token WordPiece tokenizer with BERT's special tokens, trained on the text."""
+    import transformers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.train([str(text_file)], trainers.WordPieceTrainer(vocab_size=400, special_tokens=SPECIALS))
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        eos_token="[SEP]",
+    )
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -8,50 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from typer.testing import CliRunner
 
 from distill import Objective, Term, cli, losses
-from distill.data.text import MaskedBlocks, pydoc_records
+from distill.data.text import MaskedBlocks
 from distill.objective import LossInputs
 from distill.recipes import RecipeError, load_recipe, validate_recipe
 from distill.runs import run_recipe
 
 ROOT = Path(__file__).parent.parent
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory) -> Path:
-    """About 60k characters of CPython's help topics as a .txt file (documents separated by
-    blank lines)."""
-    records = pydoc_records()[:40]
-    path = tmp_path_factory.mktemp("text") / "topics.txt"
-    path.write_text("\n\n".join(r["text"].replace("\n\n", "\n") for r in records))
-    return path
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, text_file) -> Path:
-    """A 400-token WordPiece tokenizer with BERT's special tokens, trained on the text."""
-    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer(lowercase=True)
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.train([str(text_file)], trainers.WordPieceTrainer(vocab_size=400, special_tokens=SPECIALS))
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        eos_token="[SEP]",
-    )
-    folder = tmp_path_factory.mktemp("tokenizer")
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 TINY = {
     "llama": "{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 4, "
     "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}",

@@ -114,6 +114,8 @@ def takes_argument(model_type: type, argument: str) -> bool:
 
 
 def as_batch(raw: Any) -> Batch:
+    if isinstance(raw, Batch):
+        return raw
     if isinstance(raw, Tensor):
         return Batch(args=(raw,))
     if isinstance(raw, Mapping):

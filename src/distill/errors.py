@@ -37,6 +37,11 @@ class CacheError(DistillError, ValueError):
     """A teacher-output cache that is missing, corrupt or built for other inputs."""
 
 
+class ServedTeacherError(DistillError, ConnectionError):
+    """A teacher on an inference server that cannot answer as asked: unreachable after its
+    retries, refusing the request, or answering without (enough) prompt log-probs."""
+
+
 class UsageError(DistillError, ValueError):
     """A command's argument that does not fit what it points at (a stage a run lacks)."""
 

@@ -253,8 +253,12 @@ class Objective(nn.Module):
         return ObjectiveValue(total, values, weights, temperatures)
 
 
-def default_objective(has_teacher: bool) -> Objective:
-    """Hinton KD (T = 4, kd_weight 0.9, ce_weight 0.1) with a teacher; labels only without."""
-    if not has_teacher:
+def default_objective(teacher: Teacher | None) -> Objective:
+    """Hinton KD (T = 4, or the teacher's own fixed temperature; kd_weight 0.9, ce_weight
+    0.1) with a teacher; labels only without."""
+    if teacher is None:
         return Objective(ce=Term(cross_entropy))
-    return Objective(ce=Term(cross_entropy, weight=0.1), kd=Term(kl, weight=0.9, temperature=4.0))
+    temperature = getattr(teacher, "fixed_temperature", None) or 4.0  # checked after
+    return Objective(
+        ce=Term(cross_entropy, weight=0.1), kd=Term(kl, weight=0.9, temperature=temperature)
+    )

@@ -29,7 +29,7 @@ from distill.doctor.run import TITLES, diagnose
 from distill.losses import LOSSES
 from distill.methods.generation import read_generations
 from distill.recipes import load_recipe
-from distill.runs.report import export_table
+from distill.runs.report_tables import export_table
 from distill.runs.run import (
     cache_command,
     eval_command,

@@ -19,7 +19,8 @@ from rich.table import Table
 from distill.compress.export import ParityError
 from distill.errors import DistillError
 from distill.recipes import Recipe
-from distill.runs.report import terminal_table, verdict
+from distill.runs.report import verdict
+from distill.runs.report_tables import terminal_table
 from distill.runs.run import run_recipe
 
 out_console = Console()

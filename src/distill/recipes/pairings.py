@@ -1,6 +1,7 @@
 """Checks of recipe sections that only make sense together (``schema.Recipe`` runs them):
-a data-free transfer set (``data.synthetic``), PATE (``pate``) and a teacher with its own
-tokenizer (``teacher.tokenizer``), each against the rest of the recipe. Each raises
+a data-free transfer set (``data.synthetic``), PATE (``pate``), a teacher with its own
+tokenizer (``teacher.tokenizer``) and a teacher on an inference server (``teacher.model:
+served:<url>``), each against the rest of the recipe. Each raises
 ``ValueError`` naming the field."""
 
 from __future__ import annotations
@@ -41,6 +42,55 @@ def check_cross_tokenizer(recipe: Recipe) -> None:
             raise ValueError(
                 f"objective.{name}: {term.loss} compares logits position by position, "
                 "but the teacher has another tokenizer; use {loss: cross_tokenizer_kd}"
+            )
+
+
+SERVED = "served:"
+SERVED_ARGS = {"model", "top_k", "rows_per_request", "concurrency", "timeout", "retries"}
+
+
+def check_served(recipe: Recipe) -> None:
+    teacher = recipe.teacher
+    if teacher is None or not teacher.model.startswith(SERVED):
+        return
+    url = teacher.model.removeprefix(SERVED)
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"teacher.model: served:<http(s) url of the API>, got {teacher.model!r}")
+    if recipe.task != "causal_lm":
+        raise ValueError("teacher.model served: is for task causal_lm")
+    unknown = sorted(set(teacher.args) - SERVED_ARGS)
+    if unknown:
+        raise ValueError(
+            f"teacher.args: a served teacher takes {', '.join(sorted(SERVED_ARGS))}; got {unknown}"
+        )
+    extras = {"teacher.train": teacher.train is not None,
+              "teacher.checkpoint": teacher.checkpoint is not None,
+              "teacher.tokenizer": teacher.tokenizer is not None,
+              "generate": recipe.generate is not None, "on_policy": recipe.on_policy is not None,
+              "compress": bool(recipe.compress), "search": recipe.search is not None,
+              "student.model teacher": recipe.student.model == "teacher"}  # fmt: skip
+    if any(extras.values()):
+        found = ", ".join(name for name, on in extras.items() if on)
+        raise ValueError(f"teacher.model served: not built with {found} yet; drop them")
+    top_k = teacher.args.get("top_k")
+    if recipe.cache is not None and (
+        recipe.cache.top_k is None or top_k not in (None, recipe.cache.top_k)
+    ):
+        raise ValueError(
+            "cache.top_k: a served teacher answers with its top-k log-probs; give cache.top_k "
+            f"(and teacher.args.top_k, if set, the same: now {top_k})"
+        )
+    for name, term in recipe.objective.items():
+        info = loss_info(term.loss)
+        if info.reads_teacher and not info.lm_heads:
+            raise ValueError(
+                f"objective.{name}: a served teacher gives top-k log-probs, not logits or "
+                f"features; use {{loss: lm_head_kd}} (read as its sparse form)"
+            )
+        if info.reads_teacher and term.temperature not in (None, 1, 1.0):
+            raise ValueError(
+                f"objective.{name}.temperature: a served teacher answers at temperature 1 (the "
+                "server's log-probs); set 1.0"
             )
 
 

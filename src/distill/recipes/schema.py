@@ -14,7 +14,12 @@ from pydantic import Field, ValidationError, model_validator
 
 from distill.data import DATASETS
 from distill.losses.registry import loss_info, loss_parameters
-from distill.recipes.pairings import check_cross_tokenizer, check_pate, check_synthetic
+from distill.recipes.pairings import (
+    check_cross_tokenizer,
+    check_pate,
+    check_served,
+    check_synthetic,
+)
 from distill.recipes.private_spec import PateSpec, SyntheticSpec
 from distill.recipes.search_spec import SearchSpec, first_problem
 from distill.recipes.specs import (
@@ -136,6 +141,7 @@ class Recipe(Strict):
         check_synthetic(self)
         check_pate(self)
         check_cross_tokenizer(self)
+        check_served(self)
         if self.student.model == "teacher" and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:

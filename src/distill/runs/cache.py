@@ -45,13 +45,15 @@ def cache_temperature(recipe: Recipe) -> float:
     return 1.0 if temperature is None else float(temperature)  # a number (schema-checked)
 
 
-def cache_vocab_size(recipe: Recipe, teacher: nn.Module) -> int:
+def cache_vocab_size(recipe: Recipe, teacher: nn.Module | teachers.Teacher, tokenizer: Any) -> int:
     """The vocabulary the cache ranks: ``options.vocab_size`` of the KD term, else the
-    teacher head's rows."""
+    teacher head's rows (a served teacher: the tokenizer's tokens)."""
     option = recipe.objective[kd_term_name(recipe)].options.get("vocab_size")
-    return (
-        int(option) if option is not None else int(teacher.get_output_embeddings().weight.shape[0])
-    )
+    if option is not None:
+        return int(option)
+    if isinstance(teacher, teachers.Served):
+        return len(tokenizer)
+    return int(teacher.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
 
 
 def make_layout(recipe: Recipe, **fields: Any) -> Layout:

@@ -41,9 +41,15 @@ from distill.runs.common import (
     loader,
     teacher_module,
 )
-from distill.runs.language_models import build_lm, hf_task, own_token_rows
+from distill.runs.language_models import (
+    build_lm,
+    hf_task,
+    is_served,
+    own_token_rows,
+    served_teacher,
+)
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
-from distill.teachers import CrossTokenizer, Teacher
+from distill.teachers import CrossTokenizer, Served, Teacher
 from distill.training import Distiller
 from distill.training.distributed import on_main
 
@@ -275,6 +281,9 @@ class Language(Task):
         self, recipe: Recipe, data: Splits, progress: bool, log: Log
     ) -> tuple[nn.Module, dict[str, Any]]:
         assert isinstance(data, TextData)
+        if is_served(recipe):  # answers over HTTP: nothing to load or train here
+            served = served_teacher(recipe, data.tokenizer, log)
+            return served, {"model": recipe.teacher.model, "train_seconds": 0.0}  # type: ignore[union-attr,return-value]
         tokenizer = data.teacher_tokenizer or data.tokenizer
         teacher, info = get_lm_teacher(recipe, tokenizer, data, progress, log)
         if data.teacher_tokenizer is not None:
@@ -284,6 +293,8 @@ class Language(Task):
     def live_teacher(self, recipe: Recipe, data: Splits, model: nn.Module) -> Teacher:
         """With ``teacher.tokenizer``, the teacher reads the student's text with its own."""
         assert isinstance(data, TextData) and recipe.teacher is not None
+        if isinstance(model, Served):
+            return model
         if data.teacher_tokenizer is None:
             return teacher_module(recipe, model)
         autocast = AUTOCAST[recipe.teacher.autocast]
@@ -291,6 +302,8 @@ class Language(Task):
 
     def train_teacher(self, recipe: Recipe, data: Splits, progress: bool, log: Log) -> dict:
         assert isinstance(data, TextData) and recipe.teacher is not None
+        if is_served(recipe):
+            raise RecipeError("teacher.model: a served teacher is not trained here; nothing to do")
         model = build_teacher(recipe, data.tokenizer)
         with store_lock(teacher_cache_dir(recipe), log):
             return train_lm_teacher(recipe, model, data, progress, log)[1]
@@ -321,7 +334,9 @@ class Language(Task):
         self, model: nn.Module, recipe: Recipe, data: Splits, judge: Teacher | None
     ) -> dict[str, Any]:
         assert isinstance(data, TextData)
-        if model is data.cross_teacher and data.cross_teacher is not None:  # its own tokens
+        if isinstance(model, Served):  # the server's log-probs of the test tokens
+            metrics = model.measure(loader(data.test, recipe, False))
+        elif model is data.cross_teacher and data.cross_teacher is not None:  # its own tokens
             rows = own_token_rows(data.test, data.tokenizer, data.teacher_tokenizer)
             metrics = Distiller(model, progress=False).evaluate(loader(rows, recipe, False))
         else:
@@ -331,6 +346,8 @@ class Language(Task):
     def describe(
         self, model: nn.Module, recipe: Recipe, data: Splits, weights: Path | None = None
     ) -> dict[str, Any]:
+        if isinstance(model, Served):  # another machine's model: neither is known here
+            return {"parameters": None, "size_bytes": None}
         return {"parameters": parameter_count(model), "size_bytes": size_on_disk(model, weights)}
 
     def latency_input(self, model: nn.Module, data: Splits) -> tuple[Tensor, dict[str, Any]]:
@@ -363,7 +380,7 @@ class Language(Task):
             num_examples=rows,
             k=top_k,
             temperature=cache_temperature(recipe),
-            vocab_size=cache_vocab_size(recipe, teacher),
+            vocab_size=cache_vocab_size(recipe, teacher, data.tokenizer),
             fingerprint=self.cache_fingerprint(recipe, data),
         )
 
@@ -371,9 +388,14 @@ class Language(Task):
         assert isinstance(data, TextData) and recipe.teacher is not None
         spec = text_spec(recipe)
         tokenizer = data.tokenizer
+        teacher, args = recipe.teacher.model, dict(recipe.teacher.args)
+        if is_served(recipe) and "model" in args:  # its answers: the model's, on any host
+            teacher, args = f"served:{args['model']}", {}
+        elif is_served(recipe):
+            args = {}  # timeouts and concurrency do not change the answers
         return {
-            "teacher": recipe.teacher.model,
-            "teacher_args": dict(recipe.teacher.args),
+            "teacher": teacher,
+            "teacher_args": args,
             "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
             "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
             "tokenizer_size": len(tokenizer),

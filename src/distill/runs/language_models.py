@@ -4,6 +4,7 @@ layers (``keep``, ``select``) and narrower MLPs (``width``, Minitron-style)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,7 +16,9 @@ from distill.methods.cross_tokenizer import token_texts
 from distill.models import hf
 from distill.models.shrink import narrow_mlps, student_from_teacher
 from distill.recipes import ModelSpec, Recipe
+from distill.recipes.pairings import SERVED
 from distill.runs.common import Splits
+from distill.teachers import Served
 from distill.training import checkpoint as ckpt
 
 CALIBRATION_BLOCKS = 8
@@ -122,3 +125,28 @@ def own_token_rows(rows: Dataset, tokenizer: Any, teacher_tokenizer: Any) -> lis
         out.append({"input_ids": block[:-1], "labels": labels,
                     "loss_mask": torch.ones_like(labels, dtype=torch.bool)})  # fmt: skip
     return out
+
+
+def is_served(recipe: Recipe) -> bool:
+    """Whether the recipe's teacher runs on an inference server (``served:<url>``)."""
+    return recipe.teacher is not None and recipe.teacher.model.startswith(SERVED)
+
+
+def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -> Served:
+    """The recipe's served teacher, checked once (its model, tokenizer and top-k) before
+    anything trains; its top-k is ``cache.top_k`` when the recipe caches it."""
+    assert recipe.teacher is not None
+    args = dict(recipe.teacher.args)
+    top_k = recipe.cache.top_k if recipe.cache is not None else args.pop("top_k", 20)
+    args.pop("top_k", None)
+    teacher = Served(
+        recipe.teacher.model.removeprefix(SERVED), tokenizer=tokenizer, top_k=top_k, **args
+    )
+    info = teacher.check()
+    checked = (
+        "same tokenizer as the student"
+        if info["tokenizer_checked"]
+        else ("tokenizer not compared (the server has no /tokenize)")
+    )
+    log(f"teacher {teacher.model} served at {teacher.url}: top {top_k} log-probs, {checked}")
+    return teacher

@@ -16,169 +16,24 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 
 from distill.runs import diffusion_report
+from distill.runs.report_tables import (
+    COLORS,
+    LABELS,
+    header,
+    is_clip,
+    is_language_model,
+    model_rows,
+    table_rows,
+)
 
 PLOTS = "plots"
-LABELS = {"teacher": "teacher", "baseline": "student, labels only", "student": "student, distilled"}
-EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-
-
-def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(key, label, colour) of every model in the summary: the teacher, any assistant,
-    generations or peers, the label-only student, the distilled student, then its
-    compression stages ("+ 1 prune", …)."""
-    models = summary["models"]
-    # compression stages and exports come after the student, in order
-    stages = [k for k in models if k.startswith(("compress_", "export_"))]
-    extras = [k for k in models if k not in LABELS and k not in stages]
-    order = [k for k in ("teacher",) if k in models] + extras
-    order += [k for k in ("baseline", "student") if k in models] + stages
-    rows = []
-    for key in order:
-        if key == "baseline" and is_clip(summary):
-            rows.append((key, "student, captions only", COLORS[key]))
-        elif key in LABELS:  # a run may name its rows (a PATE run's teacher is a vote)
-            rows.append((key, summary.get("row_labels", {}).get(key, LABELS[key]), COLORS[key]))
-        else:
-            colour = EXTRA_COLORS[(extras + stages).index(key) % len(EXTRA_COLORS)]
-            label = key.removeprefix("compress_").replace("_", " ")
-            if key.startswith("export_"):
-                label = {
-                    "export_onnx": "ONNX",
-                    "export_onnx_int8": "ONNX int8",
-                    "export_onnx_qdq": "ONNX QDQ int8 (the QAT student)",
-                }.get(key, label)
-            elif key in stages:
-                label = f"+ {label}"
-            rows.append((key, label, colour))
-    return rows
-
-
 TERM_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
-COLORS = {"teacher": "#444444", "baseline": "#1f77b4", "student": "#d62728"}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def is_language_model(summary: dict[str, Any]) -> bool:
-    return summary.get("task") in ("causal_lm", "masked_lm")
-
-
-def is_clip(summary: dict[str, Any]) -> bool:
-    return summary.get("task") == "clip"
-
-
-def _percent(value: float | None, digits: int = 2) -> str:
-    return "" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def table_rows(summary: dict[str, Any]) -> list[list[str]]:
-    lm = is_language_model(summary)
-    rows = []
-    for key, label, _ in model_rows(summary):
-        m = summary["models"][key]
-        kl = m.get("kl_to_teacher")
-        agreement = m.get("teacher_agreement")
-        headline = (
-            [
-                f"{m['perplexity']:.2f}",
-                "" if agreement is None else f"{100 * agreement:.1f}%",
-                f"{100 * m['accuracy']:.1f}%",
-            ]
-            if lm
-            else [f"{100 * m['accuracy']:.2f}%"]
-        )
-        if is_clip(summary):  # the embeddings' quality besides zero-shot accuracy
-            headline += [_percent(m.get("linear_probe")), _percent(m.get("image_to_text_r1"), 1)]
-        rows.append(
-            [
-                label,
-                *headline,
-                f"{m['parameters']:,}",
-                f"{m['size_bytes'] / 1024:,.0f} KiB",
-                f"{m['latency_ms']:.3f} ms",
-                "" if kl is None or key == "teacher" else f"{kl:.3f}",
-                f"{m.get('train_seconds', 0.0):.0f} s",
-            ]
-        )
-    return rows
-
-
-# the terminal's columns, short enough for an 80-column terminal
-TERMINAL_HEADER = ["model", "test acc.", "params", "size", "CPU ms/ex.", "KL to T", "train"]
-TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms/seq", "train"]
-
-
-def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The summary table for a terminal: (header, rows)."""
-    if summary.get("task") == "diffusion":
-        return diffusion_report.terminal_table(summary)
-    if is_clip(summary):  # without recall and size, to fit 80 columns
-        rows = [row[:3] + row[4:5] + row[6:] for row in table_rows(summary)]
-        return ["model", "zero-shot", "probe", "params", *TERMINAL_HEADER[4:]], rows
-    if not is_language_model(summary):
-        return TERMINAL_HEADER, table_rows(summary)
-    rows = []
-    for key, label, _ in model_rows(summary):
-        m = summary["models"][key]
-        agreement = m.get("teacher_agreement")
-        rows.append(
-            [
-                label,
-                f"{m['perplexity']:.2f}",
-                "" if agreement is None else f"{100 * agreement:.1f}%",
-                f"{100 * m['accuracy']:.1f}%",
-                f"{m['parameters'] / 1e6:.1f}M",
-                f"{m['size_bytes'] / 2**20:.1f}",
-                f"{m['latency_ms']:.1f}",
-                f"{m.get('train_seconds', 0.0):.0f} s",
-            ]
-        )
-    return TERMINAL_HEADER_LM, rows
-
-
-def export_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """``distill export``'s result as a terminal table: (header, rows)."""
-    names = {
-        "pytorch": "PyTorch",
-        "onnx": "ONNX",
-        "onnx_int8": "ONNX int8",
-        "onnx_qdq": "ONNX QDQ int8",
-    }
-    rows = [
-        [
-            names[key],
-            f"{100 * row['accuracy']:.2f}%",
-            "" if row.get("agreement") is None else f"{100 * row['agreement']:.2f}%",
-            f"{row['size_bytes'] / 1024:.0f} KiB",
-            f"{row['latency_ms']:.3f}",
-        ]
-        for key, row in result["models"].items()
-    ]
-    return ["format", "test acc.", "agreement", "size", "CPU ms/ex."], rows
-
-
-def header(summary: dict[str, Any]) -> list[str]:
-    if is_language_model(summary):
-        headline = ["test perplexity", "agreement with teacher", "token accuracy"]
-        latency = "CPU latency / sequence"
-    elif is_clip(summary):
-        headline = ["zero-shot accuracy", "linear probe", "image→text R@1"]
-        latency = "CPU latency / image"
-    else:
-        headline, latency = ["test accuracy"], "CPU latency / example"
-    return [
-        "model",
-        *headline,
-        "parameters",
-        "size on disk",
-        latency,
-        "KL to teacher",
-        "train time",
-    ]
 
 
 def footnote(summary: dict[str, Any]) -> str:
@@ -326,6 +181,8 @@ def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for key, label, colour in model_rows(summary):
         m = summary["models"][key]
+        if m.get("parameters") is None:  # a served teacher: its size is not known here
+            continue
         y = m["perplexity"] if lm else 100 * m["accuracy"]
         ax.scatter(m["parameters"], y, s=60, color=colour, label=label)
     ax.set(

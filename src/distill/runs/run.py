@@ -105,7 +105,8 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
     if teacher is not None:
         seconds = teacher_info.get("train_seconds", 0.0)
         models["teacher"] = {**task.measure(teacher, recipe, data), "train_seconds": seconds}
-        bench.add("teacher", teacher)
+        if isinstance(teacher, nn.Module):  # not a served teacher, on another machine
+            bench.add("teacher", teacher)
     if recipe.baseline:
         log(
             f"label-only student {recipe.student.model}: {budget.steps} steps on "
@@ -185,12 +186,19 @@ def distilled_lesson(
         answers = task.cached_teacher(stored, data)
         log(f"the distilled student learns from the teacher cache {info['folder']}")
     return Lesson(
-        recipe_objective(recipe, per_epoch, teacher, sparse_teacher=answers is not None),
+        recipe_objective(
+            recipe, per_epoch, teacher, sparse_teacher=answers is not None or served(teacher)
+        ),
         teacher,
         answers=answers,
         ema_momentum=spec.ema_momentum if spec is not None and spec.model == "ema" else None,
         on_policy=True,
     )
+
+
+def served(teacher: object) -> bool:
+    """A teacher on an inference server: it answers with its top-k, not a model's logits."""
+    return isinstance(teacher, teachers.Served)
 
 
 def summarize(
@@ -328,8 +336,11 @@ def build_cache(
     """The teacher's answers on the task's cache rows (this worker's shards of them)."""
     rows = task.cache_rows(data)
     layout = task.cache_layout(recipe, data, teacher, len(rows))  # type: ignore[arg-type]
-    cached = task.cache_model(teacher).eval().requires_grad_(False)
-    live = teacher_module(recipe, cached)  # under the recipe's autocast
+    if served(teacher):
+        live = teacher
+    else:
+        cached = task.cache_model(teacher).eval().requires_grad_(False)
+        live = teacher_module(recipe, cached)  # under the recipe's autocast
     return ensure_cache(
         recipe, live, rows, layout, worker=worker, workers=workers, progress=progress, log=log,
         together=together,

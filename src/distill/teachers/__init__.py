@@ -1,7 +1,8 @@
 """Teachers: anything that answers a batch with a ``TeacherOutput`` and never trains.
 
 ``Module`` (a frozen model), ``CrossTokenizer`` (a language model with its own tokenizer),
-``Ensemble`` (several teachers combined or routed), ``EMA``
+``Ensemble`` (several teachers combined or routed), ``Served`` (a language model on an
+inference server, read through its prompt log-probs), ``EMA``
 (the moving average of the student, for self-distillation), ``Cached`` (a teacher's
 outputs read back from a teacher cache) and ``ZeroShotAnswers`` (a CLIP teacher read from
 its cache of image embeddings)."""
@@ -13,6 +14,7 @@ from distill.teachers.cross_tokenizer import CrossTokenizer
 from distill.teachers.ema import EMA, ema_momentum
 from distill.teachers.ensemble import Ensemble, EnsembleModel
 from distill.teachers.module import Module
+from distill.teachers.served import Served
 from distill.teachers.zero_shot import ZeroShotAnswers
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "Ensemble",
     "EnsembleModel",
     "Module",
+    "Served",
     "Teacher",
     "TeacherOutput",
     "ZeroShotAnswers",

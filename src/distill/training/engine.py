@@ -93,7 +93,7 @@ class Distiller:
         self.config = TrainConfig(**settings)
         self.student = student
         self.teacher = teacher
-        self.objective = objective or default_objective(teacher is not None)
+        self.objective = objective or default_objective(teacher)
         self.objective.check_teacher(teacher)
         self.optimizer_factory = optimizer
         self.callbacks = list(callbacks)

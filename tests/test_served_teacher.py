@@ -1,0 +1,287 @@
+"""A served teacher against a real local server process (tests/prompt_logprob_server.py,
+vLLM's protocol over a tiny Llama): its top-k equals the local model's, a slow or failing
+server is retried and then named, a killed one loses nothing already cached, and the
+errors a misconfigured server gets."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+import transformers
+
+from distill import teachers
+from distill.batch import as_batch
+from distill.cache import CacheReader, Layout, build_cache
+from distill.data import WithExampleId
+from distill.data.text import PackedText, pydoc_records
+from distill.errors import ServedTeacherError
+from distill.outputs import topk_of
+from tests.text_models import tiny_llama
+
+SERVER = Path(__file__).parent / "prompt_logprob_server.py"
+
+
+class Server:
+    """The test server as a process; ``control`` changes its behaviour."""
+
+    def __init__(self, model_dir: Path, port: int = 0, max_logprobs: int = 20) -> None:
+        command = [sys.executable, str(SERVER), str(model_dir), "--port", str(port)]
+        command += ["--max-logprobs", str(max_logprobs)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        assert line.startswith("listening on "), line
+        self.port = int(line.split()[-1])
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.root}/v1"
+
+    def control(self, **settings) -> dict:
+        return requests.post(f"{self.root}/control", json=settings, timeout=10).json()
+
+    def counters(self) -> dict:
+        return requests.get(f"{self.root}/control", timeout=10).json()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def served_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A 2-layer Llama over the WordPiece tokenizer, saved with it: what the server serves."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    folder = tmp_path_factory.mktemp("served") / "tiny-teacher"
+    tiny_llama(seed=3, vocab=len(tokenizer), max_position_embeddings=256).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(served_dir):
+    process = Server(served_dir)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def reset(server):
+    server.control(delay=0.0, fail_next=0, exit_after=None, prompt_logprobs=True, tokenize=True)
+    return server
+
+
+@pytest.fixture(scope="module")
+def rows(tokenizer_dir):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    return WithExampleId(PackedText(pydoc_records()[:6], tokenizer, 24))
+
+
+def local_topk(served_dir, batch, k):
+    model = transformers.AutoModelForCausalLM.from_pretrained(served_dir).eval()
+    with torch.inference_mode():
+        logits = model(input_ids=batch.kwargs["input_ids"]).logits
+    return topk_of(logits, k), torch.log_softmax(logits.float(), -1)
+
+
+def test_served_top_k_equals_the_local_models(reset, served_dir, tokenizer_dir, rows):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    teacher = teachers.Served(
+        reset.url, top_k=8, tokenizer=tokenizer, rows_per_request=2, concurrency=3
+    )
+    info = teacher.check()
+    assert info["model"] == "tiny-teacher" and info["tokenizer_checked"]
+    batch = as_batch(torch.utils.data.default_collate([rows[i] for i in range(7)]))
+    scores = teacher.score(batch)
+    expected, log_p = local_topk(served_dir, batch, 8)
+    assert torch.equal(scores.topk.ids, expected.ids)  # 7 rows over 4 concurrent requests
+    torch.testing.assert_close(scores.topk.logprobs, expected.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores.topk.tail, expected.tail, atol=1e-4, rtol=0)
+    labels = batch.labels
+    own = log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(scores.next_logprobs, own, atol=1e-5, rtol=0)
+    metrics = teacher.measure([batch])
+    assert metrics["examples"] == labels.numel()
+    assert metrics["loss"] == pytest.approx(float(-own.double().mean()), abs=1e-5)
+
+
+def test_padded_rows_send_only_their_tokens(reset, served_dir, rows):
+    teacher = teachers.Served(reset.url, top_k=4)
+    batch = as_batch(torch.utils.data.default_collate([rows[0], rows[1]]))
+    mask = torch.ones_like(batch.kwargs["input_ids"])
+    mask[1, 10:] = 0
+    batch.kwargs["attention_mask"] = mask
+    padded = teacher.score(batch).topk
+    whole = teacher.score(as_batch(torch.utils.data.default_collate([rows[1]]))).topk
+    assert torch.equal(padded.ids[1, :9], whole.ids[0, :9])  # the prefix's answers
+    torch.testing.assert_close(padded.logprobs[1, :9], whole.logprobs[0, :9])
+    assert torch.isfinite(padded.logprobs[1, 10:]).all()  # padding: a harmless row
+
+
+def test_a_failing_server_is_retried_and_a_slow_one_named(reset, rows):
+    batch = as_batch(torch.utils.data.default_collate([rows[0]]))
+    reset.control(fail_next=2)
+    teacher = teachers.Served(reset.url, top_k=4, retries=3, backoff=0.01)
+    teacher.score(batch)  # two 503s, then an answer
+    assert teacher.requests_sent == 3
+    reset.control(delay=1.0)
+    slow = teachers.Served(reset.url, top_k=4, timeout=0.2, retries=1, backoff=0.01)
+    with pytest.raises(ServedTeacherError, match=r"no answer after 2 tries \(no answer within"):
+        slow(batch)
+
+
+def test_server_refusals_are_one_line_errors(reset, tokenizer_dir, rows):
+    batch = as_batch(torch.utils.data.default_collate([rows[0]]))
+    with pytest.raises(ServedTeacherError, match=r"top_k 64 is above the server's limit of 20"):
+        teachers.Served(reset.url, top_k=64).score(batch)
+    reset.control(prompt_logprobs=False)
+    with pytest.raises(ServedTeacherError, match="holds no prompt_logprobs"):
+        teachers.Served(reset.url, top_k=4).check()
+    reset.control(prompt_logprobs=True)
+    with pytest.raises(ServedTeacherError, match=r"serves \['tiny-teacher'\], not 'other'"):
+        teachers.Served(reset.url, model="other").check()
+    other = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    other.backend_tokenizer.add_tokens(["quick brown"])  # the probe text splits otherwise
+    with pytest.raises(ServedTeacherError, match="tokenizer differs from the student's"):
+        teachers.Served(reset.url, tokenizer=other).check()
+    reset.control(tokenize=False)  # no /tokenize: the check says it could not compare
+    same = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert teachers.Served(reset.url, tokenizer=same).check()["tokenizer_checked"] is False
+    with pytest.raises(ServedTeacherError, match="HTTP 400: Token id 400 is out of vocabulary"):
+        teachers.Served(reset.url, tokenizer=other).check()  # its probe reaches the server
+    with pytest.raises(ServedTeacherError, match="cannot connect"):
+        teachers.Served("http://127.0.0.1:9/v1", retries=0).check()
+
+
+def test_a_killed_server_loses_nothing_from_the_cache(served_dir, rows, tmp_path):
+    """The server dies after a few requests: the build stops with the server named, the
+    finished shards stay; against a restarted server the rerun writes only the rest, and
+    the cache equals one built from the local model."""
+    layout = Layout(
+        kind="topk", num_examples=len(rows), shard_size=4, k=6, vocab_size=400,
+        logprob_dtype="float32",
+    )  # fmt: skip
+    server = Server(served_dir)
+    try:
+        server.control(exit_after=3)
+        teacher = teachers.Served(server.url, top_k=6, retries=1, backoff=0.01)
+        with pytest.raises(ServedTeacherError, match=f"served teacher {server.url}"):
+            build_cache(teacher, rows, tmp_path / "cache", layout, batch_size=4, progress=False)
+    finally:
+        server.stop()
+    done = sorted((tmp_path / "cache").glob("shard-*.json"))
+    assert len(done) == 3  # one request per shard: three answered before the server died
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    again = Server(served_dir, port=server.port)
+    try:
+        teacher = teachers.Served(again.url, top_k=6)
+        result = build_cache(
+            teacher, rows, tmp_path / "cache", layout, batch_size=4, progress=False
+        )
+    finally:
+        again.stop()
+    assert result["written_shards"] == list(range(3, layout.num_shards))
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    model = transformers.AutoModelForCausalLM.from_pretrained(served_dir).eval()
+    build_cache(teachers.Module(model), rows, tmp_path / "local", layout, progress=False)
+    served, local = CacheReader(tmp_path / "cache"), CacheReader(tmp_path / "local")
+    everything = np.arange(len(rows))
+    a, b = served.rows(everything), local.rows(everything)
+    assert (a["ids"] == b["ids"]).all() and (a["input_hash"] == b["input_hash"]).all()
+    np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=1e-5)
+    np.testing.assert_allclose(a["tail"], b["tail"], atol=1e-4)
+
+
+def served_overrides(server, text_file, tokenizer_dir, tmp_path):
+    llama = (
+        "{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
+        "num_key_value_heads: 2, max_position_embeddings: 64}"
+    )
+    return [
+        f"teacher.model=served:{server.url}",
+        "teacher.args={model: tiny-teacher, retries: 1}",
+        f"student.args={llama}",
+        f"data.source={text_file}",
+        f"data.tokenizer=hf:{tokenizer_dir}",
+        "data.seq_len=32",
+        "data.batch_size=8",
+        "data.val_blocks=8",
+        "data.test_blocks=8",
+        "data.max_train_blocks=40",
+        "cache.top_k=8",
+        "cache.shard_size=20",
+        "train.max_steps=8",
+        "train.warmup_steps=0",
+        "train.eval_every=4",
+        "output.latency_repeats=2",
+        f"output.dir={tmp_path}",
+    ]
+
+
+def test_the_served_teacher_recipe_caches_then_trains(
+    reset, served_dir, text_file, tokenizer_dir, tmp_path, monkeypatch
+):
+    """`distill cache` fills the cache from the server, `distill run` trains from it; the
+    teacher's row is measured by the server and equals the local model's perplexity; without
+    a cache the student learns from the server live."""
+    from typer.testing import CliRunner
+
+    from distill import Distiller, cli
+    from distill.recipes import load_recipe
+    from distill.runs import run_recipe
+    from distill.runs.common import loader
+    from distill.runs.language import prepare_text, tokenizer_for
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "store"))
+    recipe_file = Path(__file__).parent.parent / "recipes" / "llm_served_teacher.yaml"
+    overrides = served_overrides(reset, text_file, tokenizer_dir, tmp_path)
+    args = ["cache", str(recipe_file), *[f"--set={o}" for o in overrides], "--json"]
+    built = CliRunner().invoke(cli.app, args)
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["manifest"]["k"] == 8
+    asked = reset.counters()["completions"]
+
+    messages = []
+    recipe = load_recipe(recipe_file, overrides)
+    summary = run_recipe(recipe, progress=False, log=messages.append)
+    assert any("complete, reused" in m for m in messages)
+    assert any("learns from the teacher cache" in m for m in messages)
+    teacher, student = summary["models"]["teacher"], summary["models"]["student"]
+    data = prepare_text(recipe, tokenizer_for(recipe))
+    model = transformers.AutoModelForCausalLM.from_pretrained(served_dir).eval()
+    local = Distiller(model, progress=False).evaluate(loader(data.test, recipe, False))
+    assert teacher["perplexity"] == pytest.approx(math.exp(local["loss"]), rel=1e-4)
+    assert teacher["accuracy"] == pytest.approx(local["accuracy"])
+    assert teacher["parameters"] is None and 0 < student["teacher_agreement"] <= 1
+    # the training steps read the cache; the server answered only the evaluations
+    test_and_val = 4 * (len(data.test) + 2 * len(data.val))  # at most 4 evaluations each
+    assert reset.counters()["completions"] - asked <= test_and_val
+    assert "| — |" in (tmp_path / recipe.name / "report.md").read_text()
+
+    live = load_recipe(recipe_file, [*overrides, "cache=null", f"output.dir={tmp_path / 'live'}"])
+    messages.clear()
+    summary = run_recipe(live, progress=False, log=messages.append)
+    assert not any("teacher cache" in m for m in messages)
+    assert 0 < summary["models"]["student"]["teacher_agreement"] <= 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("student.model=teacher", "not built with student.model teacher yet"),
+        ("objective.kd.temperature=2.0", "objective.kd.temperature: a served teacher answers at"),
+        ("teacher.args={model: x, batch: 3}", "teacher.args: a served teacher takes"),
+        ("teacher.model=served:gpu-host:8000", "served:<http(s) url of the API>"),
+        ("teacher.args={model: x, top_k: 5}", "cache.top_k: a served teacher answers"),
+    ],
+)
+def test_served_recipe_errors_name_the_field(change, message):
+    from distill.recipes import RecipeError, load_recipe
+
+    recipe_file = Path(__file__).parent.parent / "recipes" / "llm_served_teacher.yaml"
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(recipe_file, [change])
