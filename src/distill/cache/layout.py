@@ -17,8 +17,12 @@ from distill.errors import CacheError
 FORMAT = "distill-teacher-cache/1"
 LAYOUT_FILE = "layout.json"
 MANIFEST_FILE = "manifest.json"
+HEAD_FILE = "head.safetensors"  # a hidden-state cache's LM head, kept once
 LOGPROB_DTYPES = {"float16": np.float16, "float32": np.float32}
-Kind = Literal["dense", "topk"]
+Kind = Literal["dense", "topk", "hidden"]
+ENCODINGS = ("plain", "compact")
+# fields a plain cache leaves out of its JSON, so caches written before them read the same
+COMPACT_FIELDS = ("encoding", "curve_degree", "residual_bits")
 
 
 def narrowest_id_dtype(vocab_size: int) -> np.dtype:
@@ -31,7 +35,14 @@ def narrowest_id_dtype(vocab_size: int) -> np.dtype:
 
 @dataclass(frozen=True)
 class Layout:
-    """What a cache holds; two writers of one folder must agree on all of it."""
+    """What a cache holds; two writers of one folder must agree on all of it.
+
+    ``kind``: ``dense`` logits, the ``topk`` of each position (``k``, ``vocab_size``), or
+    the teacher's final ``hidden`` states (``hidden_size``, float16) with its LM head kept
+    once. A top-k cache is ``encoding`` ``plain`` (ids in the narrowest integer type,
+    ``logprob_dtype`` log-probs) or ``compact`` (``cache.compact``: ids bit-packed, the
+    log-probs as a ``curve_degree`` curve over the rank plus ``residual_bits`` per entry).
+    """
 
     kind: Kind
     num_examples: int
@@ -42,10 +53,20 @@ class Layout:
     logprob_dtype: str = "float16"
     fingerprint: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
+    encoding: str = "plain"
+    curve_degree: int = 2
+    residual_bits: int = 3
+    hidden_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("dense", "topk"):
-            raise ValueError(f"kind must be 'dense' or 'topk', got {self.kind!r}")
+        if self.kind not in ("dense", "topk", "hidden"):
+            raise ValueError(f"kind must be 'dense', 'topk' or 'hidden', got {self.kind!r}")
+        if self.encoding not in ENCODINGS or (self.encoding == "compact" and self.kind != "topk"):
+            raise ValueError("encoding must be 'plain', or 'compact' for a top-k cache")
+        if not 1 <= self.curve_degree <= 6 or self.residual_bits not in (0, 2, 3, 4, 5, 6, 7, 8):
+            raise ValueError("curve_degree must be in 1..6 and residual_bits 0 or 2..8")
+        if (self.kind == "hidden") != (self.hidden_size is not None):
+            raise ValueError("give hidden_size exactly for a hidden-state cache")
         if self.num_examples < 1 or self.shard_size < 1:
             raise ValueError("a cache needs at least one example and shard_size >= 1")
         if self.kind == "topk" and (not self.k or not self.vocab_size or self.k < 1):
@@ -65,7 +86,13 @@ class Layout:
         return range(index * self.shard_size, min(self.num_examples, (index + 1) * self.shard_size))
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        data = json.loads(json.dumps(asdict(self)))
+        if self.encoding == "plain":
+            for name in COMPACT_FIELDS:
+                data.pop(name)
+        if self.hidden_size is None:
+            data.pop("hidden_size")
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Layout:

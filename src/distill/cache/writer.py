@@ -19,10 +19,14 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from safetensors.torch import load_file, save_file
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from distill.batch import Batch, as_batch
+from distill.cache.compact import encode_topk
 from distill.cache.layout import (
+    HEAD_FILE,
     KEY_FIELDS,
     LAYOUT_FILE,
     LOGPROB_DTYPES,
@@ -34,7 +38,7 @@ from distill.cache.layout import (
 )
 from distill.errors import CacheError
 from distill.outputs import TeacherOutput, topk_of
-from distill.paths import atomic_write, read_json, sha256_file, write_json
+from distill.paths import atomic_save, atomic_write, read_json, sha256_file, write_json
 
 
 class CacheWriter:
@@ -59,6 +63,23 @@ class CacheWriter:
                 )
         else:
             write_json(path, layout.to_json())
+
+    def write_head(self, head: nn.Module) -> None:
+        """Keep the teacher's LM head once (``head.safetensors``: ``weight`` and any
+        ``bias``), for a hidden-state cache; the same head is required of every writer."""
+        tensors = {"weight": head.weight.detach().float().cpu().contiguous()}
+        if getattr(head, "bias", None) is not None:
+            tensors["bias"] = head.bias.detach().float().cpu().contiguous()
+        path = self.folder / HEAD_FILE
+        if path.is_file():
+            stored = load_file(path)
+            same = stored.keys() == tensors.keys() and all(
+                torch.equal(stored[k], tensors[k]) for k in tensors
+            )
+            if not same:
+                raise CacheError(f"{path}: holds another LM head; write this cache elsewhere")
+            return
+        atomic_save(path, lambda target: save_file(tensors, str(target)))
 
     def shard_file(self, index: int, name: str) -> Path:
         return self.folder / f"shard-{index:05d}.{name}.npy"
@@ -108,13 +129,22 @@ class CacheWriter:
         ]
         total = sum(f["bytes"] for s in shards for f in s["files"].values())
         manifest: dict[str, Any] = {**self.layout.to_json(), "shards": shards, "bytes": total}
-        first = shards[0]["files"]["logits" if self.layout.kind == "dense" else "ids"]["shape"]
+        named = shards[0]["files"]
+        first = named[next(n for n in named if n not in KEY_FIELDS)]["shape"]
         positions = int(np.prod(first[1:-1])) if len(first) > 2 else 1
         manifest["positions_per_example"] = positions
         payload = [f for s in shards for n, f in s["files"].items() if n not in KEY_FIELDS]
         manifest["bytes_per_token" if len(first) > 2 else "bytes_per_example"] = sum(
             f["payload_bytes"] for f in payload
         ) / (self.layout.num_examples * positions)
+        if self.layout.kind == "topk":
+            manifest["bytes_per_entry"] = manifest["bytes_per_token"] / self.layout.k
+        head = self.folder / HEAD_FILE
+        if self.layout.kind == "hidden":
+            if not head.is_file():
+                raise CacheError(f"{self.folder}: a hidden-state cache without its {HEAD_FILE}")
+            manifest["head"] = {"file": HEAD_FILE, "sha256": sha256_file(head),
+                                "bytes": head.stat().st_size}  # fmt: skip
         manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json(self.folder / MANIFEST_FILE, manifest)
         return manifest
@@ -162,6 +192,17 @@ def teacher_arrays(output: TeacherOutput, layout: Layout) -> dict[str, np.ndarra
     """What a cache stores of one batch of teacher answers: dense logits, or the top-k of
     the logits, or a top-k the teacher gave itself (a served teacher), which must hold
     ``layout.k`` entries at the layout's temperature."""
+    if layout.kind == "hidden":
+        if len(output.features) != 1:
+            raise CacheError("a hidden-state cache needs the teacher's one tap of final states")
+        hidden = next(iter(output.features.values())).detach().float().cpu().numpy()
+        if hidden.shape[-1] != layout.hidden_size or not np.isfinite(hidden).all():
+            raise CacheError(f"final hidden states of shape {hidden.shape}, not finite or not "
+                             f"of hidden_size {layout.hidden_size}")  # fmt: skip
+        stored = hidden.astype(np.float16)
+        if not np.isfinite(stored).all():
+            raise CacheError("final hidden states beyond float16's range; cache top-k instead")
+        return {"hidden": stored}
     if output.topk is not None and output.logits is None:
         target = output.topk
         if layout.kind != "topk" or target.ids.shape[-1] != layout.k:
@@ -188,6 +229,8 @@ def teacher_arrays(output: TeacherOutput, layout: Layout) -> dict[str, np.ndarra
             )
         target = topk_of(logits[..., : layout.vocab_size], layout.k, layout.temperature)
     assert layout.vocab_size is not None
+    if layout.encoding == "compact":
+        return encode_topk(target, layout.vocab_size, layout.curve_degree, layout.residual_bits)
     dtype = LOGPROB_DTYPES[layout.logprob_dtype]
     return {
         "ids": target.ids.cpu().numpy().astype(narrowest_id_dtype(layout.vocab_size)),
@@ -208,10 +251,14 @@ def build_cache(
     workers: int = 1,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    head: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Run ``teacher`` (a ``distill.teachers`` teacher) over ``dataset`` and write this
     worker's missing shards; returns what it did and, once all shards are done, the
-    manifest. ``dataset`` items must carry an ``example_id``. Rerun to resume."""
+    manifest. ``dataset`` items must carry an ``example_id``. Rerun to resume. A
+    hidden-state cache (``kind="hidden"``) takes a teacher tapped at its final hidden
+    states (``teachers.Module(model, taps=[final_hidden_tap(model)])``) and its LM ``head``.
+    """
 
     if len(dataset) != layout.num_examples:  # type: ignore[arg-type]
         raise CacheError(
@@ -219,6 +266,10 @@ def build_cache(
             f"{layout.num_examples}"
         )
     writer = CacheWriter(folder, layout)
+    if layout.kind == "hidden":
+        if head is None:
+            raise CacheError("a hidden-state cache keeps the teacher's LM head: pass head=")
+        writer.write_head(head)
     todo = writer.todo(worker, workers)
     examples = sum(len(layout.shard_rows(i)) for i in todo)
     started = time.perf_counter()

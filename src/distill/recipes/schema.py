@@ -314,6 +314,8 @@ class Recipe(Strict):
             return
         if self.task == "masked_lm":
             raise ValueError("cache: masked-LM recipes are not cached; use a causal_lm recipe")
+        if self.cache.encoding == "compact" and (self.task != "causal_lm" or not self.cache.top_k):
+            raise ValueError("cache.encoding: compact is for a causal_lm top-k cache (top_k set)")
         if self.teacher is None or self.teacher.model == "ema":
             raise ValueError("cache: needs a teacher to run once")
         if self.task in ("classification", "clip"):

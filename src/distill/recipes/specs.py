@@ -246,6 +246,15 @@ class CacheSpec(Strict):
         "classifier's cache always holds)",
     )
     logprob_dtype: Literal["float16", "float32"] = "float16"
+    encoding: Literal["plain", "compact"] = Field(
+        "plain",
+        description="top-k: plain (ids and logprob_dtype log-probs) or compact (ids "
+        "bit-packed, log-probs as a curve over the rank plus residual_bits per entry)",
+    )
+    curve_degree: int = Field(2, ge=1, le=6, description="compact: the curve's degree")
+    residual_bits: Literal[0, 2, 3, 4, 5, 6, 7, 8] = Field(
+        3, description="compact: bits per entry for what the curve misses"
+    )
     shard_size: int = Field(256, ge=1, description="examples per shard file")
     batch_size: int = Field(8, ge=1, description="teacher batch size while caching")
     use: bool = Field(True, description="train the distilled student against the cache")

@@ -59,11 +59,13 @@ def cache_vocab_size(recipe: Recipe, teacher: nn.Module | teachers.Teacher, toke
 def make_layout(recipe: Recipe, **fields: Any) -> Layout:
     """The recipe's cache layout (``cache.shard_size``, ``cache.logprob_dtype``) with
     ``fields``; a field the format refuses names the ``cache`` section."""
-    assert recipe.cache is not None
+    spec = recipe.cache
+    assert spec is not None
+    if fields.get("kind") == "topk" and spec.encoding == "compact":
+        fields.update(encoding="compact", curve_degree=spec.curve_degree,
+                      residual_bits=spec.residual_bits)  # fmt: skip
     try:
-        return Layout(
-            shard_size=recipe.cache.shard_size, logprob_dtype=recipe.cache.logprob_dtype, **fields
-        )
+        return Layout(shard_size=spec.shard_size, logprob_dtype=spec.logprob_dtype, **fields)
     except ValueError as error:
         raise RecipeError(f"cache: {error}") from None
 

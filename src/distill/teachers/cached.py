@@ -8,12 +8,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
+from torch import nn
 
 from distill.batch import Batch
 from distill.cache import CacheReader, example_ids, input_hashes
+from distill.cache.compact import decode_topk
 from distill.errors import CacheError
 from distill.outputs import TeacherOutput, TopK
+from distill.paths import sha256_file
 from distill.teachers.base import Teacher
+
+HIDDEN_TAP = "lm_head:input"  # what a hidden-state cache answers: the head's input
 
 
 class Cached(Teacher):
@@ -21,7 +27,11 @@ class Cached(Teacher):
 
     A dense cache gives ``TeacherOutput.logits`` (exactly the teacher's); a top-k cache
     gives ``TeacherOutput.topk`` (ids, log-probabilities and tail mass at the cache's
-    temperature), read by sparse losses (``losses.sparse``, ``lm_head_sparse_kd``).
+    temperature; a compact one rebuilt on the fly), read by sparse losses
+    (``losses.sparse``, ``lm_head_sparse_kd``). A hidden-state cache gives the teacher's
+    final hidden states as the feature ``lm_head:input`` of ``head_model()``, the teacher's
+    LM head as stored, so ``token_kd_term(student, cached.head_model())`` computes the
+    exact full-vocabulary KD without the teacher's body.
 
     ``expect`` lists what the cache must have been built with (e.g. tokenizer, vocabulary
     size, sequence length); any difference from the cache's fingerprint is an error naming
@@ -64,8 +74,26 @@ class Cached(Teacher):
         """A top-k cache holds the teacher at one temperature; dense logits take any."""
         return self.layout.temperature if self.layout.kind == "topk" else None
 
+    def head_model(self) -> nn.Module:
+        """The teacher's LM head as a model with one submodule, ``lm_head`` (its input is
+        the tap the hidden states answer), loaded from the cache (checksum verified)."""
+        if self.layout.kind != "hidden":
+            raise CacheError(f"{self.reader.folder} is a {self.layout.kind} cache: no LM head")
+        meta = self.reader.manifest["head"]
+        path = self.reader.folder / meta["file"]
+        if sha256_file(path) != meta["sha256"]:
+            raise CacheError(f"{path}: checksum mismatch, the LM head changed or is corrupt")
+        tensors = load_file(path)
+        vocab, hidden = tensors["weight"].shape
+        model = nn.Module()
+        model.lm_head = nn.Linear(hidden, vocab, bias="bias" in tensors)
+        model.lm_head.load_state_dict(tensors)
+        return model.requires_grad_(False).to(self.device)
+
     def add_taps(self, paths: Iterable[str]) -> None:
         paths = list(paths)
+        if self.layout.kind == "hidden" and set(paths) <= {HIDDEN_TAP}:
+            return
         if paths:
             raise CacheError(
                 f"a cached teacher keeps only its outputs, not the features at {paths}; use a "
@@ -92,14 +120,26 @@ class Cached(Teacher):
         def tensor(name: str, dtype: torch.dtype) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(rows[name])).to(self.device, dtype)
 
-        if self.layout.kind == "dense":
+        layout = self.layout
+        if layout.kind == "dense":
             return TeacherOutput(logits=tensor("logits", torch.float32))
+        if layout.kind == "hidden":
+            return TeacherOutput(
+                logits=None, features={HIDDEN_TAP: tensor("hidden", torch.float32)}
+            )
+        if layout.encoding == "compact":
+            assert layout.k is not None and layout.vocab_size is not None
+            ids, logprobs, tail = decode_topk(
+                rows, layout.k, layout.vocab_size, layout.curve_degree, layout.residual_bits
+            )
+            topk = TopK(ids, logprobs, tail, layout.temperature).to(self.device)
+            return TeacherOutput(logits=None, topk=topk)
         return TeacherOutput(
             logits=None,
             topk=TopK(
                 ids=tensor("ids", torch.long),
                 logprobs=tensor("logprobs", torch.float32),
                 tail=tensor("tail", torch.float32),
-                temperature=self.layout.temperature,
+                temperature=layout.temperature,
             ),
         )
