@@ -140,3 +140,51 @@ def test_a_hidden_state_cache_gives_the_exact_full_vocabulary_kd(tmp_path):
     (tmp_path / "head.safetensors").write_bytes(b"changed")
     with pytest.raises(CacheError, match=r"head\.safetensors: checksum mismatch"):
         teachers.Cached(tmp_path).head_model()
+
+
+@pytest.mark.parametrize(
+    "settings, per_token",
+    [
+        (["cache.encoding=compact", "cache.top_k=16"], 18 + 6 + 4 + 2 + 2),  # 9-bit ids
+        (["cache.hidden_states=true", "cache.top_k=null"], 32 * 2),
+    ],
+    ids=["compact", "hidden_states"],
+)
+def test_llm_cached_kd_recipe_with_a_compact_or_hidden_state_cache(
+    settings, per_token, text_file, tokenizer_dir, tmp_path, monkeypatch
+):
+    """The shipped cached-KD recipe (tiny models) builds the cache in the format asked and
+    trains its student against it."""
+    from distill.recipes import load_recipe
+    from distill.runs import run_recipe
+    from tests.test_lm_pipeline import ROOT, tiny_overrides
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "store"))
+    overrides = [
+        *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
+        "student.args.keep=2",
+        "cache.shard_size=40",
+        "baseline=false",
+        *settings,
+    ]
+    messages = []
+    recipe = load_recipe(ROOT / "recipes" / "llm_cached_kd.yaml", overrides)
+    summary = run_recipe(recipe, progress=False, log=messages.append)
+    assert any("learns from the teacher cache" in m for m in messages)
+    manifest = json.loads(
+        (tmp_path / recipe.name / "teacher_outputs" / "manifest.json").read_text()
+    )
+    assert manifest["bytes_per_token"] == pytest.approx(per_token)
+    student = summary["models"]["student"]
+    assert 1.0 < student["perplexity"] < 400 and math.isfinite(student["kl_to_teacher"])
+
+
+def test_hidden_state_cache_recipe_errors_name_the_field():
+    from distill.recipes import RecipeError, load_recipe
+    from tests.test_lm_pipeline import ROOT
+
+    recipe = ROOT / "recipes" / "llm_cached_kd.yaml"
+    with pytest.raises(RecipeError, match=r"cache\.top_k: a hidden-state cache keeps every logit"):
+        load_recipe(recipe, ["cache.hidden_states=true"])
+    with pytest.raises(RecipeError, match=r"cache\.encoding: compact is for a causal_lm top-k"):
+        load_recipe(recipe, ["cache.encoding=compact", "cache.top_k=null"])

@@ -120,6 +120,11 @@ def test_padded_rows_send_only_their_tokens(reset, served_dir, rows):
     assert torch.equal(padded.ids[1, :9], whole.ids[0, :9])  # the prefix's answers
     torch.testing.assert_close(padded.logprobs[1, :9], whole.logprobs[0, :9])
     assert torch.isfinite(padded.logprobs[1, 10:]).all()  # padding: a harmless row
+    mask[0] = 0  # a row of padding only is not sent
+    sent = teacher.requests_sent
+    empty = teacher.score(batch).topk
+    assert teacher.requests_sent == sent + 1 and torch.isfinite(empty.logprobs[0]).all()
+    assert torch.equal(empty.ids[1], padded.ids[1])
 
 
 def test_a_failing_server_is_retried_and_a_slow_one_named(reset, rows):

@@ -316,6 +316,15 @@ class Recipe(Strict):
             raise ValueError("cache: masked-LM recipes are not cached; use a causal_lm recipe")
         if self.cache.encoding == "compact" and (self.task != "causal_lm" or not self.cache.top_k):
             raise ValueError("cache.encoding: compact is for a causal_lm top-k cache (top_k set)")
+        if self.cache.hidden_states:
+            if self.task != "causal_lm" or self.cache.encoding != "plain":
+                raise ValueError("cache.hidden_states: for causal_lm recipes, without encoding")
+            if "top_k" in self.cache.model_fields_set and self.cache.top_k is not None:
+                raise ValueError("cache.top_k: a hidden-state cache keeps every logit; drop top_k")
+            if self.teacher is not None and self.teacher.model.startswith("served:"):
+                raise ValueError(
+                    "cache.hidden_states: a served teacher gives log-probs, not states"
+                )
         if self.teacher is None or self.teacher.model == "ema":
             raise ValueError("cache: needs a teacher to run once")
         if self.task in ("classification", "clip"):

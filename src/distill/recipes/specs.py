@@ -255,6 +255,11 @@ class CacheSpec(Strict):
     residual_bits: Literal[0, 2, 3, 4, 5, 6, 7, 8] = Field(
         3, description="compact: bits per entry for what the curve misses"
     )
+    hidden_states: bool = Field(
+        False,
+        description="causal_lm: keep the teacher's final hidden states (hidden size x 2 bytes "
+        "per token) and its LM head once, for exact full-vocabulary KD; top_k unused",
+    )
     shard_size: int = Field(256, ge=1, description="examples per shard file")
     batch_size: int = Field(8, ge=1, description="teacher batch size while caching")
     use: bool = Field(True, description="train the distilled student against the cache")

@@ -81,11 +81,13 @@ def ensure_cache(
     progress: bool = True,
     log=print,
     together: bool = False,
+    head: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Build this worker's missing shards of ``teacher``'s answers on ``rows`` (nothing
     when the cache is complete; every finished shard is verified first, and a damaged one
     is built again). With ``together`` the workers are the processes of one
-    launch: they wait for each other and the main process writes the manifest."""
+    launch: they wait for each other and the main process writes the manifest. A
+    hidden-state cache keeps the teacher's LM ``head`` once."""
     assert recipe.cache is not None
     folder = cache_dir(recipe)
     damaged = damaged_shards(folder)
@@ -109,6 +111,7 @@ def ensure_cache(
             workers=workers,
             progress=progress,
             log=log,
+            head=head,
         )
     except CacheError as error:
         raise RecipeError(f"cache.dir {folder}: {error}") from None

@@ -371,8 +371,14 @@ class Language(Task):
         return Subset(train.dataset, [*train.indices, *val.indices])
 
     def cache_layout(self, recipe: Recipe, data: Splits, teacher: nn.Module, rows: int) -> Layout:
-        """Top-k per token (or dense with ``top_k: null``) at the KD term's temperature."""
-        assert recipe.cache is not None
+        """Top-k per token (or dense with ``top_k: null``) at the KD term's temperature, or
+        the final hidden states (``hidden_states``)."""
+        assert recipe.cache is not None and isinstance(data, TextData)
+        if recipe.cache.hidden_states:
+            return make_layout(
+                recipe, kind="hidden", num_examples=rows, hidden_size=teacher.config.hidden_size,
+                fingerprint=self.cache_fingerprint(recipe, data),
+            )  # fmt: skip
         top_k = recipe.cache.top_k
         return make_layout(
             recipe,

@@ -22,6 +22,7 @@ from torch import nn
 from distill import teachers
 from distill.errors import RecipeError
 from distill.methods import Cohort, OnPolicy
+from distill.methods.token_kd import final_hidden_tap
 from distill.recipes import ModelSpec, Recipe, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.cache import cache_as_teacher, ensure_cache
@@ -185,6 +186,9 @@ def distilled_lesson(
         stored = cache_as_teacher(recipe, task.cache_fingerprint(recipe, data))
         answers = task.cached_teacher(stored, data)
         log(f"the distilled student learns from the teacher cache {info['folder']}")
+        if stored.layout.kind == "hidden":  # exact: the stored states through the stored head
+            return Lesson(recipe_objective(recipe, per_epoch, stored.head_model()), teacher,
+                          answers=answers, on_policy=True)  # fmt: skip
     return Lesson(
         recipe_objective(
             recipe, per_epoch, teacher, sparse_teacher=answers is not None or served(teacher)
@@ -336,14 +340,18 @@ def build_cache(
     """The teacher's answers on the task's cache rows (this worker's shards of them)."""
     rows = task.cache_rows(data)
     layout = task.cache_layout(recipe, data, teacher, len(rows))  # type: ignore[arg-type]
+    head = None
     if served(teacher):
         live = teacher
     else:
         cached = task.cache_model(teacher).eval().requires_grad_(False)
         live = teacher_module(recipe, cached)  # under the recipe's autocast
+        if layout.kind == "hidden":  # its final hidden states, and its LM head once
+            live.add_taps([final_hidden_tap(cached)])
+            head = cached.get_output_embeddings()
     return ensure_cache(
         recipe, live, rows, layout, worker=worker, workers=workers, progress=progress, log=log,
-        together=together,
+        together=together, head=head,
     )  # fmt: skip
 
 

@@ -53,6 +53,7 @@ class Cached(Teacher):
         self.layout = self.reader.layout
         self.check_inputs = check_inputs
         self.device = torch.device("cpu")
+        self._head: nn.Module | None = None
         fingerprint = self.layout.fingerprint
         differ = [k for k, v in (expect or {}).items() if fingerprint.get(k) != v]
         if differ:
@@ -76,9 +77,12 @@ class Cached(Teacher):
 
     def head_model(self) -> nn.Module:
         """The teacher's LM head as a model with one submodule, ``lm_head`` (its input is
-        the tap the hidden states answer), loaded from the cache (checksum verified)."""
+        the tap the hidden states answer), loaded from the cache once (checksum verified)
+        and moved with the teacher (``to``)."""
         if self.layout.kind != "hidden":
             raise CacheError(f"{self.reader.folder} is a {self.layout.kind} cache: no LM head")
+        if self._head is not None:
+            return self._head
         meta = self.reader.manifest["head"]
         path = self.reader.folder / meta["file"]
         if sha256_file(path) != meta["sha256"]:
@@ -88,7 +92,8 @@ class Cached(Teacher):
         model = nn.Module()
         model.lm_head = nn.Linear(hidden, vocab, bias="bias" in tensors)
         model.lm_head.load_state_dict(tensors)
-        return model.requires_grad_(False).to(self.device)
+        self._head = model.requires_grad_(False).to(self.device)
+        return self._head
 
     def add_taps(self, paths: Iterable[str]) -> None:
         paths = list(paths)
@@ -101,7 +106,10 @@ class Cached(Teacher):
             )
 
     def to(self, device: torch.device | str) -> Cached:
+        """Where answers are handed out (and the LM head of a hidden-state cache lives)."""
         self.device = torch.device(device)
+        if self._head is not None:
+            self._head.to(self.device)
         return self
 
     def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:

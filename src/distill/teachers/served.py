@@ -128,13 +128,18 @@ class Served(Teacher):
             else mask.detach().cpu().sum(dim=1)
         )
         labels = batch.labels.detach().cpu() if batch.labels is not None else None
-        prompts = []
+        prompts: dict[int, list[int]] = {}  # rows with a token (an empty row asks nothing)
         for row, length in enumerate(lengths.tolist()):
-            last = int(labels[row, length - 1]) if labels is not None and length else -1
-            tokens = ids[row, :length].tolist()
-            prompts.append([*tokens, last if last >= 0 else tokens[-1]])
-        answers = self._ask_all(prompts)
-        return self._scores(prompts, answers, ids.shape, lengths)
+            if length:
+                last = int(labels[row, length - 1]) if labels is not None else -1
+                tokens = ids[row, :length].tolist()
+                prompts[row] = [*tokens, last if last >= 0 else tokens[-1]]
+        answers = self._ask_all(list(prompts.values())) if prompts else []
+        answered = {
+            row: (prompt, answer)
+            for (row, prompt), answer in zip(prompts.items(), answers, strict=True)
+        }
+        return self._scores(answered, ids.shape, lengths)
 
     def measure(self, rows: Iterable[Any]) -> dict[str, float]:
         """Test metrics from the server alone, as ``Distiller.evaluate`` gives a model's:
@@ -339,20 +344,19 @@ class Served(Teacher):
 
     def _scores(
         self,
-        prompts: list[list[int]],
-        answers: list[dict[str, Any]],
+        answered: dict[int, tuple[list[int], dict[str, Any]]],
         shape: torch.Size,
         lengths: Tensor,
     ) -> Scores:
+        """Every row's answers in place, a harmless uniform row at each padded position."""
         rows, length = shape
         k = self.top_k
-        # a padded position gets a harmless uniform row (its labels are ignored)
         ids = torch.arange(k).expand(rows, length, k).clone()
         logprobs = torch.full((rows, length, k), -math.log(k + 1), dtype=torch.float64)
         tail = torch.full((rows, length), -math.log(k + 1), dtype=torch.float64)
         nexts = torch.zeros(rows, length, dtype=torch.float64)
         vocab = len(self.tokenizer) if self.tokenizer is not None else None
-        for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        for row, (prompt, answer) in answered.items():
             n = int(lengths[row])
             row_ids, row_logprobs, row_next = self._parse(prompt, answer)
             if vocab is not None and int(row_ids.max()) >= vocab:
