@@ -22,7 +22,7 @@ from distill.recipes import RecipeError, load_recipe
 from distill.recipes.search_spec import Candidate
 from distill.runs import search_space
 from distill.runs.search_report import pareto_front
-from tests.test_lm_pipeline import text_file, tiny_overrides, tokenizer_dir  # noqa: F401
+from tests.test_lm_pipeline import tiny_overrides
 
 ROOT = Path(__file__).parents[1]
 MNIST1D = ROOT / "recipes" / "mnist1d_kd.yaml"
@@ -238,7 +238,7 @@ def test_width_pruning_keeps_the_most_active_mlp_neurons():
         narrow_mlps(model, 1.5, calibration)
 
 
-def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir, tmp_path):  # noqa: F811
+def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir, tmp_path):
     overrides = [
         *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
         "search={candidates: [{model: teacher, args: {keep: {low: 1, high: 3}, "

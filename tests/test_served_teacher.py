@@ -202,14 +202,12 @@ def test_a_killed_server_loses_nothing_from_the_cache(served_dir, rows, tmp_path
 
 
 def served_overrides(server, text_file, tokenizer_dir, tmp_path):
-    llama = (
-        "{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
-        "num_key_value_heads: 2, max_position_embeddings: 64}"
-    )
+    from tests.test_lm_pipeline import TINY
+
     return [
         f"teacher.model=served:{server.url}",
         "teacher.args={model: tiny-teacher, retries: 1}",
-        f"student.args={llama}",
+        f"student.args={TINY['llama']}",
         f"data.source={text_file}",
         f"data.tokenizer=hf:{tokenizer_dir}",
         "data.seq_len=32",

@@ -13,6 +13,18 @@ from distill.losses.registry import loss_info
 Recipe = Any  # schema.Recipe, which imports this module
 
 
+def refuse_extras(recipe: Recipe, field: str, extras: dict[str, bool]) -> None:
+    """Refuse, naming them, the sections not built together with ``field`` yet: those in
+    ``extras`` and the language-model stages every such teacher lacks."""
+    extras = {**extras, "generate": recipe.generate is not None,
+              "on_policy": recipe.on_policy is not None, "compress": bool(recipe.compress),
+              "search": recipe.search is not None,
+              "student.model teacher": recipe.student.model == "teacher"}  # fmt: skip
+    if any(extras.values()):
+        found = ", ".join(name for name, on in extras.items() if on)
+        raise ValueError(f"{field}: not built with {found} yet; drop them")
+
+
 def check_cross_tokenizer(recipe: Recipe) -> None:
     teacher = recipe.teacher
     crossed = teacher is not None and teacher.tokenizer is not None
@@ -30,13 +42,10 @@ def check_cross_tokenizer(recipe: Recipe) -> None:
             "teacher.tokenizer: cross-tokenizer KD is for task causal_lm with "
             "data.tokenizer set to the student's tokenizer"
         )
-    extras = {"teacher.train": teacher.train is not None, "cache": recipe.cache is not None,
-              "generate": recipe.generate is not None, "on_policy": recipe.on_policy is not None,
-              "compress": bool(recipe.compress), "search": recipe.search is not None,
-              "student.model teacher": recipe.student.model == "teacher"}  # fmt: skip
-    if any(extras.values()):
-        found = ", ".join(name for name, on in extras.items() if on)
-        raise ValueError(f"teacher.tokenizer: not built with {found} yet; drop them")
+    refuse_extras(
+        recipe, "teacher.tokenizer", {"teacher.train": teacher.train is not None,
+                                      "cache": recipe.cache is not None},
+    )  # fmt: skip
     for name, term in recipe.objective.items():
         if loss_info(term.loss).reads_teacher and term.loss != "cross_tokenizer_kd":
             raise ValueError(
@@ -63,15 +72,11 @@ def check_served(recipe: Recipe) -> None:
         raise ValueError(
             f"teacher.args: a served teacher takes {', '.join(sorted(SERVED_ARGS))}; got {unknown}"
         )
-    extras = {"teacher.train": teacher.train is not None,
-              "teacher.checkpoint": teacher.checkpoint is not None,
-              "teacher.tokenizer": teacher.tokenizer is not None,
-              "generate": recipe.generate is not None, "on_policy": recipe.on_policy is not None,
-              "compress": bool(recipe.compress), "search": recipe.search is not None,
-              "student.model teacher": recipe.student.model == "teacher"}  # fmt: skip
-    if any(extras.values()):
-        found = ", ".join(name for name, on in extras.items() if on)
-        raise ValueError(f"teacher.model served: not built with {found} yet; drop them")
+    refuse_extras(
+        recipe, "teacher.model (served)", {"teacher.train": teacher.train is not None,
+                                           "teacher.checkpoint": teacher.checkpoint is not None,
+                                           "teacher.tokenizer": teacher.tokenizer is not None},
+    )  # fmt: skip
     top_k = teacher.args.get("top_k")
     if recipe.cache is not None and (
         recipe.cache.top_k is None or top_k not in (None, recipe.cache.top_k)
