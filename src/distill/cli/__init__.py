@@ -13,6 +13,7 @@ from rich import box
 from rich.table import Table
 
 import distill
+from distill.cli import finished
 from distill.cli.shared import (
     JsonOption,
     OutOption,
@@ -29,16 +30,7 @@ from distill.doctor.run import TITLES, diagnose
 from distill.losses import LOSSES
 from distill.methods.generation import read_generations
 from distill.recipes import load_recipe
-from distill.runs.report_tables import export_table
-from distill.runs.run import (
-    cache_command,
-    eval_command,
-    export_command,
-    generate_command,
-    sample_command,
-    task_for,
-    teacher_command,
-)
+from distill.runs.run import cache_command, generate_command, task_for, teacher_command
 from distill.runs.search import Options, search_recipe
 from distill.runs.search_report import shown_metrics
 from distill.runs.search_space import describe
@@ -318,98 +310,9 @@ def doctor(
         raise typer.Exit(1)
 
 
-@app.command("eval")
-def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by distill run")],
-    quiet: QuietOption = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Evaluate a run's student on the test split of its recipe's data."""
-
-    def body() -> None:
-        metrics, line = eval_command(run_dir)
-        if as_json:
-            typer.echo(json.dumps(metrics, indent=2))
-        else:
-            typer.echo(f"{run_dir}: {line}")
-
-    guarded(body)
-
-
-@app.command()
-def export(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by distill run")],
-    stage: Annotated[
-        int | None,
-        typer.Option(help="compress stage to export (0: the distilled student; default: last)"),
-    ] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="also ONNX Runtime's int8 version")] = False,
-    qdq: Annotated[
-        bool,
-        typer.Option("--qdq", help="also an int8 QAT stage as static int8 QDQ ONNX, checked"),
-    ] = False,
-    calibration_examples: Annotated[
-        int, typer.Option(help="training inputs that set the QDQ graph's activation ranges")
-    ] = 512,
-    min_agreement: Annotated[
-        float, typer.Option(help="share of test examples whose top-1 must match PyTorch")
-    ] = 0.999,
-    atol: Annotated[float, typer.Option(help="largest logit difference allowed (float)")] = 1e-3,
-    int8_min_agreement: Annotated[
-        float, typer.Option(help="top-1 agreement asked of the int8 version")
-    ] = 0.97,
-    quiet: QuietOption = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Export a run's student to ONNX, check it in ONNX Runtime against PyTorch on the test
-    split (exit 1 if they disagree beyond the tolerances) and measure both."""
-
-    def body() -> None:
-        result = export_command(
-            run_dir,
-            stage=stage,
-            int8=int8,
-            qdq=qdq,
-            calibration_examples=calibration_examples,
-            min_agreement=min_agreement,
-            atol=atol,
-            int8_min_agreement=int8_min_agreement,
-            log=logger(quiet, as_json),
-        )
-        if as_json:
-            typer.echo(json.dumps(result, indent=2))
-            return
-        table = Table(title=f"distill export: {result['model']}", box=box.SIMPLE)
-        header, rows = export_table(result)
-        for i, column in enumerate(header):
-            table.add_column(column, justify="left" if i == 0 else "right")
-        for row in rows:
-            table.add_row(*row)
-        out_console.print(table)
-        typer.echo(f"written: {run_dir / 'export'}")
-
-    guarded(body)
-
-
-@app.command()
-def sample(
-    run_dir: Annotated[Path, typer.Argument(help="a diffusion run directory")],
-    steps: Annotated[int | None, typer.Option(help="DDIM steps (default: the model's own)")] = None,
-    n: Annotated[int, typer.Option("--n", help="images, one class per column")] = 64,
-    model: Annotated[str, typer.Option(help="student, teacher or round_<n>")] = "student",
-    seed: Annotated[int, typer.Option(help="seeds the noise")] = 0,
-    out: Annotated[Path | None, typer.Option(help="the PNG grid")] = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Draw images from a diffusion run's sampler and write them as a PNG grid."""
-    result = guarded(sample_command, run_dir, model=model, steps=steps, count=n, seed=seed, out=out)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        typer.echo(
-            f"{result['images']} images, {result['model']} in {result['steps']} steps "
-            f"({1000 * result['seconds_per_image']:.1f} ms each): {result['path']}"
-        )
+app.command("eval")(finished.eval_)
+app.command()(finished.export)
+app.command()(finished.sample)
 
 
 @app.command()

@@ -42,7 +42,10 @@ def footnote(summary: dict[str, Any]) -> str:
             "Measured on held-out test rows, used once after training; the students were "
             "selected on separate validation rows. Perplexity: exp of the mean cross-entropy "
             "over scored tokens. Agreement: share of scored tokens where the student's top "
-            "token is the teacher's. "
+            "token is the teacher's (a draft's acceptance under greedy decoding). Draft "
+            "acceptance α: mean over scored tokens of Σ min(p, q), student against teacher at "
+            "temperature 1, the share of the student's sampled tokens speculative decoding "
+            "would accept. "
         )
         what = "one row"
     elif is_clip(summary):

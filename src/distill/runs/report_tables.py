@@ -74,6 +74,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
             [
                 f"{m['perplexity']:.2f}",
                 "" if agreement is None else f"{100 * agreement:.1f}%",
+                "" if m.get("acceptance") is None else f"{m['acceptance']:.3f}",
                 f"{100 * m['accuracy']:.1f}%",
             ]
             if lm
@@ -151,7 +152,8 @@ def export_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def header(summary: dict[str, Any]) -> list[str]:
     if is_language_model(summary):
-        headline = ["test perplexity", "agreement with teacher", "token accuracy"]
+        headline = ["test perplexity", "agreement with teacher", "draft acceptance α",
+                    "token accuracy"]  # fmt: skip
         latency = "CPU latency / sequence"
     elif is_clip(summary):
         headline = ["zero-shot accuracy", "linear probe", "image→text R@1"]

@@ -2,6 +2,12 @@
 and, with a teacher, the KL divergence to it and how often the student's top class (next
 token, for LMs) is the teacher's. Means over rows (examples, or tokens under a mask).
 
+For a sequence model with a teacher's full logits it also reports ``acceptance``, the
+expected acceptance rate α of the student as a speculative-decoding draft for that teacher
+(Leviathan et al. 2023): the mean over scored tokens of Σ_v min(p(v), q(v)) at
+temperature 1, i.e. 1 − TVD; under greedy decoding a draft token is accepted when it is the
+teacher's top token, which is ``teacher_agreement``.
+
 Regression targets (floating-point labels, e.g. a diffusion model's v): ``loss`` is the
 mean squared error per example (weighted by the batch's ``example_weight``), and with a
 teacher ``teacher_target_loss`` (the mean squared error to its answer); no accuracy."""
@@ -22,8 +28,8 @@ class EvaluationSums:
 
     def __init__(self, has_teacher: bool) -> None:
         self.has_teacher = has_teacher
-        self.loss = self.correct = self.kl = self.agree = 0.0
-        self.rows = self.labelled = self.compared = self.kl_rows = 0
+        self.loss = self.correct = self.kl = self.agree = self.overlap = 0.0
+        self.rows = self.labelled = self.compared = self.kl_rows = self.overlapped = 0
         self.regression, self.mse_to_teacher = False, 0.0
 
     @torch.no_grad()
@@ -48,6 +54,10 @@ class EvaluationSums:
             self.kl, self.kl_rows = self.kl + float(kl) * rows, self.kl_rows + rows
             self.agree += float(((predicted == teacher_top) & counted).sum())
             self.compared += int(counted.sum())
+            if teacher is not None and teacher.logits is not None and student_logits.dim() == 3:
+                overlap = distribution_overlap(student_logits, teacher.logits)
+                self.overlap += float(overlap[counted].sum())
+                self.overlapped += int(counted.sum())
         if batch.labels is not None:
             ce = losses.cross_entropy(student_logits, batch.labels, mask=batch.mask)
             self.loss += float(ce) * rows
@@ -98,4 +108,15 @@ class EvaluationSums:
             if self.kl_rows or not self.compared:
                 metrics["kl_to_teacher"] = self.kl / max(1, self.kl_rows)
             metrics["teacher_agreement"] = self.agree / max(1, self.compared)
+            if self.overlapped:
+                metrics["acceptance"] = self.overlap / self.overlapped
         return metrics
+
+
+def distribution_overlap(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Σ_v min(p(v), q(v)) per position at temperature 1 (1 − total variation), over the
+    vocabulary both heads have (a padded head's extra rows dropped)."""
+    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    q = torch.softmax(student_logits[..., :vocab].float(), dim=-1)
+    p = torch.softmax(teacher_logits[..., :vocab].float(), dim=-1)
+    return torch.minimum(p, q).sum(-1)

@@ -1,0 +1,139 @@
+"""The commands on a finished run directory: ``distill eval`` (with ``--speculative``, the
+student as a draft for its teacher), ``distill export`` and ``distill sample``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from distill.cli.shared import JsonOption, QuietOption, guarded, logger, out_console
+from distill.runs.report_tables import export_table
+from distill.runs.run import eval_command, export_command, sample_command
+from distill.runs.speculative import describe_speculative, speculative_command
+
+
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by distill run")],
+    speculative: Annotated[
+        bool,
+        typer.Option(
+            "--speculative",
+            help="causal_lm: the student as a speculative-decoding draft for the teacher "
+            "(acceptance, assisted-generation speed)",
+        ),
+    ] = False,
+    row: Annotated[str, typer.Option(help="--speculative: student or baseline")] = "student",
+    prompts: Annotated[int, typer.Option(help="--speculative: test prompts timed")] = 8,
+    prompt_tokens: Annotated[int, typer.Option(help="--speculative: tokens per prompt")] = 32,
+    new_tokens: Annotated[int, typer.Option(help="--speculative: tokens generated")] = 64,
+    draft_tokens: Annotated[
+        int | None, typer.Option(help="--speculative: draft tokens per round (default: HF's)")
+    ] = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a run's student on the test split of its recipe's data (with
+    --speculative, as a draft for its teacher)."""
+
+    def body() -> None:
+        if speculative:
+            result = speculative_command(
+                run_dir, row=row, prompts=prompts, prompt_tokens=prompt_tokens,
+                new_tokens=new_tokens, draft_tokens=draft_tokens, log=logger(quiet, as_json),
+            )  # fmt: skip
+            if as_json:
+                typer.echo(json.dumps(result, indent=2))
+                return
+            table = Table(title=f"distill eval --speculative: {row}", box=box.SIMPLE)
+            table.add_column("draft")
+            table.add_column("", justify="right")
+            for what, value in describe_speculative(result):
+                table.add_row(what, value)
+            out_console.print(table)
+            return
+        metrics, line = eval_command(run_dir)
+        if as_json:
+            typer.echo(json.dumps(metrics, indent=2))
+        else:
+            typer.echo(f"{run_dir}: {line}")
+
+    guarded(body)
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by distill run")],
+    stage: Annotated[
+        int | None,
+        typer.Option(help="compress stage to export (0: the distilled student; default: last)"),
+    ] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="also ONNX Runtime's int8 version")] = False,
+    qdq: Annotated[
+        bool,
+        typer.Option("--qdq", help="also an int8 QAT stage as static int8 QDQ ONNX, checked"),
+    ] = False,
+    calibration_examples: Annotated[
+        int, typer.Option(help="training inputs that set the QDQ graph's activation ranges")
+    ] = 512,
+    min_agreement: Annotated[
+        float, typer.Option(help="share of test examples whose top-1 must match PyTorch")
+    ] = 0.999,
+    atol: Annotated[float, typer.Option(help="largest logit difference allowed (float)")] = 1e-3,
+    int8_min_agreement: Annotated[
+        float, typer.Option(help="top-1 agreement asked of the int8 version")
+    ] = 0.97,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Export a run's student to ONNX, check it in ONNX Runtime against PyTorch on the test
+    split (exit 1 if they disagree beyond the tolerances) and measure both."""
+
+    def body() -> None:
+        result = export_command(
+            run_dir,
+            stage=stage,
+            int8=int8,
+            qdq=qdq,
+            calibration_examples=calibration_examples,
+            min_agreement=min_agreement,
+            atol=atol,
+            int8_min_agreement=int8_min_agreement,
+            log=logger(quiet, as_json),
+        )
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+            return
+        table = Table(title=f"distill export: {result['model']}", box=box.SIMPLE)
+        header, rows = export_table(result)
+        for i, column in enumerate(header):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        out_console.print(table)
+        typer.echo(f"written: {run_dir / 'export'}")
+
+    guarded(body)
+
+
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="a diffusion run directory")],
+    steps: Annotated[int | None, typer.Option(help="DDIM steps (default: the model's own)")] = None,
+    n: Annotated[int, typer.Option("--n", help="images, one class per column")] = 64,
+    model: Annotated[str, typer.Option(help="student, teacher or round_<n>")] = "student",
+    seed: Annotated[int, typer.Option(help="seeds the noise")] = 0,
+    out: Annotated[Path | None, typer.Option(help="the PNG grid")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Draw images from a diffusion run's sampler and write them as a PNG grid."""
+    result = guarded(sample_command, run_dir, model=model, steps=steps, count=n, seed=seed, out=out)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(
+            f"{result['images']} images, {result['model']} in {result['steps']} steps "
+            f"({1000 * result['seconds_per_image']:.1f} ms each): {result['path']}"
+        )
