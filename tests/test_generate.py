@@ -13,16 +13,18 @@ from typer.testing import CliRunner
 from distill import cli
 from distill.batch import IGNORE_INDEX
 from distill.data.text import ChatExamples
+from distill.methods.generated_data import (
+    generate_dataset,
+    partial_path,
+    read_generations,
+    write_generations,
+)
 from distill.methods.generation import (
     GenerationSettings,
     generate_answers,
-    generate_dataset,
     generate_with_vllm,
     load_prompts,
-    partial_path,
-    read_generations,
     vllm_available,
-    write_generations,
 )
 from distill.recipes import load_recipe
 from distill.runs import run_recipe

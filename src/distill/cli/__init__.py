@@ -28,7 +28,7 @@ from distill.cli.shared import (
 from distill.data import fashion_mnist_available
 from distill.doctor.run import TITLES, diagnose
 from distill.losses import LOSSES
-from distill.methods.generation import read_generations
+from distill.methods.generated_data import read_generations
 from distill.recipes import load_recipe
 from distill.runs.run import cache_command, generate_command, task_for, teacher_command
 from distill.runs.search import Options, search_recipe

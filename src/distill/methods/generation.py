@@ -2,37 +2,30 @@
 
 Kim & Rush (2016) train the student on the teacher's own outputs instead of the references;
 today's LLM distillation does the same with instructions and reasoning chains (Orca,
-DeepSeek-R1's distilled models). ``generate_dataset`` renders each prompt with the
-tokenizer's chat template, generates in length-sorted, left-padded batches with
-transformers (or vLLM when asked and installed), and appends every finished batch to a
-partial file, so a killed job rerun with the same arguments continues where it stopped.
-The result is a JSONL file of ``{"id", "messages"}`` rows (the prompt and the teacher's
-answer as the assistant turn, which ``data.format: chat`` trains on) and a
-``<name>.provenance.json`` next to it: teacher, settings, counts, versions and the SHA-256
-of the JSONL.
+DeepSeek-R1's distilled models). Here: the prompts (``load_prompts``), rendering through
+the tokenizer's chat template, and generation in length-sorted, left-padded batches with
+transformers (``generate_answers``) or vLLM; ``methods.generated_data`` writes the
+resumable, verified dataset.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import Progress
 from torch import nn
 
 from distill.data.text import pydoc_prompts
 from distill.errors import MissingDependency
-from distill.paths import sha256_file
 
 # settings that change the answers; a partial file written under others is not resumed
-ANSWER_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed")
+ANSWER_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed", "samples")
 
 
 class GenerationSettings(BaseModel):
@@ -46,9 +39,16 @@ class GenerationSettings(BaseModel):
     batch_size: int = Field(8, ge=1)
     seed: int = 0
     backend: Literal["auto", "transformers", "vllm"] = "auto"
+    samples: int = Field(1, ge=1, description="answers per prompt (sampled: temperature > 0)")
+
+    @model_validator(mode="after")
+    def _sampled(self) -> GenerationSettings:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("samples > 1 needs temperature > 0: greedy answers are all alike")
+        return self
 
 
-def _lines(path: Path) -> list[str]:
+def text_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file, split on newlines only: ``str.splitlines`` would also
     split inside JSON strings that hold U+2028, U+2029 or U+0085, which JSON leaves raw."""
     return path.read_text(encoding="utf-8").split("\n")
@@ -80,7 +80,12 @@ def _record(row: Any, where: str, fallback_id: int) -> dict[str, Any]:
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
             raise ValueError(f"{where}: 'prompt' must be non-empty text")
         messages = [{"role": "user", "content": row["prompt"]}]
-    return {"id": row.get("id", fallback_id), "messages": messages}
+    record = {"id": row.get("id", fallback_id), "messages": messages}
+    if "answer" in row:  # the reference a verifier checks the teacher's answer against
+        if not isinstance(row["answer"], (str, int, float)) or isinstance(row["answer"], bool):
+            raise ValueError(f"{where}: 'answer' must be text or a number")
+        record["answer"] = row["answer"]
+    return record
 
 
 def load_prompts(source: str | Path) -> list[dict[str, Any]]:
@@ -94,7 +99,7 @@ def load_prompts(source: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"prompts file {path} does not exist")
     prompts = []
     first_line: dict[str, int] = {}  # id -> the line that gave it
-    for number, line in enumerate(_lines(path), start=1):
+    for number, line in enumerate(text_lines(path), start=1):
         if not line.strip():
             continue
         where = f"{path}, line {number}"
@@ -152,15 +157,17 @@ def generate_answers(
     prompts: Sequence[dict[str, Any]],
     settings: GenerationSettings,
     progress: bool = True,
-    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    on_batch: Callable[[list[int], list[str], list[float]], None] | None = None,
+    score: bool = False,
 ) -> list[str]:
     """The model's answer to each prompt (transformers ``generate``), in prompt order.
 
     Prompts are sorted by length and left-padded in batches of ``settings.batch_size``;
     the answer is the text of the new tokens before the first end token, stripped. The
     torch RNG is seeded with ``settings.seed`` inside a fork, so sampling is reproducible and
-    the caller's RNG state is untouched. ``on_batch(indices, answers)`` is called after each
-    batch with the indices of its prompts.
+    the caller's RNG state is untouched. ``on_batch(indices, answers, logprobs)`` is called
+    after each batch with the indices of its prompts; with ``score`` the log-probabilities
+    are each answer's mean per token under the sampling distribution (0.0 without).
     """
     if not prompts:
         return []
@@ -200,16 +207,27 @@ def generate_answers(
                     attention_mask=encoded["attention_mask"].to(device),
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=eos,
+                    output_scores=score,
+                    return_dict_in_generate=True,
                     **options,
                 )
-                new = output[:, encoded["input_ids"].shape[1] :].tolist()
-                done = tokenizer.batch_decode(
-                    [_until_eos(tokens, eos) for tokens in new], skip_special_tokens=True
-                )
+                sequences = output.sequences
+                new = sequences[:, encoded["input_ids"].shape[1] :].tolist()
+                kept = [_until_eos(tokens, eos) for tokens in new]
+                done = tokenizer.batch_decode(kept, skip_special_tokens=True)
+                logprobs = [0.0] * len(chunk)
+                if score:
+                    steps = model.compute_transition_scores(
+                        sequences, output.scores, normalize_logits=True
+                    )
+                    logprobs = [
+                        float(steps[row, : len(tokens)].mean()) if tokens else 0.0
+                        for row, tokens in enumerate(kept)
+                    ]
                 for i, text in zip(chunk, done, strict=True):
                     answers[i] = text.strip()
                 if on_batch is not None:
-                    on_batch(chunk, [answers[i] for i in chunk])
+                    on_batch(chunk, [answers[i] for i in chunk], logprobs)
                 bar.advance(task, len(chunk))
     finally:
         tokenizer.padding_side = side
@@ -224,8 +242,11 @@ def generate_with_vllm(
     prompts: Sequence[dict[str, Any]],
     settings: GenerationSettings,
     chat_template_tokenizer: Any = None,
-) -> list[str]:
-    """The same with vLLM (``pip install vllm``; a GPU): one call, vLLM batches itself.
+) -> tuple[list[str], list[float]]:
+    """The same with vLLM (``pip install vllm``; a GPU): one call, vLLM batches itself; the
+    answers and their mean log-probabilities per token (0.0 where vLLM gives none). Each
+    prompt is seeded ``seed + its position``, so a prompt repeated for several samples gets
+    different ones.
 
     The prompts go through the model's own chat template, or through
     ``chat_template_tokenizer``'s when given; a tokenizer without a template gets the plain
@@ -235,119 +256,33 @@ def generate_with_vllm(
     except ImportError as error:
         raise MissingDependency("generate.backend vllm needs vLLM: pip install vllm") from error
     llm = LLM(model=model_id, seed=settings.seed)
-    params = SamplingParams(
-        temperature=settings.temperature,  # 0: greedy
-        top_p=settings.top_p if settings.temperature > 0 else 1.0,
-        max_tokens=settings.max_new_tokens,
-        seed=settings.seed,
-    )
+    params = [
+        SamplingParams(
+            temperature=settings.temperature,  # 0: greedy
+            top_p=settings.top_p if settings.temperature > 0 else 1.0,
+            max_tokens=settings.max_new_tokens,
+            seed=settings.seed + position,
+        )
+        for position in range(len(prompts))
+    ]
     template = getattr(chat_template_tokenizer, "chat_template", None)
     if chat_template_tokenizer is not None and not template:
         texts = [render(chat_template_tokenizer, p["messages"]) for p in prompts]
         outputs = llm.generate(texts, params)
     else:
         outputs = llm.chat([p["messages"] for p in prompts], params, chat_template=template)
-    return [o.outputs[0].text.strip() for o in outputs]
+    answers = [o.outputs[0].text.strip() for o in outputs]
+    logprobs = [
+        (getattr(o.outputs[0], "cumulative_logprob", None) or 0.0)
+        / max(1, len(o.outputs[0].token_ids))
+        for o in outputs
+    ]
+    return answers, logprobs
 
 
 def vllm_available() -> bool:
     """Whether ``import vllm`` would find the package."""
     return importlib.util.find_spec("vllm") is not None
-
-
-def provenance_path(path: Path) -> Path:
-    """``<stem>.provenance.json`` next to the dataset."""
-    return path.with_name(f"{path.stem}.provenance.json")
-
-
-def partial_path(path: Path) -> Path:
-    """``<stem>.partial.jsonl`` next to the dataset: the answers of an unfinished run."""
-    return path.with_name(f"{path.stem}.partial.jsonl")
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for package in ("distill", "torch", "transformers"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
-def write_generations(
-    path: str | Path,
-    prompts: Sequence[dict[str, Any]],
-    answers: Sequence[str],
-    provenance: dict[str, Any],
-) -> Path:
-    """The chat dataset (prompt + the answer as the assistant turn, one JSON row per prompt,
-    the shape ``ChatExamples`` reads) and ``<stem>.provenance.json``: ``provenance`` plus
-    count, created (UTC), the dataset's SHA-256 and package versions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {"id": p["id"], "messages": [*p["messages"], {"role": "assistant", "content": a}]}
-        for p, a in zip(prompts, answers, strict=True)
-    ]
-    path.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-    )
-    meta = {
-        **provenance,
-        "count": len(rows),
-        "empty_answers": sum(not a for a in answers),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "sha256": sha256_file(path),
-        "versions": _versions(),
-    }
-    provenance_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
-    return path
-
-
-def read_generations(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(rows, provenance); a dataset changed since it was written is an error."""
-    path = Path(path)
-    meta_path = provenance_path(path)
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path} is missing: {path} was not written by distill")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if sha256_file(path) != meta.get("sha256"):
-        raise ValueError(
-            f"{path} changed since it was generated (SHA-256 differs from {meta_path.name}); "
-            "regenerate it or remove the provenance file if the edit is intended"
-        )
-    rows = [json.loads(line) for line in _lines(path) if line.strip()]
-    return rows, meta
-
-
-def _read_partial(partial: Path, header: dict[str, Any]) -> dict[str, str]:
-    """The answers kept in a partial file, checked against this run's ``header``. A last
-    line cut off by the kill is dropped, and the file rewritten without it."""
-    text = partial.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if not text.endswith("\n"):
-        lines = lines[:-1]  # a row cut off mid-write; it is answered again
-        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    done: dict[str, str] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(
-                f"{partial}, line {number}: not valid JSON; delete the file to start over"
-            ) from None
-        if "header" in row:
-            if row["header"] != header:
-                raise ValueError(
-                    f"{partial} was written by a run with other settings or teacher "
-                    f"({row['header']}); rerun with those, or delete the file to start over"
-                )
-        else:
-            done[str(row["id"])] = row["answer"]
-    return done
 
 
 def uses_vllm(settings: GenerationSettings, model_id: str | None) -> bool:
@@ -356,81 +291,3 @@ def uses_vllm(settings: GenerationSettings, model_id: str | None) -> bool:
     return settings.backend == "vllm" or (
         settings.backend == "auto" and model_id is not None and vllm_available()
     )
-
-
-def generate_dataset(
-    model: nn.Module | None,
-    tokenizer: Any,
-    prompts: Sequence[dict[str, Any]],
-    settings: GenerationSettings,
-    out: str | Path,
-    provenance: dict[str, Any],
-    *,
-    model_id: str | None = None,
-    progress: bool = True,
-    log: Callable[[str], Any] = print,
-) -> Path:
-    """Answer ``prompts`` with the teacher and write the dataset with ``write_generations``.
-
-    Every finished batch is appended to ``<stem>.partial.jsonl``; a run killed and started
-    again with the same prompts, settings and provenance answers only the prompts missing
-    there (a changed ``batch_size`` or ``backend`` is fine). The partial file is removed
-    once the dataset is written. vLLM answers when ``settings.backend`` is ``vllm``, or
-    ``auto`` with vLLM installed and ``model_id`` (a hub id or folder) given.
-    """
-    out = Path(out)
-    partial = partial_path(out)
-    use_vllm = uses_vllm(settings, model_id)
-    if model is None and not use_vllm:
-        raise ValueError("generate_dataset needs the model unless vLLM generates")
-    if use_vllm and model_id is None:
-        raise ValueError("generate.backend vllm needs the teacher as a hub id or folder")
-    if use_vllm and not vllm_available():
-        raise MissingDependency("generate.backend vllm needs vLLM: pip install vllm")
-    # what must match for a partial file to be resumed (JSON round-tripped, as read back)
-    header = json.loads(
-        json.dumps(
-            {"settings": settings.model_dump(include=set(ANSWER_SETTINGS)), **provenance},
-            default=str,
-        )
-    )
-    done: dict[str, str] = {}
-    if partial.exists():
-        done = _read_partial(partial, header)
-        unknown = set(done) - {str(p["id"]) for p in prompts}
-        if unknown:
-            raise ValueError(
-                f"{partial} holds answers to prompts that are not in this prompt set "
-                f"({sorted(unknown)[:3]}…); delete it to start over"
-            )
-        log(f"generate: resuming, {len(done)} of {len(prompts)} prompts answered")
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"header": header}) + "\n", encoding="utf-8")
-    todo = [p for p in prompts if str(p["id"]) not in done]
-    started = time.perf_counter()
-    with open(partial, "a", encoding="utf-8") as handle:
-
-        def keep(indices: list[int], answers: list[str]) -> None:
-            for i, answer in zip(indices, answers, strict=True):
-                handle.write(json.dumps({"id": todo[i]["id"], "answer": answer}) + "\n")
-                done[str(todo[i]["id"])] = answer
-            handle.flush()
-
-        if todo and use_vllm:
-            assert model_id is not None
-            answers = generate_with_vllm(model_id, todo, settings, tokenizer)
-            keep(list(range(len(todo))), answers)
-        elif todo:
-            generate_answers(model, tokenizer, todo, settings, progress, on_batch=keep)
-    answers = [done[str(p["id"])] for p in prompts]
-    settings_json = settings.model_dump()
-    settings_json["backend"] = "vllm" if use_vllm else "transformers"
-    write_generations(
-        out,
-        prompts,
-        answers,
-        {**provenance, "settings": settings_json, "seconds": time.perf_counter() - started},
-    )
-    partial.unlink()
-    return out

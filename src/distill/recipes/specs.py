@@ -13,6 +13,7 @@ from distill import schedules
 from distill.data import DATASETS
 from distill.losses.registry import RECIPE_LOSSES
 from distill.methods.generation import GenerationSettings
+from distill.methods.verify import VerifySpec
 from distill.recipes.private_spec import SyntheticSpec
 from distill.recipes.task_specs import CaptionSpec, Strict
 from distill.training.config import TrainConfig
@@ -276,6 +277,11 @@ class GenerateSpec(GenerationSettings):
     )
     out: Path | None = Field(None, description="None: <output.dir>/<name>/generated.jsonl")
     max_prompts: int | None = Field(None, ge=1)
+    verify: VerifySpec | None = Field(
+        None,
+        description="keep only answers whose final result matches each prompt's 'answer' "
+        "(rejection sampling; with samples > 1, keep chooses among the correct ones)",
+    )
 
 
 class OnPolicySpec(Strict):

@@ -21,14 +21,10 @@ from distill.cache import Layout
 from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.errors import RecipeError
 from distill.measure import parameter_count, size_on_disk
-from distill.methods.generation import (
-    GenerationSettings,
-    generate_dataset,
-    load_prompts,
-    read_generations,
-    uses_vllm,
-)
+from distill.methods.generated_data import generate_dataset, read_generations
+from distill.methods.generation import GenerationSettings, load_prompts, uses_vllm
 from distill.methods.on_policy import OnPolicy
+from distill.methods.verify import answer_verifier
 from distill.models import hf
 from distill.recipes import ModelSpec, Recipe
 from distill.recipes.schema import TextDataSpec
@@ -237,17 +233,21 @@ def generate_teacher_answers(recipe: Recipe, *, progress: bool = True, log: Log 
         "prompts": spec.prompts,
         "recipe": recipe.name,
     }
+    verify = spec.verify
+    if verify is not None:
+        missing = [p["id"] for p in prompts if "answer" not in p]
+        if missing:
+            raise RecipeError(
+                f"generate.verify: prompts {missing[:3]} in {spec.prompts} have no 'answer' to "
+                "check the teacher against; add one per row or drop generate.verify"
+            )
     return generate_dataset(
-        teacher,
-        tokenizer,
-        prompts,
-        settings,
-        out,
-        provenance,
-        model_id=model_id,
-        progress=progress,
-        log=log,
-    )
+        teacher, tokenizer, prompts, settings, out, provenance, model_id=model_id,
+        progress=progress, log=log,
+        verifier=None if verify is None else answer_verifier(verify),
+        keep="best" if verify is None else verify.keep,
+        verification=None if verify is None else verify.model_dump(exclude={"keep"}),
+    )  # fmt: skip
 
 
 class Language(Task):
