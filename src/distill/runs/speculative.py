@@ -15,9 +15,9 @@ from distill.methods.speculative import assisted_generation
 from distill.models import hf
 from distill.recipes import Recipe
 from distill.runs.common import BASELINE_DIR, Log, loader
-from distill.runs.language import HF_STUDENT_DIR, Language, prepare_text, tokenizer_for
+from distill.runs.language import HF_STUDENT_DIR, prepare_text, tokenizer_for
 from distill.runs.language_models import is_served
-from distill.runs.run import read_run_recipe
+from distill.runs.run import read_run_recipe, task_for
 from distill.teachers import Module
 from distill.training import Distiller
 
@@ -56,8 +56,7 @@ def speculative_command(
     if not (folder / HF_STUDENT_DIR).is_dir():
         raise FileNotFoundError(f"{folder} holds no {HF_STUDENT_DIR}/ folder; did that row train?")
     data = prepare_text(recipe, tokenizer_for(recipe))
-    task = Language("causal")
-    target, _ = task.teacher(recipe, data, False, log)
+    target, _ = task_for(recipe).teacher(recipe, data, False, log)
     draft = hf.auto_class("causal").from_pretrained(folder / HF_STUDENT_DIR).eval()
     metrics = Distiller(draft, Module(target), progress=False).evaluate(
         loader(data.test, recipe, False)
