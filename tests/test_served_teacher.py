@@ -88,6 +88,17 @@ def local_topk(served_dir, batch, k):
     return topk_of(logits, k), torch.log_softmax(logits.float(), -1)
 
 
+def assert_top_k_of(ids, logprobs, log_p, atol=1e-5):
+    """``ids`` and ``logprobs`` are a top-k of the full log-probabilities ``log_p``: each id's
+    log-probability as given, distinct ids, none below the k-th best (up to ``atol``: near
+    ties may be ordered differently by a batched and an unbatched forward)."""
+    ids, logprobs = torch.as_tensor(ids).long(), torch.as_tensor(logprobs).float()
+    torch.testing.assert_close(log_p.gather(-1, ids), logprobs, atol=atol, rtol=0)
+    kth = log_p.topk(ids.shape[-1], dim=-1).values[..., -1:]
+    assert (logprobs >= kth - atol).all()
+    assert (ids.sort(-1).values.diff(dim=-1) > 0).all()
+
+
 def test_served_top_k_equals_the_local_models(reset, served_dir, tokenizer_dir, rows):
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     teacher = teachers.Served(
@@ -98,7 +109,7 @@ def test_served_top_k_equals_the_local_models(reset, served_dir, tokenizer_dir, 
     batch = as_batch(torch.utils.data.default_collate([rows[i] for i in range(7)]))
     scores = teacher.score(batch)
     expected, log_p = local_topk(served_dir, batch, 8)
-    assert torch.equal(scores.topk.ids, expected.ids)  # 7 rows over 4 concurrent requests
+    assert_top_k_of(scores.topk.ids, scores.topk.logprobs, log_p)  # 7 rows, 4 requests
     torch.testing.assert_close(scores.topk.logprobs, expected.logprobs, atol=1e-5, rtol=0)
     torch.testing.assert_close(scores.topk.tail, expected.tail, atol=1e-4, rtol=0)
     labels = batch.labels
@@ -196,7 +207,11 @@ def test_a_killed_server_loses_nothing_from_the_cache(served_dir, rows, tmp_path
     served, local = CacheReader(tmp_path / "cache"), CacheReader(tmp_path / "local")
     everything = np.arange(len(rows))
     a, b = served.rows(everything), local.rows(everything)
-    assert (a["ids"] == b["ids"]).all() and (a["input_hash"] == b["input_hash"]).all()
+    assert (a["input_hash"] == b["input_hash"]).all()
+    inputs = torch.stack([rows[i]["input_ids"] for i in everything])
+    with torch.inference_mode():
+        log_p = torch.log_softmax(model(input_ids=inputs).logits.float(), -1)
+    assert_top_k_of(a["ids"].astype(np.int64), a["logprobs"], log_p)
     np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=1e-5)
     np.testing.assert_allclose(a["tail"], b["tail"], atol=1e-4)
 
@@ -258,7 +273,7 @@ def test_the_served_teacher_recipe_caches_then_trains(
     model = transformers.AutoModelForCausalLM.from_pretrained(served_dir).eval()
     local = Distiller(model, progress=False).evaluate(loader(data.test, recipe, False))
     assert teacher["perplexity"] == pytest.approx(math.exp(local["loss"]), rel=1e-4)
-    assert teacher["accuracy"] == pytest.approx(local["accuracy"])
+    assert teacher["accuracy"] == pytest.approx(local["accuracy"], abs=0.02)  # near ties
     assert teacher["parameters"] is None and 0 <= student["teacher_agreement"] <= 1
     assert math.isfinite(student["kl_to_teacher"])  # measured against the server
     # the training steps read the cache; the server answered only the evaluations
