@@ -137,8 +137,8 @@ def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -
     anything trains; its top-k is ``cache.top_k`` when the recipe caches it."""
     assert recipe.teacher is not None
     args = dict(recipe.teacher.args)
-    top_k = recipe.cache.top_k if recipe.cache is not None else args.pop("top_k", 20)
-    args.pop("top_k", None)
+    asked = args.pop("top_k", 20)
+    top_k = recipe.cache.top_k if recipe.cache is not None else asked  # the same, if both set
     teacher = Served(
         recipe.teacher.model.removeprefix(SERVED), tokenizer=tokenizer, top_k=top_k, **args
     )

@@ -177,6 +177,7 @@ def distilled_lesson(
     (built first if missing), or, with ``teacher.model: ema``, from its moving average."""
     spec = recipe.teacher
     answers = None
+    heads, sparse = teacher, served(teacher)  # whose LM head the objective reads; a top-k?
     if recipe.cache is not None and recipe.cache.use:
         assert teacher is not None  # the recipe checks it
         info = build_cache(
@@ -187,12 +188,11 @@ def distilled_lesson(
         answers = task.cached_teacher(stored, data)
         log(f"the distilled student learns from the teacher cache {info['folder']}")
         if stored.layout.kind == "hidden":  # exact: the stored states through the stored head
-            return Lesson(recipe_objective(recipe, per_epoch, stored.head_model()), teacher,
-                          answers=answers, on_policy=True)  # fmt: skip
+            heads = stored.head_model()
+        else:
+            sparse = True
     return Lesson(
-        recipe_objective(
-            recipe, per_epoch, teacher, sparse_teacher=answers is not None or served(teacher)
-        ),
+        recipe_objective(recipe, per_epoch, heads, sparse_teacher=sparse),
         teacher,
         answers=answers,
         ema_momentum=spec.ema_momentum if spec is not None and spec.model == "ema" else None,
