@@ -164,33 +164,40 @@ class TinyLM(nn.Module):
         return self.head(torch.tanh(self.embed(input_ids)))
 
 
-def token_dataset(n=32, length=16, vocab=13):
+def token_dataset(n=32, length=16, vocab=13, mask_all=False):
     """Sequences whose number of labelled tokens grows with the index: the micro-batches of
-    one accumulation window count very different numbers of tokens."""
+    one accumulation window count very different numbers of tokens. ``mask_all``: every
+    token under the mask (a distillation term counts them all, cross-entropy the labelled)."""
     g = torch.Generator().manual_seed(0)
     rows = []
     for i in range(n):
         ids = torch.randint(0, vocab, (length,), generator=g)
         labels = torch.randint(0, vocab, (length,), generator=g)
         labels[1 + i * (length - 1) // n :] = -100
-        rows.append({"input_ids": ids, "labels": labels, "loss_mask": labels != -100})
+        mask = torch.ones(length, dtype=torch.bool) if mask_all else labels != -100
+        rows.append({"input_ids": ids, "labels": labels, "loss_mask": mask})
     return rows
 
 
-@pytest.mark.parametrize("case", ["classification", "tokens"])
+@pytest.mark.parametrize("case", ["classification", "tokens", "mixed_rows"])
 def test_gradient_accumulation_1x32_equals_4x8(case, digits, teacher_model):
+    """``mixed_rows``: terms that average over different rows (cross-entropy and a
+    DistilBERT-style KL on the labelled tokens, a KL on every token) each weigh by their own."""
     if case == "classification":
         data = torch.utils.data.Subset(digits[0], range(64))
         make = lambda: mlp(64, 16, 10)  # noqa: E731
         teacher = teachers.Module(teacher_model)
     else:
-        data = token_dataset()
+        data = token_dataset(mask_all=case == "mixed_rows")
         make = TinyLM
         torch.manual_seed(9)
         teacher = teachers.Module(TinyLM())
-    objective = lambda: Objective(  # noqa: E731
-        ce=Term(losses.cross_entropy, weight=0.3), kd=Term(losses.kl, weight=0.7, temperature=2.0)
-    )
+    terms = {"ce": Term(losses.cross_entropy, weight=0.3),
+             "kd": Term(losses.kl, weight=0.7, temperature=2.0)}  # fmt: skip
+    if case == "mixed_rows":
+        terms["kd"] = Term(losses.kl, weight=0.7, temperature=2.0, rows="labelled")
+        terms["kd_all"] = Term(losses.kl, weight=0.5)
+    objective = lambda: Objective(dict(terms))  # noqa: E731
     updated = {}
     for batch_size, accumulation in [(32, 1), (8, 4)]:
         torch.manual_seed(4)

@@ -178,14 +178,23 @@ class Objective(nn.Module):
         return sorted({t.teacher_tap for t in self.terms.values() if t.teacher_tap})
 
     @property
-    def labelled_rows_only(self) -> bool:
-        """Whether every term is scored on labelled rows only (cross-entropy alone): then a
-        micro-batch weighs by its labelled rows, otherwise by all its rows."""
+    def labelled_rows(self) -> dict[str, bool]:
+        """Per term, whether it averages over the labelled rows only (a loss that reads
+        labels and nothing of a teacher or of features, like cross-entropy, or a term with
+        ``rows="labelled"``) rather than every row under the mask. A micro-batch's part of
+        a term weighs by that term's rows, so accumulated micro-batches make the update of
+        one batch."""
         unlabelled = ("teacher_logits", "teacher_features", "student_features")
-        return all(
-            "labels" in t.reads and not any(n in t.reads for n in unlabelled)
-            for t in self.terms.values()
-        )
+        return {
+            name: t.rows == "labelled"
+            or ("labels" in t.reads and not any(n in t.reads for n in unlabelled))
+            for name, t in self.terms.items()
+        }
+
+    @property
+    def labelled_rows_only(self) -> bool:
+        """Whether every term averages over the labelled rows only."""
+        return all(self.labelled_rows.values())
 
     def reads(self, name: str) -> bool:
         """Whether any term reads the input ``name`` (one of INPUT_NAMES)."""

@@ -3,9 +3,10 @@
     result = Distiller(student, teachers.Module(teacher), objective, lr=1e-3).fit(
         train_loader, eval_loader=val_loader, epochs=10)
 
-One optimizer step reads ``grad_accum_steps`` micro-batches. Each micro-batch's loss is
-weighted by its share of the window's rows (examples, or tokens under a mask), so the
-update equals the one of a single large batch whatever the accumulation factor.
+One optimizer step reads ``grad_accum_steps`` micro-batches. Each term of a micro-batch's
+loss is weighted by the micro-batch's share of the rows that term averages over (examples,
+tokens under a mask, or the labelled ones), so the update equals the one of a single large
+batch whatever the accumulation factor.
 Checkpoints hold weights, optimizer, scheduler, RNG states and the data position; a
 resumed run continues bit-identically on CPU. Ctrl-C finishes the current step, writes a
 checkpoint and raises ``KeyboardInterrupt``.
@@ -56,7 +57,7 @@ from distill.training.state import (
     to_stderr,
     truncate_metrics,
 )
-from distill.training.step_logs import LogWindow, StepLogs, global_rows, grad_norm, loss_factor
+from distill.training.step_logs import LogWindow, StepLogs, grad_norm, micro_batch_shares
 
 
 class Distiller:
@@ -310,20 +311,16 @@ class Distiller:
         if self.batch_transform is not None:  # e.g. on-policy: the student writes the answers
             with autocast(accelerator):  # in the run's precision, like the forward passes
                 batches = [self.batch_transform(b, step) for b in batches]
-        # each micro-batch weighs by the rows its losses average over, so that a window
-        # split into micro-batches gives the update of one batch (and a batch of a transfer
-        # set with no labelled row still teaches through its distillation terms)
-        labelled_only = self.objective.labelled_rows_only
-        rows = [b.row_count(labelled_only) for b in batches]  # tensors: nothing waits
-        # over processes too: every rank weighs its rows by the rows of the global batch;
-        # DDP then averages the gradients over the ranks, hence the factor ``world``
+        # each term of a micro-batch weighs by the rows it averages over, so that a window
+        # split into micro-batches (and over processes) gives the update of one batch
+        labelled = self.objective.labelled_rows
         world = accelerator.num_processes
-        total_rows = global_rows(rows, accelerator.device, self._reduce if world > 1 else None)
+        reduce = self._reduce if world > 1 else None
+        shares = micro_batch_shares(batches, labelled, accelerator.device, reduce, world)
         if not self.student.training:  # (train() walks every module: not each step)
             self.student.train()
         logs = StepLogs(step + 1, world)
         for i, batch in enumerate(batches):
-            share = rows[i] / total_rows * world
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last else accelerator.no_sync(self.student)
             with sync:
@@ -333,8 +330,9 @@ class Distiller:
                 with autocast(accelerator):
                     inputs = self._loss_inputs(batch, teacher_out, training=True)
                     value = self.objective(inputs, step, total_steps)
-                backward(accelerator, value.total * loss_factor(share, value.total))
-            logs.add_micro_batch(value, share, batch.size())
+                backward(
+                    accelerator, logs.add_micro_batch(value, labelled, shares[i], batch.size())
+                )
         norm = grad_norm(accelerator, self.optimizer, self.config.max_grad_norm)
         # under an fp16 loss scaler overflowing gradients are the scaler's business: it
         # skips those updates and lowers its scale

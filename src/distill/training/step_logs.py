@@ -21,8 +21,11 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import Tensor
 
+from distill.batch import Batch
 from distill.objective import ObjectiveValue
 from distill.training.state import RunningMeans
+
+Share = Tensor | float  # a micro-batch's share of the global batch's rows
 
 
 class StepLogs(Mapping[str, float]):
@@ -45,18 +48,33 @@ class StepLogs(Mapping[str, float]):
 
     # -- filling (the engine) --------------------------------------------------------------
 
-    def add_micro_batch(self, value: ObjectiveValue, share: Tensor | float, examples: int) -> None:
-        """One micro-batch's part: its values times its share of the global batch's rows."""
+    def add_micro_batch(
+        self,
+        value: ObjectiveValue,
+        labelled: dict[str, bool],
+        shares: dict[bool, Share],
+        examples: int,
+    ) -> Tensor:
+        """One micro-batch's part of the step's loss, to backpropagate (``micro_batch_part``;
+        ``shares`` from ``micro_batch_shares``), logged with each term's value times the
+        share it was weighed by."""
         if not self._names:
             self._names = ["loss", *(f"loss/{name}" for name in value.terms)]
-        parts = torch.stack([value.total.detach(), *(v.detach() for v in value.terms.values())])
-        scaled = parts.double() * share / self.world
+        part, share = micro_batch_part(value, labelled, shares)
+        if isinstance(share, list):
+            terms = torch.stack([v.detach() for v in value.terms.values()]).double()
+            terms = terms * torch.stack([torch.as_tensor(s).to(terms) for s in share])
+            scaled = torch.cat([part.detach().double().reshape(1), terms]) / self.world
+        else:  # one share for all: the arithmetic of one Python float per value
+            parts = [value.total.detach(), *(v.detach() for v in value.terms.values())]
+            scaled = torch.stack(parts).double() * share / self.world
         self._vector = scaled if self._vector is None else self._vector + scaled
         self._examples += examples
         for name, weight in value.weights.items():
             self.host[f"weight/{name}"] = weight
         for name, temperature in value.temperatures.items():
             self.host[f"temperature/{name}"] = temperature
+        return part
 
     def set_grad_norm(self, norm: Tensor | None, logged: bool, checked: bool = True) -> None:
         """``logged``: as ``grad_norm``; ``checked``: a non-finite norm is a problem."""
@@ -259,6 +277,42 @@ def global_rows(
     if reduce is not None:
         total = reduce(total)
     return total.clamp(min=1.0)
+
+
+def micro_batch_shares(
+    batches: list[Batch],
+    labelled: dict[str, bool],
+    device: torch.device,
+    reduce: Callable[[Tensor], Tensor] | None,
+    world: int,
+) -> list[dict[bool, Share]]:
+    """Each micro-batch's share of the global batch's rows, for each kind of row the
+    objective's terms average over (``labelled``: per term, whether it counts the labelled
+    rows only); times ``world``, since DDP averages the gradients over the processes.
+    Counts stay on the device: nothing waits."""
+    kinds = set(labelled.values())
+    rows = {kind: [b.row_count(kind) for b in batches] for kind in kinds}
+    totals = {kind: global_rows(rows[kind], device, reduce) for kind in kinds}
+    return [
+        {kind: rows[kind][i] / totals[kind] * world for kind in kinds} for i in range(len(batches))
+    ]
+
+
+def micro_batch_part(
+    value: ObjectiveValue, labelled: dict[str, bool], shares: dict[bool, Share]
+) -> tuple[Tensor, Share | list[Share]]:
+    """(the micro-batch's part of the step's loss, the share each term was weighed by): the
+    objective's total times the micro-batch's share when every term counts the same rows,
+    else each weighted term times the share of the rows it averages over."""
+    if len(shares) == 1:
+        share = next(iter(shares.values()))
+        return value.total * loss_factor(share, value.total), share
+    per_term = [shares[labelled[name]] for name in value.terms]
+    part = sum(
+        value.weights[name] * term * loss_factor(share, term)
+        for (name, term), share in zip(value.terms.items(), per_term, strict=True)
+    )
+    return part, per_term  # type: ignore[return-value]
 
 
 def loss_factor(share: Tensor | float, loss: Tensor) -> Tensor | float:
