@@ -167,9 +167,9 @@ def test_doctor_on_a_broken_recipe_finds_its_problems_and_the_report_shows_them(
     assert "Doctor: problem" in (run_dir / "report.html").read_text()
 
 
-def test_doctor_refuses_language_model_recipes():
-    recipe = load_recipe(ROOT / "recipes" / "llm_token_kd.yaml")
-    with pytest.raises(RecipeError, match="classification and clip recipes"):
+def test_doctor_refuses_recipes_it_has_no_checks_for():
+    recipe = load_recipe(ROOT / "recipes" / "fashion_mnist_progressive.yaml")
+    with pytest.raises(RecipeError, match="classification, clip and language-model recipes"):
         diagnose(recipe)
 
 

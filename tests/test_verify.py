@@ -12,6 +12,8 @@ from distill import cli
 from distill.methods.generated_data import generate_dataset, partial_path, read_generations
 from distill.methods.generation import GenerationSettings, load_prompts
 from distill.methods.verify import Sample, VerifySpec, answer_verifier, final_answer, select
+from distill.recipes import RecipeError, load_recipe
+from distill.runs.generate import ensure_generated
 from distill.training.checkpoint import save_weights
 from tests.test_generate import PROMPTS, ROOT, tiny_llama
 from tests.text_models import chat_tokenizer
@@ -135,6 +137,21 @@ def test_generate_with_verify_from_a_recipe(tmp_path, monkeypatch):
     provenance = json.loads(result.stdout)["provenance"]
     assert provenance["verification"]["answer_from"] == "whole"
     assert provenance["verification"]["samples"] == 16
+
+    # distill run reuses the answers with the same settings (a batch size does not matter)
+    # and refuses them, naming each field, when a setting that shaped them changed
+    def prepare(*changes):
+        ensure_generated(load_recipe(recipe, [*overrides, *changes]), False, lambda line: None)
+
+    written = (tmp_path / "generated.jsonl").stat().st_mtime_ns
+    prepare("generate.batch_size=2")
+    assert (tmp_path / "generated.jsonl").stat().st_mtime_ns == written  # not answered again
+    with pytest.raises(RecipeError, match=r"generate.temperature 1.0 there, 0.7 here"):
+        prepare("generate.temperature=0.7")
+    with pytest.raises(RecipeError, match=r"generate.verify.keep 'shortest_correct' there, 'best'"):
+        prepare("generate.verify.keep=best")
+    with pytest.raises(RecipeError, match=r"generate.verify 'set' there, None here"):
+        prepare("generate.verify=null")
     bad = tmp_path / "no_answers.jsonl"
     bad.write_text(json.dumps({"prompt": "a dog"}) + "\n")
     args = [a.replace(str(prompts), str(bad)) for a in args]

@@ -266,14 +266,20 @@ def doctor(
     target: Annotated[Path, typer.Argument(help="a recipe YAML file or a run directory")],
     set_: SetOption = None,
     sweep: Annotated[
-        bool, typer.Option("--sweep", help="also train short KD runs at T = 1, 2, 4, 8")
+        bool,
+        typer.Option("--sweep", help="also train short KD runs at T = 1, 2, 4, 8 (classifiers)"),
     ] = False,
-    sample: Annotated[int, typer.Option(help="inputs per split the checks look at")] = 2000,
+    sample: Annotated[
+        int, typer.Option(help="inputs per split (language models: chat rows) the checks read")
+    ] = 2000,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Diagnose why distillation might do nothing: temperature, teacher overconfidence,
-    capacity gap, data shift and teacher cost, each measured, judged and with a fix.
+    """Diagnose why distillation might do nothing, each check measured, judged and with a
+    fix. Classification and CLIP: temperature, teacher overconfidence, capacity gap, data
+    shift and teacher cost. Language models: vocabulary, chat template and stop tokens,
+    sequence length, top-k mass, temperature, sampling vs loss temperature, teacher mode,
+    gradient accumulation and teacher cost per token.
 
     Writes doctor.json, doctor.md and plots into the run directory (for a recipe:
     <output.dir>/<name>), where the run's report shows them. Exits 1 when a check finds a

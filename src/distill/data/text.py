@@ -109,6 +109,24 @@ def _conversation(record: dict[str, Any]) -> tuple[list[dict[str, str]], list[di
     return prompt, [*prompt, {"role": "assistant", "content": record.get("completion", "")}]
 
 
+def is_chat_record(record: dict[str, Any]) -> bool:
+    """Whether ``record`` is a conversation (messages, or prompt/completion)."""
+    return "messages" in record or "prompt" in record
+
+
+def render_chat(record: dict[str, Any], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(prompt ids with the generation prompt, ids of the whole chat) of one record, by the
+    tokenizer's chat template, untruncated; the first must start the second."""
+    prompt, full = _conversation(record)
+    prompt_ids = _ids(
+        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    )
+    full_ids = _ids(tokenizer.apply_chat_template(full, tokenize=True))
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise DataError("the chat template renders the prompt differently inside the full chat")
+    return prompt_ids, full_ids
+
+
 class ChatExamples(Dataset):
     """One conversation per row; the loss covers the answer tokens only."""
 
@@ -118,18 +136,9 @@ class ChatExamples(Dataset):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
         self.rows = []
         for record in records:
-            if "text" in record and "messages" not in record and "prompt" not in record:
+            if "text" in record and not is_chat_record(record):
                 continue
-            prompt, full = _conversation(record)
-            prompt_ids = tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, tokenize=True
-            )
-            full_ids = tokenizer.apply_chat_template(full, tokenize=True)
-            prompt_ids, full_ids = _ids(prompt_ids), _ids(full_ids)
-            if full_ids[: len(prompt_ids)] != prompt_ids:
-                raise DataError(
-                    "the chat template renders the prompt differently inside the full chat"
-                )
+            prompt_ids, full_ids = render_chat(record, tokenizer)
             ids = torch.tensor(full_ids[: seq_len + 1])
             labels = ids[1:].clone()
             labels[: max(0, len(prompt_ids) - 1)] = IGNORE_INDEX

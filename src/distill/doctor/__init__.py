@@ -1,5 +1,6 @@
 """``distill doctor``: diagnose the five classic KD pitfalls (temperature, teacher
-overconfidence, capacity gap, data shift, teacher cost) with a verdict and a fix each."""
+overconfidence, capacity gap, data shift, teacher cost) with a verdict and a fix each, and
+the language-model checks (``doctor.language``)."""
 
 from distill.doctor.checks import (
     Finding,

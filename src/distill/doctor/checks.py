@@ -90,11 +90,14 @@ def temperature_check(
             measurements,
         )
     if share > band[1]:
+        fix = f"lower the temperature to {recommended:g}"
+        if recommended >= temperature:  # nearly uniform at the lowest T tried
+            fix = f"lower the temperature below {temperature:g}, and check the teacher is trained"
         return Finding(
             "temperature",
             "warning",
             f"{described}: they are nearly uniform (entropy {entropy:.2f} of the maximum)",
-            f"lower the temperature to {recommended:g}",
+            fix,
             measurements,
         )
     return Finding(
@@ -282,7 +285,7 @@ def capacity_gap_check(
 # -- 5. teacher cost ------------------------------------------------------------------------
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -320,8 +323,8 @@ def teacher_cost_check(
         probe.zero_grad()
         probe(inputs).float().logsumexp(-1).mean().backward()
 
-    t_teacher = _median_seconds(teacher_forward, repeats)
-    t_student = _median_seconds(student_step, repeats)
+    t_teacher = median_seconds(teacher_forward, repeats)
+    t_student = median_seconds(student_step, repeats)
     overhead = t_teacher / t_student
     steps = steps_per_epoch * epochs
     measurements = {

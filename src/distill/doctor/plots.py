@@ -132,3 +132,51 @@ def plot_sweep(sweep: dict[str, Any], out_dir: Path) -> Path:
         title=f"Temperature sweep ({sweep['steps']} steps each)",
     )
     return _save(fig, out_dir, "sweep")
+
+
+def plot_language(findings: list[Finding], out_dir: Path) -> dict[str, Path]:
+    """A language-model recipe's figure: the teacher's mass a top-k keeps, the chat rows'
+    lengths against seq_len and the soft targets by temperature, where measured."""
+    by_check = {f.check: f.measurements for f in findings}
+    panels = []
+    if by_check.get("top_k_mass", {}).get("by_k"):
+        panels.append((_top_k_mass, by_check["top_k_mass"]))
+    if by_check.get("truncation", {}).get("lengths"):
+        panels.append((_lengths, by_check["truncation"]))
+    if "temperature" in by_check:
+        panels.append((_temperature, by_check["temperature"]))
+    if not panels:
+        return {}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (draw, measurements) in zip(axes[0], panels, strict=True):
+        draw(ax, measurements)
+    return {"doctor": _save(fig, out_dir, "checks")}
+
+
+def _top_k_mass(ax, m: dict[str, Any]) -> None:
+    ks = sorted(int(k) for k in m["by_k"])
+    ax.plot(ks, [m["by_k"][str(k)]["mean"] for k in ks], "o-", color="#d62728", label="mean")
+    ax.plot(ks, [m["by_k"][str(k)]["p5"] for k in ks], "o--", color="#ff9896", label="5th pct.")
+    if m.get("k"):
+        kind = m.get("sparse") or "k"
+        ax.axvline(m["k"], color="#444444", ls="--", label=f"{kind}: k = {m['k']}")
+    ax.axhline(0.95, color="#2ca02c", alpha=0.4, label="95%")
+    ax.set_xscale("log", base=2)
+    ax.set(
+        xlabel="k (most likely tokens kept)",
+        ylabel="teacher mass kept",
+        ylim=(0, 1.02),
+        title=f"Top-k mass at T = {m['temperature']:g}",
+    )
+    ax.legend(fontsize=8)
+
+
+def _lengths(ax, m: dict[str, Any]) -> None:
+    ax.hist(m["lengths"], bins=30, color="#1f77b4")
+    ax.axvline(m["seq_len"] + 1, color="#d62728", ls="--", label=f"seq_len {m['seq_len']}")
+    ax.set(
+        xlabel="tokens per chat row (prompt + answer)",
+        ylabel="rows",
+        title=f"Row lengths ({100 * m['cut_share']:.0f}% cut)",
+    )
+    ax.legend(fontsize=8)

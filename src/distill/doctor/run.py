@@ -1,5 +1,6 @@
 """``distill doctor``: the five checks on a classification or CLIP recipe (or a finished
-run). A CLIP teacher is examined through its zero-shot class logits (the class prompts at
+run), and the language-model checks (``doctor.language``) on a causal or masked LM recipe.
+A CLIP teacher is examined through its zero-shot class logits (the class prompts at
 its logit scale), which is what its students are measured on.
 
 The teacher is trained or reused from the teacher cache as ``distill run`` would; the
@@ -33,7 +34,8 @@ from distill.doctor.checks import (
     temperature_check,
     verdict_rank,
 )
-from distill.doctor.plots import plot_findings, plot_sweep
+from distill.doctor.language import diagnose_language
+from distill.doctor.plots import plot_findings, plot_language, plot_sweep
 from distill.doctor.shift import data_shift_check
 from distill.errors import RecipeError
 from distill.objective import Objective
@@ -47,6 +49,7 @@ DOCTOR_JSON = "doctor.json"
 DOCTOR_MD = "doctor.md"
 Log = Callable[[str], None]
 SWEEP_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+LANGUAGE_TASKS = ("causal_lm", "masked_lm")
 
 
 def kd_temperature(recipe: Recipe) -> float:
@@ -90,18 +93,53 @@ def diagnose(
     progress: bool = True,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Run the five checks (and, with ``sweep``, a short temperature sweep); write the
+    """Run the checks of the recipe's task (classification and CLIP: the five, and with
+    ``sweep`` a short temperature sweep; language models: ``doctor.language``); write the
     results to ``out_dir`` (default ``<output.dir>/<name>``) and return them."""
     task = task_for(recipe)
+    language = recipe.task in LANGUAGE_TASKS
     if not task.diagnosable:
         raise RecipeError(
-            f"task {recipe.task}: distill doctor checks classification and clip recipes; "
-            "language-model recipes are not covered yet"
+            f"task {recipe.task}: distill doctor checks classification, clip and "
+            "language-model recipes"
         )
     if recipe.teacher is None or recipe.teacher.model == "ema":
         raise RecipeError("distill doctor examines a teacher: the recipe names none")
+    if sweep and language:
+        raise RecipeError("--sweep: the temperature sweep is for classification and clip recipes")
     out_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_result = None
+    if language:
+        findings, notes = diagnose_language(recipe, sample=sample, progress=progress, log=log)
+        plots = plot_language(findings, out_dir)
+    else:
+        findings, notes, sweep_result = classic_findings(
+            recipe, sweep=sweep, sample=sample, probe_steps=probe_steps, progress=progress, log=log
+        )
+        plots = plot_findings(findings, out_dir)
+        if sweep_result is not None:
+            plots["sweep"] = plot_sweep(sweep_result, out_dir)
+    result = {
+        "recipe": recipe.name,
+        "out_dir": str(out_dir),
+        "verdict": verdict_rank(findings),
+        "notes": notes,
+        "findings": [asdict(f) for f in findings],
+        "sweep": sweep_result,
+        "plots": {k: str(v.relative_to(out_dir)) for k, v in plots.items()},
+    }
+    (out_dir / DOCTOR_JSON).write_text(json.dumps(result, indent=2))
+    (out_dir / DOCTOR_MD).write_text(markdown_section(result))
+    _refresh_report(out_dir)
+    return result
+
+
+def classic_findings(
+    recipe: Recipe, *, sweep: bool, sample: int, probe_steps: int, progress: bool, log: Log
+) -> tuple[list[Finding], list[str], dict[str, Any] | None]:
+    """The five checks of a classification or CLIP recipe, with the sweep when asked."""
+    task = task_for(recipe)
     data = task.prepare(recipe, progress, log)
     task.preflight(recipe, data)
     teacher, _ = task.teacher(recipe, data, progress, log)
@@ -159,22 +197,7 @@ def diagnose(
     if sweep:
         sweep_result = temperature_sweep(recipe, data, teacher, progress=progress, log=log)
         findings[0] = _with_sweep(findings[0], sweep_result)
-    plots = plot_findings(findings, out_dir)
-    if sweep_result is not None:
-        plots["sweep"] = plot_sweep(sweep_result, out_dir)
-    result = {
-        "recipe": recipe.name,
-        "out_dir": str(out_dir),
-        "verdict": verdict_rank(findings),
-        "notes": notes,
-        "findings": [asdict(f) for f in findings],
-        "sweep": sweep_result,
-        "plots": {k: str(v.relative_to(out_dir)) for k, v in plots.items()},
-    }
-    (out_dir / DOCTOR_JSON).write_text(json.dumps(result, indent=2))
-    (out_dir / DOCTOR_MD).write_text(markdown_section(result))
-    _refresh_report(out_dir)
-    return result
+    return findings, notes, sweep_result
 
 
 def temperature_sweep(
@@ -225,6 +248,13 @@ TITLES = {
     "capacity_gap": "Capacity gap",
     "data_shift": "Data shift",
     "teacher_cost": "Teacher cost",
+    "vocabulary": "Vocabulary",
+    "chat_template": "Chat template and stop tokens",
+    "truncation": "Sequence length",
+    "top_k_mass": "Top-k mass",
+    "sampling_temperature": "Sampling vs loss temperature",
+    "teacher_mode": "Teacher mode",
+    "accumulation": "Gradient accumulation",
 }
 
 

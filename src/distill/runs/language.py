@@ -21,13 +21,10 @@ from distill.cache import Layout
 from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.errors import RecipeError
 from distill.measure import parameter_count, size_on_disk
-from distill.methods.generated_data import generate_dataset, read_generations
-from distill.methods.generation import GenerationSettings, load_prompts, uses_vllm
+from distill.methods.generated_data import read_generations
 from distill.methods.on_policy import OnPolicy
-from distill.methods.verify import answer_verifier
 from distill.models import hf
 from distill.recipes import ModelSpec, Recipe
-from distill.recipes.schema import TextDataSpec
 from distill.runs.cache import cache_temperature, cache_vocab_size, make_layout
 from distill.runs.common import (
     AUTOCAST,
@@ -37,20 +34,22 @@ from distill.runs.common import (
     loader,
     teacher_module,
 )
+from distill.runs.generate import ensure_generated, generated_path
 from distill.runs.language_models import (
     build_lm,
+    build_teacher,
     hf_task,
     is_served,
     own_token_rows,
     served_teacher,
+    text_spec,
+    tokenizer_for,
 )
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
 from distill.teachers import CrossTokenizer, Served, Teacher
 from distill.training import Distiller
-from distill.training.distributed import on_main
 
 HF_STUDENT_DIR = "student"
-GENERATED_FILE = "generated.jsonl"
 
 
 @dataclass
@@ -67,54 +66,20 @@ class TextData(Splits):
         return self.student_train
 
 
-def text_spec(recipe: Recipe) -> TextDataSpec:
-    assert isinstance(recipe.data, TextDataSpec)
-    return recipe.data
-
-
-def tokenizer_for(recipe: Recipe) -> Any:
-    """The recipe's tokenizer: ``data.tokenizer``, else the teacher's (or an ``hf:`` student's)."""
+def source_records(recipe: Recipe) -> list[dict[str, Any]]:
+    """The records of ``data.source`` (generated: the teacher's answers, checked)."""
     spec = text_spec(recipe)
-    owner = None
-    if spec.tokenizer is not None:
-        source, gguf = spec.tokenizer, None
-    else:
-        for owner in (recipe.teacher, recipe.student):
-            if owner is not None and owner.model.startswith("hf:"):
-                break
-        else:
-            raise RecipeError(
-                "data.tokenizer: no hf: teacher or student to take a tokenizer from; set "
-                "data.tokenizer to hf:<id or dir>"
-            )
-        source, gguf = owner.model, owner.args.get("gguf_file")
     try:
-        tokenizer = hf.load_tokenizer(source, gguf)
-    except (OSError, ValueError, ImportError) as error:
-        field = "data.tokenizer" if owner is None else "the tokenizer of " + owner.model
-        raise RecipeError(f"{field}: cannot load a tokenizer ({error})") from None
-    if tokenizer.eos_token_id is None and tokenizer.sep_token_id is not None:
-        tokenizer.eos_token = tokenizer.sep_token  # WordPiece: [SEP] ends a document
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def generated_path(recipe: Recipe) -> Path:
-    """Where ``generate:`` writes the teacher's answers."""
-    assert recipe.generate is not None
-    return recipe.generate.out or recipe.output.dir / recipe.name / GENERATED_FILE
+        if spec.source == "generated":
+            return read_generations(generated_path(recipe))[0]
+        return text_records(spec.source)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        raise RecipeError(f"data.source: {error}") from None
 
 
 def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
     spec = text_spec(recipe)
-    try:
-        if spec.source == "generated":  # the teacher's answers, checked against provenance
-            records, _ = read_generations(generated_path(recipe))
-        else:
-            records = text_records(spec.source)
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        raise RecipeError(f"data.source: {error}") from None
+    records = source_records(recipe)
     if recipe.task == "masked_lm":
         rows: Dataset = MaskedBlocks(
             records, tokenizer, spec.seq_len, spec.mlm_probability, seed=spec.split_seed
@@ -146,14 +111,6 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
         student_train=train, baseline_train=train, val=val, test=test, regime=regime,
         tokenizer=tokenizer,
     )  # fmt: skip
-
-
-def build_teacher(recipe: Recipe, tokenizer: Any) -> nn.Module:
-    """The recipe's teacher model, built from the recipe's seed: a head the checkpoint
-    lacks (a sentence encoder's masked-LM head) starts the same in every run."""
-    assert recipe.teacher is not None
-    torch.manual_seed(recipe.seed)
-    return build_lm(recipe.teacher, recipe, tokenizer, where="teacher")
 
 
 def get_lm_teacher(
@@ -199,61 +156,11 @@ def train_lm_teacher(
     return model.eval(), info
 
 
-def generate_teacher_answers(recipe: Recipe, *, progress: bool = True, log: Log = print) -> Path:
-    """``distill generate``: the teacher answers ``generate.prompts``; returns the dataset."""
-    spec = recipe.generate
-    if spec is None or recipe.teacher is None:
-        raise RecipeError(
-            "generate: the recipe has no generate section; add `generate: {prompts: "
-            "prompts.jsonl}` (see recipes/llm_seqkd.yaml)"
-        )
-    if recipe.teacher.train is not None:
-        raise RecipeError(
-            "generate: the teacher answers as loaded; drop teacher.train (fine-tune it in "
-            "another recipe and give its checkpoint)"
-        )
-    tokenizer = tokenizer_for(recipe)
-    try:
-        prompts = load_prompts(spec.prompts)[: spec.max_prompts]
-    except (FileNotFoundError, ValueError) as error:
-        raise RecipeError(f"generate.prompts: {error}") from None
-    out = generated_path(recipe)
-    model_id = None
-    if recipe.teacher.model.startswith("hf:") and "gguf_file" not in recipe.teacher.args:
-        model_id = hf.resolve(recipe.teacher.model.removeprefix("hf:"))[0]
-    settings = GenerationSettings(**spec.model_dump(include=set(GenerationSettings.model_fields)))
-    teacher = None  # vLLM loads the teacher itself: not a second copy here
-    if not uses_vllm(settings, model_id):
-        teacher = build_teacher(recipe, tokenizer).eval()
-    log(f"generate: {recipe.teacher.model} answers {len(prompts)} prompts -> {out}")
-    provenance = {
-        "teacher": recipe.teacher.model,
-        "teacher_args": dict(recipe.teacher.args),
-        "tokenizer": getattr(tokenizer, "name_or_path", ""),
-        "prompts": spec.prompts,
-        "recipe": recipe.name,
-    }
-    verify = spec.verify
-    if verify is not None:
-        missing = [p["id"] for p in prompts if "answer" not in p]
-        if missing:
-            raise RecipeError(
-                f"generate.verify: prompts {missing[:3]} in {spec.prompts} have no 'answer' to "
-                "check the teacher against; add one per row or drop generate.verify"
-            )
-    return generate_dataset(
-        teacher, tokenizer, prompts, settings, out, provenance, model_id=model_id,
-        progress=progress, log=log,
-        verifier=None if verify is None else answer_verifier(verify),
-        keep="best" if verify is None else verify.keep,
-        verification=None if verify is None else verify.model_dump(exclude={"keep"}),
-    )  # fmt: skip
-
-
 class Language(Task):
     """``task: causal_lm`` or ``task: masked_lm``."""
 
     cache_example = "cache: {top_k: 64} (see recipes/llm_cached_kd.yaml)"
+    diagnosable = True  # doctor.language
 
     def __init__(self, kind: hf.Task) -> None:
         self.kind = kind
@@ -263,9 +170,8 @@ class Language(Task):
     def prepare(self, recipe: Recipe, progress: bool, log: Log) -> TextData:
         if recipe.teacher is None:
             raise RecipeError("teacher: a language-model recipe needs a teacher")
-        if recipe.generate is not None and not generated_path(recipe).exists():
-            # sequence-level KD data first, by the main process
-            on_main(lambda: generate_teacher_answers(recipe, progress=progress, log=log))
+        if recipe.generate is not None:  # sequence-level KD data first (or checked)
+            ensure_generated(recipe, progress, log)
         data = prepare_text(recipe, tokenizer_for(recipe))
         if recipe.teacher.tokenizer is not None:
             try:

@@ -17,6 +17,7 @@ from distill.models import hf
 from distill.models.shrink import narrow_mlps, student_from_teacher
 from distill.recipes import ModelSpec, Recipe
 from distill.recipes.pairings import SERVED
+from distill.recipes.schema import TextDataSpec
 from distill.runs.common import Splits
 from distill.teachers import Served
 from distill.training import checkpoint as ckpt
@@ -150,3 +151,44 @@ def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -
     )
     log(f"teacher {teacher.model} served at {teacher.url}: top {top_k} log-probs, {checked}")
     return teacher
+
+
+def text_spec(recipe: Recipe) -> TextDataSpec:
+    assert isinstance(recipe.data, TextDataSpec)
+    return recipe.data
+
+
+def tokenizer_for(recipe: Recipe) -> Any:
+    """The recipe's tokenizer: ``data.tokenizer``, else the teacher's (or an ``hf:`` student's)."""
+    spec = text_spec(recipe)
+    owner = None
+    if spec.tokenizer is not None:
+        source, gguf = spec.tokenizer, None
+    else:
+        for owner in (recipe.teacher, recipe.student):
+            if owner is not None and owner.model.startswith("hf:"):
+                break
+        else:
+            raise RecipeError(
+                "data.tokenizer: no hf: teacher or student to take a tokenizer from; set "
+                "data.tokenizer to hf:<id or dir>"
+            )
+        source, gguf = owner.model, owner.args.get("gguf_file")
+    try:
+        tokenizer = hf.load_tokenizer(source, gguf)
+    except (OSError, ValueError, ImportError) as error:
+        field = "data.tokenizer" if owner is None else "the tokenizer of " + owner.model
+        raise RecipeError(f"{field}: cannot load a tokenizer ({error})") from None
+    if tokenizer.eos_token_id is None and tokenizer.sep_token_id is not None:
+        tokenizer.eos_token = tokenizer.sep_token  # WordPiece: [SEP] ends a document
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_teacher(recipe: Recipe, tokenizer: Any) -> nn.Module:
+    """The recipe's teacher model, built from the recipe's seed: a head the checkpoint
+    lacks (a sentence encoder's masked-LM head) starts the same in every run."""
+    assert recipe.teacher is not None
+    torch.manual_seed(recipe.seed)
+    return build_lm(recipe.teacher, recipe, tokenizer, where="teacher")

@@ -51,7 +51,8 @@ from distill.runs.common import (
 from distill.runs.compress import run_compress
 from distill.runs.diffusion import Diffusion
 from distill.runs.export import export_rows, export_run
-from distill.runs.language import Language, generate_teacher_answers
+from distill.runs.generate import generate_teacher_answers
+from distill.runs.language import Language
 from distill.runs.store import teacher_cache_dir
 from distill.runs.workdir import finished_row, mark_finished, open_run_dir
 from distill.training import checkpoint as ckpt
