@@ -86,17 +86,21 @@ class Batch:
 
     def rows(self, labelled_only: bool = True) -> int:
         """How many rows (examples, or tokens for sequence labels) this batch contributes:
-        those with a label (not -100) under the mask, or, with ``labelled_only=False``, every
-        row under the mask (what a distillation term, which needs no label, averages over)."""
+        those with a label (not -100; for class probabilities (N, C), not all zeros) under
+        the mask, or, with ``labelled_only=False``, every row under the mask (what a
+        distillation term, which needs no label, averages over)."""
         return int(self.row_count(labelled_only))
 
     def row_count(self, labelled_only: bool = True) -> Tensor | int:
         """``rows``, as a tensor on the batch's device when counting needs its values (read
         it when you need the number: reading waits for the device)."""
+        soft = self.labels is not None and self.labels.is_floating_point()
         if not labelled_only:
             if self.mask is not None:
                 return self.mask.bool().sum()
-            return self.labels.numel() if self.labels is not None else self.size()
+            return self.labels.numel() if self.labels is not None and not soft else self.size()
+        if soft and self.labels.dim() == 2 and self.mask is None:  # type: ignore[union-attr]
+            return (self.labels.sum(-1) > 0).sum()  # class probabilities: zeros, no label
         if self.mask is not None:
             counted = self.mask.bool()
             if self.labels is not None and self.labels.shape == self.mask.shape:

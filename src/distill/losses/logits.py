@@ -89,11 +89,22 @@ def cross_entropy(
     """Cross-entropy with the labels, optionally label-smoothed.
 
     Formula: ``CE = −Σ_c q_c log softmax(z)_c`` with ``q = (1 − ε) onehot(y) + ε / C``
-    (Szegedy et al., 2016, for ε > 0).
-    Reduction: mean over rows whose label is not ``ignore_index`` and whose mask is true.
-    T² scaling: none (no temperature).
+    (Szegedy et al., 2016, for ε > 0). ``labels`` may also be class probabilities
+    (N, C), e.g. mixup's or CutMix's mixed labels (``data.mixing``): then ``q`` is
+    ``(1 − ε) labels + ε / C`` and a row of zeros has no label.
+    Reduction: mean over rows whose label is not ``ignore_index`` (not all zeros) and whose
+    mask is true. T² scaling: none (no temperature).
     """
     check_mask(mask, student_logits.shape[:-1], "cross_entropy")
+    if labels.is_floating_point() and labels.shape == student_logits.shape:
+        counted = labels.sum(-1) > 0
+        if mask is not None:
+            counted = counted & mask.bool()
+        classes = labels.shape[-1]
+        target = (1 - label_smoothing) * labels + label_smoothing / classes * counted.unsqueeze(-1)
+        log_p = F.log_softmax(upcast(student_logits), dim=-1)
+        per_row = -(target * log_p).sum(-1)
+        return (per_row * counted).sum() / counted.sum().clamp_min(1)
     if labels.shape != student_logits.shape[:-1]:
         raise ValueError(
             f"cross_entropy: labels shape {tuple(labels.shape)} must equal the logits' row "

@@ -133,6 +133,7 @@ class Recipe(Strict):
                 "{loss: mutual_learning, student: stack}; give both or neither"
             )
         self._check_domains()
+        self._check_mix()
         self._check_ensemble_temperature()
         self._check_compress()
         self._check_cache()
@@ -368,6 +369,36 @@ class Recipe(Strict):
                 f"cache.use: objective terms {features} read teacher features, which a cache "
                 "does not keep; set cache.use: false"
             )
+
+    def _check_mix(self) -> None:
+        """``data.mix`` mixes a classifier's inputs and turns its labels into mixed class
+        probabilities at every step."""
+        if getattr(self.data, "mix", None) is None:
+            return
+        if self.task != "classification":
+            raise ValueError("data.mix: mixup and cutmix are for classification recipes")
+        clashes = {
+            "cache": "the cached answers are the teacher's on unmixed inputs",
+            "data.domains": "a mixed input has two domains",
+            "data.synthetic": "the synthetic transfer set is mixed by synthetic.mixup",
+            "pate": "the student learns the teachers' answers to public inputs",
+        }
+        present = {
+            "cache": self.cache is not None,
+            "data.domains": bool(getattr(self.data, "domains", None)),
+            "data.synthetic": getattr(self.data, "synthetic", None) is not None,
+            "pate": self.pate is not None,
+        }
+        for field, why in clashes.items():
+            if present[field]:
+                raise ValueError(f"data.mix: does not combine with {field} ({why}); drop one")
+        for name, term in self.objective.items():
+            if "labels" in loss_info(term.loss).reads and term.loss != "cross_entropy":
+                raise ValueError(
+                    f"objective.{name}: {term.loss} reads class ids, which data.mix turns into "
+                    "mixed class probabilities (only cross_entropy reads those); drop data.mix "
+                    "or the term"
+                )
 
     def _check_domains(self) -> None:
         domains = getattr(self.data, "domains", None) or {}

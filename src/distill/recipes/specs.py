@@ -294,6 +294,16 @@ class OnPolicySpec(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
 
 
+class MixSpec(Strict):
+    """Function matching (Beyer et al. 2022): every student's training batches are mixed
+    (``data.mixing.BatchMix``), teacher and student reading the same mixed input and
+    cross-entropy the mixed labels."""
+
+    kind: Literal["mixup", "cutmix"]
+    alpha: float = Field(1.0, gt=0, description="λ ~ Beta(alpha, alpha)")
+    prob: float = Field(1.0, gt=0, le=1, description="the share of batches mixed")
+
+
 class DataSpec(Strict):
     dataset: DatasetName
     path: Path | None = Field(None, description="folder with the files; None: the defaults")
@@ -312,6 +322,9 @@ class DataSpec(Strict):
         "set that only the teacher labels (None: every example keeps its label)",
     )
     augment: bool = Field(False, description="random crop (padding 4) and horizontal flip")
+    mix: MixSpec | None = Field(
+        None, description="mixup or cutmix of every student's training batches (function matching)"
+    )
     transfer_classes: list[int] | None = Field(
         None,
         description="with labeled: keep only these classes in the unlabelled transfer set "

@@ -28,6 +28,7 @@ from distill.data import (
     load_dataset,
     train_val_split,
 )
+from distill.data.mixing import BatchMix
 from distill.errors import DistillError, RecipeError
 from distill.methods import Cohort
 from distill.methods.inversion import batchnorm_layers
@@ -261,6 +262,13 @@ class Classification(Task):
     ) -> tuple[nn.Module, dict[str, Any]]:
         assert isinstance(data, Data)
         return get_teacher(recipe, data, progress, log)
+
+    def input_mix(self, recipe: Recipe, data: Splits) -> BatchMix | None:
+        spec = recipe.data.mix  # type: ignore[union-attr]
+        if spec is None:
+            return None
+        assert isinstance(data, Data)
+        return BatchMix(spec.kind, data.num_classes, spec.alpha, spec.prob, seed=recipe.seed)
 
     def preflight(self, recipe: Recipe, data: Splits) -> None:
         """Every model the recipe names is built (without downloads) and run on two test

@@ -146,6 +146,10 @@ class Task(ABC):
         """A rewrite of the distilled student's training batches (on-policy answers)."""
         return None
 
+    def input_mix(self, recipe: Recipe, data: Splits) -> Callable[[Batch, int], Batch] | None:
+        """A rewrite of every student's training batches (``data.mix``), label-only too."""
+        return None
+
     def evaluate(
         self, model: nn.Module, recipe: Recipe, data: Splits, judge: teachers.Teacher | None
     ) -> dict[str, Any]:

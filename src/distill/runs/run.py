@@ -267,6 +267,8 @@ def train_student(
     transform = lesson.transform
     if transform is None and lesson.on_policy:
         transform = task.batch_transform(recipe, data, student)
+    if transform is None:  # function matching: every student's batches mixed alike
+        transform = task.input_mix(recipe, data)
     rows = data.baseline_train if lesson.rows == "baseline" else data.student_train
     _, result, seconds = fit_student(
         recipe, student, lesson.answers or live, objective, run_dir=run_dir,

@@ -52,7 +52,8 @@ def settings(train: TrainSpec, **changes: Any) -> dict[str, Any]:
 
 def teacher_cache_dir(recipe: Recipe, part: str | None = None) -> Path:
     """Where a teacher trained for this recipe is kept: keyed by everything that shapes it
-    (``part``: which of several teachers, e.g. a PATE partition, trained on its own rows)."""
+    (``part``: which of several teachers, e.g. a PATE partition, trained on its own rows).
+    ``data.mix`` is not in the key: it mixes the students' batches, never the teacher's."""
     assert recipe.teacher is not None
     key_fields = {
         "teacher": recipe.teacher.model_dump(
@@ -60,7 +61,7 @@ def teacher_cache_dir(recipe: Recipe, part: str | None = None) -> Path:
         ),
         "data": recipe.data.model_dump(
             mode="json",
-            exclude={"download", "labeled", "eval_batch_size", "num_workers", "synthetic"},
+            exclude={"download", "labeled", "eval_batch_size", "num_workers", "synthetic", "mix"},
         ),
         "seed": recipe.seed,
     }
