@@ -132,6 +132,10 @@ def test_teacher_cost_flags_a_teacher_that_dwarfs_the_student():
     # the same teacher for a handful of steps costs too little to matter
     short = teacher_cost_check(big, mlp(8, depth=1), inputs, steps_per_epoch=2, epochs=1)
     assert short.verdict == "ok"
+    # inputs augmented or mixed anew every step: a cache cannot hold the answers
+    mixed = teacher_cost_check(big, mlp(8, depth=1), inputs, **long_run, cacheable=False)
+    assert mixed.verdict == "warning" and "distill cache" not in mixed.suggestion
+    assert "autocast" in mixed.suggestion
 
 
 ROOT = Path(__file__).parent.parent

@@ -305,12 +305,14 @@ def teacher_cost_check(
     repeats: int = 5,
     max_overhead: float = 0.5,
     min_seconds: float = 30.0,
+    cacheable: bool = True,
 ) -> Finding:
     """What the teacher costs: measured forward time of the teacher and forward+backward of
     the student on one batch, the predicted overhead of online KD (teacher time over
     student step time), and what caching the teacher's outputs would save over the run.
     ``warning`` when online KD adds more than ``max_overhead`` to every step and the
-    teacher's forward passes add up to more than ``min_seconds`` over the run."""
+    teacher's forward passes add up to more than ``min_seconds`` over the run. With
+    ``cacheable`` False (inputs augmented or mixed anew every step) the fix is not a cache."""
     teacher.eval()
 
     def teacher_forward() -> None:
@@ -343,12 +345,14 @@ def teacher_cost_check(
         f"{t_teacher * steps_per_epoch:.3g} s"
     )
     if overhead > max_overhead and t_teacher * steps > min_seconds:
+        fix = "cache its outputs once (distill cache; teachers.Cached), run it in bf16 "
+        if not cacheable:
+            fix = "(its inputs change every step, so no cache can hold its answers) run it in bf16 "
         return Finding(
             "teacher_cost",
             "warning",
             f"the teacher dominates training: {described}",
-            "cache its outputs once (distill cache; teachers.Cached), run it in bf16 "
-            "(teacher.autocast), or distil from a smaller teacher",
+            fix + "(teacher.autocast), or distil from a smaller teacher",
             measurements,
         )
     if overhead > max_overhead:

@@ -191,6 +191,9 @@ def classic_findings(
             transfer_x[: recipe.data.batch_size],  # type: ignore[union-attr]
             steps_per_epoch=steps_per_epoch(data.student_train, recipe),
             epochs=epochs,
+            cacheable=not (
+                getattr(recipe.data, "augment", False) or getattr(recipe.data, "mix", None)
+            ),
         )
     )
     sweep_result = None
