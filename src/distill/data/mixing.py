@@ -61,8 +61,8 @@ class BatchMix:
     alpha: float = 1.0
     prob: float = 1.0
     seed: int = 0
-    _step: int = -1
-    _index: int = 0
+    _step: int = dataclasses.field(default=-1, init=False, repr=False)  # the micro-batch
+    _index: int = dataclasses.field(default=0, init=False, repr=False)  # within the step
 
     def __call__(self, batch: Batch, step: int) -> Batch:
         if step != self._step:

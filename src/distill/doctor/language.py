@@ -46,6 +46,7 @@ from distill.models import hf
 from distill.recipes import Recipe
 from distill.runs.common import recipe_objective, step_budget, steps_per_epoch
 from distill.runs.language import TextData, source_records, text_spec
+from distill.runs.language_models import tokenizer_source
 from distill.runs.run import served, task_for
 
 Log = Callable[[str], None]
@@ -65,11 +66,9 @@ def head_rows(model: nn.Module) -> int | None:
 
 def own_tokenizers(recipe: Recipe, data: TextData, notes: list[str]) -> dict[str, Any]:
     """Each model's own tokenizer where it is not the one the data were made with."""
-    spec = text_spec(recipe)
     teacher, student = recipe.teacher, recipe.student
     assert teacher is not None
-    owners = [s for s in (teacher, student) if s is not None and s.model.startswith("hf:")]
-    source = spec.tokenizer or (owners[0].model if owners else None)
+    source = tokenizer_source(recipe)[0]
     own: dict[str, Any] = {}
     if data.teacher_tokenizer is not None:
         own["teacher"] = data.teacher_tokenizer

@@ -158,22 +158,25 @@ def text_spec(recipe: Recipe) -> TextDataSpec:
     return recipe.data
 
 
-def tokenizer_for(recipe: Recipe) -> Any:
-    """The recipe's tokenizer: ``data.tokenizer``, else the teacher's (or an ``hf:`` student's)."""
+def tokenizer_source(recipe: Recipe) -> tuple[str, str | None, ModelSpec | None]:
+    """(hf:<id or dir>, gguf file, the model it belongs to or None for ``data.tokenizer``)
+    of the recipe's tokenizer: ``data.tokenizer``, else the teacher's (or an ``hf:``
+    student's)."""
     spec = text_spec(recipe)
-    owner = None
     if spec.tokenizer is not None:
-        source, gguf = spec.tokenizer, None
-    else:
-        for owner in (recipe.teacher, recipe.student):
-            if owner is not None and owner.model.startswith("hf:"):
-                break
-        else:
-            raise RecipeError(
-                "data.tokenizer: no hf: teacher or student to take a tokenizer from; set "
-                "data.tokenizer to hf:<id or dir>"
-            )
-        source, gguf = owner.model, owner.args.get("gguf_file")
+        return spec.tokenizer, None, None
+    for owner in (recipe.teacher, recipe.student):
+        if owner is not None and owner.model.startswith("hf:"):
+            return owner.model, owner.args.get("gguf_file"), owner
+    raise RecipeError(
+        "data.tokenizer: no hf: teacher or student to take a tokenizer from; set "
+        "data.tokenizer to hf:<id or dir>"
+    )
+
+
+def tokenizer_for(recipe: Recipe) -> Any:
+    """The recipe's tokenizer (``tokenizer_source``), loaded; pad and end tokens set."""
+    source, gguf, owner = tokenizer_source(recipe)
     try:
         tokenizer = hf.load_tokenizer(source, gguf)
     except (OSError, ValueError, ImportError) as error:
