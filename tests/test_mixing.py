@@ -123,6 +123,19 @@ def test_data_mix_refuses_what_cannot_read_mixed_inputs(digits_idx_dir, tmp_path
         digits_recipe(digits_idx_dir, tmp_path, "data.mix={kind: mixup}", change)
 
 
+@pytest.mark.parametrize(
+    ("recipe", "field"),
+    [
+        ("mnist1d_routed.yaml", "data.domains"),
+        ("fashion_mnist_data_free.yaml", "data.synthetic"),
+        ("fashion_mnist_pate.yaml", "pate"),
+    ],
+)
+def test_data_mix_refuses_the_shipped_recipes_it_cannot_mix(recipe, field):
+    with pytest.raises(RecipeError, match=f"data.mix: does not combine with {field} "):
+        load_recipe(ROOT / "recipes" / recipe, ["data.mix={kind: mixup}"])
+
+
 def test_data_mix_leaves_the_teacher_store_key_alone(digits_idx_dir, tmp_path):
     """Only the students' batches are mixed: the stored teacher is the unmixed recipe's."""
     from distill.runs.store import teacher_cache_dir
