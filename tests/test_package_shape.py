@@ -130,7 +130,14 @@ def test_nothing_below_the_run_layer_imports_it():
 
 # the layers of ../shared/DESIGN.md, top to bottom; a module imports its own layer or below
 LAYERS = [
-    ("distill.cli", "distill.__main__", "distill.runs", "distill.doctor", "distill.recipes"),
+    (
+        "distill.cli",
+        "distill.__main__",
+        "distill.runs",
+        "distill.doctor",
+        "distill.recipes",
+        "distill.integrations",
+    ),
     (
         "distill.training",
         "distill.methods",

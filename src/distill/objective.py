@@ -23,9 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from distill.batch import Batch
 from distill.losses.logits import cross_entropy, kl
 from distill.losses.registry import INPUT_NAMES, inputs_read, loss_parameters
-from distill.outputs import IGNORE_INDEX, TopK
+from distill.outputs import IGNORE_INDEX, TeacherOutput, TopK
 from distill.projectors import build_projector
 from distill.schedules import Constant, Schedule, as_schedule
 from distill.teachers.base import Teacher
@@ -45,6 +46,29 @@ class LossInputs:
     text: Tensor | None = None  # the batch's caption embeddings (CLIP-style data)
     example_weight: Tensor | None = None  # a per-example loss weight (diffusion: SNR)
     alignment: Any = None  # a teacher with another tokenizer: how its rows meet the student's
+
+
+def loss_inputs(
+    batch: Batch,
+    student_logits: Tensor | None,
+    teacher_out: TeacherOutput | None,
+    student_features: dict[str, Tensor],
+) -> LossInputs:
+    """What the terms read for ``batch``: the student's logits and tapped features, the
+    teacher's answer (None: no teacher), and the batch's labels, mask and metadata."""
+    teacher = teacher_out or TeacherOutput(logits=None)
+    return LossInputs(
+        student_logits=student_logits,
+        teacher_logits=teacher.logits,
+        teacher_topk=teacher.topk,
+        alignment=teacher.alignment,
+        labels=batch.labels,
+        mask=batch.mask,
+        student_features=student_features,
+        teacher_features=teacher.features,
+        text=batch.meta.get("text"),
+        example_weight=batch.meta.get("example_weight"),
+    )
 
 
 @dataclass

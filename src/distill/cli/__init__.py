@@ -319,6 +319,7 @@ def doctor(
 app.command("eval")(finished.eval_)
 app.command()(finished.export)
 app.command()(finished.sample)
+app.command()(finished.push)
 
 
 @app.command()

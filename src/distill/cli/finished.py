@@ -1,5 +1,6 @@
 """The commands on a finished run directory: ``distill eval`` (with ``--speculative``, the
-student as a draft for its teacher), ``distill export`` and ``distill sample``."""
+student as a draft for its teacher), ``distill export``, ``distill sample`` and ``distill
+push``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rich import box
 from rich.table import Table
 
 from distill.cli.shared import JsonOption, QuietOption, guarded, logger, out_console
+from distill.runs.hub import push as push_command
 from distill.runs.report_tables import export_table
 from distill.runs.run import eval_command, export_command, sample_command
 from distill.runs.speculative import describe_speculative, speculative_command
@@ -137,3 +139,25 @@ def sample(
             f"{result['images']} images, {result['model']} in {result['steps']} steps "
             f"({1000 * result['seconds_per_image']:.1f} ms each): {result['path']}"
         )
+
+
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by distill run")],
+    target: Annotated[
+        str,
+        typer.Argument(help="a Hub repository id (user/name), or a local folder (/…, ./…, ~…)"),
+    ],
+    private: Annotated[bool, typer.Option("--private", help="a new Hub repository: private")] = (
+        False
+    ),
+    license: Annotated[
+        str | None, typer.Option(help="the model card's license (default: output.license)")
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Write the run's distilled student with a model card to <run>/student/ and send it
+    to the Hugging Face Hub (or a local folder)."""
+    where = guarded(
+        push_command, run_dir, target, private=private, license=license, log=logger(quiet, False)
+    )
+    typer.echo(f"pushed {run_dir / 'student'} to {where}")

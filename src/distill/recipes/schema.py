@@ -34,6 +34,7 @@ from distill.recipes.specs import (
     Scheduled,
     ScheduleSpec,
     Strict,
+    StudentSpec,
     TeacherSpec,
     TermSpec,
     TextDataSpec,
@@ -57,6 +58,7 @@ __all__ = [
     "Scheduled",
     "SearchSpec",
     "Strict",
+    "StudentSpec",
     "SyntheticSpec",
     "TeacherSpec",
     "TermSpec",
@@ -78,7 +80,7 @@ class Recipe(Strict):
     )
     data: DataSpec | TextDataSpec = Field(discriminator="dataset")
     teacher: TeacherSpec | None = None
-    student: ModelSpec
+    student: StudentSpec
     objective: dict[str, TermSpec]
     train: TrainSpec
     assistant: ModelSpec | None = Field(
@@ -134,6 +136,7 @@ class Recipe(Strict):
             )
         self._check_domains()
         self._check_mix()
+        self._check_peft()
         self._check_ensemble_temperature()
         self._check_compress()
         self._check_cache()
@@ -399,6 +402,22 @@ class Recipe(Strict):
                     "mixed class probabilities (only cross_entropy reads those); drop data.mix "
                     "or the term"
                 )
+
+    def _check_peft(self) -> None:
+        """LoRA students are built for one student trained once, and merged when saved."""
+        if self.student.peft is None:
+            return
+        if self.task not in ("classification", "causal_lm", "masked_lm"):
+            raise ValueError("student.peft: LoRA students are for classification and LM recipes")
+        clashes = {
+            "peers": self.peers > 1, "search": self.search is not None,
+            "compress": bool(self.compress), "export": self.export is not None,
+            "generations": self.generations > 1, "assistant": self.assistant is not None,
+            "teacher.model ema": self.teacher is not None and self.teacher.model == "ema",
+        }  # fmt: skip
+        for field, present in clashes.items():
+            if present:
+                raise ValueError(f"student.peft: does not combine with {field} yet; drop one")
 
     def _check_domains(self) -> None:
         domains = getattr(self.data, "domains", None) or {}

@@ -4,6 +4,7 @@ together and checks how they combine."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +106,32 @@ class ModelSpec(Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = Field(None, description="safetensors weights to load")
     pretrained: bool = False
+
+
+class LoraSpec(Strict):
+    """LoRA adapters on the student (``peft``): its weights stay frozen and only the
+    adapters train, are checkpointed and saved; the saved student is merged."""
+
+    r: int = Field(8, ge=1, description="the adapters' rank")
+    alpha: float = Field(16.0, gt=0, description="scale: the update is (alpha / r) · B A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] = Field(
+        min_length=1,
+        description="module names (or the ends of their paths) that get adapters, e.g. "
+        "[q_proj, v_proj]",
+    )
+
+    @model_validator(mode="after")
+    def _peft_installed(self) -> LoraSpec:
+        if importlib.util.find_spec("peft") is None:
+            raise ValueError("LoRA students need the peft package: pip install peft")
+        return self
+
+
+class StudentSpec(ModelSpec):
+    """The student: a model spec, optionally with LoRA adapters (``peft``)."""
+
+    peft: LoraSpec | None = None
 
 
 class TrainSpec(TrainConfig):
@@ -381,4 +408,7 @@ class TextDataSpec(Strict):
 
 class OutputSpec(Strict):
     dir: Path = Path("runs")
+    license: str | None = Field(
+        None, description="the model card's license (distill push), e.g. apache-2.0; None: other"
+    )
     latency_repeats: int = Field(50, ge=1, description="timed batch-1 forwards per model")

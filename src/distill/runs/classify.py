@@ -34,6 +34,7 @@ from distill.methods import Cohort
 from distill.methods.inversion import batchnorm_layers
 from distill.methods.pate import Votes
 from distill.models import build_model
+from distill.models.lora import with_lora
 from distill.objective import Objective
 from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
@@ -281,6 +282,7 @@ class Classification(Task):
             for field, spec, taps in self.named_models(recipe, objective):
                 try:
                     model = model_from_spec(spec.model_copy(update={"pretrained": False}), data)
+                    model = with_lora(model, spec)  # student.peft's target modules exist
                     if field == "student" and recipe.peers > 1:  # the taps are the cohort's
                         model = Cohort([model, copy.deepcopy(model)])
                     Taps(model, taps)  # an unknown path is an error listing the closest
@@ -403,6 +405,9 @@ class Classification(Task):
         return f"validation accuracy {100 * info['val']['accuracy']:.2f}%"
 
 
+TRACKERS = {"train": {"log_with"}}  # they do not shape the teacher
+
+
 def teacher_fingerprint(recipe: Recipe) -> dict[str, Any]:
     """What a trained teacher's cached answers depend on: it was trained for this data and
     seed."""
@@ -411,7 +416,7 @@ def teacher_fingerprint(recipe: Recipe) -> dict[str, Any]:
         "teacher": recipe.teacher.model,
         "teacher_args": dict(recipe.teacher.args),
         "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
-        "teacher_train": recipe.teacher.model_dump(mode="json")["train"],
+        "teacher_train": recipe.teacher.model_dump(mode="json", exclude=TRACKERS)["train"],
         "dataset": recipe.data.dataset,
         "split_seed": recipe.data.split_seed,
         "seed": recipe.seed,

@@ -23,6 +23,7 @@ from distill import teachers
 from distill.errors import RecipeError
 from distill.methods import Cohort, OnPolicy
 from distill.methods.token_kd import final_hidden_tap
+from distill.models.lora import ADAPTER_DIR, has_adapters, merge_adapters, save_adapter, with_lora
 from distill.recipes import ModelSpec, Recipe, validate_recipe
 from distill.recipes.load import read_yaml
 from distill.runs.cache import cache_as_teacher, ensure_cache
@@ -257,6 +258,7 @@ def train_student(
         if not isinstance(student, Cohort):
             done.update(latency(task, recipe, data, student, budget.bench, row))
         return student, done
+    student = with_lora(student, spec)  # student.peft: only the adapters train
     objective = lesson.objective(student)
     live = None if lesson.teacher is None else task.live_teacher(recipe, data, lesson.teacher)
     if lesson.ema_momentum is not None:
@@ -276,6 +278,10 @@ def train_student(
         max_steps=budget.steps, eval_every=budget.per_epoch, progress=budget.progress,
         batch_transform=transform, log=budget.log,
     )  # fmt: skip
+    if has_adapters(student):  # in PEFT's format, then merged: the student as it deploys
+        on_main(lambda: save_adapter(student, run_dir / ADAPTER_DIR, spec.model))
+        merge_adapters(student)
+        on_main(lambda: ckpt.save_weights(student, run_dir / ckpt.STUDENT_FILE))
     on_main(lambda: task.save_student(student, run_dir, data))
     if isinstance(student, Cohort):  # each peer is measured on its own (peer_rows)
         metrics = task.evaluate(student, recipe, data, judge)

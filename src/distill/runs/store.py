@@ -56,8 +56,12 @@ def teacher_cache_dir(recipe: Recipe, part: str | None = None) -> Path:
     ``data.mix`` is not in the key: it mixes the students' batches, never the teacher's."""
     assert recipe.teacher is not None
     key_fields = {
-        "teacher": recipe.teacher.model_dump(
-            mode="json", exclude={"cache", "autocast", *ENSEMBLE_AND_EMA_FIELDS}
+        "teacher": recipe.teacher.model_dump(  # trackers do not shape the weights
+            mode="json",
+            exclude={
+                **dict.fromkeys(("cache", "autocast", *ENSEMBLE_AND_EMA_FIELDS), True),
+                "train": {"log_with"},
+            },
         ),
         "data": recipe.data.model_dump(
             mode="json",

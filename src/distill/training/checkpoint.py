@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from distill.errors import CheckpointError
+from distill.models.lora import adapter_state, has_adapters, is_adapter_key
 from distill.paths import CHECKSUMS_FILE, fsync_dir, verify_checksums, write_checksums
 
 CHECKPOINTS = "checkpoints"
@@ -61,8 +62,12 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
-    """Save a module's parameters and buffers as safetensors (tied weights handled)."""
-    save_model(module, str(path))
+    """Save a module's parameters and buffers as safetensors (tied weights handled); of a
+    model with LoRA adapters only the adapters (its other weights are frozen)."""
+    if has_adapters(module):
+        save_file(adapter_state(module), str(path))
+    else:
+        save_model(module, str(path))
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
@@ -77,6 +82,8 @@ def load_weights(module: nn.Module, path: Path) -> None:
             f"{path}: cannot be loaded into {type(module).__name__} ({reason}); was it saved "
             "from the same architecture, and is the file whole?"
         ) from None
+    if has_adapters(module):  # a file of adapters: the frozen weights are the model's own
+        missing = [name for name in missing if is_adapter_key(name)]
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit {type(module).__name__}: missing {sorted(missing)[:5]}, "

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
+
+from distill.training.tracking import missing_packages
 
 
 class TrainConfig(BaseModel):
@@ -56,6 +58,19 @@ class TrainConfig(BaseModel):
         "accuracy", description="validation metric that picks the best student; None: last"
     )
     progress: bool = True
+    log_with: list[Literal["tensorboard", "wandb", "mlflow", "aim"]] = Field(
+        default_factory=list,
+        description="experiment trackers (Accelerate's) that get every metrics row: the "
+        "losses, each term's weight and temperature, the LR and the validation metrics",
+    )
+
+    @field_validator("log_with")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        problems = missing_packages(names)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return names
 
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]

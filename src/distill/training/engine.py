@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from distill.batch import Batch, as_batch, logits_of
 from distill.data.resumable import ResumableLoader
-from distill.objective import LossInputs, Objective, default_objective
+from distill.objective import LossInputs, Objective, default_objective, loss_inputs
 from distill.outputs import TeacherOutput
 from distill.taps import Taps
 from distill.teachers import Teacher
@@ -58,6 +58,7 @@ from distill.training.state import (
     truncate_metrics,
 )
 from distill.training.step_logs import LogWindow, StepLogs, grad_norm, micro_batch_shares
+from distill.training.tracking import Trackers
 
 
 class Distiller:
@@ -144,18 +145,7 @@ class Distiller:
         full (a Hugging Face causal LM keeps the last position only)."""
         full_logits = not training or self.objective.reads("student_logits")
         logits = logits_of(batch.run(self.student, logits=full_logits))
-        return LossInputs(
-            student_logits=logits,
-            teacher_logits=teacher_out.logits if teacher_out is not None else None,
-            teacher_topk=teacher_out.topk if teacher_out is not None else None,
-            alignment=teacher_out.alignment if teacher_out is not None else None,
-            labels=batch.labels,
-            mask=batch.mask,
-            student_features=self.student_taps.pop(),
-            teacher_features=teacher_out.features if teacher_out is not None else {},
-            text=batch.meta.get("text"),
-            example_weight=batch.meta.get("example_weight"),
-        )
+        return loss_inputs(batch, logits, teacher_out, self.student_taps.pop())
 
     def _build_projectors(self, first: Batch) -> None:
         """One forward on the first batch: checks taps and terms, creates projectors."""
@@ -227,7 +217,8 @@ class Distiller:
         progress = TrainingProgress(
             total_steps, enabled=c.progress and self.is_main, completed=state.step
         )
-        with StopRequest() as stop, progress:
+        self.trackers = Trackers(c.log_with, run_dir, c.model_dump(mode="json"), state.step)
+        with StopRequest() as stop, progress, self.trackers:
             self._train(data, eval_loader, state, total_steps, epochs, stop, progress)
         if c.select_metric and state.best_step not in (None, state.step):
             accelerator.wait_for_everyone()  # the main process wrote them
@@ -334,13 +325,11 @@ class Distiller:
                     accelerator, logs.add_micro_batch(value, labelled, shares[i], batch.size())
                 )
         norm = grad_norm(accelerator, self.optimizer, self.config.max_grad_norm)
-        # under an fp16 loss scaler overflowing gradients are the scaler's business: it
-        # skips those updates and lowers its scale
+        # fp16: overflowing gradients are the loss scaler's (it skips the update, lowers its scale)
         logs.set_grad_norm(norm, self.config.max_grad_norm is not None, accelerator.scaler is None)
         logs.tail["lr"] = self.optimizer.param_groups[0]["lr"]
         logs.pack(accelerator.device, self._reduce if world > 1 else None)
-        # stop: checked when the step is read (at the next log, validation or checkpoint);
-        # skip_step must decide now, which waits for the device every step
+        # stop: checked when the step is read (next log); skip_step decides now (waits every step)
         skip = self.config.on_nonfinite == "skip_step" and logs.problem()
         if not skip:
             optimizer_step(accelerator, self.optimizer)
@@ -446,3 +435,4 @@ class Distiller:
         run_dir = self.config.run_dir
         if run_dir is not None and self.is_main:
             append_metrics(run_dir, row)
+            self.trackers.log(row)

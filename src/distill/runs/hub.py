@@ -1,0 +1,185 @@
+"""``distill push RUN_DIR TARGET``: a finished run's distilled student as a Hugging Face
+model repository, with a model card.
+
+The folder pushed is ``<run>/student/``: a language model's Hugging Face folder (weights,
+config, tokenizer), or, for a classifier, ``model.safetensors`` and ``config.json``
+(``distill.models.hub.load_classifier`` builds it back). ``README.md`` is the generated
+model card: its metadata (license, tags, datasets, base model), the teacher, the student,
+the data, the distillation terms with their weights and temperatures, the test results of
+the teacher and the two students, and the resolved recipe.
+
+TARGET is a Hub repository id (``user/name``; ``huggingface_hub`` creates it if needed
+and uploads the folder), or a local folder (a path that starts with ``/``, ``./``,
+``../``, ``~`` or ``file://``), which gets the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import RecipeError
+from distill.models.hub import save_classifier
+from distill.recipes import Recipe
+from distill.runs.common import RECIPE_FILE, SUMMARY_FILE, Log
+from distill.runs.language import HF_STUDENT_DIR
+from distill.runs.report import markdown_table
+from distill.runs.report_tables import header, table_rows
+from distill.runs.run import read_run_recipe, task_for
+
+CARD = "README.md"
+PIPELINES = {"classification": "image-classification", "causal_lm": "text-generation",
+             "masked_lm": "fill-mask"}  # fmt: skip
+LOCAL_PREFIXES = ("/", "./", "../", "~", "file://")
+
+
+def is_local(target: str) -> bool:
+    return target.startswith(LOCAL_PREFIXES)
+
+
+def hub_folder(run_dir: Path, license: str | None = None, log: Log = print) -> Path:
+    """``<run>/student/`` with the student and its model card, written now."""
+    run_dir = Path(run_dir)
+    recipe = read_run_recipe(run_dir)
+    summary_path = run_dir / SUMMARY_FILE
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{run_dir}: no {SUMMARY_FILE}; did the run finish?")
+    summary = json.loads(summary_path.read_text())
+    folder = run_dir / HF_STUDENT_DIR
+    if recipe.task == "classification":
+        task = task_for(recipe)
+        data = task.prepare(recipe, False, log)
+        student = task.load_student(run_dir, recipe, data)
+        save_classifier(student, folder, recipe.student.model, dict(recipe.student.args),
+                        data.num_classes, data.in_shape)  # type: ignore[attr-defined]  # fmt: skip
+    elif recipe.task not in PIPELINES:
+        raise RecipeError(f"distill push: task {recipe.task} is not built yet")
+    elif not folder.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no {HF_STUDENT_DIR}/ folder; did the run finish?")
+    card = model_card(recipe, summary, (run_dir / RECIPE_FILE).read_text(), license)
+    (folder / CARD).write_text(card)
+    return folder
+
+
+def push(
+    run_dir: Path, target: str, private: bool = False, license: str | None = None, log: Log = print
+) -> str:
+    """Write the student's folder and send it to ``target``; where it went."""
+    folder = hub_folder(run_dir, license, log)
+    if is_local(target):
+        where = Path(target.removeprefix("file://")).expanduser()
+        shutil.copytree(folder, where, dirs_exist_ok=True)
+        return str(where)
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(target, private=private, exist_ok=True)
+    recipe = read_run_recipe(run_dir)
+    api.upload_folder(
+        repo_id=target, folder_path=str(folder), commit_message=f"distill: {recipe.name}"
+    )
+    return f"https://huggingface.co/{target}"
+
+
+def model_card(
+    recipe: Recipe, summary: dict[str, Any], recipe_text: str, license: str | None
+) -> str:
+    """The model card: YAML metadata, then what was distilled from what, how, and how well."""
+    teacher = recipe.teacher
+    metadata: dict[str, Any] = {
+        "library_name": "transformers" if recipe.task in ("causal_lm", "masked_lm") else "distill",
+        "license": license or recipe.output.license or "other",
+        "tags": ["distill", "knowledge-distillation"],
+        "pipeline_tag": PIPELINES[recipe.task],
+    }
+    dataset = getattr(recipe.data, "dataset", None)
+    if dataset and dataset != "text":
+        metadata["datasets"] = [dataset]
+    if teacher is not None and teacher.model.startswith("hf:"):
+        metadata["base_model"] = teacher.model.removeprefix("hf:")
+    terms = [
+        [name, term.loss, _scheduled(term.weight), _scheduled(term.temperature), term.rows]
+        for name, term in recipe.objective.items()
+    ]
+    student = f"`{recipe.student.model}`" + (
+        f" with args `{json.dumps(recipe.student.args)}`" if recipe.student.args else ""
+    )
+    if recipe.student.peft is not None:
+        lora = recipe.student.peft
+        student += (
+            f"; LoRA adapters (r {lora.r}, alpha {lora.alpha:g}) on "
+            f"{', '.join(lora.target_modules)} trained, then merged"
+        )
+    lines = [
+        "---",
+        yaml.safe_dump(metadata, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {recipe.name}: a distilled student",
+        "",
+        recipe.description or "",
+        "",
+        "Made with distill, by knowledge distillation (Hinton et al., 2015): the student was "
+        "trained to reproduce the teacher below.",
+        "",
+        "## How it was made",
+        "",
+        f"- **Teacher**: `{teacher.model if teacher else 'none'}`"
+        + (f" with args `{json.dumps(teacher.args)}`" if teacher and teacher.args else ""),
+        f"- **Student**: {student}",
+        f"- **Data**: {summary.get('dataset')}, {summary.get('regime')}",
+        f"- **Budget**: {summary.get('steps')} optimizer steps, learning rate "
+        f"{recipe.train.lr:g} ({recipe.train.lr_schedule}), seed {recipe.seed}",
+        "",
+        "The distillation terms (the loss is Σ weight · term):",
+        "",
+        markdown_table(["term", "loss", "weight", "temperature", "rows"], terms),
+        "",
+        "## Results on the test split",
+        "",
+        "The label-only student has the same architecture, initial weights, seed and budget.",
+        "",
+        markdown_table(header(summary), table_rows(summary)),
+        "",
+        "## Recipe",
+        "",
+        f"Rerun with `distill run recipe.yaml` (this is the resolved `{RECIPE_FILE}`):",
+        "",
+        "```yaml",
+        recipe_text.strip(),
+        "```",
+        "",
+        "## Use",
+        "",
+        "```python",
+        *_usage(recipe),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _scheduled(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    return ", ".join(f"{k} {v}" for k, v in value.model_dump(exclude_none=True).items())
+
+
+def _usage(recipe: Recipe) -> list[str]:
+    if recipe.task == "causal_lm":
+        return ["from transformers import AutoModelForCausalLM, AutoTokenizer",
+                'model = AutoModelForCausalLM.from_pretrained("<this repository>")',
+                'tokenizer = AutoTokenizer.from_pretrained("<this repository>")']  # fmt: skip
+    if recipe.task == "masked_lm":
+        return ["from transformers import AutoModelForMaskedLM, AutoTokenizer",
+                'model = AutoModelForMaskedLM.from_pretrained("<this repository>")',
+                'tokenizer = AutoTokenizer.from_pretrained("<this repository>")']  # fmt: skip
+    return ["from huggingface_hub import snapshot_download",
+            "from distill.models.hub import load_classifier",
+            'model = load_classifier(snapshot_download("<this repository>"))']  # fmt: skip

@@ -1,0 +1,115 @@
+"""distill's objective inside a Hugging Face Trainer: one optimizer step over two
+accumulated micro-batches updates the student exactly as distill's engine does on the
+same rows, with a term over every token beside one over the labelled tokens only."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+from torch.utils.data import DataLoader
+
+import distill
+from distill import Objective, Term, losses, teachers
+from distill.integrations.transformers import DistillationTrainer, as_distill_batch
+from distill.methods import token_kd_term
+from distill.outputs import IGNORE_INDEX
+
+from .text_models import PAD, VOCAB, tiny_llama
+
+ROWS, LENGTH = 8, 10
+
+
+def hf_rows() -> list[dict[str, torch.Tensor]]:
+    """Hugging Face rows (labels = the tokens, the model shifts them): a 3-token prompt
+    without labels, and padding at the end of the last three rows."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(ROWS):
+        ids = torch.randint(6, VOCAB, (LENGTH,), generator=g)
+        attention = torch.ones(LENGTH, dtype=torch.long)
+        if i >= 5:
+            ids[-3:], attention[-3:] = PAD, 0
+        labels = ids.clone()
+        labels[:3] = IGNORE_INDEX
+        labels[attention == 0] = IGNORE_INDEX
+        rows.append({"input_ids": ids, "attention_mask": attention, "labels": labels,
+                     "loss_mask": attention.bool()})  # fmt: skip
+    return rows
+
+
+def objective(kind: str, student, teacher) -> Objective:
+    """kd reads every real token (the loss_mask); ce only the labelled ones. ``lm_head``:
+    the chunked LM-head KD (``token_kd_term``), which reads hidden states, not logits."""
+    kd = (
+        token_kd_term(student, teacher, temperature=2.0)
+        if kind == "lm_head"
+        else Term(losses.kl, temperature=2.0)
+    )
+    return Objective(kd=kd, ce=Term(losses.cross_entropy, weight=0.5, rows="labelled"))
+
+
+@pytest.mark.parametrize("kind", ["logits", "lm_head"])
+def test_one_trainer_step_with_accumulation_equals_distills_engine_step(tmp_path, kind):
+    teacher = tiny_llama(seed=1).eval()
+    student = tiny_llama(seed=0)
+    by_engine = copy.deepcopy(student)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant",
+        max_grad_norm=0.0, weight_decay=0.0, use_cpu=True, report_to=[], save_strategy="no",
+        logging_strategy="no", remove_unused_columns=False, seed=0,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=hf_rows(), teacher=teacher,
+        objective=objective(kind, student, teacher),
+    )  # fmt: skip
+    trainer.train()
+
+    # the engine, on the same rows in distill's convention, as one batch of 8
+    rows = [as_distill_batch({k: v[None] for k, v in r.items()}, True) for r in hf_rows()]
+    engine_rows = [
+        {**{k: v[0] for k, v in b.kwargs.items()}, "labels": b.labels[0], "loss_mask": b.mask[0]}
+        for b in rows
+    ]  # fmt: skip
+    distill.Distiller(
+        by_engine, teachers.Module(teacher), objective(kind, by_engine, teacher),
+        optimizer="sgd", momentum=0.0, lr=1.0, lr_schedule="constant", progress=False,
+        select_metric=None, cpu=True,
+    ).fit(DataLoader(engine_rows, batch_size=ROWS), max_steps=1)  # fmt: skip
+
+    moved = 0.0
+    initial = tiny_llama(seed=0).state_dict()
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, by_engine.state_dict()[name], atol=1e-6, rtol=1e-5)
+        moved = max(moved, float((value - initial[name]).abs().max()))
+    assert moved > 1e-3  # the step did move the student
+
+
+def test_hf_labels_are_shifted_to_distills_next_token_labels():
+    row = hf_rows()[6]
+    batch = as_distill_batch({k: v[None] for k, v in row.items()}, shift_labels=True)
+    assert batch.labels[0, :-1].tolist() == row["labels"][1:].tolist()
+    assert batch.labels[0, -1] == IGNORE_INDEX
+    unmasked = {k: v[None] for k, v in row.items() if k != "loss_mask"}
+    default = as_distill_batch(unmasked, shift_labels=True)
+    assert torch.equal(default.mask, default.labels != IGNORE_INDEX)
+
+
+def test_an_objective_with_learned_projectors_is_refused(tmp_path):
+    teacher = tiny_llama(seed=1, hidden_size=48, num_attention_heads=4).eval()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, use_cpu=True,
+        report_to=[], save_strategy="no", remove_unused_columns=False,
+    )  # fmt: skip
+    hint = Objective(
+        hint=Term(losses.hint, student="model.layers.1", teacher="model.layers.1"),
+    )
+    trainer = DistillationTrainer(
+        model=tiny_llama(seed=0), args=args, train_dataset=hf_rows(), teacher=teacher,
+        objective=hint,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="learns projectors"):
+        trainer.train()
