@@ -235,6 +235,14 @@ def _with_checkpoints(teacher: Any, checkpoints: dict[str, dict]) -> Any:
     return {**teacher, "members": members}
 
 
+def gap_closed(mean: float, reference: float, teacher: float) -> str:
+    """(mean − reference) / (teacher − reference) as a percentage; empty when the teacher
+    is not above the reference."""
+    return (
+        "" if teacher <= reference else f"{100 * (mean - reference) / (teacher - reference):.0f}%"
+    )
+
+
 def mean_std(values: list[float]) -> str:
     mean = statistics.mean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -339,11 +347,7 @@ def markdown(results: dict) -> str:
         ]
         for method, row in rows.items():
             mean = statistics.mean(row["accuracies"])
-            gap = (
-                ""
-                if method == "labels only" or teacher <= baseline
-                else (f"{100 * (mean - baseline) / (teacher - baseline):.0f}%")
-            )
+            gap = "" if method == "labels only" else gap_closed(mean, baseline, teacher)
             if "teacher_accuracy" in row and ("ensemble" in method or "routed" in method):
                 method = f"{method} (teacher: {100 * row['teacher_accuracy']:.2f})"
             lines.append(

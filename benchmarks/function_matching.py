@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from classic_kd import KD, METHODS, STUDENT, TEACHER, mean_std, raw_recipe
+from classic_kd import KD, METHODS, STUDENT, TEACHER, gap_closed, mean_std, raw_recipe
 
 from distill.recipes import validate_recipe
 from distill.runs import run_recipe
@@ -209,9 +209,7 @@ def markdown(results: dict[str, Any]) -> str:
             reference = statistics.mean(
                 r["accuracy"] for r in rows[row["reference"]]["runs"].values()
             )
-            gap = "" if name == row["reference"] or teacher <= reference else (
-                f"{100 * (mean - reference) / (teacher - reference):.0f}%"
-            )  # fmt: skip
+            gap = "" if name == row["reference"] else gap_closed(mean, reference, teacher)
             per_seed = ", ".join(f"{100 * a:.2f}" for a in accuracies)
             seconds = statistics.mean(r["seconds"] for r in runs)
             lines.append(

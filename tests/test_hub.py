@@ -17,7 +17,7 @@ from distill.recipes import load_recipe
 from distill.runs import run_recipe
 from distill.runs.classify import Classification, prepare_data
 
-from .test_lm_pipeline import tiny_overrides
+from .test_lm_pipeline import tiny_token_kd_recipe
 
 ROOT = Path(__file__).parent.parent
 
@@ -98,11 +98,9 @@ def test_a_language_model_run_pushes_its_hugging_face_folder(
     import transformers
 
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
-    recipe = load_recipe(
-        ROOT / "recipes" / "llm_token_kd.yaml",
-        [*tiny_overrides("llama", text_file, tokenizer_dir, tmp_path), "student.args.keep=2",
-         "baseline=false", "output.license=mit"],
-    )  # fmt: skip
+    recipe = tiny_token_kd_recipe(
+        text_file, tokenizer_dir, tmp_path, "baseline=false", "output.license=mit"
+    )
     run_recipe(recipe, progress=False, log=lambda m: None)
     result = CliRunner().invoke(
         cli.app, ["push", str(tmp_path / "llm_token_kd"), str(tmp_path / "repo"), "--quiet"]

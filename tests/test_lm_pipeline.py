@@ -45,12 +45,19 @@ def tiny_overrides(kind, text_file, tokenizer_dir, tmp_path):
     ]
 
 
+def tiny_token_kd_recipe(text_file, tokenizer_dir, tmp_path, *extra):
+    """recipes/llm_token_kd.yaml with tiny Llamas: the teacher trained, the student 2 of
+    its 4 layers; ``extra`` overrides more."""
+    overrides = [
+        *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
+        "student.args.keep=2",
+    ]
+    return load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", [*overrides, *extra])
+
+
 def test_llm_token_kd_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
-    recipe = load_recipe(
-        ROOT / "recipes" / "llm_token_kd.yaml",
-        [*tiny_overrides("llama", text_file, tokenizer_dir, tmp_path), "student.args.keep=2"],
-    )
+    recipe = tiny_token_kd_recipe(text_file, tokenizer_dir, tmp_path)
     summary = run_recipe(recipe, progress=False, log=lambda m: None)
     models = summary["models"]
     assert set(models) == {"teacher", "baseline", "student"}
@@ -240,7 +247,6 @@ def test_a_recipe_with_train_compile_compiles_its_models_and_lm_head_chunks(
     text_file, tokenizer_dir, tmp_path, monkeypatch
 ):
     from distill.losses import tokens
-    from distill.recipes import load_recipe
     from distill.runs import run_recipe
 
     from .test_compile import compiled_graphs
@@ -248,12 +254,10 @@ def test_a_recipe_with_train_compile_compiles_its_models_and_lm_head_chunks(
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     torch._dynamo.reset()
     tokens._compiled.cache_clear()
-    overrides = [
-        *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
-        "student.args.keep=2", "baseline=false", "train.max_steps=6", "train.eval_every=3",
-        "train.compile=true", "train.compile_backend=aot_eager",
-    ]  # fmt: skip
-    recipe = load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", overrides)
+    recipe = tiny_token_kd_recipe(
+        text_file, tokenizer_dir, tmp_path, "baseline=false", "train.max_steps=6",
+        "train.eval_every=3", "train.compile=true", "train.compile_backend=aot_eager",
+    )  # fmt: skip
     summary = run_recipe(recipe, progress=False, log=lambda m: None)
     assert 1.0 < summary["models"]["student"]["perplexity"] < 400
     assert compiled_graphs() > 0

@@ -24,7 +24,7 @@ from distill.recipes import RecipeError, load_recipe
 from distill.runs import run_recipe
 from distill.training import checkpoint as ckpt
 
-from .test_lm_pipeline import tiny_overrides
+from .test_lm_pipeline import tiny_token_kd_recipe
 from .text_models import tiny_llama
 
 ROOT = Path(__file__).parent.parent
@@ -98,10 +98,9 @@ def test_a_lora_student_recipe_trains_only_its_adapters_and_saves_it_merged(
     import transformers
 
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
-    recipe = load_recipe(
-        ROOT / "recipes" / "llm_token_kd.yaml",
-        [*tiny_overrides("llama", text_file, tokenizer_dir, tmp_path), "student.args.keep=2",
-         "student.peft={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"],
+    recipe = tiny_token_kd_recipe(
+        text_file, tokenizer_dir, tmp_path,
+        "student.peft={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}",
     )  # fmt: skip
     summary = run_recipe(recipe, progress=False, log=lambda m: None)
     run_dir = tmp_path / "llm_token_kd"

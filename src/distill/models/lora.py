@@ -29,12 +29,12 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # how PEFT's files name a wrapped model's tensors
 
 
-def has_adapters(module: nn.Module) -> bool:
-    return any(ADAPTER_KEY in name for name, _ in module.named_parameters())
-
-
 def is_adapter_key(name: str) -> bool:
     return ADAPTER_KEY in name
+
+
+def has_adapters(module: nn.Module) -> bool:
+    return any(is_adapter_key(name) for name, _ in module.named_parameters())
 
 
 def add_adapters(

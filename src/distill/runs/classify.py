@@ -55,7 +55,13 @@ from distill.runs.private import (
     split_public,
     synthetic_rows,
 )
-from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
+from distill.runs.store import (
+    NOT_SHAPING_WEIGHTS,
+    fit_and_store_teacher,
+    store_lock,
+    stored_teacher,
+    teacher_cache_dir,
+)
 from distill.taps import Taps
 from distill.training import checkpoint as ckpt
 
@@ -405,18 +411,16 @@ class Classification(Task):
         return f"validation accuracy {100 * info['val']['accuracy']:.2f}%"
 
 
-TRACKERS = {"train": {"log_with"}}  # they do not shape the teacher
-
-
 def teacher_fingerprint(recipe: Recipe) -> dict[str, Any]:
     """What a trained teacher's cached answers depend on: it was trained for this data and
     seed."""
     assert recipe.teacher is not None
+    teacher_train = recipe.teacher.model_dump(mode="json", exclude=NOT_SHAPING_WEIGHTS)["train"]
     return {
         "teacher": recipe.teacher.model,
         "teacher_args": dict(recipe.teacher.args),
         "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
-        "teacher_train": recipe.teacher.model_dump(mode="json", exclude=TRACKERS)["train"],
+        "teacher_train": teacher_train,
         "dataset": recipe.data.dataset,
         "split_seed": recipe.data.split_seed,
         "seed": recipe.seed,

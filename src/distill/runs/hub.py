@@ -41,10 +41,10 @@ def is_local(target: str) -> bool:
     return target.startswith(LOCAL_PREFIXES)
 
 
-def hub_folder(run_dir: Path, license: str | None = None, log: Log = print) -> Path:
-    """``<run>/student/`` with the student and its model card, written now."""
+def hub_folder(run_dir: Path, recipe: Recipe, license: str | None = None, log: Log = print) -> Path:
+    """``<run>/student/`` with the student and its model card (``recipe``: the run's),
+    written now."""
     run_dir = Path(run_dir)
-    recipe = read_run_recipe(run_dir)
     summary_path = run_dir / SUMMARY_FILE
     if not summary_path.exists():
         raise FileNotFoundError(f"{run_dir}: no {SUMMARY_FILE}; did the run finish?")
@@ -69,7 +69,8 @@ def push(
     run_dir: Path, target: str, private: bool = False, license: str | None = None, log: Log = print
 ) -> str:
     """Write the student's folder and send it to ``target``; where it went."""
-    folder = hub_folder(run_dir, license, log)
+    recipe = read_run_recipe(run_dir)
+    folder = hub_folder(run_dir, recipe, license, log)
     if is_local(target):
         where = Path(target.removeprefix("file://")).expanduser()
         shutil.copytree(folder, where, dirs_exist_ok=True)
@@ -78,7 +79,6 @@ def push(
 
     api = HfApi()
     api.create_repo(target, private=private, exist_ok=True)
-    recipe = read_run_recipe(run_dir)
     api.upload_folder(
         repo_id=target, folder_path=str(folder), commit_message=f"distill: {recipe.name}"
     )

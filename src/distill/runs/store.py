@@ -50,17 +50,20 @@ def settings(train: TrainSpec, **changes: Any) -> dict[str, Any]:
     return values
 
 
+NOT_SHAPING_WEIGHTS = {"train": {"log_with"}}  # teacher fields left out of keys: trackers
+
+
 def teacher_cache_dir(recipe: Recipe, part: str | None = None) -> Path:
     """Where a teacher trained for this recipe is kept: keyed by everything that shapes it
     (``part``: which of several teachers, e.g. a PATE partition, trained on its own rows).
     ``data.mix`` is not in the key: it mixes the students' batches, never the teacher's."""
     assert recipe.teacher is not None
     key_fields = {
-        "teacher": recipe.teacher.model_dump(  # trackers do not shape the weights
+        "teacher": recipe.teacher.model_dump(
             mode="json",
             exclude={
                 **dict.fromkeys(("cache", "autocast", *ENSEMBLE_AND_EMA_FIELDS), True),
-                "train": {"log_with"},
+                **NOT_SHAPING_WEIGHTS,
             },
         ),
         "data": recipe.data.model_dump(

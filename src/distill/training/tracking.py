@@ -36,8 +36,9 @@ def missing_packages(names: list[str]) -> list[str]:
 
 
 class Trackers:
-    """The run's trackers, started at ``start_step`` (a resumed run's step) and finished
-    on leaving the ``with`` block, also when training fails (what was logged stays)."""
+    """The run's trackers (``names``: checked installed by ``TrainConfig``), started at
+    ``start_step`` (a resumed run's step) and finished on leaving the ``with`` block, also
+    when training fails (what was logged stays)."""
 
     def __init__(
         self, names: list[str], run_dir: Path | None, config: dict[str, Any], start_step: int = 0
@@ -47,9 +48,6 @@ class Trackers:
             return
         if run_dir is None:
             raise ValueError("log_with needs run_dir: the trackers write their files there")
-        problems = missing_packages(names)
-        if problems:
-            raise ValueError("log_with: " + "; ".join(problems))
         self.trackers = [make_tracker(name, Path(run_dir), start_step) for name in names]
         scalars = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
         for tracker in self.trackers:
