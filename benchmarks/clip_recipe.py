@@ -1,6 +1,6 @@
 """The shipped CLIP recipe, as a user runs it: ``distill run recipes/fashion_mnist_clip_kd.yaml``
 on real Fashion-MNIST (one seed, the recipe's own settings), its report table written to
-``benchmarks/results/clip_recipe.md`` for the README.
+``benchmarks/results/clip_recipe.md`` for the docs.
 
     python benchmarks/clip_recipe.py            # about 3 minutes on 2 CPU cores
 """

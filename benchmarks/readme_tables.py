@@ -1,6 +1,7 @@
-"""Put the committed benchmark tables into the README, so no result there is typed by hand.
+"""Put the committed benchmark tables into the README and the documentation pages, so no
+result there is typed by hand.
 
-A README block
+A block in ``README.md`` or a ``docs/`` page
 
     <!-- results: benchmarks/results/compress.md 1 -->
     ...
@@ -9,10 +10,10 @@ A README block
 is replaced by the first markdown table of ``benchmarks/results/compress.md`` (the file a
 benchmark script wrote from its own measurements; ``2`` would take the second table).
 
-    python benchmarks/readme_tables.py           # rewrite the README's blocks
-    python benchmarks/readme_tables.py --check   # exit 1 if the README has drifted
+    python benchmarks/readme_tables.py           # rewrite the blocks of every page
+    python benchmarks/readme_tables.py --check   # exit 1 if a page has drifted
 
-``tests/test_readme.py`` runs the check.
+``tests/test_docs.py`` runs the check.
 """
 
 from __future__ import annotations
@@ -50,27 +51,36 @@ def render(readme: str, root: Path = ROOT) -> str:
         found = tables(source.read_text())
         index = int(match["index"])
         if not 1 <= index <= len(found):
-            raise ValueError(f"{source} has {len(found)} tables; the README asks for table {index}")
+            raise ValueError(f"{source} has {len(found)} tables; a page asks for table {index}")
         return f"{match[1]}{found[index - 1]}\n{match[5]}"
 
     return BLOCK.sub(fill, readme)
 
 
+def pages(root: Path = ROOT) -> list[Path]:
+    """The pages that may hold results blocks: the README and every documentation page."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README drifted")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a page drifted")
     args = parser.parse_args()
-    path = ROOT / "README.md"
-    current = path.read_text()
-    wanted = render(current)
-    if args.check:
-        if wanted != current:
-            print("README.md's result tables differ from benchmarks/results; run "
-                  "python benchmarks/readme_tables.py")  # fmt: skip
-            sys.exit(1)
-        return
-    path.write_text(wanted)
-    print(f"{path}: {len(BLOCK.findall(current))} result tables filled")
+    drifted = []
+    for path in pages():
+        current = path.read_text()
+        wanted = render(current)
+        if wanted == current:
+            continue
+        if args.check:
+            drifted.append(str(path.relative_to(ROOT)))
+        else:
+            path.write_text(wanted)
+            print(f"{path.relative_to(ROOT)}: {len(BLOCK.findall(current))} result tables filled")
+    if drifted:
+        print(f"{', '.join(drifted)}: result tables differ from benchmarks/results; run "
+              "python benchmarks/readme_tables.py")  # fmt: skip
+        sys.exit(1)
 
 
 if __name__ == "__main__":
