@@ -51,9 +51,23 @@ def objective(kind: str, student, teacher) -> Objective:
     return Objective(kd=kd, ce=Term(losses.cross_entropy, weight=0.5, rows="labelled"))
 
 
-@pytest.mark.parametrize("kind", ["logits", "lm_head"])
-def test_one_trainer_step_with_accumulation_equals_distills_engine_step(tmp_path, kind):
-    teacher = tiny_llama(seed=1).eval()
+def make_teacher(kind: str) -> tuple[torch.nn.Module, object]:
+    """The teacher model, and what the Trainer and the engine are handed: the module itself
+    (``module``), or a distill Teacher, the mean of two Llamas at T = 2 (``ensemble``)."""
+    model = tiny_llama(seed=1).eval()
+    if kind == "module":
+        return model, model
+    pair = {"a": model, "b": tiny_llama(seed=2).eval()}
+    return model, teachers.Ensemble(pair, "mean", temperature=2.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "teacher_kind"), [("logits", "module"), ("lm_head", "module"), ("logits", "ensemble")]
+)
+def test_one_trainer_step_with_accumulation_equals_distills_engine_step(
+    tmp_path, kind, teacher_kind
+):
+    teacher, handed = make_teacher(teacher_kind)
     student = tiny_llama(seed=0)
     by_engine = copy.deepcopy(student)
     args = transformers.TrainingArguments(
@@ -63,7 +77,7 @@ def test_one_trainer_step_with_accumulation_equals_distills_engine_step(tmp_path
         logging_strategy="no", remove_unused_columns=False, seed=0,
     )  # fmt: skip
     trainer = DistillationTrainer(
-        model=student, args=args, train_dataset=hf_rows(), teacher=teacher,
+        model=student, args=args, train_dataset=hf_rows(), teacher=handed,
         objective=objective(kind, student, teacher),
     )  # fmt: skip
     trainer.train()
@@ -75,7 +89,9 @@ def test_one_trainer_step_with_accumulation_equals_distills_engine_step(tmp_path
         for b in rows
     ]  # fmt: skip
     distill.Distiller(
-        by_engine, teachers.Module(teacher), objective(kind, by_engine, teacher),
+        by_engine,
+        handed if isinstance(handed, teachers.Teacher) else teachers.Module(teacher),
+        objective(kind, by_engine, teacher),
         optimizer="sgd", momentum=0.0, lr=1.0, lr_schedule="constant", progress=False,
         select_metric=None, cpu=True,
     ).fit(DataLoader(engine_rows, batch_size=ROWS), max_steps=1)  # fmt: skip

@@ -5,6 +5,7 @@ installed is a recipe error naming the field and the package."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,9 @@ def metrics_rows(run_dir: Path) -> dict[str, dict[int, float]]:
     return table
 
 
-def distiller(digits, run_dir: Path) -> tuple[distill.Distiller, DataLoader, DataLoader]:
+def distiller(
+    digits, run_dir: Path, log_with: tuple[str, ...] = ("tensorboard",)
+) -> tuple[distill.Distiller, DataLoader, DataLoader]:
     train, test = digits
     torch.manual_seed(0)
     teacher = mlp(64, 32, 10)
@@ -59,7 +62,7 @@ def distiller(digits, run_dir: Path) -> tuple[distill.Distiller, DataLoader, Dat
     )
     run = distill.Distiller(
         student, teachers.Module(teacher), objective, lr=1e-3, progress=False, log_every=2,
-        eval_every=4, checkpoint_every=4, run_dir=run_dir, log_with=["tensorboard"],
+        eval_every=4, checkpoint_every=4, run_dir=run_dir, log_with=list(log_with),
         select_metric=None,
     )  # fmt: skip
     return run, DataLoader(train, batch_size=64, shuffle=True), DataLoader(test, batch_size=256)
@@ -92,6 +95,64 @@ def test_a_resumed_run_shows_each_step_once(digits, tmp_path):
     logged = scalars(run_dir / "tracking")  # asserts no step twice
     assert set(logged["loss"]) == {2, 4, 6, 8}
     assert logged["loss"] == pytest.approx(metrics_rows(run_dir)["loss"], rel=1e-6)
+
+
+def wandb_history(wandb_dir: Path) -> dict[str, dict[int, float]]:
+    """{key: {step: value}} from the history records of the one offline W&B run under
+    ``wandb_dir``: its transaction log read record by record (a 7-byte header, then records
+    of LevelDB's log format in 32 KiB blocks, each a protobuf ``Record``)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = wandb_dir.glob("wandb/offline-run-*/run-*.wandb")
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    block, position, pending, found = 32768, 7, b"", {}
+    while position + 7 <= len(raw):
+        room = block - position % block
+        _, length, kind = struct.unpack("<IHB", raw[position : position + 7])
+        if room < 7 or (kind == 0 and length == 0):  # the rest of a block is padding
+            position += room
+            continue
+        pending += raw[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record.FromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                row = {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                    for i in record.history.item
+                }
+                for key, value in row.items():
+                    if not key.startswith("_"):
+                        found.setdefault(key, {})[row["_step"]] = value
+    return found
+
+
+def test_wandb_offline_and_mlflow_get_every_metrics_row(digits, tmp_path, monkeypatch):
+    """W&B (offline) and MLflow (a local SQLite store), read back with their own formats and
+    client, hold each metrics row at its step."""
+    pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run, train, val = distiller(digits, tmp_path / "run", log_with=("wandb", "mlflow"))
+    run.fit(train, val, max_steps=8)
+    written = metrics_rows(tmp_path / "run")
+
+    by_wandb = wandb_history(tmp_path)
+    client = mlflow.tracking.MlflowClient()
+    (logged,) = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id])
+    assert logged.info.run_name == "run"
+    for name in ("loss", "loss/ce", "loss/kd", "weight/kd", "temperature/kd", "lr"):
+        assert set(by_wandb[name]) == {2, 4, 6, 8}, name
+        history = client.get_metric_history(logged.info.run_id, name)
+        assert {m.step: m.value for m in history} == pytest.approx(written[name], rel=1e-6), name
+        assert by_wandb[name] == pytest.approx(written[name], rel=1e-6), name
+    assert set(by_wandb["val/accuracy"]) == {4, 8}
+    assert by_wandb["val/accuracy"] == pytest.approx(written["val/accuracy"], rel=1e-6)
 
 
 def test_a_recipe_logs_each_lesson_to_tensorboard(digits_idx_dir, tmp_path, monkeypatch):

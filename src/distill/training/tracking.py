@@ -5,9 +5,10 @@ Every metrics row the engine writes to ``metrics.jsonl`` (the loss and each term
 the validation metrics as ``val/<name>``) also goes to each tracker, at its step. The
 tracker files live in the run directory: TensorBoard's event files under
 ``<run_dir>/tracking``, Aim's repository there too, MLflow's artifacts under
-``<run_dir>/mlruns``; W&B writes where ``WANDB_DIR`` says (``WANDB_MODE=offline`` keeps it
-local). A resumed run drops TensorBoard's events after its checkpoint's step, so a step
-is never shown twice.
+``<run_dir>/mlruns`` (its runs and metrics in MLflow's tracking store:
+``MLFLOW_TRACKING_URI``, else MLflow's default); W&B writes where ``WANDB_DIR`` says
+(``WANDB_MODE=offline`` keeps it local). A resumed run drops TensorBoard's events after
+its checkpoint's step, so a step is never shown twice there.
 """
 
 from __future__ import annotations
