@@ -13,7 +13,11 @@ from torch.utils.data import DataLoader
 
 import distill
 from distill import Objective, Term, losses, teachers
-from distill.integrations.transformers import DistillationTrainer, as_distill_batch
+from distill.integrations.transformers import (
+    DistillationMixin,
+    DistillationTrainer,
+    as_distill_batch,
+)
 from distill.methods import token_kd_term
 from distill.outputs import IGNORE_INDEX
 
@@ -129,3 +133,44 @@ def test_an_objective_with_learned_projectors_is_refused(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="learns projectors"):
         trainer.train()
+
+
+def test_trls_sft_trainer_with_the_mixin_steps_as_distills_engine(tmp_path):
+    """TRL's SFTTrainer, with distill's objective mixed in, on rows of 7 to 10 tokens that
+    its collator pads: one step over 2 accumulated micro-batches equals the engine's."""
+    trl = pytest.importorskip("trl")
+    import datasets
+
+    from .text_models import chat_tokenizer
+
+    class KDTrainer(DistillationMixin, trl.SFTTrainer):
+        pass
+
+    teacher, student = tiny_llama(seed=1).eval(), tiny_llama(seed=0)
+    by_engine = copy.deepcopy(student)
+    rows = [{"input_ids": r["input_ids"][r["attention_mask"] == 1].tolist()} for r in hf_rows()]
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant",
+        max_grad_norm=0.0, weight_decay=0.0, use_cpu=True, report_to=[], save_strategy="no",
+        logging_strategy="no", seed=0, bf16=False,  # TRL turns bf16 on where it can
+    )  # fmt: skip
+    trainer = KDTrainer(
+        model=student, args=args, train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=chat_tokenizer(), teacher=teacher,
+        objective=objective("logits", student, teacher),
+    )  # fmt: skip
+    collated = trainer.data_collator([trainer.train_dataset[i] for i in range(ROWS)])
+    assert (collated["attention_mask"] == 0).any()  # the collator padded
+    trainer.train()
+
+    batch = as_distill_batch(collated, shift_labels=True)
+    columns = {**batch.kwargs, "labels": batch.labels, "loss_mask": batch.mask}
+    engine_rows = [{k: v[i] for k, v in columns.items()} for i in range(ROWS)]
+    distill.Distiller(
+        by_engine, teachers.Module(teacher), objective("logits", by_engine, teacher),
+        optimizer="sgd", momentum=0.0, lr=1.0, lr_schedule="constant", progress=False,
+        select_metric=None, cpu=True,
+    ).fit(DataLoader(engine_rows, batch_size=ROWS), max_steps=1)  # fmt: skip
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, by_engine.state_dict()[name], atol=1e-6, rtol=1e-5)
