@@ -68,21 +68,24 @@ __all__ = [
 
 
 class Recipe(Strict):
+    """A whole recipe: the data, the teacher, the student, the objective's terms and the
+    training budget, plus the optional stages (cache, compression, export, search, ...)."""
+
     name: str = Field(
         pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
         description="the run's folder under output.dir: letters, digits, _ . -, not starting "
         "with a dot",
     )
-    description: str = ""
-    seed: int = 0
+    description: str = Field("", description="free text, kept in the report")
+    seed: int = Field(0, description="the students' initial weights, data order and mixing")
     task: Literal["classification", "causal_lm", "masked_lm", "clip", "diffusion"] = (
         "classification"
     )
-    data: DataSpec | TextDataSpec = Field(discriminator="dataset")
-    teacher: TeacherSpec | None = None
+    data: DataSpec | TextDataSpec = Field(discriminator="dataset", description="by dataset")
+    teacher: TeacherSpec | None = Field(None, description="null: no term may read a teacher")
     student: StudentSpec
-    objective: dict[str, TermSpec]
-    train: TrainSpec
+    objective: dict[str, TermSpec] = Field(description="named terms, summed with weights")
+    train: TrainSpec = Field(description="every student's budget and optimizer")
     assistant: ModelSpec | None = Field(
         None,
         description="teacher assistant (TAKD): distilled from the teacher first, then it "
