@@ -23,6 +23,8 @@ test split at its last step (no selection on validation).
     python benchmarks/function_matching.py                  # 3 seeds, both regimes
     python benchmarks/function_matching.py --seeds 0 --epochs 1 --regimes 2k-labels
     python benchmarks/function_matching.py --tables-only    # the .md again from the .json
+    python benchmarks/function_matching.py --epochs 30 --regimes all-labels --views mixup \
+        --rows DIST --out benchmarks/results/function_matching_30ep.md   # a longer budget
 
 Writes ``benchmarks/results/function_matching.md`` (and ``.json``, after every run: a
 killed benchmark rerun with the same settings trains only what it had not finished, and a
@@ -80,6 +82,21 @@ def rows_for(views: list[str]) -> dict[str, Row]:
             METHODS["DIST (Huang 2022)"], fields, None, labels_only
         )  # fmt: skip
     return rows
+
+
+def chosen_rows(rows: dict[str, Row], wanted: list[str] | None) -> dict[str, Row]:
+    """The rows whose names contain one of ``wanted`` (all rows when None). A kept row
+    whose label-only row no kept row trains trains that label-only row itself."""
+    if not wanted:
+        return rows
+    kept = {name: row for name, row in rows.items() if any(w in name for w in wanted)}
+    if not kept:
+        raise SystemExit(f"--rows {wanted} matches none of: {', '.join(rows)}")
+    trained = {row[2] for row in kept.values()}
+    return {
+        name: (row if row[2] is not None or row[3] in trained else (*row[:2], row[3], row[3]))
+        for name, row in kept.items()
+    }
 
 
 def teacher_checkpoint(teacher_epochs: int) -> tuple[dict[str, Any], float]:
@@ -145,12 +162,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"python benchmarks/function_matching.py --seeds {' '.join(map(str, args.seeds))} "
         f"--epochs {args.epochs} --teacher-epochs {args.teacher_epochs} --regimes "
         f"{' '.join(args.regimes)} --views {' '.join(args.views)}"
+        + (f" --rows {' '.join(repr(r) for r in args.rows)}" if args.rows else "")
     )
     if command not in results["commands"]:
         results["commands"].append(command)
     for regime in args.regimes:
         rows = results["regimes"].setdefault(regime, {})
-        for method, row in rows_for(args.views).items():
+        for method, row in chosen_rows(rows_for(args.views), args.rows).items():
             names = [name for name in (row[2], method) if name is not None]
             for name in names:
                 rows.setdefault(name, {"reference": row[3], "runs": {}})
@@ -229,6 +247,10 @@ def main() -> None:
     parser.add_argument(
         "--views", nargs="+", default=["plain", "mixup"], choices=list(VIEWS),
         help="plain: labels only and KD; mixup, cutmix: labels only and function matching",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rows", nargs="+", help="only the rows whose names contain one of these (and the "
+        "label-only rows they are compared with)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "function_matching.md")
     parser.add_argument(

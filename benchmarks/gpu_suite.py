@@ -49,6 +49,8 @@ import torch
 
 ROOT = Path(__file__).parent
 BUDGET_S = 9 * 60
+IN_PROCESS = False  # --in-process: every case in this process (the tests' quick path)
+WHERE = {False: "each method and shape in its own process", True: "all in one process"}
 
 
 # -- shared -------------------------------------------------------------------------------
@@ -357,10 +359,13 @@ CASES = {"matmul": case_matmul, "token_loss": case_token_loss, "classic": case_c
 
 
 def run_case(name: str, params: dict[str, Any], deadline: float, limit: float) -> dict[str, Any]:
-    """One case in its own process; its result, or why there is none."""
+    """One case in its own process (in this one with ``--in-process``); its result, or why
+    there is none."""
     left = deadline - time.monotonic()
     if left < 10:
         return {"error": "not run: the suite's time was spent"}
+    if IN_PROCESS:
+        return json.loads(json.dumps(CASES[name](params)))  # the child's round trip
     command = [sys.executable, __file__, "--case", name, "--params", json.dumps(params)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=min(limit, left))
@@ -395,7 +400,7 @@ def section_token_loss(tiny: bool, deadline: float) -> list[str]:
         "",
         f"Vocabulary {shapes['vocab']:,}, student hidden {shapes['hs']:,}, teacher hidden "
         f"{shapes['ht']:,}, {shapes['dtype']}; median of the repeats after two warm-up calls, "
-        f"each method and shape in its own process. Floor: 2 · tokens · V · (3 H_s + H_t) "
+        f"{WHERE[IN_PROCESS]}. Floor: 2 · tokens · V · (3 H_s + H_t) "
         f"FLOPs at the measured matmul throughput ({fmt(tflops, '.3g') or '?'} TFLOP/s"
         f"{'' if torch.cuda.is_available() else ', float32 on the CPU'}). Goal at 16k tokens: "
         "≤ 1.25× the floor and ≤ 1.5 GiB. Liger-Kernel: "
@@ -512,12 +517,19 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small shapes: any machine")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--only", nargs="+", choices=["token", "classic", "llm"])
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="every case in this process, not one process each (quicker; the GPU run "
+        "isolates them: a method that recompiles for a new shape can crash its process)",
+    )  # fmt: skip
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:  # a child process: one case, its result as the last line
         print(json.dumps(CASES[args.case](json.loads(args.params))))
         return
+    global IN_PROCESS
+    IN_PROCESS = args.in_process
     if not args.tiny and not torch.cuda.is_available():
         parser.error("no CUDA GPU here: use --tiny for the small shapes on this machine")
     started = time.monotonic()
@@ -535,7 +547,10 @@ def main() -> None:
         f"Machine: {machine()}; torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}; {minutes:.1f} minutes in all.",
         "",
-        "Command: `python benchmarks/gpu_suite.py" + (" --tiny" if args.tiny else "") + "`",
+        "Command: `python benchmarks/gpu_suite.py"
+        + (" --tiny" if args.tiny else "")
+        + (" --in-process" if args.in_process else "")
+        + "`",
     ]
     text = "\n".join(header + body) + "\n"
     name = "gpu_tiny.md" if args.tiny else "gpu.md"
