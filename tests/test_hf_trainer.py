@@ -174,3 +174,50 @@ def test_trls_sft_trainer_with_the_mixin_steps_as_distills_engine(tmp_path):
     ).fit(DataLoader(engine_rows, batch_size=ROWS), max_steps=1)  # fmt: skip
     for name, value in student.state_dict().items():
         torch.testing.assert_close(value, by_engine.state_dict()[name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_cached_teacher_inside_the_trainer_steps_as_distills_engine(tmp_path):
+    """A top-8 teacher-output cache built once (rows carry their ``example_id``) teaches the
+    student in the Trainer exactly as in distill's engine, with the sparse KL."""
+    from distill.cache import Layout, build_cache
+
+    teacher = tiny_llama(seed=1).eval()
+    student = tiny_llama(seed=0)
+    by_engine = copy.deepcopy(student)
+    hf = [{**row, "example_id": torch.tensor(i)} for i, row in enumerate(hf_rows())]
+    batches = [as_distill_batch({k: v[None] for k, v in r.items()}, True) for r in hf]
+    engine_rows = [
+        {**{k: v[0] for k, v in b.kwargs.items()}, "labels": b.labels[0], "loss_mask": b.mask[0],
+         "example_id": b.meta["example_id"][0]}
+        for b in batches
+    ]  # fmt: skip
+    layout = Layout(kind="topk", num_examples=ROWS, shard_size=ROWS, k=8, vocab_size=VOCAB)
+    build_cache(teachers.Module(teacher), engine_rows, tmp_path / "cache", layout, progress=False)
+
+    def sparse_objective() -> Objective:
+        return Objective(
+            kd=Term(losses.sparse_kl, temperature=1.0),
+            ce=Term(losses.cross_entropy, weight=0.5, rows="labelled"),
+        )
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+        gradient_accumulation_steps=2, max_steps=1, learning_rate=1.0, optim="sgd",
+        lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, use_cpu=True,
+        report_to=[], save_strategy="no", logging_strategy="no", remove_unused_columns=False,
+        seed=0,
+    )  # fmt: skip
+    DistillationTrainer(
+        model=student, args=args, train_dataset=hf, objective=sparse_objective(),
+        teacher=teachers.Cached(tmp_path / "cache"),
+    ).train()  # fmt: skip
+    distill.Distiller(
+        by_engine, teachers.Cached(tmp_path / "cache"), sparse_objective(), optimizer="sgd",
+        momentum=0.0, lr=1.0, lr_schedule="constant", progress=False, select_metric=None,
+        cpu=True,
+    ).fit(DataLoader(engine_rows, batch_size=ROWS), max_steps=1)  # fmt: skip
+    initial = tiny_llama(seed=0).state_dict()
+    moved = max(float((v - initial[k]).abs().max()) for k, v in student.state_dict().items())
+    assert moved > 1e-3
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, by_engine.state_dict()[name], atol=1e-6, rtol=1e-5)
