@@ -158,3 +158,17 @@ def test_every_docs_page_is_in_the_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = [p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")]
     assert [p for p in pages if f": {p}" not in nav] == []
+
+
+def test_the_recipe_reference_page_is_generated_when_the_site_is_built():
+    """docs/hooks.py swaps the page's stand-in text for the reference from the schema, and
+    leaves every other page as written."""
+    from distill.recipes.reference import recipe_reference
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = (DOCS / "reference" / "recipe.md").read_text()
+    assert hooks.on_page_markdown(page, page=None) == recipe_reference()
+    other = (DOCS / "methods.md").read_text()
+    assert hooks.on_page_markdown(other, page=None) == other
