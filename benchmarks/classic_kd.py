@@ -243,10 +243,24 @@ def gap_closed(mean: float, reference: float, teacher: float) -> str:
     )
 
 
-def mean_std(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` of ``values`` times ``scale`` (100: fractions as percentages)."""
+    mean = statistics.mean(values) * scale
+    std = (statistics.stdev(values) if len(values) > 1 else 0.0) * scale
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def earlier_results(path: Path, empty: dict[str, Any]) -> dict[str, Any]:
+    """A resumable benchmark's results file when it was written with ``empty["settings"]``
+    (its finished runs are kept), else ``empty`` (and say so: its runs are replaced)."""
+    if not path.exists():
+        return empty
+    before = json.loads(path.read_text())
+    if before.get("settings") != empty["settings"]:
+        print(f"{path} has other settings ({before.get('settings')}): starting afresh", flush=True)
+        return empty
+    print(f"{path}: keeping its finished runs", flush=True)
+    return before
 
 
 def run(seeds: list[int], epochs: int, regimes: list[str], out: Path, beyond: bool) -> dict:

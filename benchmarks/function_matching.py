@@ -42,7 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from classic_kd import KD, METHODS, STUDENT, TEACHER, gap_closed, mean_std, raw_recipe
+from classic_kd import (
+    KD,
+    METHODS,
+    STUDENT,
+    TEACHER,
+    earlier_results,
+    gap_closed,
+    mean_std,
+    raw_recipe,
+)
 
 from distill.recipes import validate_recipe
 from distill.runs import run_recipe
@@ -113,19 +122,6 @@ def teacher_checkpoint(teacher_epochs: int) -> tuple[dict[str, Any], float]:
     return {"model": TEACHER["model"], "args": TEACHER["args"], "checkpoint": str(path)}, accuracy
 
 
-def earlier_results(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """The results file's runs when it was written with these settings, else none (and
-    say so: its rows are replaced)."""
-    empty: dict[str, Any] = {"settings": settings, "regimes": {}, "commands": []}
-    if not path.exists():
-        return empty
-    before = json.loads(path.read_text())
-    if before.get("settings") != settings:
-        print(f"{path} has other settings ({before.get('settings')}): starting afresh", flush=True)
-        return empty
-    return before
-
-
 def train_row(
     regime: str, method: str, row: Row, seed: int, teacher: dict, epochs: int
 ) -> dict[str, dict[str, float]]:
@@ -152,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train every (regime, row, seed) not in the results file yet, writing it after each."""
     out: Path = args.out.with_suffix(".json")
     settings = {"epochs": args.epochs, "teacher_epochs": args.teacher_epochs}
-    results = earlier_results(out, settings)
+    results = earlier_results(out, {"settings": settings, "regimes": {}, "commands": []})
     teacher, results["teacher_accuracy"] = teacher_checkpoint(args.teacher_epochs)
     print(f"teacher: {100 * results['teacher_accuracy']:.2f}%", flush=True)
     results["machine"] = (

@@ -32,6 +32,7 @@ from pydoc_data.topics import topics
 from typing import Any
 
 import torch
+from classic_kd import earlier_results, mean_std
 from torch.utils.data import DataLoader, Subset
 
 import distill
@@ -91,14 +92,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "llm_kd.md")
     args = parser.parse_args()
 
-    settings = settings_of(args)
     saved = args.out.with_suffix(".json")
-    results: dict[str, Any] = {"settings": settings, "reference": {}, "students": {}}
-    if saved.exists():
-        earlier = json.loads(saved.read_text())
-        if earlier.get("settings") == settings:
-            results = earlier
-            print(f"{saved}: keeping its finished students", flush=True)
+    results = earlier_results(
+        saved, {"settings": settings_of(args), "reference": {}, "students": {}}
+    )
 
     torch.manual_seed(0)
     teacher, tokenizer = load_hf_lm(f"hf:{smollm2_dir()}", gguf_file=SMOLLM2_GGUF)
@@ -141,8 +138,8 @@ def main() -> None:
             print(f"{name}, seed {seed}: {runs[str(seed)]}", flush=True)
             saved.parent.mkdir(exist_ok=True)
             saved.write_text(json.dumps(results, indent=2))
-    args.out.write_text(markdown(results, args))
-    print(markdown(results, args))
+    args.out.write_text(markdown(results))
+    print(markdown(results))
 
 
 def students(kd_ce_weight: float) -> dict[str, float]:
@@ -175,13 +172,7 @@ def train_student(teacher, layers, ce_weight: float, seed: int, train, args) -> 
     return student
 
 
-def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    mean = statistics.mean(values) * scale
-    std = (statistics.stdev(values) if len(values) > 1 else 0.0) * scale
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
+def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     seeds = sorted({int(k) for runs in results["students"].values() for k in runs})
     lines = [
@@ -213,8 +204,8 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         ordered = [runs[k] for k in sorted(runs, key=int)]
         ppl = [r["perplexity"] for r in ordered]
         lines.append(
-            f"| student ({s['keep']} layers), {name} | {spread(ppl)} | "
-            f"{spread([r['agreement'] for r in ordered], 100, 1)}% | "
+            f"| student ({s['keep']} layers), {name} | {mean_std(ppl, 1)} | "
+            f"{mean_std([r['agreement'] for r in ordered], 100, 1)}% | "
             f"{', '.join(f'{p:.2f}' for p in ppl)} | "
             f"{statistics.mean(r['train_seconds'] for r in ordered):.0f} |"
         )

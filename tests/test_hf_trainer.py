@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 import transformers
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import distill
 from distill import Objective, Term, losses, teachers
@@ -55,6 +55,38 @@ def objective(kind: str, student, teacher) -> Objective:
     return Objective(kd=kd, ce=Term(losses.cross_entropy, weight=0.5, rows="labelled"))
 
 
+# one SGD step of lr 1 over 2 accumulated micro-batches of 4, nothing else moving the weights
+ONE_SGD_STEP = dict(
+    per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=1, learning_rate=1.0,
+    optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0,
+    use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", seed=0,
+)  # fmt: skip
+
+
+def distill_rows(hf_batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """A Hugging Face batch as the engine's rows: labels shifted, the loss mask and any
+    metadata (``example_id``) kept, one dict per row."""
+    batch = as_distill_batch(hf_batch, shift_labels=True)
+    columns = {**batch.kwargs, "labels": batch.labels, "loss_mask": batch.mask, **batch.meta}
+    return [{k: v[i] for k, v in columns.items()} for i in range(len(batch.labels))]
+
+
+def engine_step(student, teacher, objective: Objective, rows: list[dict]) -> None:
+    """distill's engine: the same SGD step on all the rows as one batch."""
+    distill.Distiller(
+        student, teacher, objective, optimizer="sgd", momentum=0.0, lr=1.0,
+        lr_schedule="constant", progress=False, select_metric=None, cpu=True,
+    ).fit(DataLoader(rows, batch_size=len(rows)), max_steps=1)  # fmt: skip
+
+
+def assert_same_weights(student, by_engine) -> float:
+    """The two students' weights agree; how far the step moved the student from its start."""
+    initial = tiny_llama(seed=0).state_dict()
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, by_engine.state_dict()[name], atol=1e-6, rtol=1e-5)
+    return max(float((v - initial[k]).abs().max()) for k, v in student.state_dict().items())
+
+
 def make_teacher(kind: str) -> tuple[torch.nn.Module, object]:
     """The teacher model, and what the Trainer and the engine are handed: the module itself
     (``module``), or a distill Teacher, the mean of two Llamas at T = 2 (``ensemble``)."""
@@ -75,11 +107,8 @@ def test_one_trainer_step_with_accumulation_equals_distills_engine_step(
     student = tiny_llama(seed=0)
     by_engine = copy.deepcopy(student)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant",
-        max_grad_norm=0.0, weight_decay=0.0, use_cpu=True, report_to=[], save_strategy="no",
-        logging_strategy="no", remove_unused_columns=False, seed=0,
-    )  # fmt: skip
+        output_dir=str(tmp_path), remove_unused_columns=False, **ONE_SGD_STEP
+    )
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=hf_rows(), teacher=handed,
         objective=objective(kind, student, teacher),
@@ -87,24 +116,10 @@ def test_one_trainer_step_with_accumulation_equals_distills_engine_step(
     trainer.train()
 
     # the engine, on the same rows in distill's convention, as one batch of 8
-    rows = [as_distill_batch({k: v[None] for k, v in r.items()}, True) for r in hf_rows()]
-    engine_rows = [
-        {**{k: v[0] for k, v in b.kwargs.items()}, "labels": b.labels[0], "loss_mask": b.mask[0]}
-        for b in rows
-    ]  # fmt: skip
-    distill.Distiller(
-        by_engine,
-        handed if isinstance(handed, teachers.Teacher) else teachers.Module(teacher),
-        objective(kind, by_engine, teacher),
-        optimizer="sgd", momentum=0.0, lr=1.0, lr_schedule="constant", progress=False,
-        select_metric=None, cpu=True,
-    ).fit(DataLoader(engine_rows, batch_size=ROWS), max_steps=1)  # fmt: skip
-
-    moved = 0.0
-    initial = tiny_llama(seed=0).state_dict()
-    for name, value in student.state_dict().items():
-        torch.testing.assert_close(value, by_engine.state_dict()[name], atol=1e-6, rtol=1e-5)
-        moved = max(moved, float((value - initial[name]).abs().max()))
+    engine_teacher = handed if isinstance(handed, teachers.Teacher) else teachers.Module(teacher)
+    rows = distill_rows(default_collate(hf_rows()))
+    engine_step(by_engine, engine_teacher, objective(kind, by_engine, teacher), rows)
+    moved = assert_same_weights(student, by_engine)
     assert moved > 1e-3  # the step did move the student
 
 
@@ -150,11 +165,10 @@ def test_trls_sft_trainer_with_the_mixin_steps_as_distills_engine(tmp_path):
     by_engine = copy.deepcopy(student)
     rows = [{"input_ids": r["input_ids"][r["attention_mask"] == 1].tolist()} for r in hf_rows()]
     args = trl.SFTConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant",
-        max_grad_norm=0.0, weight_decay=0.0, use_cpu=True, report_to=[], save_strategy="no",
-        logging_strategy="no", seed=0, bf16=False,  # TRL turns bf16 on where it can
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        bf16=False,
+        **ONE_SGD_STEP,  # TRL turns bf16 on where it can
+    )
     trainer = KDTrainer(
         model=student, args=args, train_dataset=datasets.Dataset.from_list(rows),
         processing_class=chat_tokenizer(), teacher=teacher,
@@ -164,16 +178,11 @@ def test_trls_sft_trainer_with_the_mixin_steps_as_distills_engine(tmp_path):
     assert (collated["attention_mask"] == 0).any()  # the collator padded
     trainer.train()
 
-    batch = as_distill_batch(collated, shift_labels=True)
-    columns = {**batch.kwargs, "labels": batch.labels, "loss_mask": batch.mask}
-    engine_rows = [{k: v[i] for k, v in columns.items()} for i in range(ROWS)]
-    distill.Distiller(
+    engine_step(
         by_engine, teachers.Module(teacher), objective("logits", by_engine, teacher),
-        optimizer="sgd", momentum=0.0, lr=1.0, lr_schedule="constant", progress=False,
-        select_metric=None, cpu=True,
-    ).fit(DataLoader(engine_rows, batch_size=ROWS), max_steps=1)  # fmt: skip
-    for name, value in student.state_dict().items():
-        torch.testing.assert_close(value, by_engine.state_dict()[name], atol=1e-6, rtol=1e-5)
+        distill_rows(collated),
+    )  # fmt: skip
+    assert_same_weights(student, by_engine)
 
 
 def test_a_cached_teacher_inside_the_trainer_steps_as_distills_engine(tmp_path):
@@ -185,12 +194,7 @@ def test_a_cached_teacher_inside_the_trainer_steps_as_distills_engine(tmp_path):
     student = tiny_llama(seed=0)
     by_engine = copy.deepcopy(student)
     hf = [{**row, "example_id": torch.tensor(i)} for i, row in enumerate(hf_rows())]
-    batches = [as_distill_batch({k: v[None] for k, v in r.items()}, True) for r in hf]
-    engine_rows = [
-        {**{k: v[0] for k, v in b.kwargs.items()}, "labels": b.labels[0], "loss_mask": b.mask[0],
-         "example_id": b.meta["example_id"][0]}
-        for b in batches
-    ]  # fmt: skip
+    engine_rows = distill_rows(default_collate(hf))
     layout = Layout(kind="topk", num_examples=ROWS, shard_size=ROWS, k=8, vocab_size=VOCAB)
     build_cache(teachers.Module(teacher), engine_rows, tmp_path / "cache", layout, progress=False)
 
@@ -201,23 +205,11 @@ def test_a_cached_teacher_inside_the_trainer_steps_as_distills_engine(tmp_path):
         )
 
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
-        gradient_accumulation_steps=2, max_steps=1, learning_rate=1.0, optim="sgd",
-        lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, use_cpu=True,
-        report_to=[], save_strategy="no", logging_strategy="no", remove_unused_columns=False,
-        seed=0,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"), remove_unused_columns=False, **ONE_SGD_STEP
+    )
     DistillationTrainer(
         model=student, args=args, train_dataset=hf, objective=sparse_objective(),
         teacher=teachers.Cached(tmp_path / "cache"),
     ).train()  # fmt: skip
-    distill.Distiller(
-        by_engine, teachers.Cached(tmp_path / "cache"), sparse_objective(), optimizer="sgd",
-        momentum=0.0, lr=1.0, lr_schedule="constant", progress=False, select_metric=None,
-        cpu=True,
-    ).fit(DataLoader(engine_rows, batch_size=ROWS), max_steps=1)  # fmt: skip
-    initial = tiny_llama(seed=0).state_dict()
-    moved = max(float((v - initial[k]).abs().max()) for k, v in student.state_dict().items())
-    assert moved > 1e-3
-    for name, value in student.state_dict().items():
-        torch.testing.assert_close(value, by_engine.state_dict()[name], atol=1e-6, rtol=1e-5)
+    engine_step(by_engine, teachers.Cached(tmp_path / "cache"), sparse_objective(), engine_rows)
+    assert assert_same_weights(student, by_engine) > 1e-3
