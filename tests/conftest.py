@@ -1,6 +1,7 @@
 """Shared fixtures: the real scikit-learn digits data (1,797 8×8 images, 10 classes), and
 CPython's help topics as text with a WordPiece tokenizer trained on them."""
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -96,14 +97,26 @@ def text_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory, text_file) -> Path:
-    """A 400-token WordPiece tokenizer with BERT's special tokens, trained on the text."""
+    """A 400-token WordPiece tokenizer with BERT's special tokens, built from the text:
+    every character (alone and as a continuation ``##c``), then the most frequent words.
+    Built rather than trained: the tokenizers trainer breaks ties between equally frequent
+    merges differently in each process, so each test process had another vocabulary (and
+    the tiny-model tests other numbers)."""
     import transformers
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer(lowercase=True)
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.train([str(text_file)], trainers.WordPieceTrainer(vocab_size=400, special_tokens=SPECIALS))
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    text = normalizer.normalize_str(text_file.read_text())
+    counts = Counter(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    characters = sorted({c for word in counts for c in word})
+    vocab = [*SPECIALS, *characters, *(f"##{c}" for c in characters)]
+    by_frequency = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    vocab += [word for word, _ in by_frequency if word not in vocab][: 400 - len(vocab)]
+    ids = {token: i for i, token in enumerate(vocab)}
+    core = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+    core.normalizer = normalizer
+    core.pre_tokenizer = pre_tokenizer
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=core,
         unk_token="[UNK]",
