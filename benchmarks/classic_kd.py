@@ -244,10 +244,12 @@ def gap_closed(mean: float, reference: float, teacher: float) -> str:
 
 
 def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """``mean ± std`` of ``values`` times ``scale`` (100: fractions as percentages)."""
+    """``mean ± std`` of ``values`` times ``scale`` (100: fractions as percentages; 1: as
+    they are), thousands separated; one value alone is written without a spread."""
     mean = statistics.mean(values) * scale
-    std = (statistics.stdev(values) if len(values) > 1 else 0.0) * scale
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if len(values) == 1:
+        return f"{mean:,.{digits}f}"
+    return f"{mean:,.{digits}f} ± {statistics.stdev(values) * scale:,.{digits}f}"
 
 
 def earlier_results(path: Path, empty: dict[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+from classic_kd import mean_std
 
 from distill.recipes.load import load_recipe
 from distill.runs.run import run_recipe
@@ -28,12 +28,6 @@ RECIPE = ROOT.parent / "recipes" / "llm_cross_tokenizer.yaml"
 def run(seed: int, folder: str, changes: list[str]) -> dict:
     recipe = load_recipe(RECIPE, [f"seed={seed}", f"output.dir={folder}/seed_{seed}", *changes])
     return run_recipe(recipe, progress=False, log=lambda line: print("  ", line, flush=True))
-
-
-def spread(values: list[float], digits: int = 2) -> str:
-    if len(values) == 1:
-        return f"{values[0]:,.{digits}f}"
-    return f"{statistics.mean(values):,.{digits}f} ± {statistics.stdev(values):,.{digits}f}"
 
 
 def table(results: list[dict]) -> str:
@@ -62,14 +56,14 @@ def table(results: list[dict]) -> str:
     for label, key, mode in rows:
         models = [r[mode]["models"][key] for r in results]
         lines.append(
-            f"| {label} | {spread([m['perplexity'] for m in models])} "
-            f"| {spread([100 * m['accuracy'] for m in models])} "
-            f"| {spread([100 * m['teacher_agreement'] for m in models])} |"
+            f"| {label} | {mean_std([m['perplexity'] for m in models], 1)} "
+            f"| {mean_std([m['accuracy'] for m in models])} "
+            f"| {mean_std([m['teacher_agreement'] for m in models])} |"
         )
     lines += [
         "",
         f"The teacher's perplexity on the same test text, per token of its own tokenizer: "
-        f"{spread(teacher)}.",
+        f"{mean_std(teacher, 1)}.",
     ]
     return "\n".join(lines) + "\n"
 

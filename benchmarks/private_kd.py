@@ -15,12 +15,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from classic_kd import mean_std
 
 from distill.recipes.load import load_recipe
 from distill.runs.run import run_recipe
@@ -65,13 +65,6 @@ def one_seed(seed: int, folder: str) -> dict:
     }
 
 
-def spread(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    mean = statistics.mean(values) * scale
-    if len(values) == 1:
-        return f"{mean:,.{digits}f}"
-    return f"{mean:,.{digits}f} ± {statistics.stdev(values) * scale:,.{digits}f}"
-
-
 def table(results: list[dict]) -> str:
     get = lambda key: [r[key] for r in results]  # noqa: E731
     privacy = lambda key, field: [r[key][field] for r in results]  # noqa: E731
@@ -83,9 +76,9 @@ def table(results: list[dict]) -> str:
     ratio = [r["data_free"] / r["kd_real"] for r in results]
     behind = [r["labels_only"] - r["data_free"] for r in results]
     gain = (
-        f"recovers {spread(recovered)}% of KD's gain over the label-only student"
+        f"recovers {mean_std(recovered)}% of KD's gain over the label-only student"
         if min(recovered) >= 0
-        else f"is {spread(behind)} points below the label-only student (2,000 real labels), "
+        else f"is {mean_std(behind)} points below the label-only student (2,000 real labels), "
         "so it recovers none of KD's gain over it"
     )
     lines = [
@@ -103,27 +96,27 @@ def table(results: list[dict]) -> str:
         "| student trained on | real training images seen by the student | test acc. (%) "
         "| ε (δ = 1e-5) |",
         "| --- | --- | ---: | ---: |",
-        f"| labels only, 2,000 labels | 2,000 | {spread(get('labels_only'))} | — |",
-        f"| KD on the real transfer set (today's demo) | 60,000 | {spread(get('kd_real'))} | — |",
+        f"| labels only, 2,000 labels | 2,000 | {mean_std(get('labels_only'))} | — |",
+        f"| KD on the real transfer set (today's demo) | 60,000 | {mean_std(get('kd_real'))} | — |",
         "| KD on DeepInversion images only (4,096 synthetic) | 0 | "
-        f"{spread(get('data_free'))} | — |",
+        f"{mean_std(get('data_free'))} | — |",
         f"| PATE, {p1['teachers']} teachers, σ {p1['sigma']:g}: "
-        f"{spread(privacy('pate_privacy', 'answered'), 1, 0)} of {p1['queries']:,} queries "
+        f"{mean_std(privacy('pate_privacy', 'answered'), 1, 0)} of {p1['queries']:,} queries "
         f"answered | 0 private ({p1['queries']:,} public, labels hidden) | "
-        f"{spread(get('pate'))} | {spread(privacy('pate_privacy', 'epsilon'), 1)} |",
+        f"{mean_std(get('pate'))} | {mean_std(privacy('pate_privacy', 'epsilon'), 1)} |",
         f"| PATE, {p2['teachers']} teachers, σ {p2['sigma']:g}: "
-        f"{spread(privacy('pate_2_privacy', 'answered'), 1, 0)} of {p2['queries']:,} queries "
+        f"{mean_std(privacy('pate_2_privacy', 'answered'), 1, 0)} of {p2['queries']:,} queries "
         f"answered | 0 private ({p2['queries']:,} public, labels hidden) | "
-        f"{spread(get('pate_2'))} | {spread(privacy('pate_2_privacy', 'epsilon'), 1)} |",
+        f"{mean_std(get('pate_2'))} | {mean_std(privacy('pate_2_privacy', 'epsilon'), 1)} |",
         "",
-        f"The teacher (the demo's CNN) reaches {spread(get('teacher'))}%. The data-free student "
-        f"reaches {spread(ratio)}% of the accuracy of KD on the real transfer set, and "
+        f"The teacher (the demo's CNN) reaches {mean_std(get('teacher'))}%. The data-free student "
+        f"reaches {mean_std(ratio)}% of the accuracy of KD on the real transfer set, and "
         f"{gain} (the goal: at least 80% of that gain).",
         "",
         "PATE: the 250 teachers' plain (noiseless) vote reaches "
-        f"{spread(get('pate_votes'))}% on the test images; "
-        f"{spread(privacy('pate_privacy', 'answer_accuracy'))}% (σ {p1['sigma']:g}) and "
-        f"{spread(privacy('pate_2_privacy', 'answer_accuracy'))}% (σ {p2['sigma']:g}) of the "
+        f"{mean_std(get('pate_votes'))}% on the test images; "
+        f"{mean_std(privacy('pate_privacy', 'answer_accuracy'))}% (σ {p1['sigma']:g}) and "
+        f"{mean_std(privacy('pate_2_privacy', 'answer_accuracy'))}% (σ {p2['sigma']:g}) of the "
         "answers the students learned from are the true class. Confident-GNMax thresholds "
         f"{p1['threshold']:g} and {p2['threshold']:g} (σ₁ {p1['sigma_threshold']:g}). ε is the "
         "data-independent RDP bound (Opacus), GNMax with L2 sensitivity √2 composed over the "
