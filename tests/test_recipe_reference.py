@@ -12,10 +12,11 @@ from pydantic import BaseModel
 
 from distill.losses.registry import RECIPE_LOSSES
 from distill.recipes import Recipe
+from distill.recipes.data_specs import TextDataSpec
 from distill.recipes.private_spec import PateSpec
 from distill.recipes.reference import recipe_reference
 from distill.recipes.search_spec import Candidate
-from distill.recipes.specs import CompressStage, LoraSpec, ScheduleSpec, TermSpec, TextDataSpec
+from distill.recipes.specs import CompressStage, LoraSpec, ScheduleSpec, TermSpec
 
 TEXT = recipe_reference()
 ROW = re.compile(r"^\| `(\w+)` \|")
@@ -161,7 +162,17 @@ def test_types_and_constraints_are_written_out():
     assert recipe["generations"][2].endswith("(≥ 1)")
     assert "matches `^[A-Za-z0-9_-]" in recipe["name"][2]
     assert SECTIONS["student.peft"]["target_modules"][2].endswith("(length ≥ 1)")
-    assert SECTIONS["compress[]"]["sparsity"][2] == "> 0, < 1"
+    assert SECTIONS["compress[]"]["sparsity"][2] == "prune: the share of weights zeroed (> 0, < 1)"
+
+
+def test_every_field_is_described():
+    blank = [
+        f"{section}.{name}"
+        for section, fields in SECTIONS.items()
+        for name, cells in fields.items()
+        if not cells[2].strip()
+    ]
+    assert not blank, f"fields without a description (Field(description=...)): {blank}"
 
 
 def test_docstrings_are_cleaned():

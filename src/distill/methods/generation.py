@@ -33,12 +33,16 @@ class GenerationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(256, ge=1, description="the longest answer, in tokens")
     temperature: float = Field(0.7, ge=0, description="0: greedy")
-    top_p: float = Field(0.95, gt=0, le=1)
-    batch_size: int = Field(8, ge=1)
-    seed: int = 0
-    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling: the mass kept")
+    batch_size: int = Field(8, ge=1, description="prompts answered together")
+    seed: int = Field(0, description="the sampling's random numbers")
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="auto: vLLM when it is installed and the teacher is a hub id or folder, "
+        "else transformers' generate",
+    )
     samples: int = Field(1, ge=1, description="answers per prompt (sampled: temperature > 0)")
 
     @model_validator(mode="after")

@@ -38,11 +38,19 @@ class VerifySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    answer_from: Literal["last_number", "boxed", "marker", "last_line", "whole"] = "last_number"
-    marker: str = Field("answer:", min_length=1)
-    numeric: bool = True
-    tolerance: float = Field(1e-6, ge=0)
-    keep: Keep = "best"
+    answer_from: Literal["last_number", "boxed", "marker", "last_line", "whole"] = Field(
+        "last_number", description="where the final answer is read from the text"
+    )
+    marker: str = Field(
+        "answer:", min_length=1, description="answer_from: marker: the text read after it"
+    )
+    numeric: bool = Field(True, description="compare as numbers; false: as folded text")
+    tolerance: float = Field(1e-6, ge=0, description="numeric: the absolute difference allowed")
+    keep: Keep = Field(
+        "best",
+        description="per prompt: best (the correct answer of highest mean log-prob), "
+        "all_correct or shortest_correct",
+    )
 
 
 def final_answer(text: str, spec: VerifySpec) -> str | None:

@@ -16,11 +16,11 @@ class SyntheticSpec(Strict):
     """``data.synthetic``: the distilled student's transfer set is synthesised by inverting
     the teacher (DeepInversion, Yin et al. 2020), made once and kept in the cache."""
 
-    method: Literal["deep_inversion"] = "deep_inversion"
+    method: Literal["deep_inversion"] = Field("deep_inversion", description="how inputs are made")
     examples: int = Field(4096, ge=1, description="synthetic inputs, targets cycling classes")
     batch_size: int = Field(256, ge=1, description="inputs optimised together")
     steps: int = Field(200, ge=1, description="Adam steps per batch")
-    lr: float = Field(0.1, gt=0)
+    lr: float = Field(0.1, gt=0, description="Adam's learning rate on the inputs")
     bn_weight: float = Field(1.0, ge=0, description="BatchNorm-statistics matching")
     first_bn_multiplier: float = Field(10.0, ge=0, description="extra weight of the first BN")
     tv_weight: float = Field(1e-2, ge=0, description="total-variation prior")

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from distill.data import DATASETS
 from distill.losses.registry import loss_info, loss_parameters
+from distill.recipes.data_specs import DataSpec, TextDataSpec
 from distill.recipes.pairings import (
     check_cross_tokenizer,
     check_pate,
@@ -25,7 +26,6 @@ from distill.recipes.search_spec import SearchSpec, first_problem
 from distill.recipes.specs import (
     CacheSpec,
     CompressStage,
-    DataSpec,
     ExportSpec,
     GenerateSpec,
     ModelSpec,
@@ -37,7 +37,6 @@ from distill.recipes.specs import (
     StudentSpec,
     TeacherSpec,
     TermSpec,
-    TextDataSpec,
     TrainSpec,
 )
 from distill.recipes.task_specs import DiffusionSpec
@@ -78,12 +77,12 @@ class Recipe(Strict):
     )
     description: str = Field("", description="free text, kept in the report")
     seed: int = Field(0, description="the students' initial weights, data order and mixing")
-    task: Literal["classification", "causal_lm", "masked_lm", "clip", "diffusion"] = (
-        "classification"
+    task: Literal["classification", "causal_lm", "masked_lm", "clip", "diffusion"] = Field(
+        "classification", description="the kind of run: what the models read and are measured on"
     )
     data: DataSpec | TextDataSpec = Field(discriminator="dataset", description="by dataset")
     teacher: TeacherSpec | None = Field(None, description="null: no term may read a teacher")
-    student: StudentSpec
+    student: StudentSpec = Field(description="the model trained; optionally LoRA adapters")
     objective: dict[str, TermSpec] = Field(description="named terms, summed with weights")
     train: TrainSpec = Field(description="every student's budget and optimizer")
     assistant: ModelSpec | None = Field(
@@ -113,7 +112,7 @@ class Recipe(Strict):
     diffusion: DiffusionSpec | None = Field(None, description="task: diffusion: the rounds")
     search: SearchSpec | None = Field(None, description="distill search: the student's space")
     pate: PateSpec | None = Field(None, description="PATE: noisy votes of partition teachers")
-    output: OutputSpec = Field(default_factory=OutputSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec, description="where the run is kept")
 
     @model_validator(mode="after")
     def _teacher_if_needed(self) -> Recipe:

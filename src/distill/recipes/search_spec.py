@@ -22,12 +22,14 @@ class Dimension(Strict):
     widths, ``{layers: [fewest, most], low, high}``, one per layer (an MLP's ``hidden``, a
     CNN's ``channels``), each searched on its own."""
 
-    choices: list[Any] | None = Field(None, min_length=1)
-    low: int | float | None = None
-    high: int | float | None = None
-    step: int | float | None = Field(None, gt=0)
-    log: bool = False
-    layers: tuple[int, int] | None = None
+    choices: list[Any] | None = Field(None, min_length=1, description="the values to try")
+    low: int | float | None = Field(None, description="the range's lowest value")
+    high: int | float | None = Field(None, description="the range's highest value")
+    step: int | float | None = Field(None, gt=0, description="the range's spacing")
+    log: bool = Field(False, description="draw the range on a log scale")
+    layers: tuple[int, int] | None = Field(
+        None, description="[fewest, most] layers, each of a width in the range"
+    )
 
     @model_validator(mode="after")
     def _kind(self) -> Dimension:
@@ -70,8 +72,10 @@ class Candidate(Strict):
     """A family of students: ``model`` as in ``student.model`` and its ``args``, each a
     fixed value or a ``Dimension`` to search (a mapping with choices, low/high, layers)."""
 
-    model: str
-    args: dict[str, Any] = Field(default_factory=dict)
+    model: str = Field(description="as student.model")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="each a fixed value or a dimension to search"
+    )
 
     @field_validator("args")
     @classmethod
@@ -116,7 +120,7 @@ class BudgetSpec(Strict):
         "at a serving batch size)",
     )
     latency_ms: Measured | None = Field(None, description="CPU latency per example (median)")
-    parameters: int | Literal["student"] | None = Field(None, ge=1)
+    parameters: int | Literal["student"] | None = Field(None, ge=1, description="at most this many")
     memory_mb: Measured | None = Field(
         None, description="weights plus the peak of tensors alive during the forward"
     )
@@ -143,8 +147,8 @@ class SearchSpec(Strict):
     one is distilled with the recipe's full budget once per seed in ``seeds``, next to the
     recipe's own student."""
 
-    candidates: list[Candidate] = Field(min_length=1)
-    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    candidates: list[Candidate] = Field(min_length=1, description="the families searched")
+    budget: BudgetSpec = Field(default_factory=BudgetSpec, description="what a student must meet")
     sampler: Literal["tpe", "nsga2", "random"] = Field(
         "tpe",
         description="tpe: the best metric under the budget; nsga2: the Pareto front of metric "

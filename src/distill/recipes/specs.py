@@ -11,27 +11,29 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distill import schedules
-from distill.data import DATASETS
 from distill.losses.registry import RECIPE_LOSSES
 from distill.methods.generation import GenerationSettings
 from distill.methods.verify import VerifySpec
-from distill.recipes.private_spec import SyntheticSpec
-from distill.recipes.task_specs import CaptionSpec, Strict
+from distill.recipes.task_specs import Strict
 from distill.training.config import TrainConfig
 
 LossName = Literal[RECIPE_LOSSES]  # type: ignore[valid-type]
-DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 
 
 class ScheduleSpec(Strict):
     """A value that changes over training: ``{kind: warmup, value: 1.0, epochs: 20}``."""
 
-    kind: Literal["constant", "linear", "cosine", "warmup"]
-    value: float | None = None
-    start: float | None = None
-    end: float | None = None
-    steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0)
+    kind: Literal["constant", "linear", "cosine", "warmup"] = Field(
+        description="constant: value; warmup: from 0 up to value, then value; linear, cosine: "
+        "from start to end"
+    )
+    value: float | None = Field(None, description="constant, warmup: the value")
+    start: float | None = Field(None, description="linear, cosine: the value at step 0")
+    end: float | None = Field(None, description="linear, cosine: the value reached, then kept")
+    steps: int | None = Field(
+        None, ge=1, description="updates the change takes; None: all of training"
+    )
+    epochs: float | None = Field(None, gt=0, description="the same in epochs, instead of steps")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> ScheduleSpec:
@@ -71,16 +73,22 @@ class TermSpec(Strict):
     ``loss: lm_head_kd`` is token-level KD through the two models' LM heads without full
     logits (language-model recipes; ``options`` go to ``lm_head_kd``)."""
 
-    loss: LossName
-    weight: Scheduled = 1.0
-    temperature: Scheduled | None = None
+    loss: LossName = Field(description="a built-in loss (its parameters: `distill losses`)")
+    weight: Scheduled = Field(1.0, description="the term's weight in the sum, or a schedule")
+    temperature: Scheduled | None = Field(
+        None,
+        description="softens both models' logits (the loss scales by T²), or a schedule; "
+        "None: the loss's default",
+    )
     student: str | None = Field(None, description="student tap path, for feature losses")
     teacher: str | None = Field(None, description="teacher tap path, for feature losses")
     rows: Literal["all", "labelled"] = Field(
         "all",
         description="labelled: only rows with a label count (DistilBERT's KL on masked tokens)",
     )
-    options: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    options: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="the loss's other parameters, by name"
+    )
 
     @model_validator(mode="after")
     def _positive_temperature(self) -> TermSpec:
@@ -102,10 +110,14 @@ class ModelSpec(Strict):
     and, for the student, ``teacher``: a copy of the teacher with fewer layers
     (``args: {keep: 6 | [0, 2, 4] | every_other, select: similarity | uniform}``)."""
 
-    model: str
-    args: dict[str, Any] = Field(default_factory=dict)
+    model: str = Field(description="where the model comes from (above)")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="the builder's or config's arguments"
+    )
     checkpoint: Path | None = Field(None, description="safetensors weights to load")
-    pretrained: bool = False
+    pretrained: bool = Field(
+        False, description="image classifiers (torchvision:, timm:, hf:): pretrained weights"
+    )
 
 
 class LoraSpec(Strict):
@@ -131,14 +143,16 @@ class LoraSpec(Strict):
 class StudentSpec(ModelSpec):
     """The student: a model spec, optionally with LoRA adapters (``peft``)."""
 
-    peft: LoraSpec | None = None
+    peft: LoraSpec | None = Field(None, description="LoRA adapters (the peft package)")
 
 
 class TrainSpec(TrainConfig):
     """TrainConfig's settings plus the budget. ``run_dir`` comes from ``output.dir``."""
 
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1, description="passes over the training data")
+    max_steps: int | None = Field(
+        None, ge=1, description="updates; with epochs, whichever ends first"
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> TrainSpec:
@@ -160,17 +174,25 @@ class TeacherSpec(ModelSpec):
     self-distillation: the teacher is the moving average of the student during training,
     with momentum ``ema_momentum`` rising to 1 along a cosine."""
 
-    train: TrainSpec | None = None
-    autocast: Literal["no", "bf16", "fp16"] = "no"
+    train: TrainSpec | None = Field(
+        None, description="train the teacher first, with this budget; None: load it as it is"
+    )
+    autocast: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="the teacher's forward under autocast in this type"
+    )
     cache: bool = Field(True, description="reuse a teacher trained earlier with the same spec")
-    members: list[TeacherSpec] | None = None
-    combine: Literal["mean", "weighted", "confidence", "route"] = "mean"
+    members: list[TeacherSpec] | None = Field(None, description="model: ensemble: its teachers")
+    combine: Literal["mean", "weighted", "confidence", "route"] = Field(
+        "mean",
+        description="ensemble: the members' probabilities averaged, weighted by weights, "
+        "weighted per example by confidence, or routed by domain",
+    )
     domain: str | None = Field(
         None, description="ensemble member: train on this one of data.domains only"
     )
-    weights: list[float] | None = None
+    weights: list[float] | None = Field(None, description="combine: weighted: one per member")
     temperature: float = Field(1.0, gt=0, description="ensemble: the temperature of the mix")
-    ema_momentum: float = Field(0.99, ge=0, le=1)
+    ema_momentum: float = Field(0.99, ge=0, le=1, description="model: ema: the starting momentum")
     tokenizer: str | None = Field(
         None,
         description="causal_lm: hf:<id or dir>, the teacher's own tokenizer when it is not "
@@ -211,16 +233,25 @@ class CompressStage(Strict):
     - ``quantize``: quantization-aware training with torchao's ``scheme``, then converted
       (the last stage); with ``epochs: 0``, post-training quantization, no training."""
 
-    kind: Literal["prune", "channels", "factorize", "quantize"]
-    sparsity: float | None = Field(None, gt=0, lt=1)
+    kind: Literal["prune", "channels", "factorize", "quantize"] = Field(description="above")
+    sparsity: float | None = Field(
+        None, gt=0, lt=1, description="prune: the share of weights zeroed"
+    )
     end: float = Field(0.75, gt=0, le=1, description="prune: share of the stage to reach it")
-    ratio: float | None = Field(None, gt=0, lt=1)
-    rank: int | None = Field(None, ge=1)
-    energy: float | None = Field(None, gt=0, le=1)
-    scheme: Literal["int8", "int8_weight_only", "int4_weight_only"] = "int8"
+    ratio: float | None = Field(None, gt=0, lt=1, description="channels: the share removed")
+    rank: int | None = Field(None, ge=1, description="factorize: the rank kept in every layer")
+    energy: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="factorize: each layer's smallest rank keeping this share of Σ σ²",
+    )
+    scheme: Literal["int8", "int8_weight_only", "int4_weight_only"] = Field(
+        "int8", description="quantize: int8 weights and activations, or weights only"
+    )
     skip: list[str] = Field(default_factory=list, description="module paths left as they are")
     epochs: int | None = Field(1, ge=0, description="0: no recovery training")
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="recovery updates, instead of epochs")
     lr: float | None = Field(None, gt=0, description="None: train.lr")
     recover: Literal["teacher", "student", "labels"] = Field(
         "teacher",
@@ -258,7 +289,9 @@ class ExportSpec(Strict):
     )
     min_agreement: float = Field(0.999, gt=0, le=1, description="top-1 agreement asked")
     atol: float = Field(1e-3, gt=0, description="largest logit difference allowed")
-    int8_min_agreement: float = Field(0.97, gt=0, le=1)
+    int8_min_agreement: float = Field(
+        0.97, gt=0, le=1, description="top-1 agreement asked of the int8 versions"
+    )
 
 
 class CacheSpec(Strict):
@@ -273,7 +306,9 @@ class CacheSpec(Strict):
         description="language models: tokens kept per position; None: dense logits (what a "
         "classifier's cache always holds)",
     )
-    logprob_dtype: Literal["float16", "float32"] = "float16"
+    logprob_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="plain top-k: the stored log-probabilities' type"
+    )
     encoding: Literal["plain", "compact"] = Field(
         "plain",
         description="top-k: plain (ids and logprob_dtype log-probs) or compact (ids "
@@ -303,7 +338,7 @@ class GenerateSpec(GenerationSettings):
         "or 'pydoc': questions about CPython's help topics"
     )
     out: Path | None = Field(None, description="None: <output.dir>/<name>/generated.jsonl")
-    max_prompts: int | None = Field(None, ge=1)
+    max_prompts: int | None = Field(None, ge=1, description="the first this many; None: all")
     verify: VerifySpec | None = Field(
         None,
         description="keep only answers whose final result matches each prompt's 'answer' "
@@ -316,98 +351,15 @@ class OnPolicySpec(Strict):
     batch the student writes the answers, which the teacher then scores token by token."""
 
     lam: float = Field(0.5, ge=0, le=1, description="share of batches answered by the student")
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1, description="the longest student answer, in tokens")
     temperature: float = Field(1.0, ge=0, description="the student's sampling; 0: greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
-
-
-class MixSpec(Strict):
-    """Function matching (Beyer et al. 2022): every student's training batches are mixed
-    (``data.mixing.BatchMix``), teacher and student reading the same mixed input and
-    cross-entropy the mixed labels."""
-
-    kind: Literal["mixup", "cutmix"]
-    alpha: float = Field(1.0, gt=0, description="λ ~ Beta(alpha, alpha)")
-    prob: float = Field(1.0, gt=0, le=1, description="the share of batches mixed")
-
-
-class DataSpec(Strict):
-    dataset: DatasetName
-    path: Path | None = Field(None, description="folder with the files; None: the defaults")
-    download: bool = True
-    image_size: int = Field(32, ge=8, description="image_folder and hf_images only")
-    columns: dict[str, str] = Field(
-        default_factory=lambda: {"image": "image", "label": "label"},
-        description="hf_images: the image and label columns",
-    )
-    splits: tuple[str, str] = Field(("train", "test"), description="hf_images: train, test")
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    labeled: int | None = Field(
-        None,
-        ge=1,
-        description="labelled training examples; the other inputs form a transfer "
-        "set that only the teacher labels (None: every example keeps its label)",
-    )
-    augment: bool = Field(False, description="random crop (padding 4) and horizontal flip")
-    mix: MixSpec | None = Field(
-        None, description="mixup or cutmix of every student's training batches (function matching)"
-    )
-    transfer_classes: list[int] | None = Field(
-        None,
-        description="with labeled: keep only these classes in the unlabelled transfer set "
-        "(a biased pool, as when transfer data differ from deployment; distill doctor flags it)",
-    )
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    num_workers: int = Field(0, ge=0)
-    split_seed: int = 0
-    domains: dict[str, list[int]] | None = Field(
-        None,
-        description="domain name -> its classes: a coarse field every example carries, also "
-        "in the transfer set, that routes it to its specialised teacher",
-    )
-    captions: CaptionSpec | None = Field(
-        None, description="task: clip: the text side (captions, prompts, text tower)"
-    )
-    synthetic: SyntheticSpec | None = Field(
-        None, description="data-free: the student's transfer set is synthesised from the teacher"
-    )
-
-    @model_validator(mode="after")
-    def _transfer_needs_labeled(self) -> DataSpec:
-        if self.transfer_classes is not None and self.labeled is None:
-            raise ValueError("transfer_classes shapes the transfer set: set labeled as well")
-        return self
-
-
-class TextDataSpec(Strict):
-    """Text for language-model recipes, split by blocks into train / validation / test."""
-
-    dataset: Literal["text"]
-    source: str = Field(
-        "pydoc",
-        description="pydoc (CPython's help topics, offline everywhere), hf:<dataset>[:<split>], "
-        "a .txt/.jsonl file or folder, or 'generated': the teacher's answers (generate:)",
-    )
-    format: Literal["packed", "chat"] = Field(
-        "packed", description="packed: plain text in blocks; chat: one conversation per row"
-    )
-    tokenizer: str | None = Field(
-        None, description="hf:<id or dir> to take the tokenizer from; None: the teacher's"
-    )
-    seq_len: int = Field(128, ge=8)
-    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked_lm only")
-    val_blocks: int = Field(32, ge=1, description="held-out rows that select the best student")
-    test_blocks: int = Field(48, ge=1, description="held-out rows the report is measured on")
-    max_train_blocks: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
-    eval_batch_size: int = Field(8, ge=1)
-    num_workers: int = Field(0, ge=0)
-    split_seed: int = 0
+    top_p: float = Field(1.0, gt=0, le=1, description="the student's nucleus sampling")
 
 
 class OutputSpec(Strict):
-    dir: Path = Path("runs")
+    """Where a run is kept (``<dir>/<name>``) and what its report and model card say."""
+
+    dir: Path = Field(Path("runs"), description="runs are folders <dir>/<name>")
     license: str | None = Field(
         None, description="the model card's license (distill push), e.g. apache-2.0; None: other"
     )

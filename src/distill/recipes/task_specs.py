@@ -96,14 +96,16 @@ class DiffusionSpec(Strict):
     guidance: float = Field(0.0, ge=0, description="classifier-free guidance weight w")
     class_dropout: float = Field(0.1, ge=0, lt=1, description="teacher training: null class")
     timesteps: int = Field(1000, ge=10, description="a trained teacher's schedule length")
-    prediction: Literal["v_prediction", "epsilon"] = "v_prediction"
+    prediction: Literal["v_prediction", "epsilon"] = Field(
+        "v_prediction", description="what a trained teacher's network predicts"
+    )
     samples: int = Field(1000, ge=10, description="images generated per measured sampler")
     image_size: int = Field(32, ge=8, description="images padded (or resized) to this size")
     classifier: dict[str, Any] = Field(
         default_factory=lambda: {"channels": [32, 64], "hidden": 128},
         description="args of the zoo:cnn trained on the real images, whose features FID reads",
     )
-    classifier_epochs: int = Field(2, ge=1)
+    classifier_epochs: int = Field(2, ge=1, description="epochs that train that classifier")
     prompt: str = Field(
         "a photo of a {name}",
         description="a text-conditional teacher (UNet2DConditionModel): each class's prompt",

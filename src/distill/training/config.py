@@ -22,24 +22,41 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0, description="decoupled (AdamW) or L2 (SGD)")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="AdamW, or SGD with Nesterov momentum"
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    lr_schedule: Literal["constant", "linear", "cosine", "multistep"] = "cosine"
+    lr_schedule: Literal["constant", "linear", "cosine", "multistep"] = Field(
+        "cosine",
+        description="after warm-up: constant, linear or cosine decay to 0 at the last step, "
+        "or multistep (lr_milestones, lr_decay)",
+    )
     lr_milestones: list[float] = Field(
         default_factory=list, description="multistep: epochs at which the LR is multiplied"
     )
     lr_decay: float = Field(0.1, gt=0, le=1, description="multistep: the factor")
-    warmup_steps: int = Field(0, ge=0)
-    grad_accum_steps: int = Field(1, ge=1)
-    max_grad_norm: float | None = Field(None, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="steps of linear LR warm-up from 0")
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        description="micro-batches per update: the update is that of one batch this many "
+        "times larger",
+    )
+    max_grad_norm: float | None = Field(
+        None, gt=0, description="clip the gradient's global norm to this; None: no clipping"
+    )
     on_nonfinite: Literal["stop", "skip_step"] = Field(
         "stop",
         description="a non-finite loss or gradient norm: stop the run (the last checkpoint "
         "stays the last good one), or skip that step's update and go on",
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="Accelerate's mixed-precision training (fp16 with loss scaling)"
+    )
+    seed: int = Field(
+        0, description="set before training (Python API; a recipe's top-level seed replaces it)"
+    )
     cpu: bool = Field(False, description="train on the CPU even when a GPU is present")
     compile: bool = Field(
         False,
@@ -51,13 +68,13 @@ class TrainConfig(BaseModel):
     )
     run_dir: Path | None = Field(None, description="where checkpoints and metrics go")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints")
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="the newest this many are kept")
+    log_every: int = Field(10, ge=1, description="steps between metrics.jsonl rows")
     eval_every: int | None = Field(None, ge=1, description="steps; None: after each epoch")
     select_metric: str | None = Field(
         "accuracy", description="validation metric that picks the best student; None: last"
     )
-    progress: bool = True
+    progress: bool = Field(True, description="a progress bar while training")
     log_with: list[Literal["tensorboard", "wandb", "mlflow", "aim"]] = Field(
         default_factory=list,
         description="experiment trackers (Accelerate's) that get every metrics row: the "
