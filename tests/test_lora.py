@@ -167,6 +167,23 @@ def test_a_lora_classifier_keeps_its_other_layers_frozen(digits_idx_dir, tmp_pat
     assert not torch.allclose(student["fc.weight"], baseline["fc.weight"])
 
 
+def test_the_doctor_probes_a_lora_student_through_its_adapters(
+    digits_idx_dir, tmp_path, monkeypatch
+):
+    """The capacity probe trains what the run will train: the adapters, not the frozen
+    weights (the student is built with student.peft's adapters)."""
+    from distill.doctor import diagnose
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    recipe = digits_lora_recipe(digits_idx_dir, tmp_path, "[fc]")
+    result = diagnose(recipe, tmp_path / "doctor", sample=200, probe_steps=5, progress=False,
+                      log=lambda m: None)  # fmt: skip
+    gap = next(f for f in result["findings"] if f["check"] == "capacity_gap")
+    # the student's fc is Linear(64, 10): rank-2 adapters A (2 x 64) and B (10 x 2)
+    assert gap["measurements"]["trained_parameters"] == 2 * 64 + 10 * 2
+    assert "148 of them trained, LoRA" in gap["summary"]
+
+
 def test_a_missing_target_module_fails_before_any_training(digits_idx_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     recipe = digits_lora_recipe(digits_idx_dir, tmp_path, "[fc2]")

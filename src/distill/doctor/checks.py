@@ -255,16 +255,20 @@ def capacity_gap_check(
     (Mirzadeh et al. 2020). Suggested fix: a teacher assistant of intermediate size."""
     probe = fit_probe(student, inputs, teacher_logits, steps=steps)
     t_params, s_params = parameter_count(teacher), parameter_count(student)
+    trained = sum(p.numel() for p in student.parameters() if p.requires_grad)
     residual = probe["kl_after"] / max(probe["kl_before"], 1e-12)
     measurements = {
         **probe,
         "teacher_parameters": t_params,
         "student_parameters": s_params,
+        "trained_parameters": trained,
         "size_ratio": t_params / max(s_params, 1),
         "residual_kl_share": residual,
     }
     described = (
-        f"teacher {t_params:,} vs student {s_params:,} parameters ({t_params / s_params:.1f}×); "
+        f"teacher {t_params:,} vs student {s_params:,} parameters ({t_params / s_params:.1f}×"
+        + (f"; {trained:,} of them trained, LoRA" if trained < s_params else "")
+        + "); "
         f"fitted to the teacher for {steps} steps on {len(inputs):,} inputs, the student "
         f"agrees with its top class on {100 * probe['agreement_after']:.1f}% of them "
         f"(KL {probe['kl_before']:.3f} → {probe['kl_after']:.3f})"

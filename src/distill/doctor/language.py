@@ -43,6 +43,7 @@ from distill.doctor.lm_checks import (
 from distill.doctor.tokenizers import template_check, truncation_check, vocabulary_check
 from distill.losses.registry import loss_info
 from distill.models import hf
+from distill.models.lora import with_lora
 from distill.recipes import Recipe
 from distill.runs.common import recipe_objective, step_budget, steps_per_epoch
 from distill.runs.language import TextData, source_records, text_spec
@@ -159,7 +160,8 @@ def diagnose_language(
     task.preflight(recipe, data)
     teacher, _ = task.teacher(recipe, data, progress, log)
     torch.manual_seed(recipe.seed)
-    student = task.build_student(recipe, data, recipe.student, teacher)
+    # with student.peft's adapters: the timing trains what the run will train
+    student = with_lora(task.build_student(recipe, data, recipe.student, teacher), recipe.student)
     live = task.live_teacher(recipe, data, teacher)
     tokenizer, notes = data.tokenizer, []
     size = recipe.data.batch_size  # type: ignore[union-attr]

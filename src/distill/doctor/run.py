@@ -38,6 +38,7 @@ from distill.doctor.language import diagnose_language
 from distill.doctor.plots import plot_findings, plot_language, plot_sweep
 from distill.doctor.shift import data_shift_check
 from distill.errors import RecipeError
+from distill.models.lora import with_lora
 from distill.objective import Objective
 from distill.recipes import Recipe, build_objective
 from distill.runs.common import Budget, Lesson, Splits, loader, steps_per_epoch
@@ -164,7 +165,8 @@ def classic_findings(
         )
         log(notes[-1])
     torch.manual_seed(recipe.seed)
-    student = task.build_student(recipe, data, recipe.student, teacher)
+    # with student.peft's adapters: the probe and the timing train what the run will train
+    student = with_lora(task.build_student(recipe, data, recipe.student, teacher), recipe.student)
     temperature = kd_temperature(recipe)
 
     log(f"doctor: teacher outputs on up to {sample:,} transfer and test inputs")
