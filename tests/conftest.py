@@ -1,5 +1,5 @@
 """Shared fixtures: the real scikit-learn digits data (1,797 8×8 images, 10 classes), and
-CPython's help topics as text with a WordPiece tokenizer trained on them."""
+CPython's help topics as text with a WordPiece tokenizer built from them."""
 
 from collections import Counter
 from pathlib import Path

@@ -233,7 +233,9 @@ class CompressStage(Strict):
     - ``quantize``: quantization-aware training with torchao's ``scheme``, then converted
       (the last stage); with ``epochs: 0``, post-training quantization, no training."""
 
-    kind: Literal["prune", "channels", "factorize", "quantize"] = Field(description="above")
+    kind: Literal["prune", "channels", "factorize", "quantize"] = Field(
+        description="the stage's kind (each one described above)"
+    )
     sparsity: float | None = Field(
         None, gt=0, lt=1, description="prune: the share of weights zeroed"
     )
