@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+ROOT = Path(__file__).parent.parent
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -81,6 +82,26 @@ def digits_as_fashion(digits_idx_dir, isolated_cache, monkeypatch):
     monkeypatch.setenv("DISTILL_DATA", str(digits_idx_dir))
     monkeypatch.setattr(idx, "SYSTEM_DIR", digits_idx_dir / "nowhere")
     return digits_idx_dir
+
+
+@pytest.fixture(scope="session")
+def classifier_run(digits_idx_dir, tmp_path_factory):
+    """A finished run of recipes/fashion_mnist_kd.yaml on the digits, at a tiny budget:
+    (run directory, recipe, summary). Shared: a test that changes it works on a copy."""
+    from distill.recipes import load_recipe
+    from distill.runs import run_recipe
+
+    folder = tmp_path_factory.mktemp("classifier-run")
+    recipe = load_recipe(
+        ROOT / "recipes" / "fashion_mnist_kd.yaml",
+        [f"data.path={digits_idx_dir}", "data.labeled=null", "teacher.train.max_steps=10",
+         "train.epochs=null", "train.max_steps=4", f"output.dir={folder}",
+         "output.latency_repeats=1"],
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTILL_CACHE", str(folder / "cache"))
+        summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    return folder / "fashion_mnist_kd", recipe, summary
 
 
 @pytest.fixture(scope="session")

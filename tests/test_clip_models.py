@@ -9,10 +9,12 @@ import torch
 import transformers
 from torch import nn
 
+from distill.errors import ModelError
 from distill.models.clip import (
     ProjectedEncoder,
     ZeroShotClassifier,
     load_hf_clip,
+    load_text_tower,
     sentence_encoder,
 )
 
@@ -64,8 +66,22 @@ def test_a_model_without_a_text_tower_is_named(tmp_path):
     chat_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not an image-text model with a text tower"):
         load_hf_clip(f"hf-clip:{tmp_path}")
-    with pytest.raises(ValueError, match="cannot load"):
-        load_hf_clip(f"hf-clip:{tmp_path / 'missing'}")
+    with pytest.raises(ModelError, match="cannot load a model from the folder"):
+        load_hf_clip(f"hf-clip:{tmp_path.parent}")  # a folder, but not a model's
+
+
+def test_a_missing_folder_or_an_unreachable_hub_id_is_one_line(tmp_path, monkeypatch):
+    """A local path that is not there says so (not "Repo id must be in the form ..."); a
+    Hub id that cannot be fetched says that downloads need a network."""
+    from huggingface_hub import constants
+
+    for spec in (f"hf-clip:{tmp_path / 'missing'}", f"hf:{tmp_path / 'missing'}"):
+        loader = load_hf_clip if spec.startswith("hf-clip:") else load_text_tower
+        with pytest.raises(ModelError, match=f"there is no folder {tmp_path / 'missing'};"):
+            loader(spec)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as without a network, at once
+    with pytest.raises(ModelError, match="Hub downloads need a network"):
+        load_text_tower("hf:someorg/not-downloaded")
 
 
 def test_minilm_embeds_text_as_a_sentence_encoder():

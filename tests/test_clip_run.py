@@ -4,6 +4,7 @@ all-MiniLM-L6-v2), a Hugging Face CLIP teacher with a student cut from its image
 the metrics, ``distill eval`` and ``distill export``, and bad input named in one line."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -461,3 +462,22 @@ def test_a_hugging_face_image_dataset_loads_for_any_task(digits, tmp_path):
     assert train.classes == ["zero", "one", "two"] and label == 0
     with pytest.raises(DataError, match=r"data.splits: .* has no split \['validation'\]"):
         load_dataset("hf_images", folder, splits=("train", "validation"))
+
+
+@needs_minilm
+def test_a_missing_clip_teacher_folder_is_one_line_from_the_command(digits_idx_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from distill import cli
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(Path(RECIPE).read_text())
+    sets = [f"data.path={digits_idx_dir}", "data.labeled=300", f"output.dir={tmp_path}",
+            "teacher.model=hf-clip:/nonexistent/clip-vit", "teacher.train=null"]  # fmt: skip
+    result = CliRunner().invoke(
+        cli.app, ["run", str(recipe), "-q", *(a for s in sets for a in ("--set", s))]
+    )
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert "hf-clip:/nonexistent/clip-vit: there is no folder /nonexistent/clip-vit" in line
+    assert "Traceback" not in result.output and "Repo id" not in result.output

@@ -1,10 +1,15 @@
 """Compression with distillation: low-rank factorization, pruning, quantization, export."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
 from distill.compress.lowrank import factorize, factorize_layer, rank_for_energy
+from distill.errors import CheckpointError
+
+from .test_damaged_runs import damage
 
 
 def test_full_rank_factorization_reproduces_linear_and_conv_layers():
@@ -277,6 +282,10 @@ def test_post_training_quantization_stage_and_export_from_the_recipe(isolated_ca
         Classification().evaluate(loaded, recipe, prepare_data(recipe), None)["accuracy"]
         == row["accuracy"]
     )
+    weights = tmp_path / "ptq" / "compress" / "1_quantize" / "student.safetensors"
+    damage(weights, start=-200, end=-100)
+    with pytest.raises(CheckpointError, match=re.escape(f"{weights}: differs from the SHA-256")):
+        load_stage(tmp_path / "ptq", 1)
 
 
 def test_an_int8_qat_student_exports_as_a_static_int8_qdq_graph(isolated_cache, tmp_path):

@@ -349,6 +349,22 @@ def test_doctor_refuses_a_sweep_for_language_models():
         diagnose(load_recipe(ROOT / "recipes" / "llm_token_kd.yaml"), sweep=True)
 
 
+def test_a_doctor_that_cannot_reach_its_teacher_leaves_no_run_directory(
+    text_file, tokenizer_dir, tmp_path
+):
+    from distill.errors import ServedTeacherError
+
+    recipe = load_recipe(
+        ROOT / "recipes" / "llm_served_teacher.yaml",
+        ["teacher.model=served:http://127.0.0.1:9/v1", "teacher.args={retries: 0}",
+         f"data.source={text_file}", f"data.tokenizer=hf:{tokenizer_dir}",
+         f"output.dir={tmp_path}"],
+    )  # fmt: skip
+    with pytest.raises(ServedTeacherError, match=r"127\.0\.0\.1:9"):
+        diagnose(recipe, progress=False, log=lambda m: None)
+    assert not (tmp_path / "llm_served_teacher").exists()
+
+
 def test_doctor_on_a_masked_lm_recipe_reads_the_masked_positions(
     text_file, tokenizer_dir, tmp_path, monkeypatch
 ):

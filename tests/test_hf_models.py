@@ -68,6 +68,37 @@ def test_smollm2_gguf_teacher_and_a_half_depth_student(tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**ids).logits, student_out.logits)
+    # and fine-tunes in a Hugging Face Trainer (docs/integrations.md), which refuses a model
+    # still marked as quantized ("purely quantized") although its weights are floats
+    trains_in_a_trainer(teacher, student_from_teacher(teacher, keep=[0, 29]), ids, tmp_path)
+
+
+def trains_in_a_trainer(teacher, student, ids, tmp_path):
+    from distill import Objective, Term, losses
+    from distill.integrations.transformers import DistillationTrainer
+    from distill.methods import token_kd_term
+
+    assert not getattr(teacher, "is_quantized", False)
+    assert not getattr(student, "is_quantized", False)
+    rows = [{"input_ids": ids["input_ids"][0], "attention_mask": ids["attention_mask"][0],
+             "labels": ids["input_ids"][0]}] * 2  # fmt: skip
+    before = {name: value.clone() for name, value in student.state_dict().items()}
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "trainer"), remove_unused_columns=False, max_steps=1,
+        per_device_train_batch_size=2, learning_rate=1e-3, use_cpu=True, report_to=[],
+        save_strategy="no", logging_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    objective = Objective(
+        kd=token_kd_term(student, teacher, temperature=1.0),
+        ce=Term(losses.cross_entropy, weight=0.5, rows="labelled"),
+    )
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=rows, teacher=teacher, objective=objective
+    )
+    loss = trainer.train().training_loss
+    assert loss > 0 and torch.isfinite(torch.tensor(loss))
+    moved = max(float((v - before[k]).abs().max()) for k, v in student.state_dict().items())
+    assert moved > 1e-4  # the step changed the student
 
 
 def test_short_names_resolve_to_the_models_pypi_packages_ship():

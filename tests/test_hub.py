@@ -3,20 +3,24 @@ local folder here, and the Hub's client replaced by a recorder: the Hub is unrea
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import huggingface_hub
 import pytest
 import torch
 import yaml
+from huggingface_hub import constants
 from typer.testing import CliRunner
 
 from distill import cli
 from distill.models.hub import load_classifier
-from distill.recipes import load_recipe
 from distill.runs import run_recipe
 from distill.runs.classify import Classification, prepare_data
 
+from .test_damaged_runs import damage
 from .test_lm_pipeline import tiny_token_kd_recipe
 
 ROOT = Path(__file__).parent.parent
@@ -25,21 +29,6 @@ ROOT = Path(__file__).parent.parent
 def card_parts(text: str) -> tuple[dict, str]:
     _, front, body = text.split("---\n", 2)
     return yaml.safe_load(front), body
-
-
-@pytest.fixture(scope="module")
-def classifier_run(digits_idx_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("push")
-    recipe = load_recipe(
-        ROOT / "recipes" / "fashion_mnist_kd.yaml",
-        [f"data.path={digits_idx_dir}", "data.labeled=null", "teacher.train.max_steps=10",
-         "train.epochs=null", "train.max_steps=4", f"output.dir={folder}",
-         "output.latency_repeats=1"],
-    )  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DISTILL_CACHE", str(folder / "cache"))
-        summary = run_recipe(recipe, progress=False, log=lambda m: None)
-    return folder / "fashion_mnist_kd", recipe, summary
 
 
 def test_push_to_a_folder_gives_the_student_and_its_model_card(classifier_run, tmp_path):
@@ -92,6 +81,82 @@ def test_push_to_the_hub_creates_the_repository_and_uploads_the_folder(classifie
     assert "https://huggingface.co/someone/student" in result.output
 
 
+class Refusing(BaseHTTPRequestHandler):
+    """A stand-in Hub that answers every request 401, as the real one does to a missing
+    or invalid token."""
+
+    def do_POST(self):
+        body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def refusing_hub(monkeypatch):
+    server = HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")  # no token stored there
+    yield
+    server.shutdown()
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return " ".join(result.output.split())
+
+
+def test_push_without_a_network_is_one_line_and_keeps_the_folder(classifier_run, monkeypatch):
+    run_dir, _, _ = classifier_run
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    result = CliRunner().invoke(cli.app, ["push", str(run_dir), "someone/student"])
+    line = one_line_error(result)
+    assert "cannot reach the Hub at http://127.0.0.1:9" in line and "check the network" in line
+    assert f"the folder is ready in {run_dir / 'student'}" in line
+    assert (run_dir / "student" / "README.md").exists()
+
+
+@pytest.mark.parametrize("token", [None, "hf_not_a_real_token"], ids=["no-token", "bad-token"])
+def test_push_with_a_missing_or_refused_token_is_one_line(
+    classifier_run, refusing_hub, monkeypatch, token
+):
+    run_dir, _, _ = classifier_run
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("HF_TOKEN", token)
+    line = one_line_error(CliRunner().invoke(cli.app, ["push", str(run_dir), "someone/student"]))
+    if token is None:
+        assert "no Hugging Face token; log in with `hf auth login` or set HF_TOKEN" in line
+    else:
+        assert "the Hub refused the token (401 Unauthorized)" in line
+
+
+def test_a_dry_run_writes_the_folder_and_card_and_sends_nothing(classifier_run, monkeypatch):
+    run_dir, _, _ = classifier_run
+
+    class Unreachable:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a dry run must not reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Unreachable)
+    result = CliRunner().invoke(cli.app, ["push", str(run_dir), "someone/student", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "dry run: would push" in result.output and "nothing sent" in result.output
+    assert "someone/student" in result.output
+    for name in ("README.md", "config.json", "model.safetensors"):
+        assert name in result.output and (run_dir / "student" / name).exists()
+
+
 def test_a_language_model_run_pushes_its_hugging_face_folder(
     text_file, tokenizer_dir, tmp_path, monkeypatch
 ):
@@ -112,6 +177,13 @@ def test_a_language_model_run_pushes_its_hugging_face_folder(
     assert metadata["license"] == "mit"
     assert metadata["pipeline_tag"] == "text-generation"
     assert "perplexity" in body and "AutoModelForCausalLM" in body
+    # the Hugging Face folder is checksummed with the student: a damaged copy is not pushed
+    damage(tmp_path / "llm_token_kd" / "student" / "model.safetensors")
+    refused = CliRunner().invoke(
+        cli.app, ["push", str(tmp_path / "llm_token_kd"), str(tmp_path / "again"), "--quiet"]
+    )
+    assert refused.exit_code == 2 and "student/model.safetensors: differs" in refused.output
+    assert not (tmp_path / "again").exists()
 
 
 def test_push_of_an_unfinished_run_says_so(tmp_path):

@@ -34,3 +34,74 @@ def test_bad_model_specs_are_clear():
     with pytest.raises(ValueError, match="CIFAR"):
         build_model("zoo:resnet20", 10, (1, 28, 28))
     assert "mlp" in ZOO
+
+
+def fake_package(root, name, body, version=None, requires=()):
+    """A package ``name`` whose import runs ``body``, with pip's metadata if ``version``."""
+    (root / name).mkdir()
+    (root / name / "__init__.py").write_text(body)
+    if version is not None:
+        info = root / f"{name}-{version}.dist-info"
+        info.mkdir()
+        lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+        lines += [f"Requires-Dist: {r}" for r in requires]
+        (info / "METADATA").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def packages(tmp_path, monkeypatch):
+    """A folder first on sys.path, for packages that stand in for installed ones."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("torchvision", "timm"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return tmp_path
+
+
+BROKEN_TORCHVISION = 'raise RuntimeError("operator torchvision::nms does not exist")\n'
+
+
+def test_a_torchvision_built_for_another_torch_is_named_with_both_versions(packages):
+    """What PyPI's torchvision does beside the CPU torch wheel: the import fails in its
+    compiled operators. timm, which imports it, says the same instead of "pip install timm"."""
+    from distill.errors import MissingDependency
+
+    fake_package(packages, "torchvision", BROKEN_TORCHVISION, "0.29.1", ["torch (>=2.14.0)"])
+    fake_package(packages, "timm", "import torchvision\n", "1.0.31", ["torchvision"])
+    for spec in ("torchvision:resnet18", "timm:resnet18"):
+        with pytest.raises(MissingDependency) as error:
+            build_model(spec, 10, (3, 32, 32))
+        message = str(error.value)
+        assert f"model {spec!r} needs torchvision" in message
+        assert f"torchvision 0.29.1 does not load beside torch {torch.__version__}" in message
+        assert "operator torchvision::nms does not exist" in message
+        assert "built for torch (>=2.14.0)" in message and "matching pair" in message
+        assert "pip install timm" not in message
+    assert "(through timm)" in message
+
+
+def test_timm_without_torchvision_says_torchvision_is_missing(packages):
+    from distill.errors import MissingDependency
+
+    fake_package(packages, "timm", "import torchvision\n", "1.0.31", ["torchvision"])
+    with pytest.raises(
+        MissingDependency, match=r"needs torchvision \(through timm\), which is not"
+    ):
+        build_model("timm:resnet18", 10, (3, 32, 32))
+
+
+def test_no_extra_installs_a_torchvision_that_would_replace_torch():
+    """torchvision (and timm, which needs it) pin the torch release they were built for; an
+    extra listing them would make pip swap an installed CPU torch for another build."""
+    from pathlib import Path
+
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    listed = {
+        requirement.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip()
+        for extra in project["project"]["optional-dependencies"].values()
+        for requirement in extra
+    }
+    assert not listed & {"torchvision", "timm", "open-clip-torch"}, listed

@@ -155,6 +155,7 @@ LAYERS = [
         "distill.measure",
         "distill.paths",
         "distill.errors",
+        "distill.dependencies",
         "distill.compress",
         "distill.models",
         "distill.data",

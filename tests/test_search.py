@@ -70,6 +70,13 @@ def test_a_tiny_search_scores_trials_and_distils_the_chosen_student_fully(search
     for t in trials:  # each trial measured before it trained, and its overrides recorded
         assert t["parameters"] > 0 and t["latency_ms"] > 0 and t["memory_mb"] > 0
         assert t["overrides"][0] == f"student.model={t['student']['model']}"
+    # a new study starts from each family's cheapest corner, which fits any budget that
+    # lets the family in: even a few trials find a student
+    corners = [
+        {"model": "zoo:mlp", "args": {"hidden": [8], "pool": 1}},
+        {"model": "zoo:cnn", "args": {"channels": [4], "hidden": 16, "kernel": 3}},
+    ]
+    assert sorted([t["student"] for t in trials[:2]], key=str) == sorted(corners, key=str)
     chosen = summary["chosen"]
     complete = [t for t in trials if t["state"] == "complete"]
     assert chosen["value"] == max(t["value"] for t in complete)
@@ -140,6 +147,14 @@ def test_a_budget_no_candidate_meets_fails_before_training(tmp_path):
             "search.candidates.0.args.hidden={choices: [8], low: 1, high: 2}",
             "give either choices or low/high",
         ),
+        (
+            "search.candidates.0.args.hidden={lo: 16, high: 64}",
+            "hidden: unknown range key 'lo' (did you mean 'low'?)",
+        ),
+        (
+            "search.candidates.0.args.hidden={lo: 16, hi: 64}",
+            "'lo' (did you mean 'low'?), 'hi' (did you mean 'high'?)",
+        ),
         ("search.budget.latency=1", "search.budget.latency: unknown field"),
         ("search.train={lr: -1}", "search.train.lr: Input should be greater than 0"),
         ("generations=2", "search: student search trains one student; drop generations"),
@@ -160,6 +175,32 @@ def test_an_unknown_architecture_field_fails_naming_the_candidate(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 2
     assert "search.candidates.1: zoo:cnn" in result.output and "depth" in result.output
+
+
+def test_a_budget_measured_from_the_student_allows_for_timing_noise():
+    """The limit is the upper quartile of five timings of the recipe's student plus the
+    margin; a candidate over a timed limit is timed again and judged by its median, one
+    over an untimed limit (parameters) is not."""
+    rounds = [{"latency_ms": t, "parameters": 100.0} for t in (1.0, 1.4, 1.1, 1.2, 1.3)]
+    wanted = {"latency_ms": "student", "parameters": "student", "memory_mb": 2.0}
+    limits, said = search_space.budget_limits(wanted, rounds, margin=0.05)
+    assert limits == pytest.approx({"latency_ms": 1.3 * 1.05, "parameters": 100, "memory_mb": 2})
+    assert "1 to 1.4 over 5 timings" in said[0] and "upper quartile + 5% margin" in said[0]
+    timings = iter([1.2, 2.0, 1.3, 1.1])  # a busy moment, then the candidate's own speed
+
+    def again():
+        return {"latency_ms": next(timings), "parameters": 90.0, "memory_mb": 1.0}
+
+    busy = {"latency_ms": 3.0, "parameters": 90.0, "memory_mb": 1.0}
+    settled = search_space.settled(busy, limits, again)
+    assert settled["latency_ms"] == 1.3  # the median of 3.0, 1.2, 2.0, 1.3, 1.1
+    assert not search_space.over_budget(settled, limits)
+    too_big = {"latency_ms": 3.0, "parameters": 120.0, "memory_mb": 1.0}
+    assert search_space.settled(too_big, limits, again) is too_big  # not timed again
+    assert search_space.over_budget(too_big, limits) == [
+        "latency_ms 3 > 1.365",
+        "parameters 120 > 100",
+    ]
 
 
 def test_suggested_candidates_stay_in_their_space():

@@ -46,6 +46,11 @@ class UsageError(DistillError, ValueError):
     """A command's argument that does not fit what it points at (a stage a run lacks)."""
 
 
+class PushError(DistillError, OSError):
+    """``distill push`` could not send the student to the Hugging Face Hub: no network, no
+    token, or the Hub refused; the folder it would have sent stays in the run."""
+
+
 class NonFiniteLoss(DistillError, FloatingPointError):
     """Training produced a non-finite loss or gradient norm (``train.on_nonfinite: stop``)."""
 

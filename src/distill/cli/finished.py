@@ -153,11 +153,26 @@ def push(
     license: Annotated[
         str | None, typer.Option(help="the model card's license (default: output.license)")
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="write the folder and model card, list them, send nothing"),
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Write the run's distilled student with a model card to <run>/student/ and send it
-    to the Hugging Face Hub (or a local folder)."""
-    where = guarded(
-        push_command, run_dir, target, private=private, license=license, log=logger(quiet, False)
+    to the Hugging Face Hub (or a local folder). A Hub push needs a token (`hf auth login`
+    or HF_TOKEN); if it fails, the folder stays written for a later try."""
+    pushed = guarded(
+        push_command, run_dir, target, private=private, license=license,
+        log=logger(quiet, False), dry_run=dry_run,
+    )  # fmt: skip
+    if not pushed.dry_run:
+        typer.echo(f"pushed {pushed.folder} to {pushed.target}")
+        return
+    size = sum(pushed.files.values())
+    typer.echo(
+        f"dry run: would push {pushed.folder} ({len(pushed.files)} files, {size / 2**20:.2f} "
+        f"MiB) to {pushed.target}; nothing sent"
     )
-    typer.echo(f"pushed {run_dir / 'student'} to {where}")
+    for name, nbytes in pushed.files.items():
+        typer.echo(f"  {name}  {nbytes:,} bytes")

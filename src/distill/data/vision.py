@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from distill.errors import DataError, MissingDependency
+from distill.dependencies import optional_import
+from distill.errors import DataError
 from distill.paths import cache_root
 
 CIFAR_STATS = {
@@ -30,12 +31,7 @@ def load_cifar(
     name: str, path: str | Path | None = None, allow_download: bool = True
 ) -> tuple[TensorDataset, TensorDataset]:
     """CIFAR-10 or CIFAR-100 (train, test) as normalised (N, 3, 32, 32) tensors."""
-    try:
-        import torchvision
-    except ImportError as error:
-        raise MissingDependency(
-            f"data.dataset={name} needs torchvision: pip install torchvision"
-        ) from error
+    torchvision = optional_import("torchvision", f"data.dataset={name}")
     root = Path(path or os.environ.get("DISTILL_DATA", cache_root()))
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     mean, std = CIFAR_STATS[name]

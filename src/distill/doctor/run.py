@@ -109,18 +109,17 @@ def diagnose(
     if sweep and language:
         raise RecipeError("--sweep: the temperature sweep is for classification and clip recipes")
     out_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
-    out_dir.mkdir(parents=True, exist_ok=True)
     sweep_result = None
     if language:
         findings, notes = diagnose_language(recipe, sample=sample, progress=progress, log=log)
-        plots = plot_language(findings, out_dir)
     else:
         findings, notes, sweep_result = classic_findings(
             recipe, sweep=sweep, sample=sample, probe_steps=probe_steps, progress=progress, log=log
         )
-        plots = plot_findings(findings, out_dir)
-        if sweep_result is not None:
-            plots["sweep"] = plot_sweep(sweep_result, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed check leaves no folder
+    plots = plot_language(findings, out_dir) if language else plot_findings(findings, out_dir)
+    if sweep_result is not None:
+        plots["sweep"] = plot_sweep(sweep_result, out_dir)
     result = {
         "recipe": recipe.name,
         "out_dir": str(out_dir),

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from distill.errors import MissingDependency, ModelArgumentError, ModelError
+from distill.dependencies import optional_import
+from distill.errors import ModelArgumentError, ModelError
 from distill.models.cifar import CIFAR_MODELS
 from distill.models.small import CNN, MLP
 
@@ -42,15 +43,6 @@ def _zoo() -> dict[str, Callable[..., nn.Module]]:
 ZOO = _zoo()
 
 
-def _optional(module: str, spec: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError as error:
-        raise MissingDependency(
-            f"model {spec!r} needs the {module} package: pip install {module}"
-        ) from error
-
-
 def build_model(
     spec: str,
     num_classes: int,
@@ -75,13 +67,13 @@ def build_model(
         except TypeError as error:
             raise ModelArgumentError(f"zoo:{name} args {args}: {error}") from error
     if source == "torchvision":
-        tv = _optional("torchvision", spec)
+        tv = optional_import("torchvision", f"model {spec!r}")
         if not pretrained:
             return tv.models.get_model(name, weights=None, num_classes=num_classes, **args)
         # ImageNet weights come with a 1000-class head: a new one for this data's classes
         return replace_head(tv.models.get_model(name, weights="DEFAULT", **args), num_classes)
     if source == "timm":
-        timm = _optional("timm", spec)
+        timm = optional_import("timm", f"model {spec!r}")
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **args)
     refused = sorted(k for k in args if "remote" in k or "code" in k)
     if refused:
@@ -89,7 +81,7 @@ def build_model(
             f"model {spec}: args {refused}: distill does not run code shipped with a model; "
             "use an architecture transformers knows"
         )
-    transformers = _optional("transformers", spec)
+    transformers = optional_import("transformers", f"model {spec!r}", "pip install 'distill[llm]'")
     model_cls = transformers.AutoModelForImageClassification
     if pretrained or Path(name).is_dir():
         unknown = sorted(set(args) - HF_PRETRAINED_ARGS)

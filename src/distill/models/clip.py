@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from distill.batch import as_batch
+from distill.errors import ModelError
+from distill.models.hf import load_failure, resolve
 
 
 class TextTower:
@@ -139,16 +141,15 @@ def _load_hf_clip(spec: str) -> tuple[nn.Module, TextTower, float]:
     import transformers
 
     if not spec.startswith("hf-clip:"):
-        raise ValueError(f"a CLIP teacher is named hf-clip:<id or folder>, got {spec!r}")
+        raise ModelError(f"a CLIP teacher is named hf-clip:<id or folder>, got {spec!r}")
     source = spec.removeprefix("hf-clip:")
     try:
         model = transformers.AutoModel.from_pretrained(source)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    except OSError as error:
-        raise ValueError(f"{spec}: cannot load a CLIP model and tokenizer from {source!r}: "
-                         f"{str(error).splitlines()[0]}") from None  # fmt: skip
+    except (OSError, ValueError) as error:
+        raise load_failure(spec, source, error) from None
     if not (hasattr(model, "vision_model") and hasattr(model, "get_text_features")):
-        raise ValueError(
+        raise ModelError(
             f"{spec} is a {type(model).__name__}, not an image-text model with a text tower "
             "(CLIPModel or SiglipModel)"
         )
@@ -165,17 +166,14 @@ def load_text_tower(spec: str) -> TextTower:
     if spec.startswith("hf-clip:"):
         return load_hf_clip(spec)[1]
     if not spec.startswith("hf:"):
-        raise ValueError(
+        raise ModelError(
             f"a text tower is hf:<id or folder> or hf-clip:<id or folder>, got {spec!r}"
         )
-    from distill.models.hf import resolve
-
     folder, _ = resolve(spec.removeprefix("hf:"))
     try:
         return sentence_encoder(folder)
-    except OSError as error:
-        raise ValueError(f"{spec}: cannot load a text encoder from {folder!r}: "
-                         f"{str(error).splitlines()[0]}") from None  # fmt: skip
+    except (OSError, ValueError) as error:
+        raise load_failure(spec, folder, error) from None
 
 
 @torch.no_grad()

@@ -62,6 +62,28 @@ def resolve(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     return name, gguf_file
 
 
+def load_failure(spec: str, source: str, error: Exception) -> ModelError:
+    """One line for a model or tokenizer ``spec`` that ``from_pretrained`` could not load
+    from ``source`` (a folder, or a Hub id): a folder that is not there, a folder that holds
+    no model, or a Hub id that could not be downloaded (no network here)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    path = Path(source).expanduser()
+    if path.exists():
+        return ModelError(f"{spec}: cannot load a model from the folder {source} ({reason})")
+    if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1:
+        return ModelError(
+            f"{spec}: there is no folder {source}; give a folder that holds the model "
+            "(config.json and weights), or a Hub id such as org/name (downloading one needs "
+            "a network)"
+        )
+    return ModelError(
+        f"{spec}: {source} is not a folder here, and loading it as a Hugging Face Hub id "
+        f"failed ({reason}); Hub downloads need a network: download it where there is one "
+        "and give its folder"
+    )
+
+
 def auto_class(task: Task) -> Any:
     transformers = _transformers()
     if task not in ("causal", "masked"):
@@ -85,9 +107,12 @@ def load_tokenizer(spec: str, gguf_file: str | None = None) -> Any:
     """The tokenizer of ``hf:<id, dir or short name>``."""
     transformers = _transformers()
     name, gguf_file = resolve(spec.removeprefix("hf:"), gguf_file)
-    return transformers.AutoTokenizer.from_pretrained(
-        name, **({"gguf_file": gguf_file} if gguf_file else {})
-    )
+    try:
+        return transformers.AutoTokenizer.from_pretrained(
+            name, **({"gguf_file": gguf_file} if gguf_file else {})
+        )
+    except (OSError, ValueError) as error:
+        raise load_failure(spec, name, error) from None
 
 
 def load_hf_lm(
@@ -112,7 +137,10 @@ def load_hf_lm(
         options["gguf_file"] = gguf_file
     if dtype is not None:
         options["dtype"] = dtype
-    model = auto.from_pretrained(name, **options)
+    try:
+        model = auto.from_pretrained(name, **options)
+    except (OSError, ValueError) as error:
+        raise load_failure(spec, name, error) from None
     if gguf_file is not None:
         _plain_weights(model)
     try:
@@ -125,12 +153,20 @@ def load_hf_lm(
 
 
 def _plain_weights(model: nn.Module) -> None:
-    """Transformers dequantises a GGUF file into ordinary float weights but keeps a GGUF
-    marker that refuses ``save_pretrained``; dropping it lets students (and the teacher)
-    be saved and reloaded as ordinary Hugging Face models."""
+    """Transformers dequantises a GGUF file into ordinary float weights but keeps its GGUF
+    markers: ``save_pretrained`` refuses the model, and the ``Trainer`` refuses to
+    fine-tune it ("purely quantized", from ``is_quantized``). Its quantizer's own
+    ``remove_quantization_config`` drops them, so the teacher and students cut from it save,
+    reload and train as ordinary Hugging Face models."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    model.is_quantized = False
+    for module in model.modules():  # every PreTrainedModel inside got the config flag
+        config = getattr(module, "config", None)
+        if getattr(config, "_is_quantized", False):
+            config._is_quantized = False
 
 
 def smollm2_dir() -> Path:

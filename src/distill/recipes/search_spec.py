@@ -5,6 +5,7 @@ candidate)."""
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Literal
 
@@ -88,13 +89,30 @@ class Candidate(Strict):
 
 
 def is_dimension(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and set(value) <= DIMENSION_KEYS
+    """A mapping meant as a searched range: any of its keys is a ``Dimension`` key, or
+    close to one (a typo such as ``lo``); other mappings are fixed values (a model's
+    nested settings)."""
+    return isinstance(value, dict) and any(
+        key in DIMENSION_KEYS or difflib.get_close_matches(str(key), DIMENSION_KEYS, cutoff=0.6)
+        for key in value
+    )
 
 
 def dimension(name: str, value: Any) -> Any:
-    """``value`` as a ``Dimension`` if it is a mapping of its keys, else as given."""
+    """``value`` as a ``Dimension`` if it is meant as one, else as given."""
     if not is_dimension(value):
         return value
+    unknown = [str(key) for key in value if key not in DIMENSION_KEYS]
+    if unknown:
+        guesses = {key: difflib.get_close_matches(key, DIMENSION_KEYS, n=1) for key in unknown}
+        named = ", ".join(
+            f"{key!r}" + (f" (did you mean {guess[0]!r}?)" if guess else "")
+            for key, guess in guesses.items()
+        )
+        raise ValueError(
+            f"{name}: unknown range key {named}; a searched field is {{low, high}} (with "
+            "step, log or layers) or {choices: [...]}"
+        )
     try:
         return Dimension.model_validate(value)
     except ValidationError as error:
@@ -127,6 +145,13 @@ class BudgetSpec(Strict):
     onnx_latency_ms: Measured | None = Field(
         None, description="ONNX Runtime latency per example (the compress extra)"
     )
+    margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="share added to a latency limit measured from the recipe's student "
+        "(`student`, the upper quartile of 5 timings), for the timing noise of this machine",
+    )
 
     @field_validator("latency_ms", "memory_mb", "onnx_latency_ms")
     @classmethod
@@ -137,7 +162,8 @@ class BudgetSpec(Strict):
 
     def limits(self) -> dict[str, Any]:
         """The limits set, by measure name."""
-        return {k: v for k, v in self.model_dump(exclude={"batch_size"}).items() if v is not None}
+        settings = {"batch_size", "margin"}
+        return {k: v for k, v in self.model_dump(exclude=settings).items() if v is not None}
 
 
 class SearchSpec(Strict):

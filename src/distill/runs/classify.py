@@ -62,6 +62,7 @@ from distill.runs.store import (
     stored_teacher,
     teacher_cache_dir,
 )
+from distill.runs.workdir import load_finished
 from distill.taps import Taps
 from distill.training import checkpoint as ckpt
 
@@ -160,7 +161,7 @@ def model_from_spec(spec: ModelSpec, data: Data) -> nn.Module:
             )
         earlier = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
         model = model_from_spec(earlier.student.model_copy(update={"checkpoint": None}), data)
-        ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+        load_finished(model, run_dir)
     else:
         model = build_model(spec.model, data.num_classes, data.in_shape, spec.args, spec.pretrained)
     if spec.checkpoint is not None:

@@ -49,6 +49,7 @@ from distill.runs.classify import gap_closed, teacher_fingerprint
 from distill.runs.clip_data import INITIAL_SCALE, ClipData, prepare_data
 from distill.runs.common import RECIPE_FILE, Log, Splits, Task, loader
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
+from distill.runs.workdir import load_finished
 from distill.taps import Taps
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
@@ -58,11 +59,8 @@ ENCODER = "encoder"  # the tap of a ZeroShotClassifier's image embedding
 
 def image_encoder(spec: ModelSpec, data: ClipData) -> nn.Module:
     """The image encoder ``spec`` names, giving embeddings as wide as the text tower's."""
-    if spec.model.startswith("hf-clip:"):
-        try:
-            return copy.deepcopy(load_hf_clip(spec.model)[0]).requires_grad_(True)
-        except ValueError as error:
-            raise RecipeError(str(error)) from None
+    if spec.model.startswith("hf-clip:"):  # a ModelError names the model if it will not load
+        return copy.deepcopy(load_hf_clip(spec.model)[0]).requires_grad_(True)
     width = data.prompts.shape[1]  # a model's head is its projection to the text width
     return build_model(spec.model, width, data.in_shape, spec.args, spec.pretrained)
 
@@ -96,7 +94,7 @@ def clip_model(spec: ModelSpec, data: ClipData, scale: float) -> ZeroShotClassif
             model = ZeroShotClassifier(cut_from_teacher(encoder, student), data.prompts, scale)
         else:
             model = clip_model(student, data, scale)
-        ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+        load_finished(model, run_dir)
     else:
         model = ZeroShotClassifier(image_encoder(spec, data), data.prompts, scale)
     if spec.checkpoint is not None:

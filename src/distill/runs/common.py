@@ -181,9 +181,11 @@ class Task(ABC):
             **self.describe(model, recipe, data, weights),
         }
 
-    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:  # noqa: B027
-        """Any format besides ``student.safetensors`` (a Hugging Face folder, say); none
-        by default."""
+    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> list[str]:
+        """Any format besides ``student.safetensors`` (a Hugging Face folder, say); the
+        files written, relative to ``run_dir`` (their checksums go into finished.json);
+        none by default."""
+        return []
 
     def cache_model(self, teacher: nn.Module) -> nn.Module:
         """The module whose outputs the teacher cache stores: the teacher by default."""

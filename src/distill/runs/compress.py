@@ -36,6 +36,7 @@ from distill.compress.quantize import (
     quantize_weights,
     save_quantized,
 )
+from distill.errors import CheckpointError
 from distill.measure import parameter_count
 from distill.methods.pruning import GradualPruning, KeepZeros, zero_masks
 from distill.models import build_model
@@ -53,6 +54,7 @@ from distill.runs.common import (
     loader,
     teacher_module,
 )
+from distill.runs.workdir import load_finished
 from distill.training import Callback
 from distill.training import checkpoint as ckpt
 from distill.training.distributed import on_main
@@ -269,10 +271,16 @@ def load_stage(run_dir: Path, index: int, student: nn.Module | None = None) -> n
         first = json.loads((folders[0] / STAGE_FILE).read_text())
         spec = recipe.student
         model = build_model(spec.model, first["num_classes"], tuple(first["in_shape"]), spec.args)
-        ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+        load_finished(model, run_dir)
     for stage, folder in zip(recipe.compress[:index], folders, strict=True):
         record = json.loads((folder / STAGE_FILE).read_text())
         weights = folder / ckpt.STUDENT_FILE
+        if record.get("sha256") != weights_sum(folder):
+            raise CheckpointError(
+                f"{weights}: differs from the SHA-256 that {STAGE_FILE} recorded when the stage "
+                "finished, so it is damaged or was changed; restore it from a copy, or rerun "
+                "`distill run` on the run's recipe (with --out pointing at it) to redo the stage"
+            )
         if stage.kind == "quantize":
             load_quantized(model, weights, stage.scheme, stage.skip)
             continue

@@ -48,6 +48,7 @@ from distill.runs.common import Lesson, Log, Splits, Task, loader, recipe_object
 from distill.runs.diffusion_data import DiffusionData, hub_teacher, prepare_data, spec_of
 from distill.runs.diffusion_report import GRID
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
+from distill.runs.workdir import load_finished
 from distill.taps import Taps
 from distill.teachers import EMA
 from distill.training import checkpoint as ckpt
@@ -323,7 +324,7 @@ class Diffusion(Task):
             student.sampler_steps.fill_(1)
         return student
 
-    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:
+    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> list[str]:
         """A grid of its samples (two per class) next to its weights, for the report."""
         assert isinstance(student, Denoiser) and isinstance(data, DiffusionData)
         count = 2 * data.num_classes
@@ -332,11 +333,12 @@ class Diffusion(Task):
         classes = torch.arange(count) % data.num_classes
         images = student.eval().sample(noise, classes, generator=generator)
         image_grid(images, data.num_classes, run_dir / GRID)
+        return []  # the grid is a picture for the report, not a format of the weights
 
     def load_student(self, run_dir: Path, recipe: Recipe, data: Splits) -> nn.Module:
         assert isinstance(data, DiffusionData) and recipe.teacher is not None
         model = denoiser(recipe, data, recipe.teacher.model_copy(update={"checkpoint": None}))
-        ckpt.load_weights(model, run_dir / ckpt.STUDENT_FILE)
+        load_finished(model, run_dir)
         if spec_of(recipe).method == "consistency":
             model.sampler = "consistency"
         return model.eval()

@@ -90,6 +90,12 @@ def export_run(
     run_dir = Path(run_dir)
     data = task.prepare(recipe, False, log)
     float_stage, int8_stage = exportable_stages(recipe, stage, qdq)
+    # loaded (and their checksums verified) before anything is written
+    chosen = {
+        s: exportable_student(task, run_dir, recipe, data, s)
+        for s in {float_stage, int8_stage}
+        if s is not None
+    }
     out = run_dir / EXPORT_DIR
     out.mkdir(exist_ok=True)
     test = loader(data.test, recipe, train=False)
@@ -97,13 +103,13 @@ def export_run(
     rows: dict[str, dict[str, Any]] = {}
     names = []
     if float_stage is not None:
-        model, name = exportable_student(task, run_dir, recipe, data, float_stage)
+        model, name = chosen[float_stage]
         names.append(name)
         rows.update(
             float_rows(model, name, out, int8, min_agreement, atol, int8_min_agreement, check)
         )
     if int8_stage is not None:
-        model, name = exportable_student(task, run_dir, recipe, data, int8_stage)
+        model, name = chosen[int8_stage]
         names.append(name)
         calibration = Subset(
             data.student_train, range(min(calibration_examples, len(data.student_train)))

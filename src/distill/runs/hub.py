@@ -10,19 +10,22 @@ the teacher and the two students, and the resolved recipe.
 
 TARGET is a Hub repository id (``user/name``; ``huggingface_hub`` creates it if needed
 and uploads the folder), or a local folder (a path that starts with ``/``, ``./``,
-``../``, ``~`` or ``file://``), which gets the same files.
+``../``, ``~`` or ``file://``), which gets the same files. A failed upload (no network,
+no token, a token refused) is one line, a ``PushError``; the folder stays written, so
+nothing is lost. ``dry_run`` writes the folder and card and sends nothing.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from distill.errors import RecipeError
+from distill.errors import PushError, RecipeError
 from distill.models.hub import save_classifier
 from distill.recipes import Recipe
 from distill.runs.common import RECIPE_FILE, SUMMARY_FILE, Log
@@ -30,11 +33,13 @@ from distill.runs.language import HF_STUDENT_DIR
 from distill.runs.report import markdown_table
 from distill.runs.report_tables import header, table_rows
 from distill.runs.run import read_run_recipe, task_for
+from distill.runs.workdir import verify_finished
 
 CARD = "README.md"
 PIPELINES = {"classification": "image-classification", "causal_lm": "text-generation",
              "masked_lm": "fill-mask"}  # fmt: skip
 LOCAL_PREFIXES = ("/", "./", "../", "~", "file://")
+NETWORK_LIBRARIES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}  # their errors
 
 
 def is_local(target: str) -> bool:
@@ -60,29 +65,105 @@ def hub_folder(run_dir: Path, recipe: Recipe, license: str | None = None, log: L
         raise RecipeError(f"distill push: task {recipe.task} is not built yet")
     elif not folder.is_dir():
         raise FileNotFoundError(f"{run_dir}: no {HF_STUDENT_DIR}/ folder; did the run finish?")
+    else:
+        verify_finished(run_dir)
     card = model_card(recipe, summary, (run_dir / RECIPE_FILE).read_text(), license)
     (folder / CARD).write_text(card)
     return folder
 
 
+@dataclass
+class Pushed:
+    """What ``push`` did: the folder it wrote, where it went (or would go, ``dry_run``)
+    and the files sent, relative to the folder, with their sizes in bytes."""
+
+    folder: Path
+    target: str
+    files: dict[str, int]
+    dry_run: bool = False
+
+
 def push(
-    run_dir: Path, target: str, private: bool = False, license: str | None = None, log: Log = print
-) -> str:
-    """Write the student's folder and send it to ``target``; where it went."""
+    run_dir: Path,
+    target: str,
+    private: bool = False,
+    license: str | None = None,
+    log: Log = print,
+    dry_run: bool = False,
+) -> Pushed:
+    """Write the student's folder and send it to ``target`` (``dry_run``: only write it)."""
     recipe = read_run_recipe(run_dir)
     folder = hub_folder(run_dir, recipe, license, log)
+    files = {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
     if is_local(target):
-        where = Path(target.removeprefix("file://")).expanduser()
-        shutil.copytree(folder, where, dirs_exist_ok=True)
-        return str(where)
+        where = str(Path(target.removeprefix("file://")).expanduser())
+        if not dry_run:
+            shutil.copytree(folder, where, dirs_exist_ok=True)
+        return Pushed(folder, where, files, dry_run)
+    url = f"{hub_endpoint()}/{target}"
+    if not dry_run:
+        upload(folder, target, private, f"distill: {recipe.name}")
+    return Pushed(folder, url, files, dry_run)
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
+
+
+def upload(folder: Path, target: str, private: bool, message: str) -> None:
+    """Create the Hub repository ``target`` if needed and upload ``folder`` to it; a
+    failure the user can fix (network, token, permissions) is a ``PushError``."""
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(target, private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=target, folder_path=str(folder), commit_message=f"distill: {recipe.name}"
-    )
-    return f"https://huggingface.co/{target}"
+    try:
+        api.create_repo(target, private=private, exist_ok=True)
+        api.upload_folder(repo_id=target, folder_path=str(folder), commit_message=message)
+    except Exception as error:
+        reason = push_failure(error)
+        if reason is None:  # not the network or the Hub: a bug, with its traceback
+            raise
+        raise PushError(
+            f"distill push to {target}: {reason}; the folder is ready in {folder} (push it "
+            "again later, or give a local folder such as ./student-copy)"
+        ) from None
+
+
+def push_failure(error: Exception) -> str | None:
+    """Why an upload failed, in words a user can act on; None for an error that is not
+    the network's or the Hub's."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if status == 401 and get_token() is None:
+            return "no Hugging Face token; log in with `hf auth login` or set HF_TOKEN"
+        if status == 401:
+            return (
+                "the Hub refused the token (401 Unauthorized); set HF_TOKEN (or `hf auth "
+                "login`) to a valid token with write access"
+            )
+        if status == 403:
+            return (
+                "the token may not write there (403 Forbidden); use a token with write "
+                "access to that user or organization"
+            )
+        return f"the Hub answered {first}"
+    module = type(error).__module__.split(".")[0]
+    if isinstance(error, OSError) or module in NETWORK_LIBRARIES:
+        return (
+            f"cannot reach the Hub at {hub_endpoint()} ({type(error).__name__}: "
+            f"{str(error).strip() or 'no answer'}); check the network (or HF_ENDPOINT)"
+        )
+    return None
 
 
 def model_card(

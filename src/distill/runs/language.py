@@ -46,6 +46,7 @@ from distill.runs.language_models import (
     tokenizer_for,
 )
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
+from distill.runs.workdir import files_under, verify_finished
 from distill.teachers import CrossTokenizer, Served, Teacher
 from distill.training import Distiller
 
@@ -264,11 +265,13 @@ class Language(Task):
             ], {}
         return data.test[0]["input_ids"], {}
 
-    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> None:
+    def save_student(self, student: nn.Module, run_dir: Path, data: Splits) -> list[str]:
         """A Hugging Face folder too, loadable with ``from_pretrained``."""
         assert isinstance(data, TextData)
-        student.save_pretrained(run_dir / HF_STUDENT_DIR)  # type: ignore[operator]
-        data.tokenizer.save_pretrained(run_dir / HF_STUDENT_DIR)
+        folder = run_dir / HF_STUDENT_DIR
+        student.save_pretrained(folder)  # type: ignore[operator]
+        data.tokenizer.save_pretrained(folder)
+        return files_under(run_dir, folder)
 
     def cache_rows(self, data: Splits) -> Dataset:
         """Training then validation rows (ids stay the rows' own)."""
@@ -331,6 +334,7 @@ class Language(Task):
         folder = Path(run_dir) / HF_STUDENT_DIR
         if not folder.is_dir():
             raise FileNotFoundError(f"{run_dir} holds no student/ folder; did the run finish?")
+        verify_finished(run_dir)
         data = prepare_text(recipe, tokenizer_for(recipe))
         student = hf.auto_class(hf_task(recipe)).from_pretrained(folder)
         return self.evaluate(student, recipe, data, None)

@@ -55,7 +55,7 @@ from distill.runs.export import export_rows, export_run
 from distill.runs.generate import generate_teacher_answers
 from distill.runs.language import Language
 from distill.runs.store import teacher_cache_dir
-from distill.runs.workdir import finished_row, mark_finished, open_run_dir
+from distill.runs.workdir import files_under, finished_row, mark_finished, open_run_dir
 from distill.training import checkpoint as ckpt
 from distill.training.distributed import num_processes, on_main, process_index
 
@@ -278,11 +278,13 @@ def train_student(
         max_steps=budget.steps, eval_every=budget.per_epoch, progress=budget.progress,
         batch_transform=transform, log=budget.log,
     )  # fmt: skip
+    saved = [ckpt.STUDENT_FILE]  # every file a command may read, checksummed in finished.json
     if has_adapters(student):  # in PEFT's format, then merged: the student as it deploys
         on_main(lambda: save_adapter(student, run_dir / ADAPTER_DIR, spec.model))
+        saved += files_under(run_dir, run_dir / ADAPTER_DIR)
         merge_adapters(student)
         on_main(lambda: ckpt.save_weights(student, run_dir / ckpt.STUDENT_FILE))
-    on_main(lambda: task.save_student(student, run_dir, data))
+    saved += on_main(lambda: task.save_student(student, run_dir, data)) or []
     if isinstance(student, Cohort):  # each peer is measured on its own (peer_rows)
         metrics = task.evaluate(student, recipe, data, judge)
     else:
@@ -301,7 +303,7 @@ def train_student(
         "steps": result.steps,
         "best_step": result.best_step,
     }
-    on_main(lambda: mark_finished(run_dir, row, [ckpt.STUDENT_FILE]))
+    on_main(lambda: mark_finished(run_dir, row, saved))
     return student, row
 
 

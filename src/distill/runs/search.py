@@ -42,7 +42,7 @@ from distill.runs.common import (
     teacher_module,
 )
 from distill.runs.run import run_recipe, task_for
-from distill.runs.search_report import final_metrics, pareto_front, write_search_report
+from distill.runs.search_report import choose, final_metrics, pareto_front, write_search_report
 from distill.runs.search_study import (
     finished,
     open_study,
@@ -125,10 +125,13 @@ def search_in(
     # the first run decides which families are searched: a resumed study keeps its space
     runner.families = study.user_attrs.setdefault("families", families)
     study.set_user_attr("families", runner.families)
+    if not study.get_trials(deepcopy=False):  # first, the cheapest corners: they fit the budget
+        for params in space.corner_trials(spec.candidates, runner.families):
+            study.enqueue_trial(params)
     target = options.trials or spec.trials
     done = finished(study)
     if done < target:
-        shown = ", ".join(f"{k} <= {v:.4g}" for k, v in limits.items()) or "none"
+        shown = ", ".join(f"{k} <= {space.amount(k, v)}" for k, v in limits.items()) or "none"
         log(f"search: {target - done} of {target} trials to run ({spec.sampler}); budget: {shown}")
         optuna = optuna_module()
         with TrialProgress(target, done, options.progress) as bar:
@@ -249,16 +252,25 @@ class TrialRunner:
         return space.measure(self.task, self.data, model, repeats, onnx, batch)
 
     def resolve_limits(self) -> dict[str, float]:
-        """The budget in numbers: ``student`` is the recipe's own student, measured now."""
-        wanted = self.spec.budget.limits()
-        if "student" in wanted.values():
-            own = self.recipe.student.model_dump(include={"model", "args"})
-            measured = self.measure(self.build(own, "student"))
-            wanted = {k: measured[k] if v == "student" else v for k, v in wanted.items()}
-            shown = ", ".join(f"{k} {measured[k]:.4g}" for k in wanted)
-            self.log(f"budget: the recipe's student {space.describe(own)} measures {shown}")
-        self.limits = {k: float(v) for k, v in wanted.items()}
+        """The budget in numbers: ``student`` is the recipe's own student, measured now
+        (timed ``space.ROUNDS`` times: ``space.budget_limits``)."""
+        wanted, rounds = self.spec.budget.limits(), []
+        own = self.recipe.student.model_dump(include={"model", "args"})
+        measured = [k for k, v in wanted.items() if v == "student"]
+        if measured:
+            model = self.build(own, "student")
+            timed = any(name in space.TIMED for name in measured)
+            rounds = [self.measure(model) for _ in range(space.ROUNDS if timed else 1)]
+        self.limits, said = space.budget_limits(wanted, rounds, self.spec.budget.margin)
+        if said:
+            self.log(
+                f"budget: the recipe's student {space.describe(own)} measures {'; '.join(said)}"
+            )
         return self.limits
+
+    def costs(self, model: torch.nn.Module) -> dict[str, float]:
+        """``model`` measured against the limits: timed again if only a timed one is over."""
+        return space.settled(self.measure(model), self.limits, lambda: self.measure(model))
 
     def check_families(self, limits: dict[str, float]) -> list[str]:
         """Build every family at its cheapest corner before any training: an unknown field
@@ -269,7 +281,7 @@ class TrialRunner:
         kept = []
         for i, (name, candidate) in enumerate(zip(names, self.spec.candidates, strict=True)):
             corner = space.smallest(candidate)
-            measured = self.measure(self.build(corner, f"search.candidates.{i}"))
+            measured = self.costs(self.build(corner, f"search.candidates.{i}"))
             broken = space.over_budget(measured, limits)
             if broken:
                 self.log(
@@ -282,7 +294,7 @@ class TrialRunner:
         if not kept:
             low = {name: min(values) for name, values in seen.items()}
             broken = [
-                f"{k} <= {limits[k]:.4g} (smallest {low[k]:.4g})"
+                f"{k} <= {space.amount(k, limits[k])} (smallest {space.amount(k, low[k])})"
                 for k in limits
                 if low[k] > limits[k]
             ]
@@ -299,10 +311,10 @@ class TrialRunner:
         trial.set_user_attr("student", student)
         trial.set_user_attr("overrides", space.overrides(student))
         model = self.build(student, f"trial {trial.number}")
-        measured = self.measure(model)
+        measured = self.costs(model)
         for name, value in measured.items():
             trial.set_user_attr(name, value)
-        costs = ", ".join(f"{k} {v:.4g}" for k, v in measured.items())
+        costs = ", ".join(f"{k} {space.amount(k, v)}" for k, v in measured.items())
         broken = space.over_budget(measured, self.limits)
         if broken:
             trial.set_user_attr("over_budget", "; ".join(broken))
@@ -368,27 +380,6 @@ def best_value(evaluations: list[dict[str, float]], metric: str, selected: str |
     if selected != metric:
         return values[-1]
     return min(values) if lower_is_better(metric) else max(values)
-
-
-def choose(rows: list[dict[str, Any]], metric: str, limits: dict[str, float]) -> dict[str, Any]:
-    """The trained trial with the best validation metric (all trained ones met the budget),
-    the fastest of those tied: a point of the Pareto front."""
-    scored = [r for r in rows if r["state"] == "complete"]
-    if not scored:
-        over = [r for r in rows if "over_budget" in r]
-        smallest = {name: min(r[name] for r in over) for name in limits if over}
-        raise RecipeError(
-            "search: no trial finished"
-            + (
-                f"; {len(over)} were over the budget (smallest seen: "
-                + ", ".join(f"{k} {v:.4g} vs {limits[k]:.4g}" for k, v in smallest.items())
-                + "); widen search.budget or search smaller candidates"
-                if over
-                else "; run more trials (--trials)"
-            )
-        )
-    sign = 1 if lower_is_better(metric) else -1
-    return min(scored, key=lambda row: (sign * row["value"], row["latency_ms"]))
 
 
 def full_runs(runner: TrialRunner, recipe: Recipe, chosen: dict[str, Any], progress: bool) -> dict:

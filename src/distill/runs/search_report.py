@@ -12,8 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from distill.runs.search_space import MEASURES, describe
-from distill.training.state import is_better
+from distill.errors import RecipeError
+from distill.runs.search_space import MEASURES, amount, describe
+from distill.training.state import is_better, lower_is_better
 
 REPORT_FILE = "search.md"
 PLOT_FILE = "pareto.png"
@@ -28,6 +29,29 @@ def shown_metrics(summary: dict[str, Any]) -> list[str]:
     """Those of ``final_metrics`` the full runs of ``summary`` measured."""
     final = next(iter(summary["final"].values()))
     return [m for m in final_metrics(summary["metric"]) if m in final]
+
+
+def choose(rows: list[dict[str, Any]], metric: str, limits: dict[str, float]) -> dict[str, Any]:
+    """The trained trial with the best validation metric (all trained ones met the budget),
+    the fastest of those tied: a point of the Pareto front."""
+    scored = [r for r in rows if r["state"] == "complete"]
+    if not scored:
+        over = [r for r in rows if "over_budget" in r]
+        smallest = {name: min(r[name] for r in over) for name in limits if over}
+        raise RecipeError(
+            "search: no trial finished"
+            + (
+                f"; {len(over)} were over the budget (smallest seen: "
+                + ", ".join(
+                    f"{k} {amount(k, v)} vs {amount(k, limits[k])}" for k, v in smallest.items()
+                )
+                + "); widen search.budget or search smaller candidates"
+                if over
+                else "; run more trials (--trials)"
+            )
+        )
+    sign = 1 if lower_is_better(metric) else -1
+    return min(scored, key=lambda row: (sign * row["value"], row["latency_ms"]))
 
 
 def pareto_front(rows: list[dict[str, Any]], metric: str) -> list[int]:

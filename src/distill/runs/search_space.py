@@ -1,16 +1,25 @@
 """A recipe's student search space in Optuna's terms, and what a candidate costs.
 
 ``suggest`` draws one candidate's ``student`` section from a trial (a family, then each
-searched field of it); ``smallest`` is a family's cheapest corner, built before any trial to
-catch an unknown field or a budget nothing can meet; ``measure`` times and weighs a built
-candidate on this machine; ``over_budget`` says which limits it breaks.
+searched field of it) and ``trial_params`` is its inverse; ``smallest`` is a family's
+cheapest corner, built before any trial to catch an unknown field or a budget nothing can
+meet (and then the first trial of a new study: a search always has a student that fits);
+``measure`` times and weighs a built candidate on this machine; ``over_budget`` says which
+limits it breaks.
+
+Timings on a shared machine are noisy, so a limit measured from the recipe's student
+(``student``) is the upper quartile of ``ROUNDS`` timings plus ``search.budget.margin``,
+and a candidate over a timed limit only is timed again (``ROUNDS`` in all) and judged by
+the median: one busy moment neither sets the budget nor rules a candidate out.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +30,8 @@ from distill.recipes.search_spec import Candidate, Dimension
 from distill.runs.common import Splits, Task
 
 MEASURING = threading.Lock()
+ROUNDS = 5  # timings of the budget's student, and of a candidate near a timed limit
+TIMED = ("latency_ms", "onnx_latency_ms")  # the measures the machine's load changes
 MEASURES = {
     "parameters": "parameters",
     "latency_ms": "CPU ms / example",
@@ -71,6 +82,33 @@ def suggest_number(trial: Any, key: str, dimension: Dimension) -> int | float:
     )
 
 
+def trial_params(
+    student: dict[str, Any], candidate: Candidate, label: str, families: list[str]
+) -> dict[str, Any]:
+    """The Optuna parameters under which ``suggest`` draws ``student`` from ``candidate``
+    (the family named ``label``), to enqueue it as a trial."""
+    params: dict[str, Any] = {"family": label} if len(families) > 1 else {}
+    for name, dimension in candidate.searched.items():
+        key, value = f"{label}.{name}", student["args"][name]
+        if dimension.choices is not None:
+            params[key] = json.dumps(value)
+        elif dimension.layers is not None:
+            params[f"{key}.layers"] = len(value)
+            params.update({f"{key}.{i}": width for i, width in enumerate(value)})
+        else:
+            params[key] = value
+    return params
+
+
+def corner_trials(candidates: list[Candidate], families: list[str]) -> list[dict[str, Any]]:
+    """The Optuna parameters of each searched family's cheapest corner (``smallest``)."""
+    return [
+        trial_params(smallest(candidate), candidate, label, families)
+        for label, candidate in zip(labels(candidates), candidates, strict=True)
+        if label in families
+    ]
+
+
 def smallest(candidate: Candidate) -> dict[str, Any]:
     """The family's cheapest corner: every searched field at its smallest value (the
     smallest choice when choices compare, else the first)."""
@@ -118,10 +156,55 @@ def _measure(
     return measured
 
 
+def budget_limits(
+    wanted: dict[str, Any], rounds: list[dict[str, float]], margin: float
+) -> tuple[dict[str, float], list[str]]:
+    """The budget in numbers: a limit given as ``student`` is what the recipe's student
+    measured (``rounds``, one dict per timing); a timed one the upper quartile of its rounds
+    plus ``margin`` (a share), for this machine's noise. Also a phrase per measured limit."""
+    limits, said = {}, []
+    for name, value in wanted.items():
+        if value != "student":
+            limits[name] = float(value)
+            continue
+        seen = sorted(r[name] for r in rounds)
+        if name not in TIMED:  # the same in every round
+            limits[name] = seen[-1]
+            said.append(f"{name} {amount(name, limits[name])}")
+            continue
+        upper = statistics.quantiles(seen, n=4, method="inclusive")[2] if seen[1:] else seen[0]
+        limits[name] = upper * (1 + margin)
+        said.append(
+            f"{name} {seen[0]:.4g} to {seen[-1]:.4g} over {len(seen)} timings, so the limit is "
+            f"{limits[name]:.4g} (their upper quartile + {margin:.0%} margin)"
+        )
+    return limits, said
+
+
+def settled(
+    measured: dict[str, float], limits: dict[str, float], again: Callable[[], dict[str, float]]
+) -> dict[str, float]:
+    """``measured``, or, when only timed limits are broken, the median of ``ROUNDS`` timings
+    (``again`` times the candidate once more): a busy moment does not rule it out."""
+    broken = [name for name in limits if measured[name] > limits[name]]
+    if not broken or any(name not in TIMED for name in broken):
+        return measured
+    rounds = [measured, *(again() for _ in range(ROUNDS - 1))]
+    return {
+        name: statistics.median(r[name] for r in rounds) if name in TIMED else value
+        for name, value in measured.items()
+    }
+
+
+def amount(name: str, value: float) -> str:
+    """A measure as a person reads it: a parameter count whole, with thousands separators."""
+    return f"{round(value):,}" if name == "parameters" else f"{value:.4g}"
+
+
 def over_budget(measured: dict[str, float], limits: dict[str, float]) -> list[str]:
     """The limits ``measured`` breaks, each as ``latency_ms 0.061 > 0.05``."""
     return [
-        f"{name} {measured[name]:.4g} > {limit:.4g}"
+        f"{name} {amount(name, measured[name])} > {amount(name, limit)}"
         for name, limit in limits.items()
         if measured[name] > limit
     ]

@@ -96,10 +96,15 @@ def requeue_interrupted(study: Any, log: Log) -> None:
     (their folders hold checkpoints, so training resumes)."""
     from optuna.trial import TrialState
 
+    waiting = [
+        t.system_attrs.get("fixed_params")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    ]
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, skip_if_exists=True)
+        if trial.params and trial.params not in waiting:  # not queued already
+            study.enqueue_trial(trial.params)
+            waiting.append(trial.params)
         log(f"search: trial {trial.number} was interrupted; it runs again")
 
 

@@ -18,6 +18,7 @@ from distill.runs.common import BASELINE_DIR, Log, loader
 from distill.runs.language import HF_STUDENT_DIR, prepare_text, tokenizer_for
 from distill.runs.language_models import is_served
 from distill.runs.run import read_run_recipe, task_for
+from distill.runs.workdir import verify_finished
 from distill.teachers import Module
 from distill.training import Distiller
 
@@ -55,6 +56,7 @@ def speculative_command(
     folder = Path(run_dir) / ROWS[row]
     if not (folder / HF_STUDENT_DIR).is_dir():
         raise FileNotFoundError(f"{folder} holds no {HF_STUDENT_DIR}/ folder; did that row train?")
+    verify_finished(folder)
     data = prepare_text(recipe, tokenizer_for(recipe))
     target, _ = task_for(recipe).teacher(recipe, data, False, log)
     draft = hf.auto_class("causal").from_pretrained(folder / HF_STUDENT_DIR).eval()

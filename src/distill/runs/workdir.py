@@ -5,8 +5,10 @@
   fields that differ), and with ``restart`` deletes everything an earlier run wrote there
   (only in a directory that holds a run's ``recipe.yaml``).
 - Each student's folder gets ``finished.json`` when it is trained and measured: its report
-  row and the SHA-256 of its weights. A rerun reuses a finished, intact student and resumes
-  an interrupted one from its checkpoints.
+  row and the SHA-256 of its weights (and of any other format it was saved in). A rerun
+  reuses a finished, intact student and resumes an interrupted one from its checkpoints;
+  the commands that read a finished student (eval, export, push, sample, a later run
+  starting from it) refuse one whose files differ from their checksums (``verify_finished``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any
 
 import yaml
 from filelock import FileLock, Timeout
+from torch import nn
 
-from distill.errors import RecipeError, UsageError
+from distill.errors import CheckpointError, RecipeError, UsageError
 from distill.paths import read_json, sha256_file, write_json
 from distill.recipes import Recipe, dump_recipe
 from distill.runs.common import RECIPE_FILE, Log
+from distill.training import checkpoint as ckpt
 from distill.training.distributed import is_main_process, on_main, wait_for_everyone
 
 LOCK_FILE = ".lock"
@@ -116,8 +120,9 @@ def prepare(recipe: Recipe, run_dir: Path, restart: bool, log: Log) -> None:
 
 
 def finished_row(folder: Path, weights: list[str], log: Log) -> dict[str, Any] | None:
-    """The report row of a student finished in ``folder`` whose ``weights`` files match
-    their checksums; None when it did not finish, or (saying so) its files changed."""
+    """The report row of a student finished in ``folder`` whose files (``weights`` and any
+    other its record names) match their checksums; None when it did not finish, or (saying
+    so) its files changed."""
     marker = folder / FINISHED_FILE
     if not marker.exists():
         return None
@@ -126,15 +131,67 @@ def finished_row(folder: Path, weights: list[str], log: Log) -> dict[str, Any] |
     except ValueError as error:
         log(f"{marker}: {error}; training that student again")
         return None
-    for name in weights:
-        path = folder / name
-        if not path.is_file() or sha256_file(path) != record.get("sha256", {}).get(name):
-            log(f"{path}: missing or changed since it was finished; training that student again")
-            return None
+    damaged = changed_files(folder, {name: None for name in weights} | record.get("sha256", {}))
+    if damaged:
+        log(f"{damaged[0]}: missing or changed since it was finished; training that student again")
+        return None
     return record["row"]
 
 
+def changed_files(folder: Path, sums: dict[str, str | None]) -> list[Path]:
+    """The files of ``folder`` named in ``sums`` that are missing or whose SHA-256 differs."""
+    return [
+        folder / name
+        for name, digest in sums.items()
+        if not (folder / name).is_file() or sha256_file(folder / name) != digest
+    ]
+
+
+def verify_finished(folder: Path) -> None:
+    """Check the student a run finished in ``folder`` before a command reads it: every file
+    ``finished.json`` records must match its SHA-256. A ``CheckpointError`` names the first
+    file that does not (or says that the student never finished)."""
+    folder = Path(folder)
+    marker = folder / FINISHED_FILE
+    if not marker.exists():
+        raise CheckpointError(
+            f"{folder}: no {FINISHED_FILE}, so the student there did not finish; rerun "
+            "`distill run` on its recipe (with --out pointing here) to finish it"
+        )
+    try:
+        sums = read_json(marker).get("sha256", {})
+    except ValueError as error:
+        raise CheckpointError(f"{marker}: {error}; rerun `distill run` to train it again") from None
+    for path in changed_files(folder, sums):
+        what = (
+            f"differs from the SHA-256 that {marker.name} recorded when the run finished it, "
+            "so it is damaged or was changed"
+            if path.is_file()
+            else f"missing, though {marker.name} records it"
+        )
+        raise CheckpointError(
+            f"{path}: {what}; restore it from a copy, or rerun `distill run` on its recipe "
+            "(with --out pointing at the run) to train that student again"
+        )
+
+
+def files_under(run_dir: Path, folder: Path) -> list[str]:
+    """The files in ``folder`` (recursively), as paths relative to ``run_dir``; none when
+    it does not exist (on a process that did not write it)."""
+    if not folder.is_dir():
+        return []
+    return sorted(str(p.relative_to(run_dir)) for p in folder.rglob("*") if p.is_file())
+
+
+def load_finished(model: nn.Module, folder: Path) -> nn.Module:
+    """``model`` with the weights of the student a run finished in ``folder``, verified."""
+    verify_finished(folder)
+    ckpt.load_weights(model, Path(folder) / ckpt.STUDENT_FILE)
+    return model
+
+
 def mark_finished(folder: Path, row: dict[str, Any], weights: list[str]) -> None:
-    """Record that the student in ``folder`` is trained and measured (written last)."""
+    """Record that the student in ``folder`` is trained and measured (written last), with
+    the SHA-256 of its ``weights`` files (paths relative to ``folder``)."""
     sums = {name: sha256_file(folder / name) for name in weights}
     write_json(folder / FINISHED_FILE, {"row": row, "sha256": sums}, indent=2)
