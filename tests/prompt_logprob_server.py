@@ -11,6 +11,8 @@ run time: ``delay`` (seconds before each completion), ``fail_next`` (answer that
 completions with HTTP 503), ``exit_after`` (exit the process on the completion after that
 many more), ``prompt_logprobs`` (false: ignore the field, as a plain OpenAI server does),
 ``tokenize`` (false: no /tokenize endpoint). ``GET /control`` reports the counters.
+``--api-key KEY`` answers the API's routes with HTTP 401 unless a request carries
+``Authorization: Bearer KEY``, as ``vllm serve --api-key`` does.
 """
 
 from __future__ import annotations
@@ -80,8 +82,20 @@ class Handler(BaseHTTPRequestHandler):
     def body(self) -> dict:
         return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
 
+    def refused(self) -> bool:
+        """An API route without the server's key: answered 401, as vLLM does."""
+        key = self.state.api_key
+        if key is None or self.path == "/control":
+            return False
+        if self.headers.get("Authorization") == f"Bearer {key}":
+            return False
+        self.reply(401, {"error": "Unauthorized"})
+        return True
+
     def do_GET(self) -> None:
         s = self.state
+        if self.refused():
+            return
         if self.path == "/v1/models":
             model = {"id": s.name, "object": "model", "max_model_len": 256}
             self.reply(200, {"object": "list", "data": [model]})
@@ -93,6 +107,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         s = self.state
         body = self.body()
+        if self.refused():
+            return
         if self.path == "/control":
             s.settings.update(body)
             self.reply(200, s.settings)
@@ -152,9 +168,11 @@ def main() -> None:
     parser.add_argument("model_dir")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-logprobs", type=int, default=20)
+    parser.add_argument("--api-key", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     Handler.state = State(args.model_dir, args.max_logprobs)
+    Handler.state.api_key = args.api_key
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"listening on {server.server_address[1]}", flush=True)
     try:

@@ -31,9 +31,12 @@ SERVER = Path(__file__).parent / "prompt_logprob_server.py"
 class Server:
     """The test server as a process; ``control`` changes its behaviour."""
 
-    def __init__(self, model_dir: Path, port: int = 0, max_logprobs: int = 20) -> None:
+    def __init__(
+        self, model_dir: Path, port: int = 0, max_logprobs: int = 20, api_key: str | None = None
+    ) -> None:
         command = [sys.executable, str(SERVER), str(model_dir), "--port", str(port)]
         command += ["--max-logprobs", str(max_logprobs)]
+        command += ["--api-key", api_key] if api_key else []
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         assert line.startswith("listening on "), line
@@ -296,6 +299,8 @@ def test_the_served_teacher_recipe_caches_then_trains(
         ("teacher.args={model: x, batch: 3}", "teacher.args: a served teacher takes"),
         ("teacher.model=served:gpu-host:8000", "served:<http(s) url of the API>"),
         ("teacher.args={model: x, top_k: 5}", "cache.top_k: a served teacher answers"),
+        ("teacher.args={api_key: sk-1}", "teacher.args.api_key: a key is never written"),
+        ("teacher.args={api_key_env: 'not a name'}", "the name of an environment variable"),
     ],
 )
 def test_served_recipe_errors_name_the_field(change, message):
@@ -304,3 +309,43 @@ def test_served_recipe_errors_name_the_field(change, message):
     recipe_file = Path(__file__).parent.parent / "recipes" / "llm_served_teacher.yaml"
     with pytest.raises(RecipeError, match=re.escape(message)):
         load_recipe(recipe_file, [change])
+
+
+def test_an_api_key_comes_from_the_environment_variable_the_recipe_names(
+    served_dir, text_file, tokenizer_dir, tmp_path, monkeypatch
+):
+    """As an authenticated vLLM server needs: the recipe names the variable, the key goes
+    in the Authorization header, and it is written nowhere in the run."""
+    from distill.errors import RecipeError
+    from distill.recipes import load_recipe
+    from distill.runs import run_recipe
+    from distill.runs.language import tokenizer_for
+    from distill.runs.language_models import served_teacher
+
+    key = "sk-test-4f9a2c"
+    secured = Server(served_dir, api_key=key)
+    try:
+        recipe_file = Path(__file__).parent.parent / "recipes" / "llm_served_teacher.yaml"
+        overrides = served_overrides(secured, text_file, tokenizer_dir, tmp_path)
+        overrides += ["teacher.args={model: tiny-teacher, retries: 0, api_key_env: SERVE_KEY}"]
+        recipe = load_recipe(recipe_file, [*overrides, "cache=null", "train.max_steps=2"])
+        tokenizer = tokenizer_for(recipe)
+        monkeypatch.delenv("SERVE_KEY", raising=False)
+        with pytest.raises(RecipeError, match="environment variable SERVE_KEY is not set"):
+            served_teacher(recipe, tokenizer, lambda m: None)
+        monkeypatch.setenv("SERVE_KEY", "sk-wrong")
+        with pytest.raises(ServedTeacherError, match=r"HTTP 401.*refused the API key sent"):
+            served_teacher(recipe, tokenizer, lambda m: None)
+        without = load_recipe(recipe_file, [*overrides[:-1], "teacher.args={retries: 0}"])
+        with pytest.raises(ServedTeacherError, match="the server wants an API key"):
+            served_teacher(without, tokenizer, lambda m: None)
+
+        monkeypatch.setenv("SERVE_KEY", key)
+        monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "store"))
+        summary = run_recipe(recipe, progress=False, log=lambda m: None)
+        assert math.isfinite(summary["models"]["student"]["kl_to_teacher"])
+        written = [p for p in (tmp_path / recipe.name).rglob("*") if p.is_file()]
+        assert any(p.name == "recipe.yaml" for p in written)
+        assert not [p for p in written if key.encode() in p.read_bytes()]
+    finally:
+        secured.stop()

@@ -55,7 +55,9 @@ def check_cross_tokenizer(recipe: Recipe) -> None:
 
 
 SERVED = "served:"
-SERVED_ARGS = {"model", "top_k", "rows_per_request", "concurrency", "timeout", "retries"}
+SERVED_ARGS = {
+    "model", "top_k", "rows_per_request", "concurrency", "timeout", "retries", "api_key_env",
+}  # fmt: skip
 
 
 def check_served(recipe: Recipe) -> None:
@@ -67,6 +69,17 @@ def check_served(recipe: Recipe) -> None:
         raise ValueError(f"teacher.model: served:<http(s) url of the API>, got {teacher.model!r}")
     if recipe.task != "causal_lm":
         raise ValueError("teacher.model served: is for task causal_lm")
+    if "api_key" in teacher.args:
+        raise ValueError(
+            "teacher.args.api_key: a key is never written in a recipe (the recipe is copied "
+            "into the run, its summary and model card); put it in an environment variable "
+            "and name that: teacher.args.api_key_env: VLLM_API_KEY"
+        )
+    variable = teacher.args.get("api_key_env")
+    if variable is not None and not (isinstance(variable, str) and variable.isidentifier()):
+        raise ValueError(
+            f"teacher.args.api_key_env: the name of an environment variable, got {variable!r}"
+        )
     unknown = sorted(set(teacher.args) - SERVED_ARGS)
     if unknown:
         raise ValueError(

@@ -4,6 +4,7 @@ layers (``keep``, ``select``) and narrower MLPs (``width``, Minitron-style)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -141,8 +142,9 @@ def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -
     asked = args.pop("top_k", 20)
     top_k = recipe.cache.top_k if recipe.cache is not None else asked  # the same, if both set
     teacher = Served(
-        recipe.teacher.model.removeprefix(SERVED), tokenizer=tokenizer, top_k=top_k, **args
-    )
+        recipe.teacher.model.removeprefix(SERVED), tokenizer=tokenizer, top_k=top_k,
+        api_key=served_api_key(args.pop("api_key_env", None)), **args,
+    )  # fmt: skip
     info = teacher.check()
     checked = (
         "same tokenizer as the student"
@@ -151,6 +153,20 @@ def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -
     )
     log(f"teacher {teacher.model} served at {teacher.url}: top {top_k} log-probs, {checked}")
     return teacher
+
+
+def served_api_key(variable: str | None) -> str | None:
+    """The served teacher's API key, read from the environment variable the recipe names
+    (``teacher.args.api_key_env``); the key itself is never in the recipe or the run."""
+    if variable is None:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        raise RecipeError(
+            f"teacher.args.api_key_env: the environment variable {variable} is not set; "
+            f"export {variable}=<the server's API key> before the run"
+        )
+    return key
 
 
 def text_spec(recipe: Recipe) -> TextDataSpec:

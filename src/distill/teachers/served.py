@@ -301,6 +301,15 @@ class Served(Teacher):
                 f"{limit.group(1)} prompt log-probs; lower top_k (cache.top_k) or start vLLM "
                 f"with --max-logprobs {self.top_k}"
             )
+        if reply.status_code in (401, 403):
+            why = (
+                "the server refused the API key sent; check the key in the environment "
+                "variable teacher.args.api_key_env names"
+                if self.headers
+                else "the server wants an API key; export it in an environment variable and "
+                "name that variable in teacher.args.api_key_env"
+            )
+            return f"served teacher {url}: HTTP {reply.status_code}: {message}; {why}"
         return f"served teacher {url}: HTTP {reply.status_code}: {message}"
 
     # -- answers -----------------------------------------------------------------------------
