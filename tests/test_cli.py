@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import distill
@@ -143,3 +144,57 @@ def test_version_and_losses_speak_json_and_quiet_silences_library_progress_bars(
     cli.shared.logger(quiet=True, as_json=False)
     assert tqdm.auto.tqdm(range(3)).disable  # transformers' and gguf's bars start off
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+
+
+def test_user_text_prints_as_written_no_emoji_no_markup(capsys):
+    """Rich would turn ``:llama:`` into an emoji and ``[bold]`` into a style; model names,
+    paths and messages are the user's text and print as given."""
+    from distill.cli.shared import fail, logger, out_console, print_summary_table
+
+    logger(quiet=False, as_json=False)(
+        "label-only student hf-config:llama [bold]x[/bold]: 15 steps"
+    )
+    with pytest.raises(typer.Exit):
+        fail("model hf-config:llama: args [bad] refused")
+    err = capsys.readouterr().err
+    assert "hf-config:llama [bold]x[/bold]: 15 steps" in err
+    assert "model hf-config:llama: args [bad] refused" in err and "🦙" not in err
+    summary = {"name": "n", "models": {"student": {"accuracy": 0.5, "parameters": 10}}}
+    with out_console.capture() as captured:
+        print_summary_table({**summary, "name": "tiny:llama:"})
+    assert "tiny:llama:" in captured.get() and "🦙" not in captured.get()
+
+
+def test_tables_fold_instead_of_cutting_at_80_columns():
+    """In a pipe or a CI log rich renders 80 columns: a long row name or header folds, and
+    every value is printed whole (no "…")."""
+    from rich.console import Console
+
+    from distill.cli.shared import print_table
+
+    header = ["model", "test acc.", "parameters", "size", "CPU ms/ex.", "KL to T", "train"]
+    values = ["80.82%", "1,234,567", "4,823 KiB", "0.0213 ms", "0.5751", "1,234 s"]
+    console = Console(width=80, emoji=False)
+    for first in ("teacher", "distilled on synthetic inputs (DeepInversion)"):
+        with console.capture() as captured:
+            print_table("distill: a run", header, [[first, *values]] * 2, console=console)
+        text = captured.get()
+        assert "…" not in text, text
+        for value in values:
+            assert text.count(value) == 2, (value, text)
+        # at 80 columns when it can fold that narrow; a little wider when it cannot
+        width = max(len(line.rstrip()) for line in text.splitlines())
+        assert width <= (80 if first == "teacher" else 90), text
+    assert console.width == 80
+
+
+def test_help_paragraphs_wrap_to_the_terminal_not_to_the_source_lines():
+    result = runner.invoke(cli.app, ["search", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    lines = [line.strip() for line in result.output.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Each trial builds"))
+    paragraph = lines[start : lines.index("", start)]
+    assert len(paragraph) >= 3
+    assert all(len(line) >= 60 for line in paragraph[:-1]), paragraph  # filled, not broken
+    joined = " ".join(paragraph)
+    assert "measures it (parameters, CPU latency, memory) against search.budget" in joined

@@ -119,6 +119,26 @@ def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoin
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_a_non_finite_loss_names_its_step_and_the_step_that_found_it():
+    """Losses are read every ``log_every`` steps, so the progress bar stops there: the
+    line names both, the step that went wrong and the one where it was seen."""
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def nan_from_step_3(student_logits, labels, calls=[0]):  # noqa: B006
+        calls[0] += 1
+        loss = nn.functional.cross_entropy(student_logits, labels)
+        return loss * math.nan if calls[0] >= 3 else loss
+
+    objective = distill.Objective(ce=distill.Term(nan_from_step_3))
+    distiller = distill.Distiller(
+        student, None, objective, lr=0.05, progress=False, log_every=5,
+        select_metric=None,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLoss, match=r"^step 3: the loss .*\(found at step 5, where"):
+        distiller.fit(data(), max_steps=20)
+
+
 def test_skip_step_drops_the_update_and_goes_on():
     torch.manual_seed(0)
     student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))

@@ -57,6 +57,8 @@ def test_a_data_free_run_distils_on_synthetic_inputs_only_and_reuses_them(fashio
     assert set(summary["models"]) == {"teacher", "baseline", "student"}
     assert 0 <= summary["models"]["student"]["accuracy"] <= 1
     assert "sees no training images, only 64 inputs synthesised" in summary["regime"]
+    (data_line,) = [line for line in lines if line.startswith("data: ")]  # the console's
+    assert "sees no training images" in data_line and "transfer set" not in data_line
     (folder,) = (fashion / "synthetic").iterdir()
     synthetic = SyntheticSet(folder)  # checksums verified
     assert len(synthetic) == 64 and synthetic.inputs.shape[1:] == (1, 28, 28)

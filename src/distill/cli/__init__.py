@@ -3,14 +3,14 @@ sample, losses, version."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.table import Table
+from rich.markup import escape
 
 import distill
 from distill.cli import finished
@@ -23,6 +23,7 @@ from distill.cli.shared import (
     guarded,
     logger,
     out_console,
+    print_table,
     run_and_print,
 )
 from distill.data import fashion_mnist_available
@@ -32,7 +33,7 @@ from distill.methods.generated_data import read_generations
 from distill.recipes import load_recipe
 from distill.runs.run import cache_command, generate_command, task_for, teacher_command
 from distill.runs.search import Options, search_recipe
-from distill.runs.search_report import shown_metrics
+from distill.runs.search_report import final_value, shown_metrics
 from distill.runs.search_space import describe
 from distill.training.distributed import process_group_ended
 
@@ -142,19 +143,17 @@ def search(
             return
         final = summary["final"]
         shown = shown_metrics(summary)
-        table = Table(
-            title=f"distill search: {summary['name']}", title_justify="left", box=box.SIMPLE
-        )
-        for column in ("student", "params", "CPU ms / ex.", *(f"test {m}" for m in shown)):
-            table.add_column(column, justify="left" if column == "student" else "right")
-        for row, result in final.items():
-            table.add_row(
+        header = ["student", "params", "CPU ms / ex.", *(f"test {m}" for m in shown)]
+        rows = [
+            [
                 f"{row.replace('_', '-')}: {describe(result['student'])}",
                 f"{result['parameters']:,}",
                 f"{result['latency_ms']:.4g}",
-                *(f"{result[m]:.4f} ± {result[f'{m}_std']:.4f}" for m in shown),
-            )
-        out_console.print(table)
+                *(final_value(result, m) for m in shown),
+            ]
+            for row, result in final.items()
+        ]
+        print_table(f"distill search: {summary['name']}", header, rows)
         run_dir = out or loaded.output.dir / f"{loaded.name}-search"
         typer.echo(f"report: {run_dir / 'search.md'}  (and pareto.png, search.json, study.db)")
 
@@ -305,12 +304,14 @@ def doctor(
         for f in result["findings"]:
             style = styles[f["verdict"]]
             out_console.print(f"[{style}]{f['verdict']:>7}[/]  [bold]{TITLES[f['check']]}[/]")
-            out_console.print(f"         {f['summary']}", highlight=False)
+            out_console.print(f"         {escape(f['summary'])}", highlight=False)
             if f["verdict"] != "ok":
-                out_console.print(f"         [{style}]→[/] {f['suggestion']}", highlight=False)
+                out_console.print(
+                    f"         [{style}]→[/] {escape(f['suggestion'])}", highlight=False
+                )
         out_console.print(
             f"overall: [{styles[result['verdict']]}]{result['verdict']}[/]; details and plots "
-            f"in {result['out_dir']}/doctor.md"
+            f"in {escape(result['out_dir'])}/doctor.md"
         )
     if result["verdict"] == "problem":
         raise typer.Exit(1)
@@ -339,6 +340,17 @@ def losses(as_json: JsonOption = False) -> None:
         return
     for name, info in LOSSES.items():
         typer.echo(f"{name:24s} {info.summary}")
+
+
+def reflowed(text: str) -> str:
+    """A docstring's paragraphs, each on one line: the help wraps them to the terminal
+    (Typer keeps a docstring's line breaks after its first paragraph, so at 80 columns a
+    sentence broke after every source line)."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = reflowed(_command.help or _command.callback.__doc__ or "")
 
 
 def main() -> None:

@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich import box
-from rich.table import Table
 
-from distill.cli.shared import JsonOption, QuietOption, guarded, logger, out_console
+from distill.cli.shared import (
+    JsonOption,
+    QuietOption,
+    guarded,
+    logger,
+    print_table,
+)
 from distill.runs.hub import push as push_command
 from distill.runs.report_tables import export_table
 from distill.runs.run import eval_command, export_command, sample_command
@@ -51,12 +55,8 @@ def eval_(
             if as_json:
                 typer.echo(json.dumps(result, indent=2))
                 return
-            table = Table(title=f"distill eval --speculative: {row}", box=box.SIMPLE)
-            table.add_column("draft")
-            table.add_column("", justify="right")
-            for what, value in describe_speculative(result):
-                table.add_row(what, value)
-            out_console.print(table)
+            rows = [list(pair) for pair in describe_speculative(result)]
+            print_table(f"distill eval --speculative: {row}", ["draft", ""], rows)
             return
         metrics, line = eval_command(run_dir)
         if as_json:
@@ -109,13 +109,8 @@ def export(
         if as_json:
             typer.echo(json.dumps(result, indent=2))
             return
-        table = Table(title=f"distill export: {result['model']}", box=box.SIMPLE)
         header, rows = export_table(result)
-        for i, column in enumerate(header):
-            table.add_column(column, justify="left" if i == 0 else "right")
-        for row in rows:
-            table.add_row(*row)
-        out_console.print(table)
+        print_table(f"distill export: {result['model']}", header, rows)
         typer.echo(f"written: {run_dir / 'export'}")
 
     guarded(body)

@@ -14,6 +14,7 @@ import tqdm.std
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distill.compress.export import ParityError
@@ -23,8 +24,10 @@ from distill.runs.report import verdict
 from distill.runs.report_tables import terminal_table
 from distill.runs.run import run_recipe
 
-out_console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
+# no emoji codes: a model named hf-config:llama must not print as "hf-config🦙"; text from
+# the user (names, paths, messages) goes through ``escape`` so "[...]" is not read as markup
+out_console = Console(emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 SetOption = Annotated[
     list[str] | None,
@@ -46,7 +49,7 @@ OutOption = Annotated[
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -90,27 +93,55 @@ def logger(quiet: bool, as_json: bool):
 
     def log(message: str) -> None:
         if not quiet and not as_json:
-            err_console.print(f"[dim]·[/] {message}", highlight=False)
+            err_console.print(f"[dim]·[/] {escape(message)}", highlight=False)
 
     return log
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"distill: {summary['name']}", title_justify="left", box=box.SIMPLE)
+def print_table(
+    title: str,
+    header: list[str],
+    rows: list[list[str]],
+    styles: list[str | None] | None = None,
+    console: Console | None = None,
+) -> None:
+    """A table of text at the console's width (a pipe's or a CI log's: 80 columns): the
+    first column names the row and wraps between words; each other column is as wide as
+    its header and its widest value, so no value or header is cut to "…". A table that
+    cannot fit even so is printed wider (a long line in a log beats a cut number). Cells
+    are the user's text, not markup."""
+    console = console or out_console
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE, pad_edge=False)
+    words = [len(word) for row in rows for word in row[0].split()] + [len(header[0])]
+    name_width = min(max(words), 20)  # a word longer than 20 characters folds
+    table.add_column(escape(header[0]), overflow="fold", min_width=name_width, ratio=1)
+    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in
+              enumerate(header) if i > 0]  # fmt: skip
+    for column, width in zip(header[1:], widths, strict=True):
+        table.add_column(escape(column), justify="right", width=width, no_wrap=True)
+    for row, style in zip(rows, styles or [None] * len(rows), strict=True):
+        table.add_row(*map(escape, row), style=style)
+    least = name_width + sum(widths) + 3 * len(header) - 1  # edges, dividers and padding
+    width = console.width
+    console.width = max(width, least)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def print_summary_table(summary: dict[str, Any], console: Console | None = None) -> None:
     header, rows = terminal_table(summary)
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
-    for model, *cells in rows:
-        style = "bold green" if model == "student, distilled" else None
-        table.add_row(model.removeprefix("student, "), *cells, style=style)
-    return table
+    styles = ["bold green" if row[0] == "student, distilled" else None for row in rows]
+    named = [[row[0].removeprefix("student, "), *row[1:]] for row in rows]
+    print_table(f"distill: {summary['name']}", header, named, styles, console)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2))
         return
-    out_console.print(summary_table(summary))
+    print_summary_table(summary)
     if summary.get("gain_over_baseline") is not None:
         typer.echo(verdict(summary))
     typer.echo(f"report: {run_dir / 'report.html'}  (and report.md)")

@@ -21,6 +21,7 @@ from distill.batch import Batch, as_batch, logits_of
 from distill.doctor.checks import Finding, median_seconds
 from distill.objective import Objective
 from distill.outputs import TeacherOutput
+from distill.runs.report_tables import span
 from distill.teachers import Teacher
 from distill.training import Distiller
 
@@ -299,7 +300,7 @@ def accumulation_check(
     measurements = {"accum": accum, "tokens_per_micro_batch": counts,
                     "relative_difference": difference, "row_normalised_skew": skew}  # fmt: skip
     described = (
-        f"micro-batches of {batch_size} rows hold {min(counts):,}–{max(counts):,} counted "
+        f"micro-batches of {batch_size} rows hold {span(min(counts), max(counts))} counted "
         f"tokens; the update from {accum} of them differs from one batch of the same rows by "
         f"{difference:.2g} (relative)"
     )

@@ -114,8 +114,13 @@ def prepare_data(recipe: Recipe) -> Data:
             student_train = only_classes(student_train, train, spec.transfer_classes)
         regime = (
             f"{spec.labeled:,} labels ({len(baseline_train):,} train + {len(val):,} validation); "
-            f"the distilled student also learns from the teacher on {len(student_train):,} "
-            "training inputs (a transfer set)"
+            + (
+                f"the distilled student sees no training images, only {spec.synthetic.examples:,} "
+                "inputs synthesised from the teacher (DeepInversion)"
+                if spec.synthetic is not None
+                else f"the distilled student also learns from the teacher on "
+                f"{len(student_train):,} training inputs (a transfer set)"
+            )
         )
     if spec.augment:
         teacher_train, student_train, baseline_train = (
@@ -336,11 +341,7 @@ class Classification(Task):
         assert isinstance(data, Data)
         if recipe.data.synthetic is not None:  # type: ignore[union-attr]
             rows = synthetic_rows(recipe, teacher, data.in_shape, data.num_classes, progress, log)
-            regime = (
-                f"{data.regime.split(';')[0]}; the distilled student sees no training "
-                f"images, only {len(rows):,} inputs synthesised from the teacher (DeepInversion)"  # type: ignore[arg-type]
-            )
-            return dataclasses.replace(data, student_train=rows, regime=regime)
+            return dataclasses.replace(data, student_train=rows)
         if recipe.pate is not None:
             assert isinstance(teacher, Votes) and data.public is not None
             rows, privacy = pate_rows(recipe, data.public, teacher, progress, log)

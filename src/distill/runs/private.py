@@ -37,6 +37,7 @@ from distill.paths import (
 )
 from distill.recipes import Recipe
 from distill.runs.common import Log, loader
+from distill.runs.report_tables import span
 from distill.runs.store import fit_and_store_teacher, store_lock, stored_teacher, teacher_cache_dir
 from distill.training.progress import TrainingProgress
 
@@ -112,7 +113,7 @@ def pate_teachers(
     parts = partition(len(private), spec.teachers, seed=recipe.seed)  # type: ignore[arg-type]
     log(
         f"PATE: {spec.teachers} teachers {recipe.teacher.model}, each on its own "  # type: ignore[union-attr]
-        f"{len(parts[-1]):,}–{len(parts[0]):,} of {len(private):,} private rows"  # type: ignore[arg-type]
+        f"{span(len(parts[-1]), len(parts[0]))} of {len(private):,} private rows"  # type: ignore[arg-type]
     )
     val_rows = Subset(val, range(min(MEMBER_VAL_ROWS, len(val))))  # type: ignore[arg-type]
     members, seconds, trained = [], 0.0, 0

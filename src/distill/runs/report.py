@@ -23,6 +23,7 @@ from distill.runs.report_tables import (
     is_clip,
     is_language_model,
     model_rows,
+    span,
     table_rows,
 )
 
@@ -71,7 +72,7 @@ def footnote(summary: dict[str, Any]) -> str:
 def latency_note(summary: dict[str, Any], what: str) -> str:
     """How latency was measured, and each model's spread (10th to 90th percentile)."""
     spreads = [
-        f"{label} {m['latency_p10_ms']:.3f}–{m['latency_p90_ms']:.3f}"
+        f"{label} {span(m['latency_p10_ms'], m['latency_p90_ms'], '{:.3f}')}"
         for key, label, _ in model_rows(summary)
         if "latency_p10_ms" in (m := summary["models"][key])
     ]
@@ -105,12 +106,15 @@ def verdict(summary: dict[str, Any]) -> str:
     if gain is None:
         return ""
     closed = summary.get("gap_closed")
-    change = "gains" if gain >= 0 else "loses"
-    text = f"Distillation {change} {100 * abs(gain):.2f} points" + (
-        " of zero-shot accuracy over the student trained on its captions alone"
-        if is_clip(summary)
-        else " over the label-only student"
-    )
+    clip = is_clip(summary)
+    against = "the student trained on its captions alone" if clip else "the label-only student"
+    what = " of zero-shot accuracy" if clip else ""
+    if gain < 0:  # no share of a gap "closed" below zero: say it plainly
+        return (
+            f"Distillation loses {100 * -gain:.2f} points{what} against {against}: the "
+            "distilled student is further from the teacher than the one without it."
+        )
+    text = f"Distillation gains {100 * gain:.2f} points{what} over {against}"
     if closed is not None:
         text += f" and closes {100 * closed:.0f}% of its gap to the teacher"
     return text + "."

@@ -11,6 +11,12 @@ LABELS = {"teacher": "teacher", "baseline": "student, labels only", "student": "
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
 
+def span(low: float, high: float, form: str = "{:,}") -> str:
+    """A range as a person writes it: ``5,300`` when both ends are equal, else ``a–b``."""
+    first, last = form.format(low), form.format(high)
+    return first if first == last else f"{first}–{last}"
+
+
 def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(key, label, colour) of every model in the summary: the teacher, any assistant,
     generations or peers, the label-only student, the distilled student, then its

@@ -112,7 +112,7 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
             bench.add("teacher", teacher)
     if recipe.baseline:
         log(
-            f"label-only student {recipe.student.model}: {budget.steps} steps on "
+            f"label-only student {student_name(recipe.student)}: {budget.steps} steps on "
             f"{len(data.baseline_train):,} labelled examples"  # type: ignore[arg-type]
         )
         labels_only = Lesson(
@@ -136,7 +136,7 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
         recipe, data, teacher_of_student, "student", per_epoch
     ) or distilled_lesson(task, recipe, data, teacher_of_student, per_epoch, progress, log)
     log(
-        f"distilled student {recipe.student.model}"
+        f"distilled student {student_name(recipe.student)}"
         + (f" ({recipe.peers} peers learning from each other)" if recipe.peers > 1 else "")
         + f": {budget.steps} steps on {len(data.student_train):,} examples, objective "  # type: ignore[arg-type]
         + ", ".join(recipe.objective)
@@ -164,6 +164,12 @@ def run_in(task: Task, recipe: Recipe, run_dir: Path, progress: bool, log: Log) 
         models.update(export_rows(task, recipe, run_dir, models, log))
         write_summary(run_dir, {**summary, "seconds": time.perf_counter() - started})
     return {**summary, "seconds": time.perf_counter() - started}
+
+
+def student_name(spec: ModelSpec) -> str:
+    """A student as the log names it: its model, or, for ``model: teacher``, where it
+    comes from (not "student teacher")."""
+    return "(cut from the teacher)" if spec.model == "teacher" else spec.model
 
 
 def distilled_lesson(

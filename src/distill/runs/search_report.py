@@ -106,6 +106,16 @@ def plot_pareto(summary: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def final_value(result: dict[str, Any], metric: str) -> str:
+    """A full run's test ``metric`` as a person reads it: accuracy in percent, and the
+    standard deviation over the seeds only when there were several (``83.82 ± 0.41%``)."""
+    value, std = result[metric], result[f"{metric}_std"]
+    several = len(result.get("seeds", [])) > 1
+    if metric == "accuracy":
+        return f"{100 * value:.2f} ± {100 * std:.2f}%" if several else f"{100 * value:.2f}%"
+    return f"{value:.4f} ± {std:.4f}" if several else f"{value:.4f}"
+
+
 def _number(value: Any, digits: int = 4) -> str:
     if value is None:
         return ""
@@ -120,6 +130,7 @@ def markdown(summary: dict[str, Any]) -> str:
     over = sum("over_budget" in r for r in rows)
     budget = ", ".join(f"{MEASURES[k]} <= {_number(v)}" for k, v in summary["budget"].items())
     shown = shown_metrics(summary)
+    seeds = len(next(iter(final.values()))["seeds"])
     lines = [
         f"# Student search: {summary['name']}",
         "",
@@ -129,10 +140,11 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Chosen: trial {summary['chosen']['number']}, "
         f"`{describe(summary['chosen']['student'])}`.",
         "",
-        "## Full runs (the recipe's budget; test split)",
+        "## Full runs (the recipe's budget; test split"
+        + (f"; mean ± standard deviation over {seeds} seeds)" if seeds > 1 else "; one seed)"),
         "",
         "| student | params | CPU ms / ex. | "
-        + " | ".join(f"test {m} (mean ± std)" for m in shown)
+        + " | ".join(f"test {m}" for m in shown)
         + " | seeds |",
         "| --- | --- | --- | " + "--- | " * len(shown) + "--- |",
     ]
@@ -140,7 +152,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {row.replace('_', '-')}: `{describe(result['student'])}` | "
             f"{_number(result['parameters'])} | {_number(result['latency_ms'])} | "
-            + " | ".join(f"{result[m]:.4f} ± {result[f'{m}_std']:.4f}" for m in shown)
+            + " | ".join(final_value(result, m) for m in shown)
             + f" | {len(result['seeds'])} |"
         )
     lines += ["", f"![Pareto front]({PLOT_FILE})", "", "## Pareto front (trained trials)", ""]

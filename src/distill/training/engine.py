@@ -250,7 +250,9 @@ class Distiller:
         progress: TrainingProgress,
     ) -> None:
         c = self.config
-        stop_at = lambda step, problem: nonfinite_error(step, problem, c.run_dir)  # noqa: E731
+        stop_at = lambda step, problem, read_at: nonfinite_error(  # noqa: E731
+            step, problem, c.run_dir, read_at
+        )
         window = LogWindow(c.on_nonfinite == "stop", stop_at, progress.show)
 
         while state.epoch < epochs and state.step < total_steps:

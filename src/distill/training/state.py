@@ -51,11 +51,20 @@ class TrainState:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
-def nonfinite_error(step: int, problem: str, run_dir: Path | None) -> NonFiniteLoss:
-    """The one line a stopped run prints: where, what, the last good checkpoint, what to try."""
+def nonfinite_error(
+    step: int, problem: str, run_dir: Path | None, read_at: int | None = None
+) -> NonFiniteLoss:
+    """The one line a stopped run prints: where, what, the last good checkpoint, what to
+    try. ``read_at``: the step at which the losses were read and the problem found (they are
+    read every few steps, so the progress bar stops there, after ``step``)."""
     last = latest_checkpoint(run_dir) if run_dir is not None else None
+    found = (
+        f" (found at step {read_at}, where the losses since the last log were read)"
+        if read_at is not None and read_at != step
+        else ""
+    )
     return NonFiniteLoss(
-        f"step {step}: {problem}; training stopped, and "
+        f"step {step}: {problem}{found}; training stopped, and "
         + (
             f"the last checkpoint ({last}) holds the last good weights"
             if last

@@ -215,11 +215,12 @@ class LogWindow:
     def __init__(
         self,
         check: bool,
-        error: Callable[[int, str], Exception],
+        error: Callable[[int, str, int], Exception],
         show: Callable[[float, float], None] | None = None,
     ) -> None:
-        """``check``: raise ``error(step, problem)`` at the first non-finite step (else the
-        steps were checked as they ran); ``show(loss, samples/s)`` after each read."""
+        """``check``: raise ``error(step, problem, read_at)`` at the first non-finite step
+        (else the steps were checked as they ran); ``show(loss, samples/s)`` after each
+        read."""
         self.check, self.error, self.show = check, error, show
         self.pending: list[StepLogs] = []
         self.means = RunningMeans()
@@ -235,7 +236,7 @@ class LogWindow:
         for logs in self.pending:
             problem = logs.problem() if self.check else None
             if problem is not None:
-                raise self.error(logs.step, problem)
+                raise self.error(logs.step, problem, self.pending[-1].step)
             values = dict(logs.read())
             self.clock.lap(values.pop("examples"))
             self.means.add(values)
