@@ -198,3 +198,36 @@ def test_help_paragraphs_wrap_to_the_terminal_not_to_the_source_lines():
     assert all(len(line) >= 60 for line in paragraph[:-1]), paragraph  # filled, not broken
     joined = " ".join(paragraph)
     assert "measures it (parameters, CPU latency, memory) against search.budget" in joined
+
+
+def test_quiet_commands_leave_stderr_empty(
+    classifier_run, text_file, tokenizer_dir, tmp_path, monkeypatch
+):
+    """--quiet silences the libraries too: torch's exporter notes, ONNX Runtime's root-logger
+    hint and deprecation warnings (export), transformers' "Loading weights" bar and torchao's
+    failed kernel loads (a language model's eval). In fresh processes: what a library prints
+    on import is the point."""
+    import shutil
+    import subprocess
+    import sys
+
+    from distill.runs import run_recipe
+    from tests.test_lm_pipeline import tiny_token_kd_recipe
+
+    classifier = tmp_path / "classifier"
+    shutil.copytree(classifier_run[0], classifier)
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    lm = tiny_token_kd_recipe(text_file, tokenizer_dir, tmp_path, "baseline=false")
+    run_recipe(lm, progress=False, log=lambda m: None)
+    commands = [
+        ["export", classifier, "-q", "--int8"],
+        ["eval", tmp_path / "llm_token_kd", "-q"],
+    ]
+    for command in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "distill", *map(str, command)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == "", (command, done.stderr)
+        assert done.stdout.strip()  # the result itself

@@ -47,10 +47,11 @@ def eval_(
     --speculative, as a draft for its teacher)."""
 
     def body() -> None:
+        log = logger(quiet, as_json)
         if speculative:
             result = speculative_command(
                 run_dir, row=row, prompts=prompts, prompt_tokens=prompt_tokens,
-                new_tokens=new_tokens, draft_tokens=draft_tokens, log=logger(quiet, as_json),
+                new_tokens=new_tokens, draft_tokens=draft_tokens, log=log,
             )  # fmt: skip
             if as_json:
                 typer.echo(json.dumps(result, indent=2))

@@ -7,6 +7,8 @@ import functools
 import json
 import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,19 +79,39 @@ QUIET_LIBRARIES = {
 }
 
 
+def quiet_libraries() -> None:
+    """Silence the libraries distill drives, for --quiet and --json: their progress bars
+    (tqdm, the Hub's, transformers' "Loading weights" and "Writing model shards"), their
+    notes through logging (torch's, torchao's failed kernel loads, ONNX Runtime's
+    quantizer through the root logger) and their warnings (deprecations, Opacus'). distill's
+    own warnings and every error still show."""
+    for name, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("torch", "torchao", "transformers", "accelerate", "opacus", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(?!distill\b)")  # any other package's
+    # tqdm reads TQDM_DISABLE when it is first imported, which may have happened: every
+    # bar now starts disabled unless its caller asks otherwise (gguf's de-quantizing)
+    if not getattr(tqdm.std.tqdm, "distill_quiet", False):
+        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+        tqdm.std.tqdm.distill_quiet = True
+    if "transformers" in sys.modules:  # imported already: its settings were read then
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
 def logger(quiet: bool, as_json: bool):
     """Where a command's notes go: stderr, or nowhere with --quiet / --json (then the
-    libraries' progress bars are off too)."""
+    libraries are silenced too: ``quiet_libraries``)."""
     if quiet or as_json:
-        for name, value in QUIET_LIBRARIES.items():
-            os.environ.setdefault(name, value)
-        for name in ("torch", "torchao", "transformers", "accelerate"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        # tqdm reads TQDM_DISABLE when it is first imported, which may have happened: every
-        # bar now starts disabled unless its caller asks otherwise (gguf's de-quantizing)
-        if not getattr(tqdm.std.tqdm, "distill_quiet", False):
-            tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
-            tqdm.std.tqdm.distill_quiet = True
+        quiet_libraries()
 
     def log(message: str) -> None:
         if not quiet and not as_json:
