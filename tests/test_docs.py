@@ -172,3 +172,22 @@ def test_the_recipe_reference_page_is_generated_when_the_site_is_built():
     assert hooks.on_page_markdown(page, page=None) == recipe_reference()
     other = (DOCS / "methods.md").read_text()
     assert hooks.on_page_markdown(other, page=None) == other
+
+
+def test_the_site_keeps_names_whole_and_comments_in_sight():
+    """The site's stylesheet (checked in a browser once: docs/stylesheets/extra.css):
+    inline code in tables does not break inside a name, code blocks wrap long lines; and
+    the language-model page's code comments fit a code block without wrapping."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    (sheet,) = config["extra_css"]
+    css = re.sub(r"\s+", " ", (ROOT / "docs" / sheet).read_text())
+    assert ".md-typeset table:not([class]) code { white-space: nowrap;" in css
+    assert ".md-typeset pre > code { white-space: pre-wrap;" in css
+    page = (ROOT / "docs" / "language-models.md").read_text()
+    code = re.findall(r"```(?:bash|yaml)\n(.*?)```", page, re.S)
+    commented = [line for block in code for line in block.splitlines() if "#" in line]
+    assert commented and all(len(line) <= 84 for line in commented), [
+        line for line in commented if len(line) > 84
+    ]

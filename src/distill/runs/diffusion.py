@@ -195,8 +195,12 @@ def measure_sampler(
     }
 
 
+GRID_WIDTH = 900  # pixels at least: a grid of 32-pixel images is readable on a page
+
+
 def image_grid(images: Tensor, columns: int, path: Path) -> Path:
-    """``images`` (N, C, H, W) in [-1, 1] as one PNG, ``columns`` per row."""
+    """``images`` (N, C, H, W) in [-1, 1] as one PNG, ``columns`` per row, each pixel
+    repeated (nearest neighbour) so that the grid is at least ``GRID_WIDTH`` wide."""
     from PIL import Image
 
     n, channels, height, width = images.shape
@@ -205,6 +209,8 @@ def image_grid(images: Tensor, columns: int, path: Path) -> Path:
     for i, image in enumerate(images):
         top, left = (i // columns) * (height + 2) + 1, (i % columns) * (width + 2) + 1
         grid[:, top : top + height, left : left + width] = image
+    scale = max(1, -(-GRID_WIDTH // grid.shape[-1]))
+    grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)

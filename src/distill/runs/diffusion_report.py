@@ -4,7 +4,6 @@ classifier and its CPU time per image, a plot of FID against steps, and sample g
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from distill.runs import report_page
+from distill.runs.plot_ticks import readable_log_axis
 
 HEADER = ["sampler", "steps", "FID (domain classifier)", "class accuracy", "CPU ms / image",
           "parameters", "train time"]  # fmt: skip
@@ -60,6 +63,12 @@ def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 
 def plot_fid(summary: dict[str, Any], out: Path) -> None:
+    fig = fid_figure(summary)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def fid_figure(summary: dict[str, Any]) -> Figure:
     """FID against sampler steps: the teacher's DDIM and each distilled sampler."""
     lines: dict[str, list[tuple[float, float]]] = {}
     for label, m in sampler_rows(summary):
@@ -71,13 +80,13 @@ def plot_fid(summary: dict[str, Any], out: Path) -> None:
         ax.plot(*zip(*points, strict=True), marker="o", label=name)
     ax.set(xscale="log", yscale="log", xlabel="sampler steps (log scale)", title="quality",
            ylabel="FID, domain classifier (log scale)")  # fmt: skip
-    ax.set_xticks(sorted({p[0] for points in lines.values() for p in points}))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    steps = sorted({p[0] for points in lines.values() for p in points})
+    readable_log_axis(ax.xaxis, steps, ticks=steps)  # every sampler's step count, no others
+    readable_log_axis(ax.yaxis, [p[1] for points in lines.values() for p in points])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def write_diffusion_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
@@ -103,22 +112,11 @@ def write_diffusion_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, 
     md += [f"![samples: {g.parent.name}]({g.relative_to(run_dir)})" for g in grids]
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
 
-    def image(path: Path, caption: str) -> str:
-        data = base64.b64encode(path.read_bytes()).decode()
-        return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
-
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    figures = image(fid_plot, "FID against steps") + "".join(
-        image(g, f"samples: {g.parent.name if g.parent != run_dir else 'student'}") for g in grids
-    )
-    (run_dir / "report.html").write_text(
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>"
-        f"{html.escape(summary['name'])}</title></head><body><h1>distill run: "
-        f"{html.escape(summary['name'])}</h1><p>{html.escape(intro)}</p><table><tr>{cells}</tr>"
-        f"{body}</table>{figures}</body></html>\n"
-    )
+    figures = report_page.figure(fid_plot, "FID against steps") + "".join(
+        report_page.figure(g, f"samples: {g.parent.name if g.parent != run_dir else 'student'}",
+                           pixels=True)
+        for g in grids
+    )  # fmt: skip
+    body = f"<p>{html.escape(intro)}</p>" + report_page.table(header, rows) + figures
+    (run_dir / "report.html").write_text(report_page.page(f"distill run: {summary['name']}", body))
     return {"md": run_dir / "report.md", "html": run_dir / "report.html", "fid": fid_plot}

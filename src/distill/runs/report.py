@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -13,9 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import matplotlib.ticker
+from matplotlib.figure import Figure
 
-from distill.runs import diffusion_report
+from distill.runs import diffusion_report, report_page
+from distill.runs.plot_ticks import count, readable_log_axis
 from distill.runs.report_tables import (
     COLORS,
     LABELS,
@@ -120,23 +120,6 @@ def verdict(summary: dict[str, Any]) -> str:
     return text + "."
 
 
-def _plain_ticks(ax) -> None:
-    """Log-scale y ticks written as plain numbers (38, 40), not 3.8 × 10¹."""
-    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-
-
-def _count(value: float, _position: object = None) -> str:
-    return (
-        f"{value / 1e6:g}M"
-        if value >= 1e6
-        else f"{value / 1e3:g}k"
-        if value >= 1e3
-        else f"{value:g}"
-    )
-
-
 def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
     student = read_metrics(run_dir / "metrics.jsonl")
     baseline = read_metrics(run_dir / "baseline" / "metrics.jsonl")
@@ -158,6 +141,7 @@ def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
         title="training losses",
     )
     left.legend(fontsize=8)
+    validation: list[float] = []
     for rows, key in ((baseline, "baseline"), (student, "student")):
         if lm:
             points = [(r["step"], math.exp(r["val/loss"])) for r in rows if "val/loss" in r]
@@ -165,6 +149,7 @@ def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
             points = [(r["step"], 100 * r["val/accuracy"]) for r in rows if "val/accuracy" in r]
         if points:
             right.plot(*zip(*points, strict=True), marker="o", label=LABELS[key], color=COLORS[key])
+            validation += [y for _, y in points]
     if lm:
         right.set(
             xlabel="optimizer step",
@@ -172,7 +157,8 @@ def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
             yscale="log",
             title="validation perplexity",
         )
-        _plain_ticks(right)
+        if validation:
+            readable_log_axis(right.yaxis, validation)
     else:
         right.set(
             xlabel="optimizer step", ylabel="validation accuracy (%)", title="validation accuracy"
@@ -184,14 +170,24 @@ def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
 
 
 def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
+    fig = accuracy_vs_parameters(summary)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_vs_parameters(summary: dict[str, Any]) -> Figure:
+    """Each model's test accuracy (perplexity) against its parameter count."""
     lm = is_language_model(summary)
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    sizes, scores = [], []
     for key, label, colour in model_rows(summary):
         m = summary["models"][key]
         if m.get("parameters") is None:  # a served teacher: its size is not known here
             continue
         y = m["perplexity"] if lm else 100 * m["accuracy"]
         ax.scatter(m["parameters"], y, s=60, color=colour, label=label)
+        sizes.append(m["parameters"])
+        scores.append(y)
     ax.set(
         xscale="log",
         xlabel="parameters (log scale)",
@@ -203,16 +199,14 @@ def plot_accuracy_vs_parameters(summary: dict[str, Any], out: Path) -> None:
         yscale="log" if lm else "linear",
         title=("perplexity" if lm else "accuracy") + " against size",
     )
-    if lm:
-        _plain_ticks(ax)
-    counts = matplotlib.ticker.FuncFormatter(_count)
-    ax.xaxis.set_major_formatter(counts)
-    ax.xaxis.set_minor_formatter(counts)
+    if lm and scores:
+        readable_log_axis(ax.yaxis, scores)
+    if sizes:
+        readable_log_axis(ax.xaxis, sizes, count)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -233,8 +227,7 @@ def _doctor_html(run_dir: Path) -> str:
         for f in result["findings"]
     )
     images = "".join(
-        f'<img alt="{html.escape(name)}" src="data:image/png;base64,'
-        f'{base64.b64encode((run_dir / rel).read_bytes()).decode()}">'
+        report_page.figure(run_dir / rel, f"doctor: {name}")
         for name, rel in result["plots"].items()
         if (run_dir / rel).exists()
     )
@@ -289,26 +282,14 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
         md += ["", doctor.read_text()]
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
 
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in columns)
-    body_rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
     images = "".join(
-        f'<figure><img id="{name}" alt="{html.escape(caption)}" src="data:image/png;base64,'
-        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(caption)} '
-        f"({PLOTS}/{path.name})</figcaption></figure>"
+        report_page.figure(path, f"{caption} ({PLOTS}/{path.name})", anchor=name)
         for name, (path, caption) in figures.items()
     )
     paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in intro if p)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head>
-<body><h1>{html.escape(title)}</h1>{paragraphs}<table><tr>{cells}</tr>{body_rows}</table>{images}
-<p>{html.escape(note)}</p>{_doctor_html(run_dir)}
-</body></html>
-"""
+    body = paragraphs + report_page.table(columns, rows) + images
+    body += f"<p>{html.escape(note)}</p>{_doctor_html(run_dir)}"
+    page = report_page.page(title, body)
     (run_dir / "report.html").write_text(page)
     paths = {"md": run_dir / "report.md", "html": run_dir / "report.html"}
     return paths | {k: v[0] for k, v in figures.items()}
