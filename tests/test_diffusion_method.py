@@ -156,8 +156,11 @@ def test_a_diffusers_pipeline_folder_loads_as_unet_schedule_and_prediction(tmp_p
     diffusers.DDPMPipeline(unet=unet, scheduler=karras).save_pretrained(tmp_path / "edm")
     with pytest.raises(ModelError, match="scheduler EDMEulerScheduler is not a variance"):
         load_hf_diffusers(f"hf-diffusers:{tmp_path / 'edm'}")
-    with pytest.raises(ModelError, match="cannot load a UNet"):
+    with pytest.raises(ModelError, match="there is no folder"):
         load_hf_diffusers(f"hf-diffusers:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="cannot load a model from the folder"):
+        load_hf_diffusers(f"hf-diffusers:{tmp_path / 'empty'}")
 
 
 def test_consistency_distillation_of_an_exact_denoiser_asks_for_the_exact_v_and_samples_x():

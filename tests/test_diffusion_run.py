@@ -63,6 +63,8 @@ def test_progressive_rounds_run_as_stages_and_are_measured(
     assert "round_2/samples.png" in report and (run_dir / "samples.png").exists()
     with Image.open(run_dir / "plots" / "fid_vs_steps.png") as plot:
         assert plot.size[0] > 300
+    page = (run_dir / "report.html").read_text()
+    assert "<style>" in page and page.count('class="pixels"') == 2  # both students' grids
 
     again = []
     rerun = run_recipe(tiny(digits_idx_dir, tmp_path), progress=False, log=again.append)
@@ -81,7 +83,8 @@ def test_progressive_rounds_run_as_stages_and_are_measured(
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"] == 2
     with Image.open(out) as grid:
-        assert grid.size == (10 * 34, 2 * 34)  # 10 classes per row, 32 pixels and a border
+        # 10 classes per row, 32 pixels and a border, each pixel 3 × 3 (at least 900 wide)
+        assert grid.size == (3 * 10 * 34, 3 * 2 * 34)
     default = sample_command(run_dir, count=10)
     assert default["steps"] == 1 and Path(default["path"]).exists()
     with pytest.raises(RecipeError, match="no model 'round_7'"):

@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 from types import ModuleType
 
-from distill.errors import MissingDependency
+from distill.errors import MissingDependency, first_line
 
 # a torch and torchvision pair whose wheels match, both on this project's build machine
 MATCHING_PAIR = "pip install torch==2.14.1 torchvision==0.29.1"
@@ -61,8 +61,3 @@ def torchvision_problem(module: str, needed_by: str, error: Exception) -> str:
         f"torch {torch.__version__} ({first_line(error)}); it is built for {built_for}: "
         f"install a matching pair (for example {MATCHING_PAIR})"
     )
-
-
-def first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

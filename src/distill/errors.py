@@ -8,6 +8,13 @@ They also derive from the built-in type a caller would expect (``ValueError``,
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of another library's error message (its type's name if
+    none): the part of a long message that says what happened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 class DistillError(Exception):
     """Base class: an error whose message is the whole story."""
 

@@ -109,6 +109,13 @@ def verify_checksums(folder: str | Path) -> list[str]:
         sums = read_json(folder / CHECKSUMS_FILE)
     except ValueError:
         return [CHECKSUMS_FILE]
+    return changed_files(folder, sums)
+
+
+def changed_files(folder: str | Path, sums: dict[str, str | None]) -> list[str]:
+    """The files named in ``sums`` (paths relative to ``folder``) that are missing or whose
+    SHA-256 is not the one given."""
+    folder = Path(folder)
     return [
         name
         for name, digest in sums.items()

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.errors import MissingDependency, ModelError
+from distill.errors import MissingDependency, ModelError, first_line
+from distill.models.hf import load_failure
 
 # schedulers whose noise is the variance-preserving z = α x + σ ε of a discrete ᾱ table
 VARIANCE_PRESERVING = {
@@ -74,9 +75,10 @@ def load_hf_diffusers(spec: str) -> tuple[nn.Module, Tensor, str]:
         scheduler_config = diffusers.DDPMScheduler.load_config(
             source, subfolder="scheduler" if unet_sub else None
         )
-    except OSError as error:
-        raise ModelError(f"{spec}: cannot load a UNet and its scheduler from {source!r}: "
-                         f"{str(error).splitlines()[0]}") from None  # fmt: skip
+    except ModelError:
+        raise
+    except (OSError, ValueError) as error:  # no such folder, no network, not a UNet
+        raise load_failure(spec, source, error) from None
     alphas_cumprod, prediction = schedule_of(scheduler_config, spec)
     return unet, alphas_cumprod, prediction
 
@@ -111,7 +113,7 @@ def prompt_embeddings(spec: str, prompts: list[str]) -> Tensor:
     except OSError as error:
         raise ModelError(
             f"{spec}: a text-conditional UNet needs its pipeline's text_encoder/ and "
-            f"tokenizer/: {str(error).splitlines()[0]}"
+            f"tokenizer/: {first_line(error)}"
         ) from None
     tokens = tokenizer(prompts, padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from distill.errors import MissingDependency, ModelError
+from distill.errors import MissingDependency, ModelError, first_line
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 Task = Literal["causal", "masked"]
@@ -66,8 +66,7 @@ def load_failure(spec: str, source: str, error: Exception) -> ModelError:
     """One line for a model or tokenizer ``spec`` that ``from_pretrained`` could not load
     from ``source`` (a folder, or a Hub id): a folder that is not there, a folder that holds
     no model, or a Hub id that could not be downloaded (no network here)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reason = lines[0] if lines else type(error).__name__
+    reason = first_line(error)
     path = Path(source).expanduser()
     if path.exists():
         return ModelError(f"{spec}: cannot load a model from the folder {source} ({reason})")

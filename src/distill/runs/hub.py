@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from distill.errors import PushError, RecipeError
+from distill.errors import PushError, RecipeError, first_line
 from distill.models.hub import save_classifier
 from distill.recipes import Recipe
 from distill.runs.common import RECIPE_FILE, SUMMARY_FILE, Log
@@ -54,6 +54,7 @@ def hub_folder(run_dir: Path, recipe: Recipe, license: str | None = None, log: L
     if not summary_path.exists():
         raise FileNotFoundError(f"{run_dir}: no {SUMMARY_FILE}; did the run finish?")
     summary = json.loads(summary_path.read_text())
+    verify_finished(run_dir)  # nothing damaged is copied, sent or rebuilt
     folder = run_dir / HF_STUDENT_DIR
     if recipe.task == "classification":
         task = task_for(recipe)
@@ -65,8 +66,6 @@ def hub_folder(run_dir: Path, recipe: Recipe, license: str | None = None, log: L
         raise RecipeError(f"distill push: task {recipe.task} is not built yet")
     elif not folder.is_dir():
         raise FileNotFoundError(f"{run_dir}: no {HF_STUDENT_DIR}/ folder; did the run finish?")
-    else:
-        verify_finished(run_dir)
     card = model_card(recipe, summary, (run_dir / RECIPE_FILE).read_text(), license)
     (folder / CARD).write_text(card)
     return folder
@@ -143,7 +142,6 @@ def push_failure(error: Exception) -> str | None:
 
     if isinstance(error, HfHubHTTPError):
         status = getattr(error.response, "status_code", None)
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if status == 401 and get_token() is None:
             return "no Hugging Face token; log in with `hf auth login` or set HF_TOKEN"
         if status == 401:
@@ -156,7 +154,7 @@ def push_failure(error: Exception) -> str | None:
                 "the token may not write there (403 Forbidden); use a token with write "
                 "access to that user or organization"
             )
-        return f"the Hub answered {first}"
+        return f"the Hub answered {first_line(error)}"
     module = type(error).__module__.split(".")[0]
     if isinstance(error, OSError) or module in NETWORK_LIBRARIES:
         return (

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from distill.errors import CheckpointError, RecipeError, UsageError
-from distill.paths import read_json, sha256_file, write_json
+from distill.paths import changed_files, read_json, sha256_file, write_json
 from distill.recipes import Recipe, dump_recipe
 from distill.runs.common import RECIPE_FILE, Log
 from distill.training import checkpoint as ckpt
@@ -133,18 +133,12 @@ def finished_row(folder: Path, weights: list[str], log: Log) -> dict[str, Any] |
         return None
     damaged = changed_files(folder, {name: None for name in weights} | record.get("sha256", {}))
     if damaged:
-        log(f"{damaged[0]}: missing or changed since it was finished; training that student again")
+        log(
+            f"{folder / damaged[0]}: missing or changed since it was finished; training that "
+            "student again"
+        )
         return None
     return record["row"]
-
-
-def changed_files(folder: Path, sums: dict[str, str | None]) -> list[Path]:
-    """The files of ``folder`` named in ``sums`` that are missing or whose SHA-256 differs."""
-    return [
-        folder / name
-        for name, digest in sums.items()
-        if not (folder / name).is_file() or sha256_file(folder / name) != digest
-    ]
 
 
 def verify_finished(folder: Path) -> None:
@@ -162,7 +156,8 @@ def verify_finished(folder: Path) -> None:
         sums = read_json(marker).get("sha256", {})
     except ValueError as error:
         raise CheckpointError(f"{marker}: {error}; rerun `distill run` to train it again") from None
-    for path in changed_files(folder, sums):
+    for name in changed_files(folder, sums):
+        path = folder / name
         what = (
             f"differs from the SHA-256 that {marker.name} recorded when the run finished it, "
             "so it is damaged or was changed"
