@@ -203,6 +203,23 @@ def test_a_budget_measured_from_the_student_allows_for_timing_noise():
     ]
 
 
+def test_queued_trials_run_once_each_even_with_two_jobs(tmp_path):
+    """Two threads may pop the same queued trial from SQLite (then Optuna raises "Cannot
+    tell a COMPLETE trial", in about 1 of 4 such studies here): queued trials run one at a
+    time first, the rest with two jobs."""
+    from distill.runs.search_study import optimize
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    queued = [1.0, 2.0, 3.0, 4.0]
+    for k in range(12):
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path / f'{k}.db'}")
+        for x in queued:
+            study.enqueue_trial({"x": x})
+        optimize(study, lambda trial: trial.suggest_float("x", 0, 10), 6, jobs=2, timeout=None)
+        values = [t.params["x"] for t in study.trials if t.state.name == "COMPLETE"]
+        assert len(values) == 6 and all(values.count(x) == 1 for x in queued), values
+
+
 def test_suggested_candidates_stay_in_their_space():
     candidate = Candidate.model_validate(
         {"model": "zoo:mlp", "args": {

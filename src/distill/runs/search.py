@@ -46,8 +46,8 @@ from distill.runs.search_report import choose, final_metrics, pareto_front, writ
 from distill.runs.search_study import (
     finished,
     open_study,
+    optimize,
     optuna_module,
-    scored_states,
     trial_rows,
 )
 from distill.runs.workdir import open_run_dir
@@ -133,15 +133,8 @@ def search_in(
     if done < target:
         shown = ", ".join(f"{k} <= {space.amount(k, v)}" for k, v in limits.items()) or "none"
         log(f"search: {target - done} of {target} trials to run ({spec.sampler}); budget: {shown}")
-        optuna = optuna_module()
         with TrialProgress(target, done, options.progress) as bar:
-            study.optimize(
-                runner,
-                n_trials=target - done,
-                timeout=options.timeout,
-                n_jobs=options.jobs,
-                callbacks=[optuna.study.MaxTrialsCallback(target, states=scored_states()), bar],
-            )
+            optimize(study, runner, target, options.jobs, options.timeout, bar)
     rows = trial_rows(study)
     chosen = choose(rows, metric, limits)
     log(f"chosen: trial {chosen['number']}, {space.describe(chosen['student'])}")

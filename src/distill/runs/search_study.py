@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,36 @@ def make_sampler(spec: SearchSpec, seed: int) -> Any:
         startup = min(10, max(1, spec.trials // 4))
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def optimize(
+    study: Any,
+    objective: Callable[[Any], Any],
+    target: int,
+    jobs: int,
+    timeout: float | None,
+    *callbacks: Callable[[Any, Any], None],
+) -> None:
+    """Run ``study`` until ``target`` trials are scored, ``jobs`` at a time, within
+    ``timeout`` seconds. Queued trials (the corners, interrupted ones) run first and one at
+    a time: two threads may pop the same queued trial from SQLite, and the second then
+    cannot report it ("Cannot tell a COMPLETE trial")."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    phases = [(queued, 1), (None, jobs)] if jobs > 1 else [(None, 1)]
+    started = time.perf_counter()
+    for most, phase_jobs in phases:
+        trials = target - finished(study)
+        trials = trials if most is None else min(trials, most)
+        left = None if timeout is None else timeout - (time.perf_counter() - started)
+        if trials <= 0 or (left is not None and left <= 0):
+            continue
+        study.optimize(
+            objective, n_trials=trials, timeout=left, n_jobs=phase_jobs,
+            callbacks=[MaxTrialsCallback(target, states=scored_states()), *callbacks],
+        )  # fmt: skip
 
 
 def requeue_interrupted(study: Any, log: Log) -> None:
