@@ -82,12 +82,14 @@ def test_push_to_the_hub_creates_the_repository_and_uploads_the_folder(classifie
 
 
 class Refusing(BaseHTTPRequestHandler):
-    """A stand-in Hub that answers every request 401, as the real one does to a missing
-    or invalid token."""
+    """A stand-in Hub that answers every request ``status``: 401, as the real one does to a
+    missing or invalid token, or 403, to a token that may not write there."""
+
+    status = 401
 
     def do_POST(self):
         body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
-        self.send_response(401)
+        self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -125,20 +127,26 @@ def test_push_without_a_network_is_one_line_and_keeps_the_folder(classifier_run,
     assert (run_dir / "student" / "README.md").exists()
 
 
-@pytest.mark.parametrize("token", [None, "hf_not_a_real_token"], ids=["no-token", "bad-token"])
+@pytest.mark.parametrize(
+    ("token", "status", "said"),
+    [
+        (None, 401, "no Hugging Face token; log in with `hf auth login` or set HF_TOKEN"),
+        ("hf_not_a_real_token", 401, "the Hub refused the token (401 Unauthorized)"),
+        ("hf_read_only_token", 403, "the token may not write there (403 Forbidden)"),
+    ],
+    ids=["no-token", "bad-token", "read-only-token"],
+)
 def test_push_with_a_missing_or_refused_token_is_one_line(
-    classifier_run, refusing_hub, monkeypatch, token
+    classifier_run, refusing_hub, monkeypatch, token, status, said
 ):
     run_dir, _, _ = classifier_run
+    monkeypatch.setattr(Refusing, "status", status)
     if token is None:
         monkeypatch.delenv("HF_TOKEN", raising=False)
     else:
         monkeypatch.setenv("HF_TOKEN", token)
     line = one_line_error(CliRunner().invoke(cli.app, ["push", str(run_dir), "someone/student"]))
-    if token is None:
-        assert "no Hugging Face token; log in with `hf auth login` or set HF_TOKEN" in line
-    else:
-        assert "the Hub refused the token (401 Unauthorized)" in line
+    assert said in line
 
 
 def test_a_dry_run_writes_the_folder_and_card_and_sends_nothing(classifier_run, monkeypatch):
