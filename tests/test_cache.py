@@ -360,6 +360,7 @@ def test_manifest_lists_every_file_with_its_checksum(tmp_path):
     ]
 
 
+@pytest.mark.e2e
 def test_a_classifier_recipe_trains_against_its_dense_cache(tmp_path, monkeypatch):
     """`distill cache` stores the teacher's logits on the transfer, validation and test
     rows; `distill run` then trains the student against them and ends where a run against

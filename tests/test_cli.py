@@ -35,16 +35,20 @@ def test_version_and_losses_commands():
         assert (name in listed) == name.islower()  # losses, not the TopK type
 
 
-def test_demo_teacher_run_and_eval(digits_as_fashion, isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_demo_teacher_run_and_eval(digits_as_fashion, isolated_cache, tmp_path, plots):
     sets = [arg for s in TINY for arg in ("--set", s)]
     demo = invoke("demo", "--out", tmp_path / "demo", "--json", *sets)
     summary = json.loads(demo.output)
     assert summary["dataset"] == "fashion_mnist"
     assert set(summary["models"]) == {"teacher", "baseline", "student"}
     assert summary["steps"] == 8
-    for model in summary["models"].values():
-        assert 0.0 <= model["accuracy"] <= 1.0 and model["parameters"] > 0
+    models = summary["models"]
+    for model in models.values():  # trained: above chance (10 classes), and measured
+        assert model["accuracy"] > 0.15 and model["parameters"] > 0
         assert model["size_bytes"] > 0 and model["latency_ms"] > 0
+    # 8 steps of KD bring the student nearer its teacher than 8 steps of labels do
+    assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
 
     run_dir = tmp_path / "demo"
     for name in ("recipe.yaml", "summary.json", "metrics.jsonl", "student.safetensors",
@@ -77,6 +81,7 @@ def test_demo_teacher_run_and_eval(digits_as_fashion, isolated_cache, tmp_path):
     assert taught["model"] == "zoo:cnn" and str(isolated_cache) in taught["cache"]
 
 
+@pytest.mark.e2e
 def test_demo_falls_back_to_mnist1d(isolated_cache, tmp_path, monkeypatch):
     monkeypatch.setattr("distill.cli.fashion_mnist_available", lambda path=None: False)
     result = runner.invoke(
@@ -200,6 +205,7 @@ def test_help_paragraphs_wrap_to_the_terminal_not_to_the_source_lines():
     assert "measures it (parameters, CPU latency, memory) against search.budget" in joined
 
 
+@pytest.mark.e2e
 def test_quiet_commands_leave_stderr_empty(
     classifier_run, text_file, tokenizer_dir, tmp_path, monkeypatch
 ):
@@ -212,7 +218,7 @@ def test_quiet_commands_leave_stderr_empty(
     import sys
 
     from distill.runs import run_recipe
-    from tests.test_lm_pipeline import tiny_token_kd_recipe
+    from tests.test_language_recipes import tiny_token_kd_recipe
 
     classifier = tmp_path / "classifier"
     shutil.copytree(classifier_run[0], classifier)

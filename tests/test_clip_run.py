@@ -46,18 +46,17 @@ def tiny(digits_idx_dir, out, *more):
     )
 
 
+@pytest.mark.e2e
 @needs_minilm
-def test_the_clip_recipe_runs_end_to_end_and_eval_and_export_agree(
-    digits_idx_dir, isolated_cache, tmp_path
-):
+def test_the_clip_recipe_runs_end_to_end_and_eval_and_export_agree(digits_idx_dir, tmp_path):
     lines = []
     summary = run_recipe(tiny(digits_idx_dir, tmp_path / "a"), progress=False, log=lines.append)
     assert summary["task"] == "clip" and summary["text_tower"] == "hf:all-minilm-l6-v2"
     models = summary["models"]
     assert set(models) == {"teacher", "baseline", "student"}
-    for row in models.values():
-        for key in ("accuracy", "linear_probe", "image_to_text_r1", "text_to_image_r5"):
-            assert 0.0 <= row[key] <= 1.0, key
+    for row in models.values():  # every model's embedding separates the classes
+        assert row["linear_probe"] > 0.5 and row["image_to_text_r1"] <= row["image_to_text_r5"]
+    assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
     # the teacher learned zero-shot classification through the text tower (chance: 10%)
     assert models["teacher"]["accuracy"] > 0.4
     # its scale was learned and stored with its weights, not left at CLIP's 1 / 0.07
@@ -87,8 +86,9 @@ def test_the_clip_recipe_runs_end_to_end_and_eval_and_export_agree(
     assert second["logit_scale"] == pytest.approx(summary["logit_scale"])
 
 
+@pytest.mark.e2e
 def test_a_hugging_face_clip_teacher_and_a_student_cut_from_its_image_tower(
-    digits_idx_dir, isolated_cache, tmp_path
+    digits_idx_dir, tmp_path
 ):
     folder = save_tiny_clip(tmp_path / "clip", vision_layers=2)
     recipe = validate_recipe(
@@ -230,7 +230,7 @@ def test_an_image_folder_without_images_is_named(tmp_path):
 
 
 @needs_minilm
-def test_an_encoder_narrower_than_the_text_tower_is_named(digits_idx_dir, isolated_cache, tmp_path):
+def test_an_encoder_narrower_than_the_text_tower_is_named(digits_idx_dir, tmp_path):
     folder = save_tiny_clip(tmp_path / "clip")  # 12-wide image embeddings; MiniLM: 384
     recipe = clip_recipe(
         **{"data.path": str(digits_idx_dir), "data.labeled": 300,
@@ -243,18 +243,25 @@ def test_an_encoder_narrower_than_the_text_tower_is_named(digits_idx_dir, isolat
         Clip().preflight(recipe, data)
 
 
+@pytest.mark.e2e
 @needs_minilm
-def test_a_student_learns_the_same_from_the_cache_of_image_embeddings(
-    digits_idx_dir, isolated_cache, tmp_path
-):
+def test_a_student_learns_the_same_from_the_cache_of_image_embeddings(digits_idx_dir, tmp_path):
     live = run_recipe(tiny(digits_idx_dir, tmp_path / "live"), progress=False, log=print)
     lines = []
     cached = run_recipe(
         tiny(digits_idx_dir, tmp_path / "cached", "cache={}"), progress=False, log=lines.append
     )
     assert any("learns from the teacher cache" in line for line in lines)
-    for key in ("accuracy", "linear_probe", "image_to_text_r5", "kl_to_teacher"):
-        assert cached["models"]["student"][key] == live["models"]["student"][key], key
+    # the cache's embeddings come from batches of another size than training's, so they
+    # may differ from the live ones in the last bits: the same student, up to an image
+    one_image = 1 / cached["models"]["student"]["examples"]
+    for key in ("accuracy", "linear_probe", "image_to_text_r5"):
+        assert abs(cached["models"]["student"][key] - live["models"]["student"][key]) <= (
+            one_image + 1e-9
+        ), key
+    assert cached["models"]["student"]["kl_to_teacher"] == pytest.approx(
+        live["models"]["student"]["kl_to_teacher"], rel=0.02
+    )
     # the cache holds the teacher's embeddings: 384 floats per image
     folder = tmp_path / "cached" / "fashion_mnist_clip_kd" / "teacher_outputs"
     assert read_manifest(folder)["shards"][0]["files"]["logits"]["shape"][1] == 384
@@ -270,10 +277,9 @@ def test_a_cached_clip_teacher_keeps_only_its_image_embedding():
         )
 
 
+@pytest.mark.e2e
 @needs_minilm
-def test_the_doctor_examines_a_clip_teacher_through_its_zero_shot_logits(
-    digits_idx_dir, isolated_cache, tmp_path
-):
+def test_the_doctor_examines_a_clip_teacher_through_its_zero_shot_logits(digits_idx_dir, tmp_path):
     from distill.doctor import diagnose
 
     recipe = tiny(digits_idx_dir, tmp_path)
@@ -286,10 +292,9 @@ def test_the_doctor_examines_a_clip_teacher_through_its_zero_shot_logits(
     assert "logit scale" in section and "Capacity gap" in section
 
 
+@pytest.mark.e2e
 @needs_minilm
-def test_clip_students_compress_and_export_like_classifiers(
-    digits_idx_dir, isolated_cache, tmp_path
-):
+def test_clip_students_compress_and_export_like_classifiers(digits_idx_dir, tmp_path):
     """Channels removed (the projection to the text width kept), then int8 post-training
     quantization, each a report row; the last float stage exported and checked."""
     stages = "compress=[{kind: channels, ratio: 0.5, max_steps: 5}, {kind: quantize, epochs: 0}]"
@@ -298,7 +303,9 @@ def test_clip_students_compress_and_export_like_classifiers(
     models = summary["models"]
     channels, quantized = models["compress_1_channels"], models["compress_2_quantize"]
     assert channels["parameters"] < models["student"]["parameters"]
-    assert 0.0 <= channels["linear_probe"] <= 1.0 and 0.0 <= quantized["accuracy"] <= 1.0
+    # pruning half the channels keeps most of the student; int8 weights change it little
+    assert channels["accuracy"] > 0.7 * models["student"]["accuracy"]
+    assert abs(quantized["accuracy"] - channels["accuracy"]) < 0.02
     assert models["export_onnx"]["agreement"] >= 0.999
     # a rerun rebuilds the finished stages from the run directory
     again = run_recipe(recipe, progress=False, log=lambda line: None)
@@ -361,11 +368,10 @@ def own_caption_recipe(folder, tmp_path, dataset="image_folder", **captions):
     )  # fmt: skip
 
 
+@pytest.mark.e2e
 @needs_minilm
 @pytest.mark.parametrize("source", ["txt", "jsonl"])
-def test_images_with_their_own_captions_from_files_or_a_jsonl(
-    digits, isolated_cache, tmp_path, source
-):
+def test_images_with_their_own_captions_from_files_or_a_jsonl(digits, tmp_path, source):
     folder = captioned_folder(tmp_path / "digits", digits, captions_in=source)
     options = {"files": True} if source == "txt" else {"jsonl": str(folder / "captions.jsonl")}
     recipe = own_caption_recipe(folder, tmp_path, **options)
@@ -376,8 +382,10 @@ def test_images_with_their_own_captions_from_files_or_a_jsonl(
     own = data.test.choice[0]  # the caption of test image 0 is its own file's
     torch.testing.assert_close(meta["text"], data.caption_embeddings[own])
     summary = run_recipe(recipe, progress=False, log=lambda line: None)
-    for row in summary["models"].values():
-        assert 0.0 <= row["image_to_text_r1"] <= row["image_to_text_r5"] <= 1.0
+    models = summary["models"]
+    for row in models.values():
+        assert row["image_to_text_r1"] <= row["image_to_text_r5"]
+    assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
 
 
 @needs_minilm
@@ -433,8 +441,9 @@ def save_hub_digits(folder, digits):
     return folder
 
 
+@pytest.mark.e2e
 @needs_minilm
-def test_a_hugging_face_image_dataset_with_a_caption_column(digits, isolated_cache, tmp_path):
+def test_a_hugging_face_image_dataset_with_a_caption_column(digits, tmp_path):
     folder = save_hub_digits(tmp_path / "hub", digits)
     recipe = own_caption_recipe(folder, tmp_path, "hf_images", column="caption")
     data = prepare_data(recipe, log=lambda line: None)
@@ -444,7 +453,8 @@ def test_a_hugging_face_image_dataset_with_a_caption_column(digits, isolated_cac
     blank = data.teacher_train.own.count(-1)
     assert 0 < blank <= 9 and train_labels.count(-100) == blank
     summary = run_recipe(recipe, progress=False, log=lambda line: None)
-    assert 0.0 <= summary["models"]["student"]["image_to_text_r5"] <= 1.0
+    models = summary["models"]
+    assert models["student"]["image_to_text_r5"] >= models["baseline"]["image_to_text_r5"]
     bad = recipe.model_copy(deep=True)
     bad.data.columns = {"image": "picture"}
     with pytest.raises(DataError, match=r"no column \['picture'\] in the dataset \(it has image"):
@@ -464,6 +474,7 @@ def test_a_hugging_face_image_dataset_loads_for_any_task(digits, tmp_path):
         load_dataset("hf_images", folder, splits=("train", "validation"))
 
 
+@pytest.mark.e2e
 @needs_minilm
 def test_a_missing_clip_teacher_folder_is_one_line_from_the_command(digits_idx_dir, tmp_path):
     from typer.testing import CliRunner

@@ -142,6 +142,7 @@ def test_a_hidden_state_cache_gives_the_exact_full_vocabulary_kd(tmp_path):
         teachers.Cached(tmp_path).head_model()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "settings, per_token",
     [
@@ -151,15 +152,14 @@ def test_a_hidden_state_cache_gives_the_exact_full_vocabulary_kd(tmp_path):
     ids=["compact", "hidden_states"],
 )
 def test_llm_cached_kd_recipe_with_a_compact_or_hidden_state_cache(
-    settings, per_token, text_file, tokenizer_dir, tmp_path, monkeypatch
+    settings, per_token, text_file, tokenizer_dir, tmp_path
 ):
     """The shipped cached-KD recipe (tiny models) builds the cache in the format asked and
     trains its student against it."""
     from distill.recipes import load_recipe
     from distill.runs import run_recipe
-    from tests.test_lm_pipeline import ROOT, tiny_overrides
+    from tests.test_language_recipes import ROOT, tiny_overrides
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "store"))
     overrides = [
         *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
         "student.args.keep=2",
@@ -181,7 +181,7 @@ def test_llm_cached_kd_recipe_with_a_compact_or_hidden_state_cache(
 
 def test_hidden_state_cache_recipe_errors_name_the_field():
     from distill.recipes import RecipeError, load_recipe
-    from tests.test_lm_pipeline import ROOT
+    from tests.test_language_recipes import ROOT
 
     recipe = ROOT / "recipes" / "llm_cached_kd.yaml"
     with pytest.raises(RecipeError, match=r"cache\.top_k: a hidden-state cache keeps every logit"):

@@ -2,6 +2,7 @@
 (here with the ``aot_eager`` backend: the same graphs and autograd split, no C compiler),
 give the eager numbers, and a second epoch compiles nothing new."""
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader
@@ -17,6 +18,7 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+@pytest.mark.e2e
 def test_compiled_lm_head_chunks_match_eager_and_stop_compiling():
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(0)
@@ -45,6 +47,7 @@ def test_compiled_lm_head_chunks_match_eager_and_stop_compiling():
     assert graphs[2:] == [graphs[1]] * 3
 
 
+@pytest.mark.e2e
 def test_a_compiled_run_compiles_in_its_first_epoch_only(digits, tmp_path):
     torch._dynamo.reset()
     train = torch.utils.data.Subset(digits[0], range(300))  # batches of 64: the last has 44

@@ -137,6 +137,7 @@ def test_qat_student_converts_to_what_it_trained_as_and_reloads(scheme, tmp_path
         torch.testing.assert_close(reloaded(x), model(x))
 
 
+@pytest.mark.e2e
 def test_onnx_export_matches_pytorch_and_a_mismatch_is_an_error(tmp_path):
     from distill.compress.export import (
         ParityError,
@@ -181,7 +182,8 @@ def tiny_compress_recipe(stages: list[dict]) -> dict:
     }  # fmt: skip
 
 
-def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(tmp_path):
     import json
 
     from distill.recipes import RecipeError, validate_recipe
@@ -261,7 +263,8 @@ def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(isolated_cach
         validate_recipe({**raw, "compress": [{"kind": "channels"}]})
 
 
-def test_post_training_quantization_stage_and_export_from_the_recipe(isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_post_training_quantization_stage_and_export_from_the_recipe(tmp_path):
     from distill.recipes import validate_recipe
     from distill.runs import run_recipe
     from distill.runs.classify import Classification, prepare_data
@@ -288,7 +291,8 @@ def test_post_training_quantization_stage_and_export_from_the_recipe(isolated_ca
         load_stage(tmp_path / "ptq", 1)
 
 
-def test_an_int8_qat_student_exports_as_a_static_int8_qdq_graph(isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_an_int8_qat_student_exports_as_a_static_int8_qdq_graph(tmp_path):
     """The QAT-trained student reaches deployment: its int8 weights (dequantized, then
     re-quantized per channel by ONNX Runtime) and calibrated static int8 activations in
     QDQ form, run in ONNX Runtime and checked against the torchao-quantized student."""
@@ -313,9 +317,8 @@ def test_an_int8_qat_student_exports_as_a_static_int8_qdq_graph(isolated_cache, 
     assert "ONNX QDQ int8 (the QAT student)" in (tmp_path / "qat" / "report.md").read_text()
 
 
-def test_each_row_is_timed_on_its_own_model_at_the_end_of_the_run(
-    isolated_cache, tmp_path, monkeypatch
-):
+@pytest.mark.e2e
+def test_each_row_is_timed_on_its_own_model_at_the_end_of_the_run(tmp_path, monkeypatch):
     """The report's latencies are measured back to back at the end, each on the model of
     its row: the distilled student as it was, not as the compression stages left it."""
     from distill.measure import parameter_count

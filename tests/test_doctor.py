@@ -141,13 +141,11 @@ def test_teacher_cost_flags_a_teacher_that_dwarfs_the_student():
 ROOT = Path(__file__).parent.parent
 
 
-def test_doctor_on_a_broken_recipe_finds_its_problems_and_the_report_shows_them(
-    tmp_path, monkeypatch
-):
+@pytest.mark.e2e
+def test_doctor_on_a_broken_recipe_finds_its_problems_and_the_report_shows_them(tmp_path, plots):
     """The shipped broken recipe on a small budget: the 2-unit student and the 3-class
     transfer set are flagged, the command exits 1, and a later run's report carries the
     doctor's section."""
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     overrides = [
         "teacher.args={channels: [16, 32], hidden: 64}",
         "teacher.train.epochs=3",
@@ -177,15 +175,12 @@ def test_doctor_refuses_recipes_it_has_no_checks_for():
         diagnose(recipe)
 
 
-def test_the_temperature_sweep_trains_one_short_run_per_temperature(
-    tmp_path, monkeypatch, digits_idx_dir
-):
+def test_the_temperature_sweep_trains_one_short_run_per_temperature(tmp_path, digits_idx_dir):
     """A short KD run at each temperature, scored on validation; the recipe's other
     terms keep their settings."""
     from distill.doctor.run import temperature_sweep
     from distill.runs.run import task_for
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     recipe = load_recipe(
         ROOT / "recipes" / "fashion_mnist_kd.yaml",
         [f"data.path={digits_idx_dir}", "data.labeled=300", "teacher.train.max_steps=10",
@@ -196,5 +191,5 @@ def test_the_temperature_sweep_trains_one_short_run_per_temperature(
     teacher, _ = task.teacher(recipe, data, False, print)
     sweep = temperature_sweep(recipe, data, teacher, temperatures=(1.0, 4.0), steps=5)
     assert set(sweep["val_accuracy"]) == {"1.0", "4.0"}
-    assert all(0.0 <= a <= 1.0 for a in sweep["val_accuracy"].values())
-    assert sweep["best"] in (1.0, 4.0) and sweep["steps"] == 5
+    accuracy = sweep["val_accuracy"]
+    assert sweep["best"] == float(max(accuracy, key=accuracy.get)) and sweep["steps"] == 5

@@ -273,7 +273,6 @@ def test_teacher_cost_per_token_flags_a_long_run_with_a_big_teacher_and_not_a_sh
 def chat_recipe(tmp_path, *, stop_on_end: bool, seq_len: int, monkeypatch):
     """A tiny chat recipe: a seeded Llama teacher, a random student, 60 conversations whose
     answers take 1 to 14 words."""
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     tok = chat_tokenizer()
     if stop_on_end:
         tok.eos_token = "<|end|>"  # the template ends every turn with it
@@ -304,8 +303,9 @@ def chat_recipe(tmp_path, *, stop_on_end: bool, seq_len: int, monkeypatch):
     ]  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_doctor_on_a_chat_recipe_flags_cut_answers_and_missing_stops_and_the_report_shows_them(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, plots
 ):
     recipe_file = ROOT / "recipes" / "llm_seqkd.yaml"
     overrides = [
@@ -329,6 +329,7 @@ def test_doctor_on_a_chat_recipe_flags_cut_answers_and_missing_stops_and_the_rep
     assert "Chat template and stop tokens" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.e2e
 def test_doctor_passes_the_same_chat_recipe_once_rows_fit_and_answers_stop(tmp_path, monkeypatch):
     overrides = [
         *chat_recipe(tmp_path, stop_on_end=True, seq_len=32, monkeypatch=monkeypatch),
@@ -365,14 +366,14 @@ def test_a_doctor_that_cannot_reach_its_teacher_leaves_no_run_directory(
     assert not (tmp_path / "llm_served_teacher").exists()
 
 
+@pytest.mark.e2e
 def test_doctor_on_a_masked_lm_recipe_reads_the_masked_positions(
-    text_file, tokenizer_dir, tmp_path, monkeypatch
+    text_file, tokenizer_dir, tmp_path
 ):
     """DistilBERT's triple loss on tiny BERTs: the teacher is trained and stored, its
     distribution read at the masked positions, and one accumulated step equals one batch."""
-    from tests.test_lm_pipeline import tiny_overrides
+    from tests.test_language_recipes import tiny_overrides
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     recipe = load_recipe(
         ROOT / "recipes" / "distilbert.yaml",
         tiny_overrides("bert", text_file, tokenizer_dir, tmp_path),

@@ -19,6 +19,7 @@ def run(tmp_path, *overrides, recipe=RECIPE):
     return runner.invoke(cli.app, ["run", str(recipe), *sets, "--out", str(tmp_path / "run")])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -234,8 +234,8 @@ def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, tokenizer):
 # -- recipes ---------------------------------------------------------------------------------
 
 
-def test_generate_then_sequence_level_and_on_policy_recipes_run(tmp_path, tokenizer, monkeypatch):
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+@pytest.mark.e2e
+def test_generate_then_sequence_level_and_on_policy_recipes_run(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path / "tok")
     save_weights(tiny_llama(seed=5), tmp_path / "teacher.safetensors")
     prompts = tmp_path / "prompts.jsonl"

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 SUITE = ROOT / "benchmarks" / "gpu_suite.py"
 
 
+@pytest.mark.e2e
 def test_the_gpu_suite_runs_every_case_with_tiny_shapes(tmp_path):
     out = tmp_path / "gpu.md"
     done = subprocess.run(
@@ -31,6 +34,7 @@ def test_the_gpu_suite_runs_every_case_with_tiny_shapes(tmp_path):
         assert any(row.startswith(f"| {variant} | ") for row in rows)
 
 
+@pytest.mark.e2e
 def test_a_case_runs_in_a_child_process_and_answers_in_json():
     params = json.dumps({"n": 64, "dtype": "float32"})
     done = subprocess.run(

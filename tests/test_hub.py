@@ -21,7 +21,7 @@ from distill.runs import run_recipe
 from distill.runs.classify import Classification, prepare_data
 
 from .test_damaged_runs import damage
-from .test_lm_pipeline import tiny_token_kd_recipe
+from .test_language_recipes import tiny_token_kd_recipe
 
 ROOT = Path(__file__).parent.parent
 
@@ -31,6 +31,7 @@ def card_parts(text: str) -> tuple[dict, str]:
     return yaml.safe_load(front), body
 
 
+@pytest.mark.e2e
 def test_push_to_a_folder_gives_the_student_and_its_model_card(classifier_run, tmp_path):
     run_dir, recipe, summary = classifier_run
     target = tmp_path / "repo"
@@ -55,6 +56,7 @@ def test_push_to_a_folder_gives_the_student_and_its_model_card(classifier_run, t
     assert "name: fashion_mnist_kd" in body  # the recipe
 
 
+@pytest.mark.e2e
 def test_push_to_the_hub_creates_the_repository_and_uploads_the_folder(classifier_run, monkeypatch):
     run_dir, _, _ = classifier_run
     calls = []
@@ -117,6 +119,7 @@ def one_line_error(result) -> str:
     return " ".join(result.output.split())
 
 
+@pytest.mark.e2e
 def test_push_without_a_network_is_one_line_and_keeps_the_folder(classifier_run, monkeypatch):
     run_dir, _, _ = classifier_run
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
@@ -127,6 +130,7 @@ def test_push_without_a_network_is_one_line_and_keeps_the_folder(classifier_run,
     assert (run_dir / "student" / "README.md").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("token", "status", "said"),
     [
@@ -149,6 +153,7 @@ def test_push_with_a_missing_or_refused_token_is_one_line(
     assert said in line
 
 
+@pytest.mark.e2e
 def test_a_dry_run_writes_the_folder_and_card_and_sends_nothing(classifier_run, monkeypatch):
     run_dir, _, _ = classifier_run
 
@@ -165,12 +170,10 @@ def test_a_dry_run_writes_the_folder_and_card_and_sends_nothing(classifier_run, 
         assert name in result.output and (run_dir / "student" / name).exists()
 
 
-def test_a_language_model_run_pushes_its_hugging_face_folder(
-    text_file, tokenizer_dir, tmp_path, monkeypatch
-):
+@pytest.mark.e2e
+def test_a_language_model_run_pushes_its_hugging_face_folder(text_file, tokenizer_dir, tmp_path):
     import transformers
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     recipe = tiny_token_kd_recipe(
         text_file, tokenizer_dir, tmp_path, "baseline=false", "output.license=mit"
     )

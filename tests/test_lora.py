@@ -24,7 +24,7 @@ from distill.recipes import RecipeError, load_recipe
 from distill.runs import run_recipe
 from distill.training import checkpoint as ckpt
 
-from .test_lm_pipeline import tiny_token_kd_recipe
+from .test_language_recipes import tiny_token_kd_recipe
 from .text_models import tiny_llama
 
 ROOT = Path(__file__).parent.parent
@@ -92,12 +92,12 @@ def test_a_target_module_that_does_not_exist_names_the_closest():
         add_adapters(tiny_llama(), r=2, alpha=4, dropout=0.0, target_modules=["qproj"])
 
 
+@pytest.mark.e2e
 def test_a_lora_student_recipe_trains_only_its_adapters_and_saves_it_merged(
-    text_file, tokenizer_dir, tmp_path, monkeypatch
+    text_file, tokenizer_dir, tmp_path
 ):
     import transformers
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     recipe = tiny_token_kd_recipe(
         text_file, tokenizer_dir, tmp_path,
         "student.peft={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}",
@@ -152,8 +152,8 @@ def digits_lora_recipe(digits_idx_dir, tmp_path, targets):
     )  # fmt: skip
 
 
-def test_a_lora_classifier_keeps_its_other_layers_frozen(digits_idx_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+@pytest.mark.e2e
+def test_a_lora_classifier_keeps_its_other_layers_frozen(digits_idx_dir, tmp_path):
     run_recipe(digits_lora_recipe(digits_idx_dir, tmp_path, "[fc]"), progress=False,
                log=lambda m: None)  # fmt: skip
     run_dir = tmp_path / "fashion_mnist_kd"
@@ -167,14 +167,12 @@ def test_a_lora_classifier_keeps_its_other_layers_frozen(digits_idx_dir, tmp_pat
     assert not torch.allclose(student["fc.weight"], baseline["fc.weight"])
 
 
-def test_the_doctor_probes_a_lora_student_through_its_adapters(
-    digits_idx_dir, tmp_path, monkeypatch
-):
+@pytest.mark.e2e
+def test_the_doctor_probes_a_lora_student_through_its_adapters(digits_idx_dir, tmp_path):
     """The capacity probe trains what the run will train: the adapters, not the frozen
     weights (the student is built with student.peft's adapters)."""
     from distill.doctor import diagnose
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     recipe = digits_lora_recipe(digits_idx_dir, tmp_path, "[fc]")
     result = diagnose(recipe, tmp_path / "doctor", sample=200, probe_steps=5, progress=False,
                       log=lambda m: None)  # fmt: skip
@@ -184,8 +182,7 @@ def test_the_doctor_probes_a_lora_student_through_its_adapters(
     assert "148 of them trained, LoRA" in gap["summary"]
 
 
-def test_a_missing_target_module_fails_before_any_training(digits_idx_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+def test_a_missing_target_module_fails_before_any_training(digits_idx_dir, tmp_path):
     recipe = digits_lora_recipe(digits_idx_dir, tmp_path, "[fc2]")
     with pytest.raises(RecipeError, match=r"no module named 'fc2'.*closest names: fc"):
         run_recipe(recipe, progress=False, log=lambda m: None)

@@ -216,7 +216,8 @@ def run_shipped(name, overrides, tmp_path):
     return run_recipe(recipe, out_dir=tmp_path / name, progress=False, log=lambda m: None)
 
 
-def test_teacher_assistant_chain_runs_end_to_end(isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_teacher_assistant_chain_runs_end_to_end(tmp_path):
     summary = run_shipped("mnist1d_takd", TINY_RUN + TINY_TEACHER, tmp_path)
     assert list(summary["models"]) == ["teacher", "baseline", "assistant", "student"]
     assert (tmp_path / "mnist1d_takd" / "assistant" / "student.safetensors").exists()
@@ -226,7 +227,8 @@ def test_teacher_assistant_chain_runs_end_to_end(isolated_cache, tmp_path):
     assert "| assistant |" in report
 
 
-def test_born_again_generations_each_teach_the_next(isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_born_again_generations_each_teach_the_next(tmp_path):
     summary = run_shipped(
         "mnist1d_born_again", [*TINY_RUN, *TINY_TEACHER, "generations=3"], tmp_path
     )
@@ -237,7 +239,8 @@ def test_born_again_generations_each_teach_the_next(isolated_cache, tmp_path):
     assert (tmp_path / "mnist1d_born_again" / "generation_2" / "student.safetensors").exists()
 
 
-def test_mutual_learning_recipe_saves_and_reports_every_peer(isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_mutual_learning_recipe_saves_and_reports_every_peer(tmp_path):
     summary = run_shipped("mnist1d_mutual", [*TINY_RUN, "peers=3"], tmp_path)
     models = summary["models"]
     assert {"student", "peer_1", "peer_2", "baseline"} <= set(models) and "teacher" not in models
@@ -265,6 +268,7 @@ def test_ensemble_model_equals_the_ensemble_teacher():
             torch.testing.assert_close(model(x), expected)
 
 
+@pytest.mark.e2e
 def test_ensemble_recipe_trains_and_caches_each_member(isolated_cache, tmp_path):
     from distill.recipes import RecipeError, load_recipe, validate_recipe
 
@@ -285,7 +289,8 @@ def test_ensemble_recipe_trains_and_caches_each_member(isolated_cache, tmp_path)
         validate_recipe({**recipe.model_dump(mode="json"), "teacher": {"model": "ensemble"}})
 
 
-def test_mean_teacher_recipe_reports_its_ema_teacher(isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_mean_teacher_recipe_reports_its_ema_teacher(tmp_path):
     summary = run_shipped("mnist1d_mean_teacher", TINY_RUN, tmp_path)
     assert "teacher" not in summary["models"] and "ema_teacher" in summary["models"]
     assert 0 < summary["models"]["ema_teacher"]["accuracy"] <= 1
@@ -366,7 +371,8 @@ def test_domains_follow_examples_through_splits_and_hidden_labels():
     assert len(ones) == 10 and all(data[i][1] == 1 for i in ones.indices)
 
 
-def test_routed_recipe_trains_each_member_on_its_domain_only(isolated_cache, tmp_path):
+@pytest.mark.e2e
+def test_routed_recipe_trains_each_member_on_its_domain_only(tmp_path):
     from distill.recipes import RecipeError, load_recipe, validate_recipe
     from distill.runs import run_recipe
 

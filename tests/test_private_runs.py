@@ -50,12 +50,14 @@ def fashion(digits_as_fashion, isolated_cache):
     return isolated_cache
 
 
+@pytest.mark.e2e
 def test_a_data_free_run_distils_on_synthetic_inputs_only_and_reuses_them(fashion, tmp_path):
     recipe = load_recipe(RECIPES / "fashion_mnist_data_free.yaml", DATA_FREE)
     lines = []
     summary = run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lines.append)
     assert set(summary["models"]) == {"teacher", "baseline", "student"}
-    assert 0 <= summary["models"]["student"]["accuracy"] <= 1
+    models = summary["models"]  # on synthetic inputs alone, the student heads for its teacher
+    assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
     assert "sees no training images, only 64 inputs synthesised" in summary["regime"]
     (data_line,) = [line for line in lines if line.startswith("data: ")]  # the console's
     assert "sees no training images" in data_line and "transfer set" not in data_line
@@ -91,6 +93,7 @@ def test_data_free_refuses_label_terms_and_a_cache():
         load_recipe(RECIPES / "fashion_mnist_data_free.yaml", ["cache={}"])
 
 
+@pytest.mark.e2e
 def test_a_pate_run_trains_partition_teachers_answers_noisily_and_reports_epsilon(
     fashion, tmp_path
 ):
@@ -105,7 +108,8 @@ def test_a_pate_run_trains_partition_teachers_answers_noisily_and_reports_epsilo
         pate_epsilon(privacy["answered"], 2.0, 1e-5, queries=120, sigma_threshold=2.0)[0]
     )
     assert privacy["epsilon"] > pate_epsilon(privacy["answered"], 2.0, 1e-5)[0]
-    assert 0 <= privacy["answer_accuracy"] <= 1
+    # the noisy answers are right far more often than chance (10 classes)
+    assert privacy["answer_accuracy"] > 0.3
     report = (tmp_path / "run" / "report.md").read_text()
     assert f"Privacy: ({privacy['epsilon']:.2f}, 1e-05)-DP" in report
     assert "partitioned among 10 teachers" in report and "Not protected: the public" in report
@@ -171,6 +175,7 @@ def test_bad_pate_settings_are_one_line_errors_naming_the_field(change, field):
     assert len(str(error.value).strip().splitlines()) <= 2  # the file, then the field
 
 
+@pytest.mark.e2e
 def test_doctor_checks_the_shift_between_synthetic_and_test_inputs(fashion, tmp_path):
     recipe = load_recipe(RECIPES / "fashion_mnist_data_free.yaml", DATA_FREE)
     result = diagnose(

@@ -34,7 +34,7 @@ GOOD = {
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path):
     recipe = load_recipe(path)
-    if recipe.task == "classification":  # LM objectives need the models: test_lm_pipeline
+    if recipe.task == "classification":  # LM objectives need the models: test_language_recipes
         build_objective(recipe.objective, steps_per_epoch=10)  # terms and options are valid
 
 

@@ -96,3 +96,14 @@ def test_the_diffusion_report_has_the_stylesheet_and_grids_a_person_can_see(tmp_
     page = (tmp_path / "report.html").read_text()
     assert f"<style>{STYLE}</style>" in page
     assert 'class="pixels"' in page  # shown at the page's width, not blurred
+
+
+@pytest.mark.e2e
+def test_without_plots_a_report_has_its_tables_and_says_why_it_has_no_pictures(classifier_run):
+    """The suite's runs write no plots ($DISTILL_PLOTS=0, tests/conftest.py)."""
+    run_dir, _, summary = classifier_run
+    assert not (run_dir / "plots").exists()
+    report = (run_dir / "report.md").read_text()
+    assert "No plots: $DISTILL_PLOTS is 0." in report and "![" not in report
+    assert f"{100 * summary['models']['student']['accuracy']:.2f}" in report
+    assert "<img" not in (run_dir / "report.html").read_text()

@@ -2,6 +2,7 @@
 stopped and ends with the weights of an uninterrupted run, bit for bit; a run directory is
 locked and tied to its recipe; damaged stores are verified, not trusted."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -32,14 +33,24 @@ TINY = [
 
 
 def distill_run(run_dir, cache, *extra, kill=None, quiet=True):
-    """`distill run` in a subprocess; ``kill=(where, n)`` SIGKILLs it at checkpoint n."""
-    env = {**os.environ, "DISTILL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    """`distill run` with the teacher store ``cache``: in this process (typer's runner),
+    or, with ``kill=(where, n)``, in a subprocess that is SIGKILLed at checkpoint n (the
+    process boundary is the point there). Returns (exit code, what went to stderr)."""
     args = ["run", str(RECIPE), *[f"--set={o}" for o in TINY], "--out", str(run_dir)]
     args += ["-q"] if quiet else []
-    command = [sys.executable, "-m", "distill", *args, *extra]
-    if kill is not None:
-        command = [sys.executable, str(ROOT / "tests" / "kill_run.py"), *map(str, kill), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if kill is None:
+        result = CliRunner().invoke(cli.app, [*args, *extra], env={"DISTILL_CACHE": str(cache)})
+        return Done(result.exit_code, result.stderr)
+    env = {**os.environ, "DISTILL_CACHE": str(cache)}
+    command = [sys.executable, str(ROOT / "tests" / "kill_run.py"), *map(str, kill), *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return Done(done.returncode, done.stderr)
+
+
+@dataclasses.dataclass
+class Done:
+    returncode: int
+    stderr: str
 
 
 def weights(path):
@@ -58,6 +69,7 @@ def uninterrupted(tmp_path_factory):
     return root
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "kill",
     [("written", 2), ("written", 7), ("renaming", 10)],
@@ -88,6 +100,7 @@ def test_a_killed_run_rerun_ends_bit_identical(kill, uninterrupted, tmp_path):
         assert summary["models"][row]["accuracy"] == straight["models"][row]["accuracy"]
 
 
+@pytest.mark.e2e
 def test_a_finished_run_rerun_reuses_every_student(uninterrupted, tmp_path):
     import shutil
 
@@ -98,6 +111,7 @@ def test_a_finished_run_rerun_reuses_every_student(uninterrupted, tmp_path):
     assert rerun.stderr.count("finished by an earlier run, reused") == 2  # baseline, student
 
 
+@pytest.mark.e2e
 def test_a_run_directory_holds_one_recipe_and_restart_starts_over(uninterrupted, tmp_path):
     import shutil
 
@@ -115,7 +129,8 @@ def test_a_run_directory_holds_one_recipe_and_restart_starts_over(uninterrupted,
     )
 
 
-def test_a_run_directory_in_use_is_refused_at_once(tmp_path, monkeypatch):
+@pytest.mark.e2e
+def test_a_run_directory_in_use_is_refused_at_once(tmp_path):
     """The second of two concurrent runs into one directory stops with one line."""
     from filelock import FileLock
 
@@ -129,6 +144,7 @@ def test_a_run_directory_in_use_is_refused_at_once(tmp_path, monkeypatch):
     assert "is in use by another distill run" in result.output
 
 
+@pytest.mark.e2e
 def test_a_second_run_waits_for_the_teacher_another_run_is_training(tmp_path, monkeypatch):
     """Two runs needing the same teacher: the second waits for the first's lock, then
     reuses the teacher it stored instead of training it alongside."""
@@ -157,6 +173,7 @@ def test_a_second_run_waits_for_the_teacher_another_run_is_training(tmp_path, mo
     assert not worker.is_alive() and isinstance(notes[-1], dict)
 
 
+@pytest.mark.e2e
 def test_a_damaged_teacher_store_entry_is_trained_again_saying_so(uninterrupted, tmp_path):
     import shutil
 
@@ -179,6 +196,7 @@ def test_a_damaged_teacher_store_entry_is_trained_again_saying_so(uninterrupted,
     )
 
 
+@pytest.mark.e2e
 def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
     result = distill_run(tmp_path / "run", tmp_path / "cache", "--set", "train.lr=1e30")
     assert result.returncode == 2
@@ -186,25 +204,29 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
     assert "train.lr" in result.stderr
 
 
+@pytest.mark.e2e
 def test_distill_cache_verifies_a_complete_cache_and_rebuilds_a_damaged_shard(tmp_path):
-    env = {**os.environ, "DISTILL_CACHE": str(tmp_path / "weights")}
     args = [*[f"--set={o}" for o in TINY], "--set=cache={}", f"--set=output.dir={tmp_path}"]
-    command = [sys.executable, "-m", "distill", "cache", str(RECIPE), *args]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
+
+    def build():
+        env = {"DISTILL_CACHE": str(tmp_path / "weights")}
+        return CliRunner().invoke(cli.app, ["cache", str(RECIPE), *args], env=env)
+
+    first = build()
+    assert first.exit_code == 0, first.output[-2000:]
     folder = tmp_path / "mnist1d_kd" / "teacher_outputs"
     shard = sorted(folder.glob("shard-00001.logits.npy"))[0]
     raw = bytearray(shard.read_bytes())
     raw[-5] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
+    again = build()
+    assert again.exit_code == 0, again.output[-2000:]
     assert "shard(s) [1] differ from their checksums; rebuilding" in again.stderr
     assert "complete, reused" not in again.stderr and "wrote 1 shard(s)" in again.stderr
-    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert "complete, reused" in third.stderr
+    assert "complete, reused" in build().stderr
 
 
+@pytest.mark.e2e
 def test_every_model_of_a_report_is_timed_back_to_back_with_its_spread(uninterrupted):
     summary = json.loads((uninterrupted / "run" / "summary.json").read_text())
     for row in ("teacher", "baseline", "student"):

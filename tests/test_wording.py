@@ -4,6 +4,7 @@ the search's results, each worded for the case at hand."""
 from __future__ import annotations
 
 from distill.recipes import ModelSpec
+from distill.runs.classify import gap_closed
 from distill.runs.report import verdict
 from distill.runs.report_tables import span
 from distill.runs.run import student_name
@@ -44,3 +45,14 @@ def test_search_results_show_accuracy_in_percent_and_a_spread_only_over_several_
     assert final_value(one, "loss") == "0.4500"
     three = {**one, "accuracy_std": 0.0041, "seeds": [0, 1, 2]}
     assert final_value(three, "accuracy") == "83.82 ± 0.41%"
+
+
+def test_gap_closed_is_the_share_of_the_teacher_gap_that_distillation_closes():
+    models = {
+        "teacher": {"accuracy": 0.9},
+        "baseline": {"accuracy": 0.8},
+        "student": {"accuracy": 0.85},
+    }
+    assert abs(gap_closed(models) - 0.5) < 1e-12
+    assert gap_closed({**models, "teacher": {"accuracy": 0.7}}) is None
+    assert gap_closed({"student": {"accuracy": 0.8}}) is None

@@ -43,6 +43,7 @@ from distill.objective import Objective
 from distill.recipes import Recipe, build_objective
 from distill.runs.common import Budget, Lesson, Splits, loader, steps_per_epoch
 from distill.runs.report import write_report
+from distill.runs.report_page import plots_wanted
 from distill.runs.run import task_for, train_student
 from distill.training import Distiller
 
@@ -117,9 +118,11 @@ def diagnose(
             recipe, sweep=sweep, sample=sample, probe_steps=probe_steps, progress=progress, log=log
         )
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed check leaves no folder
-    plots = plot_language(findings, out_dir) if language else plot_findings(findings, out_dir)
-    if sweep_result is not None:
-        plots["sweep"] = plot_sweep(sweep_result, out_dir)
+    plots = {}
+    if plots_wanted():
+        plots = plot_language(findings, out_dir) if language else plot_findings(findings, out_dir)
+        if sweep_result is not None:
+            plots["sweep"] = plot_sweep(sweep_result, out_dir)
     result = {
         "recipe": recipe.name,
         "out_dir": str(out_dir),

@@ -91,10 +91,10 @@ def fid_figure(summary: dict[str, Any]) -> Figure:
 
 def write_diffusion_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     """report.md and report.html of a diffusion run, the FID plot and its sample grids."""
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    fid_plot = plots / "fid_vs_steps.png"
-    plot_fid(summary, fid_plot)
+    fid_plot = run_dir / "plots" / "fid_vs_steps.png"
+    if report_page.plots_wanted():
+        fid_plot.parent.mkdir(exist_ok=True)
+        plot_fid(summary, fid_plot)
     grids = sorted(run_dir.glob(f"*/{GRID}")) + sorted(run_dir.glob(GRID))
     header, rows = table(summary)
     intro = (
@@ -108,15 +108,17 @@ def write_diffusion_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, 
     md = [f"# distill run: {summary['name']}", "", intro, ""]
     md += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
-    md += ["", f"![FID against steps](plots/{fid_plot.name})", ""]
+    drawn = fid_plot.exists() and report_page.plots_wanted()
+    md += ["", f"![FID against steps](plots/{fid_plot.name})", ""] if drawn else [""]
     md += [f"![samples: {g.parent.name}]({g.relative_to(run_dir)})" for g in grids]
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
 
-    figures = report_page.figure(fid_plot, "FID against steps") + "".join(
+    figures = (report_page.figure(fid_plot, "FID against steps") if drawn else "") + "".join(
         report_page.figure(g, f"samples: {g.parent.name if g.parent != run_dir else 'student'}",
                            pixels=True)
         for g in grids
     )  # fmt: skip
     body = f"<p>{html.escape(intro)}</p>" + report_page.table(header, rows) + figures
     (run_dir / "report.html").write_text(report_page.page(f"distill run: {summary['name']}", body))
-    return {"md": run_dir / "report.md", "html": run_dir / "report.html", "fid": fid_plot}
+    paths = {"md": run_dir / "report.md", "html": run_dir / "report.html"}
+    return paths | ({"fid": fid_plot} if drawn else {})

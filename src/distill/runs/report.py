@@ -242,7 +242,6 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     if summary.get("task") == "diffusion":  # samplers, not classifiers
         return diffusion_report.write_diffusion_report(run_dir, summary)
     plots = run_dir / PLOTS
-    plots.mkdir(exist_ok=True)
     figures = {
         "training_curves": (
             plots / "training_curves.png",
@@ -255,8 +254,12 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
             + " against parameter count",
         ),
     }
-    plot_training_curves(run_dir, figures["training_curves"][0], is_language_model(summary))
-    plot_accuracy_vs_parameters(summary, figures["accuracy_vs_parameters"][0])
+    if report_page.plots_wanted():
+        plots.mkdir(exist_ok=True)
+        plot_training_curves(run_dir, figures["training_curves"][0], is_language_model(summary))
+        plot_accuracy_vs_parameters(summary, figures["accuracy_vs_parameters"][0])
+    else:
+        figures = {}
 
     title = f"distill run: {summary['name']}"
     intro = [
@@ -271,6 +274,7 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
         else "",
         verdict(summary),
         summary.get("data_note") or "",  # e.g. PATE's (ε, δ) and what it covers
+        "" if figures else f"No plots: ${report_page.PLOTS_SETTING} is 0.",
     ]
     rows, columns, note = table_rows(summary), header(summary), footnote(summary)
     md = [f"# {title}", "", *[p for p in intro if p], "", markdown_table(columns, rows), ""]

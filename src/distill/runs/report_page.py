@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
+
+PLOTS_SETTING = "DISTILL_PLOTS"  # "0": reports without their plots (sweeps, test suites)
+
+
+def plots_wanted() -> bool:
+    """Whether reports draw their plots: yes, unless ``$DISTILL_PLOTS`` is ``0`` (a
+    report's tables and numbers do not change; drawing is about 0.3 s a report)."""
+    return os.environ.get(PLOTS_SETTING, "1") != "0"
+
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from distill.errors import RecipeError
+from distill.runs.report_page import plots_wanted
 from distill.runs.search_space import MEASURES, amount, describe
 from distill.training.state import is_better, lower_is_better
 
@@ -155,7 +156,9 @@ def markdown(summary: dict[str, Any]) -> str:
             + " | ".join(final_value(result, m) for m in shown)
             + f" | {len(result['seeds'])} |"
         )
-    lines += ["", f"![Pareto front]({PLOT_FILE})", "", "## Pareto front (trained trials)", ""]
+    if plots_wanted():
+        lines += ["", f"![Pareto front]({PLOT_FILE})"]
+    lines += ["", "## Pareto front (trained trials)", ""]
     lines += _trial_table(
         [next(r for r in rows if r["number"] == n) for n in summary["pareto"]], metric
     )
@@ -183,7 +186,7 @@ def _trial_table(rows: list[dict[str, Any]], metric: str) -> list[str]:
 
 
 def write_search_report(run_dir: Path, summary: dict[str, Any]) -> Path:
-    if summary["pareto"]:
+    if summary["pareto"] and plots_wanted():
         plot_pareto(summary, run_dir / PLOT_FILE)
     path = run_dir / REPORT_FILE
     path.write_text(markdown(summary))

@@ -55,8 +55,8 @@ def tiny_token_kd_recipe(text_file, tokenizer_dir, tmp_path, *extra):
     return load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", [*overrides, *extra])
 
 
-def test_llm_token_kd_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+@pytest.mark.e2e
+def test_llm_token_kd_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp_path):
     recipe = tiny_token_kd_recipe(text_file, tokenizer_dir, tmp_path)
     summary = run_recipe(recipe, progress=False, log=lambda m: None)
     models = summary["models"]
@@ -67,7 +67,7 @@ def test_llm_token_kd_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp
     # token KD brings the student closer to its teacher than labels alone do (top-1
     # agreement can saturate with a teacher this small, so the KL is what is compared)
     assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
-    assert all(0 <= m["teacher_agreement"] <= 1 for k, m in models.items() if k != "teacher")
+    assert models["student"]["teacher_agreement"] > 0.5  # the tiny teacher's top tokens
     run_dir = tmp_path / "llm_token_kd"
     report = (run_dir / "report.md").read_text()
     assert "test perplexity" in report and "agreement with teacher" in report
@@ -96,8 +96,8 @@ def test_llm_token_kd_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp
     assert any("reused from the cache" in m for m in messages)
 
 
-def test_distilbert_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+@pytest.mark.e2e
+def test_distilbert_recipe_runs_with_tiny_models(text_file, tokenizer_dir, tmp_path):
     recipe = load_recipe(
         ROOT / "recipes" / "distilbert.yaml",
         tiny_overrides("bert", text_file, tokenizer_dir, tmp_path),
@@ -189,6 +189,7 @@ def test_language_model_recipe_errors_name_the_field():
         build_term("kd", TermSpec(loss="lm_head_kd"), 10)
 
 
+@pytest.mark.e2e
 def test_lm_recipe_with_missing_text_or_bad_student_args(tmp_path, tokenizer_dir):
     recipe = validate_recipe(
         base_lm_recipe(
@@ -201,12 +202,12 @@ def test_lm_recipe_with_missing_text_or_bad_student_args(tmp_path, tokenizer_dir
         run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lambda m: None)
 
 
+@pytest.mark.e2e
 def test_cached_kd_recipe_builds_resumes_and_trains_from_the_cache(
-    text_file, tokenizer_dir, tmp_path, monkeypatch
+    text_file, tokenizer_dir, tmp_path
 ):
     """`distill cache` by two workers, then `distill run` trains against the cache; a
     cache read with another sequence length is refused with what differs."""
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     overrides = [
         *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
         "student.args.keep=2",
@@ -243,15 +244,15 @@ def test_cached_kd_recipe_builds_resumes_and_trains_from_the_cache(
     assert same.exit_code == 2 and "data.seq_len: 32 -> 24" in same.output
 
 
+@pytest.mark.e2e
 def test_a_recipe_with_train_compile_compiles_its_models_and_lm_head_chunks(
-    text_file, tokenizer_dir, tmp_path, monkeypatch
+    text_file, tokenizer_dir, tmp_path
 ):
     from distill.losses import tokens
     from distill.runs import run_recipe
 
     from .test_compile import compiled_graphs
 
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
     torch._dynamo.reset()
     tokens._compiled.cache_clear()
     recipe = tiny_token_kd_recipe(
