@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).parent.parent
 SMOLLM2 = "hf:smollm2-135m-instruct"
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def pytest_collection_modifyitems(items):
@@ -187,38 +185,10 @@ def text_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory, text_file) -> Path:
-    """A 400-token WordPiece tokenizer with BERT's special tokens, built from the text:
-    every character (alone and as a continuation ``##c``), then the most frequent words.
-    Built rather than trained: the tokenizers trainer breaks ties between equally frequent
-    merges differently in each process, so each test process had another vocabulary (and
-    the tiny-model tests other numbers)."""
-    import transformers
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    """A 400-token WordPiece tokenizer built from the text (``text_models.wordpiece``)."""
+    from .text_models import wordpiece
 
-    normalizer = normalizers.BertNormalizer(lowercase=True)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    text = normalizer.normalize_str(text_file.read_text())
-    counts = Counter(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
-    characters = sorted({c for word in counts for c in word})
-    vocab = [*SPECIALS, *characters, *(f"##{c}" for c in characters)]
-    by_frequency = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    vocab += [word for word, _ in by_frequency if word not in vocab][: 400 - len(vocab)]
-    ids = {token: i for i, token in enumerate(vocab)}
-    core = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
-    core.normalizer = normalizer
-    core.pre_tokenizer = pre_tokenizer
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        eos_token="[SEP]",
-    )
-    folder = tmp_path_factory.mktemp("tokenizer")
-    tokenizer.save_pretrained(folder)
-    return folder
+    return wordpiece(text_file, tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(autouse=True, scope="session")

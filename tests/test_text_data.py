@@ -73,3 +73,27 @@ def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
     rows = [{"text": "one\u2028line"}, {"text": "two\x85lines"}]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
     assert read_documents(path) == rows
+
+
+@pytest.mark.e2e
+def test_the_tests_wordpiece_tokenizer_is_the_same_in_every_process(text_file, tokenizer_dir):
+    """The tiny-model tests (and the workers of ``pytest -n 2``) must see one vocabulary:
+    the one another process builds from the same text is this one, byte for byte."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    for k in range(2):
+        folder = tokenizer_dir.parent / f"again-{k}"
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[3]); from tests.text_models import "
+            "wordpiece; wordpiece(sys.argv[1], sys.argv[2])"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(text_file), str(folder), str(root)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+        assert vocab == json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]

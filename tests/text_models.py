@@ -1,5 +1,8 @@
-"""Tiny language-model parts for tests: a word-level tokenizer with a chat template, and
-a Llama built from a config."""
+"""Tiny language-model parts for tests: a word-level tokenizer with a chat template, a
+WordPiece tokenizer built from a text, and a Llama built from a config."""
+
+from collections import Counter
+from pathlib import Path
 
 import torch
 import transformers
@@ -58,3 +61,35 @@ def tiny_llama(seed: int = 0, vocab: int = VOCAB, **config: object):
         max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**fields, **config}))
+
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def wordpiece(text_file: Path, folder: Path, size: int = 400) -> Path:
+    """A ``size``-token WordPiece tokenizer with BERT's special tokens, built from the text
+    and saved in ``folder``: every character (alone and as a continuation ``##c``), then
+    the most frequent words. Built rather than trained: the tokenizers trainer breaks ties
+    between equally frequent merges differently in each process, so each test process had
+    another vocabulary (and the tiny-model tests other numbers)."""
+    from tokenizers import normalizers
+    from tokenizers import pre_tokenizers as pre
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre.BertPreTokenizer()
+    text = normalizer.normalize_str(Path(text_file).read_text())
+    counts = Counter(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    characters = sorted({c for word in counts for c in word})
+    vocab = [*BERT_SPECIALS, *characters, *(f"##{c}" for c in characters)]
+    by_frequency = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    vocab += [word for word, _ in by_frequency if word not in vocab][: size - len(vocab)]
+    ids = {token: i for i, token in enumerate(vocab)}
+    core = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+    core.normalizer = normalizer
+    core.pre_tokenizer = pre_tokenizer
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", eos_token="[SEP]",
+    )  # fmt: skip
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
