@@ -25,17 +25,25 @@ TINY = {
 }
 
 
-def tiny_overrides(kind, text_file, tokenizer_dir, tmp_path):
+def tiny_text(text_file, tokenizer_dir):
+    """The overrides that make a language recipe read the tests' text in blocks of 32 of
+    the tiny WordPiece tokenizer's tokens."""
     return [
-        f"teacher.model=hf-config:{kind}",
-        f"teacher.args={TINY[kind]}",
-        "teacher.train={max_steps: 30, lr: 0.003, select_metric: loss}",
         f"data.source={text_file}",
         f"data.tokenizer=hf:{tokenizer_dir}",
         "data.seq_len=32",
         "data.batch_size=8",
         "data.val_blocks=8",
         "data.test_blocks=8",
+    ]
+
+
+def tiny_overrides(kind, text_file, tokenizer_dir, tmp_path):
+    return [
+        f"teacher.model=hf-config:{kind}",
+        f"teacher.args={TINY[kind]}",
+        "teacher.train={max_steps: 30, lr: 0.003, select_metric: loss}",
+        *tiny_text(text_file, tokenizer_dir),
         "train.max_steps=20",
         "train.lr=0.003",
         "train.warmup_steps=0",

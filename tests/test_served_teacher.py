@@ -225,18 +225,13 @@ def test_a_killed_server_loses_nothing_from_the_cache(served_dir, rows, tmp_path
 
 
 def served_overrides(server, text_file, tokenizer_dir, tmp_path):
-    from tests.test_language_recipes import TINY
+    from tests.test_language_recipes import TINY, tiny_text
 
     return [
         f"teacher.model=served:{server.url}",
         "teacher.args={model: tiny-teacher, retries: 1}",
         f"student.args={TINY['llama']}",
-        f"data.source={text_file}",
-        f"data.tokenizer=hf:{tokenizer_dir}",
-        "data.seq_len=32",
-        "data.batch_size=8",
-        "data.val_blocks=8",
-        "data.test_blocks=8",
+        *tiny_text(text_file, tokenizer_dir),
         "data.max_train_blocks=40",
         "cache.top_k=8",
         "cache.shard_size=20",
