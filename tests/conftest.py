@@ -1,5 +1,8 @@
-"""Shared fixtures: the real scikit-learn digits data (1,797 8×8 images, 10 classes), and
-CPython's help topics as text with a WordPiece tokenizer built from them.
+"""Shared fixtures: the real scikit-learn digits data (1,797 8×8 images, 10 classes),
+CPython's help topics as text with a WordPiece tokenizer built from them, a finished
+classifier run, the real SmolLM2 loaded once per process, and one teacher store for the
+whole suite (tests of the store get their own). Reports are written without plots
+unless a test asks for them (``plots``).
 
 Each test process computes with one thread (and so do the processes tests start): the
 suite runs as two pytest workers on two cores (``pytest -n 2``), where more threads only
