@@ -39,10 +39,11 @@ from distill.losses import cross_entropy
 from distill.objective import Objective, Term
 from distill.recipes import build_objective, validate_recipe
 from distill.runs import run_recipe
-from distill.runs.classify import Classification, get_teacher, prepare_data
-from distill.runs.common import Budget, Lesson, steps_per_epoch
-from distill.runs.run import train_student
+from distill.runs.driver import train_student
+from distill.runs.fitting import Budget, steps_per_epoch
 from distill.runs.store import teacher_cache_dir
+from distill.runs.task import Lesson
+from distill.runs.tasks.classify.task import Classification
 
 ROOT = Path(__file__).parent
 TEACHER = {
@@ -175,7 +176,9 @@ def trained_teachers(epochs: int) -> dict[str, dict]:
         if domain is not None:
             raw["data"]["domains"] = DEPARTMENTS
         recipe = validate_recipe(raw)
-        get_teacher(recipe, prepare_data(recipe), progress=False, log=print)
+        task = Classification(recipe)
+        task.prepare(False, print)
+        task.teacher(False, print)
         specs[name] = {
             "model": spec["model"],
             "args": spec["args"],
@@ -268,10 +271,11 @@ def earlier_results(path: Path, empty: dict[str, Any]) -> dict[str, Any]:
 def run(seeds: list[int], epochs: int, regimes: list[str], out: Path, beyond: bool) -> dict:
     results: dict = {"seeds": seeds, "epochs": epochs, "regimes": {}}
     base = recipe_for(None, METHODS["KD (Hinton 2015)"], seed=0, epochs=epochs)
-    teacher_data = prepare_data(base)
+    base_task = Classification(base)
+    base_task.prepare(False, print)
     started = time.perf_counter()
-    teacher, info = get_teacher(base, teacher_data, progress=False, log=print)
-    teacher_acc = Classification().evaluate(teacher, base, teacher_data, None)["accuracy"]
+    teacher, info = base_task.teacher(False, print)
+    teacher_acc = base_task.evaluate(teacher, None)["accuracy"]
     results["teacher"] = {
         "accuracy": teacher_acc,
         "train_seconds": info.get("train_seconds"),
@@ -285,7 +289,8 @@ def run(seeds: list[int], epochs: int, regimes: list[str], out: Path, beyond: bo
             accuracies, seconds = [], []
             for seed in seeds:
                 recipe = recipe_for(REGIMES[regime], objective, seed, epochs)
-                data = prepare_data(recipe)
+                task = Classification(recipe)
+                data = task.prepare(False, print)
                 per_epoch = steps_per_epoch(data.student_train, recipe)
                 budget = per_epoch * epochs
                 labels_only = method == "labels only"
@@ -300,9 +305,8 @@ def run(seeds: list[int], epochs: int, regimes: list[str], out: Path, beyond: bo
                     rows="baseline" if labels_only else "student",
                 )
                 _, metrics = train_student(
-                    Classification(),
+                    task,
                     recipe,
-                    data,
                     lesson,
                     Path(f"runs/benchmarks/{regime}/{method.split()[0]}-{seed}"),
                     Budget(budget, per_epoch, progress=False),

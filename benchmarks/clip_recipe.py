@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from distill.recipes.load import load_recipe
-from distill.runs.run import run_recipe
+from distill.runs import run_recipe
 
 ROOT = Path(__file__).parent
 RECIPE = ROOT.parent / "recipes" / "fashion_mnist_clip_kd.yaml"

@@ -19,7 +19,7 @@ import torch
 from classic_kd import mean_std
 
 from distill.recipes.load import load_recipe
-from distill.runs.run import run_recipe
+from distill.runs import run_recipe
 
 ROOT = Path(__file__).parent
 RECIPE = ROOT.parent / "recipes" / "llm_cross_tokenizer.yaml"

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from distill.recipes.load import load_recipe
-from distill.runs.run import run_recipe, sample_command
+from distill.runs import run_recipe
+from distill.runs.commands import sample_command
 
 ROOT = Path(__file__).parent
 RECIPE = ROOT.parent / "recipes" / "fashion_mnist_progressive.yaml"

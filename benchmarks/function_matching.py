@@ -55,8 +55,8 @@ from classic_kd import (
 
 from distill.recipes import validate_recipe
 from distill.runs import run_recipe
-from distill.runs.classify import Classification, get_teacher, prepare_data
 from distill.runs.store import teacher_cache_dir
+from distill.runs.tasks.classify.task import Classification
 
 ROOT = Path(__file__).parent
 FM = {"kd": {"loss": "kl", "weight": 1.0, "temperature": 1.0}}
@@ -115,9 +115,10 @@ def teacher_checkpoint(teacher_epochs: int) -> tuple[dict[str, Any], float]:
     raw = raw_recipe(None, KD, 0, 1)
     raw["teacher"] = {**TEACHER, "train": {**TEACHER["train"], "epochs": teacher_epochs}}
     recipe = validate_recipe(raw)
-    data = prepare_data(recipe)
-    teacher, _ = get_teacher(recipe, data, progress=False, log=print)
-    accuracy = Classification().evaluate(teacher, recipe, data, None)["accuracy"]
+    task = Classification(recipe)
+    task.prepare(False, print)
+    teacher, _ = task.teacher(False, print)
+    accuracy = task.evaluate(teacher, None)["accuracy"]
     path = teacher_cache_dir(recipe) / "teacher.safetensors"
     return {"model": TEACHER["model"], "args": TEACHER["args"], "checkpoint": str(path)}, accuracy
 

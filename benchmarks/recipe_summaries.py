@@ -84,7 +84,10 @@ def overrides(name: str, at: dict[str, Path]) -> list[str] | None:
               "train.max_steps=4", "output.latency_repeats=1", "data.labeled=300"]  # fmt: skip
     mnist1d = ["teacher.train.epochs=1", "teacher.train.max_steps=6", "train.epochs=1",
                "train.max_steps=6", "output.latency_repeats=1"]  # fmt: skip
-    lm = [*tiny_overrides("llama", at["text"], at["tokenizer"], at["folder"]), "student.args.keep=2"]
+    lm = [
+        *tiny_overrides("llama", at["text"], at["tokenizer"], at["folder"]),
+        "student.args.keep=2",
+    ]
     chat = [
         "teacher.model=hf-config:llama", f"teacher.args={TINY_LLAMA}",
         f"teacher.checkpoint={at['folder'] / 'chat-teacher.safetensors'}",

@@ -24,9 +24,9 @@ import torch
 
 from distill.measure import cpu_latency
 from distill.recipes import ModelSpec, load_recipe
-from distill.runs.run import task_for
-from distill.runs.search import FINAL_DIR, Options, search_recipe
-from distill.runs.search_space import describe
+from distill.runs.search.run import FINAL_DIR, Options, search_recipe
+from distill.runs.search.space import describe
+from distill.runs.table import task_for
 from distill.training import checkpoint as ckpt
 
 ROOT = Path(__file__).parent
@@ -53,14 +53,14 @@ def timed_together(
     the median of the rounds' medians, so no row ran on a busier machine."""
     recipe = load_recipe(RECIPE)
     task = task_for(recipe)
-    data = task.prepare(recipe, False, lambda _: None)
+    task.prepare(False, lambda _: None)
     models = {}
     for row, (student, folder) in rows.items():
         torch.manual_seed(0)
-        model = task.build_student(recipe, data, ModelSpec(**student), None)
+        model = task.build_student(ModelSpec(**student), None)
         ckpt.load_weights(model, folder / ckpt.STUDENT_FILE)
         models[row] = model.eval()
-    example, _ = task.latency_input(next(iter(models.values())), data)
+    example, _ = task.latency_input(next(iter(models.values())))
     medians: dict[str, list[float]] = {row: [] for row in models}
     for _ in range(rounds):
         for row, model in models.items():

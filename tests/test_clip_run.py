@@ -16,9 +16,10 @@ from distill.errors import DataError, RecipeError
 from distill.measure import linear_probe_accuracy, retrieval_recall
 from distill.recipes import validate_recipe
 from distill.recipes.load import load_recipe, read_yaml
-from distill.runs.clip import clip_terms
-from distill.runs.clip_data import prepare_data
-from distill.runs.run import eval_command, export_command, run_recipe
+from distill.runs import run_recipe
+from distill.runs.commands import eval_command, export_command
+from distill.runs.tasks.clip.data import prepare_data
+from distill.runs.tasks.clip.task import clip_terms
 
 from .test_clip_models import save_tiny_clip
 
@@ -236,11 +237,12 @@ def test_an_encoder_narrower_than_the_text_tower_is_named(digits_idx_dir, tmp_pa
         **{"data.path": str(digits_idx_dir), "data.labeled": 300,
            "student.model": f"hf-clip:{folder}", "student.args": {}}
     )  # fmt: skip
-    from distill.runs.clip import Clip
+    from distill.runs.tasks.clip.task import Clip
 
-    data = prepare_data(recipe)
+    task = Clip(recipe)
+    task.prepare(False, lambda line: None)
     with pytest.raises(RecipeError, match=r"student.model hf-clip:.*12-wide embeddings.*384"):
-        Clip().preflight(recipe, data)
+        task.preflight()
 
 
 @pytest.mark.e2e

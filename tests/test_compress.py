@@ -188,8 +188,8 @@ def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(tmp_path):
 
     from distill.recipes import RecipeError, validate_recipe
     from distill.runs import run_recipe
-    from distill.runs.classify import Classification, prepare_data
-    from distill.runs.compress import load_stage
+    from distill.runs.stages.compress import load_stage
+    from distill.runs.tasks.classify.task import Classification
 
     raw = tiny_compress_recipe([
         {"kind": "channels", "ratio": 0.5, "max_steps": 8},
@@ -221,13 +221,11 @@ def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(tmp_path):
     assert quantized < 0.6 * pruned
     report = (run_dir / "report.md").read_text()
     assert "+ 4 quantize" in report
-    data = prepare_data(recipe)
+    task = Classification(recipe)
+    task.prepare(False, print)
     for index, key in enumerate(keys, start=1):
         loaded = load_stage(run_dir, index)
-        assert (
-            Classification().evaluate(loaded, recipe, data, None)["accuracy"]
-            == models[key]["accuracy"]
-        )
+        assert task.evaluate(loaded, None)["accuracy"] == models[key]["accuracy"]
         stage = json.loads(
             (run_dir / "compress" / key.removeprefix("compress_") / "stage.json").read_text()
         )
@@ -267,8 +265,8 @@ def test_compress_stages_run_in_a_recipe_and_each_stage_loads_back(tmp_path):
 def test_post_training_quantization_stage_and_export_from_the_recipe(tmp_path):
     from distill.recipes import validate_recipe
     from distill.runs import run_recipe
-    from distill.runs.classify import Classification, prepare_data
-    from distill.runs.compress import load_stage
+    from distill.runs.stages.compress import load_stage
+    from distill.runs.tasks.classify.task import Classification
 
     stage = {"kind": "quantize", "scheme": "int8_weight_only", "epochs": 0}
     recipe = validate_recipe({**tiny_compress_recipe([stage]), "export": {}})
@@ -281,10 +279,9 @@ def test_post_training_quantization_stage_and_export_from_the_recipe(tmp_path):
     assert row["steps"] == 0 and row["size_bytes"] < 0.5 * student["size_bytes"]
     assert abs(row["accuracy"] - student["accuracy"]) < 0.02  # int8 weights change little
     loaded = load_stage(tmp_path / "ptq", 1)
-    assert (
-        Classification().evaluate(loaded, recipe, prepare_data(recipe), None)["accuracy"]
-        == row["accuracy"]
-    )
+    task = Classification(recipe)
+    task.prepare(False, print)
+    assert task.evaluate(loaded, None)["accuracy"] == row["accuracy"]
     weights = tmp_path / "ptq" / "compress" / "1_quantize" / "student.safetensors"
     damage(weights, start=-200, end=-100)
     with pytest.raises(CheckpointError, match=re.escape(f"{weights}: differs from the SHA-256")):
@@ -323,7 +320,7 @@ def test_each_row_is_timed_on_its_own_model_at_the_end_of_the_run(tmp_path, monk
     its row: the distilled student as it was, not as the compression stages left it."""
     from distill.measure import parameter_count
     from distill.recipes import validate_recipe
-    from distill.runs import common, run_recipe
+    from distill.runs import fitting, run_recipe
 
     timed = []
 
@@ -331,7 +328,7 @@ def test_each_row_is_timed_on_its_own_model_at_the_end_of_the_run(tmp_path, monk
         timed.append(parameter_count(model))
         return {"latency_ms": 1.0, "latency_p10_ms": 1.0, "latency_p90_ms": 1.0}
 
-    monkeypatch.setattr(common, "cpu_latency", fake_latency)
+    monkeypatch.setattr(fitting, "cpu_latency", fake_latency)
     stage = {"kind": "channels", "ratio": 0.5, "max_steps": 2}
     recipe = validate_recipe(tiny_compress_recipe([stage]))
     summary = run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lambda m: None)

@@ -221,7 +221,7 @@ def test_the_cross_tokenizer_recipe_runs_end_to_end(tokenizers, tmp_path):
     one-to-one spans, and the report says whose tokens the teacher's perplexity counts."""
     from distill.models import hf
     from distill.recipes import load_recipe
-    from distill.runs.run import run_recipe
+    from distill.runs import run_recipe
     from distill.training import checkpoint as ckpt
 
     smol, _ = tokenizers

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from distill import cli
 from distill.errors import CheckpointError
 from distill.recipes import ModelSpec
-from distill.runs.classify import model_from_spec, prepare_data
+from distill.runs.tasks.classify.data import prepare_data
+from distill.runs.tasks.classify.models import model_from_spec
 
 
 def damage(path, start=2000, end=2100):

@@ -14,7 +14,8 @@ from distill import cli
 from distill.errors import RecipeError
 from distill.recipes import validate_recipe
 from distill.recipes.load import load_recipe, read_yaml
-from distill.runs.run import eval_command, run_recipe, sample_command
+from distill.runs import run_recipe
+from distill.runs.commands import eval_command, sample_command
 
 pytest.importorskip("diffusers", reason="pip install 'distill[diffusion]' (CI installs it)")
 
@@ -94,17 +95,17 @@ def test_progressive_rounds_run_as_stages_and_are_measured(digits_idx_dir, tmp_p
 
 @pytest.mark.e2e
 def test_guidance_is_baked_into_the_first_round_only(digits_idx_dir, tmp_path):
-    from distill.runs.run import task_for
+    from distill.runs.table import task_for
 
     recipe = tiny(digits_idx_dir, tmp_path, "diffusion.guidance=1.5")
     task = task_for(recipe)
-    data = task.prepare(recipe, False, lambda line: None)
-    teacher, _ = task.teacher(recipe, data, False, lambda line: None)
-    first = task.stage_lesson(recipe, data, teacher, "round_2", 1)
+    task.prepare(False, lambda line: None)
+    teacher, _ = task.teacher(False, lambda line: None)
+    first = task.stage_lesson(teacher, "round_2", 1)
     assert first.answers.denoiser.guidance == 1.5 and teacher.guidance == 0.0
-    student = task.build_student(recipe, data, recipe.student, teacher)
+    student = task.build_student(recipe.student, teacher)
     assert int(student.sampler_steps) == 2 and student.guidance == 0.0
-    second = task.stage_lesson(recipe, data, student, "student", 1)
+    second = task.stage_lesson(student, "student", 1)
     assert second.answers.denoiser.guidance == 0.0 and second.answers.steps == 1
 
 
@@ -215,7 +216,7 @@ def save_text_conditional_pipeline(folder):
 def test_a_text_conditional_teacher_reads_each_class_as_its_prompt(digits_idx_dir, tmp_path):
     import torch
 
-    from distill.runs.run import task_for
+    from distill.runs.table import task_for
 
     folder = save_text_conditional_pipeline(tmp_path / "pipe")
     recipe = tiny(
@@ -223,8 +224,8 @@ def test_a_text_conditional_teacher_reads_each_class_as_its_prompt(digits_idx_di
         "diffusion.image_size=8", "diffusion.classifier={channels: [8, 16], hidden: 16}",
     )  # fmt: skip
     task = task_for(recipe)
-    data = task.prepare(recipe, False, lambda line: None)
-    teacher, _ = task.teacher(recipe, data, False, lambda line: None)
+    task.prepare(False, lambda line: None)
+    teacher, _ = task.teacher(False, lambda line: None)
     assert teacher.conditioning.shape[:1] == (11,)  # ten class prompts, then the empty one
     z, tau = torch.randn(2, 1, 8, 8), torch.tensor([500.0, 500.0])
     # a class's prompt and the empty prompt (the null class) condition differently; this

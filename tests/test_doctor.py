@@ -171,7 +171,9 @@ def test_doctor_on_a_broken_recipe_finds_its_problems_and_the_report_shows_them(
 
 def test_doctor_refuses_recipes_it_has_no_checks_for():
     recipe = load_recipe(ROOT / "recipes" / "fashion_mnist_progressive.yaml")
-    with pytest.raises(RecipeError, match="classification, clip and language-model recipes"):
+    with pytest.raises(
+        RecipeError, match="checks classification, causal_lm, masked_lm and clip recipes"
+    ):
         diagnose(recipe)
 
 
@@ -179,7 +181,7 @@ def test_the_temperature_sweep_trains_one_short_run_per_temperature(tmp_path, di
     """A short KD run at each temperature, scored on validation; the recipe's other
     terms keep their settings."""
     from distill.doctor.run import temperature_sweep
-    from distill.runs.run import task_for
+    from distill.runs.table import task_for
 
     recipe = load_recipe(
         ROOT / "recipes" / "fashion_mnist_kd.yaml",
@@ -187,9 +189,9 @@ def test_the_temperature_sweep_trains_one_short_run_per_temperature(tmp_path, di
          f"output.dir={tmp_path}", "output.latency_repeats=1"],
     )  # fmt: skip
     task = task_for(recipe)
-    data = task.prepare(recipe, False, print)
-    teacher, _ = task.teacher(recipe, data, False, print)
-    sweep = temperature_sweep(recipe, data, teacher, temperatures=(1.0, 4.0), steps=5)
+    task.prepare(False, print)
+    teacher, _ = task.teacher(False, print)
+    sweep = temperature_sweep(task, recipe, teacher, temperatures=(1.0, 4.0), steps=5)
     assert set(sweep["val_accuracy"]) == {"1.0", "4.0"}
     accuracy = sweep["val_accuracy"]
     assert sweep["best"] == float(max(accuracy, key=accuracy.get)) and sweep["steps"] == 5

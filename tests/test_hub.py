@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from distill import cli
 from distill.models.hub import load_classifier
 from distill.runs import run_recipe
-from distill.runs.classify import Classification, prepare_data
+from distill.runs.tasks.classify.task import Classification
 
 from .test_damaged_runs import damage
 from .test_language_recipes import tiny_token_kd_recipe
@@ -41,8 +41,9 @@ def test_push_to_a_folder_gives_the_student_and_its_model_card(classifier_run, t
     assert result.exit_code == 0, result.output
     assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in target.iterdir()}
     pushed = load_classifier(target)
-    data = prepare_data(recipe)
-    original = Classification().load_student(run_dir, recipe, data)
+    task = Classification(recipe)
+    data = task.prepare(False, print)
+    original = task.load_student(run_dir)
     x = torch.stack([data.test[i][0] for i in range(8)])
     with torch.no_grad():
         torch.testing.assert_close(pushed(x), original.eval()(x))

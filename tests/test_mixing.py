@@ -15,7 +15,8 @@ from distill.batch import Batch
 from distill.data import mixing
 from distill.data.mixing import BatchMix, soft_labels
 from distill.recipes import RecipeError, load_recipe
-from distill.runs import classify, run_recipe
+from distill.runs import run_recipe
+from distill.runs.tasks.classify import task as classify
 
 ROOT = Path(__file__).parent.parent
 

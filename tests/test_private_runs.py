@@ -14,8 +14,8 @@ from distill.methods.pate import pate_epsilon
 from distill.methods.synthetic import SyntheticSet
 from distill.paths import CHECKSUMS_FILE
 from distill.recipes import load_recipe
-from distill.runs.classify import prepare_data
-from distill.runs.run import run_recipe
+from distill.runs import run_recipe
+from distill.runs.tasks.classify.data import prepare_data
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 DATA_FREE = [

@@ -20,8 +20,8 @@ from distill.measure import forward_memory_bytes
 from distill.models.shrink import narrow_mlps
 from distill.recipes import RecipeError, load_recipe
 from distill.recipes.search_spec import Candidate
-from distill.runs import search_space
-from distill.runs.search_report import pareto_front
+from distill.runs.search import space as search_space
+from distill.runs.search.report import pareto_front
 from tests.test_language_recipes import tiny_overrides
 
 ROOT = Path(__file__).parents[1]
@@ -215,7 +215,7 @@ def test_queued_trials_run_once_each_even_with_two_jobs(tmp_path):
     """Two threads may pop the same queued trial from SQLite (then Optuna raises "Cannot
     tell a COMPLETE trial", in about 1 of 4 such studies here): queued trials run one at a
     time first, the rest with two jobs."""
-    from distill.runs.search_study import optimize
+    from distill.runs.search.study import optimize
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     queued = [1.0, 2.0, 3.0, 4.0]

@@ -255,8 +255,8 @@ def test_the_served_teacher_recipe_caches_then_trains(
     from distill import Distiller, cli
     from distill.recipes import load_recipe
     from distill.runs import run_recipe
-    from distill.runs.common import loader
-    from distill.runs.language import prepare_text, tokenizer_for
+    from distill.runs.task import loader
+    from distill.runs.tasks.language.task import prepare_text, tokenizer_for
 
     recipe_file = Path(__file__).parent.parent / "recipes" / "llm_served_teacher.yaml"
     overrides = served_overrides(reset, text_file, tokenizer_dir, tmp_path)
@@ -320,8 +320,8 @@ def test_an_api_key_comes_from_the_environment_variable_the_recipe_names(
     from distill.errors import RecipeError
     from distill.recipes import load_recipe
     from distill.runs import run_recipe
-    from distill.runs.language import tokenizer_for
-    from distill.runs.language_models import served_teacher
+    from distill.runs.tasks.language.models import served_teacher
+    from distill.runs.tasks.language.task import tokenizer_for
 
     key = "sk-test-4f9a2c"
     secured = Server(served_dir, api_key=key)

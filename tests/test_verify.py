@@ -13,7 +13,7 @@ from distill.methods.generated_data import generate_dataset, partial_path, read_
 from distill.methods.generation import GenerationSettings, load_prompts
 from distill.methods.verify import Sample, VerifySpec, answer_verifier, final_answer, select
 from distill.recipes import RecipeError, load_recipe
-from distill.runs.generate import ensure_generated
+from distill.runs.tasks.language.generate import ensure_generated
 from distill.training.checkpoint import save_weights
 from tests.test_generate import PROMPTS, ROOT, tiny_llama
 from tests.text_models import chat_tokenizer

@@ -4,11 +4,11 @@ the search's results, each worded for the case at hand."""
 from __future__ import annotations
 
 from distill.recipes import ModelSpec
-from distill.runs.classify import gap_closed
-from distill.runs.report import verdict
-from distill.runs.report_tables import span
-from distill.runs.run import student_name
-from distill.runs.search_report import final_value
+from distill.runs.driver import student_name
+from distill.runs.report.document import verdict
+from distill.runs.report.tables import span
+from distill.runs.search.report import final_value
+from distill.runs.task import gap_closed
 
 
 def summary(gain: float, closed: float) -> dict:

@@ -31,10 +31,11 @@ from distill.doctor.run import TITLES, diagnose
 from distill.losses import LOSSES
 from distill.methods.generated_data import read_generations
 from distill.recipes import load_recipe
-from distill.runs.run import cache_command, generate_command, task_for, teacher_command
-from distill.runs.search import Options, search_recipe
-from distill.runs.search_report import final_value, shown_metrics
-from distill.runs.search_space import describe
+from distill.runs.commands import cache_command, generate_command, teacher_command
+from distill.runs.search.report import final_value, shown_metrics
+from distill.runs.search.run import Options, search_recipe
+from distill.runs.search.space import describe
+from distill.runs.table import task_for
 from distill.training.distributed import process_group_ended
 
 app = typer.Typer(

@@ -22,9 +22,9 @@ from rich.table import Table
 from distill.compress.export import ParityError
 from distill.errors import DistillError
 from distill.recipes import Recipe
-from distill.runs.report import verdict
-from distill.runs.report_tables import terminal_table
-from distill.runs.run import run_recipe
+from distill.runs.driver import run_recipe
+from distill.runs.report.document import verdict
+from distill.runs.report.tables import terminal_table
 
 # no emoji codes: a model named hf-config:llama must not print as "hf-config🦙"; text from
 # the user (names, paths, messages) goes through ``escape`` so "[...]" is not read as markup

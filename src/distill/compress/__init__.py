@@ -1,6 +1,6 @@
 """Compression transforms: pruning, low-rank factorization, quantization-aware training,
 ONNX export with a parity check. Pure functions on models; the recipe stages that chain
-them with distillation live in ``distill.runs.compress``, the pruning callbacks in
+them with distillation live in ``distill.runs.stages.compress``, the pruning callbacks in
 ``distill.methods.pruning``."""
 
 from distill.compress.export import (

@@ -45,10 +45,10 @@ from distill.losses.registry import loss_info
 from distill.models import hf
 from distill.models.lora import with_lora
 from distill.recipes import Recipe
-from distill.runs.common import recipe_objective, step_budget, steps_per_epoch
-from distill.runs.language import TextData, source_records, text_spec
-from distill.runs.language_models import tokenizer_source
-from distill.runs.run import served, task_for
+from distill.runs.driver import served
+from distill.runs.fitting import recipe_objective, step_budget, steps_per_epoch
+from distill.runs.tasks.language.models import tokenizer_source
+from distill.runs.tasks.language.task import Language, TextData, source_records, text_spec
 
 Log = Callable[[str], None]
 BATCHES = 4  # the few batches the checks read
@@ -151,18 +151,17 @@ def cache_bytes_per_token(recipe: Recipe, teacher: nn.Module, vocabulary: int) -
 
 
 def diagnose_language(
-    recipe: Recipe, *, sample: int, progress: bool, log: Log
+    task: Language, *, sample: int, progress: bool, log: Log
 ) -> tuple[list[Finding], list[str]]:
     """The language-model checks' findings and notes."""
-    task = task_for(recipe)
-    data = task.prepare(recipe, progress, log)
-    assert isinstance(data, TextData)
-    task.preflight(recipe, data)
-    teacher, _ = task.teacher(recipe, data, progress, log)
+    recipe = task.recipe
+    data = task.prepare(progress, log)
+    task.preflight()
+    teacher, _ = task.teacher(progress, log)
     torch.manual_seed(recipe.seed)
     # with student.peft's adapters: the timing trains what the run will train
-    student = with_lora(task.build_student(recipe, data, recipe.student, teacher), recipe.student)
-    live = task.live_teacher(recipe, data, teacher)
+    student = with_lora(task.build_student(recipe.student, teacher), recipe.student)
+    live = task.live_teacher(teacher)
     tokenizer, notes = data.tokenizer, []
     size = recipe.data.batch_size  # type: ignore[union-attr]
     rows = itertools.islice(DataLoader(data.student_train, batch_size=size), BATCHES)

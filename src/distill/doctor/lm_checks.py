@@ -21,7 +21,7 @@ from distill.batch import Batch, as_batch, logits_of
 from distill.doctor.checks import Finding, median_seconds
 from distill.objective import Objective
 from distill.outputs import TeacherOutput
-from distill.runs.report_tables import span
+from distill.runs.report.tables import span
 from distill.teachers import Teacher
 from distill.training import Distiller
 

@@ -41,17 +41,18 @@ from distill.errors import RecipeError
 from distill.models.lora import with_lora
 from distill.objective import Objective
 from distill.recipes import Recipe, build_objective
-from distill.runs.common import Budget, Lesson, Splits, loader, steps_per_epoch
-from distill.runs.report import write_report
-from distill.runs.report_page import plots_wanted
-from distill.runs.run import task_for, train_student
+from distill.runs.driver import train_student
+from distill.runs.fitting import Budget, steps_per_epoch
+from distill.runs.report.document import write_report
+from distill.runs.report.page import plots_wanted
+from distill.runs.table import named_with, task_for
+from distill.runs.task import Diagnosable, Lesson, Task, TransferSet, loader
 from distill.training import Distiller
 
 DOCTOR_JSON = "doctor.json"
 DOCTOR_MD = "doctor.md"
 Log = Callable[[str], None]
 SWEEP_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
-LANGUAGE_TASKS = ("causal_lm", "masked_lm")
 
 
 def kd_temperature(recipe: Recipe) -> float:
@@ -99,12 +100,11 @@ def diagnose(
     ``sweep`` a short temperature sweep; language models: ``doctor.language``); write the
     results to ``out_dir`` (default ``<output.dir>/<name>``) and return them."""
     task = task_for(recipe)
-    language = recipe.task in LANGUAGE_TASKS
-    if not task.diagnosable:
+    if not isinstance(task, Diagnosable):
         raise RecipeError(
-            f"task {recipe.task}: distill doctor checks classification, clip and "
-            "language-model recipes"
+            f"task {recipe.task}: distill doctor checks {named_with(Diagnosable)} recipes"
         )
+    language = task.checks == "language"
     if recipe.teacher is None or recipe.teacher.model == "ema":
         raise RecipeError("distill doctor examines a teacher: the recipe names none")
     if sweep and language:
@@ -112,10 +112,10 @@ def diagnose(
     out_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     sweep_result = None
     if language:
-        findings, notes = diagnose_language(recipe, sample=sample, progress=progress, log=log)
+        findings, notes = diagnose_language(task, sample=sample, progress=progress, log=log)  # type: ignore[arg-type]
     else:
         findings, notes, sweep_result = classic_findings(
-            recipe, sweep=sweep, sample=sample, probe_steps=probe_steps, progress=progress, log=log
+            task, sweep=sweep, sample=sample, probe_steps=probe_steps, progress=progress, log=log
         )
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed check leaves no folder
     plots = {}
@@ -139,16 +139,20 @@ def diagnose(
 
 
 def classic_findings(
-    recipe: Recipe, *, sweep: bool, sample: int, probe_steps: int, progress: bool, log: Log
+    task: Task, *, sweep: bool, sample: int, probe_steps: int, progress: bool, log: Log
 ) -> tuple[list[Finding], list[str], dict[str, Any] | None]:
-    """The five checks of a classification or CLIP recipe, with the sweep when asked."""
-    task = task_for(recipe)
-    data = task.prepare(recipe, progress, log)
-    task.preflight(recipe, data)
-    teacher, _ = task.teacher(recipe, data, progress, log)
+    """The five checks of a classifier's recipe (``Diagnosable.checks``: ``classifier``),
+    with the sweep when asked."""
+    assert isinstance(task, Diagnosable)
+    recipe = task.recipe
+    data = task.prepare(progress, log)
+    task.preflight()
+    teacher, _ = task.teacher(progress, log)
     teacher.eval()
-    made = task.transfer_set(recipe, data, teacher, progress, log)
-    recipe = task.resolve_recipe(recipe, data)
+    if isinstance(task, TransferSet):
+        task.transfer_set(teacher, progress, log)
+    made = task.data
+    recipe = task.objectives().recipe
     notes = []
     if made is not data:  # data-free or PATE: the student's inputs were made just now
         kind = "public inputs the PATE teachers answered" if recipe.pate else "synthetic inputs"
@@ -158,17 +162,12 @@ def classic_findings(
         )
         log(notes[-1])
     data = made
-    if recipe.task == "clip":
-        notes.append(
-            "CLIP teacher: every check reads its zero-shot class logits, the class prompts at "
-            f"its logit scale {float(teacher.logit_scale):.1f}; a temperature T divides them "
-            "(a logit scale of scale / T), and the capacity probe fits the student's zero-shot "
-            "logits to the teacher's"
-        )
-        log(notes[-1])
+    for note in task.doctor_notes(teacher):
+        notes.append(note)
+        log(note)
     torch.manual_seed(recipe.seed)
     # with student.peft's adapters: the probe and the timing train what the run will train
-    student = with_lora(task.build_student(recipe, data, recipe.student, teacher), recipe.student)
+    student = with_lora(task.build_student(recipe.student, teacher), recipe.student)
     temperature = kd_temperature(recipe)
 
     log(f"doctor: teacher outputs on up to {sample:,} transfer and test inputs")
@@ -202,14 +201,14 @@ def classic_findings(
     )
     sweep_result = None
     if sweep:
-        sweep_result = temperature_sweep(recipe, data, teacher, progress=progress, log=log)
+        sweep_result = temperature_sweep(task, recipe, teacher, progress=progress, log=log)
         findings[0] = _with_sweep(findings[0], sweep_result)
     return findings, notes, sweep_result
 
 
 def temperature_sweep(
+    task: Task,
     recipe: Recipe,
-    data: Splits,
     teacher: torch.nn.Module,
     *,
     temperatures: tuple[float, ...] = SWEEP_TEMPERATURES,
@@ -217,8 +216,9 @@ def temperature_sweep(
     progress: bool = True,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Short distillation runs (``steps`` each, the recipe's objective with every
-    temperature set to T) scored on the validation split."""
+    """Short distillation runs of ``task``'s student (``steps`` each, the objective of
+    ``recipe``, the one the students follow, with every temperature set to T) scored on
+    the validation split."""
     accuracy = {}
     for t in temperatures:
         log(f"doctor: temperature sweep, T = {t:g}, {steps} steps")
@@ -231,10 +231,10 @@ def temperature_sweep(
         objective: Objective = build_objective(terms, steps)
         with tempfile.TemporaryDirectory() as run_dir:
             student, _ = train_student(
-                task_for(recipe), recipe, data, Lesson(lambda s, o=objective: o, teacher),
+                task, recipe, Lesson(lambda s, o=objective: o, teacher),
                 Path(run_dir), Budget(steps, steps, progress, log=lambda line: None),
             )  # fmt: skip
-        metrics = Distiller(student, progress=False).evaluate(loader(data.val, recipe, False))
+        metrics = Distiller(student, progress=False).evaluate(loader(task.data.val, recipe, False))
         accuracy[str(t)] = metrics["accuracy"]
     best = max(accuracy, key=accuracy.get)  # type: ignore[arg-type]
     return {"steps": steps, "val_accuracy": accuracy, "best": float(best)}

@@ -28,12 +28,12 @@ import yaml
 from distill.errors import PushError, RecipeError, first_line
 from distill.models.hub import save_classifier
 from distill.recipes import Recipe
-from distill.runs.common import RECIPE_FILE, SUMMARY_FILE, Log
-from distill.runs.language import HF_STUDENT_DIR
-from distill.runs.report import markdown_table
-from distill.runs.report_tables import header, table_rows
-from distill.runs.run import read_run_recipe, task_for
-from distill.runs.workdir import verify_finished
+from distill.runs.commands import read_run_recipe
+from distill.runs.report.document import markdown_table
+from distill.runs.report.tables import header, table_rows
+from distill.runs.table import task_for
+from distill.runs.tasks.language.task import HF_STUDENT_DIR
+from distill.runs.workdir import RECIPE_FILE, SUMMARY_FILE, Log, verify_finished
 
 CARD = "README.md"
 PIPELINES = {"classification": "image-classification", "causal_lm": "text-generation",
@@ -58,10 +58,10 @@ def hub_folder(run_dir: Path, recipe: Recipe, license: str | None = None, log: L
     folder = run_dir / HF_STUDENT_DIR
     if recipe.task == "classification":
         task = task_for(recipe)
-        data = task.prepare(recipe, False, log)
-        student = task.load_student(run_dir, recipe, data)
+        data = task.prepare(False, log)
+        student = task.load_student(run_dir)
         save_classifier(student, folder, recipe.student.model, dict(recipe.student.args),
-                        data.num_classes, data.in_shape)  # type: ignore[attr-defined]  # fmt: skip
+                        data.num_classes, data.in_shape)  # fmt: skip
     elif recipe.task not in PIPELINES:
         raise RecipeError(f"distill push: task {recipe.task} is not built yet")
     elif not folder.is_dir():

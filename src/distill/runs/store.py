@@ -136,6 +136,48 @@ def stored_teacher(
     return model.eval(), {**info, "cached": True}
 
 
+def teacher_fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """What a trained teacher's answers (in a teacher-output cache) depend on: it was
+    trained for this data and seed."""
+    assert recipe.teacher is not None
+    teacher_train = recipe.teacher.model_dump(mode="json", exclude=NOT_SHAPING_WEIGHTS)["train"]
+    return {
+        "teacher": recipe.teacher.model,
+        "teacher_args": dict(recipe.teacher.args),
+        "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+        "teacher_train": teacher_train,
+        "dataset": recipe.data.dataset,
+        "split_seed": recipe.data.split_seed,
+        "seed": recipe.seed,
+    }
+
+
+Trained = tuple[nn.Module, dict[str, Any]]  # a teacher and its info
+
+
+def reuse_or_train(
+    recipe: Recipe,
+    build: Callable[[], nn.Module],
+    train: Callable[[], Trained],
+    log: Log,
+    part: str | None = None,
+    say_reused: bool = True,
+) -> Trained:
+    """The teacher store's one flow: hold the entry's lock (another run may be training
+    the same teacher), reuse the teacher stored there, or else ``train()`` it (which stores
+    it, ``fit_and_store_teacher``). ``say_reused``: log a reuse (not for each of many)."""
+    with store_lock(teacher_cache_dir(recipe, part), log):
+        stored = stored_teacher(recipe, build, log if say_reused else lambda line: None, part)
+        return stored if stored is not None else train()
+
+
+def train_again(recipe: Recipe, train: Callable[[], Trained], log: Log) -> dict[str, Any]:
+    """``distill teacher``: ``train()`` the recipe's teacher under its entry's lock, whether
+    or not one is stored; its info."""
+    with store_lock(teacher_cache_dir(recipe), log):
+        return train()[1]
+
+
 def fit_and_store_teacher(
     recipe: Recipe,
     model: nn.Module,

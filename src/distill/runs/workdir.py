@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from torch import nn
 from distill.errors import CheckpointError, RecipeError, UsageError
 from distill.paths import changed_files, read_json, sha256_file, write_json
 from distill.recipes import Recipe, dump_recipe
-from distill.runs.common import RECIPE_FILE, Log
 from distill.training import checkpoint as ckpt
 from distill.training.distributed import is_main_process, on_main, wait_for_everyone
 
@@ -39,6 +38,12 @@ HARMLESS = {
     ("data", "num_workers"),
     ("data", "eval_batch_size"),
 }
+
+RECIPE_FILE = "recipe.yaml"
+SUMMARY_FILE = "summary.json"
+BASELINE_DIR = "baseline"
+
+Log = Callable[[str], None]  # where a run's notes go: print, a file, nowhere
 
 
 def flat(values: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -190,3 +195,9 @@ def mark_finished(folder: Path, row: dict[str, Any], weights: list[str]) -> None
     the SHA-256 of its ``weights`` files (paths relative to ``folder``)."""
     sums = {name: sha256_file(folder / name) for name in weights}
     write_json(folder / FINISHED_FILE, {"row": row, "sha256": sums}, indent=2)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a folder that ``distill run`` did not write."""
+    if not (Path(run_dir) / RECIPE_FILE).exists():
+        raise FileNotFoundError(f"{run_dir} is not a distill run directory (no {RECIPE_FILE})")

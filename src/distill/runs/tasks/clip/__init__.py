@@ -1,0 +1,1 @@
+"""``task: clip``: an image tower distilled against a fixed text tower."""

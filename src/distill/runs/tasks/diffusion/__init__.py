@@ -1,0 +1,1 @@
+"""``task: diffusion``: step distillation of a sampler (progressive, consistency)."""

@@ -1,0 +1,213 @@
+"""The models a language-model recipe names: ``hf:`` (loaded), ``hf-config:`` (built from a
+config, random weights) and, for the student, ``teacher``: a copy of the teacher with fewer
+layers (``keep``, ``select``) and narrower MLPs (``width``, Minitron-style)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.errors import RecipeError
+from distill.methods.cross_tokenizer import token_texts
+from distill.models import hf
+from distill.models.shrink import narrow_mlps, student_from_teacher
+from distill.recipes import ModelSpec, Recipe
+from distill.recipes.pairings import SERVED
+from distill.recipes.schema import TextDataSpec
+from distill.runs.task import Splits
+from distill.teachers import Served
+from distill.training import checkpoint as ckpt
+
+CALIBRATION_BLOCKS = 8
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_task(recipe: Recipe) -> hf.Task:
+    return "causal" if recipe.task == "causal_lm" else "masked"
+
+
+def calibration_rows(data: Splits) -> dict[str, torch.Tensor]:
+    count = min(CALIBRATION_BLOCKS, len(data.student_train))  # type: ignore[arg-type]
+    rows = [data.student_train[i] for i in range(count)]
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "labels"}
+
+
+def build_lm(
+    spec: ModelSpec,
+    recipe: Recipe,
+    tokenizer: Any,
+    *,
+    teacher: nn.Module | None = None,
+    data: Splits | None = None,
+    where: str = "student",
+) -> nn.Module:
+    """The model a language-model recipe names (see ``ModelSpec``), with its weights."""
+    kind, _, name = spec.model.partition(":")
+    args = dict(spec.args)
+    if spec.model == "teacher":
+        if teacher is None or where != "student":
+            raise RecipeError(f"{where}.model: only the student can be made from the teacher")
+        keep = args.pop("keep", "every_other")
+        select = args.pop("select", "similarity" if isinstance(keep, int) else "uniform")
+        width = args.pop("width", 1.0)
+        if args or select not in ("similarity", "uniform"):
+            raise RecipeError(
+                f"{where}.args: a student made from the teacher takes keep (a count, a list "
+                "of layer indices or every_other), select (similarity or uniform) and width "
+                f"(the share of MLP neurons kept); got {spec.args}"
+            )
+        calibration = calibration_rows(data) if data else None
+        try:
+            model = student_from_teacher(
+                teacher, keep, calibration=calibration if select == "similarity" else None
+            )
+        except ValueError as error:
+            raise RecipeError(f"{where}.args.keep: {error}") from None
+        if width != 1.0:
+            if calibration is None:
+                raise RecipeError(f"{where}.args.width: width pruning needs the recipe's data")
+            try:
+                narrow_mlps(model, width, calibration)
+            except (ValueError, TypeError) as error:
+                raise RecipeError(f"{where}.args.width: {error}") from None
+    elif kind == "hf-config":
+        fields = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args}
+        try:
+            model = hf.model_from_config(name, hf_task(recipe), **fields)
+        except (ValueError, TypeError, KeyError) as error:
+            raise RecipeError(f"{where}.model {spec.model}: {error}") from None
+    elif kind == "hf":
+        dtype = args.pop("dtype", None)
+        gguf_file = args.pop("gguf_file", None)
+        if args or (dtype is not None and dtype not in DTYPES):
+            raise RecipeError(
+                f"{where}.args: hf models take gguf_file and dtype ({', '.join(DTYPES)}); "
+                f"got {spec.args}"
+            )
+        try:
+            model, _ = hf.load_hf_lm(
+                spec.model, task=hf_task(recipe), gguf_file=gguf_file, dtype=DTYPES.get(dtype)
+            )
+        except (OSError, ValueError, ImportError) as error:
+            raise RecipeError(f"{where}.model {spec.model}: {error}") from None
+    else:
+        raise RecipeError(
+            f"{where}.model {spec.model!r}: a language-model recipe takes hf:<id, dir or "
+            f"{' | '.join(hf.LOCAL_MODELS)}>, hf-config:<model_type>"
+            + (" or teacher" if where == "student" else "")
+        )
+    if spec.checkpoint is not None:
+        if not spec.checkpoint.exists():
+            raise RecipeError(f"{where}.checkpoint {spec.checkpoint} does not exist")
+        ckpt.load_weights(model, spec.checkpoint)
+    return model.float() if model.dtype == torch.float16 else model
+
+
+def own_token_rows(rows: Dataset, tokenizer: Any, teacher_tokenizer: Any) -> list[dict]:
+    """Packed rows (``input_ids``, ``labels``: the next tokens) written again in a teacher's
+    own tokens: each row's text (its tokens and last label, token by token) cut by
+    ``teacher_tokenizer``, all rows cut to the shortest, so a teacher with another tokenizer
+    is measured on the same text."""
+    texts = token_texts(tokenizer)
+    encoded = []
+    for row in rows:
+        tokens = [*row["input_ids"].tolist(), int(row["labels"][-1])]
+        text = "".join(texts.get(token, "") for token in tokens)
+        encoded.append(teacher_tokenizer(text, add_special_tokens=False)["input_ids"])
+    length = min(len(ids) for ids in encoded)
+    out = []
+    for ids in encoded:
+        block = torch.tensor(ids[:length])
+        labels = block[1:]
+        out.append({"input_ids": block[:-1], "labels": labels,
+                    "loss_mask": torch.ones_like(labels, dtype=torch.bool)})  # fmt: skip
+    return out
+
+
+def is_served(recipe: Recipe) -> bool:
+    """Whether the recipe's teacher runs on an inference server (``served:<url>``)."""
+    return recipe.teacher is not None and recipe.teacher.model.startswith(SERVED)
+
+
+def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -> Served:
+    """The recipe's served teacher, checked once (its model, tokenizer and top-k) before
+    anything trains; its top-k is ``cache.top_k`` when the recipe caches it."""
+    assert recipe.teacher is not None
+    args = dict(recipe.teacher.args)
+    asked = args.pop("top_k", 20)
+    top_k = recipe.cache.top_k if recipe.cache is not None else asked  # the same, if both set
+    teacher = Served(
+        recipe.teacher.model.removeprefix(SERVED), tokenizer=tokenizer, top_k=top_k,
+        api_key=served_api_key(args.pop("api_key_env", None)), **args,
+    )  # fmt: skip
+    info = teacher.check()
+    checked = (
+        "same tokenizer as the student"
+        if info["tokenizer_checked"]
+        else ("tokenizer not compared (the server has no /tokenize)")
+    )
+    log(f"teacher {teacher.model} served at {teacher.url}: top {top_k} log-probs, {checked}")
+    return teacher
+
+
+def served_api_key(variable: str | None) -> str | None:
+    """The served teacher's API key, read from the environment variable the recipe names
+    (``teacher.args.api_key_env``); the key itself is never in the recipe or the run."""
+    if variable is None:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        raise RecipeError(
+            f"teacher.args.api_key_env: the environment variable {variable} is not set; "
+            f"export {variable}=<the server's API key> before the run"
+        )
+    return key
+
+
+def text_spec(recipe: Recipe) -> TextDataSpec:
+    assert isinstance(recipe.data, TextDataSpec)
+    return recipe.data
+
+
+def tokenizer_source(recipe: Recipe) -> tuple[str, str | None, ModelSpec | None]:
+    """(hf:<id or dir>, gguf file, the model it belongs to or None for ``data.tokenizer``)
+    of the recipe's tokenizer: ``data.tokenizer``, else the teacher's (or an ``hf:``
+    student's)."""
+    spec = text_spec(recipe)
+    if spec.tokenizer is not None:
+        return spec.tokenizer, None, None
+    for owner in (recipe.teacher, recipe.student):
+        if owner is not None and owner.model.startswith("hf:"):
+            return owner.model, owner.args.get("gguf_file"), owner
+    raise RecipeError(
+        "data.tokenizer: no hf: teacher or student to take a tokenizer from; set "
+        "data.tokenizer to hf:<id or dir>"
+    )
+
+
+def tokenizer_for(recipe: Recipe) -> Any:
+    """The recipe's tokenizer (``tokenizer_source``), loaded; pad and end tokens set."""
+    source, gguf, owner = tokenizer_source(recipe)
+    try:
+        tokenizer = hf.load_tokenizer(source, gguf)
+    except (OSError, ValueError, ImportError) as error:
+        field = "data.tokenizer" if owner is None else "the tokenizer of " + owner.model
+        raise RecipeError(f"{field}: cannot load a tokenizer ({error})") from None
+    if tokenizer.eos_token_id is None and tokenizer.sep_token_id is not None:
+        tokenizer.eos_token = tokenizer.sep_token  # WordPiece: [SEP] ends a document
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_teacher(recipe: Recipe, tokenizer: Any) -> nn.Module:
+    """The recipe's teacher model, built from the recipe's seed: a head the checkpoint
+    lacks (a sentence encoder's masked-LM head) starts the same in every run."""
+    assert recipe.teacher is not None
+    torch.manual_seed(recipe.seed)
+    return build_lm(recipe.teacher, recipe, tokenizer, where="teacher")

@@ -1,0 +1,363 @@
+"""``task: causal_lm`` and ``task: masked_lm``: text split into train / validation / test
+rows, Hugging Face teachers and students (loaded, built from a config, or the teacher with
+fewer layers), all measured on the test rows: perplexity (exp of the mean token
+cross-entropy), next-token (or masked-token) agreement with the teacher, token accuracy,
+parameters, size on disk and CPU latency per sequence. Students are also saved in Hugging
+Face format (``student/``, with the tokenizer) so ``from_pretrained`` loads them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from distill.cache import Layout
+from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
+from distill.errors import RecipeError
+from distill.methods.generated_data import read_generations
+from distill.methods.on_policy import OnPolicy
+from distill.models import hf
+from distill.recipes import ModelSpec, Recipe
+from distill.runs.fitting import AUTOCAST, teacher_module
+from distill.runs.stages.cache import cache_temperature, cache_vocab_size, make_layout
+from distill.runs.store import fit_and_store_teacher, reuse_or_train, train_again
+from distill.runs.task import (
+    Cacheable,
+    Diagnosable,
+    Generates,
+    RewritesBatches,
+    SavesStudent,
+    Searchable,
+    Splits,
+    Task,
+    WrapsTeacher,
+    loader,
+)
+from distill.runs.tasks.language.generate import (
+    ensure_generated,
+    generate_teacher_answers,
+    generated_path,
+)
+from distill.runs.tasks.language.models import (
+    build_lm,
+    build_teacher,
+    is_served,
+    own_token_rows,
+    served_teacher,
+    text_spec,
+    tokenizer_for,
+)
+from distill.runs.workdir import Log, files_under, verify_finished
+from distill.teachers import CrossTokenizer, Served, Teacher
+from distill.training import Distiller
+
+HF_STUDENT_DIR = "student"
+
+
+@dataclass
+class TextData(Splits):
+    """A language-model run's rows (the distilled and the label-only students train on the
+    same ones) and the tokenizer that made them."""
+
+    tokenizer: Any
+    teacher_tokenizer: Any = None  # teacher.tokenizer: the teacher's own, not the student's
+
+    @property
+    def train(self) -> Dataset:
+        return self.student_train
+
+
+def source_records(recipe: Recipe) -> list[dict[str, Any]]:
+    """The records of ``data.source`` (generated: the teacher's answers, checked)."""
+    spec = text_spec(recipe)
+    try:
+        if spec.source == "generated":
+            return read_generations(generated_path(recipe))[0]
+        return text_records(spec.source)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        raise RecipeError(f"data.source: {error}") from None
+
+
+def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
+    spec = text_spec(recipe)
+    records = source_records(recipe)
+    if recipe.task == "masked_lm":
+        rows: Dataset = MaskedBlocks(
+            records, tokenizer, spec.seq_len, spec.mlm_probability, seed=spec.split_seed
+        )
+    elif spec.format == "chat":
+        rows = ChatExamples(records, tokenizer, spec.seq_len)
+    else:
+        rows = PackedText(records, tokenizer, spec.seq_len)
+    total = len(rows)  # type: ignore[arg-type]
+    held = spec.test_blocks + spec.val_blocks
+    if held >= total:
+        raise RecipeError(
+            f"data: {total} rows of {spec.seq_len} tokens, but val_blocks + test_blocks = {held}; "
+            "lower them or give more text"
+        )
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(spec.split_seed))
+    order_list = order.tolist()
+    test = Subset(rows, order_list[: spec.test_blocks])
+    val = Subset(rows, order_list[spec.test_blocks : held])
+    train_ids = order_list[held:]
+    if spec.max_train_blocks is not None:
+        train_ids = train_ids[: spec.max_train_blocks]
+    regime = (
+        f"{spec.source} text, {len(train_ids):,} train / {len(val):,} validation / "
+        f"{len(test):,} test rows of {spec.seq_len} tokens"
+    )
+    train = Subset(rows, train_ids)
+    return TextData(
+        student_train=train, baseline_train=train, val=val, test=test, regime=regime,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+
+
+def get_lm_teacher(
+    recipe: Recipe, tokenizer: Any, data: TextData, progress: bool, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher as named; with ``teacher.train`` it is first fine-tuned on the train
+    blocks (label cross-entropy) and cached, keyed by everything that shapes it."""
+    spec = recipe.teacher
+    assert spec is not None
+    model = build_teacher(recipe, tokenizer)
+    if spec.train is None:
+        if spec.model.startswith("hf-config:") and spec.checkpoint is None:
+            raise RecipeError(
+                "teacher: an hf-config model starts random; give teacher.train or a checkpoint"
+            )
+        log(f"teacher {spec.model}: loaded, not trained")
+        return model.eval(), {"model": spec.model, "train_seconds": 0.0}
+    return reuse_or_train(
+        recipe, lambda: model, lambda: train_lm_teacher(recipe, model, data, progress, log), log
+    )
+
+
+def train_lm_teacher(
+    recipe: Recipe, model: nn.Module, data: TextData, progress: bool, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune (or train) the teacher with ``teacher.train`` on the train rows; cache it."""
+    spec = recipe.teacher
+    if spec is None or spec.train is None:
+        raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
+    log(f"training the teacher {spec.model} on {len(data.train):,} rows")  # type: ignore[arg-type]
+    torch.manual_seed(recipe.seed)
+    info = fit_and_store_teacher(
+        recipe,
+        model,
+        loader(data.train, recipe, True),
+        loader(data.val, recipe, False),
+        progress,
+        log,
+        val_extras=lambda val: {"perplexity": math.exp(val["loss"])},
+    )
+    return model.eval(), info
+
+
+class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable):
+    """``task: causal_lm`` or ``task: masked_lm`` (``CausalLM``, ``MaskedLM``)."""
+
+    kind: hf.Task = "causal"
+    checks = "language"
+    search_metric = "loss"
+    students_from_teacher = True
+    data: TextData
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__(recipe)
+        self.cross_teacher: nn.Module | None = None  # a teacher with its own tokenizer
+
+    def prepare(self, progress: bool, log: Log) -> TextData:
+        recipe = self.recipe
+        if recipe.teacher is None:
+            raise RecipeError("teacher: a language-model recipe needs a teacher")
+        if recipe.generate is not None:  # sequence-level KD data first (or checked)
+            ensure_generated(recipe, progress, log)
+        data = prepare_text(recipe, tokenizer_for(recipe))
+        if recipe.teacher.tokenizer is not None:
+            try:
+                data.teacher_tokenizer = hf.load_tokenizer(recipe.teacher.tokenizer)
+            except (OSError, ValueError, ImportError) as error:
+                raise RecipeError(f"teacher.tokenizer: cannot load it ({error})") from None
+            data.regime += (
+                f"; the teacher reads the text with its own tokenizer ({recipe.teacher.tokenizer})"
+            )
+        self.data = data
+        return data
+
+    def teacher(self, progress: bool, log: Log) -> tuple[nn.Module, dict[str, Any]]:
+        recipe, data = self.recipe, self.data
+        if is_served(recipe):  # answers over HTTP: nothing to load or train here
+            served = served_teacher(recipe, data.tokenizer, log)
+            return served, {"model": recipe.teacher.model, "train_seconds": 0.0}  # type: ignore[union-attr,return-value]
+        tokenizer = data.teacher_tokenizer or data.tokenizer
+        teacher, info = get_lm_teacher(recipe, tokenizer, data, progress, log)
+        if data.teacher_tokenizer is not None:
+            self.cross_teacher = teacher
+        return teacher.eval().requires_grad_(False), info
+
+    def live_teacher(self, model: nn.Module) -> Teacher:
+        """With ``teacher.tokenizer``, the teacher reads the student's text with its own."""
+        recipe, data = self.recipe, self.data
+        assert recipe.teacher is not None
+        if isinstance(model, Served):
+            return model
+        if data.teacher_tokenizer is None:
+            return teacher_module(recipe, model)
+        autocast = AUTOCAST[recipe.teacher.autocast]
+        return CrossTokenizer(model, data.tokenizer, data.teacher_tokenizer, autocast)
+
+    def train_teacher(self, progress: bool, log: Log) -> dict[str, Any]:
+        recipe, data = self.recipe, self.data
+        if is_served(recipe):
+            raise RecipeError("teacher.model: a served teacher is not trained here; nothing to do")
+        model = build_teacher(recipe, data.tokenizer)
+        return train_again(
+            recipe, lambda: train_lm_teacher(recipe, model, data, progress, log), log
+        )
+
+    def build_student(self, spec: ModelSpec, teacher: nn.Module | None) -> nn.Module:
+        return build_lm(spec, self.recipe, self.data.tokenizer, teacher=teacher, data=self.data)
+
+    def load_student(self, run_dir: Path) -> nn.Module:
+        """The Hugging Face folder the run saved (``student/``), its checksums verified."""
+        folder = Path(run_dir) / HF_STUDENT_DIR
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{run_dir} holds no student/ folder; did the run finish?")
+        verify_finished(run_dir)
+        return hf.auto_class(self.kind).from_pretrained(folder)
+
+    def evaluate(self, model: nn.Module, judge: Teacher | None) -> dict[str, Any]:
+        data, recipe = self.data, self.recipe
+        if isinstance(model, Served):  # the server's log-probs of the test tokens
+            metrics = model.measure(loader(data.test, recipe, False))
+        elif model is self.cross_teacher:  # it reads the test text in its own tokens
+            rows = own_token_rows(data.test, data.tokenizer, data.teacher_tokenizer)
+            metrics = Distiller(model, progress=False).evaluate(loader(rows, recipe, False))
+        else:
+            metrics = super().evaluate(model, judge)
+        return {**metrics, "perplexity": math.exp(metrics["loss"])}
+
+    def latency_input(self, model: nn.Module) -> tuple[Tensor, dict[str, Any]]:
+        data = self.data
+        if model is self.cross_teacher:
+            rows = own_token_rows(data.test, data.tokenizer, data.teacher_tokenizer)
+            return rows[0]["input_ids"], {}
+        return data.test[0]["input_ids"], {}
+
+    def save_student(self, student: nn.Module, run_dir: Path) -> list[str]:
+        """A Hugging Face folder too, loadable with ``from_pretrained``."""
+        folder = run_dir / HF_STUDENT_DIR
+        student.save_pretrained(folder)  # type: ignore[operator]
+        self.data.tokenizer.save_pretrained(folder)
+        return files_under(run_dir, folder)
+
+    def summary_fields(
+        self, models: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        recipe = self.recipe
+        ratio = None
+        if "baseline" in models:
+            ratio = models["student"]["perplexity"] / models["baseline"]["perplexity"]
+        own = recipe.teacher.tokenizer if recipe.teacher else None
+        before = {"task": recipe.task, "dataset": f"text ({text_spec(recipe).source})"}
+        before["teacher_tokenizer"] = own
+        return before, {"perplexity_ratio": ratio, "gap_closed": None}
+
+    def describe_eval(self, metrics: dict[str, float]) -> str:
+        return (
+            f"test perplexity {metrics['perplexity']:.2f}, token accuracy "
+            f"{100 * metrics['accuracy']:.1f}% ({int(metrics['examples']):,} tokens)"
+        )
+
+    def describe_teacher(self, info: dict[str, Any]) -> str:
+        return f"validation perplexity {info['val']['perplexity']:.2f}"
+
+
+class CausalLM(Language, Cacheable, Generates, RewritesBatches):
+    """``task: causal_lm``: also a teacher cache, teacher-written data and on-policy
+    answers."""
+
+    name = "causal_lm"
+    kind = "causal"
+    cache_example = "cache: {top_k: 64} (see recipes/llm_cached_kd.yaml)"
+
+    def generate(self, progress: bool, log: Log) -> Path:
+        return generate_teacher_answers(self.recipe, progress=progress, log=log)
+
+    def batch_transform(self, student: nn.Module) -> OnPolicy | None:
+        spec, tokenizer = self.recipe.on_policy, self.data.tokenizer
+        if spec is None:
+            return None
+        return OnPolicy(
+            student,
+            lam=spec.lam,
+            max_new_tokens=spec.max_new_tokens,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            seed=self.recipe.seed,
+        )
+
+    def cache_rows(self) -> Dataset:
+        """Training then validation rows (ids stay the rows' own)."""
+        train, val = self.data.student_train, self.data.val
+        assert isinstance(train, Subset) and isinstance(val, Subset)
+        return Subset(train.dataset, [*train.indices, *val.indices])
+
+    def cache_layout(self, teacher: nn.Module, rows: int) -> Layout:
+        """Top-k per token (or dense with ``top_k: null``) at the KD term's temperature, or
+        the final hidden states (``hidden_states``)."""
+        recipe = self.recipe
+        assert recipe.cache is not None
+        if recipe.cache.hidden_states:
+            return make_layout(
+                recipe, kind="hidden", num_examples=rows, hidden_size=teacher.config.hidden_size,
+                fingerprint=self.cache_fingerprint(),
+            )  # fmt: skip
+        top_k = recipe.cache.top_k
+        return make_layout(
+            recipe,
+            kind="dense" if top_k is None else "topk",
+            num_examples=rows,
+            k=top_k,
+            temperature=cache_temperature(recipe),
+            vocab_size=cache_vocab_size(recipe, teacher, self.data.tokenizer),
+            fingerprint=self.cache_fingerprint(),
+        )
+
+    def cache_fingerprint(self) -> dict[str, Any]:
+        recipe = self.recipe
+        assert recipe.teacher is not None
+        spec = text_spec(recipe)
+        tokenizer = self.data.tokenizer
+        teacher, args = recipe.teacher.model, dict(recipe.teacher.args)
+        if is_served(recipe) and "model" in args:  # its answers: the model's, on any host
+            teacher, args = f"served:{args['model']}", {}
+        elif is_served(recipe):
+            args = {}  # timeouts and concurrency do not change the answers
+        return {
+            "teacher": teacher,
+            "teacher_args": args,
+            "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+            "tokenizer_size": len(tokenizer),
+            "seq_len": spec.seq_len,
+            "source": spec.source,
+            "format": spec.format,
+        }
+
+
+class MaskedLM(Language):
+    """``task: masked_lm``."""
+
+    name = "masked_lm"
+    kind = "masked"
