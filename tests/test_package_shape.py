@@ -1,7 +1,9 @@
 """The package's shape, read from the source with ``ast`` (see ../shared/DESIGN.md):
 no import cycle (imports inside functions count), no private name imported from another
-module, at most 12 modules at the package root, no module over 450 lines, and nothing
-below ``runs/`` importing ``runs/`` or the command line."""
+module, at most 12 modules at the package root, no module over 450 lines, nothing
+below ``runs/`` importing ``runs/`` or the command line; and the run layer's width: a
+kind of run's folder and name stay in that folder and the task table, the ``Task`` core
+has at most 12 hooks, and no task implements a hook only to raise."""
 
 from __future__ import annotations
 
@@ -199,3 +201,143 @@ def test_what_the_benchmarks_import_exists():
                     ):
                         missing.append(f"{script.name}: {node.module}.{alias.name}")
     assert not missing, missing
+
+
+# -- the run layer's width (issue 37): kinds of run as capabilities ------------------------
+
+TASKS_DIR = "distill.runs.tasks"
+TASK_TABLE = "distill.runs.table"
+TASK_CORE_LIMIT = 12
+
+
+def task_folders() -> dict[str, str]:
+    """Each kind of run's folder (``distill.runs.tasks.<kind>``) and the task names its
+    ``Task`` classes declare (``name = "..."``)."""
+    names: dict[str, str] = {}
+    for module, path in MODULES.items():
+        if not module.startswith(TASKS_DIR + "."):
+            continue
+        folder = ".".join(module.split(".")[:4])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if (
+                        isinstance(item, ast.Assign)
+                        and [getattr(t, "id", None) for t in item.targets] == ["name"]
+                        and isinstance(item.value, ast.Constant)
+                    ):
+                        names[item.value.value] = folder
+    return names
+
+
+def outside(module: str, folder: str) -> bool:
+    return not (module in (folder, TASK_TABLE) or module.startswith(folder + "."))
+
+
+# what still names a kind of run outside its folder, to go (issue 37: the recipe schema
+# becomes a union on `task` with each task's section in its folder; the language checks of
+# the doctor and `eval --speculative` become the language task's): a new entry fails the
+# test, and so does an entry that is gone (shrink the list)
+KNOWN_NAME_LITERALS = {
+    "distill.recipes.schema": 30,
+    "distill.recipes.pairings": 4,
+    "distill.doctor.language": 1,
+}
+KNOWN_TASK_IMPORTS = {
+    ("distill.doctor.language", "distill.runs.tasks.language"),
+    ("distill.cli.finished", "distill.runs.tasks.language"),
+}
+
+
+def test_the_task_folders_and_names_are_found():
+    folders = task_folders()
+    assert set(folders) == {"classification", "causal_lm", "masked_lm", "clip", "diffusion"}
+    assert folders["causal_lm"] == folders["masked_lm"] == f"{TASKS_DIR}.language"
+
+
+def test_no_module_outside_a_task_folder_imports_it():
+    folders = set(task_folders().values())
+    found = {
+        (name, folder)
+        for name in MODULES
+        for target, _, _ in imports(name)
+        for folder in folders
+        if (target == folder or target.startswith(folder + ".")) and outside(name, folder)
+    }
+    assert found == KNOWN_TASK_IMPORTS, sorted(found ^ KNOWN_TASK_IMPORTS)
+
+
+def test_no_task_name_is_written_outside_its_folder():
+    """A string equal to a task's name, in the layers that know about tasks (the models'
+    own words, e.g. CLIP's pooling, do not count)."""
+    names = task_folders()
+    counts: dict[str, int] = {}
+    for name, path in MODULES.items():
+        if not name.startswith(TOP):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            named = isinstance(node, ast.Constant) and node.value in names
+            if named and outside(name, names[node.value]):  # type: ignore[union-attr]
+                counts[name] = counts.get(name, 0) + 1
+    assert counts == KNOWN_NAME_LITERALS
+
+
+def class_named(name: str, module: str) -> ast.ClassDef:
+    for node in ast.parse(MODULES[module].read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    raise AssertionError(f"no class {name} in {module}")
+
+
+def test_the_task_core_has_at_most_twelve_hooks():
+    """Public methods (a property is the run's state, not a hook) and class attributes."""
+    core = class_named("Task", "distill.runs.task")
+    hooks = []
+    for item in core.body:
+        if isinstance(item, ast.FunctionDef) and not item.name.startswith("_"):
+            decorators = {getattr(d, "id", getattr(d, "attr", "")) for d in item.decorator_list}
+            if not {"property", "setter"} & decorators:
+                hooks.append(item.name)
+        elif isinstance(item, (ast.Assign, ast.AnnAssign)):
+            targets = item.targets if isinstance(item, ast.Assign) else [item.target]
+            hooks += [t.id for t in targets if isinstance(t, ast.Name) and t.id != "name"]
+    assert len(hooks) <= TASK_CORE_LIMIT, hooks
+
+
+def test_a_task_keeps_its_state_and_implements_no_hook_only_to_raise():
+    """No identity look-ups on the data (``assert isinstance(data, ...)``); a method of a
+    kind of run whose whole body is a ``raise`` means a capability it does not have."""
+    found = []
+    for name, path in MODULES.items():
+        text = path.read_text()
+        if "assert isinstance(data," in text:
+            found.append(f"{name}: assert isinstance(data, ...)")
+        if not name.startswith(TASKS_DIR):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for item in node.body:
+                if not isinstance(item, ast.FunctionDef):
+                    continue
+                body = [
+                    s
+                    for s in item.body
+                    if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+                ]
+                if len(body) == 1 and isinstance(body[0], ast.Raise):
+                    found.append(f"{name}: {node.name}.{item.name} only raises")
+    assert not found, found
+
+
+def test_the_checks_of_the_run_layers_width_can_fail():
+    """The checks above, on made-up code: a hook that only raises, a task name outside."""
+    tree = ast.parse(
+        "class Fake:\n    def cache_rows(self):\n        'doc'\n        raise ValueError('no')\n"
+    )
+    method = tree.body[0].body[0]  # type: ignore[attr-defined]
+    body = [s for s in method.body if not isinstance(s, ast.Expr)]
+    assert len(body) == 1 and isinstance(body[0], ast.Raise)
+    assert outside("distill.runs.report.document", f"{TASKS_DIR}.clip")
+    assert not outside(f"{TASKS_DIR}.clip.task", f"{TASKS_DIR}.clip")
+    assert not outside(TASK_TABLE, f"{TASKS_DIR}.clip")

@@ -26,18 +26,15 @@ from typing import Any
 import yaml
 
 from distill.errors import PushError, RecipeError, first_line
-from distill.models.hub import save_classifier
 from distill.recipes import Recipe
 from distill.runs.commands import read_run_recipe
 from distill.runs.report.document import markdown_table
 from distill.runs.report.tables import header, table_rows
-from distill.runs.table import task_for
-from distill.runs.tasks.language.task import HF_STUDENT_DIR
-from distill.runs.workdir import RECIPE_FILE, SUMMARY_FILE, Log, verify_finished
+from distill.runs.table import named_with, task_for
+from distill.runs.task import Pushable
+from distill.runs.workdir import HF_STUDENT_DIR, RECIPE_FILE, SUMMARY_FILE, Log, verify_finished
 
 CARD = "README.md"
-PIPELINES = {"classification": "image-classification", "causal_lm": "text-generation",
-             "masked_lm": "fill-mask"}  # fmt: skip
 LOCAL_PREFIXES = ("/", "./", "../", "~", "file://")
 NETWORK_LIBRARIES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}  # their errors
 
@@ -56,17 +53,14 @@ def hub_folder(run_dir: Path, recipe: Recipe, license: str | None = None, log: L
     summary = json.loads(summary_path.read_text())
     verify_finished(run_dir)  # nothing damaged is copied, sent or rebuilt
     folder = run_dir / HF_STUDENT_DIR
-    if recipe.task == "classification":
-        task = task_for(recipe)
-        data = task.prepare(False, log)
-        student = task.load_student(run_dir)
-        save_classifier(student, folder, recipe.student.model, dict(recipe.student.args),
-                        data.num_classes, data.in_shape)  # fmt: skip
-    elif recipe.task not in PIPELINES:
-        raise RecipeError(f"distill push: task {recipe.task} is not built yet")
-    elif not folder.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no {HF_STUDENT_DIR}/ folder; did the run finish?")
-    card = model_card(recipe, summary, (run_dir / RECIPE_FILE).read_text(), license)
+    task = task_for(recipe)
+    if not isinstance(task, Pushable):
+        raise RecipeError(
+            f"distill push: task {recipe.task} is not built yet (it pushes {named_with(Pushable)} "
+            "runs)"
+        )
+    task.hub_student(run_dir, folder, log)
+    card = model_card(task, summary, (run_dir / RECIPE_FILE).read_text(), license)
     (folder / CARD).write_text(card)
     return folder
 
@@ -165,15 +159,17 @@ def push_failure(error: Exception) -> str | None:
 
 
 def model_card(
-    recipe: Recipe, summary: dict[str, Any], recipe_text: str, license: str | None
+    task: Pushable, summary: dict[str, Any], recipe_text: str, license: str | None
 ) -> str:
-    """The model card: YAML metadata, then what was distilled from what, how, and how well."""
+    """The model card of ``task``'s run: YAML metadata, then what was distilled from what,
+    how, and how well."""
+    recipe: Recipe = task.recipe  # type: ignore[attr-defined]
     teacher = recipe.teacher
     metadata: dict[str, Any] = {
-        "library_name": "transformers" if recipe.task in ("causal_lm", "masked_lm") else "distill",
+        "library_name": task.hub_library,
         "license": license or recipe.output.license or "other",
         "tags": ["distill", "knowledge-distillation"],
-        "pipeline_tag": PIPELINES[recipe.task],
+        "pipeline_tag": task.pipeline_tag,
     }
     dataset = getattr(recipe.data, "dataset", None)
     if dataset and dataset != "text":
@@ -235,7 +231,7 @@ def model_card(
         "## Use",
         "",
         "```python",
-        *_usage(recipe),
+        *task.hub_usage(),
         "```",
         "",
     ]
@@ -248,17 +244,3 @@ def _scheduled(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"{value:g}"
     return ", ".join(f"{k} {v}" for k, v in value.model_dump(exclude_none=True).items())
-
-
-def _usage(recipe: Recipe) -> list[str]:
-    if recipe.task == "causal_lm":
-        return ["from transformers import AutoModelForCausalLM, AutoTokenizer",
-                'model = AutoModelForCausalLM.from_pretrained("<this repository>")',
-                'tokenizer = AutoTokenizer.from_pretrained("<this repository>")']  # fmt: skip
-    if recipe.task == "masked_lm":
-        return ["from transformers import AutoModelForMaskedLM, AutoTokenizer",
-                'model = AutoModelForMaskedLM.from_pretrained("<this repository>")',
-                'tokenizer = AutoTokenizer.from_pretrained("<this repository>")']  # fmt: skip
-    return ["from huggingface_hub import snapshot_download",
-            "from distill.models.hub import load_classifier",
-            'model = load_classifier(snapshot_download("<this repository>"))']  # fmt: skip

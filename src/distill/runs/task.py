@@ -21,6 +21,7 @@ base class a task adds to its bases; the driver, the commands and the doctor ask
   distilled student's are rewritten (on-policy answers).
 - ``SavesStudent``: a student is kept in more than ``student.safetensors``.
 - ``Searchable``: ``distill search`` can search its students.
+- ``Pushable``: ``distill push`` publishes its students on the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -331,3 +332,22 @@ class Searchable:
 
     search_metric: ClassVar[str] = "accuracy"
     students_from_teacher: ClassVar[bool] = False
+
+
+class Pushable(ABC):
+    """``distill push`` publishes its students: the model card's ``pipeline_tag`` and
+    ``hub_library``, the folder it sends and how a reader loads it."""
+
+    pipeline_tag: ClassVar[str] = ""
+    hub_library: ClassVar[str] = "distill"
+
+    @abstractmethod
+    def hub_student(self, run_dir: Path, folder: Path, log: Log) -> None:
+        """Write the run's student into ``folder`` in the format the Hub reads (or check
+        that the run wrote it there); its checksums are verified first."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def hub_usage(self) -> list[str]:
+        """The lines of Python that load the pushed student (``<this repository>``)."""
+        raise NotImplementedError

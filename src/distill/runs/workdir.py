@@ -42,6 +42,7 @@ HARMLESS = {
 RECIPE_FILE = "recipe.yaml"
 SUMMARY_FILE = "summary.json"
 BASELINE_DIR = "baseline"
+HF_STUDENT_DIR = "student"  # a student in Hugging Face's format: what distill push sends
 
 Log = Callable[[str], None]  # where a run's notes go: print, a file, nowhere
 

@@ -21,12 +21,12 @@ from distill.runs.report.tables import (
     header,
     is_clip,
     is_language_model,
+    layout_of,
     model_rows,
     span,
     table_rows,
 )
 from distill.runs.report.ticks import count, readable_log_axis
-from distill.runs.tasks.diffusion import report as diffusion_report
 
 PLOTS = "plots"
 TERM_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
@@ -240,8 +240,9 @@ def _doctor_html(run_dir: Path) -> str:
 
 def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     """Write the plots, report.md and report.html; returns their paths."""
-    if summary.get("task") == "diffusion":  # samplers, not classifiers
-        return diffusion_report.write_diffusion_report(run_dir, summary)
+    own = layout_of(summary).write_report  # e.g. samplers, not classifiers
+    if own is not None:
+        return own(run_dir, summary)
     plots = run_dir / PLOTS
     figures = {
         "training_curves": (

@@ -1,11 +1,40 @@
 """The rows of a run's results table: which models, in which order and colour, and each
-row's cells for the report (markdown) and for an 80-column terminal."""
+row's cells for the report (markdown) and for an 80-column terminal; and how each kind of
+run's summary reads (``SummaryLayout``, which a kind of run registers for its name)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from distill.runs.tasks.diffusion import report as diffusion_report
+
+@dataclass(frozen=True)
+class SummaryLayout:
+    """How a kind of run's summary reads: by test accuracy (the default), by perplexity
+    (``headline``), with a CLIP student's zero-shot columns (``zero_shot``), or with a
+    report and terminal table of its own (``write_report``, ``terminal_table``)."""
+
+    headline: str = "accuracy"
+    zero_shot: bool = False
+    write_report: Callable[[Path, dict[str, Any]], dict[str, Path]] | None = None
+    terminal_table: Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]] | None = None
+
+
+LAYOUTS: dict[str, SummaryLayout] = {}
+
+
+def register_layout(task: str, layout: SummaryLayout) -> None:
+    """``task``'s summaries read as ``layout`` (called by the kind of run's module)."""
+    LAYOUTS[task] = layout
+
+
+def layout_of(summary: dict[str, Any]) -> SummaryLayout:
+    """The layout of the kind of run that wrote ``summary`` (a classifier's summary names
+    no task)."""
+    return LAYOUTS.get(summary.get("task") or "", SummaryLayout())
+
 
 LABELS = {"teacher": "teacher", "baseline": "student, labels only", "student": "student, distilled"}
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -52,11 +81,11 @@ COLORS = {"teacher": "#444444", "baseline": "#1f77b4", "student": "#d62728"}
 
 
 def is_language_model(summary: dict[str, Any]) -> bool:
-    return summary.get("task") in ("causal_lm", "masked_lm")
+    return layout_of(summary).headline == "perplexity"
 
 
 def is_clip(summary: dict[str, Any]) -> bool:
-    return summary.get("task") == "clip"
+    return layout_of(summary).zero_shot
 
 
 def _percent(value: float | None, digits: int = 2) -> str:
@@ -109,8 +138,9 @@ TERMINAL_HEADER_LM = ["model", "ppl", "agree", "tok. acc.", "params", "MiB", "ms
 
 def terminal_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The summary table for a terminal: (header, rows)."""
-    if summary.get("task") == "diffusion":
-        return diffusion_report.terminal_table(summary)
+    own = layout_of(summary).terminal_table
+    if own is not None:
+        return own(summary)
     if is_clip(summary):  # without recall and size, to fit 80 columns
         rows = [row[:3] + row[4:5] + row[6:] for row in table_rows(summary)]
         return ["model", "zero-shot", "probe", "params", *TERMINAL_HEADER[4:]], rows

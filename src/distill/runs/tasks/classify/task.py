@@ -21,6 +21,7 @@ from distill.data.mixing import BatchMix
 from distill.errors import DistillError, RecipeError
 from distill.methods import Cohort
 from distill.methods.inversion import batchnorm_layers
+from distill.models.hub import save_classifier
 from distill.models.lora import with_lora
 from distill.objective import Objective
 from distill.recipes import ModelSpec, Recipe, build_objective
@@ -31,6 +32,7 @@ from distill.runs.task import (
     Diagnosable,
     Exportable,
     MixesInputs,
+    Pushable,
     Searchable,
     Task,
     TransferSet,
@@ -44,12 +46,13 @@ from distill.taps import Taps
 
 
 class Classification(
-    Task, Cacheable, Exportable, Diagnosable, Searchable, TransferSet, MixesInputs
+    Task, Cacheable, Exportable, Diagnosable, Searchable, TransferSet, MixesInputs, Pushable
 ):
     """``task: classification``."""
 
     name = "classification"
     cache_holds_test = True
+    pipeline_tag = "image-classification"
     data: Data
 
     def prepare(self, progress: bool, log: Log) -> Data:
@@ -137,6 +140,22 @@ class Classification(
         after = {"gap_closed": gap_closed(models), **private_summary(recipe, self.data)}
         before = {"dataset": recipe.data.dataset, "select_metric": recipe.train.select_metric}
         return before, after
+
+    def hub_student(self, run_dir: Path, folder: Path, log: Log) -> None:
+        """The student as a Hugging Face folder: its weights and how to build it."""
+        data = self.prepare(False, log)
+        student = self.load_student(run_dir)
+        spec = self.recipe.student
+        save_classifier(
+            student, folder, spec.model, dict(spec.args), data.num_classes, data.in_shape
+        )
+
+    def hub_usage(self) -> list[str]:
+        return [
+            "from huggingface_hub import snapshot_download",
+            "from distill.models.hub import load_classifier",
+            'model = load_classifier(snapshot_download("<this repository>"))',
+        ]
 
     def describe_eval(self, metrics: dict[str, float]) -> str:
         return (

@@ -44,6 +44,7 @@ from distill.models.shrink import student_from_teacher
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
 from distill.recipes.load import read_yaml
+from distill.runs.report.tables import SummaryLayout, register_layout
 from distill.runs.stages.cache import make_layout
 from distill.runs.store import (
     fit_and_store_teacher,
@@ -323,3 +324,6 @@ class Clip(Task, Cacheable, Exportable, Diagnosable):
             f"validation zero-shot accuracy {100 * info['val']['accuracy']:.2f}%, logit scale "
             f"{info['logit_scale']:.1f}"
         )
+
+
+register_layout(Clip.name, SummaryLayout(zero_shot=True))

@@ -45,10 +45,11 @@ from distill.models.diffusion import prompt_embeddings, unet_from_config
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe, TeacherSpec, TrainSpec
 from distill.runs.fitting import recipe_objective
+from distill.runs.report.tables import SummaryLayout, register_layout
 from distill.runs.store import fit_and_store_teacher, reuse_or_train, train_again
 from distill.runs.task import Chained, Lesson, Objectives, Samples, SavesStudent, Task, loader
 from distill.runs.tasks.diffusion.data import DiffusionData, hub_teacher, prepare_data, spec_of
-from distill.runs.tasks.diffusion.report import GRID
+from distill.runs.tasks.diffusion.report import GRID, terminal_table, write_diffusion_report
 from distill.runs.workdir import Log, load_finished
 from distill.taps import Taps
 from distill.teachers import EMA
@@ -146,7 +147,7 @@ def classifier(recipe: Recipe, data: DiffusionData, progress: bool, log: Log) ->
     spec = spec_of(recipe)
     scorer = TeacherSpec(model="zoo:cnn", args=spec.classifier,
                          train=TrainSpec(epochs=spec.classifier_epochs, lr=2e-3))  # fmt: skip
-    as_classifier = recipe.model_copy(update={"teacher": scorer, "task": "classification"})
+    as_classifier = recipe.model_copy(update={"teacher": scorer})  # its own store entry
     build = lambda: build_model("zoo:cnn", data.num_classes, data.in_shape, spec.classifier)  # noqa: E731
 
     def train() -> tuple[nn.Module, dict[str, Any]]:
@@ -415,3 +416,9 @@ class Diffusion(Task, Chained, Samples, SavesStudent):
 
     def describe_teacher(self, info: dict[str, Any]) -> str:
         return f"validation denoising loss {info['val']['loss']:.4f}"
+
+
+register_layout(
+    Diffusion.name,
+    SummaryLayout(write_report=write_diffusion_report, terminal_table=terminal_table),
+)

@@ -25,12 +25,14 @@ from distill.methods.on_policy import OnPolicy
 from distill.models import hf
 from distill.recipes import ModelSpec, Recipe
 from distill.runs.fitting import AUTOCAST, teacher_module
+from distill.runs.report.tables import SummaryLayout, register_layout
 from distill.runs.stages.cache import cache_temperature, cache_vocab_size, make_layout
 from distill.runs.store import fit_and_store_teacher, reuse_or_train, train_again
 from distill.runs.task import (
     Cacheable,
     Diagnosable,
     Generates,
+    Pushable,
     RewritesBatches,
     SavesStudent,
     Searchable,
@@ -53,11 +55,9 @@ from distill.runs.tasks.language.models import (
     text_spec,
     tokenizer_for,
 )
-from distill.runs.workdir import Log, files_under, verify_finished
+from distill.runs.workdir import HF_STUDENT_DIR, Log, files_under, verify_finished
 from distill.teachers import CrossTokenizer, Served, Teacher
 from distill.training import Distiller
-
-HF_STUDENT_DIR = "student"
 
 
 @dataclass
@@ -161,13 +161,15 @@ def train_lm_teacher(
     return model.eval(), info
 
 
-class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable):
+class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushable):
     """``task: causal_lm`` or ``task: masked_lm`` (``CausalLM``, ``MaskedLM``)."""
 
     kind: hf.Task = "causal"
     checks = "language"
     search_metric = "loss"
     students_from_teacher = True
+    hub_library = "transformers"
+    auto_class = "AutoModelForCausalLM"  # what loads a pushed student
     data: TextData
 
     def __init__(self, recipe: Recipe) -> None:
@@ -271,6 +273,18 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable):
         before["teacher_tokenizer"] = own
         return before, {"perplexity_ratio": ratio, "gap_closed": None}
 
+    def hub_student(self, run_dir: Path, folder: Path, log: Log) -> None:
+        """The run saved it in Hugging Face's format (``save_student``)."""
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{run_dir}: no {HF_STUDENT_DIR}/ folder; did the run finish?")
+
+    def hub_usage(self) -> list[str]:
+        return [
+            f"from transformers import {self.auto_class}, AutoTokenizer",
+            f'model = {self.auto_class}.from_pretrained("<this repository>")',
+            'tokenizer = AutoTokenizer.from_pretrained("<this repository>")',
+        ]
+
     def describe_eval(self, metrics: dict[str, float]) -> str:
         return (
             f"test perplexity {metrics['perplexity']:.2f}, token accuracy "
@@ -287,6 +301,7 @@ class CausalLM(Language, Cacheable, Generates, RewritesBatches):
 
     name = "causal_lm"
     kind = "causal"
+    pipeline_tag = "text-generation"
     cache_example = "cache: {top_k: 64} (see recipes/llm_cached_kd.yaml)"
 
     def generate(self, progress: bool, log: Log) -> Path:
@@ -361,3 +376,9 @@ class MaskedLM(Language):
 
     name = "masked_lm"
     kind = "masked"
+    pipeline_tag = "fill-mask"
+    auto_class = "AutoModelForMaskedLM"
+
+
+for _task in (CausalLM, MaskedLM):
+    register_layout(_task.name, SummaryLayout(headline="perplexity"))
