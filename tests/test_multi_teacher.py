@@ -372,7 +372,9 @@ def test_domains_follow_examples_through_splits_and_hidden_labels():
 
 
 @pytest.mark.e2e
-def test_routed_recipe_trains_each_member_on_its_domain_only(tmp_path):
+def test_routed_recipe_trains_each_member_on_its_domain_only(tmp_path, isolated_cache):
+    """What is trained is the point: a store of its own (another test may have trained
+    the same members already)."""
     from distill.recipes import RecipeError, load_recipe, validate_recipe
     from distill.runs import run_recipe
 

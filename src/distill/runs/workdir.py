@@ -25,7 +25,8 @@ from torch import nn
 
 from distill.errors import CheckpointError, RecipeError, UsageError
 from distill.paths import changed_files, read_json, sha256_file, write_json
-from distill.recipes import Recipe, dump_recipe
+from distill.recipes import Recipe, dump_recipe, validate_recipe
+from distill.recipes.load import read_yaml
 from distill.training import checkpoint as ckpt
 from distill.training.distributed import is_main_process, on_main, wait_for_everyone
 
@@ -202,3 +203,14 @@ def check_run_dir(run_dir: Path) -> None:
     """Refuse a folder that ``distill run`` did not write."""
     if not (Path(run_dir) / RECIPE_FILE).exists():
         raise FileNotFoundError(f"{run_dir} is not a distill run directory (no {RECIPE_FILE})")
+
+
+def earlier_run(run_dir: Path, model: str) -> Recipe:
+    """The recipe of the finished run ``run_dir`` that a recipe's ``model`` names (its
+    student is what the model loads); a folder without that recipe or student is refused."""
+    if not (run_dir / RECIPE_FILE).exists() or not (run_dir / ckpt.STUDENT_FILE).exists():
+        raise RecipeError(
+            f"model {model}: a directory must be a distill run with {RECIPE_FILE} and "
+            f"{ckpt.STUDENT_FILE}"
+        )
+    return validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))

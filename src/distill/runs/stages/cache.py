@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from distill import teachers
 from distill.cache import (
@@ -161,3 +161,17 @@ def build_teacher_cache(
         recipe, live, rows, layout, worker=worker, workers=workers, progress=progress, log=log,
         together=together, head=head,
     )  # fmt: skip
+
+
+class DenseAnswers(Cacheable):
+    """A cache of the teacher's dense outputs (a classifier's logits, an image tower's
+    embeddings) on every row: the distilled student's, validation and test."""
+
+    def cache_rows(self) -> Dataset:
+        data = self.data  # type: ignore[attr-defined]
+        return ConcatDataset([data.student_train, data.val, data.test])
+
+    def cache_layout(self, teacher: nn.Module, rows: int) -> Layout:
+        fingerprint = self.cache_fingerprint()
+        recipe = self.recipe  # type: ignore[attr-defined]
+        return make_layout(recipe, kind="dense", num_examples=rows, fingerprint=fingerprint)

@@ -13,13 +13,12 @@ from distill import teachers
 from distill.data import domain_subset
 from distill.errors import RecipeError
 from distill.models import build_model
-from distill.recipes import ModelSpec, Recipe, validate_recipe
-from distill.recipes.load import read_yaml
+from distill.recipes import ModelSpec, Recipe
 from distill.runs.store import fit_and_store_teacher, reuse_or_train
 from distill.runs.task import loader
 from distill.runs.tasks.classify.data import Data
 from distill.runs.tasks.private.rows import pate_teachers
-from distill.runs.workdir import RECIPE_FILE, Log, load_finished
+from distill.runs.workdir import Log, earlier_run, load_finished
 from distill.training import checkpoint as ckpt
 
 
@@ -27,12 +26,7 @@ def model_from_spec(spec: ModelSpec, data: Data) -> nn.Module:
     """Build a model; load ``checkpoint`` weights, or a run directory's student."""
     run_dir = Path(spec.model)
     if run_dir.is_dir():
-        if not (run_dir / RECIPE_FILE).exists() or not (run_dir / ckpt.STUDENT_FILE).exists():
-            raise RecipeError(
-                f"model {spec.model}: a directory must be a distill run with {RECIPE_FILE} and "
-                f"{ckpt.STUDENT_FILE}"
-            )
-        earlier = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
+        earlier = earlier_run(run_dir, spec.model)
         model = model_from_spec(earlier.student.model_copy(update={"checkpoint": None}), data)
         load_finished(model, run_dir)
     else:

@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, Dataset, default_collate
+from torch.utils.data import default_collate
 
 from distill import teachers
 from distill.batch import as_batch, logits_of
-from distill.cache import Layout
 from distill.data.mixing import BatchMix
 from distill.errors import DistillError, RecipeError
 from distill.methods import Cohort
@@ -25,10 +24,9 @@ from distill.models.hub import save_classifier
 from distill.models.lora import with_lora
 from distill.objective import Objective
 from distill.recipes import ModelSpec, Recipe, build_objective
-from distill.runs.stages.cache import make_layout
+from distill.runs.stages.cache import DenseAnswers
 from distill.runs.store import teacher_fingerprint, train_again
 from distill.runs.task import (
-    Cacheable,
     Diagnosable,
     Exportable,
     MixesInputs,
@@ -46,12 +44,12 @@ from distill.taps import Taps
 
 
 class Classification(
-    Task, Cacheable, Exportable, Diagnosable, Searchable, TransferSet, MixesInputs, Pushable
+    Task, DenseAnswers, Exportable, Diagnosable, Searchable, TransferSet, MixesInputs, Pushable
 ):
     """``task: classification``."""
 
     name = "classification"
-    cache_holds_test = True
+    cache_holds_test = True  # its dense logits: exact, usable at any temperature
     pipeline_tag = "image-classification"
     data: Data
 
@@ -121,14 +119,6 @@ class Classification(
         routed = isinstance(model, teachers.EnsembleModel) and model.combine == "route"
         # a routed model's latency: the first test example, with its domain
         return example[0], {"domain": torch.tensor([example[2]["domain"]])} if routed else {}
-
-    def cache_rows(self) -> Dataset:
-        return ConcatDataset([self.data.student_train, self.data.val, self.data.test])
-
-    def cache_layout(self, teacher: nn.Module, rows: int) -> Layout:
-        """A classifier's cache: its dense logits, exact, usable at any temperature."""
-        fingerprint = self.cache_fingerprint()
-        return make_layout(self.recipe, kind="dense", num_examples=rows, fingerprint=fingerprint)
 
     def cache_fingerprint(self) -> dict[str, Any]:
         return teacher_fingerprint(self.recipe)

@@ -28,11 +28,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, Dataset, default_collate
+from torch.utils.data import default_collate
 
 from distill import teachers
 from distill.batch import as_batch
-from distill.cache import Layout
 from distill.errors import DistillError, RecipeError
 from distill.losses import clip_contrastive
 from distill.losses.registry import loss_info, loss_parameters
@@ -42,10 +41,9 @@ from distill.models import build_model
 from distill.models.clip import ZeroShotClassifier, embed_images, load_hf_clip
 from distill.models.shrink import student_from_teacher
 from distill.objective import Objective, Term
-from distill.recipes import ModelSpec, Recipe, build_objective, validate_recipe
-from distill.recipes.load import read_yaml
+from distill.recipes import ModelSpec, Recipe, build_objective
 from distill.runs.report.tables import SummaryLayout, register_layout
-from distill.runs.stages.cache import make_layout
+from distill.runs.stages.cache import DenseAnswers
 from distill.runs.store import (
     fit_and_store_teacher,
     reuse_or_train,
@@ -53,7 +51,6 @@ from distill.runs.store import (
     train_again,
 )
 from distill.runs.task import (
-    Cacheable,
     Diagnosable,
     Exportable,
     Objectives,
@@ -62,7 +59,7 @@ from distill.runs.task import (
     loader,
 )
 from distill.runs.tasks.clip.data import INITIAL_SCALE, ClipData, prepare_data
-from distill.runs.workdir import RECIPE_FILE, Log, load_finished
+from distill.runs.workdir import Log, earlier_run, load_finished
 from distill.taps import Taps
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
@@ -92,12 +89,7 @@ def clip_model(spec: ModelSpec, data: ClipData, scale: float) -> ZeroShotClassif
     run directory's student, loaded (with the prompts and scale it was saved with)."""
     run_dir = Path(spec.model)
     if run_dir.is_dir():
-        if not (run_dir / RECIPE_FILE).exists() or not (run_dir / ckpt.STUDENT_FILE).exists():
-            raise RecipeError(
-                f"model {spec.model}: a directory must be a distill run with {RECIPE_FILE} and "
-                f"{ckpt.STUDENT_FILE}"
-            )
-        earlier = validate_recipe(read_yaml(run_dir / RECIPE_FILE), str(run_dir / RECIPE_FILE))
+        earlier = earlier_run(run_dir, spec.model)
         if earlier.task != "clip":
             raise RecipeError(f"model {spec.model}: a task {earlier.task} run, not a clip one")
         student = earlier.student.model_copy(update={"checkpoint": None})
@@ -192,7 +184,7 @@ def clip_terms(recipe: Recipe, scale: float) -> Recipe:
     return recipe.model_copy(update={"objective": terms})
 
 
-class Clip(Task, Cacheable, Exportable, Diagnosable):
+class Clip(Task, DenseAnswers, Exportable, Diagnosable):
     """``task: clip``. ``logit_scale``: the teacher's, once it is known (the students'
     zero-shot logits and the contrastive terms use it)."""
 
@@ -283,14 +275,6 @@ class Clip(Task, Cacheable, Exportable, Diagnosable):
 
     def cached_teacher(self, answers: teachers.Cached) -> teachers.Teacher:
         return teachers.ZeroShotAnswers(answers, self.data.prompts, self.logit_scale, ENCODER)
-
-    def cache_rows(self) -> Dataset:
-        return ConcatDataset([self.data.student_train, self.data.val, self.data.test])
-
-    def cache_layout(self, teacher: nn.Module, rows: int) -> Layout:
-        """The teacher's image embeddings, dense."""
-        fingerprint = self.cache_fingerprint()
-        return make_layout(self.recipe, kind="dense", num_examples=rows, fingerprint=fingerprint)
 
     def cache_fingerprint(self) -> dict[str, Any]:
         """A classifier's, and the captions its teacher was trained against."""
