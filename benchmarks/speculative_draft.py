@@ -30,7 +30,7 @@ import torch
 
 from distill.recipes import load_recipe
 from distill.runs import run_recipe
-from distill.runs.tasks.language.speculative import speculative_command
+from distill.runs.commands import speculative_command
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"tvd": "token TVD", "kl": "token forward KL", "jsd": "token JSD"}

@@ -401,5 +401,6 @@ def test_a_classifier_recipe_trains_against_its_dense_cache(tmp_path, monkeypatc
 
     with pytest.raises(RecipeError, match="augment"):
         load_recipe(recipe_file, [*overrides, "cache={}", "data.augment=true"])
-    with pytest.raises(RecipeError, match="dense logits; drop top_k"):
+    refused = "`cache.top_k` does not combine with `task: classification`: a top-k cache"
+    with pytest.raises(RecipeError, match=refused):
         load_recipe(recipe_file, [*overrides, "cache={top_k: 8}"])

@@ -198,9 +198,16 @@ def test_a_teacher_without_a_text_tower_is_named(digits_idx_dir):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"task": "classification"}, "data.captions is for task: clip"),
-        ({"data.captions": None}, "task clip needs data.captions"),
-        ({"teacher": {"model": "ema"}}, "task clip distils an image-text teacher"),
+        (
+            {"task": "classification"},
+            "`data.captions` does not combine with `task: classification`: it belongs to the "
+            "recipes of task: clip",
+        ),
+        ({"data.captions": None}, "data.captions: Input should be a valid dictionary"),
+        (
+            {"teacher": {"model": "ema"}},
+            "`teacher.model: ema` does not combine with `task: clip`: CLIP distils one",
+        ),
         ({"student.model": "teacher"}, "keeps layers of an hf-clip: teacher"),
         ({"data.captions.templates": ["a {kind} of {name}"]}, r"unknown field\(s\) \['kind'\]"),
     ],
@@ -270,7 +277,8 @@ def test_a_student_learns_the_same_from_the_cache_of_image_embeddings(digits_idx
 
 
 def test_a_cached_clip_teacher_keeps_only_its_image_embedding():
-    with pytest.raises(RecipeError, match=r"objective terms \['hint'\] read teacher features"):
+    refused = "`objective.hint.teacher` does not combine with `cache.use`"
+    with pytest.raises(RecipeError, match=refused):
         clip_recipe(
             cache={},
             objective={
@@ -282,7 +290,7 @@ def test_a_cached_clip_teacher_keeps_only_its_image_embedding():
 @pytest.mark.e2e
 @needs_minilm
 def test_the_doctor_examines_a_clip_teacher_through_its_zero_shot_logits(digits_idx_dir, tmp_path):
-    from distill.doctor import diagnose
+    from distill.doctor.run import diagnose
 
     recipe = tiny(digits_idx_dir, tmp_path)
     result = diagnose(recipe, sample=300, probe_steps=20, progress=False, log=lambda line: None)

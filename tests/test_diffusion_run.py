@@ -116,7 +116,7 @@ def test_guidance_is_baked_into_the_first_round_only(digits_idx_dir, tmp_path):
         ({"student": {"model": "zoo:cnn"}}, "starts each student as a copy of its teacher"),
         ({"baseline": True}, "set baseline: false"),
         ({"objective": {"kd": {"loss": "kl"}}}, "one term \\{loss: progressive_distillation\\}"),
-        ({"diffusion": None}, "task diffusion needs a diffusion section"),
+        ({"diffusion": None}, "diffusion: required field is missing"),
         ({"teacher": {"model": "diffusers:unet2d"}}, "starts with random weights; give train"),
     ],
 )

@@ -12,7 +12,6 @@ from torch import nn
 from typer.testing import CliRunner
 
 from distill import cli
-from distill.doctor import diagnose
 from distill.doctor.checks import (
     calibration,
     capacity_gap_check,
@@ -20,6 +19,7 @@ from distill.doctor.checks import (
     teacher_cost_check,
     temperature_check,
 )
+from distill.doctor.run import diagnose
 from distill.doctor.shift import data_shift_check, domain_classifier_auc
 from distill.recipes import RecipeError, load_recipe
 from distill.runs import run_recipe

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from distill import Objective, Term, cli, losses, teachers
 from distill.batch import as_batch
 from distill.data.text import ChatExamples
-from distill.doctor import diagnose
 from distill.doctor.lm_checks import (
     accumulation_check,
     kept_mass,
@@ -26,6 +25,7 @@ from distill.doctor.lm_checks import (
     teacher_mode_check,
     top_k_mass_check,
 )
+from distill.doctor.run import diagnose
 from distill.doctor.tokenizers import template_check, truncation_check, vocabulary_check
 from distill.outputs import TeacherOutput
 from distill.recipes import RecipeError, load_recipe

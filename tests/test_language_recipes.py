@@ -182,9 +182,9 @@ def base_lm_recipe(**changes):
 
 
 def test_language_model_recipe_errors_name_the_field():
-    with pytest.raises(RecipeError, match=r"task causal_lm needs data\.dataset text"):
+    with pytest.raises(RecipeError, match=r"data\.dataset: Input should be 'text'"):
         validate_recipe(base_lm_recipe(data={"dataset": "mnist1d"}))
-    with pytest.raises(RecipeError, match=r"task classification needs data\.dataset one of"):
+    with pytest.raises(RecipeError, match=r"data\.dataset: Input should be 'fashion_mnist'"):
         validate_recipe(base_lm_recipe(task="classification"))
     with pytest.raises(RecipeError, match="copies teacher layers, but no teacher is set"):
         validate_recipe(base_lm_recipe(teacher=None))

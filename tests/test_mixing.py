@@ -115,9 +115,9 @@ def test_a_recipe_with_data_mix_mixes_the_label_only_and_the_distilled_students_
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("cache={}", "data.mix: does not combine with cache"),
+        ("cache={}", "`data.mix` does not combine with `cache`"),
         ("objective={ce: {loss: cross_entropy}, dkd: {loss: dkd, temperature: 4.0}}",
-         "objective.dkd: dkd reads class ids"),
+         "`objective.dkd` does not combine with `data.mix`: dkd reads class ids"),
     ],
 )  # fmt: skip
 def test_data_mix_refuses_what_cannot_read_mixed_inputs(digits_idx_dir, tmp_path, change, message):
@@ -134,7 +134,7 @@ def test_data_mix_refuses_what_cannot_read_mixed_inputs(digits_idx_dir, tmp_path
     ],
 )
 def test_data_mix_refuses_the_shipped_recipes_it_cannot_mix(recipe, field):
-    with pytest.raises(RecipeError, match=f"data.mix: does not combine with {field} "):
+    with pytest.raises(RecipeError, match=f"`data.mix` does not combine with `{field}`: "):
         load_recipe(ROOT / "recipes" / recipe, ["data.mix={kind: mixup}"])
 
 

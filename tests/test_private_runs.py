@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from distill.data import Mixed
-from distill.doctor import diagnose
+from distill.doctor.run import diagnose
 from distill.errors import RecipeError
 from distill.methods.pate import pate_epsilon
 from distill.methods.synthetic import SyntheticSet
@@ -85,11 +85,12 @@ def test_a_data_free_recipe_rejects_a_teacher_without_batchnorm_before_training(
 
 
 def test_data_free_refuses_label_terms_and_a_cache():
-    with pytest.raises(RecipeError, match=r"objective.ce: the synthetic transfer set"):
+    refused = r"`objective.ce` does not combine with `data.synthetic`: the synthetic transfer set"
+    with pytest.raises(RecipeError, match=refused):
         load_recipe(
             RECIPES / "fashion_mnist_data_free.yaml", ["objective.ce={loss: cross_entropy}"]
         )
-    with pytest.raises(RecipeError, match=r"data.synthetic: drop cache"):
+    with pytest.raises(RecipeError, match=r"`data.synthetic` does not combine with `cache`"):
         load_recipe(RECIPES / "fashion_mnist_data_free.yaml", ["cache={}"])
 
 
@@ -162,11 +163,11 @@ def test_pate_partitions_larger_than_the_data_fail_before_training(
         ("pate.delta=1", "pate.delta"),
         ("pate.sigma_threshold=null", "both threshold and sigma_threshold"),
         ("teacher.train.select_metric=accuracy", "teacher.train.select_metric"),
-        ("train.select_metric=accuracy", r"\(top level\): train.select_metric: the validation"),
+        ("train.select_metric=accuracy", r"`train.select_metric` does not combine with `pate`"),
         ("pate.threshold=300", "threshold 300 exceeds the 250 teachers"),
         ("pate.queries=20000", "queries 20000 exceeds the public pool"),
-        ("data.labeled=2000", "pate: drop data.labeled"),
-        ("objective.kd={loss: kl}", "objective.kd: with pate"),
+        ("data.labeled=2000", "`pate` does not combine with `data.labeled`"),
+        ("objective.kd={loss: kl}", "`objective.kd` does not combine with `pate`"),
     ],
 )
 def test_bad_pate_settings_are_one_line_errors_naming_the_field(change, field):

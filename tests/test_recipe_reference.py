@@ -12,11 +12,12 @@ from pydantic import BaseModel
 
 from distill.losses.registry import RECIPE_LOSSES
 from distill.recipes import Recipe
-from distill.recipes.data_specs import TextDataSpec
-from distill.recipes.private_spec import PateSpec
+from distill.recipes.kinds import recipe_kinds
 from distill.recipes.reference import recipe_reference
 from distill.recipes.search_spec import Candidate
 from distill.recipes.specs import CompressStage, LoraSpec, ScheduleSpec, TermSpec
+from distill.runs.tasks.language.recipe import TextDataSpec
+from distill.runs.tasks.private.recipe import PateSpec
 
 TEXT = recipe_reference()
 ROW = re.compile(r"^\| `(\w+)` \|")
@@ -45,8 +46,24 @@ def sections(text: str) -> dict[str, dict[str, list[str]]]:
 SECTIONS = sections(TEXT)
 
 
-def reachable(model: type[BaseModel]) -> list[type[BaseModel]]:
-    """Every model inside ``model``'s field types, at any depth (written here, independently
+KINDS = recipe_kinds()
+
+
+def fields_of(model: type[BaseModel]) -> list[str]:
+    """A model's fields as its section lists them: a kind of run's recipe lists those it
+    adds to the shared ``Recipe`` or narrows."""
+    if model in KINDS.values():
+        shared = Recipe.model_fields
+        return [
+            name
+            for name, field in model.model_fields.items()
+            if name not in shared or field.annotation != shared[name].annotation
+        ]
+    return list(model.model_fields)
+
+
+def reachable(*roots: type[BaseModel]) -> list[type[BaseModel]]:
+    """Every model inside the roots' field types, at any depth (written here, independently
     of the module under test)."""
     seen: list[type[BaseModel]] = []
 
@@ -54,13 +71,14 @@ def reachable(model: type[BaseModel]) -> list[type[BaseModel]]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             if annotation not in seen:
                 seen.append(annotation)
-                for field in annotation.model_fields.values():
-                    visit(field.annotation)
+                for name in fields_of(annotation):
+                    visit(annotation.model_fields[name].annotation)
             return
         for arg in get_args(annotation):
             visit(arg)
 
-    visit(model)
+    for root in roots:
+        visit(root)
     return seen
 
 
@@ -71,12 +89,14 @@ def toc_slug(heading: str) -> str:
 
 
 def test_every_section_model_has_a_section_with_every_field_in_order():
-    models = reachable(Recipe)
+    models = reachable(Recipe, *KINDS.values())
     assert len(models) > 20  # the walk went deep: data, teacher, ..., search.budget
     assert len(SECTIONS) == len(models)
     tables = [list(fields) for fields in SECTIONS.values()]
     for model in models:
-        assert list(model.model_fields) in tables, f"{model.__name__}: no section lists its fields"
+        assert fields_of(model) in tables, f"{model.__name__}: no section lists its fields"
+    for task, kind in KINDS.items():
+        assert list(SECTIONS[f"recipe, task: {task}"]) == fields_of(kind)
 
 
 def test_sections_sit_at_their_paths():
@@ -121,7 +141,7 @@ def test_links_resolve_when_rendered_by_python_markdown():
     hrefs = set(re.findall(r'href="#([^"]+)"', rendered))
     assert hrefs and hrefs <= ids, hrefs - ids
     assert "objective.&lt;name&gt;" in rendered  # shown, not swallowed as an HTML tag
-    assert rendered.count("<table>") == len(SECTIONS)
+    assert rendered.count("<table>") == len([s for s in SECTIONS.values() if s])
 
 
 def test_every_table_row_has_four_cells():
@@ -147,19 +167,19 @@ def test_literal_types_list_their_values():
     loss = SECTIONS["objective.&lt;name&gt;"]["loss"][0]
     assert "`kl`" in loss
     assert all(f"`{name}`" in loss for name in RECIPE_LOSSES)
-    task = SECTIONS["recipe"]["task"][0]
-    assert task.startswith(r"`classification` \| `causal_lm` \|")
+    for name in KINDS:
+        assert SECTIONS[f"recipe, task: {name}"]["task"][0] == f"`{name}`"
     assert SECTIONS["objective.&lt;name&gt;"]["rows"][0] == r"`all` \| `labelled`"
 
 
 def test_types_and_constraints_are_written_out():
     recipe = SECTIONS["recipe"]
     assert recipe["teacher"][0] == "[teacher](#teacher) or null"
-    assert recipe["data"][0] == (
-        "[data (DataSpec)](#data-dataspec) or [data (TextDataSpec)](#data-textdataspec)"
-    )
+    assert recipe["data"][0] == "[data](#data)"  # narrowed by each kind of run
+    language = SECTIONS["recipe, task: causal_lm"]["data"][0]
+    assert language == "[data (TextDataSpec)](#data-textdataspec)"
     assert recipe["objective"][0].startswith("map of string to [objective.&lt;name&gt;](#")
-    assert recipe["generations"][2].endswith("(≥ 1)")
+    assert SECTIONS["recipe, task: classification"]["generations"][2].endswith("(≥ 1)")
     assert "matches `^[A-Za-z0-9_-]" in recipe["name"][2]
     assert SECTIONS["student.peft"]["target_modules"][2].endswith("(length ≥ 1)")
     assert SECTIONS["compress[]"]["sparsity"][2] == "prune: the share of weights zeroed (> 0, < 1)"

@@ -164,7 +164,7 @@ def test_a_budget_no_candidate_meets_fails_before_training(tmp_path):
         ),
         ("search.budget.latency=1", "search.budget.latency: unknown field"),
         ("search.train={lr: -1}", "search.train.lr: Input should be greater than 0"),
-        ("generations=2", "search: student search trains one student; drop generations"),
+        ("generations=2", "`search` does not combine with `generations`: student search trains"),
     ],
 )
 def test_a_bad_search_section_names_the_field(override, message):

@@ -256,7 +256,8 @@ def test_the_served_teacher_recipe_caches_then_trains(
     from distill.recipes import load_recipe
     from distill.runs import run_recipe
     from distill.runs.task import loader
-    from distill.runs.tasks.language.task import prepare_text, tokenizer_for
+    from distill.runs.tasks.language.data import prepare_text
+    from distill.runs.tasks.language.models import tokenizer_for
 
     recipe_file = Path(__file__).parent.parent / "recipes" / "llm_served_teacher.yaml"
     overrides = served_overrides(reset, text_file, tokenizer_dir, tmp_path)
@@ -294,8 +295,14 @@ def test_the_served_teacher_recipe_caches_then_trains(
 @pytest.mark.parametrize(
     "change, message",
     [
-        ("student.model=teacher", "not built with student.model teacher yet"),
-        ("objective.kd.temperature=2.0", "objective.kd.temperature: a served teacher answers at"),
+        (
+            "student.model=teacher",
+            "`teacher.model: served` does not combine with `student.model: teacher`",
+        ),
+        (
+            "objective.kd.temperature=2.0",
+            "`objective.kd.temperature` does not combine with `teacher.model: served`",
+        ),
         ("teacher.args={model: x, batch: 3}", "teacher.args: a served teacher takes"),
         ("teacher.model=served:gpu-host:8000", "served:<http(s) url of the API>"),
         ("teacher.args={model: x, top_k: 5}", "cache.top_k: a served teacher answers"),
@@ -320,8 +327,7 @@ def test_an_api_key_comes_from_the_environment_variable_the_recipe_names(
     from distill.errors import RecipeError
     from distill.recipes import load_recipe
     from distill.runs import run_recipe
-    from distill.runs.tasks.language.models import served_teacher
-    from distill.runs.tasks.language.task import tokenizer_for
+    from distill.runs.tasks.language.models import served_teacher, tokenizer_for
 
     key = "sk-test-4f9a2c"
     secured = Server(served_dir, api_key=key)

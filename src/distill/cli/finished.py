@@ -17,10 +17,10 @@ from distill.cli.shared import (
     logger,
     print_table,
 )
-from distill.runs.commands import eval_command, export_command, sample_command
+from distill.methods.speculative import describe_speculative
+from distill.runs.commands import eval_command, export_command, sample_command, speculative_command
 from distill.runs.hub import push as push_command
 from distill.runs.report.tables import export_table
-from distill.runs.tasks.language.speculative import describe_speculative, speculative_command
 
 
 def eval_(

@@ -1,5 +1,5 @@
 """``distill doctor``: the five checks on a classification or CLIP recipe (or a finished
-run), and the language-model checks (``doctor.language``) on a causal or masked LM recipe.
+run), or a kind of run's own checks (``Diagnosable.own_checks``: a language model's).
 A CLIP teacher is examined through its zero-shot class logits (the class prompts at
 its logit scale), which is what its students are measured on.
 
@@ -34,7 +34,6 @@ from distill.doctor.checks import (
     temperature_check,
     verdict_rank,
 )
-from distill.doctor.language import diagnose_language
 from distill.doctor.plots import plot_findings, plot_language, plot_sweep
 from distill.doctor.shift import data_shift_check
 from distill.errors import RecipeError
@@ -97,7 +96,7 @@ def diagnose(
     log: Log = print,
 ) -> dict[str, Any]:
     """Run the checks of the recipe's task (classification and CLIP: the five, and with
-    ``sweep`` a short temperature sweep; language models: ``doctor.language``); write the
+    ``sweep`` a short temperature sweep; language models: their task's own checks); write the
     results to ``out_dir`` (default ``<output.dir>/<name>``) and return them."""
     task = task_for(recipe)
     if not isinstance(task, Diagnosable):
@@ -111,8 +110,9 @@ def diagnose(
         raise RecipeError("--sweep: the temperature sweep is for classification and clip recipes")
     out_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     sweep_result = None
-    if language:
-        findings, notes = diagnose_language(task, sample=sample, progress=progress, log=log)  # type: ignore[arg-type]
+    own = task.own_checks(sample, progress, log)
+    if own is not None:
+        findings, notes = own
     else:
         findings, notes, sweep_result = classic_findings(
             task, sweep=sweep, sample=sample, probe_steps=probe_steps, progress=progress, log=log
@@ -155,7 +155,11 @@ def classic_findings(
     recipe = task.objectives().recipe
     notes = []
     if made is not data:  # data-free or PATE: the student's inputs were made just now
-        kind = "public inputs the PATE teachers answered" if recipe.pate else "synthetic inputs"
+        kind = (
+            "public inputs the PATE teachers answered"
+            if getattr(recipe, "pate", None)
+            else "synthetic inputs"
+        )
         notes.append(
             f"The checks read the student's {len(made.student_train):,} {kind} "  # type: ignore[arg-type]
             "(the data-shift check compares them with the test inputs)"

@@ -117,3 +117,25 @@ def assisted_generation(
             )
         results[mode] = row
     return results
+
+
+def describe_speculative(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, value) lines for a terminal, of a draft's measured result (acceptance,
+    agreement, and ``assisted_generation``'s rows flattened as ``<mode>_<key>``)."""
+    return [
+        ("α, expected acceptance (sampling, 1 − TVD)", f"{result['acceptance']:.3f}"),
+        ("top-1 agreement (greedy acceptance)", f"{result['teacher_agreement']:.3f}"),
+        *[
+            (f"{mode}: tokens per teacher pass", f"{result[f'{mode}_tokens_per_target_call']:.2f}")
+            for mode in ("greedy", "sampled")
+        ],
+        *[
+            (
+                f"{mode}: tokens/s teacher alone → with draft",
+                f"{result[f'{mode}_target_tokens_per_s']:.1f} → "
+                f"{result[f'{mode}_assisted_tokens_per_s']:.1f} "
+                f"({result[f'{mode}_speedup']:.2f}×)",
+            )
+            for mode in ("greedy", "sampled")
+        ],
+    ]

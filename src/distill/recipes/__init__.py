@@ -11,7 +11,6 @@ from distill.recipes.load import (
 from distill.recipes.schema import (
     CompressStage,
     DataSpec,
-    DiffusionSpec,
     ModelSpec,
     Recipe,
     TeacherSpec,
@@ -22,7 +21,6 @@ from distill.recipes.schema import (
 __all__ = [
     "CompressStage",
     "DataSpec",
-    "DiffusionSpec",
     "ModelSpec",
     "Recipe",
     "RecipeError",

@@ -15,6 +15,7 @@ from distill.errors import RecipeError
 from distill.losses.registry import loss_info
 from distill.methods.token_kd import lm_head_term
 from distill.objective import Objective, Term
+from distill.recipes.kinds import section_for
 from distill.recipes.schema import Recipe, TermSpec
 
 
@@ -104,7 +105,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
                 "expected a number or a schedule such as "
                 f"{{kind: warmup, value: 1.0, epochs: 20}} (got {got}"
             ]
-        lines.append(f"  {field}: {'; '.join(specific or messages)}")
+        text = "; ".join(specific or messages)
+        lines.append(f"  {text}" if field == "(top level)" else f"  {field}: {text}")
     return "\n".join(lines)
 
 
@@ -114,7 +116,11 @@ def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
             f"{source}: a recipe is a YAML mapping of sections, got {type(raw).__name__}"
         )
     try:
-        return Recipe.model_validate(raw)
+        kind = section_for(raw)
+    except ValueError as error:
+        raise RecipeError(f"{source}: the recipe has 1 problem(s):\n  {error}") from None
+    try:
+        return kind.model_validate(raw)
     except ValidationError as error:
         raise RecipeError(_format_errors(error, source)) from None
 

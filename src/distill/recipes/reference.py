@@ -1,6 +1,7 @@
 """The recipe reference: a Markdown page generated from the ``Recipe`` schema, a section per
-pydantic model a recipe can hold (breadth-first from the top), each with a table of its fields
-(type, default, description, constraints), so the page cannot drift from the schema."""
+pydantic model a recipe can hold (breadth-first from the top: the shared recipe, then each
+kind of run's own fields), each with a table of its fields (type, default, description,
+constraints), so the page cannot drift from the schema."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from distill.recipes.kinds import recipe_kinds
 from distill.recipes.schema import Recipe
 from distill.recipes.specs import ScheduleSpec
 
@@ -59,11 +61,31 @@ def _models(annotation: Any) -> list[tuple[type[BaseModel], str]]:
     return [found for arg in args for found in _models(arg)]  # unions, Annotated, Literal
 
 
+def own_fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields; for a kind of run's recipe, those it adds to or narrows in the
+    shared ``Recipe``."""
+    if not (issubclass(model, Recipe) and model is not Recipe):
+        return dict(model.model_fields)
+    shared = Recipe.model_fields
+    return {
+        name: field
+        for name, field in model.model_fields.items()
+        if name not in shared or field.annotation != shared[name].annotation
+    }
+
+
+def _roots() -> list[tuple[type[BaseModel], str, bool]]:
+    kinds = [(kind, f"{ROOT}, task: {task}", False) for task, kind in recipe_kinds().items()]
+    return [(Recipe, ROOT, False), *kinds]
+
+
 def _sections() -> Headings:
-    """Every model reachable from ``Recipe``, breadth-first, with its heading: the first
-    path that reaches it, plus its class name where one path holds several models."""
+    """Every model reachable from ``Recipe`` and each kind of run's recipe, breadth-first,
+    with its heading: the first path that reaches it, plus its class name where one path
+    holds several models."""
     headings: Headings = {}
-    queue: deque[tuple[type[BaseModel], str, bool]] = deque([(Recipe, ROOT, False)])
+    roots = {model for model, _, _ in _roots()}
+    queue: deque[tuple[type[BaseModel], str, bool]] = deque(_roots())
     while queue:
         model, path, shared = queue.popleft()
         if model in headings:
@@ -72,8 +94,8 @@ def _sections() -> Headings:
         if slug(heading) in {slug(h) for h in headings.values()}:
             heading = f"{path} ({model.__name__})"
         headings[model] = heading
-        prefix = "" if model is Recipe else f"{path}."
-        for name, field in model.model_fields.items():
+        prefix = "" if model in roots else f"{path}."
+        for name, field in own_fields(model).items():
             found = _models(field.annotation)
             for sub, suffix in found:
                 alike = sum(other == suffix for _, other in found) > 1
@@ -182,8 +204,11 @@ def _section(model: type[BaseModel], headings: Headings) -> list[str]:
     doc = model.__dict__.get("__doc__")
     if doc:
         lines += [_prose(inspect.cleandoc(doc)), ""]
+    fields = own_fields(model)
+    if not fields:
+        return lines
     lines += ["| field | type | default | description |", "| --- | --- | --- | --- |"]
-    for name, field in model.model_fields.items():
+    for name, field in fields.items():
         cells = [f"`{name}`", _type(field.annotation, headings), _default(field)]
         cells.append(_prose(_description(field)))
         cells = [cell.replace("|", r"\|").replace("\n", " ") for cell in cells]
@@ -195,14 +220,16 @@ def recipe_reference() -> str:
     """The recipe reference as Markdown: an intro, then a section per model reachable from
     ``Recipe`` (breadth-first), each model once, at the first path that reaches it."""
     headings = _sections()
-    fields = sum(len(model.model_fields) for model in headings)
+    fields = sum(len(own_fields(model)) for model in headings)
     package = Recipe.__module__.rpartition(".")[0]
     lines = [
         "# Recipe reference",
         "",
         f"Every field below, with its type and default, comes from `{package}.{Recipe.__name__}`,"
         f" the schema every recipe is validated against: {len(headings)} sections, {fields}"
-        f" fields, from the top level (`{ROOT}`) down. A section used in several places is"
+        f" fields, from the top level (`{ROOT}`) down: first what every recipe holds, then"
+        " what each kind of run (`task`) adds to it or narrows. What combines with what is"
+        " the [support matrix](support-matrix.md). A section used in several places is"
         " described once and linked; `required` fields have no default.",
         "",
     ]

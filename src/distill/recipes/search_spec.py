@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from distill.recipes.task_specs import Strict
+from distill.recipes.specs import Strict
 
 DIMENSION_KEYS = {"choices", "low", "high", "step", "log", "layers"}
 Measured = float | Literal["student"]

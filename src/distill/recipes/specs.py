@@ -8,16 +8,21 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distill import schedules
 from distill.losses.registry import RECIPE_LOSSES
 from distill.methods.generation import GenerationSettings
 from distill.methods.verify import VerifySpec
-from distill.recipes.task_specs import Strict
 from distill.training.config import TrainConfig
 
 LossName = Literal[RECIPE_LOSSES]  # type: ignore[valid-type]
+
+
+class Strict(BaseModel):
+    """The base of every recipe section: an unknown field is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ScheduleSpec(Strict):

@@ -15,7 +15,7 @@ from distill.runs.stages.cache import build_teacher_cache
 from distill.runs.stages.export import export_run
 from distill.runs.store import teacher_cache_dir
 from distill.runs.table import named_with, task_for
-from distill.runs.task import Cacheable, Exportable, Generates, Samples
+from distill.runs.task import Cacheable, Drafts, Exportable, Generates, Samples
 from distill.runs.workdir import RECIPE_FILE, Log, check_run_dir
 
 
@@ -59,6 +59,21 @@ def generate_command(recipe: Recipe, *, progress: bool = True, log: Log = print)
             f"task {recipe.task}: distill generate is for {named_with(Generates)} recipes"
         )
     return task.generate(progress, log)
+
+
+def speculative_command(
+    run_dir: Path, *, row: str = "student", log: Log = print, **options: Any
+) -> dict[str, Any]:
+    """``distill eval --speculative``: the run's ``row`` (the distilled ``student`` or the
+    label-only ``baseline``) as a speculative-decoding draft for its teacher."""
+    recipe = read_run_recipe(run_dir)
+    task = task_for(recipe)
+    if not isinstance(task, Drafts):
+        raise RecipeError(
+            f"distill eval --speculative: for {named_with(Drafts)} runs with a teacher; "
+            f"this run's task is {recipe.task}"
+        )
+    return task.measure_draft(Path(run_dir), row=row, log=log, **options)
 
 
 def read_run_recipe(run_dir: Path) -> Recipe:

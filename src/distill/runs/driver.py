@@ -26,7 +26,6 @@ from distill.recipes import ModelSpec, Recipe
 from distill.runs.fitting import (
     Budget,
     LatencyBench,
-    chain_stages,
     fit_student,
     latency,
     recipe_objective,
@@ -43,7 +42,9 @@ from distill.runs.task import (
     Cacheable,
     Chained,
     Lesson,
+    LessonPerStage,
     MixesInputs,
+    Peers,
     RewritesBatches,
     SavesStudent,
     Task,
@@ -119,8 +120,8 @@ def run_in(task: Task, run_dir: Path, progress: bool, log: Log) -> dict[str, Any
         )
     # a teacher assistant, then born-again generations (or the task's own chain): each
     # stage teaches the next
-    chained = isinstance(task, Chained)
-    for name, spec, description in task.chain_stages() if chained else chain_stages(recipe):
+    chained = isinstance(task, LessonPerStage)
+    for name, spec, description in task.chain_stages() if isinstance(task, Chained) else []:
         log(f"{description}: distilled first")
         lesson = (
             task.stage_lesson(teacher_of_student, name, per_epoch)
@@ -135,14 +136,15 @@ def run_in(task: Task, run_dir: Path, progress: bool, log: Log) -> dict[str, Any
         lesson = task.stage_lesson(teacher_of_student, "student", per_epoch)
     else:
         lesson = distilled_lesson(task, recipe, teacher_of_student, per_epoch, progress, log)
+    peers = task.peers() if isinstance(task, Peers) else 1
     log(
         f"distilled student {student_name(recipe.student)}"
-        + (f" ({recipe.peers} peers learning from each other)" if recipe.peers > 1 else "")
+        + (f" ({peers} peers learning from each other)" if peers > 1 else "")
         + f": {budget.steps} steps on {len(data.student_train):,} examples, objective "
         + ", ".join(recipe.objective)
     )
     student, metrics = train_student(
-        task, recipe, lesson, run_dir, budget, row="student", peers=recipe.peers
+        task, recipe, lesson, run_dir, budget, row="student", peers=peers
     )
     if "ema_teacher" in metrics:
         models["ema_teacher"] = metrics.pop("ema_teacher")

@@ -20,7 +20,7 @@ from distill import teachers
 from distill.batch import Batch
 from distill.measure import cpu_latency
 from distill.objective import Objective
-from distill.recipes import ModelSpec, Recipe, build_objective
+from distill.recipes import Recipe, build_objective
 from distill.runs.store import settings
 from distill.runs.task import Task
 from distill.runs.workdir import Log
@@ -108,21 +108,6 @@ def recipe_objective(
     return lambda student: build_objective(
         recipe.objective, per_epoch, student, teacher, sparse_teacher, compile
     )
-
-
-def chain_stages(recipe: Recipe) -> list[tuple[str, ModelSpec | None, str]]:
-    """(run folder, student spec or None for the recipe's, description) of the students
-    distilled before the final one: the teacher assistant, then born-again generations."""
-    stages: list[tuple[str, ModelSpec | None, str]] = []
-    if recipe.assistant is not None:
-        stages.append(
-            ("assistant", recipe.assistant, f"teacher assistant {recipe.assistant.model}")
-        )
-    stages += [
-        (f"generation_{g}", None, f"born-again generation {g} of {recipe.generations}")
-        for g in range(1, recipe.generations)
-    ]
-    return stages
 
 
 def fit_student(

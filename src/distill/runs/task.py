@@ -14,7 +14,11 @@ base class a task adds to its bases; the driver, the commands and the doctor ask
 - ``Samples``: ``distill sample`` draws from its runs' generative models.
 - ``Generates``: its teacher writes a dataset (``distill generate``).
 - ``Diagnosable``: ``distill doctor`` has checks for it.
-- ``Chained``: it distils its own chain of students (diffusion's rounds).
+- ``Chained``: it distils a chain of students before the final one (a teacher assistant,
+  born-again generations); ``LessonPerStage``: each with its own lesson (diffusion's rounds).
+- ``Peers``: its students may learn from each other (online mutual learning).
+- ``Drafts``: its students are measured as speculative-decoding drafts for its teacher
+  (``distill eval --speculative``).
 - ``TransferSet``: the student's rows are made from the teacher (data-free, PATE).
 - ``WrapsTeacher``: a student learns from the teacher through a wrapper (another tokenizer).
 - ``MixesInputs`` / ``RewritesBatches``: every student's batches are mixed (mixup), or the
@@ -260,16 +264,43 @@ class Diagnosable:
         """What a reader of the findings should know about this kind of teacher."""
         return []
 
+    def own_checks(
+        self, sample: int, progress: bool, log: Log
+    ) -> tuple[list[Any], list[str]] | None:
+        """Its own checks' findings and notes; None: the five checks on class logits."""
+        return None
+
 
 class Chained(ABC):
-    """It distils its own chain of students, each the next one's teacher (instead of the
-    recipe's assistant and born-again generations), each with its own lesson."""
+    """It distils a chain of students before the final one, each the next one's teacher."""
 
     @abstractmethod
     def chain_stages(self) -> list[tuple[str, ModelSpec | None, str]]:
         """(run folder, student spec or None for the recipe's, description) of the students
         distilled before the final one."""
         raise NotImplementedError
+
+
+class Drafts(ABC):
+    """Its students can draft for its teacher (speculative decoding)."""
+
+    @abstractmethod
+    def measure_draft(self, run_dir: Path, *, row: str, log: Log, **options: Any) -> dict[str, Any]:
+        """The run's ``row`` as a draft for its teacher: acceptance, speed-up, ..."""
+        raise NotImplementedError
+
+
+class Peers(ABC):
+    """Its students may learn from each other: several trained together as a cohort."""
+
+    @abstractmethod
+    def peers(self) -> int:
+        """How many students train together (1: one student)."""
+        raise NotImplementedError
+
+
+class LessonPerStage(Chained):
+    """Each student of its chain learns a lesson of its own, not the recipe's objective."""
 
     @abstractmethod
     def stage_lesson(self, teacher: nn.Module | None, stage: str, per_epoch: int) -> Lesson:

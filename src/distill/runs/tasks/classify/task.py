@@ -27,9 +27,11 @@ from distill.recipes import ModelSpec, Recipe, build_objective
 from distill.runs.stages.cache import DenseAnswers
 from distill.runs.store import teacher_fingerprint, train_again
 from distill.runs.task import (
+    Chained,
     Diagnosable,
     Exportable,
     MixesInputs,
+    Peers,
     Pushable,
     Searchable,
     Task,
@@ -44,7 +46,16 @@ from distill.taps import Taps
 
 
 class Classification(
-    Task, DenseAnswers, Exportable, Diagnosable, Searchable, TransferSet, MixesInputs, Pushable
+    Task,
+    DenseAnswers,
+    Exportable,
+    Diagnosable,
+    Searchable,
+    TransferSet,
+    MixesInputs,
+    Pushable,
+    Chained,
+    Peers,
 ):
     """``task: classification``."""
 
@@ -56,6 +67,23 @@ class Classification(
     def prepare(self, progress: bool, log: Log) -> Data:
         self.data = prepare_data(self.recipe)
         return self.data
+
+    def chain_stages(self) -> list[tuple[str, ModelSpec | None, str]]:
+        """The teacher assistant, then born-again generations."""
+        recipe = self.recipe
+        stages: list[tuple[str, ModelSpec | None, str]] = []
+        if recipe.assistant is not None:
+            stages.append(
+                ("assistant", recipe.assistant, f"teacher assistant {recipe.assistant.model}")
+            )
+        stages += [
+            (f"generation_{g}", None, f"born-again generation {g} of {recipe.generations}")
+            for g in range(1, recipe.generations)
+        ]
+        return stages
+
+    def peers(self) -> int:
+        return self.recipe.peers
 
     def teacher(self, progress: bool, log: Log) -> tuple[nn.Module, dict[str, Any]]:
         return get_teacher(self.recipe, self.data, progress, log)

@@ -19,8 +19,9 @@ from distill.data.vision import CIFAR_STATS
 from distill.errors import DistillError, RecipeError
 from distill.methods.diffusion import NoisedImages, NoiseLevels
 from distill.models.diffusion import default_schedule, load_hf_diffusers
-from distill.recipes import DiffusionSpec, Recipe
+from distill.recipes import Recipe
 from distill.runs.task import Splits
+from distill.runs.tasks.diffusion.recipe import DiffusionSpec
 from distill.runs.workdir import Log
 
 VALIDATION_ROWS = 512  # noised validation images: enough for a steady denoising loss

@@ -47,7 +47,15 @@ from distill.recipes import ModelSpec, Recipe, TeacherSpec, TrainSpec
 from distill.runs.fitting import recipe_objective
 from distill.runs.report.tables import SummaryLayout, register_layout
 from distill.runs.store import fit_and_store_teacher, reuse_or_train, train_again
-from distill.runs.task import Chained, Lesson, Objectives, Samples, SavesStudent, Task, loader
+from distill.runs.task import (
+    Lesson,
+    LessonPerStage,
+    Objectives,
+    Samples,
+    SavesStudent,
+    Task,
+    loader,
+)
 from distill.runs.tasks.diffusion.data import DiffusionData, hub_teacher, prepare_data, spec_of
 from distill.runs.tasks.diffusion.report import GRID, terminal_table, write_diffusion_report
 from distill.runs.workdir import Log, load_finished
@@ -230,7 +238,7 @@ def image_grid(images: Tensor, columns: int, path: Path) -> Path:
     return path
 
 
-class Diffusion(Task, Chained, Samples, SavesStudent):
+class Diffusion(Task, LessonPerStage, Samples, SavesStudent):
     """``task: diffusion``. It keeps the teacher it sampled with and the domain classifier
     that scores every sampler (``scorer``, built with the teacher or on first use)."""
 

@@ -17,9 +17,8 @@ from distill.methods.cross_tokenizer import token_texts
 from distill.models import hf
 from distill.models.shrink import narrow_mlps, student_from_teacher
 from distill.recipes import ModelSpec, Recipe
-from distill.recipes.pairings import SERVED
-from distill.recipes.schema import TextDataSpec
 from distill.runs.task import Splits
+from distill.runs.tasks.language.recipe import SERVED, TextDataSpec
 from distill.teachers import Served
 from distill.training import checkpoint as ckpt
 

@@ -14,11 +14,9 @@ from distill.errors import RecipeError
 from distill.methods.speculative import assisted_generation
 from distill.models import hf
 from distill.recipes import Recipe
-from distill.runs.commands import read_run_recipe
-from distill.runs.task import loader
+from distill.runs.task import Task, loader
 from distill.runs.tasks.language.models import is_served
-from distill.runs.tasks.language.task import HF_STUDENT_DIR, CausalLM, prepare_text, tokenizer_for
-from distill.runs.workdir import BASELINE_DIR, Log, verify_finished
+from distill.runs.workdir import BASELINE_DIR, HF_STUDENT_DIR, Log, verify_finished
 from distill.teachers import Module
 from distill.training import Distiller
 
@@ -26,18 +24,27 @@ RESULT_FILE = "speculative.json"
 ROWS = {"student": ".", "baseline": BASELINE_DIR}
 
 
-def check_draft_recipe(recipe: Recipe) -> None:
-    if recipe.task != "causal_lm" or recipe.teacher is None:
-        raise RecipeError("distill eval --speculative: for causal_lm runs with a teacher")
+def draft_folder(recipe: Recipe, run_dir: Path, row: str) -> Path:
+    """The finished folder of the run's ``row``, once the recipe is one a draft can serve."""
+    if row not in ROWS:
+        raise RecipeError(f"--row: one of {', '.join(ROWS)}, not {row!r}")
+    if recipe.teacher is None:
+        raise RecipeError("distill eval --speculative: the run has no teacher to draft for")
     if recipe.teacher.tokenizer is not None or is_served(recipe):
         raise RecipeError(
             "distill eval --speculative: the draft and the teacher must share a tokenizer and "
             "run here (not teacher.tokenizer, not a served teacher)"
         )
+    folder = Path(run_dir) / ROWS[row]
+    if not (folder / HF_STUDENT_DIR).is_dir():
+        raise FileNotFoundError(f"{folder} holds no {HF_STUDENT_DIR}/ folder; did that row train?")
+    verify_finished(folder)
+    return folder
 
 
-def speculative_command(
-    run_dir: Path,
+def measure_draft(
+    task: Task,
+    folder: Path,
     *,
     row: str = "student",
     prompts: int = 8,
@@ -47,18 +54,11 @@ def speculative_command(
     seed: int = 0,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Measure the run's ``row`` (the distilled ``student`` or the label-only ``baseline``)
-    as a draft for its teacher; the result is also written to ``<row dir>/speculative.json``."""
-    if row not in ROWS:
-        raise RecipeError(f"--row: one of {', '.join(ROWS)}, not {row!r}")
-    recipe = read_run_recipe(run_dir)
-    check_draft_recipe(recipe)
-    folder = Path(run_dir) / ROWS[row]
-    if not (folder / HF_STUDENT_DIR).is_dir():
-        raise FileNotFoundError(f"{folder} holds no {HF_STUDENT_DIR}/ folder; did that row train?")
-    verify_finished(folder)
-    task = CausalLM(recipe)
-    data = task.data = prepare_text(recipe, tokenizer_for(recipe))
+    """Measure ``row``'s student in ``folder`` (``draft_folder``) as a draft for the
+    teacher of ``task`` (its data prepared); the result is also written to
+    ``<folder>/speculative.json``."""
+    recipe, data = task.recipe, task.data
+    assert recipe.teacher is not None  # draft_folder checked it
     target, _ = task.teacher(False, log)
     draft = hf.auto_class("causal").from_pretrained(folder / HF_STUDENT_DIR).eval()
     metrics = Distiller(draft, Module(target), progress=False).evaluate(
@@ -89,24 +89,3 @@ def speculative_command(
     }
     (folder / RESULT_FILE).write_text(json.dumps(result, indent=2))
     return result
-
-
-def describe_speculative(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """(what, value) lines for a terminal."""
-    return [
-        ("α, expected acceptance (sampling, 1 − TVD)", f"{result['acceptance']:.3f}"),
-        ("top-1 agreement (greedy acceptance)", f"{result['teacher_agreement']:.3f}"),
-        *[
-            (f"{mode}: tokens per teacher pass", f"{result[f'{mode}_tokens_per_target_call']:.2f}")
-            for mode in ("greedy", "sampled")
-        ],
-        *[
-            (
-                f"{mode}: tokens/s teacher alone → with draft",
-                f"{result[f'{mode}_target_tokens_per_s']:.1f} → "
-                f"{result[f'{mode}_assisted_tokens_per_s']:.1f} "
-                f"({result[f'{mode}_speedup']:.2f}×)",
-            )
-            for mode in ("greedy", "sampled")
-        ],
-    ]

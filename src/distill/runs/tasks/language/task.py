@@ -9,7 +9,6 @@ Face format (``student/``, with the tokenizer) so ``from_pretrained`` loads them
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from distill.cache import Layout
-from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.errors import RecipeError
-from distill.methods.generated_data import read_generations
 from distill.methods.on_policy import OnPolicy
 from distill.models import hf
 from distill.recipes import ModelSpec, Recipe
@@ -31,20 +28,21 @@ from distill.runs.store import fit_and_store_teacher, reuse_or_train, train_agai
 from distill.runs.task import (
     Cacheable,
     Diagnosable,
+    Drafts,
     Generates,
     Pushable,
     RewritesBatches,
     SavesStudent,
     Searchable,
-    Splits,
     Task,
     WrapsTeacher,
     loader,
 )
+from distill.runs.tasks.language.data import TextData, prepare_text
+from distill.runs.tasks.language.doctor import diagnose_language
 from distill.runs.tasks.language.generate import (
     ensure_generated,
     generate_teacher_answers,
-    generated_path,
 )
 from distill.runs.tasks.language.models import (
     build_lm,
@@ -55,69 +53,10 @@ from distill.runs.tasks.language.models import (
     text_spec,
     tokenizer_for,
 )
+from distill.runs.tasks.language.speculative import draft_folder, measure_draft
 from distill.runs.workdir import HF_STUDENT_DIR, Log, files_under, verify_finished
 from distill.teachers import CrossTokenizer, Served, Teacher
 from distill.training import Distiller
-
-
-@dataclass
-class TextData(Splits):
-    """A language-model run's rows (the distilled and the label-only students train on the
-    same ones) and the tokenizer that made them."""
-
-    tokenizer: Any
-    teacher_tokenizer: Any = None  # teacher.tokenizer: the teacher's own, not the student's
-
-    @property
-    def train(self) -> Dataset:
-        return self.student_train
-
-
-def source_records(recipe: Recipe) -> list[dict[str, Any]]:
-    """The records of ``data.source`` (generated: the teacher's answers, checked)."""
-    spec = text_spec(recipe)
-    try:
-        if spec.source == "generated":
-            return read_generations(generated_path(recipe))[0]
-        return text_records(spec.source)
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        raise RecipeError(f"data.source: {error}") from None
-
-
-def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
-    spec = text_spec(recipe)
-    records = source_records(recipe)
-    if recipe.task == "masked_lm":
-        rows: Dataset = MaskedBlocks(
-            records, tokenizer, spec.seq_len, spec.mlm_probability, seed=spec.split_seed
-        )
-    elif spec.format == "chat":
-        rows = ChatExamples(records, tokenizer, spec.seq_len)
-    else:
-        rows = PackedText(records, tokenizer, spec.seq_len)
-    total = len(rows)  # type: ignore[arg-type]
-    held = spec.test_blocks + spec.val_blocks
-    if held >= total:
-        raise RecipeError(
-            f"data: {total} rows of {spec.seq_len} tokens, but val_blocks + test_blocks = {held}; "
-            "lower them or give more text"
-        )
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(spec.split_seed))
-    order_list = order.tolist()
-    test = Subset(rows, order_list[: spec.test_blocks])
-    val = Subset(rows, order_list[spec.test_blocks : held])
-    train_ids = order_list[held:]
-    if spec.max_train_blocks is not None:
-        train_ids = train_ids[: spec.max_train_blocks]
-    regime = (
-        f"{spec.source} text, {len(train_ids):,} train / {len(val):,} validation / "
-        f"{len(test):,} test rows of {spec.seq_len} tokens"
-    )
-    train = Subset(rows, train_ids)
-    return TextData(
-        student_train=train, baseline_train=train, val=val, test=test, regime=regime,
-        tokenizer=tokenizer,
-    )  # fmt: skip
 
 
 def get_lm_teacher(
@@ -166,6 +105,11 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
 
     kind: hf.Task = "causal"
     checks = "language"
+
+    def own_checks(self, sample: int, progress: bool, log: Log) -> tuple[list[Any], list[str]]:
+        """The language-model checks (``doctor``)."""
+        return diagnose_language(self, sample=sample, progress=progress, log=log)
+
     search_metric = "loss"
     students_from_teacher = True
     hub_library = "transformers"
@@ -180,8 +124,6 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
         recipe = self.recipe
         if recipe.teacher is None:
             raise RecipeError("teacher: a language-model recipe needs a teacher")
-        if recipe.generate is not None:  # sequence-level KD data first (or checked)
-            ensure_generated(recipe, progress, log)
         data = prepare_text(recipe, tokenizer_for(recipe))
         if recipe.teacher.tokenizer is not None:
             try:
@@ -295,7 +237,7 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
         return f"validation perplexity {info['val']['perplexity']:.2f}"
 
 
-class CausalLM(Language, Cacheable, Generates, RewritesBatches):
+class CausalLM(Language, Cacheable, Generates, RewritesBatches, Drafts):
     """``task: causal_lm``: also a teacher cache, teacher-written data and on-policy
     answers."""
 
@@ -304,8 +246,18 @@ class CausalLM(Language, Cacheable, Generates, RewritesBatches):
     pipeline_tag = "text-generation"
     cache_example = "cache: {top_k: 64} (see recipes/llm_cached_kd.yaml)"
 
+    def prepare(self, progress: bool, log: Log) -> TextData:
+        if self.recipe.generate is not None:  # sequence-level KD data first (or checked)
+            ensure_generated(self.recipe, progress, log)
+        return super().prepare(progress, log)
+
     def generate(self, progress: bool, log: Log) -> Path:
         return generate_teacher_answers(self.recipe, progress=progress, log=log)
+
+    def measure_draft(self, run_dir: Path, *, row: str, log: Log, **options: Any) -> dict[str, Any]:
+        folder = draft_folder(self.recipe, run_dir, row)
+        self.data = prepare_text(self.recipe, tokenizer_for(self.recipe))
+        return measure_draft(self, folder, row=row, log=log, **options)
 
     def batch_transform(self, student: nn.Module) -> OnPolicy | None:
         spec, tokenizer = self.recipe.on_policy, self.data.tokenizer

@@ -1,15 +1,18 @@
-"""Recipe sections for students trained without the training data: ``data.synthetic``
+"""The recipe sections of students trained without the training data: ``data.synthetic``
 (a DeepInversion transfer set made from the teacher alone) and ``pate`` (teachers trained
 on disjoint partitions of private labelled data answer the student's public queries with
-noisy votes, and the answers' privacy cost is accounted)."""
+noisy votes, and the answers' privacy cost is accounted), and how they combine with the
+rest of a classification recipe."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distill.recipes.task_specs import Strict
+from distill.losses.registry import loss_info
+from distill.recipes.schema import Strict
+from distill.recipes.support import refusal
 
 
 class SyntheticSpec(Strict):
@@ -80,3 +83,49 @@ class PateSpec(Strict):
         if self.queries is not None and self.queries > self.public:
             raise ValueError(f"queries {self.queries} exceeds the public pool of {self.public}")
         return self
+
+
+def check_synthetic(recipe: Any) -> None:
+    """A synthetic transfer set inverts the teacher and has no labels."""
+    if recipe.data.synthetic is None:
+        return
+    if recipe.teacher is None:
+        raise ValueError(
+            "data.synthetic inverts the teacher of a classification recipe: set teacher"
+        )
+    for name, term in recipe.objective.items():
+        if "labels" in loss_info(term.loss).reads:
+            raise refusal(
+                f"objective.{name}",
+                "data.synthetic",
+                f"the synthetic transfer set has no labels, so {term.loss} has nothing to "
+                "read; learn from the teacher only",
+            )
+
+
+def check_pate(recipe: Any) -> None:
+    """PATE trains a teacher per partition and the student learns only the noisy answers."""
+    if recipe.pate is None:
+        return
+    teacher = recipe.teacher
+    if teacher is None or teacher.train is None:
+        raise ValueError(
+            "pate: set teacher (model, args, train) of a classification recipe: each "
+            "partition trains its own copy"
+        )
+    for name, term in recipe.objective.items():
+        if loss_info(term.loss).reads_teacher:
+            raise refusal(
+                f"objective.{name}",
+                "pate",
+                "the student learns only the answered labels (the teachers' outputs are "
+                "private); use {loss: cross_entropy}",
+            )
+    for field, train in (("teacher.train", teacher.train), ("train", recipe.train)):
+        if train.select_metric is not None:
+            raise refusal(
+                f"{field}.select_metric",
+                "pate",
+                "the validation labels are private data that the reported ε does not cover; "
+                f"set {field}.select_metric: null (the last step)",
+            )

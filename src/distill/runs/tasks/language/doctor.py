@@ -45,10 +45,9 @@ from distill.losses.registry import loss_info
 from distill.models import hf
 from distill.models.lora import with_lora
 from distill.recipes import Recipe
-from distill.runs.driver import served
 from distill.runs.fitting import recipe_objective, step_budget, steps_per_epoch
-from distill.runs.tasks.language.models import tokenizer_source
-from distill.runs.tasks.language.task import Language, TextData, source_records, text_spec
+from distill.runs.tasks.language.data import TextData, source_records
+from distill.runs.tasks.language.models import text_spec, tokenizer_source
 
 Log = Callable[[str], None]
 BATCHES = 4  # the few batches the checks read
@@ -151,7 +150,7 @@ def cache_bytes_per_token(recipe: Recipe, teacher: nn.Module, vocabulary: int) -
 
 
 def diagnose_language(
-    task: Language, *, sample: int, progress: bool, log: Log
+    task: Any, *, sample: int, progress: bool, log: Log
 ) -> tuple[list[Finding], list[str]]:
     """The language-model checks' findings and notes."""
     recipe = task.recipe
@@ -162,6 +161,7 @@ def diagnose_language(
     # with student.peft's adapters: the timing trains what the run will train
     student = with_lora(task.build_student(recipe.student, teacher), recipe.student)
     live = task.live_teacher(teacher)
+    remote = isinstance(teacher, teachers.Served)  # answers with its top-k, not logits
     tokenizer, notes = data.tokenizer, []
     size = recipe.data.batch_size  # type: ignore[union-attr]
     rows = itertools.islice(DataLoader(data.student_train, batch_size=size), BATCHES)
@@ -183,20 +183,21 @@ def diagnose_language(
     findings = [
         vocabulary_check(
             tokenizer, student_rows=head_rows(student) or len(tokenizer),
-            teacher_rows=None if served(teacher) else head_rows(teacher), own_tokenizers=own,
+            teacher_rows=None if remote else head_rows(teacher), own_tokenizers=own,
             cross_tokenizer=cross, kd_term=name,
             vocab_option=None if term is None else term.options.get("vocab_size"),
             padded_mass=padded,
         ),
     ]  # fmt: skip
     lengths, stop_share = chat_lengths(recipe, tokenizer, stop_ids(tokenizer, student), sample)
-    chat = lengths is not None or recipe.generate is not None or recipe.on_policy is not None
+    generate, on_policy = getattr(recipe, "generate", None), getattr(recipe, "on_policy", None)
+    chat = lengths is not None or generate is not None or on_policy is not None
     findings.append(
         template_check(tokenizer, own, chat=chat, stop_share=stop_share, cross_tokenizer=cross)
     )
     findings.append(truncation_check(lengths, text_spec(recipe).seq_len))
     sparse, k = None, None
-    if served(teacher):
+    if remote:
         sparse, k = "served teacher", teacher.top_k  # type: ignore[attr-defined]
     elif recipe.cache is not None and recipe.cache.use and not recipe.cache.hidden_states:
         sparse, k = ("top-k cache", recipe.cache.top_k) if recipe.cache.top_k else (None, None)
@@ -208,17 +209,17 @@ def diagnose_language(
     if logits is not None:
         findings.append(temperature_check(logits, temperature or 1.0))
     samplers = {}
-    if recipe.generate is not None:
-        samplers["generate"] = (recipe.generate.temperature, recipe.generate.top_p)
-    if recipe.on_policy is not None:
-        samplers["on_policy"] = (recipe.on_policy.temperature, recipe.on_policy.top_p)
+    if generate is not None:
+        samplers["generate"] = (generate.temperature, generate.top_p)
+    if on_policy is not None:
+        samplers["on_policy"] = (on_policy.temperature, on_policy.top_p)
     findings.append(
         sampling_temperature_check(logits, loss_temperature=temperature, samplers=samplers)
     )
-    findings.append(teacher_mode_check(live, None if served(teacher) else teacher, batches[0]))
+    findings.append(teacher_mode_check(live, None if remote else teacher, batches[0]))
     per_epoch = steps_per_epoch(data.student_train, recipe)
     steps = step_budget(recipe, per_epoch)
-    make = recipe_objective(recipe, per_epoch, teacher, sparse_teacher=served(teacher))
+    make = recipe_objective(recipe, per_epoch, teacher, sparse_teacher=remote)
     log("doctor: one step with gradient accumulation against one batch of the same rows")
     findings.append(
         accumulation_check(
@@ -235,7 +236,7 @@ def diagnose_language(
             reads_logits=make(student).reads("teacher_logits"), cacheable=not cross,
         )
     )  # fmt: skip
-    if recipe.on_policy is not None:
+    if on_policy is not None:
         notes.append("On-policy answers are not drawn here: the checks read the offline rows")
     for note in notes:
         log(note)

@@ -1,0 +1,227 @@
+"""The recipes of ``task: causal_lm`` and ``task: masked_lm``: text in blocks
+(``TextDataSpec``), and what only a causal language model's run has: teacher-written answers
+(``generate``), on-policy answers (``on_policy``), a teacher with its own tokenizer and a
+teacher on an inference server (``teacher.model: served:<url>``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from distill.losses.registry import loss_info
+from distill.recipes.schema import (
+    DataSection,
+    GenerateSpec,
+    OnPolicySpec,
+    Recipe,
+    reads_teacher,
+)
+from distill.recipes.support import refusal
+
+SERVED = "served:"
+SERVED_ARGS = {
+    "model",
+    "top_k",
+    "rows_per_request",
+    "concurrency",
+    "timeout",
+    "retries",
+    "api_key_env",
+}
+NOT_BUILT = "not built for language models yet"
+
+
+class TextDataSpec(DataSection):
+    """Text for language-model recipes, split by blocks into train / validation / test."""
+
+    dataset: Literal["text"] = Field(description="text, tokenized and cut into blocks")
+    source: str = Field(
+        "pydoc",
+        description="pydoc (CPython's help topics, offline everywhere), hf:<dataset>[:<split>], "
+        "a .txt/.jsonl file or folder, or 'generated': the teacher's answers (generate:)",
+    )
+    format: Literal["packed", "chat"] = Field(
+        "packed", description="packed: plain text in blocks; chat: one conversation per row"
+    )
+    tokenizer: str | None = Field(
+        None, description="hf:<id or dir> to take the tokenizer from; None: the teacher's"
+    )
+    seq_len: int = Field(128, ge=8, description="tokens per block (row)")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked_lm only")
+    val_blocks: int = Field(32, ge=1, description="held-out rows that select the best student")
+    test_blocks: int = Field(48, ge=1, description="held-out rows the report is measured on")
+    max_train_blocks: int | None = Field(None, ge=1, description="at most this many; None: all")
+    batch_size: int = Field(8, ge=1, description="blocks per training batch")
+    eval_batch_size: int = Field(8, ge=1, description="blocks per measuring batch")
+    num_workers: int = Field(0, ge=0, description="data-loading processes; 0: in the main one")
+    split_seed: int = Field(0, description="which blocks are held out, and masked_lm's masks")
+
+
+class LanguageRecipe(Recipe):
+    """What the two language-model kinds of run share: text, Hugging Face teachers and
+    students, measured by perplexity and agreement with the teacher."""
+
+    lacks: ClassVar[dict[str, str]] = {
+        "compress": f"compress stages are {NOT_BUILT}; drop compress",
+        "export": f"export is {NOT_BUILT}; drop export",
+    }
+    example: ClassVar[dict[str, Any]] = {
+        "name": "tiny",
+        "data": {"dataset": "text", "tokenizer": "hf:student"},
+        "teacher": {"model": "hf:teacher"},
+        "student": {"model": "hf:student"},
+        "objective": {"kd": {"loss": "lm_head_kd", "temperature": 1.0}},
+        "train": {"max_steps": 1},
+        "baseline": False,
+    }
+
+    data: TextDataSpec = Field(description="text, tokenized and cut into blocks")
+
+
+class CausalLMRecipe(LanguageRecipe):
+    """``task: causal_lm``: next-token prediction."""
+
+    example: ClassVar[dict[str, Any]] = {**LanguageRecipe.example, "task": "causal_lm"}
+
+    task: Literal["causal_lm"] = Field(description="the kind of run: a causal language model")
+    generate: GenerateSpec | None = Field(None, description="teacher answers (distill generate)")
+    on_policy: OnPolicySpec | None = Field(None, description="the student writes the answers")
+
+    @model_validator(mode="after")
+    def _language_checks(self) -> CausalLMRecipe:
+        self._check_generation()
+        self._check_cache()
+        check_cross_tokenizer(self)
+        check_served(self)
+        return self
+
+    def _check_generation(self) -> None:
+        if self.data.source == "generated":
+            if self.generate is None:
+                raise ValueError(
+                    "data.source 'generated' reads the teacher's answers: set generate"
+                )
+            if self.data.format != "chat":
+                raise ValueError("data.source 'generated' is a chat dataset: set data.format: chat")
+        if self.generate is not None and self.teacher is None:
+            raise ValueError("generate: the teacher writes the answers; set teacher")
+        if self.on_policy is not None and self.data.format != "chat":
+            raise ValueError(
+                "on_policy: the student answers the prompts of chat rows; set data.format: chat"
+            )
+
+    def _check_cache(self) -> None:
+        cache, teacher = self.cache, self.teacher
+        if cache is None or teacher is None:
+            return
+        if cache.encoding == "compact" and not cache.top_k:
+            raise ValueError("cache.encoding: compact is for a top-k cache (top_k set)")
+        if teacher.members:
+            raise refusal(
+                "cache", "teacher.model: ensemble", "a language-model cache runs one teacher model"
+            )
+        if not cache.use:
+            return
+        kd = [n for n, t in self.objective.items() if loss_info(t.loss).lm_heads]
+        other = [n for n, t in self.objective.items() if reads_teacher(t) and n not in kd]
+        if len(kd) != 1 or other:
+            raise ValueError(
+                "cache.use: the objective must have one lm_head_kd term and no other term "
+                f"that reads the teacher (got {sorted(kd + other) or 'none'})"
+            )
+        if not isinstance(self.objective[kd[0]].temperature, (int, float, type(None))):
+            raise ValueError(
+                f"cache.use: objective.{kd[0]}.temperature must be a number: the cache "
+                "stores the teacher at one temperature"
+            )
+
+
+class MaskedLMRecipe(LanguageRecipe):
+    """``task: masked_lm``: masked-token prediction (BERT-style)."""
+
+    lacks: ClassVar[dict[str, str]] = {
+        **LanguageRecipe.lacks,
+        "cache": "masked-LM teachers are not cached (their masks change); drop cache",
+        "teacher.model: served": "a served teacher answers next-token log-probs; set "
+        "task: causal_lm",
+        "teacher.tokenizer": "cross-tokenizer KD aligns next-token predictions; "
+        "set task: causal_lm",
+    }
+    example: ClassVar[dict[str, Any]] = {**LanguageRecipe.example, "task": "masked_lm"}
+
+    task: Literal["masked_lm"] = Field(description="the kind of run: a masked language model")
+
+
+def check_cross_tokenizer(recipe: CausalLMRecipe) -> None:
+    teacher = recipe.teacher
+    crossed = teacher is not None and teacher.tokenizer is not None
+    reading = [n for n, t in recipe.objective.items() if t.loss == "cross_tokenizer_kd"]
+    if not crossed:
+        if reading:
+            raise ValueError(
+                f"objective.{reading[0]}: cross_tokenizer_kd needs teacher.tokenizer (the "
+                "teacher's own tokenizer) and data.tokenizer (the student's)"
+            )
+        return
+    if recipe.data.tokenizer is None:
+        raise ValueError(
+            "teacher.tokenizer: cross-tokenizer KD needs data.tokenizer set to the student's "
+            "tokenizer"
+        )
+    for name, term in recipe.objective.items():
+        if loss_info(term.loss).reads_teacher and term.loss != "cross_tokenizer_kd":
+            raise refusal(
+                f"objective.{name}",
+                "teacher.tokenizer",
+                f"{term.loss} compares logits position by position, but the teacher has "
+                "another tokenizer; use {loss: cross_tokenizer_kd}",
+            )
+
+
+def check_served(recipe: CausalLMRecipe) -> None:
+    teacher = recipe.teacher
+    if teacher is None or not teacher.model.startswith(SERVED):
+        return
+    url = teacher.model.removeprefix(SERVED)
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"teacher.model: served:<http(s) url of the API>, got {teacher.model!r}")
+    if "api_key" in teacher.args:
+        raise ValueError(
+            "teacher.args.api_key: a key is never written in a recipe (the recipe is copied "
+            "into the run, its summary and model card); put it in an environment variable "
+            "and name that: teacher.args.api_key_env: VLLM_API_KEY"
+        )
+    variable = teacher.args.get("api_key_env")
+    if variable is not None and not (isinstance(variable, str) and variable.isidentifier()):
+        raise ValueError(
+            f"teacher.args.api_key_env: the name of an environment variable, got {variable!r}"
+        )
+    unknown = sorted(set(teacher.args) - SERVED_ARGS)
+    if unknown:
+        raise ValueError(
+            f"teacher.args: a served teacher takes {', '.join(sorted(SERVED_ARGS))}; got {unknown}"
+        )
+    top_k = teacher.args.get("top_k")
+    if recipe.cache is not None and (
+        recipe.cache.top_k is None or top_k not in (None, recipe.cache.top_k)
+    ):
+        raise ValueError(
+            "cache.top_k: a served teacher answers with its top-k log-probs; give cache.top_k "
+            f"(and teacher.args.top_k, if set, the same: now {top_k})"
+        )
+    for name, term in recipe.objective.items():
+        info = loss_info(term.loss)
+        if info.reads_teacher and not info.lm_heads:
+            raise refusal(
+                f"objective.{name}",
+                "teacher.model: served",
+                "a served teacher gives top-k log-probs, not logits or features; use "
+                "{loss: lm_head_kd} (read as its sparse form)",
+            )
+        if info.reads_teacher and term.temperature not in (None, 1, 1.0):
+            raise refusal(
+                f"objective.{name}.temperature",
+                "teacher.model: served",
+                "a served teacher answers at temperature 1 (the server's log-probs); set 1.0",
+            )
