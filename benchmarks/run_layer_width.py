@@ -11,7 +11,10 @@ numbers issue 37 asks for before and after its rebuild. Prints a table.
   ("classification", "causal_lm", ...) in ``src/distill`` outside the files of that kind of
   run (and the task table).
 - Identity look-ups: ``assert isinstance(data, ...)``.
-- Recipe refusals: ``raise`` statements in ``recipes/``; cross-field ones mention two fields.
+- Recipe refusals: ``raise`` statements in the recipe schema (``recipes/`` and each kind
+  of run's ``recipe.py``); cross-field ones mention two fields; how many raise the one
+  phrasing (``refusal(...)``: "`a` does not combine with `b`: why; what to do"); and the
+  refused combinations the support table holds (each kind's ``lacks`` and the clashes).
 - Teacher kinds compared as strings: ``== "ema"``, ``startswith("hf-clip:")``, ...
 - Size workarounds: ``# fmt: skip`` and ``type: ignore[union-attr]`` lines.
 """
@@ -85,6 +88,7 @@ def measure() -> dict[str, int]:
             overridden[name] = overridden.get(name, 0) + 1
     one_task = [h for h in [*methods, *flags] if overridden.get(h) == 1 and h not in abstract]
     literals = isinstance_data = refusals = cross_field = kinds = fmt_skip = union_ignores = 0
+    one_phrasing = 0
     for path in sorted(SRC.rglob("*.py")):
         relative = path.relative_to(SRC).as_posix()
         text = path.read_text()
@@ -93,18 +97,21 @@ def measure() -> dict[str, int]:
         kinds += len(TEACHER_KINDS.findall(text))
         isinstance_data += len(re.findall(r"assert isinstance\(data,", text))
         tree = ast.parse(text)
-        if not TASK_FILES.search(relative) and relative not in ("runs/run.py", "runs/table.py"):
+        tables = ("runs/run.py", "runs/table.py", "runs/tasks/__init__.py")
+        if not TASK_FILES.search(relative) and relative not in tables:
             literals += sum(
                 1
                 for node in ast.walk(tree)
                 if isinstance(node, ast.Constant) and node.value in TASK_NAMES
             )
-        if relative.startswith("recipes/"):
+        if relative.startswith("recipes/") or relative.endswith("/recipe.py"):
             for node in ast.walk(tree):
                 if isinstance(node, ast.Raise) and node.exc is not None:
                     refusals += 1
                     message = ast.get_source_segment(text, node.exc) or ""
-                    if len(set(re.findall(r"\b[a-z_]+\.[a-z_]+\b", message))) >= 2:
+                    if message.startswith("refusal("):
+                        one_phrasing += 1
+                    elif len(set(re.findall(r"\b[a-z_]+\.[a-z_]+\b", message))) >= 2:
                         cross_field += 1
     return {
         "task hooks (methods + flags)": len(methods) + len(flags),
@@ -112,13 +119,26 @@ def measure() -> dict[str, int]:
         "task hooks one kind of run overrides": len(one_task),
         "task-name literals outside the task modules": literals,
         "assert isinstance(data, ...)": isinstance_data,
-        "raise in recipes/": refusals,
-        "raise in recipes/ naming two fields": cross_field,
+        "raise in the recipe schema": refusals,
+        "raise in the recipe schema naming two fields, in other words": cross_field,
+        "raise in the recipe schema in the one phrasing": one_phrasing,
+        "refused combinations in the support table": table_entries(),
         "teacher kinds compared as strings": kinds,
         "# fmt: skip lines": fmt_skip,
         "type: ignore[union-attr]": union_ignores,
         "modules in runs/": sum(1 for _ in (SRC / "runs").rglob("*.py")),
     }
+
+
+def table_entries() -> int:
+    """Each kind's ``lacks`` plus the clashes (0 before the support table existed)."""
+    try:
+        from distill.recipes.kinds import recipe_kinds
+        from distill.recipes.support import CLASHES
+    except ImportError:
+        return 0
+    kinds = recipe_kinds().values()
+    return sum(len(kind.lacks) + len(kind.clashes) for kind in kinds) + len(CLASHES)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The loss registry: every public loss has one entry, and what an entry says a loss reads
 is what its signature reads; recipes, the cache and the command line take names from it."""
 
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from distill import losses, teachers
 from distill.losses.registry import INPUT_NAMES, LOSSES, RECIPE_LOSSES, loss_info
-from distill.objective import Objective, Term
+from distill.objective import LossInputs, Objective, Term, temperature_clash
 from distill.recipes import RecipeError, load_recipe
 from distill.training import Distiller
 
@@ -22,6 +23,19 @@ def test_every_public_loss_is_registered_under_its_own_name():
     for name, info in LOSSES.items():
         assert info.fn is getattr(losses, name)
         assert info.summary  # the first docstring line, for `distill losses`
+
+
+def test_the_registry_is_the_one_list_of_what_a_loss_may_read():
+    """A term's inputs (``objective.LossInputs``) are the registry's ``INPUT_NAMES``, in
+    its order."""
+    assert [f.name for f in dataclasses.fields(LossInputs)] == list(INPUT_NAMES)
+
+
+def test_the_recipe_and_the_run_check_temperature_agreement_the_same_way():
+    held = {"kd": (("teacher_logits",), 2.0), "ce": (("labels",), 4.0)}
+    assert temperature_clash(held, 2.0) is None
+    assert temperature_clash(held, 1.0) == ("kd", 2.0)
+    assert temperature_clash({"kd": (("teacher_topk",), None)}, 1.0) is None  # a schedule
 
 
 def test_what_an_entry_reads_is_its_signature():

@@ -16,7 +16,7 @@ The total is ``Σ weight_i(step) · loss_i``; every term is reported separately.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +34,8 @@ from distill.teachers.base import Teacher
 
 @dataclass
 class LossInputs:
-    """Everything a term may read for one batch."""
+    """Everything a term may read for one batch: one field per name of the loss registry's
+    ``INPUT_NAMES``, in its order (a loss reads those its signature names)."""
 
     student_logits: Tensor | None = None
     teacher_logits: Tensor | None = None
@@ -246,16 +247,17 @@ class Objective(nn.Module):
         if teacher is None or teacher.fixed_temperature is None:
             return
         temperature = teacher.fixed_temperature
-        for name, term in self.terms.items():
-            reads = {"teacher_logits", "teacher_topk"} & set(term.reads)
-            fixed = term.temperature  # a number becomes a Constant schedule
-            if reads and isinstance(fixed, Constant) and abs(fixed.value - temperature) > 1e-6:
-                raise ValueError(
-                    f"objective term {name!r} reads the teacher at temperature "
-                    f"{fixed.value:g}, but the teacher's answers hold at {temperature:g} (an "
-                    "ensemble's mixing "
-                    "temperature, or a top-k cache's); use the same temperature for both"
-                )
+        terms = {  # a number becomes a Constant schedule; a schedule is not fixed
+            name: (term.reads, t.value if isinstance(t := term.temperature, Constant) else None)
+            for name, term in self.terms.items()
+        }
+        clash = temperature_clash(terms, temperature)
+        if clash is not None:
+            raise ValueError(
+                f"objective term {clash[0]!r} reads the teacher at temperature {clash[1]:g}, "
+                f"but the teacher's answers hold at {temperature:g} (an ensemble's mixing "
+                "temperature, a top-k cache's or a server's); use the same temperature for both"
+            )
 
     @torch.no_grad()
     def build(self, inputs: LossInputs) -> None:
@@ -284,6 +286,23 @@ class Objective(nn.Module):
             total = weight * value if total is None else total + weight * value
         assert total is not None
         return ObjectiveValue(total, values, weights, temperatures)
+
+
+ANSWERS = ("teacher_logits", "teacher_topk")  # what a teacher answers at one temperature
+
+
+def temperature_clash(
+    terms: Mapping[str, tuple[Sequence[str], float | None]], held_at: float
+) -> tuple[str, float] | None:
+    """The first term (name -> (inputs it reads, its fixed temperature or None)) that reads
+    the teacher's answers at a fixed temperature other than ``held_at``, the temperature
+    those answers hold at, and that temperature; None when all agree. The one check of
+    temperature agreement: ``Objective.check_teacher`` at run time, the recipe schema
+    before any training (an ensemble's mixing temperature, a served teacher's 1)."""
+    for name, (reads, fixed) in terms.items():
+        if fixed is not None and set(ANSWERS) & set(reads) and abs(fixed - held_at) > 1e-6:
+            return name, fixed
+    return None
 
 
 def default_objective(teacher: Teacher | None) -> Objective:

@@ -46,6 +46,7 @@ from distill.runs.report.document import write_report
 from distill.runs.report.page import plots_wanted
 from distill.runs.table import named_with, task_for
 from distill.runs.task import Diagnosable, Lesson, Task, TransferSet, loader
+from distill.teachers.kinds import TeacherKind
 from distill.training import Distiller
 
 DOCTOR_JSON = "doctor.json"
@@ -104,7 +105,7 @@ def diagnose(
             f"task {recipe.task}: distill doctor checks {named_with(Diagnosable)} recipes"
         )
     language = task.checks == "language"
-    if recipe.teacher is None or recipe.teacher.model == "ema":
+    if recipe.teacher is None or recipe.teacher.kind is TeacherKind.EMA:
         raise RecipeError("distill doctor examines a teacher: the recipe names none")
     if sweep and language:
         raise RecipeError("--sweep: the temperature sweep is for classification and clip recipes")

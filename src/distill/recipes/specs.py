@@ -14,6 +14,7 @@ from distill import schedules
 from distill.losses.registry import RECIPE_LOSSES
 from distill.methods.generation import GenerationSettings
 from distill.methods.verify import VerifySpec
+from distill.teachers.kinds import TeacherKind, copies_teacher
 from distill.training.config import TrainConfig
 
 LossName = Literal[RECIPE_LOSSES]  # type: ignore[valid-type]
@@ -124,6 +125,11 @@ class ModelSpec(Strict):
         False, description="image classifiers (torchvision:, timm:, hf:): pretrained weights"
     )
 
+    @property
+    def copies_teacher(self) -> bool:
+        """``model: teacher``: a copy of the teacher's layers."""
+        return copies_teacher(self.model)
+
 
 class LoraSpec(Strict):
     """LoRA adapters on the student (``peft``): its weights stay frozen and only the
@@ -204,9 +210,14 @@ class TeacherSpec(ModelSpec):
         "the student's (data.tokenizer): cross-tokenizer KD (objective cross_tokenizer_kd)",
     )
 
+    @property
+    def kind(self) -> TeacherKind:
+        """What ``model`` names: one network, ``ema``, ``ensemble`` or ``served:<url>``."""
+        return TeacherKind.of(self.model)
+
     @model_validator(mode="after")
     def _kind(self) -> TeacherSpec:
-        if (self.model == "ensemble") != bool(self.members):
+        if (self.kind is TeacherKind.ENSEMBLE) != bool(self.members):
             raise ValueError("give members exactly when model is ensemble (two or more teachers)")
         if self.members is not None and len(self.members) < 2:
             raise ValueError("an ensemble needs at least two members")
@@ -214,7 +225,7 @@ class TeacherSpec(ModelSpec):
             raise ValueError("give weights exactly when combine is weighted")
         if self.weights is not None and len(self.weights) != len(self.members or []):
             raise ValueError(f"weights needs one number per member ({len(self.members or [])})")
-        if self.model == "ema" and (self.train or self.checkpoint):
+        if self.kind is TeacherKind.EMA and (self.train or self.checkpoint):
             raise ValueError("an ema teacher is the student's moving average: no train/checkpoint")
         if self.combine == "route":
             named = [m.domain for m in self.members or []]

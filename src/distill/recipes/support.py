@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from distill.teachers.kinds import TeacherKind
+
 Recipe = Any  # schema.Recipe, which imports this module
 
 
@@ -26,8 +28,8 @@ def refusal(first: str, second: str, reason: str) -> ValueError:
     return ValueError(f"`{first}` does not combine with `{second}`: {reason}")
 
 
-def _teacher_model(recipe: Recipe) -> str | None:
-    return None if recipe.teacher is None else recipe.teacher.model
+def _teacher_is(kind: TeacherKind) -> Callable[[Recipe], bool]:
+    return lambda r: r.teacher is not None and r.teacher.kind is kind
 
 
 def _teacher_field(field: str) -> Callable[[Recipe], bool]:
@@ -182,7 +184,7 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "student.model: teacher",
-        lambda r: r.student.model == "teacher",
+        lambda r: r.student.copies_teacher,
         {"student.model": "teacher", "student.args": {"layers": [0]}},
         "the student starts as a copy of teacher layers",
     ),
@@ -194,19 +196,19 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "teacher.model: ema",
-        lambda r: _teacher_model(r) == "ema",
+        _teacher_is(TeacherKind.EMA),
         {"teacher": {"model": "ema"}},
         "the student's moving average teaches it",
     ),
     Feature(
         "teacher.model: ensemble",
-        lambda r: _teacher_model(r) == "ensemble",
+        _teacher_is(TeacherKind.ENSEMBLE),
         lambda raw: {"teacher": {"model": "ensemble", "members": [raw["teacher"]] * 2}},
         "several teachers, combined",
     ),
     Feature(
         "teacher.model: served",
-        lambda r: (_teacher_model(r) or "").startswith("served:"),
+        _teacher_is(TeacherKind.SERVED),
         {
             "teacher": {"model": "served:http://localhost:8000/v1"},
             "objective": {"kd": {"loss": "lm_head_kd", "temperature": 1.0}},

@@ -61,6 +61,7 @@ from distill.runs.workdir import (
     mark_finished,
     open_run_dir,
 )
+from distill.teachers.kinds import TeacherKind
 from distill.training import checkpoint as ckpt
 from distill.training.distributed import num_processes, on_main, process_index
 
@@ -92,7 +93,7 @@ def run_in(task: Task, run_dir: Path, progress: bool, log: Log) -> dict[str, Any
     task.preflight()
     teacher, teacher_info = None, {}
     teacher_of_student = None
-    if recipe.teacher is not None and recipe.teacher.model != "ema":
+    if recipe.teacher is not None and recipe.teacher.kind is not TeacherKind.EMA:
         teacher, teacher_info = task.teacher(progress, log)
         teacher_of_student = teacher
         if isinstance(task, TransferSet):
@@ -171,7 +172,7 @@ def run_in(task: Task, run_dir: Path, progress: bool, log: Log) -> dict[str, Any
 def student_name(spec: ModelSpec) -> str:
     """A student as the log names it: its model, or, for ``model: teacher``, where it
     comes from (not "student teacher")."""
-    return "(cut from the teacher)" if spec.model == "teacher" else spec.model
+    return "(cut from the teacher)" if spec.copies_teacher else spec.model
 
 
 def distilled_lesson(
@@ -204,7 +205,9 @@ def distilled_lesson(
         recipe_objective(recipe, per_epoch, heads, sparse_teacher=sparse),
         teacher,
         answers=answers,
-        ema_momentum=spec.ema_momentum if spec is not None and spec.model == "ema" else None,
+        ema_momentum=spec.ema_momentum
+        if spec is not None and spec.kind is TeacherKind.EMA
+        else None,
         on_policy=True,
     )
 

@@ -13,6 +13,7 @@ from distill.teachers.cached import Cached
 from distill.teachers.cross_tokenizer import CrossTokenizer
 from distill.teachers.ema import EMA, ema_momentum
 from distill.teachers.ensemble import Ensemble, EnsembleModel
+from distill.teachers.kinds import TeacherKind
 from distill.teachers.module import Module
 from distill.teachers.served import Served
 from distill.teachers.zero_shot import ZeroShotAnswers
@@ -26,6 +27,7 @@ __all__ = [
     "Module",
     "Served",
     "Teacher",
+    "TeacherKind",
     "TeacherOutput",
     "ZeroShotAnswers",
     "ema_momentum",

@@ -49,6 +49,7 @@ from distill.runs.search.study import (
 from distill.runs.table import task_for
 from distill.runs.task import Searchable, Task, loader
 from distill.runs.workdir import Log, open_run_dir
+from distill.teachers.kinds import TeacherKind, copies_teacher
 from distill.training import Callback
 from distill.training import checkpoint as ckpt
 from distill.training.state import lower_is_better
@@ -109,11 +110,13 @@ def search_in(
     runner = TrialRunner(task, recipe, None, run_dir, metric, log)
     # candidates built without the teacher: the space and the budget are checked before
     # the teacher trains
-    early = not task.students_from_teacher and all(c.model != "teacher" for c in spec.candidates)
+    early = not task.students_from_teacher and not any(
+        copies_teacher(c.model) for c in spec.candidates
+    )
     if early:
         limits = runner.resolve_limits()
         families = runner.check_families(limits)
-    if recipe.teacher is not None and recipe.teacher.model != "ema":
+    if recipe.teacher is not None and recipe.teacher.kind is not TeacherKind.EMA:
         runner.teacher, _ = task.teacher(options.progress, log)
     runner.recipe = task.objectives().recipe
     if not early:

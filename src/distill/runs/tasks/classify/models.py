@@ -19,6 +19,7 @@ from distill.runs.task import loader
 from distill.runs.tasks.classify.data import Data
 from distill.runs.tasks.private.rows import pate_teachers
 from distill.runs.workdir import Log, earlier_run, load_finished
+from distill.teachers.kinds import TeacherKind
 from distill.training import checkpoint as ckpt
 
 
@@ -41,12 +42,12 @@ def model_from_spec(spec: ModelSpec, data: Data) -> nn.Module:
 def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[nn.Module, dict]:
     """Train the recipe's teacher on labels (its ``teacher.train`` settings) and store it."""
     spec = recipe.teacher
-    if spec is not None and spec.model in ("ensemble", "ema"):
+    if spec is not None and spec.kind in (TeacherKind.ENSEMBLE, TeacherKind.EMA):
         raise RecipeError(
             f"teacher.model {spec.model}: nothing to train beforehand ("
             + (
                 "distill run trains and caches each member"
-                if spec.model == "ensemble"
+                if spec.kind is TeacherKind.ENSEMBLE
                 else "the EMA teacher follows the student during its training"
             )
             + ")"
@@ -74,7 +75,7 @@ def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[n
     loaded as given, a teacher trained earlier for this recipe, or one trained now."""
     spec = recipe.teacher
     assert spec is not None
-    if spec.model == "ensemble":
+    if spec.kind is TeacherKind.ENSEMBLE:
         return get_ensemble(recipe, data, progress, log)
     if recipe.pate is not None:
         return pate_teachers(

@@ -43,6 +43,7 @@ from distill.runs.tasks.classify.models import get_teacher, model_from_spec, tra
 from distill.runs.tasks.private.transfer import is_private, private_summary, transfer_rows
 from distill.runs.workdir import Log
 from distill.taps import Taps
+from distill.teachers.kinds import TeacherKind
 
 
 class Classification(
@@ -191,10 +192,10 @@ def named_models(recipe: Recipe, objective: Objective) -> list[tuple[str, ModelS
     if recipe.assistant is not None:
         found.append(("assistant", recipe.assistant, objective.student_taps))
     spec = recipe.teacher
-    if spec is not None and spec.model == "ensemble":
+    if spec is not None and spec.kind is TeacherKind.ENSEMBLE:
         found += [
             (f"teacher.members[{i}]", member, []) for i, member in enumerate(spec.members or [])
         ]
-    elif spec is not None and spec.model != "ema":
+    elif spec is not None and spec.kind is not TeacherKind.EMA:
         found.append(("teacher", spec, objective.teacher_taps))
     return found

@@ -27,7 +27,7 @@ from distill.data.captions import (
     class_prompts,
 )
 from distill.errors import DataError, DistillError, RecipeError
-from distill.models.clip import load_text_tower
+from distill.models.clip import is_hf_clip, load_text_tower
 from distill.recipes import Recipe
 from distill.runs.task import Splits
 from distill.runs.workdir import Log
@@ -55,7 +55,7 @@ def text_tower_name(recipe: Recipe) -> str:
     if captions.text_tower is not None:
         return captions.text_tower
     teacher = recipe.teacher.model if recipe.teacher is not None else "(none)"
-    if teacher.startswith("hf-clip:"):
+    if is_hf_clip(teacher):
         return teacher
     raise RecipeError(
         f"data.captions.text_tower: the teacher {teacher} has no text tower to embed the "

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from distill.data.captions import CAPTION_TEMPLATES, PROMPT_TEMPLATES, check_template
+from distill.models.clip import is_hf_clip
 from distill.recipes.schema import DataSpec, Recipe, Strict, check_dense_cache
 
 NOT_BUILT = "not built for CLIP image towers yet"
@@ -134,7 +135,7 @@ class ClipRecipe(Recipe):
                 "task clip distils an image-text teacher: set teacher.model to an image model "
                 "to train contrastively (with teacher.train) or an hf-clip: model"
             )
-        if self.student.model == "teacher" and not self.teacher.model.startswith("hf-clip:"):
+        if self.student.copies_teacher and not is_hf_clip(self.teacher.model):
             raise ValueError(
                 "student.model 'teacher' keeps layers of an hf-clip: teacher's image tower; "
                 f"the teacher {self.teacher.model} has none to keep"

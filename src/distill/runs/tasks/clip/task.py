@@ -38,7 +38,7 @@ from distill.losses.registry import loss_info, loss_parameters
 from distill.measure import linear_probe_accuracy, retrieval_recall
 from distill.methods.clip import LearnedScaleContrastive
 from distill.models import build_model
-from distill.models.clip import ZeroShotClassifier, embed_images, load_hf_clip
+from distill.models.clip import ZeroShotClassifier, embed_images, is_hf_clip, load_hf_clip
 from distill.models.shrink import student_from_teacher
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec, Recipe, build_objective
@@ -69,7 +69,7 @@ ENCODER = "encoder"  # the tap of a ZeroShotClassifier's image embedding
 
 def image_encoder(spec: ModelSpec, data: ClipData) -> nn.Module:
     """The image encoder ``spec`` names, giving embeddings as wide as the text tower's."""
-    if spec.model.startswith("hf-clip:"):  # a ModelError names the model if it will not load
+    if is_hf_clip(spec.model):  # a ModelError names the model if it will not load
         return copy.deepcopy(load_hf_clip(spec.model)[0]).requires_grad_(True)
     width = data.prompts.shape[1]  # a model's head is its projection to the text width
     return build_model(spec.model, width, data.in_shape, spec.args, spec.pretrained)
@@ -93,7 +93,7 @@ def clip_model(spec: ModelSpec, data: ClipData, scale: float) -> ZeroShotClassif
         if earlier.task != "clip":
             raise RecipeError(f"model {spec.model}: a task {earlier.task} run, not a clip one")
         student = earlier.student.model_copy(update={"checkpoint": None})
-        if student.model == "teacher":  # cut from the earlier teacher's image tower
+        if student.copies_teacher:  # cut from the earlier teacher's image tower
             assert earlier.teacher is not None
             encoder = image_encoder(earlier.teacher, data)
             model = ZeroShotClassifier(cut_from_teacher(encoder, student), data.prompts, scale)
@@ -117,7 +117,7 @@ def train_teacher(
     spec = recipe.teacher
     if spec is None or spec.train is None:
         raise RecipeError("teacher.train is not set: the recipe says nothing about how to train it")
-    if spec.model.startswith("hf-clip:"):
+    if is_hf_clip(spec.model):
         raise RecipeError("teacher.train: an hf-clip: teacher is used as loaded; drop train")
     torch.manual_seed(recipe.seed)
     model = clip_model(spec, data, INITIAL_SCALE)
@@ -142,7 +142,7 @@ def train_teacher(
 def get_teacher(recipe: Recipe, data: ClipData, progress: bool, log: Log) -> tuple[nn.Module, dict]:
     spec = recipe.teacher
     assert spec is not None
-    if spec.model.startswith("hf-clip:"):
+    if is_hf_clip(spec.model):
         if spec.train is not None:
             raise RecipeError("teacher.train: an hf-clip: teacher is used as loaded; drop train")
         model = clip_model(spec, data, load_hf_clip(spec.model)[2]).requires_grad_(False)
@@ -216,11 +216,11 @@ class Clip(Task, DenseAnswers, Exportable, Diagnosable):
         batch = as_batch(default_collate([data.test[0], data.test[1]]))
         named = [("student", recipe.student, objective.student_taps)]
         teacher = recipe.teacher
-        if teacher is not None and not teacher.model.startswith("hf-clip:"):
+        if teacher is not None and not is_hf_clip(teacher.model):
             named.append(("teacher", teacher, objective.teacher_taps))
         with torch.random.fork_rng():  # no draw from the run's random streams
             for field, spec, taps in named:
-                if spec.model == "teacher":
+                if spec.copies_teacher:
                     continue  # built from the teacher once it is there
                 try:
                     model = clip_model(spec.model_copy(update={"pretrained": False}), data, 1.0)
@@ -239,7 +239,7 @@ class Clip(Task, DenseAnswers, Exportable, Diagnosable):
         return Objectives(clip_terms(self.recipe, scale), baseline)
 
     def build_student(self, spec: ModelSpec, teacher: nn.Module | None) -> nn.Module:
-        if spec.model != "teacher":
+        if not spec.copies_teacher:
             return clip_model(spec, self.data, self.logit_scale)
         assert isinstance(teacher, ZeroShotClassifier)  # the recipe checks it
         encoder = cut_from_teacher(teacher.encoder, spec)

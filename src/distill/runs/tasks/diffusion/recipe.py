@@ -106,7 +106,7 @@ class DiffusionRecipe(Recipe):
     def _diffusion_checks(self) -> DiffusionRecipe:
         if self.teacher is None:
             raise ValueError(f"task diffusion: set teacher: {ONE_SAMPLER}")
-        if self.student.model != "teacher":
+        if not self.student.copies_teacher:
             raise ValueError(
                 "student.model: progressive distillation starts each student as a copy of its "
                 "teacher; set student.model: teacher"

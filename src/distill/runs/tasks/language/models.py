@@ -18,8 +18,9 @@ from distill.models import hf
 from distill.models.shrink import narrow_mlps, student_from_teacher
 from distill.recipes import ModelSpec, Recipe
 from distill.runs.task import Splits
-from distill.runs.tasks.language.recipe import SERVED, TextDataSpec
+from distill.runs.tasks.language.recipe import TextDataSpec
 from distill.teachers import Served
+from distill.teachers.kinds import TeacherKind, served_url
 from distill.training import checkpoint as ckpt
 
 CALIBRATION_BLOCKS = 8
@@ -48,7 +49,7 @@ def build_lm(
     """The model a language-model recipe names (see ``ModelSpec``), with its weights."""
     kind, _, name = spec.model.partition(":")
     args = dict(spec.args)
-    if spec.model == "teacher":
+    if spec.copies_teacher:
         if teacher is None or where != "student":
             raise RecipeError(f"{where}.model: only the student can be made from the teacher")
         keep = args.pop("keep", "every_other")
@@ -130,7 +131,7 @@ def own_token_rows(rows: Dataset, tokenizer: Any, teacher_tokenizer: Any) -> lis
 
 def is_served(recipe: Recipe) -> bool:
     """Whether the recipe's teacher runs on an inference server (``served:<url>``)."""
-    return recipe.teacher is not None and recipe.teacher.model.startswith(SERVED)
+    return recipe.teacher is not None and recipe.teacher.kind is TeacherKind.SERVED
 
 
 def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -> Served:
@@ -141,7 +142,7 @@ def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -
     asked = args.pop("top_k", 20)
     top_k = recipe.cache.top_k if recipe.cache is not None else asked  # the same, if both set
     teacher = Served(
-        recipe.teacher.model.removeprefix(SERVED), tokenizer=tokenizer, top_k=top_k,
+        served_url(recipe.teacher.model), tokenizer=tokenizer, top_k=top_k,
         api_key=served_api_key(args.pop("api_key_env", None)), **args,
     )  # fmt: skip
     info = teacher.check()

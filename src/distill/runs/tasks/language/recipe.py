@@ -10,16 +10,18 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from distill.losses.registry import loss_info
+from distill.objective import temperature_clash
 from distill.recipes.schema import (
     DataSection,
     GenerateSpec,
     OnPolicySpec,
     Recipe,
+    fixed_temperatures,
     reads_teacher,
 )
 from distill.recipes.support import refusal
+from distill.teachers.kinds import TeacherKind, served_url
 
-SERVED = "served:"
 SERVED_ARGS = {
     "model",
     "top_k",
@@ -181,9 +183,9 @@ def check_cross_tokenizer(recipe: CausalLMRecipe) -> None:
 
 def check_served(recipe: CausalLMRecipe) -> None:
     teacher = recipe.teacher
-    if teacher is None or not teacher.model.startswith(SERVED):
+    if teacher is None or teacher.kind is not TeacherKind.SERVED:
         return
-    url = teacher.model.removeprefix(SERVED)
+    url = served_url(teacher.model)
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"teacher.model: served:<http(s) url of the API>, got {teacher.model!r}")
     if "api_key" in teacher.args:
@@ -219,9 +221,10 @@ def check_served(recipe: CausalLMRecipe) -> None:
                 "a served teacher gives top-k log-probs, not logits or features; use "
                 "{loss: lm_head_kd} (read as its sparse form)",
             )
-        if info.reads_teacher and term.temperature not in (None, 1, 1.0):
-            raise refusal(
-                f"objective.{name}.temperature",
-                "teacher.model: served",
-                "a served teacher answers at temperature 1 (the server's log-probs); set 1.0",
-            )
+    clash = temperature_clash(fixed_temperatures(recipe.objective), 1.0)
+    if clash is not None:
+        raise refusal(
+            f"objective.{clash[0]}.temperature",
+            "teacher.model: served",
+            "a served teacher answers at temperature 1 (the server's log-probs); set 1.0",
+        )
