@@ -15,7 +15,7 @@ from distill.runs.report.document import accuracy_vs_parameters
 from distill.runs.report.page import STYLE
 from distill.runs.report.ticks import round_ticks
 from distill.runs.tasks.diffusion.report import fid_figure, write_diffusion_report
-from distill.runs.tasks.diffusion.task import image_grid
+from distill.runs.tasks.diffusion.scoring import image_grid
 
 
 def tick_labels(fig):

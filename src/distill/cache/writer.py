@@ -143,8 +143,11 @@ class CacheWriter:
         if self.layout.kind == "hidden":
             if not head.is_file():
                 raise CacheError(f"{self.folder}: a hidden-state cache without its {HEAD_FILE}")
-            manifest["head"] = {"file": HEAD_FILE, "sha256": sha256_file(head),
-                                "bytes": head.stat().st_size}  # fmt: skip
+            manifest["head"] = {
+                "file": HEAD_FILE,
+                "sha256": sha256_file(head),
+                "bytes": head.stat().st_size,
+            }
         manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json(self.folder / MANIFEST_FILE, manifest)
         return manifest
@@ -197,8 +200,10 @@ def teacher_arrays(output: TeacherOutput, layout: Layout) -> dict[str, np.ndarra
             raise CacheError("a hidden-state cache needs the teacher's one tap of final states")
         hidden = next(iter(output.features.values())).detach().float().cpu().numpy()
         if hidden.shape[-1] != layout.hidden_size or not np.isfinite(hidden).all():
-            raise CacheError(f"final hidden states of shape {hidden.shape}, not finite or not "
-                             f"of hidden_size {layout.hidden_size}")  # fmt: skip
+            raise CacheError(
+                f"final hidden states of shape {hidden.shape}, not finite or not "
+                f"of hidden_size {layout.hidden_size}"
+            )
         stored = hidden.astype(np.float16)
         if not np.isfinite(stored).all():
             raise CacheError("final hidden states beyond float16's range; cache top-k instead")

@@ -50,9 +50,14 @@ def eval_(
         log = logger(quiet, as_json)
         if speculative:
             result = speculative_command(
-                run_dir, row=row, prompts=prompts, prompt_tokens=prompt_tokens,
-                new_tokens=new_tokens, draft_tokens=draft_tokens, log=log,
-            )  # fmt: skip
+                run_dir,
+                row=row,
+                prompts=prompts,
+                prompt_tokens=prompt_tokens,
+                new_tokens=new_tokens,
+                draft_tokens=draft_tokens,
+                log=log,
+            )
             if as_json:
                 typer.echo(json.dumps(result, indent=2))
                 return
@@ -159,9 +164,14 @@ def push(
     to the Hugging Face Hub (or a local folder). A Hub push needs a token (`hf auth login`
     or HF_TOKEN); if it fails, the folder stays written for a later try."""
     pushed = guarded(
-        push_command, run_dir, target, private=private, license=license,
-        log=logger(quiet, False), dry_run=dry_run,
-    )  # fmt: skip
+        push_command,
+        run_dir,
+        target,
+        private=private,
+        license=license,
+        log=logger(quiet, False),
+        dry_run=dry_run,
+    )
     if not pushed.dry_run:
         typer.echo(f"pushed {pushed.folder} to {pushed.target}")
         return

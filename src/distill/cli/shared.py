@@ -137,8 +137,9 @@ def print_table(
     words = [len(word) for row in rows for word in row[0].split()] + [len(header[0])]
     name_width = min(max(words), 20)  # a word longer than 20 characters folds
     table.add_column(escape(header[0]), overflow="fold", min_width=name_width, ratio=1)
-    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in
-              enumerate(header) if i > 0]  # fmt: skip
+    widths = [
+        max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(header) if i > 0
+    ]
     for column, width in zip(header[1:], widths, strict=True):
         table.add_column(escape(column), justify="right", width=width, no_wrap=True)
     for row, style in zip(rows, styles or [None] * len(rows), strict=True):

@@ -67,10 +67,15 @@ def factorize_layer(layer: nn.Linear | Conv, rank: int) -> nn.Sequential:
             raise ValueError("grouped convolutions are not factorized")
         conv = type(layer)
         a = conv(
-            layer.in_channels, rank, layer.kernel_size, stride=layer.stride,
-            padding=layer.padding, dilation=layer.dilation, bias=False,
+            layer.in_channels,
+            rank,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            bias=False,
             padding_mode=layer.padding_mode,
-        )  # fmt: skip
+        )
         b = conv(rank, layer.out_channels, 1, bias=has_bias)
         a.weight.data = first.reshape(a.weight.shape).to(dtype)
         b.weight.data = second.reshape(b.weight.shape).to(dtype)

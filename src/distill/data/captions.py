@@ -49,9 +49,19 @@ PROMPT_TEMPLATES = ["a photo of a {name}.", "a picture of a {name}, {description
 CLASS_NAMES = {
     "fashion_mnist": CLASSES,
     "mnist1d": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                "truck"],
-}  # fmt: skip
+    "cifar10": [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ],
+}
 
 
 def check_template(template: str) -> str | None:

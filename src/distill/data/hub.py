@@ -45,8 +45,9 @@ class HubImages(Dataset):
                 f"data.captions.column: no column {column!r} in the dataset (it has "
                 f"{', '.join(self.split.column_names)})"
             )
-        return [str(text).strip() or None if text is not None else None
-                for text in self.split[column]]  # fmt: skip
+        return [
+            str(text).strip() or None if text is not None else None for text in self.split[column]
+        ]
 
 
 def load_hub_images(
@@ -74,6 +75,7 @@ def load_hub_images(
     absent = [s for s in splits if s not in loaded]
     if absent:
         raise DataError(f"data.splits: {source} has no split {absent} (it has {', '.join(loaded)})")
-    train, test = (HubImages(loaded[s], columns["image"], columns["label"], image_size)
-                   for s in splits)  # fmt: skip
+    train, test = (
+        HubImages(loaded[s], columns["image"], columns["label"], image_size) for s in splits
+    )
     return train, test

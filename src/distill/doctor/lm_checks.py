@@ -81,8 +81,13 @@ def top_k_mass_check(
         goal: next((int(kk) for kk, v in by_k.items() if v["mean"] >= goal), None)
         for goal in (0.95, 0.99)
     }
-    measurements = {"temperature": temperature, "k": k, "sparse": sparse, "by_k": by_k,
-                    "k_for": {str(g): v for g, v in needed.items()}}  # fmt: skip
+    measurements = {
+        "temperature": temperature,
+        "k": k,
+        "sparse": sparse,
+        "by_k": by_k,
+        "k_for": {str(g): v for g, v in needed.items()},
+    }
     if not by_k:
         return Finding(
             "top_k_mass", "ok", "no teacher distribution to measure", "nothing to do", measurements
@@ -150,14 +155,20 @@ def sampling_temperature_check(
     follow one distribution and the loss pulls towards another."""
     if not samplers:
         return Finding(
-            "sampling_temperature", "ok", "nothing is sampled: the rows are fixed text",
-            "nothing to do", {},
-        )  # fmt: skip
+            "sampling_temperature",
+            "ok",
+            "nothing is sampled: the rows are fixed text",
+            "nothing to do",
+            {},
+        )
     if teacher_logits is None:
         return Finding(
-            "sampling_temperature", "ok", "no full teacher distribution to compare with",
-            "nothing to do", {},
-        )  # fmt: skip
+            "sampling_temperature",
+            "ok",
+            "no full teacher distribution to compare with",
+            "nothing to do",
+            {},
+        )
     target_t = 1.0 if loss_temperature is None else loss_temperature
     target = F.softmax(teacher_logits.float() / target_t, dim=-1)
     tvd = {
@@ -261,9 +272,18 @@ def one_update(
     objective = make_objective(model)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     Distiller(
-        model, teacher, objective, optimizer="sgd", lr=1.0, momentum=0.0, lr_schedule="constant",
-        grad_accum_steps=accum, select_metric=None, progress=False, log=lambda line: None,
-    ).fit(DataLoader(rows, batch_size=batch_size), max_steps=1)  # fmt: skip
+        model,
+        teacher,
+        objective,
+        optimizer="sgd",
+        lr=1.0,
+        momentum=0.0,
+        lr_schedule="constant",
+        grad_accum_steps=accum,
+        select_metric=None,
+        progress=False,
+        log=lambda line: None,
+    ).fit(DataLoader(rows, batch_size=batch_size), max_steps=1)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     return after - before
 
@@ -297,8 +317,12 @@ def accumulation_check(
     single = one_update(student, teacher, make_objective, window, batch_size * accum, 1)
     difference = float((accumulated - single).norm() / single.norm().clamp_min(1e-30))
     skew = max(counts) / max(min(counts), 1)
-    measurements = {"accum": accum, "tokens_per_micro_batch": counts,
-                    "relative_difference": difference, "row_normalised_skew": skew}  # fmt: skip
+    measurements = {
+        "accum": accum,
+        "tokens_per_micro_batch": counts,
+        "relative_difference": difference,
+        "row_normalised_skew": skew,
+    }
     described = (
         f"micro-batches of {batch_size} rows hold {span(min(counts), max(counts))} counted "
         f"tokens; the update from {accum} of them differs from one batch of the same rows by "
@@ -378,10 +402,12 @@ def lm_teacher_cost_check(
         described = described.split("; a cache")[0] + " (this teacher cannot be cached)"
         if overhead > max_overhead and online > min_seconds:
             return Finding(
-                "teacher_cost", "warning", f"the teacher dominates training: {described}",
+                "teacher_cost",
+                "warning",
+                f"the teacher dominates training: {described}",
                 "run it in bf16 (teacher.autocast) or distil from a smaller teacher",
                 measurements,
-            )  # fmt: skip
+            )
         return Finding("teacher_cost", "ok", described, "nothing to do", measurements)
     if overhead > max_overhead and online - cached > min_seconds:
         return Finding(

@@ -236,9 +236,12 @@ def temperature_sweep(
         objective: Objective = build_objective(terms, steps)
         with tempfile.TemporaryDirectory() as run_dir:
             student, _ = train_student(
-                task, recipe, Lesson(lambda s, o=objective: o, teacher),
-                Path(run_dir), Budget(steps, steps, progress, log=lambda line: None),
-            )  # fmt: skip
+                task,
+                recipe,
+                Lesson(lambda s, o=objective: o, teacher),
+                Path(run_dir),
+                Budget(steps, steps, progress, log=lambda line: None),
+            )
         metrics = Distiller(student, progress=False).evaluate(loader(task.data.val, recipe, False))
         accuracy[str(t)] = metrics["accuracy"]
     best = max(accuracy, key=accuracy.get)  # type: ignore[arg-type]

@@ -208,10 +208,15 @@ def cross_tokenizer_kd(
         if not usable:
             continue
         value = hybrid_kd(
-            student_logits[row], teacher_logits[row], student_tokens.to(student_logits.device),
-            teacher_tokens.to(teacher_logits.device), usable, alignment.vocabulary,
-            temperature=temperature, mode=mode,
-        )  # fmt: skip
+            student_logits[row],
+            teacher_logits[row],
+            student_tokens.to(student_logits.device),
+            teacher_tokens.to(teacher_logits.device),
+            usable,
+            alignment.vocabulary,
+            temperature=temperature,
+            mode=mode,
+        )
         total = total + value * len(usable)
         groups += len(usable)
     return total / max(1, groups)
@@ -225,8 +230,9 @@ def aligned_agreement(
     token is the teacher's top token (through the shared vocabulary; a teacher top token
     the student's vocabulary lacks counts as a disagreement)."""
     assert alignment.vocabulary is not None
-    to_student = dict(zip(alignment.vocabulary[1].tolist(), alignment.vocabulary[0].tolist(),
-                          strict=True))  # fmt: skip
+    to_student = dict(
+        zip(alignment.vocabulary[1].tolist(), alignment.vocabulary[0].tolist(), strict=True)
+    )
     agree = compared = 0
     for row, groups in enumerate(alignment.groups):
         exact = [g for g in _usable(groups) if g.one_to_one]

@@ -60,9 +60,13 @@ def ddim_step(
 
 
 def progressive_target(
-    z: Tensor, z_two_steps: Tensor, alpha: Tensor, sigma: Tensor, alpha_end: Tensor,
+    z: Tensor,
+    z_two_steps: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    alpha_end: Tensor,
     sigma_end: Tensor,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """The target ``x̃`` of progressive distillation: the clean-image prediction whose one
     DDIM step from ``z_t`` lands on the teacher's two-step result ``z_t''``.
 

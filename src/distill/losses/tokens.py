@@ -268,14 +268,29 @@ def lm_head_kd(
     def chunk_loss(student: Tensor, rows: Tensor, chunk_labels: Tensor | None) -> Tensor:
         teacher = _logits(t_hidden[rows], t_weight, t_bias)
         return body(
-            student, teacher, chunk_labels, kd_weight, ce_weight, temperature, divergence,
-            beta, skew, softcap,
-        )  # fmt: skip
+            student,
+            teacher,
+            chunk_labels,
+            kd_weight,
+            ce_weight,
+            temperature,
+            divergence,
+            beta,
+            skew,
+            softcap,
+        )
 
     return _chunked_head_loss(
-        chunk_loss, s_hidden, student_head[:vocab_size], student_bias, labels, mask,
-        ce_weight, chunk_size, global_count,
-    )  # fmt: skip
+        chunk_loss,
+        s_hidden,
+        student_head[:vocab_size],
+        student_bias,
+        labels,
+        mask,
+        ce_weight,
+        chunk_size,
+        global_count,
+    )
 
 
 def lm_head_sparse_kd(
@@ -334,11 +349,29 @@ def lm_head_sparse_kd(
     def chunk_loss(student: Tensor, rows: Tensor, chunk_labels: Tensor | None) -> Tensor:
         teacher = teacher_topk.select(rows)
         return body(
-            student, teacher.ids, teacher.logprobs, teacher.tail, teacher.temperature,
-            chunk_labels, kd_weight, ce_weight, temperature, divergence, beta, skew, softcap,
-        )  # fmt: skip
+            student,
+            teacher.ids,
+            teacher.logprobs,
+            teacher.tail,
+            teacher.temperature,
+            chunk_labels,
+            kd_weight,
+            ce_weight,
+            temperature,
+            divergence,
+            beta,
+            skew,
+            softcap,
+        )
 
     return _chunked_head_loss(
-        chunk_loss, s_hidden, student_head[:vocab_size], student_bias, labels, mask,
-        ce_weight, chunk_size, global_count,
-    )  # fmt: skip
+        chunk_loss,
+        s_hidden,
+        student_head[:vocab_size],
+        student_bias,
+        labels,
+        mask,
+        ce_weight,
+        chunk_size,
+        global_count,
+    )

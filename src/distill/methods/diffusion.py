@@ -116,9 +116,12 @@ class Denoiser(nn.Module):
         self.sampler = "ddim"  # or "consistency": how its images are drawn (``sample``)
 
     def sample(
-        self, noise: Tensor, class_labels: Tensor | None = None, steps: int | None = None,
+        self,
+        noise: Tensor,
+        class_labels: Tensor | None = None,
+        steps: int | None = None,
         generator: torch.Generator | None = None,
-    ) -> Tensor:  # fmt: skip
+    ) -> Tensor:
         """Images from ``noise`` in ``steps`` (default: its own) steps of its sampler."""
         steps = steps or int(self.sampler_steps)
         if self.sampler == "consistency":

@@ -129,11 +129,15 @@ def sample_rows(prompts: Sequence[dict[str, Any]], samples: int) -> list[dict[st
     """Each prompt ``samples`` times, as rows ``{"id", "messages", "prompt", "sample"}``;
     the id is the prompt's with one sample, ``<id>/<k>`` with several."""
     return [
-        {"id": p["id"] if samples == 1 else f"{p['id']}/{k}", "messages": p["messages"],
-         "prompt": index, "sample": k}
+        {
+            "id": p["id"] if samples == 1 else f"{p['id']}/{k}",
+            "messages": p["messages"],
+            "prompt": index,
+            "sample": k,
+        }
         for index, p in enumerate(prompts)
         for k in range(samples)
-    ]  # fmt: skip
+    ]
 
 
 def generate_dataset(
@@ -234,8 +238,11 @@ def generate_dataset(
     }
     meta["settings"]["backend"] = "vllm" if use_vllm else "transformers"
     if verifier is not None:
-        meta["verification"] = {**(verification or {}), "keep": keep,
-                                **acceptance(samples, len(written))}  # fmt: skip
+        meta["verification"] = {
+            **(verification or {}),
+            "keep": keep,
+            **acceptance(samples, len(written)),
+        }
         log(
             f"generate: {meta['verification']['prompts_solved']} of {len(prompts)} prompts "
             f"have a verified answer ({meta['verification']['correct_samples']} of "

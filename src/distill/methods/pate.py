@@ -29,8 +29,29 @@ from torch import Tensor, nn
 
 from distill.errors import MissingDependency
 
-ORDERS = [1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0,
-          32.0, 48.0, 64.0, 128.0, 256.0, 512.0]  # fmt: skip
+ORDERS = [
+    1.25,
+    1.5,
+    1.75,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    6.0,
+    8.0,
+    10.0,
+    12.0,
+    16.0,
+    20.0,
+    24.0,
+    32.0,
+    48.0,
+    64.0,
+    128.0,
+    256.0,
+    512.0,
+]
 
 
 def partition(rows: int, teachers: int, seed: int = 0) -> list[Tensor]:

@@ -94,8 +94,12 @@ def assisted_generation(
         draft.generation_config.assistant_confidence_threshold = 0.0
     results: dict[str, dict[str, float]] = {}
     for mode, sample in (("greedy", False), ("sampled", True)):
-        common = {"do_sample": sample, "new_tokens": new_tokens, "seed": seed,
-                  "pad_token_id": pad_token_id}  # fmt: skip
+        common = {
+            "do_sample": sample,
+            "new_tokens": new_tokens,
+            "seed": seed,
+            "pad_token_id": pad_token_id,
+        }
         decode(target, prompts[:1], **{**common, "new_tokens": 4})  # warm-up
         decode(target, prompts[:1], draft=draft, **{**common, "new_tokens": 4})
         alone = decode(target, prompts, **common)

@@ -133,10 +133,19 @@ def lm_head_term(
     ce_weight = float(options.pop("ce_weight", 0.0))
     if teacher is None:
         return sparse_token_kd_term(
-            student, weight=weight, temperature=temperature, head=head, ce_weight=ce_weight,
+            student,
+            weight=weight,
+            temperature=temperature,
+            head=head,
+            ce_weight=ce_weight,
             **options,
-        )  # fmt: skip
+        )
     return token_kd_term(
-        student, teacher, weight=weight, temperature=temperature, head=head,
-        ce_weight=ce_weight, **options,
-    )  # fmt: skip
+        student,
+        teacher,
+        weight=weight,
+        temperature=temperature,
+        head=head,
+        ce_weight=ce_weight,
+        **options,
+    )

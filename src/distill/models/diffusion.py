@@ -24,10 +24,17 @@ from distill.models.hf import load_failure
 
 # schedulers whose noise is the variance-preserving z = α x + σ ε of a discrete ᾱ table
 VARIANCE_PRESERVING = {
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-    "LCMScheduler", "HeunDiscreteScheduler", "DEISMultistepScheduler",
-}  # fmt: skip
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "LCMScheduler",
+    "HeunDiscreteScheduler",
+    "DEISMultistepScheduler",
+}
 
 
 def _diffusers() -> Any:

@@ -34,8 +34,13 @@ def save_classifier(
     """Write ``model``'s weights and how to build it (``spec``: e.g. ``zoo:cnn``)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, str(folder / WEIGHTS))
-    config = {"library_name": LIBRARY, "model": spec, "args": args,
-              "num_classes": num_classes, "in_shape": list(in_shape)}  # fmt: skip
+    config = {
+        "library_name": LIBRARY,
+        "model": spec,
+        "args": args,
+        "num_classes": num_classes,
+        "in_shape": list(in_shape),
+    }
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return folder
 

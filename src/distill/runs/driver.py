@@ -191,9 +191,14 @@ def distilled_lesson(
     if recipe.cache is not None and recipe.cache.use:
         assert teacher is not None and isinstance(task, Cacheable)  # the recipe checks it
         info = build_teacher_cache(
-            task, teacher, worker=process_index(), workers=num_processes(),
-            progress=progress, log=log, together=True,
-        )  # fmt: skip
+            task,
+            teacher,
+            worker=process_index(),
+            workers=num_processes(),
+            progress=progress,
+            log=log,
+            together=True,
+        )
         stored = cache_as_teacher(recipe, task.cache_fingerprint())
         answers = task.cached_teacher(stored)
         log(f"the distilled student learns from the teacher cache {info['folder']}")
@@ -319,11 +324,19 @@ def train_student(
         transform = task.input_mix()
     rows = task.data.baseline_train if lesson.rows == "baseline" else task.data.student_train
     _, result, seconds = fit_student(
-        recipe, student, lesson.answers or live, objective, run_dir=run_dir,
-        train_loader=loader(rows, recipe, True), val_loader=loader(task.data.val, recipe, False),
-        max_steps=budget.steps, eval_every=budget.per_epoch, progress=budget.progress,
-        batch_transform=transform, log=budget.log,
-    )  # fmt: skip
+        recipe,
+        student,
+        lesson.answers or live,
+        objective,
+        run_dir=run_dir,
+        train_loader=loader(rows, recipe, True),
+        val_loader=loader(task.data.val, recipe, False),
+        max_steps=budget.steps,
+        eval_every=budget.per_epoch,
+        progress=budget.progress,
+        batch_transform=transform,
+        log=budget.log,
+    )
     saved = [ckpt.STUDENT_FILE]  # every file a command may read, checksummed in finished.json
     if has_adapters(student):  # in PEFT's format, then merged: the student as it deploys
         on_main(lambda: save_adapter(student, run_dir / ADAPTER_DIR, spec.model))

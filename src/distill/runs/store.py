@@ -74,8 +74,12 @@ def teacher_cache_dir(recipe: Recipe, part: str | None = None) -> Path:
     }
     if part is not None:
         key_fields["part"] = part
-    unset_if_none = (("teacher", "domain"), ("teacher", "tokenizer"), ("data", "domains"),
-                     ("data", "captions"))  # fmt: skip
+    unset_if_none = (
+        ("teacher", "domain"),
+        ("teacher", "tokenizer"),
+        ("data", "domains"),
+        ("data", "captions"),
+    )
     for section, field in unset_if_none:
         if key_fields[section].get(field) is None:  # unset: the keys of earlier versions
             key_fields[section].pop(field, None)

@@ -63,8 +63,11 @@ class CrossTokenizer(Teacher):
         teacher_tokens = torch.tensor(teacher["input_ids"] or [0], dtype=torch.long)
         groups = align_spans(spans, teacher["offset_mapping"], text)
         predicted = keep.cpu()  # token k is predicted by row k - 1: kept when its label is
-        groups = [g for g in groups if all(0 < k <= len(predicted) and predicted[k - 1]
-                                           for k in g.student)]  # fmt: skip
+        groups = [
+            g
+            for g in groups
+            if all(0 < k <= len(predicted) and predicted[k - 1] for k in g.student)
+        ]
         return student, teacher_tokens, groups
 
     def __call__(self, batch: Batch, logits: bool = True) -> TeacherOutput:

@@ -140,10 +140,21 @@ def make_scheduler(
 
 # settings that change what training computes: a checkpoint is resumed only under the same
 NOT_RESUMED_ACROSS = (
-    "lr", "weight_decay", "optimizer", "momentum", "lr_schedule", "lr_milestones", "lr_decay",
-    "warmup_steps", "grad_accum_steps", "max_grad_norm", "mixed_precision", "seed",
-    "eval_every", "select_metric",
-)  # fmt: skip
+    "lr",
+    "weight_decay",
+    "optimizer",
+    "momentum",
+    "lr_schedule",
+    "lr_milestones",
+    "lr_decay",
+    "warmup_steps",
+    "grad_accum_steps",
+    "max_grad_norm",
+    "mixed_precision",
+    "seed",
+    "eval_every",
+    "select_metric",
+)
 
 
 def training_fingerprint(config: TrainConfig) -> dict[str, object]:

@@ -132,9 +132,11 @@ def plot_training_curves(run_dir: Path, out: Path, lm: bool = False) -> None:
     for key in sorted({k for row in baseline for k in row if k.startswith("loss/")}):
         points = [(r["step"], r[key]) for r in baseline if key in r]
         left.plot(
-            *zip(*points, strict=True), label=f"baseline: {key[5:]}", color=COLORS["baseline"],
+            *zip(*points, strict=True),
+            label=f"baseline: {key[5:]}",
+            color=COLORS["baseline"],
             ls="--",
-        )  # fmt: skip
+        )
     left.set(
         xlabel="optimizer step",
         ylabel="loss term (unweighted)",

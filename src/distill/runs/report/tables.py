@@ -188,8 +188,12 @@ def export_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def header(summary: dict[str, Any]) -> list[str]:
     if is_language_model(summary):
-        headline = ["test perplexity", "agreement with teacher", "draft acceptance α",
-                    "token accuracy"]  # fmt: skip
+        headline = [
+            "test perplexity",
+            "agreement with teacher",
+            "draft acceptance α",
+            "token accuracy",
+        ]
         latency = "CPU latency / sequence"
     elif is_clip(summary):
         headline = ["zero-shot accuracy", "linear probe", "image→text R@1"]

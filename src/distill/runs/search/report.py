@@ -79,23 +79,42 @@ def plot_pareto(summary: dict[str, Any], out: Path) -> None:
     front = [next(r for r in rows if r["number"] == n) for n in summary["pareto"]]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.scatter(
-        [r["latency_ms"] for r in trained], [r["value"] for r in trained],
-        s=18, color="tab:gray", alpha=0.7, label="trained trials",
-    )  # fmt: skip
+        [r["latency_ms"] for r in trained],
+        [r["value"] for r in trained],
+        s=18,
+        color="tab:gray",
+        alpha=0.7,
+        label="trained trials",
+    )
     if stopped:
         ax.scatter(
-            [r["latency_ms"] for r in stopped], [r["value"] for r in stopped],
-            s=14, marker="x", color="tab:orange", alpha=0.7, label="stopped early (last value)",
-        )  # fmt: skip
+            [r["latency_ms"] for r in stopped],
+            [r["value"] for r in stopped],
+            s=14,
+            marker="x",
+            color="tab:orange",
+            alpha=0.7,
+            label="stopped early (last value)",
+        )
     ax.plot(
-        [r["latency_ms"] for r in front], [r["value"] for r in front],
-        "-o", color="tab:blue", markersize=5, label="Pareto front",
-    )  # fmt: skip
+        [r["latency_ms"] for r in front],
+        [r["value"] for r in front],
+        "-o",
+        color="tab:blue",
+        markersize=5,
+        label="Pareto front",
+    )
     chosen = summary["chosen"]
     ax.scatter(
-        [chosen["latency_ms"]], [chosen["value"]], s=90, facecolors="none",
-        edgecolors="tab:red", linewidths=2, label="chosen", zorder=3,
-    )  # fmt: skip
+        [chosen["latency_ms"]],
+        [chosen["value"]],
+        s=90,
+        facecolors="none",
+        edgecolors="tab:red",
+        linewidths=2,
+        label="chosen",
+        zorder=3,
+    )
     if "latency_ms" in summary["budget"]:
         ax.axvline(summary["budget"]["latency_ms"], color="tab:red", ls="--", lw=1, label="budget")
     ax.set_xlabel(f"CPU latency per example (ms, batch {summary['batch_size']})")

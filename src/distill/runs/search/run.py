@@ -163,9 +163,12 @@ class TrialProgress:
         self.progress = None
         if enabled:
             self.progress = Progress(
-                TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[best]}"), TimeElapsedColumn(),
-            )  # fmt: skip
+                TextColumn("[bold]search"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[best]}"),
+                TimeElapsedColumn(),
+            )
             self.task = self.progress.add_task("trials", total=total, completed=done, best="")
 
     def __enter__(self) -> TrialProgress:
@@ -336,14 +339,19 @@ class TrialRunner:
         live = None if self.teacher is None else teacher_module(recipe, self.teacher)
         try:
             _, result, seconds = fit_student(
-                recipe, model, live,
+                recipe,
+                model,
+                live,
                 recipe_objective(recipe, self.per_epoch, self.teacher)(model),
                 run_dir=self.run_dir / TRIALS_DIR / key,
                 train_loader=loader(self.data.student_train, recipe, True),
-                val_loader=loader(self.data.val, recipe, False), max_steps=self.steps,
-                eval_every=max(1, self.steps // self.spec.evaluations), progress=False,
-                callbacks=callbacks, log=lambda _: None,
-            )  # fmt: skip
+                val_loader=loader(self.data.val, recipe, False),
+                max_steps=self.steps,
+                eval_every=max(1, self.steps // self.spec.evaluations),
+                progress=False,
+                callbacks=callbacks,
+                log=lambda _: None,
+            )
         except NonFiniteLoss as error:
             trial.set_user_attr("stopped", str(error))
             raise optuna.TrialPruned() from None

@@ -73,9 +73,12 @@ def open_study(
     if spec.sampler == "nsga2":
         directions.append("minimize")
     study = optuna.create_study(
-        study_name=name, storage=backend, directions=directions, load_if_exists=True,
+        study_name=name,
+        storage=backend,
+        directions=directions,
+        load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
-    )  # fmt: skip
+    )
     # a resumed study draws on from where it stopped, not from its first draws again
     study.sampler = make_sampler(spec, recipe.seed + len(study.get_trials(deepcopy=False)))
     if local:
@@ -118,9 +121,12 @@ def optimize(
         if trials <= 0 or (left is not None and left <= 0):
             continue
         study.optimize(
-            objective, n_trials=trials, timeout=left, n_jobs=phase_jobs,
+            objective,
+            n_trials=trials,
+            timeout=left,
+            n_jobs=phase_jobs,
             callbacks=[MaxTrialsCallback(target, states=scored_states()), *callbacks],
-        )  # fmt: skip
+        )
 
 
 def requeue_interrupted(study: Any, log: Log) -> None:

@@ -66,8 +66,9 @@ def make_layout(recipe: Recipe, **fields: Any) -> Layout:
     spec = recipe.cache
     assert spec is not None
     if fields.get("kind") == "topk" and spec.encoding == "compact":
-        fields.update(encoding="compact", curve_degree=spec.curve_degree,
-                      residual_bits=spec.residual_bits)  # fmt: skip
+        fields.update(
+            encoding="compact", curve_degree=spec.curve_degree, residual_bits=spec.residual_bits
+        )
     try:
         return Layout(shard_size=spec.shard_size, logprob_dtype=spec.logprob_dtype, **fields)
     except ValueError as error:
@@ -158,9 +159,17 @@ def build_teacher_cache(
             live.add_taps([final_hidden_tap(cached)])
             head = cached.get_output_embeddings()
     return ensure_cache(
-        recipe, live, rows, layout, worker=worker, workers=workers, progress=progress, log=log,
-        together=together, head=head,
-    )  # fmt: skip
+        recipe,
+        live,
+        rows,
+        layout,
+        worker=worker,
+        workers=workers,
+        progress=progress,
+        log=log,
+        together=together,
+        head=head,
+    )
 
 
 class DenseAnswers(Cacheable):

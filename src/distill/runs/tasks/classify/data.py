@@ -41,9 +41,13 @@ def prepare_data(recipe: Recipe) -> Data:
     """The recipe's splits (see the module)."""
     spec = recipe.data
     train, test, num_classes = load_dataset(
-        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size,
-        columns=spec.columns, splits=spec.splits,
-    )  # fmt: skip
+        spec.dataset,
+        spec.path,
+        allow_download=spec.download,
+        image_size=spec.image_size,
+        columns=spec.columns,
+        splits=spec.splits,
+    )
     if spec.domains:
         try:
             domain_of_class = class_to_domain(spec.domains, num_classes)

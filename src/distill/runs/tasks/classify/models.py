@@ -64,9 +64,13 @@ def train_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple
         where = f" of domain {spec.domain}"
     log(f"training the teacher {spec.model} on {len(train_set):,} labelled examples{where}")
     info = fit_and_store_teacher(
-        recipe, model, loader(train_set, recipe, True), loader(val_set, recipe, False),
-        progress, log,
-    )  # fmt: skip
+        recipe,
+        model,
+        loader(train_set, recipe, True),
+        loader(val_set, recipe, False),
+        progress,
+        log,
+    )
     return model.eval(), info
 
 
@@ -79,9 +83,14 @@ def get_teacher(recipe: Recipe, data: Data, progress: bool, log: Log) -> tuple[n
         return get_ensemble(recipe, data, progress, log)
     if recipe.pate is not None:
         return pate_teachers(
-            recipe, data.teacher_train, data.val, data.num_classes,
-            lambda: model_from_spec(spec, data), progress, log,
-        )  # fmt: skip
+            recipe,
+            data.teacher_train,
+            data.val,
+            data.num_classes,
+            lambda: model_from_spec(spec, data),
+            progress,
+            log,
+        )
     has_weights = spec.checkpoint is not None or Path(spec.model).is_dir()
     if spec.train is None and not (has_weights or spec.pretrained):
         raise RecipeError(

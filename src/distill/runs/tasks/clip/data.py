@@ -92,9 +92,13 @@ def class_texts(recipe: Recipe, train: Dataset, num_classes: int) -> tuple[list,
 def prepare_data(recipe: Recipe, log: Log = print) -> ClipData:
     spec, captions = recipe.data, recipe.data.captions  # type: ignore[union-attr]
     train, test, num_classes = load_dataset(
-        spec.dataset, spec.path, allow_download=spec.download, image_size=spec.image_size,
-        columns=spec.columns, splits=spec.splits,
-    )  # fmt: skip
+        spec.dataset,
+        spec.path,
+        allow_download=spec.download,
+        image_size=spec.image_size,
+        columns=spec.columns,
+        splits=spec.splits,
+    )
     names, described = class_texts(recipe, train, num_classes)
     tower_name = text_tower_name(recipe)
     try:
@@ -169,13 +173,18 @@ def own_captions(recipe: Recipe, train: Dataset, test: Dataset) -> tuple[list, l
     for split, rows in (("train", train), ("test", test)):
         if captions.column is not None:  # an hf_images dataset
             found[split] = rows.texts(captions.column)  # type: ignore[attr-defined]
-            names[split] = [f"{split} row {i}: this image has no caption (its "
-                            f"{captions.column!r} is empty)" for i in range(len(rows))]  # type: ignore[arg-type]  # fmt: skip
+            names[split] = [
+                f"{split} row {i}: this image has no caption (its {captions.column!r} is empty)"
+                for i in range(len(rows))
+            ]  # type: ignore[arg-type]
         else:
             files = [file for file, _ in rows.samples]  # type: ignore[attr-defined]
             found[split] = caption_files(files, root, captions.jsonl)
-            names[split] = [f"{f}: this image has no caption ({f.with_suffix('.txt').name} or "
-                            "a row of data.captions.jsonl)" for f in files]  # fmt: skip
+            names[split] = [
+                f"{f}: this image has no caption ({f.with_suffix('.txt').name} or "
+                "a row of data.captions.jsonl)"
+                for f in files
+            ]
     missing = [name for name, text in zip(names["test"], found["test"], strict=True) if not text]
     if missing:
         raise DataError(

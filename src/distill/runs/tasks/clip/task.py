@@ -132,10 +132,15 @@ def train_teacher(
         f"{len(data.teacher_train):,} captioned images"  # type: ignore[arg-type]
     )
     info = fit_and_store_teacher(
-        recipe, model, loader(data.teacher_train, recipe, True), loader(data.val, recipe, False),
-        progress, log, objective=Objective(clip=Term(contrastive, student=ENCODER)),
+        recipe,
+        model,
+        loader(data.teacher_train, recipe, True),
+        loader(data.val, recipe, False),
+        progress,
+        log,
+        objective=Objective(clip=Term(contrastive, student=ENCODER)),
         finish=learned_scale,
-    )  # fmt: skip
+    )
     return model.eval(), info
 
 
@@ -284,8 +289,12 @@ class Clip(Task, DenseAnswers, Exportable, Diagnosable):
     def summary_fields(
         self, models: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        before = {"task": "clip", "dataset": self.recipe.data.dataset,
-                  "text_tower": self.data.text_tower, "logit_scale": self.logit_scale}  # fmt: skip
+        before = {
+            "task": "clip",
+            "dataset": self.recipe.data.dataset,
+            "text_tower": self.data.text_tower,
+            "logit_scale": self.logit_scale,
+        }
         return before, {"gap_closed": gap_closed(models)}
 
     def doctor_notes(self, teacher: nn.Module) -> list[str]:

@@ -101,9 +101,13 @@ def schedule(recipe: Recipe) -> tuple[NoiseLevels, str]:
 def prepare_data(recipe: Recipe, log: Log = print) -> DiffusionData:
     spec, data = spec_of(recipe), recipe.data
     train, test, num_classes = load_dataset(
-        data.dataset, data.path, allow_download=data.download, image_size=data.image_size,
-        columns=data.columns, splits=data.splits,
-    )  # fmt: skip
+        data.dataset,
+        data.path,
+        allow_download=data.download,
+        image_size=data.image_size,
+        columns=data.columns,
+        splits=data.splits,
+    )
     names = CLASS_NAMES.get(data.dataset) or getattr(train, "classes", None)
     names = list(names or [f"class {i}" for i in range(num_classes)])
     to_unit = unit_range(data.dataset)

@@ -17,8 +17,15 @@ from matplotlib.figure import Figure
 from distill.runs.report import page as report_page
 from distill.runs.report.ticks import readable_log_axis
 
-HEADER = ["sampler", "steps", "FID (domain classifier)", "class accuracy", "CPU ms / image",
-          "parameters", "train time"]  # fmt: skip
+HEADER = [
+    "sampler",
+    "steps",
+    "FID (domain classifier)",
+    "class accuracy",
+    "CPU ms / image",
+    "parameters",
+    "train time",
+]
 TERMINAL = ["sampler", "steps", "FID", "class acc.", "ms/image", "train"]
 GRID = "samples.png"  # each student's grid, in its folder
 
@@ -78,8 +85,13 @@ def fid_figure(summary: dict[str, Any]) -> Figure:
     for name, points in lines.items():
         points.sort()
         ax.plot(*zip(*points, strict=True), marker="o", label=name)
-    ax.set(xscale="log", yscale="log", xlabel="sampler steps (log scale)", title="quality",
-           ylabel="FID, domain classifier (log scale)")  # fmt: skip
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="sampler steps (log scale)",
+        title="quality",
+        ylabel="FID, domain classifier (log scale)",
+    )
     steps = sorted({p[0] for points in lines.values() for p in points})
     readable_log_axis(ax.xaxis, steps, ticks=steps)  # every sampler's step count, no others
     readable_log_axis(ax.yaxis, [p[1] for points in lines.values() for p in points])
@@ -114,10 +126,11 @@ def write_diffusion_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, 
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
 
     figures = (report_page.figure(fid_plot, "FID against steps") if drawn else "") + "".join(
-        report_page.figure(g, f"samples: {g.parent.name if g.parent != run_dir else 'student'}",
-                           pixels=True)
+        report_page.figure(
+            g, f"samples: {g.parent.name if g.parent != run_dir else 'student'}", pixels=True
+        )
         for g in grids
-    )  # fmt: skip
+    )
     body = f"<p>{html.escape(intro)}</p>" + report_page.table(header, rows) + figures
     (run_dir / "report.html").write_text(report_page.page(f"distill run: {summary['name']}", body))
     paths = {"md": run_dir / "report.md", "html": run_dir / "report.html"}

@@ -23,27 +23,23 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Subset
 
 from distill.errors import RecipeError
 from distill.losses import denoising
-from distill.measure import frechet_distance
 from distill.methods.diffusion import (
     ConsistencyTeacher,
     Denoiser,
     Noising,
     TwoStepTeacher,
 )
-from distill.models import build_model
 from distill.models.diffusion import prompt_embeddings, unet_from_config
 from distill.objective import Objective, Term
-from distill.recipes import ModelSpec, Recipe, TeacherSpec, TrainSpec
+from distill.recipes import ModelSpec, Recipe
 from distill.runs.fitting import recipe_objective
 from distill.runs.report.tables import SummaryLayout, register_layout
 from distill.runs.store import fit_and_store_teacher, reuse_or_train, train_again
@@ -58,8 +54,14 @@ from distill.runs.task import (
 )
 from distill.runs.tasks.diffusion.data import DiffusionData, hub_teacher, prepare_data, spec_of
 from distill.runs.tasks.diffusion.report import GRID, terminal_table, write_diffusion_report
+from distill.runs.tasks.diffusion.scoring import (
+    Scorer,
+    classifier,
+    image_grid,
+    measure_sampler,
+    scored,
+)
 from distill.runs.workdir import Log, load_finished
-from distill.taps import Taps
 from distill.teachers import EMA
 from distill.training import checkpoint as ckpt
 
@@ -77,8 +79,13 @@ def denoiser(recipe: Recipe, data: DiffusionData, spec: ModelSpec) -> Denoiser:
             conditioning, null = prompt_embeddings(spec.model, prompts), data.num_classes
     elif spec.model == "diffusers:unet2d":
         channels, size = data.in_shape[0], data.in_shape[-1]
-        fields = {"sample_size": size, "in_channels": channels, "out_channels": channels,
-                  "num_class_embeds": data.num_classes + 1, **spec.args}  # fmt: skip
+        fields = {
+            "sample_size": size,
+            "in_channels": channels,
+            "out_channels": channels,
+            "num_class_embeds": data.num_classes + 1,
+            **spec.args,
+        }
         unet, null = unet_from_config(fields), data.num_classes
     else:
         raise RecipeError(
@@ -86,8 +93,14 @@ def denoiser(recipe: Recipe, data: DiffusionData, spec: ModelSpec) -> Denoiser:
             "diffusers:unet2d (with args: UNet2DModel config fields, and train)"
         )
     try:
-        model = Denoiser(unet, data.levels, data.prediction, null, steps=settings.steps,
-                         conditioning=conditioning)  # fmt: skip
+        model = Denoiser(
+            unet,
+            data.levels,
+            data.prediction,
+            null,
+            steps=settings.steps,
+            conditioning=conditioning,
+        )
     except ValueError as error:
         raise RecipeError(f"teacher.model {spec.model}: {error}") from None
     if spec.checkpoint is not None:
@@ -120,14 +133,21 @@ def train_teacher(
     assert spec is not None
     torch.manual_seed(recipe.seed)
     model = denoiser(recipe, data, spec)
-    noising = Noising(data.levels, null_class=model.null_class, drop=settings.class_dropout,
-                      seed=recipe.seed)  # fmt: skip
+    noising = Noising(
+        data.levels, null_class=model.null_class, drop=settings.class_dropout, seed=recipe.seed
+    )
     log(f"training the teacher {spec.model} on {len(data.student_train):,} images")  # type: ignore[arg-type]
     info = fit_and_store_teacher(
-        recipe, model, loader(data.student_train, recipe, True), loader(data.val, recipe, False),
-        progress, log, objective=Objective(denoise=Term(denoising)), batch_transform=noising,
+        recipe,
+        model,
+        loader(data.student_train, recipe, True),
+        loader(data.val, recipe, False),
+        progress,
+        log,
+        objective=Objective(denoise=Term(denoising)),
+        batch_transform=noising,
         select_metric="loss",
-    )  # fmt: skip
+    )
     return model.eval(), info
 
 
@@ -149,95 +169,6 @@ def round_steps(recipe: Recipe) -> list[int]:
     return found
 
 
-def classifier(recipe: Recipe, data: DiffusionData, progress: bool, log: Log) -> nn.Module:
-    """The domain classifier: a zoo CNN trained on the real training images (kept in the
-    teacher store, like a teacher), whose features FID compares."""
-    spec = spec_of(recipe)
-    scorer = TeacherSpec(model="zoo:cnn", args=spec.classifier,
-                         train=TrainSpec(epochs=spec.classifier_epochs, lr=2e-3))  # fmt: skip
-    as_classifier = recipe.model_copy(update={"teacher": scorer})  # its own store entry
-    build = lambda: build_model("zoo:cnn", data.num_classes, data.in_shape, spec.classifier)  # noqa: E731
-
-    def train() -> tuple[nn.Module, dict[str, Any]]:
-        torch.manual_seed(recipe.seed)
-        model = build()
-        log(f"training the domain classifier (zoo:cnn) on {len(data.student_train):,} real images")  # type: ignore[arg-type]
-        held_out = Subset(data.real_test, range(min(1000, len(data.real_test))))  # type: ignore[arg-type]
-        info = fit_and_store_teacher(as_classifier, model, loader(data.student_train, recipe, True),
-                                     loader(held_out, recipe, False), progress, log)  # fmt: skip
-        return model.eval(), info
-
-    return reuse_or_train(as_classifier, build, train, log)[0]
-
-
-@dataclass
-class Scorer:
-    """The domain classifier and its features of the real test images (FID's reference)."""
-
-    model: nn.Module
-    reference: Tensor
-
-
-@torch.no_grad()
-def scored(model: nn.Module, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
-    """(features at ``fc1``, logits) of the domain classifier."""
-    features, logits = [], []
-    with Taps(model.eval(), ["fc1"]) as taps:
-        for chunk in images.split(batch_size):
-            logits.append(model(chunk))
-            features.append(taps.pop()["fc1"].flatten(1))
-    return torch.cat(features), torch.cat(logits)
-
-
-@torch.no_grad()
-def measure_sampler(
-    model: Denoiser, data: DiffusionData, recipe: Recipe, scorer: Scorer, steps: int
-) -> dict[str, float]:
-    """``steps``-step samples of ``model`` (``diffusion.samples``, classes in turn, fixed
-    noise): the domain classifier's accuracy on them, FID on its features against the
-    real test images, CPU seconds per image."""
-    count, size = spec_of(recipe).samples, recipe.data.eval_batch_size
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(count, *data.in_shape, generator=generator)
-    classes = torch.arange(count) % data.num_classes
-    started = time.perf_counter()
-    images = torch.cat([
-        model.eval().sample(z, c, steps, generator).clamp(-1, 1)
-        for z, c in zip(noise.split(size), classes.split(size), strict=True)
-    ])  # fmt: skip
-    seconds = (time.perf_counter() - started) / count
-    features, logits = scored(scorer.model, images)
-    return {
-        "sampler_steps": float(steps),
-        "accuracy": float((logits.argmax(1) == classes).float().mean()),
-        "fid": frechet_distance(features, scorer.reference),
-        "seconds_per_image": seconds,
-        "examples": float(count),
-    }
-
-
-GRID_WIDTH = 900  # pixels at least: a grid of 32-pixel images is readable on a page
-
-
-def image_grid(images: Tensor, columns: int, path: Path) -> Path:
-    """``images`` (N, C, H, W) in [-1, 1] as one PNG, ``columns`` per row, each pixel
-    repeated (nearest neighbour) so that the grid is at least ``GRID_WIDTH`` wide."""
-    from PIL import Image
-
-    n, channels, height, width = images.shape
-    rows = -(-n // columns)
-    grid = torch.full((channels, rows * (height + 2), columns * (width + 2)), -1.0)
-    for i, image in enumerate(images):
-        top, left = (i // columns) * (height + 2) + 1, (i % columns) * (width + 2) + 1
-        grid[:, top : top + height, left : left + width] = image
-    scale = max(1, -(-GRID_WIDTH // grid.shape[-1]))
-    grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-    pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
-    return path
-
-
 class Diffusion(Task, LessonPerStage, Samples, SavesStudent):
     """``task: diffusion``. It keeps the teacher it sampled with and the domain classifier
     that scores every sampler (``scorer``, built with the teacher or on first use)."""
@@ -251,9 +182,15 @@ class Diffusion(Task, LessonPerStage, Samples, SavesStudent):
         self._scorer: Scorer | None = None
 
     def sample(
-        self, run_dir: Path, *, model: str = "student", steps: int | None = None,
-        count: int = 64, seed: int = 0, out: Path | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        run_dir: Path,
+        *,
+        model: str = "student",
+        steps: int | None = None,
+        count: int = 64,
+        seed: int = 0,
+        out: Path | None = None,
+    ) -> dict[str, Any]:
         """``count`` images of ``model`` (``student``, a round folder such as ``round_8``,
         or ``teacher``) in ``steps`` DDIM steps (default: its own), one class per column,
         from noise seeded by ``seed``; written as a PNG grid (default
@@ -275,8 +212,13 @@ class Diffusion(Task, LessonPerStage, Samples, SavesStudent):
         seconds = time.perf_counter() - started
         path = out or run_dir / f"samples_{model}_{steps}.png"
         image_grid(images, min(count, data.num_classes), path)
-        return {"path": str(path), "model": model, "steps": steps, "images": count,
-                "seconds_per_image": seconds / count}  # fmt: skip
+        return {
+            "path": str(path),
+            "model": model,
+            "steps": steps,
+            "images": count,
+            "seconds_per_image": seconds / count,
+        }
 
     def prepare(self, progress: bool, log: Log) -> DiffusionData:
         self.data = prepare_data(self.recipe, log)
@@ -306,8 +248,10 @@ class Diffusion(Task, LessonPerStage, Samples, SavesStudent):
         if spec_of(self.recipe).method == "consistency":
             return []  # one consistency model
         steps = round_steps(self.recipe)
-        return [(f"round_{n}", None, f"progressive distillation {2 * n} → {n} steps")
-                for n in steps[:-1]]  # fmt: skip
+        return [
+            (f"round_{n}", None, f"progressive distillation {2 * n} → {n} steps")
+            for n in steps[:-1]
+        ]
 
     def stage_lesson(self, teacher: nn.Module | None, stage: str, per_epoch: int) -> Lesson:
         """Two steps of ``teacher``'s sampler for one of its student's (the first round's
@@ -410,8 +354,12 @@ class Diffusion(Task, LessonPerStage, Samples, SavesStudent):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         spec = spec_of(self.recipe)
         rounds = [spec.steps, *round_steps(self.recipe)] if spec.method == "progressive" else []
-        before = {"task": "diffusion", "dataset": self.recipe.data.dataset, "method": spec.method,
-                  "rounds": rounds}  # fmt: skip
+        before = {
+            "task": "diffusion",
+            "dataset": self.recipe.data.dataset,
+            "method": spec.method,
+            "rounds": rounds,
+        }
         return before, {}
 
     def describe_eval(self, metrics: dict[str, float]) -> str:

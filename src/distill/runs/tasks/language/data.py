@@ -74,6 +74,10 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
     )
     train = Subset(rows, train_ids)
     return TextData(
-        student_train=train, baseline_train=train, val=val, test=test, regime=regime,
+        student_train=train,
+        baseline_train=train,
+        val=val,
+        test=test,
+        regime=regime,
         tokenizer=tokenizer,
-    )  # fmt: skip
+    )

@@ -182,13 +182,16 @@ def diagnose_language(
         )
     findings = [
         vocabulary_check(
-            tokenizer, student_rows=head_rows(student) or len(tokenizer),
-            teacher_rows=None if remote else head_rows(teacher), own_tokenizers=own,
-            cross_tokenizer=cross, kd_term=name,
+            tokenizer,
+            student_rows=head_rows(student) or len(tokenizer),
+            teacher_rows=None if remote else head_rows(teacher),
+            own_tokenizers=own,
+            cross_tokenizer=cross,
+            kd_term=name,
             vocab_option=None if term is None else term.options.get("vocab_size"),
             padded_mass=padded,
         ),
-    ]  # fmt: skip
+    ]
     lengths, stop_share = chat_lengths(recipe, tokenizer, stop_ids(tokenizer, student), sample)
     generate, on_policy = getattr(recipe, "generate", None), getattr(recipe, "on_policy", None)
     chat = lengths is not None or generate is not None or on_policy is not None
@@ -223,19 +226,27 @@ def diagnose_language(
     log("doctor: one step with gradient accumulation against one batch of the same rows")
     findings.append(
         accumulation_check(
-            student, live, make, data.student_train, batch_size=recipe.data.batch_size,  # type: ignore[union-attr]
+            student,
+            live,
+            make,
+            data.student_train,
+            batch_size=recipe.data.batch_size,  # type: ignore[union-attr]
             accum=recipe.train.grad_accum_steps,
         )
-    )  # fmt: skip
+    )
     cached_rows = len(data.student_train) + len(data.val)  # type: ignore[arg-type]
     findings.append(
         lm_teacher_cost_check(
-            live, student, batches[0], micro_batches=steps * recipe.train.grad_accum_steps,
+            live,
+            student,
+            batches[0],
+            micro_batches=steps * recipe.train.grad_accum_steps,
             cache_batches=math.ceil(cached_rows / recipe.data.batch_size),  # type: ignore[union-attr]
             cache_bytes_per_token=cache_bytes_per_token(recipe, teacher, len(tokenizer)),
-            reads_logits=make(student).reads("teacher_logits"), cacheable=not cross,
+            reads_logits=make(student).reads("teacher_logits"),
+            cacheable=not cross,
         )
-    )  # fmt: skip
+    )
     if on_policy is not None:
         notes.append("On-policy answers are not drawn here: the checks read the offline rows")
     for note in notes:

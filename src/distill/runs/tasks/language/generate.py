@@ -142,9 +142,16 @@ def generate_teacher_answers(recipe: Recipe, *, progress: bool = True, log: Log 
                 "check the teacher against; add one per row or drop generate.verify"
             )
     return generate_dataset(
-        teacher, tokenizer, prompts, settings, out, provenance, model_id=model_id,
-        progress=progress, log=log,
+        teacher,
+        tokenizer,
+        prompts,
+        settings,
+        out,
+        provenance,
+        model_id=model_id,
+        progress=progress,
+        log=log,
         verifier=None if verify is None else answer_verifier(verify),
         keep="best" if verify is None else verify.keep,
         verification=None if verify is None else verify.model_dump(exclude={"keep"}),
-    )  # fmt: skip
+    )

@@ -124,8 +124,13 @@ def own_token_rows(rows: Dataset, tokenizer: Any, teacher_tokenizer: Any) -> lis
     for ids in encoded:
         block = torch.tensor(ids[:length])
         labels = block[1:]
-        out.append({"input_ids": block[:-1], "labels": labels,
-                    "loss_mask": torch.ones_like(labels, dtype=torch.bool)})  # fmt: skip
+        out.append(
+            {
+                "input_ids": block[:-1],
+                "labels": labels,
+                "loss_mask": torch.ones_like(labels, dtype=torch.bool),
+            }
+        )
     return out
 
 
@@ -142,9 +147,12 @@ def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -
     asked = args.pop("top_k", 20)
     top_k = recipe.cache.top_k if recipe.cache is not None else asked  # the same, if both set
     teacher = Served(
-        served_url(recipe.teacher.model), tokenizer=tokenizer, top_k=top_k,
-        api_key=served_api_key(args.pop("api_key_env", None)), **args,
-    )  # fmt: skip
+        served_url(recipe.teacher.model),
+        tokenizer=tokenizer,
+        top_k=top_k,
+        api_key=served_api_key(args.pop("api_key_env", None)),
+        **args,
+    )
     info = teacher.check()
     checked = (
         "same tokenizer as the student"

@@ -71,9 +71,14 @@ def measure_draft(
         f"{prompt_tokens} tokens, {new_tokens} new tokens each, greedy and sampled"
     )
     speed = assisted_generation(
-        target, draft, cut, new_tokens=new_tokens, seed=seed,
-        pad_token_id=data.tokenizer.pad_token_id, draft_tokens=draft_tokens,
-    )  # fmt: skip
+        target,
+        draft,
+        cut,
+        new_tokens=new_tokens,
+        seed=seed,
+        pad_token_id=data.tokenizer.pad_token_id,
+        draft_tokens=draft_tokens,
+    )
     result = {
         "row": row,
         "draft": str(folder / HF_STUDENT_DIR),

@@ -287,9 +287,12 @@ class CausalLM(Language, Cacheable, Generates, RewritesBatches, Drafts):
         assert recipe.cache is not None
         if recipe.cache.hidden_states:
             return make_layout(
-                recipe, kind="hidden", num_examples=rows, hidden_size=teacher.config.hidden_size,
+                recipe,
+                kind="hidden",
+                num_examples=rows,
+                hidden_size=teacher.config.hidden_size,
                 fingerprint=self.cache_fingerprint(),
-            )  # fmt: skip
+            )
         top_k = recipe.cache.top_k
         return make_layout(
             recipe,

@@ -68,10 +68,18 @@ def synthetic_rows(
         f"{spec.steps} steps per batch of {spec.batch_size} ({folder})"
     )
     write_synthetic_set(
-        teacher, folder, examples=spec.examples, shape=shape, num_classes=num_classes,
-        teacher_id=teacher_id, settings=InversionSettings(**knobs), batch_size=spec.batch_size,
-        seed=recipe.seed, progress=progress, log=log,
-    )  # fmt: skip
+        teacher,
+        folder,
+        examples=spec.examples,
+        shape=shape,
+        num_classes=num_classes,
+        teacher_id=teacher_id,
+        settings=InversionSettings(**knobs),
+        batch_size=spec.batch_size,
+        seed=recipe.seed,
+        progress=progress,
+        log=log,
+    )
     rows: Dataset = SyntheticSet(folder)
     if spec.mixup:
         rows = Mixed(rows)
@@ -128,9 +136,14 @@ def pate_teachers(
                 torch.manual_seed(recipe.seed * 100_003 + k)
                 model = build()
                 info = fit_and_store_teacher(
-                    recipe, model, loader(Subset(private, rows.tolist()), recipe, True),
-                    loader(val_rows, recipe, False), False, lambda line: None, part=part,
-                )  # fmt: skip
+                    recipe,
+                    model,
+                    loader(Subset(private, rows.tolist()), recipe, True),
+                    loader(val_rows, recipe, False),
+                    False,
+                    lambda line: None,
+                    part=part,
+                )
                 trained += 1
                 return model.eval(), info
 
