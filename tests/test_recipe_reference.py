@@ -169,6 +169,7 @@ def test_literal_types_list_their_values():
     assert all(f"`{name}`" in loss for name in RECIPE_LOSSES)
     for name in KINDS:
         assert SECTIONS[f"recipe, task: {name}"]["task"][0] == f"`{name}`"
+    assert SECTIONS["recipe"]["task"][1] == f"`{next(iter(KINDS))}`"  # when left out
     assert SECTIONS["objective.&lt;name&gt;"]["rows"][0] == r"`all` \| `labelled`"
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from distill.recipes.kinds import recipe_kinds
+from distill.recipes.kinds import default_task, recipe_kinds
 from distill.recipes.schema import Recipe
 from distill.recipes.specs import ScheduleSpec
 
@@ -209,7 +209,10 @@ def _section(model: type[BaseModel], headings: Headings) -> list[str]:
         return lines
     lines += ["| field | type | default | description |", "| --- | --- | --- | --- |"]
     for name, field in fields.items():
-        cells = [f"`{name}`", _type(field.annotation, headings), _default(field)]
+        default = _default(field)
+        if model is Recipe and name == "task":  # left out: the first kind of run
+            default = f"`{default_task()}`"
+        cells = [f"`{name}`", _type(field.annotation, headings), default]
         cells.append(_prose(_description(field)))
         cells = [cell.replace("|", r"\|").replace("\n", " ") for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")

@@ -86,8 +86,8 @@ class Recipe(Strict):
     description: str = Field("", description="free text, kept in the report")
     seed: int = Field(0, description="the students' initial weights, data order and mixing")
     task: str = Field(
-        description="the kind of run: what the models read and are measured on (the kinds "
-        "and their own sections: below; the first, classification, when left out)"
+        description="the kind of run: what the models read and are measured on (each kind "
+        "and its own sections: below)"
     )
     data: DataSection = Field(description="the rows: each kind of run's own data section")
     teacher: TeacherSpec | None = Field(None, description="null: no term may read a teacher")
