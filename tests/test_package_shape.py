@@ -236,7 +236,14 @@ def outside(module: str, folder: str) -> bool:
 
 def test_the_task_folders_and_names_are_found():
     folders = task_folders()
-    assert set(folders) == {"classification", "causal_lm", "masked_lm", "clip", "diffusion"}
+    assert set(folders) == {
+        "classification",
+        "causal_lm",
+        "masked_lm",
+        "clip",
+        "diffusion",
+        "self_supervised",
+    }
     assert folders["causal_lm"] == folders["masked_lm"] == f"{TASKS_DIR}.language"
 
 

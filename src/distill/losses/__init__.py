@@ -35,6 +35,7 @@ from distill.losses.logits import (
 )
 from distill.losses.mutual import mutual_learning
 from distill.losses.registry import LOSSES, LossInfo
+from distill.losses.selfsup import byol, dino
 from distill.losses.sparse import sparse_divergence, sparse_kl
 from distill.losses.tokens import lm_head_kd, lm_head_sparse_kd
 
@@ -42,6 +43,7 @@ __all__ = [
     "LOSSES",
     "LossInfo",
     "attention_transfer",
+    "byol",
     "clip_affinity",
     "clip_contrastive",
     "clip_embedding",
@@ -51,6 +53,7 @@ __all__ = [
     "cross_entropy",
     "cross_tokenizer_kd",
     "denoising",
+    "dino",
     "dist",
     "dkd",
     "hint",

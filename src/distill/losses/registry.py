@@ -51,6 +51,7 @@ from distill.losses.logits import (
     tvd,
 )
 from distill.losses.mutual import mutual_learning
+from distill.losses.selfsup import byol, dino
 from distill.losses.sparse import sparse_divergence, sparse_kl
 from distill.losses.tokens import lm_head_kd, lm_head_sparse_kd
 
@@ -164,6 +165,8 @@ LOSSES: dict[str, LossInfo] = {
         LossInfo("progressive_distillation", progressive_distillation),
         LossInfo("denoising", denoising),
         LossInfo("consistency_distillation", consistency_distillation),
+        LossInfo("dino", dino),
+        LossInfo("byol", byol),
     )
 }
 RECIPE_LOSSES = tuple(sorted(name for name, info in LOSSES.items() if info.in_recipes))

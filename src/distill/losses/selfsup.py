@@ -2,7 +2,8 @@
 
 Both compare the student's output on some views of an input with the teacher's output on
 other views. Views are passed as lists of tensors of shape (N, D) (one entry per view, the
-same N examples in each); a single tensor is one view. Pairs of the same view are skipped
+same N examples in each), or as one (V, N, D) tensor (``methods.dino.MultiView``'s
+output); a single (N, D) tensor is one view. Pairs of the same view are skipped
 when both lists hold it (DINO's multi-crop: the teacher sees the global crops, the student
 every crop).
 """
@@ -21,7 +22,9 @@ Views = Tensor | Sequence[Tensor]
 
 
 def _views(x: Views) -> list[Tensor]:
-    return [x] if isinstance(x, Tensor) else list(x)
+    if isinstance(x, Tensor):
+        return list(x.unbind(0)) if x.dim() == 3 else [x]
+    return list(x)
 
 
 def _pairs(student: list[Tensor], teacher: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
@@ -37,10 +40,10 @@ def _pairs(student: list[Tensor], teacher: list[Tensor]) -> list[tuple[Tensor, T
 
 
 def dino(
-    student_views: Views,
-    teacher_views: Views,
+    student_logits: Views,
+    teacher_logits: Views,
     *,
-    center: Tensor,
+    center: Tensor | None = None,
     student_temperature: float = 0.1,
     teacher_temperature: float = 0.04,
 ) -> Tensor:
@@ -48,17 +51,18 @@ def dino(
 
     Formula: ``p_t = softmax((g_t − c) / τ_t)``, ``log p_s = log_softmax(g_s / τ_s)``,
     ``loss = mean over pairs and examples of −Σ_k p_t,k log p_s,k``; ``c`` is a running
-    mean of the teacher's outputs (``DINOCenter``). Centering stops one dimension from
-    dominating, sharpening (τ_t < τ_s) stops the outputs from becoming uniform; together
-    they avoid collapse without labels or negatives.
+    mean of the teacher's outputs (``DINOCenter``; None: no centring). Centering stops one
+    dimension from dominating, sharpening (τ_t < τ_s) stops the outputs from becoming
+    uniform; together they avoid collapse without labels or negatives.
     Reduction: mean over view pairs and examples. T² scaling: no.
     Paper: Caron et al., "Emerging Properties in Self-Supervised Vision Transformers",
     ICCV 2021.
     """
-    students, teachers = _views(student_views), _views(teacher_views)
+    students, teachers = _views(student_logits), _views(teacher_logits)
     total, count = 0.0, 0
     for s, t in _pairs(students, teachers):
-        target = F.softmax((upcast(t) - center) / teacher_temperature, dim=-1).detach()
+        centred = upcast(t) if center is None else upcast(t) - center
+        target = F.softmax(centred / teacher_temperature, dim=-1).detach()
         log_p = F.log_softmax(upcast(s) / student_temperature, dim=-1)
         total = total + (-(target * log_p).sum(-1)).mean()
         count += 1
@@ -118,7 +122,7 @@ class DINOCenter(nn.Module):
         self.center.mul_(self.momentum).add_((1 - self.momentum) * batch_mean.to(self.center))
 
 
-def byol(student_views: Views, teacher_views: Views) -> Tensor:
+def byol(student_logits: Views, teacher_logits: Views) -> Tensor:
     """BYOL: regress the teacher's normalised projection from the student's prediction.
 
     Formula: ``loss = ‖ q̂_s − ẑ_t ‖² = 2 − 2 cos(q_s, z_t)`` with ``q̂ = q / ‖q‖``; the
@@ -127,7 +131,7 @@ def byol(student_views: Views, teacher_views: Views) -> Tensor:
     Reduction: mean over view pairs and examples. T² scaling: no.
     Paper: Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020.
     """
-    students, teachers = _views(student_views), _views(teacher_views)
+    students, teachers = _views(student_logits), _views(teacher_logits)
     pairs = _pairs(students, teachers)
     if not pairs:
         raise ValueError("byol needs at least one (student view, teacher view) pair")

@@ -9,9 +9,11 @@ from distill.runs.tasks.classify.task import Classification
 from distill.runs.tasks.clip.task import Clip
 from distill.runs.tasks.diffusion.task import Diffusion
 from distill.runs.tasks.language.task import CausalLM, MaskedLM
+from distill.runs.tasks.selfsup.task import SelfSupervised
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (Classification, CausalLM, MaskedLM, Clip, Diffusion)
+    task.name: task
+    for task in (Classification, CausalLM, MaskedLM, Clip, Diffusion, SelfSupervised)
 }
 
 

@@ -10,8 +10,16 @@ from distill.runs.tasks.classify.recipe import ClassificationRecipe
 from distill.runs.tasks.clip.recipe import ClipRecipe
 from distill.runs.tasks.diffusion.recipe import DiffusionRecipe
 from distill.runs.tasks.language.recipe import CausalLMRecipe, MaskedLMRecipe
+from distill.runs.tasks.selfsup.recipe import SelfSupervisedRecipe
 
 RECIPES: dict[str, type[Recipe]] = {
     kind.model_fields["task"].annotation.__args__[0]: kind  # type: ignore[union-attr]
-    for kind in (ClassificationRecipe, CausalLMRecipe, MaskedLMRecipe, ClipRecipe, DiffusionRecipe)
+    for kind in (
+        ClassificationRecipe,
+        CausalLMRecipe,
+        MaskedLMRecipe,
+        ClipRecipe,
+        DiffusionRecipe,
+        SelfSupervisedRecipe,
+    )
 }

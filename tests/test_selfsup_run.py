@@ -1,0 +1,137 @@
+"""``task: self_supervised``: the probes judge features as they should, the network gives
+the views a teacher and a student read, bad recipes are refused naming the field, and a
+run learns from its moving average, then teaches a frozen-teacher student, end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.errors import RecipeError
+from distill.recipes import load_recipe
+from distill.runs import run_recipe
+from distill.runs.table import task_for
+from distill.runs.tasks.selfsup.probe import knn_accuracy, linear_probe
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "fashion_mnist_dino.yaml"
+
+
+def clusters(per_class: int = 50, classes: int = 3, spread: float = 0.1):
+    centres = torch.eye(classes, 8) * 5
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return centres[labels] + spread * torch.randn(len(labels), 8), labels
+
+
+def test_knn_and_the_probe_read_separable_features_and_not_noise():
+    train, train_labels = clusters()
+    test, test_labels = clusters(10)
+    assert knn_accuracy(train, train_labels, test, test_labels, k=5) == 1.0
+    assert linear_probe(train, train_labels, test, test_labels, steps=50) == 1.0
+    shuffled = train_labels[torch.randperm(len(train_labels))]
+    assert knn_accuracy(train, shuffled, test, test_labels, k=5) < 0.7
+    assert linear_probe(torch.randn(150, 8), shuffled, test, test_labels, steps=50) < 0.7
+
+
+def tiny(digits_idx_dir, out: Path, *more: str):
+    return load_recipe(
+        RECIPE,
+        [
+            f"data.path={digits_idx_dir}",
+            "data.batch_size=64",
+            "data.probe={labels: [100, 0], steps: 30}",
+            "data.views.local_views=2",
+            "student.args={channels: [4, 8], hidden: 16}",
+            "selfsup={method: dino, embed_dim: 16, hidden: 32, bottleneck: 8, out_dim: 32}",
+            "train={max_steps: 30, lr: 0.003, select_metric: null}",
+            "output.latency_repeats=2",
+            f"output.dir={out}",
+            *more,
+        ],
+    )
+
+
+def test_the_network_gives_every_view_in_training_and_the_global_ones_in_eval(digits_idx_dir):
+    recipe = tiny(
+        digits_idx_dir, Path("unused"), "selfsup.method=byol", "objective={byol: {loss: byol}}"
+    )
+    task = task_for(recipe)
+    data = task.prepare(False, lambda line: None)
+    student = task.build_student(recipe.student, None)
+    views = torch.stack([data.student_train[i]["views"] for i in range(3)])
+    assert views.shape[:2] == (3, 4)  # 2 global + 2 local
+    assert student.train()(views=views).shape == (4, 3, 32)  # through the predictor
+    assert student.eval()(views=views).shape == (2, 3, 32)  # a teacher: the global views
+    assert student(data.test[0][0][None]).shape == (1, 10)  # the classifier
+    assert all(row[1] == -100 for row in [data.student_train.dataset[i] for i in range(5)])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("cache={}", "`cache` does not combine with `task: self_supervised`: the teacher's"),
+        ("selfsup.predictor=false", "selfsup.predictor: BYOL needs the student's predictor"),
+        ("train.select_metric=accuracy", "train.select_metric: the features are judged after"),
+        ("teacher=null", "objective terms ['dino'] read the teacher, but no teacher is set"),
+        ("objective={kd: {loss: kl}}", "objective: selfsup.method dino trains with one term"),
+        ("data.augment=true", "`data.augment` does not combine with `task: self_supervised`"),
+    ],
+)
+def test_bad_recipes_are_refused_naming_the_field(change, message):
+    overrides = [change]
+    if change.startswith("selfsup.predictor"):
+        overrides = ["selfsup.method=byol", "objective={byol: {loss: byol}}", change]
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(RECIPE, overrides)
+
+
+def test_views_that_do_not_fit_and_probes_asking_too_much_fail_before_training(
+    digits_idx_dir, tmp_path
+):
+    for change, message in [
+        ("data.views.local_scale=[0.001, 0.01]", "data.views.local_scale: its smallest crop"),
+        ("data.probe.labels=[100000]", "data.probe.labels: \\[100000\\] asks for more labels"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            run_recipe(tiny(digits_idx_dir, tmp_path, change), progress=False, log=lambda s: None)
+    assert not list(tmp_path.glob("*/student.safetensors"))
+
+
+@pytest.mark.e2e
+def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
+    digits_idx_dir, tmp_path
+):
+    first = tiny(digits_idx_dir, tmp_path)
+    summary = run_recipe(first, progress=False, log=lambda line: None)
+    models = summary["models"]
+    assert set(models) == {"baseline", "student", "ema_teacher"}
+    for row in models.values():
+        for key in ("knn_accuracy", "probe_100", "probe_all", "head_accuracy"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["accuracy"] == row["probe_100"]
+    # the baseline's own classifier learnt the labels; a self-supervised one never read them
+    assert models["baseline"]["head_accuracy"] > 0.2
+    assert models["student"]["head_accuracy"] < 0.3
+    run_dir = tmp_path / first.name
+    task = task_for(first)
+    task.prepare(False, lambda line: None)
+    again = task.evaluate(task.load_student(run_dir))  # what was saved is what was measured
+    assert again["knn_accuracy"] == models["student"]["knn_accuracy"]
+
+    second = tiny(
+        digits_idx_dir,
+        tmp_path / "small",
+        f"teacher={{model: {run_dir}}}",
+        "student.args={channels: [2, 4], hidden: 8}",
+        "baseline=false",
+    )
+    distilled = run_recipe(second, progress=False, log=lambda line: None)
+    assert set(distilled["models"]) == {"teacher", "student"}
+    teacher = distilled["models"]["teacher"]
+    assert teacher["knn_accuracy"] == models["student"]["knn_accuracy"]  # the frozen encoder
+    assert distilled["models"]["student"]["parameters"] < teacher["parameters"]
+    written = json.loads((tmp_path / "small" / second.name / "summary.json").read_text())
+    assert written["method"] == "dino"
