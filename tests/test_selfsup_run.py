@@ -100,6 +100,27 @@ def test_views_that_do_not_fit_and_probes_asking_too_much_fail_before_training(
     assert not list(tmp_path.glob("*/student.safetensors"))
 
 
+def test_the_summary_reads_as_probes_and_says_what_the_unlabelled_images_bought():
+    from distill.runs.report.document import verdict
+    from distill.runs.report.tables import terminal_table
+
+    row = {"knn_accuracy": 0.8, "probe_2000": 0.85, "probe_all": 0.9, "head_accuracy": 0.1}
+    base = {**row, "probe_2000": 0.82, "head_accuracy": 0.83}
+    summary = {
+        "task": "self_supervised",
+        "models": {
+            "baseline": {**base, "accuracy": 0.82, "parameters": 10},
+            "student": {**row, "accuracy": 0.85, "parameters": 10},
+        },
+    }
+    header, rows = terminal_table(summary)
+    assert header[:4] == ["model", "k-NN", "probe 2000", "probe all"]
+    assert rows[1][:3] == ["student, self-supervised", "80.00%", "85.00%"]
+    text = verdict(summary)
+    assert "a linear probe on 2000 labels reads 85.00%" in text
+    assert "reads 82.00% (its own classifier 83.00%): +3.00 points" in text
+
+
 @pytest.mark.e2e
 def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
     digits_idx_dir, tmp_path

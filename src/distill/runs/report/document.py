@@ -87,6 +87,9 @@ def latency_note(summary: dict[str, Any], what: str) -> str:
 
 
 def verdict(summary: dict[str, Any]) -> str:
+    own = layout_of(summary).verdict
+    if own is not None:
+        return own(summary)
     if is_language_model(summary):
         models = summary["models"]
         if "baseline" not in models:

@@ -14,12 +14,14 @@ from typing import Any
 class SummaryLayout:
     """How a kind of run's summary reads: by test accuracy (the default), by perplexity
     (``headline``), with a CLIP student's zero-shot columns (``zero_shot``), or with a
-    report and terminal table of its own (``write_report``, ``terminal_table``)."""
+    report and terminal table of its own (``write_report``, ``terminal_table``) and its own
+    one-line verdict (``verdict``)."""
 
     headline: str = "accuracy"
     zero_shot: bool = False
     write_report: Callable[[Path, dict[str, Any]], dict[str, Path]] | None = None
     terminal_table: Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]] | None = None
+    verdict: Callable[[dict[str, Any]], str] | None = None
 
 
 LAYOUTS: dict[str, SummaryLayout] = {}

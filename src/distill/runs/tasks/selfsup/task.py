@@ -25,14 +25,21 @@ from distill.errors import RecipeError
 from distill.losses.selfsup import DINOCenter, byol
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec
+from distill.runs.report.tables import register_layout
 from distill.runs.task import Lesson, LessonPerStage, Task, loader
-from distill.runs.tasks.selfsup.data import Rows, labels_named, prepare_rows
+from distill.runs.tasks.selfsup.data import Rows, prepare_rows
 from distill.runs.tasks.selfsup.models import SelfSupNet, build_net, embed
 from distill.runs.tasks.selfsup.probe import knn_accuracy, linear_probe
+from distill.runs.tasks.selfsup.report import LAYOUT
 from distill.runs.workdir import Log, earlier_run, load_finished
 from distill.teachers.kinds import TeacherKind
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
+
+
+def probe_key(count: int) -> str:
+    """The metric of a linear probe on ``count`` labels: ``probe_2000``, ``probe_all``."""
+    return f"probe_{count}" if count else "probe_all"
 
 
 class SelfSupervised(Task, LessonPerStage):
@@ -151,10 +158,10 @@ class SelfSupervised(Task, LessonPerStage):
         }
         for count in probe.labels:
             n = count or len(pool)
-            metrics[f"probe_{labels_named(count)}"] = linear_probe(
+            metrics[probe_key(count)] = linear_probe(
                 pool[:n], pool_labels[:n], test, test_labels, probe.steps, probe.weight_decay
             )
-        metrics["accuracy"] = metrics[f"probe_{labels_named(probe.labels[0])}"]
+        metrics["accuracy"] = metrics[probe_key(probe.labels[0])]
         head = Distiller(model, None, progress=False).evaluate(loader(data.test, recipe, False))
         metrics["head_accuracy"] = head["accuracy"]
         metrics["examples"] = float(len(test))
@@ -167,7 +174,11 @@ class SelfSupervised(Task, LessonPerStage):
         self, models: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         recipe = self.recipe
-        before = {"dataset": recipe.data.dataset, "method": recipe.selfsup.method}
+        before = {
+            "task": self.name,
+            "dataset": recipe.data.dataset,
+            "method": recipe.selfsup.method,
+        }
         return before, {}
 
     def describe_eval(self, metrics: dict[str, float]) -> str:
@@ -180,3 +191,6 @@ class SelfSupervised(Task, LessonPerStage):
 
     def describe_teacher(self, info: dict[str, Any]) -> str:
         return f"{info['model']}: nothing to train"
+
+
+register_layout(SelfSupervised.name, LAYOUT)
