@@ -69,6 +69,19 @@ def test_the_network_gives_every_view_in_training_and_the_global_ones_in_eval(di
     assert all(row[1] == -100 for row in [data.student_train.dataset[i] for i in range(5)])
 
 
+def test_a_teacher_normalises_with_its_views_statistics_and_keeps_its_running_ones():
+    from distill.runs.tasks.selfsup.models import batch_statistics
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).eval()
+    before = net[1].running_mean.clone()
+    x = torch.randn(64, 3) * 5 + 10
+    with torch.no_grad(), batch_statistics(net):
+        out = net(x)
+    assert out.mean(0).abs().max() < 1e-4  # the batch's own mean taken out
+    assert torch.equal(net[1].running_mean, before) and not net[1].training
+    assert net(x).mean(0).abs().max() > 1  # outside: the running statistics again
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

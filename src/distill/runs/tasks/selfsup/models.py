@@ -5,11 +5,17 @@ baseline trains; the features never read it).
 
 ``forward(views=v)`` with ``v`` of shape (N, V, …) returns the head's (V, N, D) outputs:
 every view in training (through the predictor, if any), the first ``global_views`` in eval
-mode, which is what a teacher (the moving average, or a frozen encoder) computes.
-``forward(x)`` is the classifier on the encoder's features."""
+mode, which is what a teacher (the moving average, or a frozen encoder) computes. A teacher
+normalises its batch-norm layers with the statistics of the views it reads, as BYOL's and
+DINO's teachers do (with the running statistics, copied from a student that reads other
+views, the moving-average teacher's targets collapse to one point in a few steps: measured
+on Fashion-MNIST, probe accuracy below the random encoder's). ``forward(x)`` is the
+classifier on the encoder's features, with the running statistics."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,9 +34,19 @@ class Normalized(nn.Module):
         return F.normalize(x, dim=-1)
 
 
+def prototypes(bottleneck: int, out: int) -> nn.Module:
+    """DINO's last layer: ``out`` weight-normalised prototypes of unit length (their norm
+    fixed, not learnt), so its outputs are cosine similarities in [-1, 1]."""
+    layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out, bias=False))
+    magnitude = layer.parametrizations.weight.original0
+    magnitude.data.fill_(1.0)
+    magnitude.requires_grad_(False)
+    return layer
+
+
 def dino_head(embed: int, hidden: int, bottleneck: int, out: int) -> nn.Module:
-    """DINO's projection: an MLP to an L2-normalised bottleneck, then a linear layer to
-    ``out`` prototypes (Caron et al. 2021)."""
+    """DINO's projection: an MLP to an L2-normalised bottleneck, then ``out`` unit-length
+    prototypes (Caron et al. 2021)."""
     return nn.Sequential(
         nn.Linear(embed, hidden),
         nn.GELU(),
@@ -38,7 +54,7 @@ def dino_head(embed: int, hidden: int, bottleneck: int, out: int) -> nn.Module:
         nn.GELU(),
         nn.Linear(hidden, bottleneck),
         Normalized(),
-        nn.Linear(bottleneck, out, bias=False),
+        prototypes(bottleneck, out),
     )
 
 
@@ -47,6 +63,23 @@ def byol_mlp(inputs: int, hidden: int, out: int) -> nn.Module:
     return nn.Sequential(
         nn.Linear(inputs, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out)
     )
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """``model``'s batch-norm layers normalise with the batch's statistics, leaving their
+    running statistics as they were."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum) for m in norms]
+    for m in norms:
+        m.train()
+        m.momentum = 0.0  # running = (1 - 0) · running + 0 · batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (training, momentum) in zip(norms, saved, strict=True):
+            m.train(training)
+            m.momentum = momentum
 
 
 class SelfSupNet(nn.Module):
@@ -75,7 +108,8 @@ class SelfSupNet(nn.Module):
         n, total = views.shape[:2]
         count = total if self.training else min(self.global_views, total)
         flat = views[:, :count].transpose(0, 1).reshape(count * n, *views.shape[2:])
-        out = self.head(self.features(flat))
+        with contextlib.nullcontext() if self.training else batch_statistics(self):
+            out = self.head(self.features(flat))
         if self.training and self.predictor is not None:
             out = self.predictor(out)
         return out.reshape(count, n, *out.shape[1:])
