@@ -169,3 +169,44 @@ def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
     assert distilled["models"]["student"]["parameters"] < teacher["parameters"]
     written = json.loads((tmp_path / "small" / second.name / "summary.json").read_text())
     assert written["method"] == "dino"
+
+
+@pytest.mark.e2e
+def test_a_killed_self_supervised_run_rerun_ends_bit_identical(digits_idx_dir, tmp_path):
+    """The moving-average teacher, DINO's centre and the views' random stream come back
+    from the checkpoint: killed after its second checkpoint and rerun, the student's
+    weights are those of an uninterrupted run, bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).parents[1]
+    sets = [
+        f"data.path={digits_idx_dir}",
+        "data.batch_size=64",
+        "data.views.local_views=2",
+        "data.probe={labels: [100], steps: 10}",
+        "student.args={channels: [4, 8], hidden: 16}",
+        "selfsup={method: dino, embed_dim: 16, hidden: 32, bottleneck: 8, out_dim: 32}",
+        "train={max_steps: 12, checkpoint_every: 4, lr: 0.003, select_metric: null}",
+        "baseline=false",
+        "output.latency_repeats=1",
+    ]
+
+    def run(folder: Path, kill: int | None = None) -> int:
+        args = ["run", str(RECIPE), *[f"--set={s}" for s in sets], "--out", str(folder), "-q"]
+        script = ["-m", "distill"] if kill is None else [str(root / "tests" / "kill_run.py"),
+                                                        "written", str(kill)]  # fmt: skip
+        env = {**os.environ, "DISTILL_CACHE": str(tmp_path / "cache")}
+        done = subprocess.run([sys.executable, *script, *args], env=env, timeout=300)
+        return done.returncode
+
+    assert run(tmp_path / "straight") == 0
+    assert run(tmp_path / "killed", kill=2) == -9
+    assert run(tmp_path / "killed") == 0
+    straight = load_file(tmp_path / "straight" / "student.safetensors")
+    resumed = load_file(tmp_path / "killed" / "student.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
