@@ -150,6 +150,13 @@ def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
     assert models["baseline"]["head_accuracy"] > 0.2
     assert models["student"]["head_accuracy"] < 0.3
     run_dir = tmp_path / first.name
+    for folder in (run_dir, run_dir / "baseline"):  # what the report's feature picture draws
+        drawn = json.loads((folder / "features_2d.json").read_text())
+        assert len(drawn["xy"]) == len(drawn["labels"]) > 100 and len(drawn["xy"][0]) == 2
+    from distill.runs.tasks.selfsup.report import feature_figures
+
+    figure = feature_figures(run_dir, summary)["features"][0]
+    assert figure.stat().st_size > 10_000
     task = task_for(first)
     task.prepare(False, lambda line: None)
     again = task.evaluate(task.load_student(run_dir))  # what was saved is what was measured

@@ -265,6 +265,9 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
         plots.mkdir(exist_ok=True)
         plot_training_curves(run_dir, figures["training_curves"][0], is_language_model(summary))
         plot_accuracy_vs_parameters(summary, figures["accuracy_vs_parameters"][0])
+        own_figures = layout_of(summary).figures
+        if own_figures is not None:  # e.g. a picture of the student's features
+            figures |= own_figures(run_dir, summary)
     else:
         figures = {}
 

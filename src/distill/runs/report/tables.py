@@ -14,14 +14,16 @@ from typing import Any
 class SummaryLayout:
     """How a kind of run's summary reads: by test accuracy (the default), by perplexity
     (``headline``), with a CLIP student's zero-shot columns (``zero_shot``), or with a
-    report and terminal table of its own (``write_report``, ``terminal_table``) and its own
-    one-line verdict (``verdict``)."""
+    report and terminal table of its own (``write_report``, ``terminal_table``), its own
+    one-line verdict (``verdict``) and its own figures in the generic report (``figures``:
+    name -> (PNG path, caption), given the run folder and the summary)."""
 
     headline: str = "accuracy"
     zero_shot: bool = False
     write_report: Callable[[Path, dict[str, Any]], dict[str, Path]] | None = None
     terminal_table: Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]] | None = None
     verdict: Callable[[dict[str, Any]], str] | None = None
+    figures: Callable[[Path, dict[str, Any]], dict[str, tuple[Path, str]]] | None = None
 
 
 LAYOUTS: dict[str, SummaryLayout] = {}

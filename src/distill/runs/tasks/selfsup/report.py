@@ -4,9 +4,58 @@ network trained on the probe's labels alone."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from distill.runs.report.tables import SummaryLayout, known, model_rows
+
+PROJECTION = "features_2d.json"  # next to a student's weights: its test features in 2-D
+POINTS = 2000  # test examples drawn
+
+
+def projection(features: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
+    """The first two principal components of ``features`` (the first ``POINTS`` rows),
+    with their labels: what ``features.png`` draws."""
+    x = features[:POINTS].double()
+    x = x - x.mean(0)
+    _, _, v = torch.pca_lowrank(x, q=2, center=False)
+    points = (x @ v[:, :2]).float()
+    return {"xy": points.tolist(), "labels": labels[:POINTS].tolist()}
+
+
+def feature_figures(run_dir: Path, summary: dict[str, Any]) -> dict[str, tuple[Path, str]]:
+    """The label-only and the self-supervised student's test features, projected to 2-D
+    and coloured by class, side by side (the labels only colour the points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (name, run_dir / folder / PROJECTION)
+        for name, folder in (("label-only", "baseline"), ("self-supervised", "."))
+        if (run_dir / folder / PROJECTION).exists()
+    ]
+    if not panels:
+        return {}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    for ax, (name, path) in zip(axes[0], panels, strict=True):
+        data = json.loads(path.read_text())
+        xy = torch.tensor(data["xy"])
+        ax.scatter(xy[:, 0], xy[:, 1], c=data["labels"], cmap="tab10", s=4, alpha=0.7)
+        ax.set_title(f"{name}: test features, 2 principal components")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    out = run_dir / "plots" / "features.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    caption = "The students' test features in 2-D (PCA), coloured by class"
+    return {"features": (out, caption)}
 
 
 def probes(summary: dict[str, Any]) -> list[str]:
@@ -52,4 +101,6 @@ def selfsup_verdict(summary: dict[str, Any]) -> str:
     )
 
 
-LAYOUT = SummaryLayout(terminal_table=selfsup_table, verdict=selfsup_verdict)
+LAYOUT = SummaryLayout(
+    terminal_table=selfsup_table, verdict=selfsup_verdict, figures=feature_figures
+)

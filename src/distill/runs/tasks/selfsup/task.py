@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,11 @@ from distill.losses.selfsup import DINOCenter, byol
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec
 from distill.runs.report.tables import register_layout
-from distill.runs.task import Lesson, LessonPerStage, Task, loader
+from distill.runs.task import Lesson, LessonPerStage, SavesStudent, Task, loader
 from distill.runs.tasks.selfsup.data import Rows, prepare_rows
 from distill.runs.tasks.selfsup.models import SelfSupNet, build_net, embed
 from distill.runs.tasks.selfsup.probe import knn_accuracy, linear_probe
-from distill.runs.tasks.selfsup.report import LAYOUT
+from distill.runs.tasks.selfsup.report import LAYOUT, PROJECTION, projection
 from distill.runs.workdir import Log, earlier_run, load_finished
 from distill.teachers.kinds import TeacherKind
 from distill.training import Distiller
@@ -42,7 +43,7 @@ def probe_key(count: int) -> str:
     return f"probe_{count}" if count else "probe_all"
 
 
-class SelfSupervised(Task, LessonPerStage):
+class SelfSupervised(Task, LessonPerStage, SavesStudent):
     """``task: self_supervised``."""
 
     name = "self_supervised"
@@ -138,6 +139,14 @@ class SelfSupervised(Task, LessonPerStage):
 
     def build_student(self, spec: ModelSpec, teacher: nn.Module | None) -> nn.Module:
         return build_net(self.recipe, spec, self.data.num_classes, self.data.in_shape)
+
+    def save_student(self, student: nn.Module, run_dir: Path) -> list[str]:
+        """Its test features projected to 2-D, for the report's picture."""
+        assert isinstance(student, SelfSupNet)
+        size = self.recipe.data.eval_batch_size
+        features, labels = embed(student, self.data.test, size)
+        (run_dir / PROJECTION).write_text(json.dumps(projection(features, labels)))
+        return []  # a picture's data, not a format of the weights
 
     def load_student(self, run_dir: Path) -> nn.Module:
         model = self.build_student(self.recipe.student, None)
