@@ -99,8 +99,8 @@ def export_command(run_dir: Path, **options: Any) -> dict[str, Any]:
     task = task_for(recipe)
     if not isinstance(task, Exportable):
         raise RecipeError(
-            f"task {recipe.task}: distill export takes {named_with(Exportable)} runs (LM export "
-            "is not built yet)"
+            f"task {recipe.task}: distill export takes {named_with(Exportable)} runs (export "
+            "of the others is not built yet)"
         )
     return export_run(Path(run_dir), task, **options)
 
