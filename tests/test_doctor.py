@@ -172,7 +172,8 @@ def test_doctor_on_a_broken_recipe_finds_its_problems_and_the_report_shows_them(
 def test_doctor_refuses_recipes_it_has_no_checks_for():
     recipe = load_recipe(ROOT / "recipes" / "fashion_mnist_progressive.yaml")
     with pytest.raises(
-        RecipeError, match="checks classification, causal_lm, masked_lm and clip recipes"
+        RecipeError,
+        match="checks classification, causal_lm, masked_lm, clip and self_supervised recipes",
     ):
         diagnose(recipe)
 

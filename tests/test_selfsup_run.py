@@ -82,6 +82,20 @@ def test_a_teacher_normalises_with_its_views_statistics_and_keeps_its_running_on
     assert net(x).mean(0).abs().max() > 1  # outside: the running statistics again
 
 
+def test_the_doctor_tells_a_collapsed_teacher_from_a_healthy_one():
+    from distill.runs.tasks.selfsup.doctor import byol_finding, dino_finding, spread_finding
+
+    same = torch.ones(64, 16) + 1e-6 * torch.randn(64, 16)
+    assert spread_finding(same).verdict == "problem"
+    assert spread_finding(torch.randn(64, 16)).verdict == "ok"
+    assert dino_finding(same, 0.04).verdict == "problem"  # centred away: uniform targets
+    assert "lower selfsup.teacher_temperature" in dino_finding(same, 0.04).suggestion
+    assert dino_finding(torch.randn(64, 32), 0.1).verdict == "ok"
+    assert dino_finding(torch.randn(64, 32) * 100, 0.01).verdict == "warning"  # one-hot
+    assert byol_finding(same).verdict == "problem"
+    assert byol_finding(torch.randn(64, 16)).verdict == "ok"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -169,6 +183,13 @@ def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
         "student.args={channels: [2, 4], hidden: 8}",
         "baseline=false",
     )
+    from distill.doctor.run import diagnose
+
+    checked = diagnose(second, tmp_path / "doctor", sample=64, progress=False, log=lambda s: None)
+    found = {f["check"]: f for f in checked["findings"]}
+    assert set(found) == {"feature_spread", "target_entropy"}
+    assert found["feature_spread"]["measurements"]["spread"] > 0
+    assert 0 <= found["target_entropy"]["measurements"]["entropy_share"] <= 1
     distilled = run_recipe(second, progress=False, log=lambda line: None)
     assert set(distilled["models"]) == {"teacher", "student"}
     teacher = distilled["models"]["teacher"]

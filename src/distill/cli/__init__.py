@@ -27,7 +27,7 @@ from distill.cli.shared import (
     run_and_print,
 )
 from distill.data import fashion_mnist_available
-from distill.doctor.run import TITLES, diagnose
+from distill.doctor.run import diagnose, title
 from distill.losses import LOSSES
 from distill.methods.generated_data import read_generations
 from distill.recipes import load_recipe
@@ -304,7 +304,7 @@ def doctor(
         styles = {"ok": "green", "warning": "yellow", "problem": "bold red"}
         for f in result["findings"]:
             style = styles[f["verdict"]]
-            out_console.print(f"[{style}]{f['verdict']:>7}[/]  [bold]{TITLES[f['check']]}[/]")
+            out_console.print(f"[{style}]{f['verdict']:>7}[/]  [bold]{title(f['check'])}[/]")
             out_console.print(f"         {escape(f['summary'])}", highlight=False)
             if f["verdict"] != "ok":
                 out_console.print(

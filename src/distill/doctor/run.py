@@ -34,7 +34,7 @@ from distill.doctor.checks import (
     temperature_check,
     verdict_rank,
 )
-from distill.doctor.plots import plot_findings, plot_language, plot_sweep
+from distill.doctor.plots import plot_findings, plot_sweep
 from distill.doctor.shift import data_shift_check
 from distill.errors import RecipeError
 from distill.models.lora import with_lora
@@ -104,10 +104,10 @@ def diagnose(
         raise RecipeError(
             f"task {recipe.task}: distill doctor checks {named_with(Diagnosable)} recipes"
         )
-    language = task.checks == "language"
+    own_kind = task.checks == "own"
     if recipe.teacher is None or recipe.teacher.kind is TeacherKind.EMA:
         raise RecipeError("distill doctor examines a teacher: the recipe names none")
-    if sweep and language:
+    if sweep and own_kind:
         raise RecipeError("--sweep: the temperature sweep is for classification and clip recipes")
     out_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / recipe.name
     sweep_result = None
@@ -121,7 +121,9 @@ def diagnose(
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed check leaves no folder
     plots = {}
     if plots_wanted():
-        plots = plot_language(findings, out_dir) if language else plot_findings(findings, out_dir)
+        plots = (
+            task.plot_checks(findings, out_dir) if own_kind else plot_findings(findings, out_dir)
+        )
         if sweep_result is not None:
             plots["sweep"] = plot_sweep(sweep_result, out_dir)
     result = {
@@ -273,6 +275,11 @@ TITLES = {
 }
 
 
+def title(check: str) -> str:
+    """A check's name as a heading: the known ones', or a kind of run's own in words."""
+    return TITLES.get(check) or check.replace("_", " ").capitalize()
+
+
 def markdown_section(result: dict[str, Any]) -> str:
     """The doctor's section of the report."""
     lines = ["## Doctor", "", f"Overall: **{ICONS[result['verdict']]}**.", ""]
@@ -280,7 +287,7 @@ def markdown_section(result: dict[str, Any]) -> str:
     lines += ["| check | verdict | what was measured | suggestion |", "| --- | --- | --- | --- |"]
     for f in result["findings"]:
         lines.append(
-            f"| {TITLES[f['check']]} | {ICONS[f['verdict']]} | {f['summary']} | {f['suggestion']} |"
+            f"| {title(f['check'])} | {ICONS[f['verdict']]} | {f['summary']} | {f['suggestion']} |"
         )
     lines.append("")
     for name, path in result["plots"].items():

@@ -254,11 +254,12 @@ class Generates(ABC):
 
 
 class Diagnosable:
-    """``distill doctor`` has checks for it: ``checks`` names the family (``classifier``:
-    the five checks on class logits, with the temperature sweep; ``language``: vocabulary,
-    template, length and the cache's cost)."""
+    """``distill doctor`` has checks for it: ``checks`` says which (``classifier``: the
+    five checks on class logits, with the temperature sweep; ``own``: the kind's own, run
+    by ``own_checks`` and drawn by ``plot_checks``: a language model's vocabulary, template,
+    length and cache cost, a self-supervised encoder's collapse)."""
 
-    checks: ClassVar[Literal["classifier", "language"]] = "classifier"
+    checks: ClassVar[Literal["classifier", "own"]] = "classifier"
 
     def doctor_notes(self, teacher: nn.Module) -> list[str]:
         """What a reader of the findings should know about this kind of teacher."""
@@ -269,6 +270,10 @@ class Diagnosable:
     ) -> tuple[list[Any], list[str]] | None:
         """Its own checks' findings and notes; None: the five checks on class logits."""
         return None
+
+    def plot_checks(self, findings: list[Any], out_dir: Path) -> dict[str, Path]:
+        """The figure of its own checks' findings (name -> PNG); none by default."""
+        return {}
 
 
 class Chained(ABC):

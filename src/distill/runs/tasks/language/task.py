@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from distill.cache import Layout
+from distill.doctor.plots import plot_language
 from distill.errors import RecipeError
 from distill.methods.on_policy import OnPolicy
 from distill.models import hf
@@ -104,11 +105,14 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
     """``task: causal_lm`` or ``task: masked_lm`` (``CausalLM``, ``MaskedLM``)."""
 
     kind: hf.Task = "causal"
-    checks = "language"
+    checks = "own"
 
     def own_checks(self, sample: int, progress: bool, log: Log) -> tuple[list[Any], list[str]]:
         """The language-model checks (``doctor``)."""
         return diagnose_language(self, sample=sample, progress=progress, log=log)
+
+    def plot_checks(self, findings: list[Any], out_dir: Path) -> dict[str, Path]:
+        return plot_language(findings, out_dir)
 
     search_metric = "loss"
     students_from_teacher = True

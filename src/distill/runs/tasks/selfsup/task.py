@@ -27,8 +27,9 @@ from distill.losses.selfsup import DINOCenter, byol
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec
 from distill.runs.report.tables import register_layout
-from distill.runs.task import Lesson, LessonPerStage, SavesStudent, Task, loader
+from distill.runs.task import Diagnosable, Lesson, LessonPerStage, SavesStudent, Task, loader
 from distill.runs.tasks.selfsup.data import Rows, prepare_rows
+from distill.runs.tasks.selfsup.doctor import diagnose_selfsup, plot_selfsup
 from distill.runs.tasks.selfsup.models import SelfSupNet, build_net, embed
 from distill.runs.tasks.selfsup.probe import knn_accuracy, linear_probe
 from distill.runs.tasks.selfsup.report import LAYOUT, PROJECTION, projection
@@ -43,11 +44,19 @@ def probe_key(count: int) -> str:
     return f"probe_{count}" if count else "probe_all"
 
 
-class SelfSupervised(Task, LessonPerStage, SavesStudent):
+class SelfSupervised(Task, LessonPerStage, SavesStudent, Diagnosable):
     """``task: self_supervised``."""
 
     name = "self_supervised"
+    checks = "own"
     data: Rows
+
+    def own_checks(self, sample: int, progress: bool, log: Log) -> tuple[list[Any], list[str]]:
+        """Whether a frozen teacher encoder has collapsed (``doctor``)."""
+        return diagnose_selfsup(self, sample, progress, log)
+
+    def plot_checks(self, findings: list[Any], out_dir: Path) -> dict[str, Path]:
+        return plot_selfsup(findings, out_dir)
 
     def prepare(self, progress: bool, log: Log) -> Rows:
         self.data = prepare_rows(self.recipe)
