@@ -1,5 +1,5 @@
 """Features without labels on Fashion-MNIST (issue 38): DINO and BYOL from scratch, a frozen
-self-supervised teacher distilled into a smaller student without labels, a random encoder,
+self-supervised teacher distilled into a smaller encoder without labels, a random encoder,
 and the same CNN trained on the probe's 2,000 labels alone; each judged by k-NN and linear
 probes (2,000 labels, all) on the test split. Every row is a ``distill run`` of
 ``recipes/fashion_mnist_dino.yaml``; results are kept in ``--json`` after each run, so a
@@ -32,7 +32,7 @@ from distill.runs import run_recipe  # noqa: E402
 from distill.runs.table import task_for  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "fashion_mnist_dino.yaml"
-SMALL = "{channels: [8, 16], hidden: 64}"  # about 5x fewer parameters than the recipe's CNN
+SMALL = "{channels: [8, 16], hidden: 64}"  # an encoder about 7x smaller than the recipe's
 METHODS = {"dino": "{dino: {loss: dino}}", "byol": "{byol: {loss: byol}}"}
 KEYS = ("knn_accuracy", "probe_2000", "probe_all", "head_accuracy", "parameters")
 
