@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
+from torch.utils.data import Dataset
 
-from distill.data import DATASETS
+from distill.data import DATASETS, load_dataset
 from distill.recipes.specs import Strict
 
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
@@ -52,6 +53,17 @@ class DataSpec(DataSection):
     eval_batch_size: int = Field(1024, ge=1, description="examples per measuring batch")
     num_workers: int = Field(0, ge=0, description="data-loading processes; 0: in the main one")
     split_seed: int = Field(0, description="the validation split and the labelled subset")
+
+    def load(self) -> tuple[Dataset, Dataset, int]:
+        """(train, test, number of classes) of ``dataset`` as this section names it."""
+        return load_dataset(
+            self.dataset,
+            self.path,
+            allow_download=self.download,
+            image_size=self.image_size,
+            columns=self.columns,
+            splits=self.splits,
+        )
 
     @model_validator(mode="after")
     def _transfer_needs_labeled(self) -> DataSpec:

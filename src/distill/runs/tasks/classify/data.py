@@ -17,7 +17,6 @@ from distill.data import (
     WithoutLabels,
     class_to_domain,
     labeled_split,
-    load_dataset,
     train_val_split,
 )
 from distill.errors import RecipeError
@@ -40,14 +39,7 @@ class Data(Splits):
 def prepare_data(recipe: Recipe) -> Data:
     """The recipe's splits (see the module)."""
     spec = recipe.data
-    train, test, num_classes = load_dataset(
-        spec.dataset,
-        spec.path,
-        allow_download=spec.download,
-        image_size=spec.image_size,
-        columns=spec.columns,
-        splits=spec.splits,
-    )
+    train, test, num_classes = spec.load()
     if spec.domains:
         try:
             domain_of_class = class_to_domain(spec.domains, num_classes)

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from distill.data import Augmented, WithExampleId, labeled_split, load_dataset, train_val_split
+from distill.data import Augmented, WithExampleId, labeled_split, train_val_split
 from distill.data.captions import (
     CLASS_NAMES,
     FASHION_MNIST_DESCRIPTIONS,
@@ -91,14 +91,7 @@ def class_texts(recipe: Recipe, train: Dataset, num_classes: int) -> tuple[list,
 
 def prepare_data(recipe: Recipe, log: Log = print) -> ClipData:
     spec, captions = recipe.data, recipe.data.captions  # type: ignore[union-attr]
-    train, test, num_classes = load_dataset(
-        spec.dataset,
-        spec.path,
-        allow_download=spec.download,
-        image_size=spec.image_size,
-        columns=spec.columns,
-        splits=spec.splits,
-    )
+    train, test, num_classes = spec.load()
     names, described = class_texts(recipe, train, num_classes)
     tower_name = text_tower_name(recipe)
     try:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from distill.data import load_dataset, train_val_split
+from distill.data import train_val_split
 from distill.data.captions import CLASS_NAMES
 from distill.data.idx import MEAN, STD
 from distill.data.vision import CIFAR_STATS
@@ -100,14 +100,7 @@ def schedule(recipe: Recipe) -> tuple[NoiseLevels, str]:
 
 def prepare_data(recipe: Recipe, log: Log = print) -> DiffusionData:
     spec, data = spec_of(recipe), recipe.data
-    train, test, num_classes = load_dataset(
-        data.dataset,
-        data.path,
-        allow_download=data.download,
-        image_size=data.image_size,
-        columns=data.columns,
-        splits=data.splits,
-    )
+    train, test, num_classes = data.load()
     names = CLASS_NAMES.get(data.dataset) or getattr(train, "classes", None)
     names = list(names or [f"class {i}" for i in range(num_classes)])
     to_unit = unit_range(data.dataset)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, Subset
 
-from distill.data import WithoutLabels, load_dataset, train_val_split
+from distill.data import WithoutLabels, train_val_split
 from distill.data.views import MultiCrop
 from distill.recipes import Recipe
 from distill.runs.task import Splits
@@ -34,14 +34,7 @@ class Rows(Splits):
 def prepare_rows(recipe: Recipe) -> Rows:
     """The recipe's splits (see the module)."""
     spec = recipe.data
-    train, test, num_classes = load_dataset(
-        spec.dataset,
-        spec.path,
-        allow_download=spec.download,
-        image_size=spec.image_size,
-        columns=spec.columns,
-        splits=spec.splits,
-    )
+    train, test, num_classes = spec.load()
     fit, val = train_val_split(train, spec.val_fraction, spec.split_seed)
     order = torch.randperm(len(fit), generator=torch.Generator().manual_seed(spec.split_seed))
     pool = Subset(fit, order.tolist())

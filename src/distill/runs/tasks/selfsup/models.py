@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from distill.batch import logits_of
 from distill.models import build_model
@@ -135,8 +136,6 @@ def build_net(
 @torch.no_grad()
 def embed(model: SelfSupNet, rows: Any, batch_size: int) -> tuple[Tensor, Tensor]:
     """(features, labels) of every example of ``rows`` (an (x, y, ...) dataset)."""
-    from torch.utils.data import DataLoader
-
     was_training = model.training
     model.eval()
     features, labels = [], []

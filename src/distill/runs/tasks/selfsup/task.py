@@ -130,7 +130,8 @@ class SelfSupervised(Task, LessonPerStage, SavesStudent, Diagnosable):
         def objective(student: nn.Module) -> Objective:
             terms = {}
             for name, term in recipe.objective.items():
-                weight = term.weight if isinstance(term.weight, (int, float)) else 1.0
+                weight = term.weight  # a schedule, built like the recipe's others
+                weight = weight if isinstance(weight, (int, float)) else weight.build(per_epoch)
                 loss: Any = byol
                 if term.loss == "dino":  # the centre is the term's state, kept in checkpoints
                     loss = DINOCenter(
