@@ -152,10 +152,15 @@ def test_the_summary_reads_as_probes_and_says_what_the_unlabelled_images_bought(
 def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
     digits_idx_dir, tmp_path
 ):
-    first = tiny(digits_idx_dir, tmp_path)
+    first = tiny(digits_idx_dir, tmp_path, "export={}")
     summary = run_recipe(first, progress=False, log=lambda line: None)
     models = summary["models"]
-    assert set(models) == {"baseline", "student", "ema_teacher"}
+    assert set(models) == {"baseline", "student", "ema_teacher", "export_onnx"}
+    # the ONNX graph is the encoder with its first probe as the classifier, checked in
+    # ONNX Runtime against PyTorch on the test split
+    exported = models.pop("export_onnx")
+    assert exported["agreement"] >= 0.999 and exported["max_abs_diff"] < 1e-3
+    assert exported["accuracy"] == pytest.approx(models["student"]["probe_100"], abs=0.005)
     for row in models.values():
         for key in ("knn_accuracy", "probe_100", "probe_all", "head_accuracy"):
             assert 0.0 <= row[key] <= 1.0
@@ -167,10 +172,16 @@ def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
     for folder in (run_dir, run_dir / "baseline"):  # what the report's feature picture draws
         drawn = json.loads((folder / "features_2d.json").read_text())
         assert len(drawn["xy"]) == len(drawn["labels"]) > 100 and len(drawn["xy"][0]) == 2
-    from distill.runs.tasks.selfsup.report import feature_figures
+    from distill.runs.tasks.selfsup.report import epochs_of, figures, validations
 
-    figure = feature_figures(run_dir, summary)["features"][0]
-    assert figure.stat().st_size > 10_000
+    for folder in (run_dir, run_dir / "baseline"):  # k-NN and the probe after each epoch
+        epochs = validations(folder / "metrics.jsonl")
+        assert len(epochs) >= 2
+        assert epochs_of(epochs) == sorted(set(epochs_of(epochs)))  # distinct, in order
+        assert all(0 <= row["val/knn_accuracy"] <= 1 for row in epochs)
+    drawn = figures(run_dir, summary)
+    assert set(drawn) == {"epochs", "features"}
+    assert all(path.stat().st_size > 10_000 for path, _ in drawn.values())
     task = task_for(first)
     task.prepare(False, lambda line: None)
     again = task.evaluate(task.load_student(run_dir))  # what was saved is what was measured
@@ -238,3 +249,70 @@ def test_a_killed_self_supervised_run_rerun_ends_bit_identical(digits_idx_dir, t
     resumed = load_file(tmp_path / "killed" / "student.safetensors")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def centre_of_half(rank: int, port: int, outputs: torch.Tensor, out: Path) -> None:
+    """One of two processes: update a DINO centre with its half of the teacher outputs."""
+    from distill.losses.selfsup import DINOCenter
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    centre = DINOCenter(outputs.shape[-1], momentum=0.5)
+    centre.update([outputs[rank * 3 : rank * 3 + 3]])
+    torch.save(centre.center, out / f"centre_{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.e2e
+def test_dinos_centre_follows_the_batch_of_every_process(tmp_path):
+    """Two processes, each with half of a batch, end with the centre one process computes
+    from the whole batch (DINO all-reduces it)."""
+    from distill.losses.selfsup import DINOCenter
+
+    from .test_distributed import free_port
+
+    outputs = torch.randn(6, 5)
+    torch.multiprocessing.spawn(centre_of_half, args=(free_port(), outputs, tmp_path), nprocs=2)
+    whole = DINOCenter(5, momentum=0.5)
+    whole.update([outputs])
+    for rank in range(2):
+        assert torch.allclose(torch.load(tmp_path / f"centre_{rank}.pt"), whole.center)
+
+
+@pytest.mark.e2e
+def test_a_self_supervised_recipe_runs_under_accelerate_launch(digits_idx_dir, tmp_path):
+    """`accelerate launch --num_processes 2 -m distill run` (gloo on this CPU): the label-only
+    and the DINO student train in two processes (the classifier idles in feature learning,
+    the heads in the baseline: DDP is told); one summary, one table, one report."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_distributed import free_port
+
+    recipe = tiny(digits_idx_dir, tmp_path)
+    overrides = [
+        f"data.path={digits_idx_dir}", "data.batch_size=64", "data.views.local_views=2",
+        "data.probe={labels: [100, 0], steps: 30}", "student.args={channels: [4, 8], hidden: 16}",
+        "selfsup={method: dino, embed_dim: 16, hidden: 32, bottleneck: 8, out_dim: 32}",
+        "train={max_steps: 12, lr: 0.003, select_metric: null}",
+        f"output.dir={tmp_path}", "output.latency_repeats=1",
+    ]  # fmt: skip
+    env = {**os.environ, "DISTILL_CACHE": str(tmp_path / "cache")}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+        f"--main_process_port={free_port()}", "-m", "distill", "run", str(RECIPE),
+        *[f"--set={o}" for o in overrides],
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(f"distill: {recipe.name}") == 1  # the main process's table
+    run_dir = tmp_path / recipe.name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["models"]) == {"baseline", "student", "ema_teacher"}
+    assert summary["steps"] == 12
+    for folder in (run_dir, run_dir / "baseline"):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        assert len(set(lines)) == len(lines)  # one process logged
+    assert (run_dir / "report.md").exists()

@@ -25,6 +25,7 @@ from distill.recipes import Recipe
 from distill.runs.driver import run_recipe
 from distill.runs.report.document import verdict
 from distill.runs.report.tables import terminal_table
+from distill.training.distributed import on_main
 
 # no emoji codes: a model named hf-config:llama must not print as "hf-config🦙"; text from
 # the user (names, paths, messages) goes through ``escape`` so "[...]" is not read as markup
@@ -178,4 +179,4 @@ def run_and_print(
     summary = run_recipe(
         recipe, out_dir=run_dir, progress=not (quiet or as_json), log=log, restart=restart
     )
-    print_summary(summary, run_dir, as_json)
+    on_main(lambda: print_summary(summary, run_dir, as_json))  # one table, not one per process

@@ -73,7 +73,8 @@ def dino(
 
 class DINOCenter(nn.Module):
     """DINO's loss with its state: the centre ``c ← m c + (1 − m) mean(teacher outputs)``
-    is updated after each call (no gradient) and is a buffer, so checkpoints keep it. Use
+    is updated after each call (no gradient; the mean over every process's batch) and is a
+    buffer, so checkpoints keep it. Use
     it as a term's loss: ``Term(DINOCenter(out_dim), ...)``; it reads ``student_logits``
     and ``teacher_logits``. With ``global_views=G``, logits of shape (V, N, D) are V views
     (``selfsup.MultiView``), and the teacher's first G are its views."""
@@ -118,7 +119,13 @@ class DINOCenter(nn.Module):
 
     @torch.no_grad()
     def update(self, teacher_views: Views) -> None:
-        batch_mean = torch.cat([upcast(t) for t in _views(teacher_views)]).mean(0)
+        """The centre follows the mean teacher output over the batch of every process
+        (summed across processes when several train together, as DINO does)."""
+        outputs = torch.cat([upcast(t) for t in _views(teacher_views)])
+        totals = torch.cat([outputs.sum(0), outputs.new_tensor([len(outputs)])])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(totals)
+        batch_mean = totals[:-1] / totals[-1]
         self.center.mul_(self.momentum).add_((1 - self.momentum) * batch_mean.to(self.center))
 
 

@@ -49,6 +49,7 @@ from distill.runs.task import (
     SavesStudent,
     Task,
     TransferSet,
+    ValidatesOwn,
     WrapsTeacher,
     loader,
 )
@@ -335,6 +336,7 @@ def train_student(
         eval_every=budget.per_epoch,
         progress=budget.progress,
         batch_transform=transform,
+        validation=task.validate if isinstance(task, ValidatesOwn) else None,
         log=budget.log,
     )
     saved = [ckpt.STUDENT_FILE]  # every file a command may read, checksummed in finished.json

@@ -124,6 +124,7 @@ def fit_student(
     progress: bool,
     callbacks: Sequence[Callback] = (),
     batch_transform: Callable[[Batch, int], Batch] | None = None,
+    validation: Callable[[nn.Module], dict[str, float]] | None = None,
     resume: bool = True,
     log: Log = print,
     **changes: Any,
@@ -131,7 +132,8 @@ def fit_student(
     """Train ``student`` with the recipe's settings (``changes`` override some), from
     the last checkpoint in ``run_dir`` if an earlier run was stopped there (``resume``);
     a checkpoint at every validation unless ``train.checkpoint_every`` says otherwise.
-    Returns (distiller, fit result, seconds)."""
+    ``validation``: what each validation measures (None: ``Distiller.evaluate`` on
+    ``val_loader``). Returns (distiller, fit result, seconds)."""
     every = recipe.train.eval_every or eval_every
     run = Distiller(
         student,
@@ -139,6 +141,7 @@ def fit_student(
         objective,
         callbacks=callbacks,
         batch_transform=batch_transform,
+        validation=validation,
         log=log,
         **settings(
             recipe.train,

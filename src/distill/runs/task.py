@@ -24,6 +24,8 @@ base class a task adds to its bases; the driver, the commands and the doctor ask
 - ``MixesInputs`` / ``RewritesBatches``: every student's batches are mixed (mixup), or the
   distilled student's are rewritten (on-policy answers).
 - ``SavesStudent``: a student is kept in more than ``student.safetensors``.
+- ``ValidatesOwn``: its students are measured during training by its own measure, not by a
+  classifier's accuracy on the validation rows (features judged by k-NN).
 - ``Searchable``: ``distill search`` can search its students.
 - ``Pushable``: ``distill push`` publishes its students on the Hugging Face Hub.
 """
@@ -236,6 +238,11 @@ class Exportable:
     """Its students are classifiers of one tensor: ``distill export`` (and a recipe's
     ``export``) turns them into ONNX graphs checked against PyTorch on the test split."""
 
+    def deployed_student(self, run_dir: Path) -> nn.Module:
+        """The classifier a deployment runs, made from the run's student: the student itself
+        (a self-supervised encoder: with its linear probe as the classifier)."""
+        return self.load_student(run_dir)  # type: ignore[attr-defined]
+
 
 class Samples(ABC):
     """``distill sample`` draws from a run's generative model."""
@@ -346,6 +353,17 @@ class RewritesBatches(ABC):
 
     @abstractmethod
     def batch_transform(self, student: nn.Module) -> Callable[[Batch, int], Batch] | None:
+        raise NotImplementedError
+
+
+class ValidatesOwn(ABC):
+    """Its students are measured at each validation by the task's own measure (the
+    features' k-NN accuracy), not by a classifier's accuracy on the validation rows."""
+
+    @abstractmethod
+    def validate(self, student: nn.Module) -> dict[str, float]:
+        """The validation metrics of ``student`` (logged as ``val/<name>``; returns with
+        ``student`` in the mode it came in)."""
         raise NotImplementedError
 
 

@@ -17,7 +17,8 @@ from typing import TypeVar
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+from torch import nn
 
 T = TypeVar("T")
 
@@ -68,6 +69,18 @@ def make_accelerator(cpu: bool = False, mixed_precision: str = "no") -> Accelera
     if shared and shared.get("distributed_type") == DistributedType.NO:
         AcceleratorState._reset_state()
     return Accelerator(cpu=cpu or no_accelerator(), mixed_precision=mixed_precision)
+
+
+def prepare_student(
+    accelerator: Accelerator, student: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """``student`` and ``optimizer`` prepared for the processes. A student with
+    ``unused_parameters = True`` (a self-supervised network: its classifier takes no part
+    in feature learning, its heads none in the label-only baseline) is wrapped with DDP's
+    ``find_unused_parameters``, which costs a walk of the graph per step."""
+    if getattr(student, "unused_parameters", False):
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return accelerator.prepare(student, optimizer)
 
 
 @contextlib.contextmanager

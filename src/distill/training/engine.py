@@ -43,7 +43,7 @@ from distill.training.config import (
     make_scheduler,
     training_fingerprint,
 )
-from distill.training.distributed import make_accelerator
+from distill.training.distributed import make_accelerator, prepare_student
 from distill.training.evaluation import EvaluationSums
 from distill.training.plain_path import autocast, backward, optimizer_step, zero_grad
 from distill.training.progress import TrainingProgress
@@ -69,8 +69,9 @@ class Distiller:
     callable that takes the trainable parameters and returns a ``torch.optim.Optimizer``,
     overriding ``optimizer=`` names. ``batch_transform(batch, step)`` rewrites each
     training micro-batch (on the device) before the teacher and the student see it;
-    on-policy distillation uses it. ``log`` receives notes (a damaged checkpoint passed
-    over on resume).
+    on-policy distillation uses it. ``validation(student)`` measures the student at each
+    validation in place of ``evaluate`` on the validation rows (features judged by k-NN).
+    ``log`` receives notes (a damaged checkpoint passed over on resume).
 
     Non-finite values: a loss or gradient norm that is NaN or infinite stops training with
     ``NonFiniteLoss`` (the last checkpoint written stays the last good one), or, with
@@ -86,6 +87,7 @@ class Distiller:
         optimizer: OptimizerFactory | None = None,
         callbacks: Iterable[Callback] = (),
         batch_transform: Callable[[Batch, int], Batch] | None = None,
+        validation: Callable[[nn.Module], dict[str, float]] | None = None,
         log: Callable[[str], None] = to_stderr,
         **settings: Any,
     ) -> None:
@@ -100,6 +102,7 @@ class Distiller:
         self.optimizer_factory = optimizer
         self.callbacks = list(callbacks)
         self.batch_transform = batch_transform
+        self.validation = validation  # None: ``evaluate`` on the validation rows
         self.log = log
         self.accelerator: Accelerator | None = None
         self.student_taps = Taps(student, self.objective.student_taps)
@@ -204,7 +207,7 @@ class Distiller:
         params += list(self.objective.parameters())
         optimizer = (self.optimizer_factory or (lambda ps: make_optimizer(ps, c)))(params)
         scheduler = make_scheduler(optimizer, c, total_steps, steps_per_epoch)
-        self.student, optimizer = accelerator.prepare(self.student, optimizer)
+        self.student, optimizer = prepare_student(accelerator, self.student, optimizer)
         self.optimizer, self.scheduler = optimizer, scheduler
 
         self.best, run_dir = ckpt.BestWeights(c.run_dir, self.is_main), c.run_dir
@@ -370,7 +373,10 @@ class Distiller:
         return sums.result()
 
     def _validate(self, loader: DataLoader, state: TrainState) -> None:
-        metrics = self.evaluate(loader)
+        if self.validation is not None:  # the run's own measure, e.g. k-NN on frozen features
+            metrics = self.validation(self._unwrapped())
+        else:
+            metrics = self.evaluate(loader)
         state.evaluations.append({"step": state.step, **metrics})
         validation = {f"val/{k}": v for k, v in metrics.items()}
         self._log({"step": state.step, "epoch": state.epoch, **validation})

@@ -23,7 +23,7 @@ from distill.errors import UsageError
 from distill.measure import cpu_latency_ms
 from distill.recipes import Recipe
 from distill.runs.stages.compress import load_stage
-from distill.runs.task import Task, loader
+from distill.runs.task import Exportable, Task, loader
 from distill.runs.workdir import Log
 from distill.training import Distiller
 from distill.training import checkpoint as ckpt
@@ -60,7 +60,8 @@ def exportable_stages(
 def exportable_student(task: Task, run_dir: Path, stage: int) -> tuple[nn.Module, str]:
     """The model of compress stage ``stage`` (0: the distilled student) and its name."""
     if stage == 0:
-        return task.load_student(run_dir), "student"
+        assert isinstance(task, Exportable)
+        return task.deployed_student(run_dir), "student"
     student = task.load_student(run_dir)
     kind = task.recipe.compress[stage - 1].kind
     return load_stage(run_dir, stage, student), f"stage {stage} ({kind})"

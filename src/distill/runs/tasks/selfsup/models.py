@@ -86,6 +86,8 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
 class SelfSupNet(nn.Module):
     """The encoder, its heads and the classifier (see the module)."""
 
+    unused_parameters = True  # the classifier (features) or the heads (labels) idle: DDP
+
     def __init__(
         self,
         encoder: nn.Module,

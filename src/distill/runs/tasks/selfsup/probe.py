@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @torch.no_grad()
@@ -32,19 +32,20 @@ def knn_accuracy(
     return correct / len(test)
 
 
-def linear_probe(
+def fit_probe(
     train: Tensor,
     train_labels: Tensor,
-    test: Tensor,
-    test_labels: Tensor,
     steps: int = 300,
     weight_decay: float = 1e-4,
-) -> float:
-    """Test accuracy of a logistic regression on standardised features (the training
-    features' mean and spread), fitted by full-batch L-BFGS with an L2 penalty."""
+    classes: int | None = None,
+) -> nn.Linear:
+    """A logistic regression on standardised features (the training features' mean and
+    spread), fitted by full-batch L-BFGS with an L2 penalty; returned as one linear layer on
+    the raw features (the standardisation folded into its weights), with ``classes``
+    outputs (None: the largest label + 1)."""
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
-    x, z = (train - mean) / std, (test - mean) / std
-    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    x = (train - mean) / std
+    classes = classes or int(train_labels.max()) + 1
     generator = torch.Generator().manual_seed(0)
     weight = (torch.randn(x.shape[1], classes, generator=generator) * 0.01).requires_grad_()
     bias = torch.zeros(classes, requires_grad=True)
@@ -60,5 +61,23 @@ def linear_probe(
 
     with torch.enable_grad():
         optimizer.step(closure)
-    with torch.no_grad():
-        return float(((z @ weight + bias).argmax(1) == test_labels).float().mean())
+    layer = nn.Linear(x.shape[1], classes)
+    with torch.no_grad():  # (f - mean) / std @ W + b = f @ (W / std) + (b - mean / std @ W)
+        scaled = weight / std[:, None]
+        layer.weight.copy_(scaled.T)
+        layer.bias.copy_(bias - mean @ scaled)
+    return layer
+
+
+@torch.no_grad()
+def linear_probe(
+    train: Tensor,
+    train_labels: Tensor,
+    test: Tensor,
+    test_labels: Tensor,
+    steps: int = 300,
+    weight_decay: float = 1e-4,
+) -> float:
+    """Test accuracy of ``fit_probe`` on ``train``."""
+    probe = fit_probe(train, train_labels, steps, weight_decay)
+    return float((probe(test).argmax(1) == test_labels).float().mean())

@@ -95,7 +95,6 @@ class SelfSupervisedRecipe(Recipe):
         "cache": "the teacher's answers to random views differ every epoch, so they are "
         "not cacheable; drop cache",
         "compress": f"compress stages are {NOT_BUILT}; drop compress",
-        "export": f"export is {NOT_BUILT}; drop export",
         "search": f"student search is {NOT_BUILT}; drop search",
         "student.peft": f"LoRA students are {NOT_BUILT}; drop student.peft",
         "teacher.model: ensemble": "one teacher encoder; set teacher.model: ema or a run",

@@ -14,6 +14,7 @@ from distill.runs.report.tables import SummaryLayout, known, model_rows
 
 PROJECTION = "features_2d.json"  # next to a student's weights: its test features in 2-D
 POINTS = 2000  # test examples drawn
+LINES = (("val/knn_accuracy", "-", "k-NN"), ("val/accuracy", "--", "probe"))  # per epoch
 
 
 def projection(features: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
@@ -26,12 +27,80 @@ def projection(features: torch.Tensor, labels: torch.Tensor) -> dict[str, list]:
     return {"xy": points.tolist(), "labels": labels[:POINTS].tolist()}
 
 
-def feature_figures(run_dir: Path, summary: dict[str, Any]) -> dict[str, tuple[Path, str]]:
-    """The label-only and the self-supervised student's test features, projected to 2-D
-    and coloured by class, side by side (the labels only colour the points)."""
+def figures(run_dir: Path, summary: dict[str, Any]) -> dict[str, tuple[Path, str]]:
+    """Accuracy against epochs, and the test features in 2-D."""
     import matplotlib
 
     matplotlib.use("Agg")
+    (run_dir / "plots").mkdir(exist_ok=True)
+    return epoch_figure(run_dir) | feature_figures(run_dir)
+
+
+def validations(metrics: Path) -> list[dict[str, float]]:
+    """The validation rows of a ``metrics.jsonl`` (those with ``val/knn_accuracy``)."""
+    if not metrics.exists():
+        return []
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [row for row in rows if "val/knn_accuracy" in row]
+
+
+def epochs_of(rows: list[dict[str, float]], per_epoch: float | None = None) -> list[float]:
+    """Where each validation row was measured, in epochs of ``per_epoch`` steps (None:
+    the rows' own, read from their first finished epoch; in steps if none finished)."""
+    if per_epoch is None:
+        per_epoch = next((row["step"] / row["epoch"] for row in rows if row["epoch"]), None)
+    if per_epoch is None:
+        return [row["step"] for row in rows]
+    return [row["step"] / per_epoch for row in rows]
+
+
+def epoch_figure(run_dir: Path) -> dict[str, tuple[Path, str]]:
+    """k-NN and probe accuracy on the validation split after each epoch, for the
+    self-supervised and the label-only student."""
+    import matplotlib.pyplot as plt
+
+    curves = [
+        (name, validations(run_dir / folder / "metrics.jsonl"), colour)
+        for name, folder, colour in (
+            ("self-supervised", ".", "tab:blue"),
+            ("label-only", "baseline", "tab:gray"),
+        )
+    ]
+    curves = [curve for curve in curves if curve[1]]
+    if not curves:
+        return {}
+    # in epochs of the unlabelled images: the label-only student takes the same steps
+    mine = curves[0][1]
+    per_epoch = next((row["step"] / row["epoch"] for row in mine if row["epoch"]), None)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, rows, colour in curves:
+        epochs = epochs_of(rows, per_epoch)
+        for key, style, what in LINES:
+            ax.plot(
+                epochs,
+                [100 * row[key] for row in rows],
+                style,
+                marker="o",
+                color=colour,
+                label=f"{name}: {what}",
+            )
+    xlabel = "epoch (of the unlabelled images)" if per_epoch else "optimizer step"
+    ax.set(xlabel=xlabel, ylabel="validation accuracy (%)", title="accuracy against epochs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "plots" / "epochs.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    caption = (
+        "k-NN and linear-probe accuracy on the validation split after each epoch (both "
+        "fitted on the first probe's labelled examples)"
+    )
+    return {"epochs": (out, caption)}
+
+
+def feature_figures(run_dir: Path) -> dict[str, tuple[Path, str]]:
+    """The label-only and the self-supervised student's test features, projected to 2-D
+    and coloured by class, side by side (the labels only colour the points)."""
     import matplotlib.pyplot as plt
 
     panels = [
@@ -51,7 +120,6 @@ def feature_figures(run_dir: Path, summary: dict[str, Any]) -> dict[str, tuple[P
         ax.set_yticks([])
     fig.tight_layout()
     out = run_dir / "plots" / "features.png"
-    out.parent.mkdir(exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     caption = "The students' test features in 2-D (PCA), coloured by class"
@@ -71,11 +139,13 @@ def selfsup_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for key, label, _ in model_rows(summary):
         m = summary["models"][key]
+        if key.startswith("export_"):  # the encoder and its first probe, as a graph
+            m = {keys[0]: m["accuracy"], "parameters": m.get("parameters")}
         rows.append(
             [
                 label.replace("distilled", "self-supervised"),
-                f"{100 * m['knn_accuracy']:.2f}%",
-                *(f"{100 * m[probe]:.2f}%" for probe in keys),
+                known(m.get("knn_accuracy"), "{:.2%}"),
+                *(known(m.get(probe), "{:.2%}") for probe in keys),
                 known(m.get("parameters"), "{:,.0f}"),
                 f"{m.get('train_seconds', 0.0):.0f} s",
             ]
@@ -101,6 +171,4 @@ def selfsup_verdict(summary: dict[str, Any]) -> str:
     )
 
 
-LAYOUT = SummaryLayout(
-    terminal_table=selfsup_table, verdict=selfsup_verdict, figures=feature_figures
-)
+LAYOUT = SummaryLayout(terminal_table=selfsup_table, verdict=selfsup_verdict, figures=figures)

@@ -27,11 +27,20 @@ from distill.losses.selfsup import DINOCenter, byol
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec
 from distill.runs.report.tables import register_layout
-from distill.runs.task import Diagnosable, Lesson, LessonPerStage, SavesStudent, Task, loader
+from distill.runs.task import (
+    Diagnosable,
+    Exportable,
+    Lesson,
+    LessonPerStage,
+    SavesStudent,
+    Task,
+    ValidatesOwn,
+    loader,
+)
 from distill.runs.tasks.selfsup.data import Rows, prepare_rows
 from distill.runs.tasks.selfsup.doctor import diagnose_selfsup, plot_selfsup
 from distill.runs.tasks.selfsup.models import SelfSupNet, build_net, embed
-from distill.runs.tasks.selfsup.probe import knn_accuracy, linear_probe
+from distill.runs.tasks.selfsup.probe import fit_probe, knn_accuracy, linear_probe
 from distill.runs.tasks.selfsup.report import LAYOUT, PROJECTION, projection
 from distill.runs.workdir import Log, earlier_run, load_finished
 from distill.teachers.kinds import TeacherKind
@@ -44,7 +53,7 @@ def probe_key(count: int) -> str:
     return f"probe_{count}" if count else "probe_all"
 
 
-class SelfSupervised(Task, LessonPerStage, SavesStudent, Diagnosable):
+class SelfSupervised(Task, LessonPerStage, SavesStudent, ValidatesOwn, Exportable, Diagnosable):
     """``task: self_supervised``."""
 
     name = "self_supervised"
@@ -185,6 +194,30 @@ class SelfSupervised(Task, LessonPerStage, SavesStudent, Diagnosable):
         metrics["head_accuracy"] = head["accuracy"]
         metrics["examples"] = float(len(test))
         return metrics
+
+    def validate(self, student: nn.Module) -> dict[str, float]:
+        """After each epoch: k-NN (``knn_accuracy``) and the first probe (``accuracy``) on
+        the validation split, both fitted on the first probe's labelled examples."""
+        assert isinstance(student, SelfSupNet)
+        probe, size = self.recipe.data.probe, self.recipe.data.eval_batch_size
+        pool, pool_labels = embed(student, self.data.labelled(probe.labels[0]), size)
+        val, val_labels = embed(student, self.data.val, size)
+        knn = knn_accuracy(pool, pool_labels, val, val_labels, probe.knn_k, probe.knn_temperature)
+        accuracy = linear_probe(pool, pool_labels, val, val_labels, probe.steps, probe.weight_decay)
+        return {"knn_accuracy": knn, "accuracy": accuracy}
+
+    def deployed_student(self, run_dir: Path) -> nn.Module:
+        """The encoder with the first probe as its classifier: the features a deployment
+        runs, and the classes a user reads from them (what ``distill export`` writes)."""
+        model = self.load_student(run_dir)
+        assert isinstance(model, SelfSupNet)
+        probe = self.recipe.data.probe
+        pool = self.data.labelled(probe.labels[0])
+        features, labels = embed(model, pool, self.recipe.data.eval_batch_size)
+        model.classifier = fit_probe(
+            features, labels, probe.steps, probe.weight_decay, self.data.num_classes
+        )
+        return model.eval()
 
     def latency_input(self, model: nn.Module) -> tuple[Tensor, dict[str, Any]]:
         return self.data.test[0][0], {}
