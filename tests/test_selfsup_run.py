@@ -96,6 +96,19 @@ def test_the_doctor_tells_a_collapsed_teacher_from_a_healthy_one():
     assert byol_finding(torch.randn(64, 16)).verdict == "ok"
 
 
+def test_dinos_teacher_temperature_warms_up_linearly_then_stays():
+    from distill.losses.selfsup import DINOCenter
+
+    loss = DINOCenter(4, teacher_temperature=0.07, teacher_temperature_start=0.04, warmup_calls=3)
+    seen = []
+    for _ in range(5):
+        seen.append(float(loss.temperature()))
+        loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4))
+    assert seen == pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07])
+    assert "calls" in loss.state_dict()  # kept in checkpoints
+    assert DINOCenter(4, teacher_temperature=0.07).temperature() == 0.07
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -105,6 +118,7 @@ def test_the_doctor_tells_a_collapsed_teacher_from_a_healthy_one():
         ("teacher=null", "objective terms ['dino'] read the teacher, but no teacher is set"),
         ("objective={kd: {loss: kl}}", "objective: selfsup.method dino trains with one term"),
         ("data.augment=true", "`data.augment` does not combine with `task: self_supervised`"),
+        ("selfsup.warmup_epochs=2", "selfsup.warmup_epochs: the teacher temperature's warm-up"),
     ],
 )
 def test_bad_recipes_are_refused_naming_the_field(change, message):
@@ -228,7 +242,8 @@ def test_a_killed_self_supervised_run_rerun_ends_bit_identical(digits_idx_dir, t
         "data.views.local_views=2",
         "data.probe={labels: [100], steps: 10}",
         "student.args={channels: [4, 8], hidden: 16}",
-        "selfsup={method: dino, embed_dim: 16, hidden: 32, bottleneck: 8, out_dim: 32}",
+        "selfsup={method: dino, embed_dim: 16, hidden: 32, bottleneck: 8, out_dim: 32, "
+        "teacher_temperature_start: 0.04, warmup_epochs: 0.5}",  # its step count resumes too
         "train={max_steps: 12, checkpoint_every: 4, lr: 0.003, select_metric: null}",
         "baseline=false",
         "output.latency_repeats=1",

@@ -45,7 +45,7 @@ def dino(
     *,
     center: Tensor | None = None,
     student_temperature: float = 0.1,
-    teacher_temperature: float = 0.04,
+    teacher_temperature: float | Tensor = 0.04,
 ) -> Tensor:
     """DINO: cross-entropy from the teacher's centred, sharpened distribution.
 
@@ -77,7 +77,12 @@ class DINOCenter(nn.Module):
     buffer, so checkpoints keep it. Use
     it as a term's loss: ``Term(DINOCenter(out_dim), ...)``; it reads ``student_logits``
     and ``teacher_logits``. With ``global_views=G``, logits of shape (V, N, D) are V views
-    (``selfsup.MultiView``), and the teacher's first G are its views."""
+    (``selfsup.MultiView``), and the teacher's first G are its views.
+
+    Teacher temperature warm-up (DINO's, 0.04 → 0.07 over 30 epochs): with
+    ``warmup_calls > 0``, τ_t rises linearly from ``teacher_temperature_start`` to
+    ``teacher_temperature`` over that many calls (a buffer counts them, so a resumed run
+    goes on where it was)."""
 
     def __init__(
         self,
@@ -86,6 +91,8 @@ class DINOCenter(nn.Module):
         student_temperature: float = 0.1,
         teacher_temperature: float = 0.04,
         global_views: int | None = None,
+        teacher_temperature_start: float | None = None,
+        warmup_calls: int = 0,
     ) -> None:
         super().__init__()
         self.register_buffer("center", torch.zeros(dim))
@@ -93,7 +100,19 @@ class DINOCenter(nn.Module):
         self.student_temperature = student_temperature
         self.teacher_temperature = teacher_temperature
         self.global_views = global_views
+        self.warmup = (teacher_temperature_start, warmup_calls)
+        if teacher_temperature_start is not None and warmup_calls > 0:
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
         self.__name__ = "dino"
+
+    def temperature(self) -> float | Tensor:
+        """τ_t now: after the warm-up (or without one), ``teacher_temperature``; during it
+        a tensor on the buffer's device (no wait for the device)."""
+        start, length = self.warmup
+        if not hasattr(self, "calls"):
+            return self.teacher_temperature
+        done = (self.calls / length).clamp(max=1.0)  # type: ignore[operator]
+        return start + (self.teacher_temperature - start) * done  # type: ignore[operator]
 
     def _split(self, student: Tensor, teacher: Tensor) -> tuple[Views, Views]:
         if self.global_views is None:
@@ -112,9 +131,11 @@ class DINOCenter(nn.Module):
             teachers,
             center=self.center.to(teacher_logits.device),
             student_temperature=self.student_temperature,
-            teacher_temperature=self.teacher_temperature,
+            teacher_temperature=self.temperature(),
         )
         self.update(teachers)
+        if hasattr(self, "calls"):
+            self.calls += 1  # type: ignore[operator]
         return loss
 
     @torch.no_grad()

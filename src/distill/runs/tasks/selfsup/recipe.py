@@ -85,6 +85,13 @@ class SelfSupSpec(Strict):
         "uniform on Fashion-MNIST, 0.01 learnt (docs: Features without labels)",
     )
     center_momentum: float = Field(0.9, ge=0, lt=1, description="dino: the centre's average")
+    teacher_temperature_start: float | None = Field(
+        None,
+        gt=0,
+        description="dino: τ_t's warm-up (the paper: 0.04 rising to 0.07) starts here and "
+        "rises linearly to teacher_temperature over warmup_epochs; None: no warm-up",
+    )
+    warmup_epochs: float = Field(0, ge=0, description="dino: epochs of τ_t's warm-up")
 
 
 class SelfSupervisedRecipe(Recipe):
@@ -143,6 +150,12 @@ class SelfSupervisedRecipe(Recipe):
             raise ValueError(
                 "train.select_metric: the features are judged after training, by the probe; "
                 "set train.select_metric: null (the last step)"
+            )
+        method = self.selfsup
+        if (method.teacher_temperature_start is None) != (method.warmup_epochs == 0):
+            raise ValueError(
+                "selfsup.warmup_epochs: the teacher temperature's warm-up needs both "
+                "selfsup.teacher_temperature_start and selfsup.warmup_epochs > 0 (or neither)"
             )
         if self.selfsup.method == "byol" and not self.selfsup.predictor:
             raise ValueError(

@@ -136,6 +136,7 @@ class SelfSupervised(Task, LessonPerStage, SavesStudent, ValidatesOwn, Exportabl
         spec, method = recipe.teacher, recipe.selfsup
         assert spec is not None  # the recipe checks it
 
+        batches_per_epoch = per_epoch * recipe.train.grad_accum_steps  # the loss's calls
         def objective(student: nn.Module) -> Objective:
             terms = {}
             for name, term in recipe.objective.items():
@@ -149,6 +150,8 @@ class SelfSupervised(Task, LessonPerStage, SavesStudent, ValidatesOwn, Exportabl
                         student_temperature=method.student_temperature,
                         teacher_temperature=method.teacher_temperature,
                         global_views=recipe.data.views.global_views,
+                        teacher_temperature_start=method.teacher_temperature_start,
+                        warmup_calls=round(method.warmup_epochs * batches_per_epoch),
                     )
                 terms[name] = Term(loss, weight=weight)
             return Objective(terms)
