@@ -5,8 +5,11 @@ probes (2,000 labels, all) on the test split. Every row is a ``distill run`` of
 ``recipes/fashion_mnist_dino.yaml``; results are kept in ``--json`` after each run, so a
 killed benchmark rerun continues where it stopped.
 
-    python benchmarks/selfsup_features.py --epochs 20 --seeds 0 1 2
+    python benchmarks/selfsup_features.py --epochs 8 --seeds 0 1 2 --methods byol
     python benchmarks/selfsup_features.py --epochs 1 --seeds 0 --json /tmp/quick.json
+
+The settings (epochs, methods, views) are kept in the JSON file; a rerun with other
+settings is refused (give another ``--json``).
 
 Goals (the issue's): the best label-free student's probe on 2,000 labels beats the
 2,000-label supervised CNN by >= 3 points on every seed, its k-NN accuracy is >= 80%, and
@@ -32,20 +35,23 @@ from distill.runs import run_recipe  # noqa: E402
 from distill.runs.table import task_for  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "fashion_mnist_dino.yaml"
-SMALL = "{channels: [8, 16], hidden: 64}"  # an encoder about 7x smaller than the recipe's
+SMALL = "{channels: [8, 16], hidden: 64}"  # an encoder 7.3x smaller than the recipe's
+VIEWS = "{global_views: 2, local_views: 0, global_scale: [0.3, 1.0], flip: true}"
 METHODS = {"dino": "{dino: {loss: dino}}", "byol": "{byol: {loss: byol}}"}
-KEYS = ("knn_accuracy", "probe_2000", "probe_all", "head_accuracy", "parameters")
+KEYS = ("knn_accuracy", "probe_2000", "probe_all", "head_accuracy", "encoder_parameters")
 
 
-def run(name: str, work: Path, seed: int, epochs: int, *more: str) -> dict:
+def run(name: str, args: argparse.Namespace, seed: int, *more: str) -> dict:
+    views = [f"data.views={args.views}"] if args.views else []
     recipe = load_recipe(
         RECIPE,
         [
             f"name={name}",
             f"seed={seed}",
-            f"train.epochs={epochs}",
-            f"output.dir={work}",
+            f"train.epochs={args.epochs}",
+            f"output.dir={args.work}",
             "output.latency_repeats=5",
+            *views,
             *more,
         ],
     )
@@ -66,48 +72,44 @@ def random_encoder(seed: int) -> dict:
 
 
 def row(metrics: dict) -> dict:
-    return {key: metrics[key] for key in KEYS if key in metrics}
+    """The table's measures of one model, and its training time on this CPU."""
+    found = {key: metrics[key] for key in KEYS if key in metrics}
+    return found | {"train_seconds": metrics.get("train_seconds", 0.0)}
 
 
 def measure(args: argparse.Namespace, results: dict, save) -> None:
-    work = args.work
+    methods = {method: METHODS[method] for method in args.methods}
     for seed in args.seeds:
         done = results.setdefault(str(seed), {})
         if "random encoder" not in done:
-            done["random encoder"] = random_encoder(seed)
+            done["random encoder"] = row(random_encoder(seed))
             save()
-        for method, objective in METHODS.items():
+        for method, objective in methods.items():
             if method in done:
                 continue
             summary = run(
-                f"{method}_{seed}",
-                work,
-                seed,
-                args.epochs,
-                f"selfsup.method={method}",
-                f"objective={objective}",
+                f"{method}_{seed}", args, seed, f"selfsup.method={method}", f"objective={objective}"
             )
             models = summary["models"]
-            done[method] = {**row(models["student"]), "seconds": summary["wall_seconds"]}
+            done[method] = row(models["student"])
             done[f"{method} (moving-average teacher)"] = row(models["ema_teacher"])
             done.setdefault("supervised, 2,000 labels", row(models["baseline"]))
             save()
-        best = max(METHODS, key=lambda m: done[m]["probe_2000"])
+        best = max(methods, key=lambda m: done[m]["probe_2000"])
         small = f"small from {best}"
         if small not in done:
             summary = run(
                 f"small_{seed}",
-                work,
+                args,
                 seed,
-                args.epochs,
                 f"selfsup.method={best}",
                 f"objective={METHODS[best]}",
-                f"teacher={{model: {work / f'{best}_{seed}'}}}",
+                f"teacher={{model: {args.work / f'{best}_{seed}'}}}",
                 f"student.args={SMALL}",
                 "baseline=false",
             )
             models = summary["models"]
-            done[small] = {**row(models["student"]), "seconds": summary["wall_seconds"]}
+            done[small] = row(models["student"])
             done[small]["teacher_probe_2000"] = models["teacher"]["probe_2000"]
             save()
 
@@ -118,31 +120,45 @@ def table(results: dict) -> str:
         names += [n for n in seeds if n not in names]
     lines = [
         "| model | k-NN | probe, 2,000 labels | probe, all labels | its own classifier "
-        "| parameters |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| encoder parameters | training (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
-    def cell(name: str, key: str) -> str:
-        values = [seeds[name][key] for seeds in results.values() if name in seeds]
-        if not values:
+    def values(name: str, key: str) -> list[float]:
+        return [seeds[name][key] for seeds in results.values() if key in seeds.get(name, {})]
+
+    def cell(name: str, key: str, scale: float = 100, digits: int = 2) -> str:
+        found = values(name, key)
+        if not found:
             return "—"
-        spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        return f"{100 * statistics.mean(values):.2f}{spread}"
+        mean = scale * statistics.mean(found)
+        spread = f" ± {scale * statistics.stdev(found):.{digits}f}" if len(found) > 1 else ""
+        return f"{mean:.{digits}f}{spread}"
 
     for name in names:
-        params = next(s[name].get("parameters") for s in results.values() if name in s)
+        params = values(name, "encoder_parameters")
         own = cell(name, "head_accuracy") if name.startswith("supervised") else "—"
+        trained = (
+            "—"
+            if "teacher)" in name or name == "random encoder"
+            else cell(name, "train_seconds", scale=1, digits=0)
+        )
         lines.append(
             f"| {name} | {cell(name, 'knn_accuracy')} | {cell(name, 'probe_2000')} | "
-            f"{cell(name, 'probe_all')} | {own} | {'—' if params is None else f'{params:,}'} |"
+            f"{cell(name, 'probe_all')} | {own} | {f'{params[0]:,.0f}' if params else '—'} "
+            f"| {trained} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["byol"])
+    parser.add_argument(
+        "--views", default=VIEWS, help="data.views for every run, in YAML ('': the recipe's)"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/selfsup.json")
     parser.add_argument("--work", type=Path, default=ROOT / "runs/selfsup_benchmark")
     parser.add_argument(
@@ -151,11 +167,19 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("DISTILL_PLOTS", "0")
     quiet_libraries()
-    results = json.loads(args.json.read_text()) if args.json.exists() else {}
+    wanted = {"epochs": args.epochs, "methods": args.methods, "views": args.views}
+    stored = json.loads(args.json.read_text()) if args.json.exists() else {}
+    if stored and stored.get("settings") != wanted:
+        sys.exit(
+            f"{args.json} holds results of other settings ({stored.get('settings')}); "
+            "give another --json, or rerun with those settings"
+        )
+    results = stored.setdefault("seeds", {})
+    stored["settings"] = wanted
 
     def save() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps(stored, indent=1))
 
     measure(args, results, save)
     text = report(results, args)
@@ -200,8 +224,10 @@ def report(results: dict, args: argparse.Namespace) -> str:
             "",
             f"`{command}` ({args.epochs} epochs per run), on {platform.machine()} with "
             f"{os.cpu_count()} CPU cores, torch {torch.__version__}; mean ± standard "
-            f"deviation over seeds {', '.join(sorted(results))}. Accuracy on the 10,000 test "
-            "images, in %.",
+            f"deviation over seeds {', '.join(sorted(results))}. Views: "
+            f"`{args.views or 'the recipe'}`. Accuracy on the 10,000 test images, in %; "
+            "training: the row's own training in seconds (the validation after each epoch "
+            "included), the same machine, one run at a time.",
             "",
             table(results),
             "",

@@ -195,6 +195,7 @@ class SelfSupervised(Task, LessonPerStage, SavesStudent, ValidatesOwn, Exportabl
         metrics["accuracy"] = metrics[probe_key(probe.labels[0])]
         head = Distiller(model, None, progress=False).evaluate(loader(data.test, recipe, False))
         metrics["head_accuracy"] = head["accuracy"]
+        metrics["encoder_parameters"] = float(sum(p.numel() for p in model.encoder.parameters()))
         metrics["examples"] = float(len(test))
         return metrics
 
