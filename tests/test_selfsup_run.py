@@ -116,7 +116,11 @@ def test_dinos_teacher_temperature_warms_up_linearly_then_stays():
         ("selfsup.predictor=false", "selfsup.predictor: BYOL needs the student's predictor"),
         ("train.select_metric=accuracy", "train.select_metric: the features are judged after"),
         ("teacher=null", "objective terms ['dino'] read the teacher, but no teacher is set"),
-        ("objective={kd: {loss: kl}}", "objective: selfsup.method dino trains with one term"),
+        ("objective={kd: {loss: kl}}", "objective: selfsup.method dino trains with a term"),
+        (
+            "objective={dino: {loss: dino}, e: {loss: hint, student: encoder, teacher: encoder}}",
+            "feature terms need a frozen teacher: a run directory",
+        ),
         ("data.augment=true", "`data.augment` does not combine with `task: self_supervised`"),
         ("selfsup.warmup_epochs=2", "selfsup.warmup_epochs: the teacher temperature's warm-up"),
     ],
@@ -127,6 +131,23 @@ def test_bad_recipes_are_refused_naming_the_field(change, message):
         overrides = ["selfsup.method=byol", "objective={byol: {loss: byol}}", change]
     with pytest.raises(RecipeError, match=re.escape(message)):
         load_recipe(RECIPE, overrides)
+
+
+def test_a_frozen_teacher_may_teach_the_encoders_features_on_the_views_both_read():
+    from distill.runs.tasks.selfsup.models import on_shared_views
+
+    frozen = ["teacher={model: runs/earlier}"]
+    both = "{dino: {loss: dino}, e: {loss: cosine_embedding, student: encoder, teacher: encoder}}"
+    assert set(load_recipe(RECIPE, [*frozen, f"objective={both}"]).objective) == {"dino", "e"}
+    refusal = re.escape("objective.e: hint matches the two encoders' features")
+    with pytest.raises(RecipeError, match=refusal):
+        load_recipe(RECIPE, [*frozen, "objective={e: {loss: hint, student: fc, teacher: fc}}"])
+    seen = []
+    shared = on_shared_views(lambda student_features, teacher_features: seen.append(
+        (student_features, teacher_features)) or torch.zeros(()))  # fmt: skip
+    student, teacher = torch.arange(12.0).reshape(6, 2), torch.ones(4, 2)  # 3 views, 2 global
+    shared(student, teacher)
+    assert torch.equal(seen[0][0], student[:4])  # the student's global views, view by view
 
 
 def test_views_that_do_not_fit_and_probes_asking_too_much_fail_before_training(
@@ -207,6 +228,8 @@ def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
         f"teacher={{model: {run_dir}}}",
         "student.args={channels: [2, 4], hidden: 8}",
         "baseline=false",
+        "objective={dino: {loss: dino}, e: {loss: cosine_embedding, student: encoder, "
+        "teacher: encoder}}",
     )
     from distill.doctor.run import diagnose
 
@@ -220,6 +243,9 @@ def test_dino_from_scratch_then_a_frozen_teacher_teaches_a_smaller_student(
     teacher = distilled["models"]["teacher"]
     assert teacher["knn_accuracy"] == models["student"]["knn_accuracy"]  # the frozen encoder
     assert distilled["models"]["student"]["parameters"] < teacher["parameters"]
+    logged = [json.loads(line) for line in (tmp_path / "small" / second.name / "metrics.jsonl")
+              .read_text().splitlines()]  # fmt: skip
+    assert any("loss/e" in row and row["loss/e"] > 0 for row in logged)  # the features' term
     written = json.loads((tmp_path / "small" / second.name / "summary.json").read_text())
     assert written["method"] == "dino"
 

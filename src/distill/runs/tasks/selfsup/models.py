@@ -15,7 +15,8 @@ classifier on the encoder's features, with the running statistics."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -133,6 +134,18 @@ def build_net(
         predictor = byol_mlp(method.out_dim, method.hidden, method.out_dim)
     classifier = nn.Linear(method.embed_dim, num_classes)
     return SelfSupNet(encoder, head, classifier, predictor, recipe.data.views.global_views)
+
+
+def on_shared_views(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``loss`` on the rows both encoders read: the teacher reads the global views, the
+    student every view, view by view (``SelfSupNet``), so the student's first rows are the
+    teacher's views in the same order."""
+
+    @functools.wraps(loss)  # the same signature: the objective reads what ``loss`` reads
+    def shared(student_features: Tensor, teacher_features: Tensor, **options: Any) -> Tensor:
+        return loss(student_features[: len(teacher_features)], teacher_features, **options)
+
+    return shared
 
 
 @torch.no_grad()

@@ -11,8 +11,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from distill.recipes.schema import DataSpec, Recipe, Strict
+from distill.teachers.kinds import TeacherKind
 
 NOT_BUILT = "not built for self-supervised encoders yet"
+FEATURE_LOSSES = {"cosine_embedding", "hint"}  # the encoders' features, frozen teacher only
 METHOD_LOSS = {"dino": "dino", "byol": "byol"}
 
 
@@ -139,13 +141,7 @@ class SelfSupervisedRecipe(Recipe):
 
     @model_validator(mode="after")
     def _selfsup_checks(self) -> SelfSupervisedRecipe:
-        wanted = METHOD_LOSS[self.selfsup.method]
-        losses = {term.loss for term in self.objective.values()}
-        if losses != {wanted}:
-            raise ValueError(
-                f"objective: selfsup.method {self.selfsup.method} trains with one term "
-                f"{{loss: {wanted}}}, got {sorted(losses)}"
-            )
+        self._objective_checks()
         if self.train.select_metric is not None:
             raise ValueError(
                 "train.select_metric: the features are judged after training, by the probe; "
@@ -163,3 +159,24 @@ class SelfSupervisedRecipe(Recipe):
                 "networks collapse to a constant); set selfsup.predictor: true"
             )
         return self
+
+    def _objective_checks(self) -> None:
+        """The method's term; with a frozen teacher, also (or instead) terms matching the
+        two encoders' features on the views both read."""
+        wanted = METHOD_LOSS[self.selfsup.method]
+        frozen = self.teacher is not None and self.teacher.kind is TeacherKind.MODEL
+        losses = {term.loss for term in self.objective.values()}
+        allowed = {wanted, *FEATURE_LOSSES} if frozen else {wanted}
+        if not losses <= allowed or (not frozen and wanted not in losses):
+            also = f", and with a frozen teacher {sorted(FEATURE_LOSSES)}" if frozen else ""
+            raise ValueError(
+                f"objective: selfsup.method {self.selfsup.method} trains with a term "
+                f"{{loss: {wanted}}}{also}; got {sorted(losses)}"
+                + ("" if frozen else " (feature terms need a frozen teacher: a run directory)")
+            )
+        for name, term in self.objective.items():
+            if term.loss in FEATURE_LOSSES and (term.student, term.teacher) != ("encoder",) * 2:
+                raise ValueError(
+                    f"objective.{name}: {term.loss} matches the two encoders' features; set "
+                    "student: encoder and teacher: encoder"
+                )

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import RecipeError
+from distill.losses.registry import loss_info
 from distill.losses.selfsup import DINOCenter, byol
 from distill.objective import Objective, Term
 from distill.recipes import ModelSpec
@@ -39,8 +40,9 @@ from distill.runs.task import (
 )
 from distill.runs.tasks.selfsup.data import Rows, prepare_rows
 from distill.runs.tasks.selfsup.doctor import diagnose_selfsup, plot_selfsup
-from distill.runs.tasks.selfsup.models import SelfSupNet, build_net, embed
+from distill.runs.tasks.selfsup.models import SelfSupNet, build_net, embed, on_shared_views
 from distill.runs.tasks.selfsup.probe import fit_probe, knn_accuracy, linear_probe
+from distill.runs.tasks.selfsup.recipe import FEATURE_LOSSES
 from distill.runs.tasks.selfsup.report import LAYOUT, PROJECTION, projection
 from distill.runs.workdir import Log, earlier_run, load_finished
 from distill.teachers.kinds import TeacherKind
@@ -131,17 +133,25 @@ class SelfSupervised(Task, LessonPerStage, SavesStudent, ValidatesOwn, Exportabl
         return []
 
     def stage_lesson(self, teacher: nn.Module | None, stage: str, per_epoch: int) -> Lesson:
-        """The method's objective on the views, from ``teacher`` or the student's average."""
+        """The method's objective on the views, from ``teacher`` or the student's average;
+        with a frozen teacher, terms matching the encoders' features too (DINOv2's
+        distillation matches its head's outputs and the normalised embeddings)."""
         recipe = self.recipe
         spec, method = recipe.teacher, recipe.selfsup
         assert spec is not None  # the recipe checks it
 
         batches_per_epoch = per_epoch * recipe.train.grad_accum_steps  # the loss's calls
+
         def objective(student: nn.Module) -> Objective:
             terms = {}
             for name, term in recipe.objective.items():
                 weight = term.weight  # a schedule, built like the recipe's others
                 weight = weight if isinstance(weight, (int, float)) else weight.build(per_epoch)
+                if term.loss in FEATURE_LOSSES:  # the encoders' features, on the shared views
+                    loss = on_shared_views(loss_info(term.loss).fn)
+                    taps = {"student": term.student, "teacher": term.teacher}
+                    terms[name] = Term(loss, weight=weight, **taps, **term.options)
+                    continue
                 loss: Any = byol
                 if term.loss == "dino":  # the centre is the term's state, kept in checkpoints
                     loss = DINOCenter(
