@@ -3,6 +3,7 @@ llm_token_kd and distilbert recipes with their models swapped for tiny ones, mas
 data, and the errors a wrong LM recipe gets."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,82 @@ def test_a_recipe_with_train_compile_compiles_its_models_and_lm_head_chunks(
     assert 1.0 < summary["models"]["student"]["perplexity"] < 400
     assert compiled_graphs() > 0
     assert tokens._compiled.cache_info().currsize == 1  # the chunk body, compiled once
+
+
+def ensemble_lm_recipe(text_file, tokenizer_dir, tmp_path, *extra):
+    """Two tiny Llama teachers (2 and 3 layers, each fine-tuned on the text and stored),
+    mixed token by token, teaching a 1-layer Llama with full-logit KL."""
+    member = (
+        "{{model: 'hf-config:llama', args: {{hidden_size: 32, intermediate_size: 64, "
+        "num_hidden_layers: {layers}, num_attention_heads: 4, num_key_value_heads: 2, "
+        "max_position_embeddings: 64}}, train: {{max_steps: 20, lr: 0.003}}}}"
+    )
+    members = ", ".join(member.format(layers=n) for n in (2, 3))
+    overrides = [
+        *tiny_text(text_file, tokenizer_dir),
+        f"teacher={{model: ensemble, combine: mean, members: [{members}]}}",
+        "student.model=hf-config:llama",
+        "student.args={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, "
+        "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}",
+        "objective={kd: {loss: kl, temperature: 1.0}}",
+        "train={max_steps: 20, lr: 0.003, warmup_steps: 0, eval_every: 10, select_metric: loss}",
+        "output.latency_repeats=2",
+        f"output.dir={tmp_path}",
+        *extra,
+    ]
+    return load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", overrides)
+
+
+@pytest.mark.e2e
+def test_a_mixture_of_language_model_teachers_teaches_a_student(
+    text_file, tokenizer_dir, tmp_path, isolated_cache
+):
+    """teacher.model: ensemble for a causal LM: each member is fine-tuned and stored on its
+    own, the teacher row is their token-by-token mixture (its parameters both members'),
+    and the student learns from the mixture: closer to it than the label-only student."""
+    recipe = ensemble_lm_recipe(text_file, tokenizer_dir, tmp_path)
+    summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    models = summary["models"]
+    assert set(models) == {"teacher", "baseline", "student"}
+    assert 1.0 < models["teacher"]["perplexity"] < 400
+    assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
+    from distill.runs.table import task_for
+
+    task = task_for(recipe)
+    task.prepare(False, lambda m: None)
+    said: list[str] = []
+    mixed, info = task.teacher(False, said.append)  # both members from the store now
+    assert len(info["members"]) == 2
+    assert sum("reused from the cache" in line for line in said) == 2
+    first, second = mixed.members
+    ids = torch.randint(0, 400, (2, 16))
+    with torch.no_grad():
+        expected = torch.log(
+            (first(input_ids=ids).logits.softmax(-1) + second(input_ids=ids).logits.softmax(-1)) / 2
+        )
+        assert torch.allclose(mixed(input_ids=ids), expected, atol=1e-5)
+    assert models["teacher"]["parameters"] == sum(
+        p.numel() for m in (first, second) for p in m.parameters()
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            "teacher={model: ensemble, combine: route, members: [{model: 'hf:a', domain: a}, "
+            "{model: 'hf:b', domain: b}]}",
+            "combine: route needs data.domains and one member per domain",
+        ),
+        ("objective={kd: {loss: lm_head_kd}}", "`objective.kd` does not combine with"),
+        (
+            "teacher={model: ensemble, members: [{model: 'hf:a'}, {model: 'served:http://x'}]}",
+            "teacher.members[1]: a member of a",
+        ),
+    ],
+)
+def test_a_language_model_mixture_is_refused_where_it_is_not_built(
+    text_file, tokenizer_dir, tmp_path, change, message
+):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        ensemble_lm_recipe(text_file, tokenizer_dir, tmp_path, change)

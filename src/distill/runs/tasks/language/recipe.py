@@ -78,7 +78,19 @@ class LanguageRecipe(Recipe):
         "baseline": False,
     }
 
+    turn_on: ClassVar[dict[str, dict[str, Any]]] = {  # members are mixed as probabilities
+        "teacher.model: ensemble": {
+            "teacher": {"model": "ensemble", "members": [{"model": "hf:teacher"}] * 2},
+            "objective": {"kd": {"loss": "kl", "temperature": 1.0}},
+        }
+    }
+
     data: TextDataSpec = Field(description="text, tokenized and cut into blocks")
+
+    @model_validator(mode="after")
+    def _ensemble_checks(self) -> LanguageRecipe:
+        check_ensemble(self)
+        return self
 
 
 class CausalLMRecipe(LanguageRecipe):
@@ -153,6 +165,46 @@ class MaskedLMRecipe(LanguageRecipe):
     example: ClassVar[dict[str, Any]] = {**LanguageRecipe.example, "task": "masked_lm"}
 
     task: Literal["masked_lm"] = Field(description="the kind of run: a masked language model")
+
+
+def check_ensemble(recipe: LanguageRecipe) -> None:
+    """Language-model members are local models that share a vocabulary, mixed by
+    probability, read through full logits (routing rows needs data.domains, which text
+    data does not have yet: the schema refuses it)."""
+    teacher = recipe.teacher
+    if teacher is None or not teacher.members:
+        return
+    for i, member in enumerate(teacher.members):
+        if member.kind is not TeacherKind.MODEL or member.tokenizer is not None:
+            raise ValueError(
+                f"teacher.members[{i}]: a member of a language-model mixture is a local model "
+                "read with the student's tokenizer (served, cached and cross-tokenizer "
+                "members are not built yet); name a model"
+            )
+    if recipe.data.tokenizer is None:
+        raise ValueError(
+            "data.tokenizer: the members of a mixture share one tokenizer; name it (hf:<id or dir>)"
+        )
+    if recipe.student.model == "teacher":
+        raise refusal(
+            "student.model: teacher",
+            "teacher.model: ensemble",
+            "a student cut from the teacher needs one teacher model; name the student's model",
+        )
+    if teacher.tokenizer is not None:
+        raise refusal(
+            "teacher.tokenizer",
+            "teacher.model: ensemble",
+            "the members are mixed token by token in one vocabulary; drop teacher.tokenizer",
+        )
+    for name, term in recipe.objective.items():
+        if loss_info(term.loss).lm_heads:
+            raise refusal(
+                f"objective.{name}",
+                "teacher.model: ensemble",
+                f"{term.loss} reads one teacher's LM head, but the members are mixed as "
+                "probabilities; use {loss: kl} (full logits) at teacher.temperature",
+            )
 
 
 def check_cross_tokenizer(recipe: CausalLMRecipe) -> None:

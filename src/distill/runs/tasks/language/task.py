@@ -56,7 +56,7 @@ from distill.runs.tasks.language.models import (
 )
 from distill.runs.tasks.language.speculative import draft_folder, measure_draft
 from distill.runs.workdir import HF_STUDENT_DIR, Log, files_under, verify_finished
-from distill.teachers import CrossTokenizer, Served, Teacher
+from distill.teachers import CrossTokenizer, EnsembleModel, Served, Teacher
 from distill.training import Distiller
 
 
@@ -67,6 +67,8 @@ def get_lm_teacher(
     blocks (label cross-entropy) and cached, keyed by everything that shapes it."""
     spec = recipe.teacher
     assert spec is not None
+    if spec.members:
+        return get_lm_ensemble(recipe, tokenizer, data, progress, log)
     model = build_teacher(recipe, tokenizer)
     if spec.train is None:
         if spec.model.startswith("hf-config:") and spec.checkpoint is None:
@@ -78,6 +80,32 @@ def get_lm_teacher(
     return reuse_or_train(
         recipe, lambda: model, lambda: train_lm_teacher(recipe, model, data, progress, log), log
     )
+
+
+def get_lm_ensemble(
+    recipe: Recipe, tokenizer: Any, data: TextData, progress: bool, log: Log
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``teacher.members``, each got as a teacher is (loaded, or fine-tuned and stored),
+    mixed token by token as ``T · log Σ_i w_i softmax(z_i / T)`` (``teachers.EnsembleModel``);
+    the members must share one vocabulary."""
+    spec = recipe.teacher
+    assert spec is not None and spec.members is not None
+    members, infos = [], []
+    for i, member in enumerate(spec.members):
+        log(f"teacher.members[{i}]: {member.model}")
+        alone = recipe.model_copy(update={"teacher": member})
+        model, info = get_lm_teacher(alone, tokenizer, data, progress, log)
+        members.append(model)
+        infos.append(info)
+    sizes = [model.get_output_embeddings().weight.shape[0] for model in members]
+    if len(set(sizes)) > 1:
+        raise RecipeError(
+            f"teacher.members: their vocabularies hold {sizes} tokens; a mixture reads one "
+            "vocabulary (members with other tokenizers are not built yet)"
+        )
+    mixed = EnsembleModel(members, spec.combine, weights=spec.weights, temperature=spec.temperature)
+    seconds = sum(info["train_seconds"] for info in infos)
+    return mixed.eval(), {"model": "ensemble", "train_seconds": seconds, "members": infos}
 
 
 def train_lm_teacher(
