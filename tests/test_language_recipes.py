@@ -337,7 +337,7 @@ def test_a_mixture_of_language_model_teachers_teaches_a_student(
         (
             "teacher={model: ensemble, combine: route, members: [{model: 'hf:a', domain: a}, "
             "{model: 'hf:b', domain: b}]}",
-            "combine: route needs data.domains and one member per domain",
+            "teacher.combine: route sends each chat row to the member named by one of its",
         ),
         ("objective={kd: {loss: lm_head_kd}}", "`objective.kd` does not combine with"),
         (
@@ -351,3 +351,83 @@ def test_a_language_model_mixture_is_refused_where_it_is_not_built(
 ):
     with pytest.raises(RecipeError, match=re.escape(message)):
         ensemble_lm_recipe(text_file, tokenizer_dir, tmp_path, change)
+
+
+@pytest.mark.e2e
+def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path):
+    """teacher.combine: route for chat rows: each row goes to the member its
+    data.domain_column field names (a row without one to data.default_domain); the teacher
+    answers every row with that member's logits alone, and a student trains from them."""
+    from distill.batch import as_batch
+    from distill.runs.table import task_for
+
+    from .text_models import WORDS, chat_tokenizer, tiny_llama
+
+    chat_tokenizer().save_pretrained(tmp_path / "tok")
+    for seed, name in ((1, "first"), (2, "second")):
+        tiny_llama(seed).save_pretrained(tmp_path / name)
+    generator = torch.Generator().manual_seed(0)
+    with (tmp_path / "chats.jsonl").open("w") as out:
+        for i in range(40):
+            words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (6,), generator=generator)]
+            row = {"messages": [{"role": "user", "content": " ".join(words[:3])},
+                                {"role": "assistant", "content": " ".join(words[3:])}]}  # fmt: skip
+            if i % 3:  # every third row has no domain: the default one
+                row["domain"] = "maths" if i % 2 else "safety"
+            out.write(json.dumps(row) + "\n")
+    first, second = tmp_path / "first", tmp_path / "second"
+    recipe = load_recipe(
+        ROOT / "recipes" / "llm_token_kd.yaml",
+        [
+            f"data={{dataset: text, source: {tmp_path / 'chats.jsonl'}, format: chat, "
+            f"tokenizer: 'hf:{tmp_path / 'tok'}', seq_len: 16, val_blocks: 4, test_blocks: 8, "
+            "domain_column: domain, default_domain: safety}",
+            f"teacher={{model: ensemble, combine: route, members: [{{model: 'hf:{first}', "
+            f"domain: maths}}, {{model: 'hf:{second}', domain: safety}}]}}",
+            "student={model: 'hf-config:llama', args: {hidden_size: 32, intermediate_size: 64, "
+            "num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, "
+            "max_position_embeddings: 64}}",
+            "objective={kd: {loss: kl, temperature: 1.0}}",
+            "train={max_steps: 4, lr: 0.003, warmup_steps: 0, select_metric: loss}",
+            "output.latency_repeats=1",
+            f"output.dir={tmp_path / 'runs'}",
+        ],
+    )
+    summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    assert set(summary["models"]) == {"teacher", "baseline", "student"}
+    task = task_for(recipe)
+    data = task.prepare(False, lambda m: None)
+    routed, _ = task.teacher(False, lambda m: None)
+    rows = [data.test[i] for i in range(8)]
+    batch = as_batch({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+    assert set(batch.meta["domain"].tolist()) <= {0, 1}
+    with torch.no_grad():
+        answers = batch.run(routed)
+        for n, member in enumerate(batch.meta["domain"].tolist()):
+            alone = routed.members[member](
+                input_ids=batch.kwargs["input_ids"][n : n + 1],
+                attention_mask=batch.kwargs["attention_mask"][n : n + 1],
+            ).logits[0]
+            assert torch.allclose(answers[n], alone, atol=1e-5)
+
+
+def test_routing_language_rows_needs_chat_rows_a_column_and_known_domains():
+    members = "[{model: 'hf:a', domain: maths}, {model: 'hf:b', domain: safety}]"
+    base = [
+        "data.tokenizer=hf:tok",
+        f"teacher={{model: ensemble, combine: route, members: {members}}}",
+        "student.model=hf:s",
+        "objective={kd: {loss: kl, temperature: 1.0}}",
+    ]
+    recipe = ROOT / "recipes" / "llm_token_kd.yaml"
+    refusal = re.escape("set data.format: chat and data.domain_column")
+    with pytest.raises(RecipeError, match=refusal):
+        load_recipe(recipe, base)
+    chat = ["data.format=chat", "data.domain_column=domain"]
+    refusal = re.escape("data.default_domain: 'legal' is no member's domain")
+    with pytest.raises(RecipeError, match=refusal):
+        load_recipe(recipe, [*base, *chat, "data.default_domain=legal"])
+    assert load_recipe(recipe, [*base, *chat]).data.domain_column == "domain"
+    refusal = re.escape("data.domain_column routes rows to teacher.members")
+    with pytest.raises(RecipeError, match=refusal):
+        load_recipe(recipe, ["data.domain_column=domain"])

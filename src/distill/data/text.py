@@ -15,7 +15,7 @@ needed downstream), ``loss_mask`` (L,) and, for padded rows, ``attention_mask``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +128,16 @@ def render_chat(record: dict[str, Any], tokenizer: Any) -> tuple[list[int], list
 
 
 class ChatExamples(Dataset):
-    """One conversation per row; the loss covers the answer tokens only."""
+    """One conversation per row; the loss covers the answer tokens only. ``domain_of``
+    (a record → the index of its teacher) adds each row's ``domain``, which routes it."""
 
-    def __init__(self, records: Sequence[dict[str, Any]], tokenizer: Any, seq_len: int) -> None:
+    def __init__(
+        self,
+        records: Sequence[dict[str, Any]],
+        tokenizer: Any,
+        seq_len: int,
+        domain_of: Callable[[dict[str, Any]], int] | None = None,
+    ) -> None:
         if getattr(tokenizer, "chat_template", None) is None:
             raise DataError("the tokenizer has no chat template; set tokenizer.chat_template")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
@@ -158,6 +165,8 @@ class ChatExamples(Dataset):
                 }
             )
             self.rows[-1]["loss_mask"] = self.rows[-1]["labels"] != IGNORE_INDEX
+            if domain_of is not None:
+                self.rows[-1]["domain"] = torch.tensor(domain_of(record))
         if not self.rows:
             raise DataError("no chat or prompt/completion records")
 

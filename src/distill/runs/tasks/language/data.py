@@ -4,6 +4,7 @@ validation / test by ``data.split_seed``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,30 @@ def source_records(recipe: Recipe) -> list[dict[str, Any]]:
         raise RecipeError(f"data.source: {error}") from None
 
 
+def domain_reader(recipe: Recipe) -> Callable[[dict[str, Any]], int] | None:
+    """With ``teacher.combine: route``, a record's member: the index of the member whose
+    ``domain`` its ``data.domain_column`` field names (else ``data.default_domain``)."""
+    spec, teacher = text_spec(recipe), recipe.teacher
+    if teacher is None or teacher.combine != "route" or spec.domain_column is None:
+        return None
+    names = [member.domain for member in teacher.members or []]
+    column, default = spec.domain_column, spec.default_domain
+
+    def member_of(record: dict[str, Any]) -> int:
+        name = record.get(column, default)
+        if name not in names:
+            name = default
+        if name is None:
+            raise RecipeError(
+                f"data.domain_column: a row's {column!r} is {record.get(column)!r}, which no "
+                f"teacher.members[*].domain names ({names}); set data.default_domain or fix "
+                "the row"
+            )
+        return names.index(name)
+
+    return member_of
+
+
 def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
     spec = text_spec(recipe)
     records = source_records(recipe)
@@ -51,7 +76,7 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
             records, tokenizer, spec.seq_len, spec.mlm_probability, seed=spec.split_seed
         )
     elif spec.format == "chat":
-        rows = ChatExamples(records, tokenizer, spec.seq_len)
+        rows = ChatExamples(records, tokenizer, spec.seq_len, domain_reader(recipe))
     else:
         rows = PackedText(records, tokenizer, spec.seq_len)
     total = len(rows)  # type: ignore[arg-type]

@@ -58,6 +58,14 @@ class TextDataSpec(DataSection):
     eval_batch_size: int = Field(8, ge=1, description="blocks per measuring batch")
     num_workers: int = Field(0, ge=0, description="data-loading processes; 0: in the main one")
     split_seed: int = Field(0, description="which blocks are held out, and masked_lm's masks")
+    domain_column: str | None = Field(
+        None,
+        description="chat rows: the record field naming each row's domain, which routes "
+        "the row to the member with that teacher.members[*].domain (teacher.combine: route)",
+    )
+    default_domain: str | None = Field(
+        None, description="the domain of a row without one, or naming no member; None: refuse"
+    )
 
 
 class LanguageRecipe(Recipe):
@@ -91,6 +99,28 @@ class LanguageRecipe(Recipe):
     def _ensemble_checks(self) -> LanguageRecipe:
         check_ensemble(self)
         return self
+
+    def _check_domains(self) -> None:
+        """``combine: route`` reads each chat row's domain from ``data.domain_column``."""
+        teacher, data = self.teacher, self.data
+        routed = teacher is not None and teacher.combine == "route"
+        if not routed:
+            if data.domain_column is not None:
+                raise ValueError(
+                    "data.domain_column routes rows to teacher.members; set teacher.combine: route"
+                )
+            return
+        if data.domain_column is None or data.format != "chat":
+            raise ValueError(
+                "teacher.combine: route sends each chat row to the member named by one of its "
+                "fields; set data.format: chat and data.domain_column"
+            )
+        names = [member.domain for member in teacher.members or []]  # type: ignore[union-attr]
+        if data.default_domain is not None and data.default_domain not in names:
+            raise ValueError(
+                f"data.default_domain: {data.default_domain!r} is no member's domain; give one "
+                f"of {names}"
+            )
 
 
 class CausalLMRecipe(LanguageRecipe):
@@ -169,8 +199,7 @@ class MaskedLMRecipe(LanguageRecipe):
 
 def check_ensemble(recipe: LanguageRecipe) -> None:
     """Language-model members are local models that share a vocabulary, mixed by
-    probability, read through full logits (routing rows needs data.domains, which text
-    data does not have yet: the schema refuses it)."""
+    probability or routed row by row (``data.domain_column``), read through full logits."""
     teacher = recipe.teacher
     if teacher is None or not teacher.members:
         return

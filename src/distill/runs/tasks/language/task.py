@@ -226,7 +226,10 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
         if model is self.cross_teacher:
             rows = own_token_rows(data.test, data.tokenizer, data.teacher_tokenizer)
             return rows[0]["input_ids"], {}
-        return data.test[0]["input_ids"], {}
+        first = data.test[0]
+        if isinstance(model, EnsembleModel) and model.combine == "route":  # with its domain
+            return first["input_ids"], {"domain": first["domain"].reshape(1)}
+        return first["input_ids"], {}
 
     def save_student(self, student: nn.Module, run_dir: Path) -> list[str]:
         """A Hugging Face folder too, loadable with ``from_pretrained``."""
