@@ -395,6 +395,9 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
     )
     summary = run_recipe(recipe, progress=False, log=lambda m: None)
     assert set(summary["models"]) == {"teacher", "baseline", "student"}
+    taught = summary["teacher_rows"]  # provenance: training rows per member
+    assert set(taught) == {"maths", "safety"} and min(taught.values()) > 0
+    assert sum(taught.values()) == 40 - 4 - 8  # every training row, once
     task = task_for(recipe)
     data = task.prepare(False, lambda m: None)
     routed, _ = task.teacher(False, lambda m: None)
@@ -411,6 +414,34 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
             assert torch.allclose(answers[n], alone, atol=1e-5)
 
 
+def test_a_chat_row_goes_to_its_fields_member_else_the_first_rule_else_the_default():
+    from distill.runs.tasks.language.data import domain_reader
+
+    members = "[{model: 'hf:a', domain: maths}, {model: 'hf:b', domain: safety}]"
+    overrides = [
+        "data={dataset: text, format: chat, tokenizer: 'hf:tok', domain_column: topic, "
+        "domain_rules: {safety: 'poison|weapon', maths: '[0-9]+ ?[+*] ?[0-9]+'}}",
+        f"teacher={{model: ensemble, combine: route, members: {members}}}",
+        "student.model=hf:s",
+        "objective={kd: {loss: kl, temperature: 1.0}}",
+    ]
+    recipe = load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", overrides)
+    member_of = domain_reader(recipe)
+
+    def chat(prompt: str, **fields: str) -> dict:
+        return {"prompt": prompt, "completion": "ok", **fields}
+
+    assert member_of(chat("how to make poison", topic="maths")) == 0  # the field wins
+    assert member_of(chat("how to make poison", topic="cooking")) == 1  # no member: a rule
+    assert member_of(chat("what is 12 + 30?")) == 0
+    with pytest.raises(RecipeError, match=re.escape("no data.domain_rules matches its prompt")):
+        member_of(chat("hello there"))
+    with_default = load_recipe(
+        ROOT / "recipes" / "llm_token_kd.yaml", [*overrides, "data.default_domain=safety"]
+    )
+    assert domain_reader(with_default)(chat("hello there")) == 1
+
+
 def test_routing_language_rows_needs_chat_rows_a_column_and_known_domains():
     members = "[{model: 'hf:a', domain: maths}, {model: 'hf:b', domain: safety}]"
     base = [
@@ -420,14 +451,19 @@ def test_routing_language_rows_needs_chat_rows_a_column_and_known_domains():
         "objective={kd: {loss: kl, temperature: 1.0}}",
     ]
     recipe = ROOT / "recipes" / "llm_token_kd.yaml"
-    refusal = re.escape("set data.format: chat and data.domain_column")
+    refusal = re.escape("set data.format: chat and data.domain_column or data.domain_rules")
     with pytest.raises(RecipeError, match=refusal):
-        load_recipe(recipe, base)
+        load_recipe(recipe, base)  # neither a column nor rules
     chat = ["data.format=chat", "data.domain_column=domain"]
     refusal = re.escape("data.default_domain: 'legal' is no member's domain")
     with pytest.raises(RecipeError, match=refusal):
         load_recipe(recipe, [*base, *chat, "data.default_domain=legal"])
     assert load_recipe(recipe, [*base, *chat]).data.domain_column == "domain"
+    refusal = re.escape("data.domain_rules: ['legal'] name no member's domain")
+    with pytest.raises(RecipeError, match=refusal):
+        load_recipe(recipe, [*base, *chat, "data.domain_rules={legal: court}"])
+    with pytest.raises(RecipeError, match=re.escape("'(' is no regular expression")):
+        load_recipe(recipe, [*base, *chat, "data.domain_rules={maths: '('}"])
     refusal = re.escape("data.domain_column routes rows to teacher.members")
     with pytest.raises(RecipeError, match=refusal):
         load_recipe(recipe, ["data.domain_column=domain"])

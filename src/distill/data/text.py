@@ -109,6 +109,12 @@ def _conversation(record: dict[str, Any]) -> tuple[list[dict[str, str]], list[di
     return prompt, [*prompt, {"role": "assistant", "content": record.get("completion", "")}]
 
 
+def prompt_text(record: dict[str, Any]) -> str:
+    """The prompt of a chat or prompt/completion record as plain text: its turns before the
+    answer, one per line."""
+    return "\n".join(str(turn.get("content", "")) for turn in _conversation(record)[0])
+
+
 def is_chat_record(record: dict[str, Any]) -> bool:
     """Whether ``record`` is a conversation (messages, or prompt/completion)."""
     return "messages" in record or "prompt" in record

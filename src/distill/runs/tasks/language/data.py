@@ -4,6 +4,7 @@ validation / test by ``data.split_seed``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
+from distill.data.text import ChatExamples, MaskedBlocks, PackedText, prompt_text, text_records
 from distill.errors import RecipeError
 from distill.methods.generated_data import read_generations
 from distill.recipes import Recipe
@@ -27,6 +28,7 @@ class TextData(Splits):
 
     tokenizer: Any
     teacher_tokenizer: Any = None  # teacher.tokenizer: the teacher's own, not the student's
+    taught_by: dict[str, int] | None = None  # a routed teacher: training rows per member
 
     @property
     def train(self) -> Dataset:
@@ -46,24 +48,27 @@ def source_records(recipe: Recipe) -> list[dict[str, Any]]:
 
 def domain_reader(recipe: Recipe) -> Callable[[dict[str, Any]], int] | None:
     """With ``teacher.combine: route``, a record's member: the index of the member whose
-    ``domain`` its ``data.domain_column`` field names (else ``data.default_domain``)."""
+    ``domain`` its ``data.domain_column`` field names, else the first of
+    ``data.domain_rules`` that matches its prompt, else ``data.default_domain``."""
     spec, teacher = text_spec(recipe), recipe.teacher
-    if teacher is None or teacher.combine != "route" or spec.domain_column is None:
+    if teacher is None or teacher.combine != "route":
         return None
     names = [member.domain for member in teacher.members or []]
     column, default = spec.domain_column, spec.default_domain
+    rules = [(domain, re.compile(pattern)) for domain, pattern in spec.domain_rules.items()]
 
     def member_of(record: dict[str, Any]) -> int:
-        name = record.get(column, default)
-        if name not in names:
-            name = default
-        if name is None:
+        named = record.get(column) if column else None
+        if named not in names:
+            prompt = prompt_text(record) if rules else ""
+            named = next((domain for domain, rule in rules if rule.search(prompt)), default)
+        if named is None:
             raise RecipeError(
-                f"data.domain_column: a row's {column!r} is {record.get(column)!r}, which no "
-                f"teacher.members[*].domain names ({names}); set data.default_domain or fix "
-                "the row"
+                f"data.domain_column: a row's {column!r} is {record.get(column or '')!r} and no "
+                f"data.domain_rules matches its prompt, so no teacher.members[*].domain "
+                f"({names}) teaches it; set data.default_domain or fix the row"
             )
-        return names.index(name)
+        return names.index(named)
 
     return member_of
 
@@ -98,6 +103,9 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
         f"{len(test):,} test rows of {spec.seq_len} tokens"
     )
     train = Subset(rows, train_ids)
+    taught_by = routed_rows(recipe, rows, train_ids)
+    if taught_by is not None:
+        regime += "; routed: " + ", ".join(f"{n} rows to {d}" for d, n in taught_by.items())
     return TextData(
         student_train=train,
         baseline_train=train,
@@ -105,4 +113,19 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
         test=test,
         regime=regime,
         tokenizer=tokenizer,
+        taught_by=taught_by,
     )
+
+
+def routed_rows(recipe: Recipe, rows: Dataset, ids: list[int]) -> dict[str, int] | None:
+    """How many of the rows ``ids`` each member of a routed teacher answers (None: not
+    routed), for the summary's provenance."""
+    teacher = recipe.teacher
+    if teacher is None or teacher.combine != "route" or not isinstance(rows, ChatExamples):
+        return None
+    names = [member.domain for member in teacher.members or []]
+    counts = torch.bincount(
+        torch.tensor([int(rows.rows[i]["domain"]) for i in ids], dtype=torch.long),
+        minlength=len(names),
+    )
+    return {str(name): int(count) for name, count in zip(names, counts, strict=True)}

@@ -5,9 +5,10 @@ teacher on an inference server (``teacher.model: served:<url>``)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from distill.losses.registry import loss_info
 from distill.objective import temperature_clash
@@ -63,9 +64,25 @@ class TextDataSpec(DataSection):
         description="chat rows: the record field naming each row's domain, which routes "
         "the row to the member with that teacher.members[*].domain (teacher.combine: route)",
     )
-    default_domain: str | None = Field(
-        None, description="the domain of a row without one, or naming no member; None: refuse"
+    domain_rules: dict[str, str] = Field(
+        default_factory=dict,
+        description="a regular expression per member domain, searched in a chat row's "
+        "prompt when no domain_column field names a member; the first that matches routes it",
     )
+    default_domain: str | None = Field(
+        None, description="the domain of a row no field or rule routes; None: refuse the row"
+    )
+
+    @field_validator("domain_rules")
+    @classmethod
+    def _rules_compile(cls, rules: dict[str, str]) -> dict[str, str]:
+        for domain, pattern in rules.items():
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"domain_rules.{domain}: {pattern!r} is no regular expression "
+                                 f"({error})") from None  # fmt: skip
+        return rules
 
 
 class LanguageRecipe(Recipe):
@@ -105,17 +122,22 @@ class LanguageRecipe(Recipe):
         teacher, data = self.teacher, self.data
         routed = teacher is not None and teacher.combine == "route"
         if not routed:
-            if data.domain_column is not None:
-                raise ValueError(
-                    "data.domain_column routes rows to teacher.members; set teacher.combine: route"
-                )
+            for field in ("domain_column", "domain_rules"):
+                if getattr(data, field):
+                    raise ValueError(
+                        f"data.{field} routes rows to teacher.members; set teacher.combine: route"
+                    )
             return
-        if data.domain_column is None or data.format != "chat":
+        if not (data.domain_column or data.domain_rules) or data.format != "chat":
             raise ValueError(
                 "teacher.combine: route sends each chat row to the member named by one of its "
-                "fields; set data.format: chat and data.domain_column"
+                "fields or a rule on its prompt; set data.format: chat and data.domain_column "
+                "or data.domain_rules"
             )
         names = [member.domain for member in teacher.members or []]  # type: ignore[union-attr]
+        unknown = sorted(set(data.domain_rules) - set(names))
+        if unknown:
+            raise ValueError(f"data.domain_rules: {unknown} name no member's domain; give {names}")
         if data.default_domain is not None and data.default_domain not in names:
             raise ValueError(
                 f"data.default_domain: {data.default_domain!r} is no member's domain; give one "
