@@ -400,6 +400,13 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
     assert sum(taught.values()) == 40 - 4 - 8  # every training row, once
     task = task_for(recipe)
     data = task.prepare(False, lambda m: None)
+    tested = {name: len(rows) for name, rows in data.test_by_domain.items()}
+    assert sum(tested.values()) == 8
+    student = summary["models"]["student"]  # measured on each member's test rows
+    for name, count in tested.items():
+        if count:
+            assert 1.0 < student[f"perplexity_{name}"] < 100
+            assert 0.0 <= student[f"teacher_agreement_{name}"] <= 1.0
     routed, _ = task.teacher(False, lambda m: None)
     rows = [data.test[i] for i in range(8)]
     batch = as_batch({k: torch.stack([r[k] for r in rows]) for k in rows[0]})

@@ -29,6 +29,7 @@ class TextData(Splits):
     tokenizer: Any
     teacher_tokenizer: Any = None  # teacher.tokenizer: the teacher's own, not the student's
     taught_by: dict[str, int] | None = None  # a routed teacher: training rows per member
+    test_by_domain: dict[str, Dataset] | None = None  # a routed teacher: test rows per member
 
     @property
     def train(self) -> Dataset:
@@ -104,8 +105,14 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
     )
     train = Subset(rows, train_ids)
     taught_by = routed_rows(recipe, rows, train_ids)
+    test_by_domain = None
     if taught_by is not None:
         regime += "; routed: " + ", ".join(f"{n} rows to {d}" for d, n in taught_by.items())
+        test_ids = order_list[: spec.test_blocks]
+        test_by_domain = {
+            name: Subset(rows, [i for i in test_ids if int(rows.rows[i]["domain"]) == d])  # type: ignore[attr-defined]
+            for d, name in enumerate(taught_by)
+        }
     return TextData(
         student_train=train,
         baseline_train=train,
@@ -114,6 +121,7 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
         regime=regime,
         tokenizer=tokenizer,
         taught_by=taught_by,
+        test_by_domain=test_by_domain,
     )
 
 

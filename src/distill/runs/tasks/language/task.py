@@ -219,7 +219,23 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
             metrics = Distiller(model, progress=False).evaluate(loader(rows, recipe, False))
         else:
             metrics = super().evaluate(model, judge)
+            metrics |= self.per_domain(model, judge)
         return {**metrics, "perplexity": math.exp(metrics["loss"])}
+
+    def per_domain(self, model: nn.Module, judge: Teacher | None) -> dict[str, float]:
+        """With a routed teacher: perplexity (and agreement with ``judge``, the teacher)
+        on each member's test rows, as ``perplexity_<domain>``, ``teacher_agreement_<domain>``."""
+        found: dict[str, float] = {}
+        for name, rows in (self.data.test_by_domain or {}).items():
+            if not len(rows):  # type: ignore[arg-type]
+                continue
+            measured = Distiller(model, judge, progress=False).evaluate(
+                loader(rows, self.recipe, False)
+            )
+            found[f"perplexity_{name}"] = math.exp(measured["loss"])
+            if "teacher_agreement" in measured:
+                found[f"teacher_agreement_{name}"] = measured["teacher_agreement"]
+        return found
 
     def latency_input(self, model: nn.Module) -> tuple[Tensor, dict[str, Any]]:
         data = self.data
