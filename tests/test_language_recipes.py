@@ -366,6 +366,10 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
     chat_tokenizer().save_pretrained(tmp_path / "tok")
     for seed, name in ((1, "first"), (2, "second")):
         tiny_llama(seed).save_pretrained(tmp_path / name)
+    chat_tokenizer().save_pretrained(tmp_path / "first")  # the data's own
+    other = chat_tokenizer()  # the second member was tuned with another chat template
+    other.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+    other.save_pretrained(tmp_path / "second")
     generator = torch.Generator().manual_seed(0)
     with (tmp_path / "chats.jsonl").open("w") as out:
         for i in range(40):
@@ -411,6 +415,13 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
     rows = [data.test[i] for i in range(8)]
     batch = as_batch({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
     assert set(batch.meta["domain"].tolist()) <= {0, 1}
+    from distill.doctor.run import diagnose
+
+    checked = diagnose(recipe, tmp_path / "doctor", sample=8, progress=False, log=lambda m: None)
+    template = next(f for f in checked["findings"] if f["check"] == "chat_template")
+    assert template["verdict"] == "problem"  # the members are checked against the data
+    assert "teacher.members[1]" in template["summary"]
+    assert "teacher.members[0]" not in template["summary"]
     with torch.no_grad():
         answers = batch.run(routed)
         for n, member in enumerate(batch.meta["domain"].tolist()):
@@ -474,3 +485,15 @@ def test_routing_language_rows_needs_chat_rows_a_column_and_known_domains():
     refusal = re.escape("data.domain_column routes rows to teacher.members")
     with pytest.raises(RecipeError, match=refusal):
         load_recipe(recipe, ["data.domain_column=domain"])
+
+
+@pytest.mark.e2e
+def test_the_doctor_examines_a_mixture_of_language_model_teachers(
+    text_file, tokenizer_dir, tmp_path, isolated_cache
+):
+    from distill.doctor.run import diagnose
+
+    recipe = ensemble_lm_recipe(text_file, tokenizer_dir, tmp_path)
+    checked = diagnose(recipe, tmp_path / "doctor", sample=16, progress=False, log=lambda s: None)
+    found = {f["check"]: f for f in checked["findings"]}
+    assert found["vocabulary"]["verdict"] == "ok"

@@ -65,14 +65,17 @@ def head_rows(model: nn.Module) -> int | None:
 
 
 def own_tokenizers(recipe: Recipe, data: TextData, notes: list[str]) -> dict[str, Any]:
-    """Each model's own tokenizer where it is not the one the data were made with."""
+    """Each model's own tokenizer where it is not the one the data were made with (each
+    member of a mixture or routed teacher too: they are checked against each other
+    through the data's tokenizer)."""
     teacher, student = recipe.teacher, recipe.student
     assert teacher is not None
     source = tokenizer_source(recipe)[0]
     own: dict[str, Any] = {}
     if data.teacher_tokenizer is not None:
         own["teacher"] = data.teacher_tokenizer
-    for role, model in (("teacher", teacher), ("student", student)):
+    members = [(f"teacher.members[{i}]", m) for i, m in enumerate(teacher.members or [])]
+    for role, model in (("teacher", teacher), ("student", student), *members):
         if role in own or model is None or not model.model.startswith("hf:"):
             continue
         if model.model == source:
