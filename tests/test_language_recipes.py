@@ -312,6 +312,9 @@ def test_a_mixture_of_language_model_teachers_teaches_a_student(
     assert 1.0 < models["teacher"]["perplexity"] < 400
     assert models["student"]["kl_to_teacher"] < models["baseline"]["kl_to_teacher"]
     from distill.runs.table import task_for
+    from distill.runs.tasks.language.report import domain_figures
+
+    assert domain_figures(tmp_path, summary) == {}  # a mixture has no domains to draw
 
     task = task_for(recipe)
     task.prepare(False, lambda m: None)
@@ -402,6 +405,10 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
     taught = summary["teacher_rows"]  # provenance: training rows per member
     assert set(taught) == {"maths", "safety"} and min(taught.values()) > 0
     assert sum(taught.values()) == 40 - 4 - 8  # every training row, once
+    from distill.runs.tasks.language.report import domain_figures
+
+    drawn = domain_figures(tmp_path / "runs" / recipe.name, summary)["domains"][0]
+    assert drawn.stat().st_size > 10_000  # each model's perplexity on each member's rows
     task = task_for(recipe)
     data = task.prepare(False, lambda m: None)
     tested = {name: len(rows) for name, rows in data.test_by_domain.items()}

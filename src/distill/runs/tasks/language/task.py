@@ -54,6 +54,7 @@ from distill.runs.tasks.language.models import (
     text_spec,
     tokenizer_for,
 )
+from distill.runs.tasks.language.report import domain_figures
 from distill.runs.tasks.language.speculative import draft_folder, measure_draft
 from distill.runs.workdir import HF_STUDENT_DIR, Log, files_under, verify_finished
 from distill.teachers import CrossTokenizer, EnsembleModel, Served, Teacher
@@ -389,4 +390,4 @@ class MaskedLM(Language):
 
 
 for _task in (CausalLM, MaskedLM):
-    register_layout(_task.name, SummaryLayout(headline="perplexity"))
+    register_layout(_task.name, SummaryLayout(headline="perplexity", figures=domain_figures))
