@@ -343,6 +343,8 @@ def test_a_mixture_of_language_model_teachers_teaches_a_student(
             "teacher.combine: route sends each chat row to the member named by one of its",
         ),
         ("objective={kd: {loss: lm_head_kd}}", "`objective.kd` does not combine with"),
+        ("on_policy={}", "`on_policy` does not combine with `teacher.model: ensemble`"),
+        ("teacher.tokenizer=hf:other", "`teacher.tokenizer` does not combine with `teacher.model"),
         (
             "teacher={model: ensemble, members: [{model: 'hf:a'}, {model: 'served:http://x'}]}",
             "teacher.members[1]: a member of a",

@@ -20,7 +20,7 @@ from distill.recipes.schema import (
     fixed_temperatures,
     reads_teacher,
 )
-from distill.recipes.support import refusal
+from distill.recipes.support import Clash, refusal
 from distill.teachers.kinds import TeacherKind, served_url
 
 SERVED_ARGS = {
@@ -103,6 +103,13 @@ class LanguageRecipe(Recipe):
         "baseline": False,
     }
 
+    clashes: ClassVar[tuple[Clash, ...]] = (
+        Clash(
+            "student.model: teacher",
+            "teacher.model: ensemble",
+            "a student cut from the teacher needs one teacher model; name the student's model",
+        ),
+    )
     turn_on: ClassVar[dict[str, dict[str, Any]]] = {  # members are mixed as probabilities
         "teacher.model: ensemble": {
             "teacher": {"model": "ensemble", "members": [{"model": "hf:teacher"}] * 2},
@@ -149,6 +156,16 @@ class CausalLMRecipe(LanguageRecipe):
     """``task: causal_lm``: next-token prediction."""
 
     example: ClassVar[dict[str, Any]] = {**LanguageRecipe.example, "task": "causal_lm"}
+    clashes: ClassVar[tuple[Clash, ...]] = (
+        *LanguageRecipe.clashes,
+        Clash("cache", "teacher.model: ensemble", "a language-model cache runs one teacher model; "
+              "drop cache"),
+        *(
+            Clash(field, "teacher.model: ensemble", "answers written or scored by each row's "
+                  f"own member are not built yet; give one teacher, or drop {field}")
+            for field in ("generate", "on_policy")
+        ),
+    )  # fmt: skip
 
     task: Literal["causal_lm"] = Field(description="the kind of run: a causal language model")
     generate: GenerateSpec | None = Field(None, description="teacher answers (distill generate)")
@@ -183,10 +200,6 @@ class CausalLMRecipe(LanguageRecipe):
             return
         if cache.encoding == "compact" and not cache.top_k:
             raise ValueError("cache.encoding: compact is for a top-k cache (top_k set)")
-        if teacher.members:
-            raise refusal(
-                "cache", "teacher.model: ensemble", "a language-model cache runs one teacher model"
-            )
         if not cache.use:
             return
         kd = [n for n, t in self.objective.items() if loss_info(t.loss).lm_heads]
@@ -236,13 +249,7 @@ def check_ensemble(recipe: LanguageRecipe) -> None:
         raise ValueError(
             "data.tokenizer: the members of a mixture share one tokenizer; name it (hf:<id or dir>)"
         )
-    if recipe.student.model == "teacher":
-        raise refusal(
-            "student.model: teacher",
-            "teacher.model: ensemble",
-            "a student cut from the teacher needs one teacher model; name the student's model",
-        )
-    if teacher.tokenizer is not None:
+    if teacher.tokenizer is not None:  # (set beside members: a field of the ensemble)
         raise refusal(
             "teacher.tokenizer",
             "teacher.model: ensemble",
