@@ -506,3 +506,28 @@ def test_the_doctor_examines_a_mixture_of_language_model_teachers(
     checked = diagnose(recipe, tmp_path / "doctor", sample=16, progress=False, log=lambda s: None)
     found = {f["check"]: f for f in checked["findings"]}
     assert found["vocabulary"]["verdict"] == "ok"
+
+
+def test_a_confidence_mixture_weighs_language_model_members_token_by_token():
+    """combine: confidence on (rows, tokens, vocabulary) logits: at each token the surer
+    member counts more, so where one member is certain the mixture follows it."""
+    from distill.teachers import EnsembleModel
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, input_ids):
+            return self.logits
+
+    sure = torch.zeros(1, 2, 5)
+    sure[0, 0, 3] = 20.0  # certain of token 3 at the first position, unsure at the second
+    unsure = torch.zeros(1, 2, 5)
+    unsure[0, 1, 1] = 20.0  # the other way round
+    mixed = EnsembleModel([Fixed(sure), Fixed(unsure)], "confidence")(torch.zeros(1, 2))
+    assert mixed.shape == (1, 2, 5)
+    assert mixed[0, 0].argmax() == 3 and mixed[0, 1].argmax() == 1
+    mean = EnsembleModel([Fixed(sure), Fixed(unsure)], "mean")(torch.zeros(1, 2))
+    for position, token in ((0, 3), (1, 1)):  # above the plain mean (0.6) at both tokens
+        assert mixed[0, position].softmax(-1)[token] > mean[0, position].softmax(-1)[token] + 0.2
