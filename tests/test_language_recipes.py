@@ -344,6 +344,7 @@ def test_a_mixture_of_language_model_teachers_teaches_a_student(
         ),
         ("objective={kd: {loss: lm_head_kd}}", "`objective.kd` does not combine with"),
         ("on_policy={}", "`on_policy` does not combine with `teacher.model: ensemble`"),
+        ("generate={prompts: p.jsonl}", "`generate` does not combine with `teacher.combine: mean`"),
         ("teacher.tokenizer=hf:other", "`teacher.tokenizer` does not combine with `teacher.model"),
         (
             "teacher={model: ensemble, members: [{model: 'hf:a'}, {model: 'served:http://x'}]}",
@@ -442,7 +443,7 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
 
 
 def test_a_chat_row_goes_to_its_fields_member_else_the_first_rule_else_the_default():
-    from distill.runs.tasks.language.data import domain_reader
+    from distill.runs.tasks.language.models import domain_reader
 
     members = "[{model: 'hf:a', domain: maths}, {model: 'hf:b', domain: safety}]"
     overrides = [
@@ -531,3 +532,61 @@ def test_a_confidence_mixture_weighs_language_model_members_token_by_token():
     mean = EnsembleModel([Fixed(sure), Fixed(unsure)], "mean")(torch.zeros(1, 2))
     for position, token in ((0, 3), (1, 1)):  # above the plain mean (0.6) at both tokens
         assert mixed[0, position].softmax(-1)[token] > mean[0, position].softmax(-1)[token] + 0.2
+
+
+@pytest.mark.e2e
+def test_each_prompt_is_answered_by_its_own_member_and_the_rows_say_which(tmp_path):
+    """Sequence-level KD with a routed teacher: `generate` answers each prompt with the
+    member its field or the default names, writes each member's answers as its own
+    (resumable) dataset, gathers them with each row's teacher, and a student trains on
+    them, routed the same way."""
+    from distill.methods.generated_data import read_generations
+    from distill.runs.tasks.language.generate import generate_teacher_answers
+
+    from .text_models import WORDS, chat_tokenizer, tiny_llama
+
+    for seed, name in ((1, "first"), (2, "second")):
+        tiny_llama(seed).save_pretrained(tmp_path / name)
+        chat_tokenizer().save_pretrained(tmp_path / name)
+    with (tmp_path / "prompts.jsonl").open("w") as out:
+        for i in range(30):
+            row = {"id": i, "prompt": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(4))}
+            if i % 3:
+                row["domain"] = "maths" if i % 2 else "safety"
+            out.write(json.dumps(row) + "\n")
+    first, second = tmp_path / "first", tmp_path / "second"
+    recipe = load_recipe(
+        ROOT / "recipes" / "llm_seqkd.yaml",
+        [
+            f"generate={{prompts: {tmp_path / 'prompts.jsonl'}, max_new_tokens: 4, "
+            f"temperature: 0, batch_size: 8, out: {tmp_path / 'answers.jsonl'}}}",
+            "data={dataset: text, source: generated, format: chat, seq_len: 24, val_blocks: 4, "
+            f"test_blocks: 6, tokenizer: 'hf:{first}', domain_column: domain, "
+            "default_domain: safety}",
+            f"teacher={{model: ensemble, combine: route, members: [{{model: 'hf:{first}', "
+            f"domain: maths}}, {{model: 'hf:{second}', domain: safety}}]}}",
+            "student={model: 'hf-config:llama', args: {hidden_size: 32, intermediate_size: 64, "
+            "num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, "
+            "max_position_embeddings: 64}}",
+            "objective={ce: {loss: cross_entropy, weight: 0.5}, kd: {loss: kl, weight: 0.5, "
+            "temperature: 1.0}}",
+            "train={max_steps: 3, lr: 0.003, warmup_steps: 0, select_metric: loss}",
+            "output.latency_repeats=1",
+            f"output.dir={tmp_path / 'runs'}",
+        ],
+    )
+    written = generate_teacher_answers(recipe, progress=False, log=lambda m: None)
+    rows, provenance = read_generations(written)
+    expected = {i: ("maths" if i % 2 else "safety") if i % 3 else "safety" for i in range(30)}
+    assert {row["id"]: row["teacher"] for row in rows} == expected
+    assert all(row["domain"] == row["teacher"] for row in rows)  # routes training the same way
+    assert provenance["members"] == {
+        "maths": {"model": f"hf:{first}", "rows": 10},
+        "safety": {"model": f"hf:{second}", "rows": 20},
+    }
+    for domain in ("maths", "safety"):  # each member's own dataset, with its provenance
+        alone, meta = read_generations(tmp_path / f"answers.{domain}.jsonl")
+        assert meta["teacher"] == f"hf:{first if domain == 'maths' else second}"
+        assert len(alone) == provenance["members"][domain]["rows"]
+    summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    assert summary["teacher_rows"]["maths"] > 0 and summary["teacher_rows"]["safety"] > 0

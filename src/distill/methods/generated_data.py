@@ -6,9 +6,10 @@ through, versions and the SHA-256 of the JSONL)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -58,25 +59,45 @@ def write_generations(
     """The chat dataset (prompt + the answer as the assistant turn, one JSON row per prompt,
     the shape ``ChatExamples`` reads) and ``<stem>.provenance.json``: ``provenance`` plus
     count, created (UTC), the dataset's SHA-256 and package versions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = [
         {"id": p["id"], "messages": [*p["messages"], {"role": "assistant", "content": a}]}
         for p, a in zip(prompts, answers, strict=True)
     ]
+    return write_rows(path, rows, {**provenance, "empty_answers": sum(not a for a in answers)})
+
+
+def write_rows(
+    path: str | Path, rows: Sequence[dict[str, Any]], provenance: dict[str, Any]
+) -> Path:
+    """Chat rows as they are (a dataset gathered from others, e.g. one per teacher) and
+    their provenance file, as ``write_generations`` writes them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
     )
     meta = {
         **provenance,
         "count": len(rows),
-        "empty_answers": sum(not a for a in answers),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sha256": sha256_file(path),
         "versions": _versions(),
     }
     provenance_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
     return path
+
+
+@contextlib.contextmanager
+def prompts_file(prompts: Sequence[dict[str, Any]], near: Path) -> Iterator[Path]:
+    """``prompts`` (records as ``load_prompts`` reads them) written as a .jsonl file next to
+    ``near`` for as long as the block runs."""
+    path = near.with_name(f"{near.stem}.prompts.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts), "utf-8")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def read_generations(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -85,6 +85,7 @@ def _record(row: Any, where: str, fallback_id: int) -> dict[str, Any]:
             raise ValueError(f"{where}: 'prompt' must be non-empty text")
         messages = [{"role": "user", "content": row["prompt"]}]
     record = {"id": row.get("id", fallback_id), "messages": messages}
+    record |= {k: v for k, v in row.items() if k not in ("id", "messages", "prompt", "answer")}
     if "answer" in row:  # the reference a verifier checks the teacher's answer against
         if not isinstance(row["answer"], (str, int, float)) or isinstance(row["answer"], bool):
             raise ValueError(f"{where}: 'answer' must be text or a number")

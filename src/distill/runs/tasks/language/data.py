@@ -4,21 +4,19 @@ validation / test by ``data.split_seed``."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-from distill.data.text import ChatExamples, MaskedBlocks, PackedText, prompt_text, text_records
+from distill.data.text import ChatExamples, MaskedBlocks, PackedText, text_records
 from distill.errors import RecipeError
 from distill.methods.generated_data import read_generations
 from distill.recipes import Recipe
 from distill.runs.task import Splits
 from distill.runs.tasks.language.generate import generated_path
-from distill.runs.tasks.language.models import text_spec
+from distill.runs.tasks.language.models import domain_reader, text_spec
 
 
 @dataclass
@@ -45,33 +43,6 @@ def source_records(recipe: Recipe) -> list[dict[str, Any]]:
         return text_records(spec.source)
     except (FileNotFoundError, ValueError, ImportError) as error:
         raise RecipeError(f"data.source: {error}") from None
-
-
-def domain_reader(recipe: Recipe) -> Callable[[dict[str, Any]], int] | None:
-    """With ``teacher.combine: route``, a record's member: the index of the member whose
-    ``domain`` its ``data.domain_column`` field names, else the first of
-    ``data.domain_rules`` that matches its prompt, else ``data.default_domain``."""
-    spec, teacher = text_spec(recipe), recipe.teacher
-    if teacher is None or teacher.combine != "route":
-        return None
-    names = [member.domain for member in teacher.members or []]
-    column, default = spec.domain_column, spec.default_domain
-    rules = [(domain, re.compile(pattern)) for domain, pattern in spec.domain_rules.items()]
-
-    def member_of(record: dict[str, Any]) -> int:
-        named = record.get(column) if column else None
-        if named not in names:
-            prompt = prompt_text(record) if rules else ""
-            named = next((domain for domain, rule in rules if rule.search(prompt)), default)
-        if named is None:
-            raise RecipeError(
-                f"data.domain_column: a row's {column!r} is {record.get(column or '')!r} and no "
-                f"data.domain_rules matches its prompt, so no teacher.members[*].domain "
-                f"({names}) teaches it; set data.default_domain or fix the row"
-            )
-        return names.index(named)
-
-    return member_of
 
 
 def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:

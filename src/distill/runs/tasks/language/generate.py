@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import RecipeError
-from distill.methods.generated_data import generate_dataset, provenance_path
+from distill.methods.generated_data import (
+    generate_dataset,
+    prompts_file,
+    provenance_path,
+    read_generations,
+    write_rows,
+)
 from distill.methods.generation import (
     ANSWER_SETTINGS,
     GenerationSettings,
@@ -19,7 +25,12 @@ from distill.methods.generation import (
 from distill.methods.verify import answer_verifier
 from distill.models import hf
 from distill.recipes import Recipe
-from distill.runs.tasks.language.models import build_teacher, tokenizer_for
+from distill.runs.tasks.language.models import (
+    build_teacher,
+    domain_reader,
+    text_spec,
+    tokenizer_for,
+)
 from distill.runs.workdir import Log
 from distill.training.distributed import on_main
 
@@ -105,6 +116,8 @@ def generate_teacher_answers(recipe: Recipe, *, progress: bool = True, log: Log 
             "generate: the recipe has no generate section; add `generate: {prompts: "
             "prompts.jsonl}` (see recipes/llm_seqkd.yaml)"
         )
+    if recipe.teacher.members:  # each prompt answered by its own member
+        return generate_routed_answers(recipe, progress=progress, log=log)
     if recipe.teacher.train is not None:
         raise RecipeError(
             "generate: the teacher answers as loaded; drop teacher.train (fine-tune it in "
@@ -155,3 +168,47 @@ def generate_teacher_answers(recipe: Recipe, *, progress: bool = True, log: Log 
         keep="best" if verify is None else verify.keep,
         verification=None if verify is None else verify.model_dump(exclude={"keep"}),
     )
+
+
+def generate_routed_answers(recipe: Recipe, *, progress: bool, log: Log) -> Path:
+    """``generate`` with a routed teacher: each prompt answered by its member
+    (``data.domain_column``, ``data.domain_rules``, ``data.default_domain``), each member's
+    answers written (and resumed) as a dataset of its own, then gathered into one with each
+    row's ``teacher``, its domain (in ``data.domain_column`` too, so training routes the
+    row the same way); the provenance lists the members and their rows."""
+    spec, teacher = recipe.generate, recipe.teacher
+    assert spec is not None and teacher is not None and teacher.members is not None
+    member_of = domain_reader(recipe)
+    assert member_of is not None  # the recipe routes (a mixture does not generate)
+    try:
+        prompts = load_prompts(spec.prompts)[: spec.max_prompts]
+    except (FileNotFoundError, ValueError) as error:
+        raise RecipeError(f"generate.prompts: {error}") from None
+    out, column = generated_path(recipe), text_spec(recipe).domain_column
+    rows, members = [], {}
+    for index, member in enumerate(teacher.members):
+        domain = str(member.domain)
+        mine = [p for p in prompts if member_of(p) == index]
+        members[domain] = {"model": member.model, "rows": 0}
+        if not mine:
+            continue
+        alone = recipe.model_copy(update={"teacher": member})
+        path = out.with_name(f"{out.stem}.{domain}{out.suffix}")
+        log(f"generate: teacher.members[{index}] ({domain}) answers {len(mine)} prompts")
+        with prompts_file(mine, path) as source:
+            alone = alone.model_copy(
+                update={"generate": spec.model_copy(update={"prompts": str(source), "out": path})}
+            )
+            generate_teacher_answers(alone, progress=progress, log=log)
+        answered = read_generations(path)[0]
+        tag = {"teacher": domain} | ({column: domain} if column else {})
+        rows += [{**row, **tag} for row in answered]
+        members[domain]["rows"] = len(answered)
+    provenance = {
+        "teacher": teacher.model,
+        "members": members,
+        "prompts": spec.prompts,
+        "max_prompts": spec.max_prompts,
+        "recipe": recipe.name,
+    }
+    return write_rows(out, rows, provenance)

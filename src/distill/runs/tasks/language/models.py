@@ -5,6 +5,7 @@ layers (``keep``, ``select``) and narrower MLPs (``width``, Minitron-style)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from distill.data.text import prompt_text
 from distill.errors import RecipeError
 from distill.methods.cross_tokenizer import token_texts
 from distill.models import hf
@@ -219,3 +221,30 @@ def build_teacher(recipe: Recipe, tokenizer: Any) -> nn.Module:
     assert recipe.teacher is not None
     torch.manual_seed(recipe.seed)
     return build_lm(recipe.teacher, recipe, tokenizer, where="teacher")
+
+
+def domain_reader(recipe: Recipe) -> Callable[[dict[str, Any]], int] | None:
+    """With ``teacher.combine: route``, a record's member: the index of the member whose
+    ``domain`` its ``data.domain_column`` field names, else the first of
+    ``data.domain_rules`` that matches its prompt, else ``data.default_domain``."""
+    spec, teacher = text_spec(recipe), recipe.teacher
+    if teacher is None or teacher.combine != "route":
+        return None
+    names = [member.domain for member in teacher.members or []]
+    column, default = spec.domain_column, spec.default_domain
+    rules = [(domain, re.compile(pattern)) for domain, pattern in spec.domain_rules.items()]
+
+    def member_of(record: dict[str, Any]) -> int:
+        named = record.get(column) if column else None
+        if named not in names:
+            prompt = prompt_text(record) if rules else ""
+            named = next((domain for domain, rule in rules if rule.search(prompt)), default)
+        if named is None:
+            raise RecipeError(
+                f"data.domain_column: a row's {column!r} is {record.get(column or '')!r} and no "
+                f"data.domain_rules matches its prompt, so no teacher.members[*].domain "
+                f"({names}) teaches it; set data.default_domain or fix the row"
+            )
+        return names.index(named)
+
+    return member_of

@@ -160,11 +160,8 @@ class CausalLMRecipe(LanguageRecipe):
         *LanguageRecipe.clashes,
         Clash("cache", "teacher.model: ensemble", "a language-model cache runs one teacher model; "
               "drop cache"),
-        *(
-            Clash(field, "teacher.model: ensemble", "answers written or scored by each row's "
-                  f"own member are not built yet; give one teacher, or drop {field}")
-            for field in ("generate", "on_policy")
-        ),
+        Clash("on_policy", "teacher.model: ensemble", "samples scored by each row's own "
+              "member are not built yet; give one teacher, or drop on_policy"),
     )  # fmt: skip
 
     task: Literal["causal_lm"] = Field(description="the kind of run: a causal language model")
@@ -248,6 +245,12 @@ def check_ensemble(recipe: LanguageRecipe) -> None:
     if recipe.data.tokenizer is None:
         raise ValueError(
             "data.tokenizer: the members of a mixture share one tokenizer; name it (hf:<id or dir>)"
+        )
+    if getattr(recipe, "generate", None) is not None and teacher.combine != "route":
+        raise refusal(
+            "generate",
+            f"teacher.combine: {teacher.combine}",
+            "each prompt is answered by one member; set teacher.combine: route",
         )
     if teacher.tokenizer is not None:  # (set beside members: a field of the ensemble)
         raise refusal(
