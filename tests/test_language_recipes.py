@@ -274,6 +274,26 @@ def test_a_recipe_with_train_compile_compiles_its_models_and_lm_head_chunks(
     assert tokens._compiled.cache_info().currsize == 1  # the chunk body, compiled once
 
 
+ONE_LAYER_STUDENT = (
+    "student={model: 'hf-config:llama', args: {hidden_size: 32, intermediate_size: 64, "
+    "num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, "
+    "max_position_embeddings: 64}}"
+)
+
+
+def domain_field(i: int) -> dict[str, str]:
+    """Row ``i``'s domain field: 'maths' or 'safety', none for every third row."""
+    return {"domain": "maths" if i % 2 else "safety"} if i % 3 else {}
+
+
+def routed_teacher(first: Path, second: Path) -> str:
+    """The override of a teacher routing 'maths' rows to ``first``, 'safety' to ``second``."""
+    return (
+        f"teacher={{model: ensemble, combine: route, members: [{{model: 'hf:{first}', "
+        f"domain: maths}}, {{model: 'hf:{second}', domain: safety}}]}}"
+    )
+
+
 def ensemble_lm_recipe(text_file, tokenizer_dir, tmp_path, *extra):
     """Two tiny Llama teachers (2 and 3 layers, each fine-tuned on the text and stored),
     mixed token by token, teaching a 1-layer Llama with full-logit KL."""
@@ -286,9 +306,7 @@ def ensemble_lm_recipe(text_file, tokenizer_dir, tmp_path, *extra):
     overrides = [
         *tiny_text(text_file, tokenizer_dir),
         f"teacher={{model: ensemble, combine: mean, members: [{members}]}}",
-        "student.model=hf-config:llama",
-        "student.args={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, "
-        "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}",
+        ONE_LAYER_STUDENT,
         "objective={kd: {loss: kl, temperature: 1.0}}",
         "train={max_steps: 20, lr: 0.003, warmup_steps: 0, eval_every: 10, select_metric: loss}",
         "output.latency_repeats=2",
@@ -382,9 +400,7 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
             words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (6,), generator=generator)]
             row = {"messages": [{"role": "user", "content": " ".join(words[:3])},
                                 {"role": "assistant", "content": " ".join(words[3:])}]}  # fmt: skip
-            if i % 3:  # every third row has no domain: the default one
-                row["domain"] = "maths" if i % 2 else "safety"
-            out.write(json.dumps(row) + "\n")
+            out.write(json.dumps(row | domain_field(i)) + "\n")
     first, second = tmp_path / "first", tmp_path / "second"
     recipe = load_recipe(
         ROOT / "recipes" / "llm_token_kd.yaml",
@@ -392,11 +408,8 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
             f"data={{dataset: text, source: {tmp_path / 'chats.jsonl'}, format: chat, "
             f"tokenizer: 'hf:{tmp_path / 'tok'}', seq_len: 16, val_blocks: 4, test_blocks: 8, "
             "domain_column: domain, default_domain: safety}",
-            f"teacher={{model: ensemble, combine: route, members: [{{model: 'hf:{first}', "
-            f"domain: maths}}, {{model: 'hf:{second}', domain: safety}}]}}",
-            "student={model: 'hf-config:llama', args: {hidden_size: 32, intermediate_size: 64, "
-            "num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, "
-            "max_position_embeddings: 64}}",
+            routed_teacher(first, second),
+            ONE_LAYER_STUDENT,
             "objective={kd: {loss: kl, temperature: 1.0}}",
             "train={max_steps: 4, lr: 0.003, warmup_steps: 0, select_metric: loss}",
             "output.latency_repeats=1",
@@ -551,9 +564,7 @@ def test_each_prompt_is_answered_by_its_own_member_and_the_rows_say_which(tmp_pa
     with (tmp_path / "prompts.jsonl").open("w") as out:
         for i in range(30):
             row = {"id": i, "prompt": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(4))}
-            if i % 3:
-                row["domain"] = "maths" if i % 2 else "safety"
-            out.write(json.dumps(row) + "\n")
+            out.write(json.dumps(row | domain_field(i)) + "\n")
     first, second = tmp_path / "first", tmp_path / "second"
     recipe = load_recipe(
         ROOT / "recipes" / "llm_seqkd.yaml",
@@ -563,11 +574,8 @@ def test_each_prompt_is_answered_by_its_own_member_and_the_rows_say_which(tmp_pa
             "data={dataset: text, source: generated, format: chat, seq_len: 24, val_blocks: 4, "
             f"test_blocks: 6, tokenizer: 'hf:{first}', domain_column: domain, "
             "default_domain: safety}",
-            f"teacher={{model: ensemble, combine: route, members: [{{model: 'hf:{first}', "
-            f"domain: maths}}, {{model: 'hf:{second}', domain: safety}}]}}",
-            "student={model: 'hf-config:llama', args: {hidden_size: 32, intermediate_size: 64, "
-            "num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, "
-            "max_position_embeddings: 64}}",
+            routed_teacher(first, second),
+            ONE_LAYER_STUDENT,
             "objective={ce: {loss: cross_entropy, weight: 0.5}, kd: {loss: kl, weight: 0.5, "
             "temperature: 1.0}}",
             "train={max_steps: 3, lr: 0.003, warmup_steps: 0, select_metric: loss}",
@@ -577,7 +585,7 @@ def test_each_prompt_is_answered_by_its_own_member_and_the_rows_say_which(tmp_pa
     )
     written = generate_teacher_answers(recipe, progress=False, log=lambda m: None)
     rows, provenance = read_generations(written)
-    expected = {i: ("maths" if i % 2 else "safety") if i % 3 else "safety" for i in range(30)}
+    expected = {i: domain_field(i).get("domain", "safety") for i in range(30)}  # or the default
     assert {row["id"]: row["teacher"] for row in rows} == expected
     assert all(row["domain"] == row["teacher"] for row in rows)  # routes training the same way
     assert provenance["members"] == {
