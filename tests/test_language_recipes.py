@@ -361,7 +361,6 @@ def test_a_mixture_of_language_model_teachers_teaches_a_student(
             "teacher.combine: route sends each chat row to the member named by one of its",
         ),
         ("objective={kd: {loss: lm_head_kd}}", "`objective.kd` does not combine with"),
-        ("on_policy={}", "`on_policy` does not combine with `teacher.model: ensemble`"),
         ("generate={prompts: p.jsonl}", "`generate` does not combine with `teacher.combine: mean`"),
         ("teacher.tokenizer=hf:other", "`teacher.tokenizer` does not combine with `teacher.model"),
         (
@@ -402,22 +401,26 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
                                 {"role": "assistant", "content": " ".join(words[3:])}]}  # fmt: skip
             out.write(json.dumps(row | domain_field(i)) + "\n")
     first, second = tmp_path / "first", tmp_path / "second"
-    recipe = load_recipe(
-        ROOT / "recipes" / "llm_token_kd.yaml",
-        [
-            f"data={{dataset: text, source: {tmp_path / 'chats.jsonl'}, format: chat, "
-            f"tokenizer: 'hf:{tmp_path / 'tok'}', seq_len: 16, val_blocks: 4, test_blocks: 8, "
-            "domain_column: domain, default_domain: safety}",
-            routed_teacher(first, second),
-            ONE_LAYER_STUDENT,
-            "objective={kd: {loss: kl, temperature: 1.0}}",
-            "train={max_steps: 4, lr: 0.003, warmup_steps: 0, select_metric: loss}",
-            "output.latency_repeats=1",
-            f"output.dir={tmp_path / 'runs'}",
-        ],
-    )
+    overrides = [
+        f"data={{dataset: text, source: {tmp_path / 'chats.jsonl'}, format: chat, "
+        f"tokenizer: 'hf:{tmp_path / 'tok'}', seq_len: 16, val_blocks: 4, test_blocks: 8, "
+        "domain_column: domain, default_domain: safety}",
+        routed_teacher(first, second),
+        ONE_LAYER_STUDENT,
+        "objective={kd: {loss: kl, temperature: 1.0}}",
+        "train={max_steps: 4, lr: 0.003, warmup_steps: 0, select_metric: loss}",
+        "output.latency_repeats=1",
+        f"output.dir={tmp_path / 'runs'}",
+    ]
+    recipe = load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", overrides)
     summary = run_recipe(recipe, progress=False, log=lambda m: None)
     assert set(summary["models"]) == {"teacher", "baseline", "student"}
+    on_policy = load_recipe(  # the student's own answers, scored by each row's member
+        ROOT / "recipes" / "llm_token_kd.yaml",
+        [*overrides, "name=on_policy", "baseline=false", "on_policy={lam: 1.0, max_new_tokens: 4}"],
+    )
+    sampled = run_recipe(on_policy, progress=False, log=lambda m: None)["models"]["student"]
+    assert sampled["on_policy_batches"] > 0 and 1.0 < sampled["perplexity"] < 100
     taught = summary["teacher_rows"]  # provenance: training rows per member
     assert set(taught) == {"maths", "safety"} and min(taught.values()) > 0
     assert sum(taught.values()) == 40 - 4 - 8  # every training row, once

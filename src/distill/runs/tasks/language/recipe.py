@@ -160,8 +160,6 @@ class CausalLMRecipe(LanguageRecipe):
         *LanguageRecipe.clashes,
         Clash("cache", "teacher.model: ensemble", "a language-model cache runs one teacher model; "
               "drop cache"),
-        Clash("on_policy", "teacher.model: ensemble", "samples scored by each row's own "
-              "member are not built yet; give one teacher, or drop on_policy"),
     )  # fmt: skip
 
     task: Literal["causal_lm"] = Field(description="the kind of run: a causal language model")
