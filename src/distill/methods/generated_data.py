@@ -6,10 +6,9 @@ through, versions and the SHA-256 of the JSONL)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -85,19 +84,6 @@ def write_rows(
     }
     provenance_path(path).write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
     return path
-
-
-@contextlib.contextmanager
-def prompts_file(prompts: Sequence[dict[str, Any]], near: Path) -> Iterator[Path]:
-    """``prompts`` (records as ``load_prompts`` reads them) written as a .jsonl file next to
-    ``near`` for as long as the block runs."""
-    path = near.with_name(f"{near.stem}.prompts.jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts), "utf-8")
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def read_generations(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -4,6 +4,7 @@ validation / test by ``data.split_seed``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,15 +76,12 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
         f"{len(test):,} test rows of {spec.seq_len} tokens"
     )
     train = Subset(rows, train_ids)
-    taught_by = routed_rows(recipe, rows, train_ids)
-    test_by_domain = None
-    if taught_by is not None:
+    taught_by, test_by_domain = None, None
+    trained, tested = member_rows(recipe, rows, train_ids), member_rows(recipe, rows, test.indices)
+    if trained is not None and tested is not None:
+        taught_by = {name: len(ids) for name, ids in trained.items()}
+        test_by_domain = {name: Subset(rows, ids) for name, ids in tested.items()}
         regime += "; routed: " + ", ".join(f"{n} rows to {d}" for d, n in taught_by.items())
-        test_ids = order_list[: spec.test_blocks]
-        test_by_domain = {
-            name: Subset(rows, [i for i in test_ids if int(rows.rows[i]["domain"]) == d])  # type: ignore[attr-defined]
-            for d, name in enumerate(taught_by)
-        }
     return TextData(
         student_train=train,
         baseline_train=train,
@@ -96,15 +94,14 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
     )
 
 
-def routed_rows(recipe: Recipe, rows: Dataset, ids: list[int]) -> dict[str, int] | None:
-    """How many of the rows ``ids`` each member of a routed teacher answers (None: not
-    routed), for the summary's provenance."""
+def member_rows(recipe: Recipe, rows: Dataset, ids: Sequence[int]) -> dict[str, list[int]] | None:
+    """Which of the rows ``ids`` each member of a routed teacher answers, by its domain
+    (None: not routed): the summary's provenance and the per-domain measures."""
     teacher = recipe.teacher
     if teacher is None or teacher.combine != "route" or not isinstance(rows, ChatExamples):
         return None
-    names = [member.domain for member in teacher.members or []]
-    counts = torch.bincount(
-        torch.tensor([int(rows.rows[i]["domain"]) for i in ids], dtype=torch.long),
-        minlength=len(names),
-    )
-    return {str(name): int(count) for name, count in zip(names, counts, strict=True)}
+    names = [str(member.domain) for member in teacher.members or []]
+    found: dict[str, list[int]] = {name: [] for name in names}
+    for i in ids:
+        found[names[int(rows.rows[i]["domain"])]].append(i)
+    return found

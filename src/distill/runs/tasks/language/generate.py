@@ -11,7 +11,6 @@ from typing import Any
 from distill.errors import RecipeError
 from distill.methods.generated_data import (
     generate_dataset,
-    prompts_file,
     provenance_path,
     read_generations,
     write_rows,
@@ -116,32 +115,40 @@ def generate_teacher_answers(recipe: Recipe, *, progress: bool = True, log: Log 
             "generate: the recipe has no generate section; add `generate: {prompts: "
             "prompts.jsonl}` (see recipes/llm_seqkd.yaml)"
         )
+    try:
+        prompts = load_prompts(spec.prompts)[: spec.max_prompts]
+    except (FileNotFoundError, ValueError) as error:
+        raise RecipeError(f"generate.prompts: {error}") from None
     if recipe.teacher.members:  # each prompt answered by its own member
-        return generate_routed_answers(recipe, progress=progress, log=log)
-    if recipe.teacher.train is not None:
+        return answer_by_member(recipe, prompts, progress=progress, log=log)
+    return answer_prompts(recipe, prompts, generated_path(recipe), progress=progress, log=log)
+
+
+def answer_prompts(
+    recipe: Recipe, prompts: list[dict[str, Any]], out: Path, *, progress: bool, log: Log
+) -> Path:
+    """The recipe's one teacher answers ``prompts`` into the dataset ``out`` (resumable)."""
+    spec, teacher_spec = recipe.generate, recipe.teacher
+    assert spec is not None and teacher_spec is not None
+    if teacher_spec.train is not None:
         raise RecipeError(
             "generate: the teacher answers as loaded; drop teacher.train (fine-tune it in "
             "another recipe and give its checkpoint)"
         )
     tokenizer = tokenizer_for(recipe)
-    try:
-        prompts = load_prompts(spec.prompts)[: spec.max_prompts]
-    except (FileNotFoundError, ValueError) as error:
-        raise RecipeError(f"generate.prompts: {error}") from None
-    out = generated_path(recipe)
     model_id = None
-    if recipe.teacher.model.startswith("hf:") and "gguf_file" not in recipe.teacher.args:
-        model_id = hf.resolve(recipe.teacher.model.removeprefix("hf:"))[0]
+    if teacher_spec.model.startswith("hf:") and "gguf_file" not in teacher_spec.args:
+        model_id = hf.resolve(teacher_spec.model.removeprefix("hf:"))[0]
     settings = GenerationSettings(**spec.model_dump(include=set(GenerationSettings.model_fields)))
     teacher = None  # vLLM loads the teacher itself: not a second copy here
     if not uses_vllm(settings, model_id):
         teacher = build_teacher(recipe, tokenizer).eval()
-    log(f"generate: {recipe.teacher.model} answers {len(prompts)} prompts -> {out}")
+    log(f"generate: {teacher_spec.model} answers {len(prompts)} prompts -> {out}")
     provenance = {
-        "teacher": recipe.teacher.model,
-        "teacher_args": dict(recipe.teacher.args),
+        "teacher": teacher_spec.model,
+        "teacher_args": dict(teacher_spec.args),
         "tokenizer": getattr(tokenizer, "name_or_path", ""),
-        "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+        "teacher_checkpoint": str(teacher_spec.checkpoint or ""),
         "prompts": spec.prompts,
         "max_prompts": spec.max_prompts,
         "recipe": recipe.name,
@@ -170,7 +177,9 @@ def generate_teacher_answers(recipe: Recipe, *, progress: bool = True, log: Log 
     )
 
 
-def generate_routed_answers(recipe: Recipe, *, progress: bool, log: Log) -> Path:
+def answer_by_member(
+    recipe: Recipe, prompts: list[dict[str, Any]], *, progress: bool, log: Log
+) -> Path:
     """``generate`` with a routed teacher: each prompt answered by its member
     (``data.domain_column``, ``data.domain_rules``, ``data.default_domain``), each member's
     answers written (and resumed) as a dataset of its own, then gathered into one with each
@@ -180,10 +189,6 @@ def generate_routed_answers(recipe: Recipe, *, progress: bool, log: Log) -> Path
     assert spec is not None and teacher is not None and teacher.members is not None
     member_of = domain_reader(recipe)
     assert member_of is not None  # the recipe routes (a mixture does not generate)
-    try:
-        prompts = load_prompts(spec.prompts)[: spec.max_prompts]
-    except (FileNotFoundError, ValueError) as error:
-        raise RecipeError(f"generate.prompts: {error}") from None
     out, column = generated_path(recipe), text_spec(recipe).domain_column
     rows, members = [], {}
     for index, member in enumerate(teacher.members):
@@ -192,14 +197,10 @@ def generate_routed_answers(recipe: Recipe, *, progress: bool, log: Log) -> Path
         members[domain] = {"model": member.model, "rows": 0}
         if not mine:
             continue
-        alone = recipe.model_copy(update={"teacher": member})
         path = out.with_name(f"{out.stem}.{domain}{out.suffix}")
         log(f"generate: teacher.members[{index}] ({domain}) answers {len(mine)} prompts")
-        with prompts_file(mine, path) as source:
-            alone = alone.model_copy(
-                update={"generate": spec.model_copy(update={"prompts": str(source), "out": path})}
-            )
-            generate_teacher_answers(alone, progress=progress, log=log)
+        alone = recipe.model_copy(update={"teacher": member})
+        answer_prompts(alone, mine, path, progress=progress, log=log)
         answered = read_generations(path)[0]
         tag = {"teacher": domain} | ({column: domain} if column else {})
         rows += [{**row, **tag} for row in answered]

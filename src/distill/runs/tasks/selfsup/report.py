@@ -44,11 +44,15 @@ def validations(metrics: Path) -> list[dict[str, float]]:
     return [row for row in rows if "val/knn_accuracy" in row]
 
 
+def steps_per_epoch(rows: list[dict[str, float]]) -> float | None:
+    """The steps of an epoch, read from the first validation row after a finished epoch."""
+    return next((row["step"] / row["epoch"] for row in rows if row["epoch"]), None)
+
+
 def epochs_of(rows: list[dict[str, float]], per_epoch: float | None = None) -> list[float]:
     """Where each validation row was measured, in epochs of ``per_epoch`` steps (None:
-    the rows' own, read from their first finished epoch; in steps if none finished)."""
-    if per_epoch is None:
-        per_epoch = next((row["step"] / row["epoch"] for row in rows if row["epoch"]), None)
+    the rows' own; in steps if none finished)."""
+    per_epoch = per_epoch or steps_per_epoch(rows)
     if per_epoch is None:
         return [row["step"] for row in rows]
     return [row["step"] / per_epoch for row in rows]
@@ -70,8 +74,7 @@ def epoch_figure(run_dir: Path) -> dict[str, tuple[Path, str]]:
     if not curves:
         return {}
     # in epochs of the unlabelled images: the label-only student takes the same steps
-    mine = curves[0][1]
-    per_epoch = next((row["step"] / row["epoch"] for row in mine if row["epoch"]), None)
+    per_epoch = steps_per_epoch(curves[0][1])
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, rows, colour in curves:
         epochs = epochs_of(rows, per_epoch)
