@@ -46,31 +46,35 @@ THINGS = ["apples", "pens", "stickers", "marbles", "books", "shells", "cards", "
 INSTRUCTION = " Think step by step, then end with 'Answer: <number>'."
 
 
-TEMPLATES = [  # (question, answer from a, b, c)
+TEMPLATES = [  # (question, answer from a, b, c, its worked steps)
     ("{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?",
-     lambda a, b, c: a + b),
+     lambda a, b, c: a + b, "{a} + {b} = {ab_sum}."),
     ("{name} has {a} {thing} and gives away {b}. How many {thing} are left?",
-     lambda a, b, c: a - b),
+     lambda a, b, c: a - b, "{a} - {b} = {ab_diff}."),
     ("There are {b} boxes with {c} {thing} in each box. How many {thing} are there in all?",
-     lambda a, b, c: b * c),
+     lambda a, b, c: b * c, "{b} x {c} = {bc}."),
     ("{name} has {a} {thing} and buys {b} packs of {c} {thing}. How many {thing} does {name} "
-     "have now?", lambda a, b, c: a + b * c),
+     "have now?", lambda a, b, c: a + b * c, "{b} packs of {c} is {b} x {c} = {bc}. "
+     "{a} + {bc} = {a_bc}."),
 ]  # fmt: skip
 
 
 def make_problems(count: int, seed: int) -> list[dict]:
-    """Word problems with their answers: a + b, a − b, a × b, and a + b × c, in turn."""
+    """Word problems with their answers and worked ``steps`` (e.g. "3 x 4 = 12. 5 + 12 =
+    17."): a + b, a − b, a × b, and a + b × c, in turn."""
     rng = random.Random(seed)
     problems = []
     for index in range(count):
-        question, answer = TEMPLATES[index % len(TEMPLATES)]
+        question, answer, steps = TEMPLATES[index % len(TEMPLATES)]
         name, thing = rng.choice(NAMES), rng.choice(THINGS)
         b, c = rng.randint(2, 9), rng.randint(2, 9)
         a = rng.randint(2, 20) + (b if index % len(TEMPLATES) == 1 else 0)  # a − b > 0
         text = question.format(name=name, thing=thing, a=a, b=b, c=c) + INSTRUCTION
+        worked = steps.format(a=a, b=b, c=c, ab_sum=a + b, ab_diff=a - b, bc=b * c,
+                              a_bc=a + b * c)  # fmt: skip
         problems.append(
             {"id": index, "messages": [{"role": "user", "content": text}],
-             "answer": answer(a, b, c)}
+             "answer": answer(a, b, c), "steps": worked}
         )  # fmt: skip
     return problems
 

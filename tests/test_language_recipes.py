@@ -367,6 +367,7 @@ def test_a_mixture_of_language_model_teachers_teaches_a_student(
             "teacher={model: ensemble, members: [{model: 'hf:a'}, {model: 'served:http://x'}]}",
             "teacher.members[1]: a member of a",
         ),
+        ("cache={top_k: 8}", "`cache` does not combine with `teacher.combine: mean`"),
     ],
 )
 def test_a_language_model_mixture_is_refused_where_it_is_not_built(
@@ -376,14 +377,10 @@ def test_a_language_model_mixture_is_refused_where_it_is_not_built(
         ensemble_lm_recipe(text_file, tokenizer_dir, tmp_path, change)
 
 
-@pytest.mark.e2e
-def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path):
-    """teacher.combine: route for chat rows: each row goes to the member its
-    data.domain_column field names (a row without one to data.default_domain); the teacher
-    answers every row with that member's logits alone, and a student trains from them."""
-    from distill.batch import as_batch
-    from distill.runs.table import task_for
-
+def routed_chats(tmp_path: Path) -> list[str]:
+    """Overrides for 40 chat rows routed by their domain field to two tiny teachers ('maths'
+    to the first, 'safety' to the second, whose tokenizer has another chat template), a
+    1-layer student, 4 steps of full-logit KL."""
     from .text_models import WORDS, chat_tokenizer, tiny_llama
 
     chat_tokenizer().save_pretrained(tmp_path / "tok")
@@ -412,6 +409,18 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
         "output.latency_repeats=1",
         f"output.dir={tmp_path / 'runs'}",
     ]
+    return overrides
+
+
+@pytest.mark.e2e
+def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path):
+    """teacher.combine: route for chat rows: each row goes to the member its
+    data.domain_column field names (a row without one to data.default_domain); the teacher
+    answers every row with that member's logits alone, and a student trains from them."""
+    from distill.batch import as_batch
+    from distill.runs.table import task_for
+
+    overrides = routed_chats(tmp_path)
     recipe = load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", overrides)
     summary = run_recipe(recipe, progress=False, log=lambda m: None)
     assert set(summary["models"]) == {"teacher", "baseline", "student"}
@@ -456,6 +465,55 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
                 attention_mask=batch.kwargs["attention_mask"][n : n + 1],
             ).logits[0]
             assert torch.allclose(answers[n], alone, atol=1e-5)
+
+
+@pytest.mark.e2e
+def test_a_routed_teachers_members_are_cached_apart_each_on_its_own_rows(tmp_path):
+    """cache: with a routed teacher: each member's top-k lands in its own folder, built on
+    the rows routed to it only; a row read back is its own member's live answer; the student
+    learns from the caches; a second build reuses both."""
+    from distill.batch import as_batch
+    from distill.cache import read_manifest
+    from distill.outputs import topk_of
+    from distill.runs.commands import cache_command
+    from distill.runs.stages.cache import cache_as_teacher, member_dir
+    from distill.runs.table import task_for
+
+    overrides = [
+        *routed_chats(tmp_path),
+        "cache={top_k: 8, logprob_dtype: float32}",
+        "objective={kd: {loss: lm_head_kd, temperature: 1.0}}",
+        "baseline=false",
+    ]
+    recipe = load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", overrides)
+    summary = run_recipe(recipe, progress=False, log=lambda m: None)
+    assert 1.0 < summary["models"]["student"]["perplexity"] < 100
+    task = task_for(recipe)
+    task.prepare(False, lambda m: None)
+    teacher, _ = task.teacher(False, lambda m: None)
+    members = task.cache_members(teacher)
+    stored = {m.name: read_manifest(member_dir(recipe, m.name))["num_examples"] for m in members}
+    domains = [int(task.cache_rows()[i]["domain"]) for i in range(len(task.cache_rows()))]
+    assert stored == {"maths": domains.count(0), "safety": domains.count(1)}
+    assert sum(stored.values()) == 40 - 8  # training and validation rows, each once
+    rows = [task.cache_rows()[i] for i in range(12)]
+    batch = as_batch({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+    read = cache_as_teacher(task, teacher)(batch).topk
+    with torch.no_grad():
+        for n, member in enumerate(batch.meta["domain"].tolist()):
+            live = topk_of(
+                teacher.members[member](
+                    input_ids=batch.kwargs["input_ids"][n : n + 1],
+                    attention_mask=batch.kwargs["attention_mask"][n : n + 1],
+                ).logits[0],
+                8,
+            )
+            mask = batch.kwargs["attention_mask"][n].bool()
+            assert torch.allclose(read.logprobs[n][mask], live.logprobs[mask], atol=1e-4)
+    said: list[str] = []
+    again = cache_command(recipe, progress=False, log=said.append)
+    assert set(again["members"]) == {"maths", "safety"}
+    assert sum("complete, reused" in line for line in said) == 2
 
 
 def test_a_chat_row_goes_to_its_fields_member_else_the_first_rule_else_the_default():

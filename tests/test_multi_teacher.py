@@ -347,6 +347,42 @@ def test_routed_ensemble_model_answers_each_example_with_its_domains_member():
         as_batch((x, torch.zeros(7), {"colour": domain}))
 
 
+class TopKAnswers(teachers.Teacher):
+    """A stand-in for a cached or served member: the top-k of a fixed linear map, counting
+    the examples it is asked about."""
+
+    def __init__(self, seed: int, temperature: float = 1.0) -> None:
+        self.model, self.temperature, self.asked = linear(seed), temperature, 0
+
+    def __call__(self, batch, logits=True):
+        from distill.outputs import TeacherOutput, topk_of
+
+        self.asked += batch.size()
+        return TeacherOutput(None, topk=topk_of(batch.run(self.model), 2, self.temperature))
+
+
+def test_a_routed_ensemble_of_top_k_members_answers_each_row_with_its_members_top_k():
+    """Cached or served members answer a top-k: routed, each runs once on its own rows and
+    the rows' ids, log-probabilities and tails are assembled; members that answer at other
+    temperatures, or some with logits, are refused."""
+    from distill.outputs import topk_of
+
+    members = [TopKAnswers(0), TopKAnswers(1)]
+    x, domain = torch.randn(7, 6), torch.tensor([1, 0, 0, 1, 1, 0, 1])
+    batch = as_batch((x, torch.zeros(7, dtype=torch.long), {"domain": domain}))
+    with torch.no_grad():
+        read = teachers.Ensemble(members, "route")(batch).topk
+        assert [m.asked for m in members] == [3, 4]
+        for n, index in enumerate(domain.tolist()):
+            alone = topk_of(members[index].model(x[n : n + 1]), 2)
+            assert torch.equal(read.ids[n], alone.ids[0])
+            torch.testing.assert_close(read.logprobs[n], alone.logprobs[0])
+            torch.testing.assert_close(read.tail[n], alone.tail[0])
+        for other in (TopKAnswers(1, temperature=2.0), linear(1)):
+            with pytest.raises(ValueError, match="must answer alike"):
+                teachers.Ensemble([members[0], other], "route")(batch)
+
+
 def test_domains_follow_examples_through_splits_and_hidden_labels():
     from distill.data import WithDomain, class_to_domain, domain_subset, labeled_split
 

@@ -200,10 +200,11 @@ def distilled_lesson(
             log=log,
             together=True,
         )
-        stored = cache_as_teacher(recipe, task.cache_fingerprint())
+        stored = cache_as_teacher(task, teacher)
         answers = task.cached_teacher(stored)
         log(f"the distilled student learns from the teacher cache {info['folder']}")
-        if stored.layout.kind == "hidden":  # exact: the stored states through the stored head
+        if isinstance(stored, teachers.Cached) and stored.layout.kind == "hidden":
+            # exact: the stored states through the stored head
             heads = stored.head_model()
         else:
             sparse = True

@@ -199,6 +199,18 @@ def gap_closed(models: dict[str, dict[str, Any]]) -> float | None:
 # -- capabilities -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CacheMember:
+    """One member of a routed teacher, cached apart: its ``name`` (the folder
+    ``<cache dir>/member-<name>``), its ``model``, the ``rows`` routed to it and the
+    ``layout`` of its cache (its fingerprint names the member and those rows)."""
+
+    name: str
+    model: nn.Module
+    rows: Dataset
+    layout: Layout
+
+
 class Cacheable(ABC):
     """The teacher's answers can be stored once (``distill cache``) and read back.
 
@@ -225,12 +237,19 @@ class Cacheable(ABC):
         digest): a run reading the cache must agree on all of it."""
         raise NotImplementedError
 
+    def cache_members(self, teacher: nn.Module) -> list[CacheMember]:
+        """A routed teacher's members, each cached apart on the rows routed to it (so a row
+        reads only its member's shards, and a member's cache serves any recipe that routes
+        the same rows to it); none, by default: one cache of the whole teacher."""
+        return []
+
     def cache_model(self, teacher: nn.Module) -> nn.Module:
         """The module whose outputs the cache stores: the teacher by default."""
         return teacher
 
-    def cached_teacher(self, answers: teachers.Cached) -> teachers.Teacher:
-        """The teacher a distilled student reads from the cache: its answers as stored."""
+    def cached_teacher(self, answers: teachers.Teacher) -> teachers.Teacher:
+        """The teacher a distilled student reads from the cache: its answers as stored (a
+        ``teachers.Cached``, or a routed ``teachers.Ensemble`` of them)."""
         return answers
 
 

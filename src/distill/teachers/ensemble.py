@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.batch import Batch, logits_of
-from distill.outputs import TeacherOutput
+from distill.outputs import TeacherOutput, TopK
 from distill.teachers.base import Teacher
 from distill.teachers.module import Module
 
@@ -141,8 +141,12 @@ class Ensemble(Teacher):
 
     @property
     def fixed_temperature(self) -> float | None:  # type: ignore[override]
-        """A mixture of probabilities holds at its temperature only (routing: any)."""
-        return None if self.combine == "route" else self.temperature
+        """A mixture of probabilities holds at its temperature only; routed members at
+        their own (a top-k cache's), any for models."""
+        if self.combine != "route":
+            return self.temperature
+        fixed = {m.fixed_temperature for m in self.members.values()} - {None}
+        return fixed.pop() if len(fixed) == 1 else None
 
     # -- the Teacher interface -------------------------------------------------------------
 
@@ -182,12 +186,7 @@ class Ensemble(Teacher):
                     "domain: the index of the teacher of each example)"
                 )
 
-            def answer(index: int, rows: Tensor) -> Tensor:
-                out = members[index](batch.select(rows))
-                assert out.logits is not None
-                return out.logits
-
-            return TeacherOutput(self.mixture.route(domain, batch.size(), answer))
+            return self._routed(members, batch, domain)
         outputs = {name: member(batch) for name, member in self.members.items()}
         features = {
             f"{name}/{path}": value
@@ -198,6 +197,49 @@ class Ensemble(Teacher):
         if any(z is None for z in member_logits):
             raise ValueError("every ensemble member must return logits")
         return TeacherOutput(logits=self.mixture.mix(member_logits), features=features)  # type: ignore[arg-type]
+
+    def _routed(self, members: list[Teacher], batch: Batch, domain: Tensor) -> TeacherOutput:
+        """Each example answered by its own member alone: logits, or a top-k (a cached or
+        served member), assembled row by row; each member runs once, on its rows."""
+        answers: dict[int, TeacherOutput] = {}
+
+        def field(read: Callable[[TeacherOutput], Tensor]) -> Tensor:
+            def answer(index: int, rows: Tensor) -> Tensor:
+                if index not in answers:
+                    answers[index] = alike(answers, members[index](batch.select(rows)))
+                return read(answers[index])
+
+            return self.mixture.route(domain, batch.size(), answer)
+
+        first = field(lambda out: out.logits if out.topk is None else out.topk.ids)  # type: ignore[arg-type,return-value]
+        top = next(iter(answers.values())).topk
+        if top is None:
+            return TeacherOutput(first)
+        topk = TopK(
+            ids=first,
+            logprobs=field(lambda out: out.topk.logprobs),  # type: ignore[union-attr]
+            tail=field(lambda out: out.topk.tail),  # type: ignore[union-attr]
+            temperature=top.temperature,
+        )
+        return TeacherOutput(logits=None, topk=topk)
+
+
+def alike(earlier: dict[int, TeacherOutput], out: TeacherOutput) -> TeacherOutput:
+    """``out``, refused unless it answers as the routed members before it did: all logits,
+    or all a top-k at one temperature."""
+    if earlier:
+        first = next(iter(earlier.values())).topk
+        kinds = [top if top is None else top.temperature for top in (first, out.topk)]
+        if kinds[0] != kinds[1]:
+            raise ValueError(
+                "the members of a routed ensemble must answer alike: all logits, or all a "
+                f"top-k at one temperature (got {' and '.join(map(_kind, kinds))})"
+            )
+    return out
+
+
+def _kind(temperature: float | None) -> str:
+    return "logits" if temperature is None else f"a top-k at temperature {temperature:g}"
 
 
 class EnsembleModel(nn.Module):

@@ -75,12 +75,18 @@ def make_layout(recipe: Recipe, **fields: Any) -> Layout:
         raise RecipeError(f"cache: {error}") from None
 
 
+def member_dir(recipe: Recipe, name: str) -> Path:
+    """Where a routed teacher's member ``name`` keeps its answers."""
+    return cache_dir(recipe) / f"member-{name}"
+
+
 def ensure_cache(
     recipe: Recipe,
     teacher: teachers.Teacher,
     rows: Dataset,
     layout: Layout,
     *,
+    folder: Path | None = None,
     worker: int = 0,
     workers: int = 1,
     progress: bool = True,
@@ -92,9 +98,10 @@ def ensure_cache(
     when the cache is complete; every finished shard is verified first, and a damaged one
     is built again). With ``together`` the workers are the processes of one
     launch: they wait for each other and the main process writes the manifest. A
-    hidden-state cache keeps the teacher's LM ``head`` once."""
+    hidden-state cache keeps the teacher's LM ``head`` once. ``folder``: the recipe's
+    cache folder unless given (a routed member's)."""
     assert recipe.cache is not None
-    folder = cache_dir(recipe)
+    folder = folder or cache_dir(recipe)
     damaged = damaged_shards(folder)
     if damaged:
         log(f"teacher cache {folder}: shard(s) {damaged} differ from their checksums; rebuilding")
@@ -126,12 +133,24 @@ def ensure_cache(
     return result
 
 
-def cache_as_teacher(recipe: Recipe, fingerprint: dict[str, Any]) -> teachers.Cached:
-    """The recipe's complete cache as a teacher; its fingerprint must match the recipe's."""
+def open_cache(folder: Path, fingerprint: dict[str, Any]) -> teachers.Cached:
+    """A complete cache as a teacher; its fingerprint must match the run's."""
     try:
-        return teachers.Cached(cache_dir(recipe), expect=fingerprint)
+        return teachers.Cached(folder, expect=fingerprint)
     except CacheError as error:
         raise RecipeError(f"cache: {error}") from None
+
+
+def cache_as_teacher(task: Task, teacher: nn.Module) -> teachers.Cached | teachers.Ensemble:
+    """The task's complete cache as a teacher: one cache, or, for a routed teacher, each
+    member's cache answering the rows routed to it."""
+    assert isinstance(task, Cacheable)
+    recipe = task.recipe
+    members = task.cache_members(teacher)
+    if not members:
+        return open_cache(cache_dir(recipe), task.cache_fingerprint())
+    caches = {m.name: open_cache(member_dir(recipe, m.name), m.layout.fingerprint) for m in members}
+    return teachers.Ensemble(caches, combine="route")
 
 
 def build_teacher_cache(
@@ -144,9 +163,29 @@ def build_teacher_cache(
     log: Log = print,
     together: bool = False,
 ) -> dict[str, Any]:
-    """The teacher's answers on the task's cache rows (this worker's shards of them)."""
+    """The teacher's answers on the task's cache rows (this worker's shards of them); a
+    routed teacher's members each on their own rows, in their own folders."""
     assert isinstance(task, Cacheable)
     recipe = task.recipe
+    members = task.cache_members(teacher)
+    if members:
+        built = {}
+        for member in members:
+            live = teacher_module(recipe, member.model.eval().requires_grad_(False))
+            log(f"teacher member {member.name}: {len(member.rows):,} rows")  # type: ignore[arg-type]
+            built[member.name] = ensure_cache(
+                recipe,
+                live,
+                member.rows,
+                member.layout,
+                folder=member_dir(recipe, member.name),
+                worker=worker,
+                workers=workers,
+                progress=progress,
+                log=log,
+                together=together,
+            )
+        return {"folder": str(cache_dir(recipe)), "members": built}
     rows = task.cache_rows()
     layout = task.cache_layout(teacher, len(rows))  # type: ignore[arg-type]
     head = None

@@ -156,12 +156,6 @@ class CausalLMRecipe(LanguageRecipe):
     """``task: causal_lm``: next-token prediction."""
 
     example: ClassVar[dict[str, Any]] = {**LanguageRecipe.example, "task": "causal_lm"}
-    clashes: ClassVar[tuple[Clash, ...]] = (
-        *LanguageRecipe.clashes,
-        Clash("cache", "teacher.model: ensemble", "a language-model cache runs one teacher model; "
-              "drop cache"),
-    )  # fmt: skip
-
     task: Literal["causal_lm"] = Field(description="the kind of run: a causal language model")
     generate: GenerateSpec | None = Field(None, description="teacher answers (distill generate)")
     on_policy: OnPolicySpec | None = Field(None, description="the student writes the answers")
@@ -195,6 +189,19 @@ class CausalLMRecipe(LanguageRecipe):
             return
         if cache.encoding == "compact" and not cache.top_k:
             raise ValueError("cache.encoding: compact is for a top-k cache (top_k set)")
+        if teacher.members and teacher.combine != "route":
+            raise refusal(
+                "cache",
+                f"teacher.combine: {teacher.combine}",
+                "a mixture mixes its members' full distributions, which their cached answers "
+                "do not hold; cache a routed teacher (teacher.combine: route) or drop cache",
+            )
+        if teacher.members and cache.hidden_states:
+            raise refusal(
+                "cache.hidden_states",
+                "teacher.model: ensemble",
+                "each member reads its states with its own head; cache their top-k (cache.top_k)",
+            )
         if not cache.use:
             return
         kd = [n for n, t in self.objective.items() if loss_info(t.loss).lm_heads]
@@ -237,8 +244,8 @@ def check_ensemble(recipe: LanguageRecipe) -> None:
         if member.kind is not TeacherKind.MODEL or member.tokenizer is not None:
             raise ValueError(
                 f"teacher.members[{i}]: a member of a language-model mixture is a local model "
-                "read with the student's tokenizer (served, cached and cross-tokenizer "
-                "members are not built yet); name a model"
+                "read with the student's tokenizer (served and cross-tokenizer members are "
+                "not built yet; cache a routed teacher's members with cache:); name a model"
             )
     if recipe.data.tokenizer is None:
         raise ValueError(
@@ -256,13 +263,17 @@ def check_ensemble(recipe: LanguageRecipe) -> None:
             "teacher.model: ensemble",
             "the members are mixed token by token in one vocabulary; drop teacher.tokenizer",
         )
+    cached = getattr(recipe, "cache", None) is not None and recipe.cache.use  # type: ignore[attr-defined]
+    if cached and teacher.combine == "route":
+        return  # each row reads its member's cached answers, through the LM-head term
     for name, term in recipe.objective.items():
         if loss_info(term.loss).lm_heads:
             raise refusal(
                 f"objective.{name}",
                 "teacher.model: ensemble",
-                f"{term.loss} reads one teacher's LM head, but the members are mixed as "
-                "probabilities; use {loss: kl} (full logits) at teacher.temperature",
+                f"{term.loss} reads one teacher's LM head, but the members' logits are "
+                "combined; use {loss: kl} (full logits) at teacher.temperature, or cache a "
+                "routed teacher's members (cache: {top_k: 64})",
             )
 
 

@@ -8,6 +8,8 @@ Face format (``student/``, with the tokenizer) so ``from_pretrained`` loads them
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from distill.runs.stages.cache import cache_temperature, cache_vocab_size, make_
 from distill.runs.store import fit_and_store_teacher, reuse_or_train, train_again
 from distill.runs.task import (
     Cacheable,
+    CacheMember,
     Diagnosable,
     Drafts,
     Generates,
@@ -334,18 +337,22 @@ class CausalLM(Language, Cacheable, Generates, RewritesBatches, Drafts):
         assert isinstance(train, Subset) and isinstance(val, Subset)
         return Subset(train.dataset, [*train.indices, *val.indices])
 
-    def cache_layout(self, teacher: nn.Module, rows: int) -> Layout:
+    def cache_layout(
+        self, teacher: nn.Module, rows: int, fingerprint: dict[str, Any] | None = None
+    ) -> Layout:
         """Top-k per token (or dense with ``top_k: null``) at the KD term's temperature, or
-        the final hidden states (``hidden_states``)."""
+        the final hidden states (``hidden_states``); ``fingerprint``: the teacher's unless
+        given (a routed member's)."""
         recipe = self.recipe
         assert recipe.cache is not None
+        fingerprint = fingerprint or self.cache_fingerprint()
         if recipe.cache.hidden_states:
             return make_layout(
                 recipe,
                 kind="hidden",
                 num_examples=rows,
                 hidden_size=teacher.config.hidden_size,
-                fingerprint=self.cache_fingerprint(),
+                fingerprint=fingerprint,
             )
         top_k = recipe.cache.top_k
         return make_layout(
@@ -355,29 +362,60 @@ class CausalLM(Language, Cacheable, Generates, RewritesBatches, Drafts):
             k=top_k,
             temperature=cache_temperature(recipe),
             vocab_size=cache_vocab_size(recipe, teacher, self.data.tokenizer),
-            fingerprint=self.cache_fingerprint(),
+            fingerprint=fingerprint,
         )
 
     def cache_fingerprint(self) -> dict[str, Any]:
-        recipe = self.recipe
-        assert recipe.teacher is not None
-        spec = text_spec(recipe)
-        tokenizer = self.data.tokenizer
-        teacher, args = recipe.teacher.model, dict(recipe.teacher.args)
-        if is_served(recipe) and "model" in args:  # its answers: the model's, on any host
-            teacher, args = f"served:{args['model']}", {}
-        elif is_served(recipe):
-            args = {}  # timeouts and concurrency do not change the answers
-        return {
-            "teacher": teacher,
-            "teacher_args": args,
-            "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
-            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
-            "tokenizer_size": len(tokenizer),
-            "seq_len": spec.seq_len,
-            "source": spec.source,
-            "format": spec.format,
-        }
+        return lm_cache_fingerprint(self.recipe, self.data.tokenizer)
+
+    def cache_members(self, teacher: nn.Module) -> list[CacheMember]:
+        """A routed teacher's members, each on the cache rows routed to it; the member's
+        fingerprint also digests those rows' ids, so a change of routing rebuilds it."""
+        spec = self.recipe.teacher
+        if not isinstance(teacher, EnsembleModel) or teacher.combine != "route":
+            return []
+        assert spec is not None and spec.members is not None
+        rows = self.cache_rows()
+        domains = [int(rows[i]["domain"]) for i in range(len(rows))]  # type: ignore[arg-type]
+        members = []
+        for index, (member, model) in enumerate(zip(spec.members, teacher.members, strict=True)):
+            mine = [i for i, domain in enumerate(domains) if domain == index]
+            name = member.domain or str(index)
+            if not mine:
+                raise RecipeError(
+                    f"teacher.members[{index}] ({name}): no training or validation row is "
+                    "routed to it, so it has nothing to cache; drop it or check data.domain_column"
+                )
+            ids = sorted(int(rows[i]["example_id"]) for i in mine)
+            fingerprint = lm_cache_fingerprint(
+                self.recipe.model_copy(update={"teacher": member}), self.data.tokenizer
+            ) | {"rows": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]}
+            layout = self.cache_layout(model, len(mine), fingerprint)
+            members.append(CacheMember(name, model, Subset(rows, mine), layout))
+        return members
+
+
+def lm_cache_fingerprint(recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
+    """What a language-model teacher's cached answers depend on besides the inputs: the
+    teacher (a served one by the model it answers with, on any host), its tokenizer and
+    the text's cut."""
+    assert recipe.teacher is not None
+    spec = text_spec(recipe)
+    teacher, args = recipe.teacher.model, dict(recipe.teacher.args)
+    if is_served(recipe) and "model" in args:
+        teacher, args = f"served:{args['model']}", {}
+    elif is_served(recipe):
+        args = {}  # timeouts and concurrency do not change the answers
+    return {
+        "teacher": teacher,
+        "teacher_args": args,
+        "teacher_checkpoint": str(recipe.teacher.checkpoint or ""),
+        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        "tokenizer_size": len(tokenizer),
+        "seq_len": spec.seq_len,
+        "source": spec.source,
+        "format": spec.format,
+    }
 
 
 class MaskedLM(Language):
