@@ -10,7 +10,8 @@ prints ``listening on PORT`` once ready. ``POST /control`` with JSON changes beh
 run time: ``delay`` (seconds before each completion), ``fail_next`` (answer that many
 completions with HTTP 503), ``exit_after`` (exit the process on the completion after that
 many more), ``prompt_logprobs`` (false: ignore the field, as a plain OpenAI server does),
-``tokenize`` (false: no /tokenize endpoint). ``GET /control`` reports the counters.
+``tokenize`` (false: no /tokenize endpoint). ``GET /control`` reports the counters
+(``completions``: requests, ``prompts``: rows scored).
 ``--api-key KEY`` answers the API's routes with HTTP 401 unless a request carries
 ``Authorization: Bearer KEY``, as ``vllm serve --api-key`` does.
 """
@@ -43,6 +44,7 @@ class State:
             "tokenize": True,
         }
         self.completions = 0
+        self.prompts = 0  # rows scored
         self.lock = threading.Lock()
 
     def prompt_logprobs(self, ids: list[int], k: int) -> list[dict | None]:
@@ -100,7 +102,7 @@ class Handler(BaseHTTPRequestHandler):
             model = {"id": s.name, "object": "model", "max_model_len": 256}
             self.reply(200, {"object": "list", "data": [model]})
         elif self.path == "/control":
-            self.reply(200, {"completions": s.completions, **s.settings})
+            self.reply(200, {"completions": s.completions, "prompts": s.prompts, **s.settings})
         else:
             self.reply(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -148,6 +150,8 @@ class Handler(BaseHTTPRequestHandler):
         prompts = body["prompt"]
         if prompts and isinstance(prompts[0], int):
             prompts = [prompts]
+        with s.lock:
+            s.prompts += len(prompts)
         vocab = s.model.config.vocab_size
         outside = [t for ids in prompts for t in ids if not 0 <= t < vocab]
         if outside:

@@ -365,7 +365,7 @@ def test_a_mixture_of_language_model_teachers_teaches_a_student(
         ("teacher.tokenizer=hf:other", "`teacher.tokenizer` does not combine with `teacher.model"),
         (
             "teacher={model: ensemble, members: [{model: 'hf:a'}, {model: 'served:http://x'}]}",
-            "teacher.members[1]: a member of a",
+            "teacher.members[1]: served members answer their top-k, which is not mixed",
         ),
         ("cache={top_k: 8}", "`cache` does not combine with `teacher.combine: mean`"),
     ],

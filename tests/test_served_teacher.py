@@ -355,3 +355,66 @@ def test_an_api_key_comes_from_the_environment_variable_the_recipe_names(
         assert not [p for p in written if key.encode() in p.read_bytes()]
     finally:
         secured.stop()
+
+
+@pytest.mark.e2e
+def test_routed_served_members_are_each_asked_only_about_their_rows(tmp_path):
+    """A routed teacher whose members are on two servers: `distill cache` asks each server
+    only about the rows routed to it (each member's cache in its own folder); the run reads
+    the caches, and the teacher row is measured by the servers, per domain too."""
+    from distill.recipes import load_recipe
+    from distill.runs import run_recipe
+    from distill.runs.commands import cache_command
+    from distill.runs.table import task_for
+    from tests.test_language_recipes import ROOT, routed_chats
+
+    overrides = routed_chats(tmp_path)
+    servers = [Server(tmp_path / name) for name in ("first", "second")]
+    try:
+        members = ", ".join(
+            f"{{model: 'served:{server.url}', domain: {domain}, args: {{retries: 1}}}}"
+            for server, domain in zip(servers, ("maths", "safety"), strict=True)
+        )
+        recipe = load_recipe(
+            ROOT / "recipes" / "llm_token_kd.yaml",
+            [
+                *overrides,
+                f"teacher={{model: ensemble, combine: route, members: [{members}]}}",
+                "cache={top_k: 8}",
+                "objective={kd: {loss: lm_head_kd, temperature: 1.0}}",
+                "baseline=false",
+            ],
+        )
+        built = cache_command(recipe, progress=False, log=lambda m: None)
+        task = task_for(recipe)
+        task.prepare(False, lambda m: None)
+        domains = [int(task.cache_rows()[i]["domain"]) for i in range(len(task.cache_rows()))]
+        asked = [server.counters()["prompts"] for server in servers]
+        rows = [domains.count(0), domains.count(1)]
+        assert asked == [n + 1 for n in rows]  # its own rows, and the probe that checks it
+        assert {m: b["manifest"]["num_examples"] for m, b in built["members"].items()} == {
+            "maths": rows[0],
+            "safety": rows[1],
+        }
+        summary = run_recipe(recipe, progress=False, log=lambda m: None)
+        teacher, student = summary["models"]["teacher"], summary["models"]["student"]
+        assert teacher["parameters"] is None and 1.0 < teacher["perplexity"] < 1000
+        from distill import Distiller
+        from distill.runs.task import loader
+
+        for name, folder in (("maths", "first"), ("safety", "second")):  # each by its server
+            model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / folder).eval()
+            rows = loader(task.data.test_by_domain[name], recipe, False)
+            local = Distiller(model, progress=False).evaluate(rows)
+            assert teacher[f"perplexity_{name}"] == pytest.approx(math.exp(local["loss"]), rel=1e-4)
+        assert math.isfinite(student["kl_to_teacher"]) and "teacher_agreement_maths" in student
+        before = [server.counters()["prompts"] for server in servers]
+        live = recipe.model_copy(update={"cache": None, "name": "live"})
+        summary = run_recipe(live, progress=False, log=lambda m: None)  # the servers teach
+        assert math.isfinite(summary["models"]["student"]["kl_to_teacher"])
+        assert all(
+            server.counters()["prompts"] > n for server, n in zip(servers, before, strict=True)
+        )
+    finally:
+        for server in servers:
+            server.stop()

@@ -220,8 +220,8 @@ def distilled_lesson(
 
 
 def served(teacher: object) -> bool:
-    """A teacher on an inference server: it answers with its top-k, not a model's logits."""
-    return isinstance(teacher, teachers.Served)
+    """A teacher on inference servers: it answers with its top-k, not a model's logits."""
+    return teachers.is_remote(teacher)
 
 
 def measure(

@@ -206,7 +206,7 @@ class CacheMember:
     ``layout`` of its cache (its fingerprint names the member and those rows)."""
 
     name: str
-    model: nn.Module
+    model: nn.Module | teachers.Teacher  # a served member answers over HTTP
     rows: Dataset
     layout: Layout
 

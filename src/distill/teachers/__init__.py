@@ -2,7 +2,7 @@
 
 ``Module`` (a frozen model), ``CrossTokenizer`` (a language model with its own tokenizer),
 ``Ensemble`` (several teachers combined or routed), ``Served`` (a language model on an
-inference server, read through its prompt log-probs), ``EMA``
+inference server, read through its prompt log-probs; ``RoutedServed``: several, row by row), ``EMA``
 (the moving average of the student, for self-distillation), ``Cached`` (a teacher's
 outputs read back from a teacher cache) and ``ZeroShotAnswers`` (a CLIP teacher read from
 its cache of image embeddings)."""
@@ -15,7 +15,7 @@ from distill.teachers.ema import EMA, ema_momentum
 from distill.teachers.ensemble import Ensemble, EnsembleModel
 from distill.teachers.kinds import TeacherKind
 from distill.teachers.module import Module
-from distill.teachers.served import Served
+from distill.teachers.served import RoutedServed, Served, is_remote
 from distill.teachers.zero_shot import ZeroShotAnswers
 
 __all__ = [
@@ -25,10 +25,12 @@ __all__ = [
     "Ensemble",
     "EnsembleModel",
     "Module",
+    "RoutedServed",
     "Served",
     "Teacher",
     "TeacherKind",
     "TeacherOutput",
     "ZeroShotAnswers",
     "ema_momentum",
+    "is_remote",
 ]

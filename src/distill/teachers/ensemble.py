@@ -229,17 +229,18 @@ def alike(earlier: dict[int, TeacherOutput], out: TeacherOutput) -> TeacherOutpu
     or all a top-k at one temperature."""
     if earlier:
         first = next(iter(earlier.values())).topk
-        kinds = [top if top is None else top.temperature for top in (first, out.topk)]
+        kinds = [top if top is None else (top.temperature, top.ids.shape[-1])
+                 for top in (first, out.topk)]  # fmt: skip
         if kinds[0] != kinds[1]:
             raise ValueError(
-                "the members of a routed ensemble must answer alike: all logits, or all a "
-                f"top-k at one temperature (got {' and '.join(map(_kind, kinds))})"
+                "the members of a routed ensemble must answer alike: all logits, or all the "
+                f"same top-k at one temperature (got {' and '.join(map(_kind, kinds))})"
             )
     return out
 
 
-def _kind(temperature: float | None) -> str:
-    return "logits" if temperature is None else f"a top-k at temperature {temperature:g}"
+def _kind(top: tuple[float, int] | None) -> str:
+    return "logits" if top is None else f"a top-{top[1]} at temperature {top[0]:g}"
 
 
 class EnsembleModel(nn.Module):

@@ -24,7 +24,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +36,7 @@ from distill.batch import Batch, as_batch
 from distill.errors import MissingDependency, ServedTeacherError
 from distill.outputs import IGNORE_INDEX, TeacherOutput, TopK
 from distill.teachers.base import Teacher
+from distill.teachers.ensemble import Ensemble
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog, 12 times."
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -145,19 +146,19 @@ class Served(Teacher):
         """Test metrics from the server alone, as ``Distiller.evaluate`` gives a model's:
         ``loss`` (mean next-token cross-entropy), ``accuracy`` (its top token is the next
         one) and ``examples`` (scored tokens), over the labelled positions of ``rows``."""
-        nll, right, count = 0.0, 0, 0
-        for raw in rows:
-            batch = as_batch(raw)
-            scores = self.score(batch)
-            labels = batch.labels
-            assert labels is not None
-            scored = labels != IGNORE_INDEX
-            if batch.mask is not None:
-                scored &= batch.mask.bool()
-            nll -= float(scores.next_logprobs[scored].double().sum())
-            right += int((scores.topk.ids[..., 0] == labels)[scored].sum())
-            count += int(scored.sum())
-        return {"loss": nll / max(1, count), "accuracy": right / max(1, count), "examples": count}
+        return totals([self.tally(as_batch(raw)) for raw in rows])
+
+    def tally(self, batch: Batch) -> tuple[float, int, int]:
+        """(summed next-token NLL, right top tokens, scored tokens) over ``batch``."""
+        scores = self.score(batch)
+        labels = batch.labels
+        assert labels is not None
+        scored = labels != IGNORE_INDEX
+        if batch.mask is not None:
+            scored &= batch.mask.bool()
+        nll = -float(scores.next_logprobs[scored].double().sum())
+        right = int((scores.topk.ids[..., 0] == labels)[scored].sum())
+        return nll, right, int(scored.sum())
 
     # -- checking the server once, before anything trains -------------------------------------
 
@@ -393,3 +394,36 @@ def server_message(reply: Any) -> str:
         if body.get("message"):
             return str(body["message"])
     return str(body)[:200]
+
+
+def totals(tallies: list[tuple[float, int, int]]) -> dict[str, float]:
+    """``measure``'s metrics from (NLL, right, count) tallies."""
+    nll, right, count = (sum(tally[i] for tally in tallies) for i in range(3))
+    return {"loss": nll / max(1, count), "accuracy": right / max(1, count), "examples": count}
+
+
+class RoutedServed(Ensemble):
+    """Served teachers routed row by row: each answers only the rows whose ``domain``
+    names it (its index among ``members``), with its top-k at temperature 1; measured
+    the same way, each row by its own server."""
+
+    def __init__(self, members: Mapping[str, Served]) -> None:
+        super().__init__(members, combine="route")
+
+    def measure(self, rows: Iterable[Any]) -> dict[str, float]:
+        """``Served.measure`` over rows of every member, each scored by its own."""
+        found = []
+        for raw in rows:
+            batch = as_batch(raw)
+            domain = batch.meta["domain"]
+            for index, member in enumerate(self.members.values()):
+                picked = (domain == index).nonzero().squeeze(1)
+                if picked.numel():
+                    found.append(member.tally(batch.select(picked)))  # type: ignore[attr-defined]
+        return totals(found)
+
+
+def is_remote(teacher: object) -> bool:
+    """A teacher on inference servers (one, or routed): it answers with top-k log-probs,
+    not a model's logits, and has no parameters here."""
+    return isinstance(teacher, (Served, RoutedServed))

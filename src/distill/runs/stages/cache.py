@@ -55,7 +55,7 @@ def cache_vocab_size(recipe: Recipe, teacher: nn.Module | teachers.Teacher, toke
     option = recipe.objective[kd_term_name(recipe)].options.get("vocab_size")
     if option is not None:
         return int(option)
-    if isinstance(teacher, teachers.Served):
+    if teachers.is_remote(teacher):
         return len(tokenizer)
     return int(teacher.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
 
@@ -171,7 +171,11 @@ def build_teacher_cache(
     if members:
         built = {}
         for member in members:
-            live = teacher_module(recipe, member.model.eval().requires_grad_(False))
+            live = (
+                member.model
+                if teachers.is_remote(member.model)
+                else teacher_module(recipe, member.model.eval().requires_grad_(False))  # type: ignore[union-attr]
+            )
             log(f"teacher member {member.name}: {len(member.rows):,} rows")  # type: ignore[arg-type]
             built[member.name] = ensure_cache(
                 recipe,

@@ -102,7 +102,7 @@ def teacher_distribution(
     per position, the mean mass on ids beyond ``vocabulary``) over ``batches``."""
     generator = torch.Generator().manual_seed(seed)
     per_batch = math.ceil(POSITIONS / max(len(batches), 1))
-    if isinstance(teacher, teachers.Served):
+    if teachers.is_remote(teacher):
         kept = [live(b).topk.logprobs.float().logsumexp(-1)[token_mask(b)].exp() for b in batches]  # type: ignore[union-attr]
         return None, torch.cat(kept), None
     picked, padded = [], []
@@ -164,7 +164,7 @@ def diagnose_language(
     # with student.peft's adapters: the timing trains what the run will train
     student = with_lora(task.build_student(recipe.student, teacher), recipe.student)
     live = task.live_teacher(teacher)
-    remote = isinstance(teacher, teachers.Served)  # answers with its top-k, not logits
+    remote = teachers.is_remote(teacher)  # answers with its top-k, not logits
     tokenizer, notes = data.tokenizer, []
     size = recipe.data.batch_size  # type: ignore[union-attr]
     rows = itertools.islice(DataLoader(data.student_train, batch_size=size), BATCHES)

@@ -21,7 +21,7 @@ from distill.models.shrink import narrow_mlps, student_from_teacher
 from distill.recipes import ModelSpec, Recipe
 from distill.runs.task import Splits
 from distill.runs.tasks.language.recipe import TextDataSpec
-from distill.teachers import Served
+from distill.teachers import RoutedServed, Served
 from distill.teachers.kinds import TeacherKind, served_url
 from distill.training import checkpoint as ckpt
 
@@ -163,6 +163,28 @@ def served_teacher(recipe: Recipe, tokenizer: Any, log: Callable[[str], None]) -
     )
     log(f"teacher {teacher.model} served at {teacher.url}: top {top_k} log-probs, {checked}")
     return teacher
+
+
+def served_members(recipe: Recipe) -> bool:
+    """Whether the recipe's teacher routes rows to members on inference servers."""
+    members = recipe.teacher.members if recipe.teacher is not None else None
+    return bool(members) and all(m.kind is TeacherKind.SERVED for m in members)  # type: ignore[union-attr]
+
+
+def routed_served(
+    recipe: Recipe, tokenizer: Any, log: Callable[[str], None]
+) -> tuple[RoutedServed, dict[str, Any]]:
+    """The routed teacher whose members are served: each checked once (model, tokenizer,
+    top-k), each asked only about the rows routed to it."""
+    spec = recipe.teacher
+    assert spec is not None and spec.members is not None
+    members = {}
+    for index, member in enumerate(spec.members):
+        log(f"teacher.members[{index}]: {member.model}")
+        alone = recipe.model_copy(update={"teacher": member})
+        members[member.domain or str(index)] = served_teacher(alone, tokenizer, log)
+    infos = [{"model": m.model, "train_seconds": 0.0} for m in spec.members]
+    return RoutedServed(members), {"model": "ensemble", "train_seconds": 0.0, "members": infos}
 
 
 def served_api_key(variable: str | None) -> str | None:

@@ -235,17 +235,18 @@ class MaskedLMRecipe(LanguageRecipe):
 
 
 def check_ensemble(recipe: LanguageRecipe) -> None:
-    """Language-model members are local models that share a vocabulary, mixed by
-    probability or routed row by row (``data.domain_column``), read through full logits."""
+    """Language-model members share a vocabulary: local models mixed by probability or
+    routed row by row (``data.domain_column``), read through full logits, or (routed, cached
+    or served) through their top-k."""
     teacher = recipe.teacher
     if teacher is None or not teacher.members:
         return
     for i, member in enumerate(teacher.members):
-        if member.kind is not TeacherKind.MODEL or member.tokenizer is not None:
+        if member.kind not in (TeacherKind.MODEL, TeacherKind.SERVED) or member.tokenizer:
             raise ValueError(
                 f"teacher.members[{i}]: a member of a language-model mixture is a local model "
-                "read with the student's tokenizer (served and cross-tokenizer members are "
-                "not built yet; cache a routed teacher's members with cache:); name a model"
+                "or a served one, read with the student's tokenizer (cross-tokenizer members "
+                "are not built yet); name a model"
             )
     if recipe.data.tokenizer is None:
         raise ValueError(
@@ -263,6 +264,9 @@ def check_ensemble(recipe: LanguageRecipe) -> None:
             "teacher.model: ensemble",
             "the members are mixed token by token in one vocabulary; drop teacher.tokenizer",
         )
+    if any(m.kind is TeacherKind.SERVED for m in teacher.members):
+        check_served_members(recipe)
+        return  # read through the LM-head term, each row from its own server
     cached = getattr(recipe, "cache", None) is not None and recipe.cache.use  # type: ignore[attr-defined]
     if cached and teacher.combine == "route":
         return  # each row reads its member's cached answers, through the LM-head term
@@ -275,6 +279,30 @@ def check_ensemble(recipe: LanguageRecipe) -> None:
                 "combined; use {loss: kl} (full logits) at teacher.temperature, or cache a "
                 "routed teacher's members (cache: {top_k: 64})",
             )
+
+
+def check_served_members(recipe: LanguageRecipe) -> None:
+    """Served members answer their top-k: routed (all of them served), for a causal LM,
+    each checked as a served teacher is."""
+    teacher = recipe.teacher
+    assert teacher is not None and teacher.members is not None
+    if recipe.task != "causal_lm":
+        raise ValueError(
+            "teacher.members: a served member answers next-token log-probs; set task: causal_lm"
+        )
+    served = [m.kind is TeacherKind.SERVED for m in teacher.members]
+    if teacher.combine != "route" or not all(served):
+        wrong = served.index(teacher.combine != "route")  # a served member, or a local one
+        raise ValueError(
+            f"teacher.members[{wrong}]: served members answer their top-k, which is not mixed "
+            "with full logits; route the rows (teacher.combine: route) to members that are "
+            "all served"
+        )
+    for i, member in enumerate(teacher.members):
+        check_served(recipe.model_copy(update={"teacher": member}), f"teacher.members[{i}]")
+    for field in ("generate", "on_policy"):
+        if getattr(recipe, field, None) is not None:
+            raise refusal(field, "teacher.members: served", f"not built together yet; drop {field}")
 
 
 def check_cross_tokenizer(recipe: CausalLMRecipe) -> None:
@@ -303,43 +331,43 @@ def check_cross_tokenizer(recipe: CausalLMRecipe) -> None:
             )
 
 
-def check_served(recipe: CausalLMRecipe) -> None:
+def check_served(recipe: LanguageRecipe, where: str = "teacher") -> None:
+    """A served teacher (or ``where``: a served member, given as the recipe's teacher)."""
     teacher = recipe.teacher
     if teacher is None or teacher.kind is not TeacherKind.SERVED:
         return
     url = served_url(teacher.model)
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"teacher.model: served:<http(s) url of the API>, got {teacher.model!r}")
+        raise ValueError(f"{where}.model: served:<http(s) url of the API>, got {teacher.model!r}")
     if "api_key" in teacher.args:
         raise ValueError(
-            "teacher.args.api_key: a key is never written in a recipe (the recipe is copied "
+            f"{where}.args.api_key: a key is never written in a recipe (the recipe is copied "
             "into the run, its summary and model card); put it in an environment variable "
-            "and name that: teacher.args.api_key_env: VLLM_API_KEY"
+            f"and name that: {where}.args.api_key_env: VLLM_API_KEY"
         )
     variable = teacher.args.get("api_key_env")
     if variable is not None and not (isinstance(variable, str) and variable.isidentifier()):
         raise ValueError(
-            f"teacher.args.api_key_env: the name of an environment variable, got {variable!r}"
+            f"{where}.args.api_key_env: the name of an environment variable, got {variable!r}"
         )
     unknown = sorted(set(teacher.args) - SERVED_ARGS)
     if unknown:
         raise ValueError(
-            f"teacher.args: a served teacher takes {', '.join(sorted(SERVED_ARGS))}; got {unknown}"
+            f"{where}.args: a served teacher takes {', '.join(sorted(SERVED_ARGS))}; got {unknown}"
         )
     top_k = teacher.args.get("top_k")
-    if recipe.cache is not None and (
-        recipe.cache.top_k is None or top_k not in (None, recipe.cache.top_k)
-    ):
+    cache = getattr(recipe, "cache", None)
+    if cache is not None and (cache.top_k is None or top_k not in (None, cache.top_k)):
         raise ValueError(
             "cache.top_k: a served teacher answers with its top-k log-probs; give cache.top_k "
-            f"(and teacher.args.top_k, if set, the same: now {top_k})"
+            f"(and {where}.args.top_k, if set, the same: now {top_k})"
         )
     for name, term in recipe.objective.items():
         info = loss_info(term.loss)
         if info.reads_teacher and not info.lm_heads:
             raise refusal(
                 f"objective.{name}",
-                "teacher.model: served",
+                f"{where}.model: served",
                 "a served teacher gives top-k log-probs, not logits or features; use "
                 "{loss: lm_head_kd} (read as its sparse form)",
             )
@@ -347,6 +375,6 @@ def check_served(recipe: CausalLMRecipe) -> None:
     if clash is not None:
         raise refusal(
             f"objective.{clash[0]}.temperature",
-            "teacher.model: served",
+            f"{where}.model: served",
             "a served teacher answers at temperature 1 (the server's log-probs); set 1.0",
         )

@@ -53,6 +53,8 @@ from distill.runs.tasks.language.models import (
     build_teacher,
     is_served,
     own_token_rows,
+    routed_served,
+    served_members,
     served_teacher,
     text_spec,
     tokenizer_for,
@@ -60,7 +62,7 @@ from distill.runs.tasks.language.models import (
 from distill.runs.tasks.language.report import domain_figures
 from distill.runs.tasks.language.speculative import draft_folder, measure_draft
 from distill.runs.workdir import HF_STUDENT_DIR, Log, files_under, verify_finished
-from distill.teachers import CrossTokenizer, EnsembleModel, Served, Teacher
+from distill.teachers import CrossTokenizer, EnsembleModel, RoutedServed, Teacher, is_remote
 from distill.training import Distiller
 
 
@@ -177,6 +179,8 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
         if is_served(recipe):  # answers over HTTP: nothing to load or train here
             served = served_teacher(recipe, data.tokenizer, log)
             return served, {"model": recipe.teacher.model, "train_seconds": 0.0}  # type: ignore[union-attr,return-value]
+        if served_members(recipe):  # each member on its own server, routed row by row
+            return routed_served(recipe, data.tokenizer, log)  # type: ignore[return-value]
         tokenizer = data.teacher_tokenizer or data.tokenizer
         teacher, info = get_lm_teacher(recipe, tokenizer, data, progress, log)
         if data.teacher_tokenizer is not None:
@@ -187,8 +191,8 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
         """With ``teacher.tokenizer``, the teacher reads the student's text with its own."""
         recipe, data = self.recipe, self.data
         assert recipe.teacher is not None
-        if isinstance(model, Served):
-            return model
+        if is_remote(model):
+            return model  # type: ignore[return-value]
         if data.teacher_tokenizer is None:
             return teacher_module(recipe, model)
         autocast = AUTOCAST[recipe.teacher.autocast]
@@ -216,8 +220,12 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
 
     def evaluate(self, model: nn.Module, judge: Teacher | None) -> dict[str, Any]:
         data, recipe = self.data, self.recipe
-        if isinstance(model, Served):  # the server's log-probs of the test tokens
-            metrics = model.measure(loader(data.test, recipe, False))
+        if is_remote(model):  # the servers' log-probs of the test tokens
+            metrics = model.measure(loader(data.test, recipe, False))  # type: ignore[attr-defined]
+            for name, rows in (data.test_by_domain or {}).items():
+                if len(rows):  # type: ignore[arg-type]
+                    measured = model.measure(loader(rows, recipe, False))  # type: ignore[attr-defined]
+                    metrics[f"perplexity_{name}"] = math.exp(measured["loss"])
         elif model is self.cross_teacher:  # it reads the test text in its own tokens
             rows = own_token_rows(data.test, data.tokenizer, data.teacher_tokenizer)
             metrics = Distiller(model, progress=False).evaluate(loader(rows, recipe, False))
@@ -372,13 +380,17 @@ class CausalLM(Language, Cacheable, Generates, RewritesBatches, Drafts):
         """A routed teacher's members, each on the cache rows routed to it; the member's
         fingerprint also digests those rows' ids, so a change of routing rebuilds it."""
         spec = self.recipe.teacher
-        if not isinstance(teacher, EnsembleModel) or teacher.combine != "route":
+        if isinstance(teacher, RoutedServed):
+            models: list[Any] = list(teacher.members.values())
+        elif isinstance(teacher, EnsembleModel) and teacher.combine == "route":
+            models = list(teacher.members)
+        else:
             return []
         assert spec is not None and spec.members is not None
         rows = self.cache_rows()
         domains = [int(rows[i]["domain"]) for i in range(len(rows))]  # type: ignore[arg-type]
         members = []
-        for index, (member, model) in enumerate(zip(spec.members, teacher.members, strict=True)):
+        for index, (member, model) in enumerate(zip(spec.members, models, strict=True)):
             mine = [i for i, domain in enumerate(domains) if domain == index]
             name = member.domain or str(index)
             if not mine:
