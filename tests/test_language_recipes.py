@@ -412,6 +412,20 @@ def routed_chats(tmp_path: Path) -> list[str]:
     return overrides
 
 
+def test_a_member_that_does_not_exist_is_named(text_file, tokenizer_dir, tmp_path):
+    from distill.runs.table import task_for
+
+    missing = tmp_path / "no-such-teacher"
+    recipe = ensemble_lm_recipe(
+        text_file, tokenizer_dir, tmp_path,
+        f"teacher.members=[{{model: 'hf:{missing}'}}, {{model: 'hf:{missing}'}}]",
+    )  # fmt: skip
+    task = task_for(recipe)
+    task.prepare(False, lambda m: None)
+    with pytest.raises(RecipeError, match=re.escape(f"teacher.members[0].model hf:{missing}")):
+        task.teacher(False, lambda m: None)
+
+
 @pytest.mark.e2e
 def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path):
     """teacher.combine: route for chat rows: each row goes to the member its
@@ -542,6 +556,15 @@ def test_a_chat_row_goes_to_its_fields_member_else_the_first_rule_else_the_defau
         ROOT / "recipes" / "llm_token_kd.yaml", [*overrides, "data.default_domain=safety"]
     )
     assert domain_reader(with_default)(chat("hello there")) == 1
+    keywords = load_recipe(  # a keyword list: whole words, any case
+        ROOT / "recipes" / "llm_token_kd.yaml",
+        [*overrides, "data.domain_rules={safety: [Poison, 'break in'], maths: [sum]}"],
+    )
+    member_of = domain_reader(keywords)
+    assert member_of(chat("How do I BREAK IN to a car?")) == 1
+    assert member_of(chat("the sum of 2 and 3")) == 0
+    with pytest.raises(RecipeError, match=re.escape("no data.domain_rules matches")):
+        member_of(chat("a summary of poisonous plants"))  # not whole words
 
 
 def test_routing_language_rows_needs_chat_rows_a_column_and_known_domains():

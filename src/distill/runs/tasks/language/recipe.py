@@ -64,10 +64,11 @@ class TextDataSpec(DataSection):
         description="chat rows: the record field naming each row's domain, which routes "
         "the row to the member with that teacher.members[*].domain (teacher.combine: route)",
     )
-    domain_rules: dict[str, str] = Field(
+    domain_rules: dict[str, str | list[str]] = Field(
         default_factory=dict,
-        description="a regular expression per member domain, searched in a chat row's "
-        "prompt when no domain_column field names a member; the first that matches routes it",
+        description="a regular expression (or a list of keywords, matched as whole words "
+        "in any case) per member domain, searched in a chat row's prompt when no "
+        "domain_column field names a member; the first that matches routes it",
     )
     default_domain: str | None = Field(
         None, description="the domain of a row no field or rule routes; None: refuse the row"
@@ -75,8 +76,17 @@ class TextDataSpec(DataSection):
 
     @field_validator("domain_rules")
     @classmethod
-    def _rules_compile(cls, rules: dict[str, str]) -> dict[str, str]:
+    def _rules_compile(cls, rules: dict[str, str | list[str]]) -> dict[str, str]:
+        """Each rule as a regular expression (a keyword list: whole words, any case)."""
+        rules = {
+            domain: rf"(?i)\b(?:{'|'.join(map(re.escape, rule))})\b"
+            if isinstance(rule, list)
+            else rule
+            for domain, rule in rules.items()
+        }
         for domain, pattern in rules.items():
+            if not pattern:
+                raise ValueError(f"domain_rules.{domain}: an empty rule matches every prompt")
             try:
                 re.compile(pattern)
             except re.error as error:

@@ -100,7 +100,10 @@ def get_lm_ensemble(
     for i, member in enumerate(spec.members):
         log(f"teacher.members[{i}]: {member.model}")
         alone = recipe.model_copy(update={"teacher": member})
-        model, info = get_lm_teacher(alone, tokenizer, data, progress, log)
+        try:
+            model, info = get_lm_teacher(alone, tokenizer, data, progress, log)
+        except RecipeError as error:  # name the member, not "teacher"
+            raise RecipeError(str(error).replace("teacher", f"teacher.members[{i}]", 1)) from None
         members.append(model)
         infos.append(info)
     sizes = [model.get_output_embeddings().weight.shape[0] for model in members]
