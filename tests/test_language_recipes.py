@@ -447,6 +447,12 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
     taught = summary["teacher_rows"]  # provenance: training rows per member
     assert set(taught) == {"maths", "safety"} and min(taught.values()) > 0
     assert sum(taught.values()) == 40 - 4 - 8  # every training row, once
+    from distill.training.checkpoint import latest_checkpoint
+
+    written = latest_checkpoint(tmp_path / "runs" / recipe.name)  # each checkpoint too
+    assert json.loads((written / "state.json").read_text())["provenance"] == {
+        "teacher_rows": taught
+    }
     from distill.runs.tasks.language.report import domain_figures
 
     drawn = domain_figures(tmp_path / "runs" / recipe.name, summary)["domains"][0]

@@ -339,6 +339,7 @@ def train_student(
         batch_transform=transform,
         validation=task.validate if isinstance(task, ValidatesOwn) else None,
         log=budget.log,
+        provenance=None if lesson.rows == "baseline" else task.data.provenance,
     )
     saved = [ckpt.STUDENT_FILE]  # every file a command may read, checksummed in finished.json
     if has_adapters(student):  # in PEFT's format, then merged: the student as it deploys

@@ -127,13 +127,15 @@ def fit_student(
     validation: Callable[[nn.Module], dict[str, float]] | None = None,
     resume: bool = True,
     log: Log = print,
+    provenance: dict[str, Any] | None = None,
     **changes: Any,
 ) -> tuple[Distiller, Any, float]:
     """Train ``student`` with the recipe's settings (``changes`` override some), from
     the last checkpoint in ``run_dir`` if an earlier run was stopped there (``resume``);
     a checkpoint at every validation unless ``train.checkpoint_every`` says otherwise.
     ``validation``: what each validation measures (None: ``Distiller.evaluate`` on
-    ``val_loader``). Returns (distiller, fit result, seconds)."""
+    ``val_loader``); ``provenance``: what every checkpoint records about the lessons'
+    sources. Returns (distiller, fit result, seconds)."""
     every = recipe.train.eval_every or eval_every
     run = Distiller(
         student,
@@ -143,6 +145,7 @@ def fit_student(
         batch_transform=batch_transform,
         validation=validation,
         log=log,
+        provenance=provenance,
         **settings(
             recipe.train,
             seed=recipe.seed,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -61,6 +61,9 @@ class Splits:
     val: Dataset
     test: Dataset
     regime: str  # one line for the log and the report: what data, how many labels
+    # where the distilled students' lessons come from (e.g. how many rows each member of a
+    # routed teacher taught): in the summary and in each of their checkpoints
+    provenance: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
 
 @dataclass

@@ -71,7 +71,8 @@ class Distiller:
     training micro-batch (on the device) before the teacher and the student see it;
     on-policy distillation uses it. ``validation(student)`` measures the student at each
     validation in place of ``evaluate`` on the validation rows (features judged by k-NN).
-    ``log`` receives notes (a damaged checkpoint passed over on resume).
+    ``log`` receives notes (a damaged checkpoint passed over on resume). ``provenance``
+    (where the lessons came from) is written into each checkpoint's ``state.json``.
 
     Non-finite values: a loss or gradient norm that is NaN or infinite stops training with
     ``NonFiniteLoss`` (the last checkpoint written stays the last good one), or, with
@@ -89,6 +90,7 @@ class Distiller:
         batch_transform: Callable[[Batch, int], Batch] | None = None,
         validation: Callable[[nn.Module], dict[str, float]] | None = None,
         log: Callable[[str], None] = to_stderr,
+        provenance: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         if optimizer is not None and not callable(optimizer):
@@ -104,6 +106,7 @@ class Distiller:
         self.batch_transform = batch_transform
         self.validation = validation  # None: ``evaluate`` on the validation rows
         self.log = log
+        self.state_extras = {"provenance": provenance} if provenance else {}
         self.accelerator: Accelerator | None = None
         self.student_taps = Taps(student, self.objective.student_taps)
         if teacher is not None:
@@ -422,7 +425,7 @@ class Distiller:
             return None
         path = run_dir / ckpt.CHECKPOINTS / f"step_{state.step:07d}"
         if self.is_main:
-            state_json = {**state.to_dict(), "settings": self.fingerprint}
+            state_json = {**state.to_dict(), "settings": self.fingerprint, **self.state_extras}
             ckpt.save_checkpoint(path, self._trainables(), state_json)
             ckpt.prune_checkpoints(run_dir, self.config.keep_checkpoints)
         accelerator.wait_for_everyone()

@@ -27,7 +27,6 @@ class TextData(Splits):
 
     tokenizer: Any
     teacher_tokenizer: Any = None  # teacher.tokenizer: the teacher's own, not the student's
-    taught_by: dict[str, int] | None = None  # a routed teacher: training rows per member
     test_by_domain: dict[str, Dataset] | None = None  # a routed teacher: test rows per member
 
     @property
@@ -76,10 +75,11 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
         f"{len(test):,} test rows of {spec.seq_len} tokens"
     )
     train = Subset(rows, train_ids)
-    taught_by, test_by_domain = None, None
+    provenance, test_by_domain = {}, None
     trained, tested = member_rows(recipe, rows, train_ids), member_rows(recipe, rows, test.indices)
     if trained is not None and tested is not None:
         taught_by = {name: len(ids) for name, ids in trained.items()}
+        provenance = {"teacher_rows": taught_by}  # which member taught how many rows
         test_by_domain = {name: Subset(rows, ids) for name, ids in tested.items()}
         regime += "; routed: " + ", ".join(f"{n} rows to {d}" for d, n in taught_by.items())
     return TextData(
@@ -89,8 +89,8 @@ def prepare_text(recipe: Recipe, tokenizer: Any) -> TextData:
         test=test,
         regime=regime,
         tokenizer=tokenizer,
-        taught_by=taught_by,
         test_by_domain=test_by_domain,
+        provenance=provenance,
     )
 
 

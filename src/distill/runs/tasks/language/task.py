@@ -279,8 +279,7 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
         own = recipe.teacher.tokenizer if recipe.teacher else None
         before = {"task": recipe.task, "dataset": f"text ({text_spec(recipe).source})"}
         before["teacher_tokenizer"] = own
-        if self.data.taught_by is not None:  # provenance: which member taught which rows
-            before["teacher_rows"] = self.data.taught_by
+        before |= self.data.provenance  # a routed teacher: how many rows each member taught
         return before, {"perplexity_ratio": ratio, "gap_closed": None}
 
     def hub_student(self, run_dir: Path, folder: Path, log: Log) -> None:
