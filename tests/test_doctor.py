@@ -196,3 +196,19 @@ def test_the_temperature_sweep_trains_one_short_run_per_temperature(tmp_path, di
     assert set(sweep["val_accuracy"]) == {"1.0", "4.0"}
     accuracy = sweep["val_accuracy"]
     assert sweep["best"] == float(max(accuracy, key=accuracy.get)) and sweep["steps"] == 5
+
+
+def test_members_taught_at_one_temperature_are_checked_against_each_other():
+    """A member whose soft targets are the labels again is a problem; members whose
+    softness differs more than threefold, a warning naming each one's best temperature."""
+    from distill.doctor.members import member_temperature_check
+
+    torch.manual_seed(0)
+    soft = torch.randn(200, 10)
+    found = member_temperature_check({"a": soft, "b": soft * 1.2}, 1.0)
+    assert found.verdict == "ok"
+    sharp = member_temperature_check({"a": soft, "b": soft * 40}, 1.0)
+    assert sharp.verdict == "problem" and "b teach nearly the labels" in sharp.summary
+    assert sharp.measurements["recommended"]["b"] > sharp.measurements["recommended"]["a"]
+    apart = member_temperature_check({"a": soft * 0.5, "b": soft * 6}, 1.0)
+    assert apart.verdict == "warning" and "fold apart" in apart.summary

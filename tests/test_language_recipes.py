@@ -477,6 +477,8 @@ def test_routed_language_model_teachers_each_answer_their_domains_rows(tmp_path)
     assert template["verdict"] == "problem"  # the members are checked against the data
     assert "teacher.members[1]" in template["summary"]
     assert "teacher.members[0]" not in template["summary"]
+    members = next(f for f in checked["findings"] if f["check"] == "members")
+    assert set(members["measurements"]["off_top_share"]) == {"maths", "safety"}
     with torch.no_grad():
         answers = batch.run(routed)
         for n, member in enumerate(batch.meta["domain"].tolist()):

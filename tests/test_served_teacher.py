@@ -292,6 +292,30 @@ def test_the_served_teacher_recipe_caches_then_trains(
     assert math.isfinite(summary["models"]["student"]["kl_to_teacher"])
 
 
+def test_served_members_are_refused_where_they_are_not_built():
+    from distill.recipes import RecipeError, load_recipe
+    from tests.test_language_recipes import ROOT
+
+    def member(domain: str, **args: object) -> str:
+        return f"{{model: 'served:http://h/v1', domain: {domain}, args: {json.dumps(args)}}}"
+
+    base = [
+        "data={dataset: text, format: chat, tokenizer: 'hf:tok', domain_column: topic}",
+        "student.model=hf:s",
+        "objective={kd: {loss: lm_head_kd, temperature: 1.0}}",
+    ]
+    for members, extra, message in [
+        (f"[{member('a', top_k=5)}, {member('b')}]", [], "every member answers the same top-k"),
+        (f"[{member('a')}, {member('b')}]", ["generate={prompts: p.jsonl}"], "`generate` does"),
+        (f"[{member('a')}, {member('b', batch=3)}]", [], "teacher.members[1].args: a served"),
+        (f"[{member('a')}, {member('b')}]", ["objective.kd.temperature=2.0"],
+         "does not combine with `teacher.members[0].model: served`"),
+    ]:  # fmt: skip
+        teacher = f"teacher={{model: ensemble, combine: route, members: {members}}}"
+        with pytest.raises(RecipeError, match=re.escape(message)):
+            load_recipe(ROOT / "recipes" / "llm_token_kd.yaml", [*base, teacher, *extra])
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -408,6 +432,11 @@ def test_routed_served_members_are_each_asked_only_about_their_rows(tmp_path):
             local = Distiller(model, progress=False).evaluate(rows)
             assert teacher[f"perplexity_{name}"] == pytest.approx(math.exp(local["loss"]), rel=1e-4)
         assert math.isfinite(student["kl_to_teacher"]) and "teacher_agreement_maths" in student
+        from distill.doctor.run import diagnose
+
+        checked = diagnose(recipe, tmp_path / "doctor", sample=8, progress=False, log=print)
+        mass = next(f for f in checked["findings"] if f["check"] == "top_k_mass")
+        assert mass["verdict"] in ("ok", "warning", "problem") and "served" in mass["summary"]
         before = [server.counters()["prompts"] for server in servers]
         live = recipe.model_copy(update={"cache": None, "name": "live"})
         summary = run_recipe(live, progress=False, log=lambda m: None)  # the servers teach

@@ -408,7 +408,11 @@ class RoutedServed(Ensemble):
     the same way, each row by its own server."""
 
     def __init__(self, members: Mapping[str, Served]) -> None:
+        ks = {member.top_k for member in members.values()}
+        if len(ks) > 1:
+            raise ValueError(f"routed served members must answer the same top-k, got {sorted(ks)}")
         super().__init__(members, combine="route")
+        self.top_k = ks.pop()
 
     def measure(self, rows: Iterable[Any]) -> dict[str, float]:
         """``Served.measure`` over rows of every member, each scored by its own."""

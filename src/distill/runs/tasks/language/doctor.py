@@ -40,6 +40,7 @@ from distill.doctor.lm_checks import (
     token_mask,
     top_k_mass_check,
 )
+from distill.doctor.members import member_temperature_check
 from distill.doctor.tokenizers import template_check, truncation_check, vocabulary_check
 from distill.losses.registry import loss_info
 from distill.models import hf
@@ -115,6 +116,28 @@ def teacher_distribution(
                 padded.append(F.softmax(logits, -1)[:, vocabulary:].sum(-1))
     mass = float(torch.cat(padded).mean()) if padded else None
     return torch.cat(picked), None, mass
+
+
+def member_distributions(teacher: teachers.EnsembleModel, batches: list[Batch], seed: int):
+    """Each member's next-token logits at up to POSITIONS counted positions of the rows it
+    answers: its own when routed, all of them in a mixture."""
+    generator = torch.Generator().manual_seed(seed)
+    per_batch = math.ceil(POSITIONS / max(len(batches), 1))
+    found: list[list[Tensor]] = [[] for _ in teacher.members]
+    with torch.no_grad():
+        for batch in batches:
+            for index, member in enumerate(teacher.members):
+                rows = torch.arange(batch.size())
+                if teacher.combine == "route":
+                    rows = (batch.meta["domain"] == index).nonzero().squeeze(1)
+                if not rows.numel():
+                    continue
+                mine = batch.select(rows)
+                logits = logits_of(mine.run(member)).float()[token_mask(mine)]
+                found[index].append(
+                    logits[torch.randperm(len(logits), generator=generator)[:per_batch]]
+                )
+    return [torch.cat(parts) if parts else torch.empty(0) for parts in found]
 
 
 def chat_lengths(recipe: Recipe, tokenizer: Any, stops: set[int], sample: int):
@@ -214,6 +237,12 @@ def diagnose_language(
     )
     if logits is not None:
         findings.append(temperature_check(logits, temperature or 1.0))
+    if isinstance(teacher, teachers.EnsembleModel):  # local members, against each other
+        names = [m.domain or f"members[{i}]" for i, m in enumerate(recipe.teacher.members)]  # type: ignore[union-attr]
+        answers = member_distributions(teacher, batches, recipe.seed)
+        findings.append(
+            member_temperature_check(dict(zip(names, answers, strict=True)), temperature or 1.0)
+        )
     samplers = {}
     if generate is not None:
         samplers["generate"] = (generate.temperature, generate.top_p)

@@ -310,6 +310,12 @@ def check_served_members(recipe: LanguageRecipe) -> None:
         )
     for i, member in enumerate(teacher.members):
         check_served(recipe.model_copy(update={"teacher": member}), f"teacher.members[{i}]")
+    ks = [member.args.get("top_k", 20) for member in teacher.members]  # (a cache: its top_k)
+    if getattr(recipe, "cache", None) is None and len(set(ks)) > 1:
+        raise ValueError(
+            f"teacher.members[*].args.top_k: routed rows are read alike, so every member "
+            f"answers the same top-k; got {ks}"
+        )
     for field in ("generate", "on_policy"):
         if getattr(recipe, field, None) is not None:
             raise refusal(field, "teacher.members: served", f"not built together yet; drop {field}")
