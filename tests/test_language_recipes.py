@@ -536,6 +536,11 @@ def test_a_routed_teachers_members_are_cached_apart_each_on_its_own_rows(tmp_pat
     again = cache_command(recipe, progress=False, log=said.append)
     assert set(again["members"]) == {"maths", "safety"}
     assert sum("complete, reused" in line for line in said) == 2
+    rerouted = load_recipe(  # rows without a field now go to the other member
+        ROOT / "recipes" / "llm_token_kd.yaml", [*overrides, "data.default_domain=maths"]
+    )
+    with pytest.raises(RecipeError, match=r"member-\w+ holds a cache built differently.*rows"):
+        cache_command(rerouted, progress=False, log=lambda m: None)
 
 
 def test_a_chat_row_goes_to_its_fields_member_else_the_first_rule_else_the_default():

@@ -380,7 +380,8 @@ class CausalLM(Language, Cacheable, Generates, RewritesBatches, Drafts):
 
     def cache_members(self, teacher: nn.Module) -> list[CacheMember]:
         """A routed teacher's members, each on the cache rows routed to it; the member's
-        fingerprint also digests those rows' ids, so a change of routing rebuilds it."""
+        fingerprint also digests those rows' ids, so a cache built under other routing is
+        caught."""
         spec = self.recipe.teacher
         if isinstance(teacher, RoutedServed):
             models: list[Any] = list(teacher.members.values())
