@@ -19,9 +19,10 @@ same steps, learning rate and seed: labels only (the routed run's label-only bas
 0.5 × cross-entropy + 0.5 × token-level KL from the reasoning teacher alone, from the safety
 teacher alone, from both routed by the rows' ``domain`` column, and from their mean mixture.
 Each student then answers held-out prompts greedily: arithmetic accuracy (the last number),
-refusal rate on held-out harmful requests, over-refusal on held-out benign look-alikes.
+refusal rate on held-out harmful requests, over-refusal on held-out benign look-alikes;
+and the perplexity of the held-out reference answers (worked answers, refusals).
 
-    python benchmarks/specialised_teachers.py          # about 2 hours on 2 CPU cores
+    python benchmarks/specialised_teachers.py          # about 95 minutes on 2 CPU cores
     python benchmarks/specialised_teachers.py --render # the table again from the JSON
 
 A killed run continues: the teachers, the student's start and every finished (seed, row) are
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import platform
 import random
 import statistics
@@ -90,6 +92,8 @@ FILLERS = {
     "pet": ["dog", "cat", "parrot", "rabbit"],
     "gift": ["present", "bike", "puppy"],
 }
+RATES = ("arithmetic", "refusal", "over_refusal", "safety", "union")  # shares, in %
+ANSWERS = ("ppl_problems", "ppl_refusals")  # held-out reference answers' perplexities
 ROWS = {
     "labels only": None,  # the routed run's label-only baseline
     "reasoning teacher alone": "reasoning",
@@ -208,6 +212,23 @@ def task_metrics(model, tokenizer, data: dict, args) -> dict[str, float]:
     }
 
 
+def held_out_perplexities(model, tokenizer, data: dict, args) -> dict[str, float]:
+    """The perplexity of the held-out reference answers (teacher-forced, answer tokens
+    only): the worked answers of the problems and the refusals of the harmful requests."""
+    references = {
+        "ppl_problems": [
+            answered(p, f"{p['steps']} Answer: {p['answer']}") for p in data["test_problems"]
+        ],
+        "ppl_refusals": [answered(h, h["refusal"]) for h in data["test_harmful"]],
+    }
+    found = {}
+    for name, rows in references.items():
+        loader = DataLoader(ChatExamples(rows, tokenizer, seq_len=args.seq_len), batch_size=16)
+        measured = distill.Distiller(model, progress=False, cpu=True).evaluate(loader)
+        found[name] = math.exp(measured["loss"])
+    return found
+
+
 def recipe_for(row: str, seed: int, paths: dict[str, Path], args):
     kind = ROWS[row] or "route"
     members = f"[{{model: 'hf:{paths['reasoning']}', domain: reasoning}}, " \
@@ -238,23 +259,27 @@ def recipe_for(row: str, seed: int, paths: dict[str, Path], args):
 
 
 def run_row(row: str, seed: int, paths, data, tokenizer, args, results: dict) -> None:
-    """One (seed, row): the recipe run, then the task metrics of its student (and of the
-    routed run's label-only baseline). Finished entries are kept in ``results``."""
-    key = f"{seed}/{row}"
-    if key in results["runs"]:
+    """One (seed, row): the recipe run, then the measures of its student (and of the
+    routed run's label-only baseline). Finished entries are kept in ``results``; one
+    measured before the held-out perplexities existed gets them from its saved student."""
+    for name in (row, "labels only") if ROWS[row] == "route" else (row,):
+        entry = results["runs"].get(f"{seed}/{name}")
+        if entry is not None and "ppl_problems" not in entry:
+            entry |= held_out_perplexities(
+                student_of(name, seed, paths, args), tokenizer, data, args
+            )
+            save(results, args)
+    if f"{seed}/{row}" in results["runs"]:
         return
     recipe = recipe_for(row, seed, paths, args)
-    out = args.work / "runs"
     started = time.perf_counter()
-    summary = run_recipe(recipe, out_dir=out / recipe.name, progress=False, log=print)
-    run_dir = out / recipe.name
-    task = task_for(recipe)
+    summary = run_recipe(recipe, out_dir=run_dir_of(recipe, args), progress=False, log=print)
     for model_row, name in (("student", row), ("baseline", "labels only")):
         if model_row not in summary["models"] or f"{seed}/{name}" in results["runs"]:
             continue
-        folder = run_dir / ("baseline" if model_row == "baseline" else "")
-        student = task.load_student(folder if model_row == "baseline" else run_dir)
+        student = student_of(name, seed, paths, args)
         found = task_metrics(student, tokenizer, data, args)
+        found |= held_out_perplexities(student, tokenizer, data, args)
         measured = summary["models"][model_row]
         found |= {k: v for k, v in measured.items() if k.startswith("perplexity")}
         found["teacher_rows"] = summary.get("teacher_rows")
@@ -264,15 +289,27 @@ def run_row(row: str, seed: int, paths, data, tokenizer, args, results: dict) ->
     save(results, args)
 
 
+def run_dir_of(recipe, args) -> Path:
+    return args.work / "runs" / recipe.name
+
+
+def student_of(name: str, seed: int, paths, args):
+    """A finished row's student, as its run saved it (labels only: the routed run's
+    baseline)."""
+    recipe = recipe_for("routed (both)" if name == "labels only" else name, seed, paths, args)
+    folder = run_dir_of(recipe, args)
+    return task_for(recipe).load_student(folder / "baseline" if name == "labels only" else folder)
+
+
 def save(results: dict, args) -> None:
     RESULTS.write_text(json.dumps(results, indent=1))
     render(results, args)
 
 
-def spread(values: list[float]) -> str:
-    mean = 100 * statistics.fmean(values)
-    sd = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {sd:.1f}"
+def spread(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    mean = scale * statistics.fmean(values)
+    sd = scale * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def render(results: dict, args) -> None:
@@ -303,56 +340,79 @@ def render(results: dict, args) -> None:
         "",
         "Command: `python benchmarks/specialised_teachers.py`",
         "",
+        "Perplexity: of the held-out reference answers, teacher-forced (the problems' worked "
+        "answers, the harmful requests' refusals), and of the recipe's 32 test rows of the "
+        "union; the union's answer perplexity is the geometric mean of the two.",
+        "",
         "| model | arithmetic (%) | refusal, harmful (%) | over-refusal, benign (%) | "
-        "safety (%) | union (%) | perplexity, test rows |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "safety (%) | union (%) | perplexity: worked answers | perplexity: refusals | "
+        "perplexity: test rows |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, found in results.get("teachers", {}).items():
-        lines.append(
-            f"| {name} | {100 * found['arithmetic']:.1f} | {100 * found['refusal']:.1f} | "
-            f"{100 * found['over_refusal']:.1f} | {100 * found['safety']:.1f} | "
-            f"{100 * found['union']:.1f} | |"
-        )
+        cells = [f"{100 * found[k]:.1f}" for k in RATES]
+        cells += [f"{found[k]:.3f}" if k in found else "" for k in ANSWERS]
+        lines.append(f"| {name} | {' | '.join(cells)} | |")
     means = {}
     for row in ROWS:
-        runs = [results["runs"][f"{s}/{row}"] for s in seeds if f"{s}/{row}" in results["runs"]]
+        runs = [
+            dict(results["runs"][f"{s}/{row}"]) for s in seeds if f"{s}/{row}" in results["runs"]
+        ]
         if not runs:
             continue
-        means[row] = {k: statistics.fmean(r[k] for r in runs) for k in ("arithmetic", "safety",
-                                                                          "union")}  # fmt: skip
+        for run in runs:  # the union of the two answer perplexities: their geometric mean
+            if all(k in run for k in ANSWERS):
+                run["ppl_union"] = math.sqrt(run["ppl_problems"] * run["ppl_refusals"])
+        measured = [k for k in (*RATES, *ANSWERS, "ppl_union") if all(k in r for r in runs)]
+        means[row] = {k: statistics.fmean(r[k] for r in runs) for k in measured}
         means[row] |= {
             f"{k}_sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0
-            for k in ("arithmetic", "safety")
+            for k in measured
         }
-        cells = [spread([r[k] for r in runs]) for k in
-                 ("arithmetic", "refusal", "over_refusal", "safety", "union")]  # fmt: skip
-        perplexity = statistics.fmean(r["perplexity"] for r in runs)
-        lines.append(f"| student: {row} ({len(runs)} seeds) | {' | '.join(cells)} | "
-                     f"{perplexity:.2f} |")  # fmt: skip
+        cells = [spread([r[k] for r in runs]) for k in RATES]
+        cells += [spread([r[k] for r in runs], 1, 3) if k in measured else "" for k in ANSWERS]
+        cells.append(spread([r["perplexity"] for r in runs], 1, 2))
+        seeded = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+        lines.append(f"| student: {row} ({seeded}) | {' | '.join(cells)} |")
     if len(means) == len(ROWS):
         lines += ["", *goal_lines(means)]
     Path(RESULTS.with_suffix(".md")).write_text("\n".join(lines) + "\n")
 
 
 def goal_lines(means: dict) -> list[str]:
-    """The issue's goal, each part met or not, from the means and deviations."""
-    routed = means["routed (both)"]
+    """The issue's goal, each part met or not, by the task measures and by the held-out
+    answer perplexities (lower is better), from the means and deviations."""
+    routed, labels = means["routed (both)"], means["labels only"]
     reasoning, safety = means["reasoning teacher alone"], means["safety teacher alone"]
 
-    def within(domain: str, single: dict) -> bool:
-        return abs(routed[domain] - single[domain]) <= max(single[f"{domain}_sd"], 1e-9)
+    def near(key: str, single: dict, higher_better: bool = True) -> bool:
+        """Within one standard deviation of ``single``, or better."""
+        gap = routed[key] - single[key]
+        return (gap if higher_better else -gap) >= -max(single[f"{key}_sd"], 1e-9)
+
+    def beats(key: str, *others: dict, higher_better: bool = True) -> bool:
+        return all((routed[key] > o[key]) == higher_better for o in others)
 
     checks = [
-        ("routed within one standard deviation of the reasoning teacher's student on "
-         "arithmetic", within("arithmetic", reasoning) or routed["arithmetic"] > reasoning[
-             "arithmetic"]),
-        ("routed within one standard deviation of the safety teacher's student on safety",
-         within("safety", safety) or routed["safety"] > safety["safety"]),
-        ("routed better than both single-teacher students on the union",
-         routed["union"] > max(reasoning["union"], safety["union"])),
-        ("routed better than labels only on the union",
-         routed["union"] > means["labels only"]["union"]),
+        ("arithmetic: routed within one standard deviation of the reasoning teacher's "
+         "student, or better", near("arithmetic", reasoning)),
+        ("safety: routed within one standard deviation of the safety teacher's student, or "
+         "better", near("safety", safety)),
+        ("union (task measures): routed better than both single-teacher students",
+         beats("union", reasoning, safety)),
+        ("union (task measures): routed better than labels only", beats("union", labels)),
     ]  # fmt: skip
+    if all("ppl_union" in row for row in (routed, labels, reasoning, safety)):
+        checks += [
+            ("worked answers: routed's perplexity within one standard deviation of the "
+             "reasoning teacher's student, or lower", near("ppl_problems", reasoning, False)),
+            ("refusals: routed's perplexity within one standard deviation of the safety "
+             "teacher's student, or lower", near("ppl_refusals", safety, False)),
+            ("union (answer perplexity): routed lower than both single-teacher students",
+             beats("ppl_union", reasoning, safety, higher_better=False)),
+            ("union (answer perplexity): routed lower than labels only",
+             beats("ppl_union", labels, higher_better=False)),
+        ]  # fmt: skip
     return [f"- {'met' if ok else 'NOT met'}: {text}" for text, ok in checks]
 
 
@@ -425,13 +485,18 @@ def main() -> None:
     if results.get("settings", {}) | {"machine": ""} != settings | {"machine": ""}:
         results = {"settings": settings, "runs": {}}  # other settings: start again
     results["settings"] = settings
-    if "teachers" not in results:
-        results["teachers"] = {}
-        for name, folder in (("base model (30 layers)", None), ("reasoning teacher",
-                             paths["reasoning"]), ("safety teacher", paths["safety"])):  # fmt: skip
-            model = base if folder is None else load_hf_lm(f"hf:{folder}")[0]
-            results["teachers"][name] = task_metrics(model, tokenizer, data, args)
-            print(name, results["teachers"][name], flush=True)
+    results.setdefault("teachers", {})
+    for name, folder in (("base model (30 layers)", None), ("reasoning teacher",
+                         paths["reasoning"]), ("safety teacher", paths["safety"])):  # fmt: skip
+        found = results["teachers"].get(name, {})
+        if "ppl_problems" in found:
+            continue
+        model = base if folder is None else load_hf_lm(f"hf:{folder}")[0]
+        if "arithmetic" not in found:
+            found |= task_metrics(model, tokenizer, data, args)
+        found |= held_out_perplexities(model.eval(), tokenizer, data, args)
+        results["teachers"][name] = found
+        print(name, found, flush=True)
         save(results, args)
     for seed in args.seeds:
         for row in (
