@@ -68,3 +68,60 @@ def test_confident_gnmax_also_pays_for_the_threshold_check_of_every_query():
     assert pate.pate_epsilon(50, 20.0, 1e-5)[0] > pate.pate_epsilon(50, 40.0, 1e-5)[0]
     with pytest.raises(ValueError, match="δ must be in"):
         pate.pate_epsilon(50, 40.0, delta=1.0)
+
+
+def test_the_data_dependent_gnmax_bound_against_float64_references():
+    """Proposition 7's q̃ (exact for two classes, above a Monte-Carlo estimate for three,
+    capped at 1 − 1/C for a tie) and Theorem 6's ε(λ) evaluated term by term in float64."""
+    import numpy as np
+
+    from distill.methods.pate_dependent import gaussian_rdp, log_pr_answered, log_q_gnmax
+
+    sigma = 40.0
+    assert math.exp(log_q_gnmax([200, 50], sigma)) == pytest.approx(
+        0.5 * math.erfc(150 / (2 * sigma)), rel=1e-12
+    )
+    votes = np.array([180.0, 60.0, 10.0])
+    rng = np.random.default_rng(0)
+    noisy = votes + rng.normal(0, sigma, (400_000, 3))
+    wrong = float((noisy.argmax(1) != 0).mean())
+    assert wrong <= math.exp(log_q_gnmax(votes, sigma)) <= 1.05 * wrong + 1e-3
+    assert math.exp(log_q_gnmax([10, 10], sigma)) == pytest.approx(0.5)
+    assert math.exp(log_pr_answered([30, 220], 200, 150)) == pytest.approx(
+        0.5 * math.erfc((200 - 220) / (150 * math.sqrt(2))), rel=1e-12
+    )
+
+    q = 0.5 * math.erfc(150 / (2 * sigma)) + 0.5 * math.erfc(160 / (2 * sigma))
+    orders = [2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+    found = gaussian_rdp(math.log(q), sigma, orders)
+    mu2 = sigma * math.sqrt(math.log(1 / q))
+    mu1, var = mu2 + 1, sigma**2
+    a = (1 - q) / (1 - (q * math.exp(mu2 / var)) ** ((mu2 - 1) / mu2))
+    b = math.exp(mu1 / var) / q ** (1 / (mu1 - 1))
+    for lam, value in zip(orders, found, strict=True):
+        by_hand = math.log((1 - q) * a ** (lam - 1) + q * b ** (lam - 1)) / (lam - 1)
+        assert value == pytest.approx(min(by_hand, lam / var), rel=1e-9)
+    assert found[3] < orders[3] / var / 3  # at λ = 16, far below the data-independent bound
+    tie = gaussian_rdp(math.log(0.5), sigma, orders)
+    assert list(tie) == pytest.approx([lam / var for lam in orders])  # nothing to gain
+
+
+def test_unanimous_votes_cost_far_less_under_the_data_dependent_analysis():
+    import numpy as np
+
+    from distill.methods.pate import pate_epsilon
+    from distill.methods.pate_dependent import data_dependent_epsilon
+
+    counts = np.zeros((200, 10))
+    counts[:, 3] = 240  # 250 teachers, nearly unanimous
+    counts[:, 5] = 10
+    answered = np.ones(200, dtype=bool)
+    independent, _ = pate_epsilon(200, 40.0, 1e-5, queries=200, sigma_threshold=150.0)
+    dependent, _ = data_dependent_epsilon(
+        counts, answered, 40.0, 1e-5, threshold=200.0, sigma_threshold=150.0
+    )
+    assert 0 < dependent < independent / 3
+    split = counts.copy()
+    split[:, 3], split[:, 5] = 125, 125  # a tie everywhere: no better than the bound
+    tied, _ = data_dependent_epsilon(split, answered, 40.0, 1e-5)
+    assert tied == pytest.approx(pate_epsilon(200, 40.0, 1e-5)[0], rel=1e-6)

@@ -109,11 +109,14 @@ def test_a_pate_run_trains_partition_teachers_answers_noisily_and_reports_epsilo
         pate_epsilon(privacy["answered"], 2.0, 1e-5, queries=120, sigma_threshold=2.0)[0]
     )
     assert privacy["epsilon"] > pate_epsilon(privacy["answered"], 2.0, 1e-5)[0]
+    # the data-dependent analysis of the same votes: never above the bound, named apart
+    assert 0 < privacy["epsilon_data_dependent"] <= privacy["epsilon"] + 1e-9
     # the noisy answers are right far more often than chance (10 classes)
     assert privacy["answer_accuracy"] > 0.3
     report = (tmp_path / "run" / "report.md").read_text()
     assert f"Privacy: ({privacy['epsilon']:.2f}, 1e-05)-DP" in report
     assert "partitioned among 10 teachers" in report and "Not protected: the public" in report
+    assert "The data-dependent analysis of these votes" in report
     assert "| teachers' plain vote (10, no noise) |" in report
     assert "none was selected on validation" in report
     stores = sorted((fashion / "teachers").iterdir())

@@ -10,6 +10,7 @@
 - ``inversion``, ``synthetic``: DeepInversion inputs from the teacher alone, stored as a
   resumable, checksummed transfer set;
 - ``pate``: private aggregation of teacher ensembles (GNMax answers, RDP accounting).
+- ``pate_dependent``: PATE's data-dependent privacy analysis of a run's votes.
 """
 
 from distill.methods.cohort import Cohort, mutual_objective

@@ -127,7 +127,8 @@ def confident_gnmax(
     return Answers(labels, answered)
 
 
-def _rdp() -> object:
+def rdp_analysis() -> object:
+    """Opacus's RDP analysis module (``compute_rdp``, ``get_privacy_spent``)."""
     try:
         from opacus.accountants.analysis import rdp
     except ImportError as error:
@@ -146,7 +147,7 @@ def pate_rdp(
 ) -> list[float]:
     """The RDP ε(α) per order of ``answered`` GNMax answers at σ, plus, for Confident
     GNMax, the threshold check of all ``queries`` at σ₁."""
-    rdp = _rdp()
+    rdp = rdp_analysis()
     # GNMax: L2 sensitivity √2, so it is the Gaussian mechanism with multiplier σ / √2
     total = rdp.compute_rdp(
         q=1.0, noise_multiplier=sigma / math.sqrt(2), steps=answered, orders=list(orders)
@@ -170,7 +171,7 @@ def pate_epsilon(
     """(ε, the best order α) of the data-independent bound at ``delta``."""
     if not 0 < delta < 1:
         raise ValueError(f"δ must be in (0, 1), got {delta}")
-    rdp = _rdp()
+    rdp = rdp_analysis()
     values = pate_rdp(answered, sigma, queries, sigma_threshold, orders)
     epsilon, order = rdp.get_privacy_spent(orders=list(orders), rdp=values, delta=delta)
     return float(epsilon), float(order)
