@@ -126,3 +126,55 @@ def test_a_synthetic_set_is_made_once_resumed_and_verified(tmp_path):
     assert torch.equal(SyntheticSet(folder).inputs, rows.inputs)  # seeded: the same again
     with pytest.raises(CacheError, match="made with other seed"):
         make(seed=4)
+
+
+def test_the_data_free_generator_losses_against_float64_sums_by_hand():
+    """DAFL's one-hot, activation and information-entropy losses and the L1 / KL
+    disagreement, each summed term by term in float64."""
+    import math
+
+    from distill.losses import generator as g
+
+    torch.manual_seed(0)
+    t, s, f = torch.randn(5, 4), torch.randn(5, 4), torch.randn(5, 7)
+    rows, classes = t.tolist(), 4
+
+    def softmax(z):
+        top = max(z)
+        e = [math.exp(v - top) for v in z]
+        return [v / sum(e) for v in e]
+
+    one_hot = sum(-math.log(softmax(z)[z.index(max(z))]) for z in rows) / 5
+    assert float(g.one_hot_loss(t)) == pytest.approx(one_hot, rel=1e-6)
+    activation = -sum(abs(v) for row in f.tolist() for v in row) / 35
+    assert float(g.activation_loss(f)) == pytest.approx(activation, rel=1e-6)
+    mean = [sum(softmax(z)[j] for z in rows) / 5 for j in range(classes)]
+    entropy = sum(p * math.log(p) for p in mean)
+    assert float(g.information_entropy_loss(t)) == pytest.approx(entropy, rel=1e-6)
+    uniform = torch.zeros(3, classes)
+    assert float(g.information_entropy_loss(uniform)) == pytest.approx(-math.log(classes))
+    assert float(g.dafl_loss(t, f, 1.0, 0.1, 5.0)) == pytest.approx(
+        one_hot + 0.1 * activation + 5.0 * entropy, rel=1e-6
+    )
+    l1 = (
+        sum(
+            abs(a - b)
+            for x, y in zip(rows, s.tolist(), strict=True)
+            for a, b in zip(x, y, strict=True)
+        )
+        / 20
+    )
+    assert float(g.disagreement(s, t, "l1")) == pytest.approx(l1, rel=1e-6)
+    kl = (
+        sum(
+            sum(
+                p * (math.log(p) - math.log(q)) for p, q in zip(softmax(x), softmax(y), strict=True)
+            )
+            for x, y in zip(rows, s.tolist(), strict=True)
+        )
+        / 5
+    )
+    assert float(g.disagreement(s, t, "kl")) == pytest.approx(kl, rel=1e-5)
+    assert float(g.disagreement(t, t, "kl")) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="l1 or kl"):
+        g.disagreement(s, t, "l2")
