@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.losses.logits import kl
+
 
 def one_hot_loss(teacher_logits: Tensor) -> Tensor:
     """DAFL's one-hot loss (Chen et al. 2019, eq. 3): the teacher should be sure of each
@@ -59,12 +61,10 @@ def disagreement(student_logits: Tensor, teacher_logits: Tensor, kind: str = "l1
     - ``l1`` (DFAD, Fang et al. 2019): (1/(nC)) Σ_i ‖z_T^i − z_S^i‖₁, on logits, which
       keeps gradients alive when the two already agree;
     - ``kl`` (ZSKT, Micaelli & Storkey 2019): (1/n) Σ_i KL(softmax(z_T^i) ‖ softmax(z_S^i))."""
-    student, teacher = student_logits.float(), teacher_logits.float()
     if kind == "l1":
-        return (teacher - student).abs().mean()
+        return (teacher_logits.float() - student_logits.float()).abs().mean()
     if kind == "kl":
-        log_t, log_s = teacher.log_softmax(dim=-1), student.log_softmax(dim=-1)
-        return (log_t.exp() * (log_t - log_s)).sum(dim=-1).mean()
+        return kl(student_logits, teacher_logits)  # Hinton's KL at T = 1
     raise ValueError(f"disagreement kind must be l1 or kl, got {kind!r}")
 
 

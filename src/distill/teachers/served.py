@@ -402,6 +402,12 @@ def totals(tallies: list[tuple[float, int, int]]) -> dict[str, float]:
     return {"loss": nll / max(1, count), "accuracy": right / max(1, count), "examples": count}
 
 
+def pooled(measured: list[dict[str, float]]) -> dict[str, float]:
+    """``measure``'s metrics over several parts of the rows, from each part's own."""
+    return totals([(m["loss"] * m["examples"], m["accuracy"] * m["examples"], int(m["examples"]))
+                   for m in measured])  # fmt: skip
+
+
 class RoutedServed(Ensemble):
     """Served teachers routed row by row: each answers only the rows whose ``domain``
     names it (its index among ``members``), with its top-k at temperature 1; measured

@@ -118,26 +118,20 @@ def teacher_distribution(
     return torch.cat(picked), None, mass
 
 
-def member_distributions(teacher: teachers.EnsembleModel, batches: list[Batch], seed: int):
-    """Each member's next-token logits at up to POSITIONS counted positions of the rows it
+def member_distributions(
+    teacher: teachers.EnsembleModel, batches: list[Batch], vocabulary: int, seed: int
+) -> list[Tensor]:
+    """Each member's next-token logits (``teacher_distribution``'s sample) on the rows it
     answers: its own when routed, all of them in a mixture."""
-    generator = torch.Generator().manual_seed(seed)
-    per_batch = math.ceil(POSITIONS / max(len(batches), 1))
-    found: list[list[Tensor]] = [[] for _ in teacher.members]
-    with torch.no_grad():
-        for batch in batches:
-            for index, member in enumerate(teacher.members):
-                rows = torch.arange(batch.size())
-                if teacher.combine == "route":
-                    rows = (batch.meta["domain"] == index).nonzero().squeeze(1)
-                if not rows.numel():
-                    continue
-                mine = batch.select(rows)
-                logits = logits_of(mine.run(member)).float()[token_mask(mine)]
-                found[index].append(
-                    logits[torch.randperm(len(logits), generator=generator)[:per_batch]]
-                )
-    return [torch.cat(parts) if parts else torch.empty(0) for parts in found]
+    found = []
+    for index, member in enumerate(teacher.members):
+        mine = batches
+        if teacher.combine == "route":
+            mine = [b.select((b.meta["domain"] == index).nonzero().squeeze(1)) for b in batches]
+            mine = [b for b in mine if b.size()]
+        logits = teacher_distribution(member, None, mine, vocabulary, seed)[0] if mine else None  # type: ignore[arg-type]
+        found.append(torch.empty(0) if logits is None else logits)
+    return found
 
 
 def chat_lengths(recipe: Recipe, tokenizer: Any, stops: set[int], sample: int):
@@ -239,7 +233,7 @@ def diagnose_language(
         findings.append(temperature_check(logits, temperature or 1.0))
     if isinstance(teacher, teachers.EnsembleModel):  # local members, against each other
         names = [m.domain or f"members[{i}]" for i, m in enumerate(recipe.teacher.members)]  # type: ignore[union-attr]
-        answers = member_distributions(teacher, batches, recipe.seed)
+        answers = member_distributions(teacher, batches, len(tokenizer), recipe.seed)
         findings.append(
             member_temperature_check(dict(zip(names, answers, strict=True)), temperature or 1.0)
         )

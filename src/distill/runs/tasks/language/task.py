@@ -63,6 +63,7 @@ from distill.runs.tasks.language.report import domain_figures
 from distill.runs.tasks.language.speculative import draft_folder, measure_draft
 from distill.runs.workdir import HF_STUDENT_DIR, Log, files_under, verify_finished
 from distill.teachers import CrossTokenizer, EnsembleModel, RoutedServed, Teacher, is_remote
+from distill.teachers.served import pooled
 from distill.training import Distiller
 
 
@@ -223,12 +224,11 @@ class Language(Task, WrapsTeacher, SavesStudent, Diagnosable, Searchable, Pushab
 
     def evaluate(self, model: nn.Module, judge: Teacher | None) -> dict[str, Any]:
         data, recipe = self.data, self.recipe
-        if is_remote(model):  # the servers' log-probs of the test tokens
-            metrics = model.measure(loader(data.test, recipe, False))  # type: ignore[attr-defined]
-            for name, rows in (data.test_by_domain or {}).items():
-                if len(rows):  # type: ignore[arg-type]
-                    measured = model.measure(loader(rows, recipe, False))  # type: ignore[attr-defined]
-                    metrics[f"perplexity_{name}"] = math.exp(measured["loss"])
+        if is_remote(model):  # the servers' log-probs of the test tokens, each row asked once
+            parts = {n: r for n, r in (data.test_by_domain or {"": data.test}).items() if len(r)}  # type: ignore[arg-type]
+            measured = {n: model.measure(loader(r, recipe, False)) for n, r in parts.items()}  # type: ignore[attr-defined]
+            metrics = pooled(list(measured.values()))
+            metrics |= {f"perplexity_{n}": math.exp(m["loss"]) for n, m in measured.items() if n}
         elif model is self.cross_teacher:  # it reads the test text in its own tokens
             rows = own_token_rows(data.test, data.tokenizer, data.teacher_tokenizer)
             metrics = Distiller(model, progress=False).evaluate(loader(rows, recipe, False))
