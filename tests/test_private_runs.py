@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from distill.data import Mixed
 from distill.doctor.run import diagnose
@@ -66,12 +68,68 @@ def test_a_data_free_run_distils_on_synthetic_inputs_only_and_reuses_them(fashio
     assert len(synthetic) == 64 and synthetic.inputs.shape[1:] == (1, 28, 28)
     assert synthetic.provenance["settings"]["steps"] == 5
     assert synthetic.provenance["teacher"] in folder.name
-    assert any("DeepInversion inputs" in line for line in lines)
+    assert any("by DeepInversion, 5 steps per batch of 32" in line for line in lines)
 
     # the same teacher and settings in another run: the stored inputs, not new ones
     stamp = {p.name: p.stat().st_mtime_ns for p in folder.glob("batch_*")}
     run_recipe(recipe, out_dir=tmp_path / "again", progress=False, log=lines.append)
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("batch_*")} == stamp
+
+
+GENERATOR = [
+    "data.labeled=300",
+    "data.batch_size=32",
+    "data.synthetic.examples=64",
+    "data.synthetic.batch_size=32",
+    "data.synthetic.generator.rounds_per_batch=2",
+    "data.synthetic.generator.width=4",
+    "teacher.args.channels=[8,16]",
+    "teacher.train.max_steps=10",
+    "train.max_steps=6",
+    "output.latency_repeats=3",
+]
+
+
+@pytest.mark.e2e
+def test_a_generator_run_starts_the_student_from_the_one_beside_the_generator(fashion, tmp_path):
+    still = ["train.lr=1e-30"]  # the distilled student's weights stay where they start
+    recipe = load_recipe(RECIPES / "fashion_mnist_data_free_generator.yaml", [*GENERATOR, *still])
+    lines = []
+    summary = run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lines.append)
+    assert "by a generator, 4 rounds of 32, 2 kept" in "\n".join(lines)
+    assert summary["synthesis"]["method"] == "generator" and summary["synthesis"]["examples"] == 64
+    assert summary["synthesis"]["seconds_this_run"] > 0
+    assert any("starts from the one that learned beside the generator" in line for line in lines)
+    (folder,) = (fashion / "synthetic").iterdir()
+    made = SyntheticSet(folder)
+    assert len(made) == 64 and made.provenance["method"] == "generator"
+    student = load_file(str(tmp_path / "run" / "student.safetensors"))
+    assert made.student_weights is not None and student.keys() == made.student_weights.keys()
+    for name, weights in made.student_weights.items():
+        torch.testing.assert_close(student[name], weights)
+    # warm_start: false learns from the same stored inputs (its key leaves it out), fresh
+    cold = load_recipe(
+        RECIPES / "fashion_mnist_data_free_generator.yaml",
+        [*GENERATOR, "data.synthetic.generator.warm_start=false"],
+    )
+    lines.clear()
+    run_recipe(cold, out_dir=tmp_path / "cold", progress=False, log=lines.append)
+    assert [p.name for p in (fashion / "synthetic").iterdir()] == [folder.name]
+    assert not any("starts from" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("data.synthetic.steps=5", "steps is DeepInversion's; method: generator takes"),
+        ("data.synthetic.generator.disagreement=l2", "data.synthetic.generator.disagreement"),
+    ],
+)
+def test_bad_generator_settings_fail_naming_the_field(change, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(RECIPES / "fashion_mnist_data_free_generator.yaml", [change])
+    with pytest.raises(RecipeError, match="generator: is for method: generator"):
+        load_recipe(RECIPES / "fashion_mnist_data_free.yaml", ["data.synthetic.generator={}"])
 
 
 def test_a_data_free_recipe_rejects_a_teacher_without_batchnorm_before_training(fashion, tmp_path):
@@ -132,6 +190,40 @@ def test_a_pate_run_trains_partition_teachers_answers_noisily_and_reports_epsilo
     assert "counts" not in (answers / "answers.safetensors").read_bytes().decode("latin-1")
 
 
+@pytest.mark.e2e
+def test_a_pate_student_learns_the_unanswered_public_inputs_from_its_mean_teacher(
+    fashion, tmp_path
+):
+    changes = [*PATE, "pate.unanswered=mean_teacher", "objective.consistency={loss: kl}"]
+    recipe = load_recipe(RECIPES / "fashion_mnist_pate.yaml", changes)
+    lines = []
+    summary = run_recipe(recipe, out_dir=tmp_path / "run", progress=False, log=lines.append)
+    answered = summary["privacy"]["answered"]
+    (said,) = [line for line in lines if "from its own moving average" in line]
+    assert f"learns {answered:,} answers, and all 300 public inputs" in said
+    # the moving average is measured beside the student; the answers' ε is unchanged
+    assert set(summary["models"]) == {"teacher", "student", "ema_teacher"}
+    plain = run_recipe(
+        load_recipe(RECIPES / "fashion_mnist_pate.yaml", PATE),
+        out_dir=tmp_path / "plain", progress=False, log=lines.append,
+    )  # fmt: skip
+    assert plain["privacy"] == summary["privacy"]  # the same answers, reused from the cache
+    assert any("answers reused" in line for line in lines)
+
+
+def test_pate_student_rows_are_the_answers_then_every_other_public_input():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from distill.runs.tasks.private.rows import Answered
+
+    public = TensorDataset(torch.arange(6.0), torch.zeros(6, dtype=torch.long))
+    labels = torch.tensor([3, -1, 7, -1])  # four queries, two answered; rows 4, 5 not asked
+    assert [tuple(map(int, row)) for row in Answered(public, labels)] == [(0, 3), (2, 7)]
+    rows = [tuple(map(int, row)) for row in Answered(public, labels, unanswered=True)]
+    assert rows == [(0, 3), (2, 7), (1, -100), (3, -100), (4, -100), (5, -100)]
+
+
 def test_pate_data_split_keeps_public_rows_out_of_every_partition(fashion):
     recipe = load_recipe(RECIPES / "fashion_mnist_pate.yaml", PATE)
     data = prepare_data(recipe)
@@ -171,6 +263,9 @@ def test_pate_partitions_larger_than_the_data_fail_before_training(
         ("pate.queries=20000", "queries 20000 exceeds the public pool"),
         ("data.labeled=2000", "`pate` does not combine with `data.labeled`"),
         ("objective.kd={loss: kl}", "`objective.kd` does not combine with `pate`"),
+        ("pate.unanswered=mean_teacher", "pate.unanswered: mean_teacher: no objective term"),
+        ("pate.unanswered=everything", "pate.unanswered"),
+        ("pate.ema_momentum=2", "pate.ema_momentum"),
     ],
 )
 def test_bad_pate_settings_are_one_line_errors_naming_the_field(change, field):

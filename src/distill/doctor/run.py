@@ -159,7 +159,7 @@ def classic_findings(
     notes = []
     if made is not data:  # data-free or PATE: the student's inputs were made just now
         kind = (
-            "public inputs the PATE teachers answered"
+            "public inputs of the PATE student"
             if getattr(recipe, "pate", None)
             else "synthetic inputs"
         )

@@ -208,14 +208,16 @@ def distilled_lesson(
             heads = stored.head_model()
         else:
             sparse = True
+    ema = spec.ema_momentum if spec is not None and spec.kind is TeacherKind.EMA else None
+    if isinstance(task, TransferSet) and task.own_average() is not None:
+        ema = task.own_average()  # e.g. PATE's student on the unanswered public inputs
     return Lesson(
         recipe_objective(recipe, per_epoch, heads, sparse_teacher=sparse),
         teacher,
         answers=answers,
-        ema_momentum=spec.ema_momentum
-        if spec is not None and spec.kind is TeacherKind.EMA
-        else None,
+        ema_momentum=ema,
         on_policy=True,
+        start=task.student_start() if isinstance(task, TransferSet) else None,
     )
 
 
@@ -297,6 +299,8 @@ def train_student(
     spec = spec or recipe.student
     torch.manual_seed(recipe.seed)  # the same initial weights for every student
     student = task.build_student(spec, lesson.teacher)
+    if lesson.start is not None:  # e.g. the student that learned alongside a generator
+        student.load_state_dict(lesson.start)
     if peers > 1:
         members = [student]
         for offset in range(1, peers):

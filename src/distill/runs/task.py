@@ -82,6 +82,7 @@ class Lesson:
     on_policy: bool = False
     transform: Callable[[Batch, int], Batch] | None = None  # the task's for this stage
     answers_for: Callable[[nn.Module], teachers.Teacher] | None = None  # built on the student
+    start: dict[str, Tensor] | None = None  # the weights it starts from (None: fresh, seeded)
 
 
 @dataclass
@@ -352,6 +353,16 @@ class TransferSet(ABC):
         """Make the rows (``self.data`` changes); returns the teacher the students learn
         from live: ``teacher``, or None when they learn only the rows' answers."""
         raise NotImplementedError
+
+    def student_start(self) -> dict[str, Tensor] | None:
+        """The weights the distilled student starts from, when making the rows trained one
+        (a generator's student, which learned alongside it); None: a fresh student."""
+        return None
+
+    def own_average(self) -> float | None:
+        """The momentum of the distilled student's own moving average, when it learns
+        the rows without an answer from it (Mean Teacher); None: it does not."""
+        return None
 
 
 class WrapsTeacher(ABC):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from distill.data import (
@@ -34,6 +35,8 @@ class Data(Splits):
     in_shape: tuple[int, ...]
     public: Dataset | None = None  # pate: the public pool the student's queries come from
     privacy: dict[str, Any] | None = None  # pate: the answers' (ε, δ) and what they cover
+    # data.synthetic, a generator: the student that learned alongside it (warm_start)
+    student_start: dict[str, Tensor] | None = None
 
 
 def prepare_data(recipe: Recipe) -> Data:
@@ -72,7 +75,9 @@ def prepare_data(recipe: Recipe) -> Data:
             f"{spec.labeled:,} labels ({len(baseline_train):,} train + {len(val):,} validation); "
             + (
                 f"the distilled student sees no training images, only {spec.synthetic.examples:,} "
-                "inputs synthesised from the teacher (DeepInversion)"
+                "inputs synthesised from the teacher ("
+                + ("a generator" if spec.synthetic.method == "generator" else "DeepInversion")
+                + ")"
                 if spec.synthetic is not None
                 else f"the distilled student also learns from the teacher on "
                 f"{len(student_train):,} training inputs (a transfer set)"

@@ -126,8 +126,16 @@ class Classification(
         """Data-free and PATE recipes: the student's rows, made from the teacher."""
         if not is_private(self.recipe):
             return teacher
-        self.data, live = transfer_rows(self.recipe, self.data, teacher, progress, log)
+        build = lambda: self.build_student(self.recipe.student, teacher)  # noqa: E731
+        self.data, live = transfer_rows(self.recipe, self.data, teacher, build, progress, log)
         return live
+
+    def student_start(self) -> dict[str, Tensor] | None:
+        return self.data.student_start
+
+    def own_average(self) -> float | None:
+        pate = self.recipe.pate
+        return pate.ema_momentum if pate is not None and pate.unanswered == "mean_teacher" else None
 
     def input_mix(self) -> BatchMix | None:
         spec = self.recipe.data.mix  # type: ignore[union-attr]

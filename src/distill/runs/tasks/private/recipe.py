@@ -15,13 +15,59 @@ from distill.recipes.schema import Strict
 from distill.recipes.support import refusal
 
 
-class SyntheticSpec(Strict):
-    """``data.synthetic``: the distilled student's transfer set is synthesised by inverting
-    the teacher (DeepInversion, Yin et al. 2020), made once and kept in the cache."""
+class GeneratorSpec(Strict):
+    """``data.synthetic.generator``: the generator of ``method: generator`` and the student
+    learning alongside it (``methods.generator``); ``data.synthetic.examples`` inputs are
+    kept, one round per batch of ``data.synthetic.batch_size``."""
 
-    method: Literal["deep_inversion"] = Field("deep_inversion", description="how inputs are made")
-    examples: int = Field(4096, ge=1, description="synthetic inputs, targets cycling classes")
-    batch_size: int = Field(256, ge=1, description="inputs optimised together")
+    latent: int = Field(100, ge=1, description="the noise vector's size")
+    width: int = Field(32, ge=1, description="the generator's narrowest convolution")
+    lr: float = Field(1e-3, gt=0, description="the generator's Adam learning rate")
+    conditional: bool = Field(
+        True,
+        description="draw a class per input and ask the teacher for it (cross-entropy); "
+        "false: DAFL's one-hot and information-entropy losses instead",
+    )
+    bn_weight: float = Field(1.0, ge=0, description="BatchNorm-statistics matching")
+    first_bn_multiplier: float = Field(10.0, ge=0, description="extra weight of the first BN")
+    entropy_weight: float = Field(5.0, ge=0, description="conditional: false: class balance")
+    tv_weight: float = Field(1e-2, ge=0, description="total-variation prior")
+    adversarial_weight: float = Field(
+        0.1, ge=0, description="the student's disagreement, which the generator maximises"
+    )
+    disagreement: Literal["l1", "kl"] = Field("l1", description="l1 on logits (DFAD) or kl (ZSKT)")
+    jitter: int = Field(2, ge=0, description="random shift (pixels) before the teacher")
+    flip: bool = Field(True, description="random horizontal flip before the teacher (images)")
+    rounds_per_batch: int = Field(
+        1, ge=1, description="generator rounds per kept batch (the others train, unkept)"
+    )
+    student_steps: int = Field(20, ge=1, description="student KD steps per round (memory bank)")
+    student_lr: float = Field(2e-3, gt=0, description="the alongside student's Adam rate")
+    temperature: float = Field(1.0, gt=0, description="the alongside student's KD temperature")
+    warm_start: bool = Field(
+        True,
+        description="the distilled student starts from the student that learned alongside "
+        "the generator (false: a fresh one, on the kept inputs only)",
+    )
+
+
+INVERSION_FIELDS = ("steps", "lr", "bn_weight", "first_bn_multiplier", "tv_weight", "l2_weight")
+
+
+class SyntheticSpec(Strict):
+    """``data.synthetic``: the distilled student's transfer set is synthesised from the
+    teacher, made once and kept in the cache: by inverting it (``deep_inversion``, Yin et
+    al. 2020), or by a generator trained against it and a student alongside
+    (``generator``: DAFL, ZSKT/DFAD, CMI's memory bank)."""
+
+    method: Literal["deep_inversion", "generator"] = Field(
+        "deep_inversion", description="how inputs are made"
+    )
+    generator: GeneratorSpec | None = Field(
+        None, description="method: generator: its settings (defaults when absent)"
+    )
+    examples: int = Field(4096, ge=1, description="synthetic inputs kept")
+    batch_size: int = Field(256, ge=1, description="inputs made together")
     steps: int = Field(200, ge=1, description="Adam steps per batch")
     lr: float = Field(0.1, gt=0, description="Adam's learning rate on the inputs")
     bn_weight: float = Field(1.0, ge=0, description="BatchNorm-statistics matching")
@@ -48,6 +94,17 @@ class SyntheticSpec(Strict):
     def _range(self) -> SyntheticSpec:
         if self.input_range is not None and not self.input_range[0] < self.input_range[1]:
             raise ValueError(f"input_range {list(self.input_range)}: give [low, high], low < high")
+        if self.method == "generator":
+            inversion = [f for f in INVERSION_FIELDS if f in self.model_fields_set]
+            if inversion:
+                raise ValueError(
+                    f"{inversion[0]} is DeepInversion's; method: generator takes its settings "
+                    "under generator: (e.g. generator.lr, generator.tv_weight)"
+                )
+            if self.generator is None:
+                self.generator = GeneratorSpec()
+        elif self.generator is not None:
+            raise ValueError("generator: is for method: generator; drop it or set the method")
         return self
 
 
@@ -71,6 +128,15 @@ class PateSpec(Strict):
     )
     sigma_threshold: float | None = Field(None, gt=0, description="σ₁ of the threshold check")
     delta: float = Field(1e-5, gt=0, lt=1, description="δ of the reported (ε, δ)")
+    unanswered: Literal["ignore", "mean_teacher"] = Field(
+        "ignore",
+        description="the public inputs without an answer: ignored, or learned from the "
+        "student's own moving average (Mean Teacher, Tarvainen & Valpola 2017): the "
+        "objective's terms that read a teacher read that average, on every public row",
+    )
+    ema_momentum: float = Field(
+        0.99, ge=0, le=1, description="unanswered: mean_teacher: the average's momentum"
+    )
 
     @model_validator(mode="after")
     def _threshold_pair(self) -> PateSpec:
@@ -113,14 +179,23 @@ def check_pate(recipe: Any) -> None:
             "pate: set teacher (model, args, train) of a classification recipe: each "
             "partition trains its own copy"
         )
-    for name, term in recipe.objective.items():
-        if loss_info(term.loss).reads_teacher:
-            raise refusal(
-                f"objective.{name}",
-                "pate",
-                "the student learns only the answered labels (the teachers' outputs are "
-                "private); use {loss: cross_entropy}",
+    reading = [
+        name for name, term in recipe.objective.items() if loss_info(term.loss).reads_teacher
+    ]
+    if recipe.pate.unanswered == "mean_teacher":
+        if not reading:
+            raise ValueError(
+                "pate.unanswered: mean_teacher: no objective term reads the mean teacher; add "
+                "one, e.g. consistency: {loss: kl, weight: 1.0}"
             )
+    elif reading:
+        raise refusal(
+            f"objective.{reading[0]}",
+            "pate",
+            "the student learns only the answered labels (the teachers' outputs are "
+            "private); use {loss: cross_entropy}, or set pate.unanswered: mean_teacher so "
+            "that the term reads the student's own moving average",
+        )
     for field, train in (("teacher.train", teacher.train), ("train", recipe.train)):
         if train.select_metric is not None:
             raise refusal(

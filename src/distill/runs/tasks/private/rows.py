@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from distill.data import Augmented, Mixed
 from distill.errors import CacheError, RecipeError
+from distill.methods.generator import GeneratorSettings
 from distill.methods.inversion import InversionSettings
 from distill.methods.pate import Votes, confident_gnmax, gnmax, partition, pate_epsilon
 from distill.methods.pate_dependent import data_dependent_epsilon
@@ -54,20 +57,45 @@ def synthetic_rows(
     teacher: nn.Module,
     shape: tuple[int, ...],
     num_classes: int,
+    build_student: Callable[[], nn.Module],
     progress: bool,
     log: Log,
-) -> Dataset:
-    """The synthetic transfer set of ``data.synthetic`` (made now if the cache lacks it)."""
+) -> tuple[Dataset, dict[str, Tensor] | None, dict[str, Any]]:
+    """The synthetic transfer set of ``data.synthetic`` (made now if the cache lacks it),
+    the weights the distilled student starts from (``generator.warm_start``: the fresh
+    ``build_student()`` that learned alongside the generator; else None) and what the
+    summary says of it (the wall time of its making in this run: 0 when reused)."""
     spec = recipe.data.synthetic  # type: ignore[union-attr]
     assert spec is not None
-    knobs = spec.model_dump(exclude={"method", "examples", "batch_size", "mixup", "augment"})
     teacher_id = teacher_cache_dir(recipe).name
-    made = spec.model_dump(mode="json", exclude={"mixup", "augment"})  # how the inputs were made
-    folder = cache_root() / "synthetic" / f"{teacher_id}-{json_digest(made)}"
-    log(
-        f"data-free: {spec.examples:,} DeepInversion inputs from the teacher, "
-        f"{spec.steps} steps per batch of {spec.batch_size} ({folder})"
+    # how the inputs were made (for DeepInversion, keyed as before generators existed)
+    made = spec.model_dump(
+        mode="json",
+        exclude={"mixup", "augment"} | ({"generator"} if spec.generator is None else set()),
     )
+    student = None
+    if spec.generator is not None:
+        made["student"] = recipe.student.model_dump(mode="json")
+        made["generator"].pop("warm_start")  # how the student starts, not the inputs
+        settings: InversionSettings | GeneratorSettings = GeneratorSettings(
+            **spec.generator.model_dump(exclude={"warm_start"}), input_range=spec.input_range
+        )
+        torch.manual_seed(recipe.seed)
+        student = build_student()
+        kept = math.ceil(spec.examples / spec.batch_size)
+        how = (
+            f"a generator, {kept * spec.generator.rounds_per_batch:,} rounds of "
+            f"{spec.batch_size}, {kept:,} kept"
+        )
+    else:
+        knobs = spec.model_dump(
+            exclude={"method", "generator", "examples", "batch_size", "mixup", "augment"}
+        )
+        settings = InversionSettings(**knobs)
+        how = f"DeepInversion, {spec.steps} steps per batch of {spec.batch_size}"
+    folder = cache_root() / "synthetic" / f"{teacher_id}-{json_digest(made)}"
+    log(f"data-free: {spec.examples:,} inputs from the teacher by {how} ({folder})")
+    started = time.perf_counter()
     write_synthetic_set(
         teacher,
         folder,
@@ -75,16 +103,26 @@ def synthetic_rows(
         shape=shape,
         num_classes=num_classes,
         teacher_id=teacher_id,
-        settings=InversionSettings(**knobs),
+        settings=settings,
         batch_size=spec.batch_size,
         seed=recipe.seed,
+        student=student,
         progress=progress,
         log=log,
     )
-    rows: Dataset = SyntheticSet(folder)
-    if spec.mixup:
-        rows = Mixed(rows)
-    return Augmented(rows, flip=len(shape) == 3, crop_padding=2) if spec.augment else rows
+    seconds = time.perf_counter() - started
+    made_set = SyntheticSet(folder)
+    record = {"method": spec.method, "examples": spec.examples, "folder": str(folder),
+              "seconds_this_run": seconds}  # fmt: skip
+    start = made_set.student_weights if spec.generator and spec.generator.warm_start else None
+    if start is not None:
+        log(
+            "data-free: the distilled student starts from the one that learned beside the generator"
+        )
+    rows: Dataset = Mixed(made_set) if spec.mixup else made_set
+    if spec.augment:
+        rows = Augmented(rows, flip=len(shape) == 3, crop_padding=2)
+    return rows, start, record
 
 
 def split_public(train: Dataset, recipe: Recipe) -> tuple[Subset, Subset]:
@@ -171,17 +209,23 @@ def _counts(votes: Votes, rows: Dataset, recipe: Recipe, progress: bool) -> tupl
 
 
 class Answered(Dataset):
-    """The answered queries with their noisy labels: rows ``(x, label, meta...)``."""
+    """The answered queries with their noisy labels: rows ``(x, label, meta...)``; with
+    ``unanswered``, every public row too, unlabelled (``-100``): the unanswered queries
+    and the public inputs never asked about (they cost no privacy)."""
 
-    def __init__(self, queries: Dataset, labels: Tensor) -> None:
-        self.index = torch.nonzero(labels >= 0).flatten().tolist()
-        self.queries, self.labels = queries, labels
+    def __init__(self, public: Dataset, labels: Tensor, unanswered: bool = False) -> None:
+        full = torch.full((len(public),), -100, dtype=torch.long)  # type: ignore[arg-type]
+        full[: len(labels)] = labels.where(labels >= 0, -100)  # unanswered: -1
+        self.index = torch.nonzero(full >= 0).flatten().tolist()
+        if unanswered:
+            self.index += torch.nonzero(full < 0).flatten().tolist()
+        self.public, self.labels = public, full
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
-        x, _, *meta = self.queries[self.index[i]]
+        x, _, *meta = self.public[self.index[i]]
         return (x, int(self.labels[self.index[i]]), *meta)
 
 
@@ -192,7 +236,8 @@ def pate_rows(
     spec = recipe.pate
     assert spec is not None
     queries = Subset(public, range(spec.queries or len(public)))  # type: ignore[arg-type]
-    key = {"teachers": teacher_cache_dir(recipe, "pate").name, "pate": spec.model_dump()}
+    answers_of = spec.model_dump(exclude={"unanswered", "ema_momentum"})  # not the student's
+    key = {"teachers": teacher_cache_dir(recipe, "pate").name, "pate": answers_of}
     folder = cache_root() / "pate" / json_digest({**key, "seed": recipe.seed})
     if (folder / PRIVACY_FILE).exists():
         damaged = verify_checksums(folder)
@@ -202,7 +247,7 @@ def pate_rows(
             labels = load_file(str(folder / ANSWERS_FILE))["labels"]
             privacy = read_json(folder / PRIVACY_FILE, CacheError)
             log(f"PATE: {privacy['answered']:,} answers reused from {folder}")
-            return Answered(queries, labels), privacy
+            return student_rows(public, labels, spec.unanswered, log), privacy
     log(f"PATE: the teachers vote on {len(queries):,} public queries")
     counts, truth = _counts(votes, queries, recipe, progress)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -243,7 +288,20 @@ def pate_rows(
     write_json(folder / PRIVACY_FILE, privacy, indent=2)
     write_checksums(folder, [ANSWERS_FILE, PRIVACY_FILE])
     log(privacy_note(privacy))
-    return Answered(queries, labels), privacy
+    return student_rows(public, labels, spec.unanswered, log), privacy
+
+
+def student_rows(public: Dataset, labels: Tensor, unanswered: str, log: Log) -> Answered:
+    """The PATE student's rows: the answered queries, and with ``unanswered:
+    mean_teacher`` every other public input, unlabelled."""
+    rows = Answered(public, labels, unanswered == "mean_teacher")
+    if unanswered == "mean_teacher":
+        answered = int((labels >= 0).sum())
+        log(
+            f"PATE: the student learns {answered:,} answers, and all {len(rows):,} public "
+            "inputs from its own moving average (Mean Teacher)"
+        )
+    return rows
 
 
 def privacy_note(privacy: dict[str, Any]) -> str:

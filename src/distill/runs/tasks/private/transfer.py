@@ -7,9 +7,10 @@ outputs); ``private_summary`` is what the summary says about either."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from distill.methods.pate import Votes
@@ -26,6 +27,8 @@ class PrivateSplits(Protocol):
     in_shape: tuple[int, ...]
     public: Dataset | None
     privacy: dict[str, Any] | None
+    student_start: dict[str, Tensor] | None
+    provenance: dict[str, Any]
 
 
 def is_private(recipe: Recipe) -> bool:
@@ -34,13 +37,25 @@ def is_private(recipe: Recipe) -> bool:
 
 
 def transfer_rows(
-    recipe: Recipe, data: PrivateSplits, teacher: nn.Module, progress: bool, log: Log
+    recipe: Recipe,
+    data: PrivateSplits,
+    teacher: nn.Module,
+    build_student: Callable[[], nn.Module],
+    progress: bool,
+    log: Log,
 ) -> tuple[Any, nn.Module | None]:
     """(the splits with the student's rows made from ``teacher``, the teacher the students
-    learn from live: ``teacher``, or None for PATE, whose students learn the answers)."""
+    learn from live: ``teacher``, or None for PATE, whose students learn the answers);
+    ``build_student`` makes the student a generator learns against."""
     if getattr(recipe.data, "synthetic", None) is not None:
-        rows = synthetic_rows(recipe, teacher, data.in_shape, data.num_classes, progress, log)
-        return dataclasses.replace(data, student_train=rows), teacher  # type: ignore[type-var]
+        rows, start, record = synthetic_rows(
+            recipe, teacher, data.in_shape, data.num_classes, build_student, progress, log
+        )
+        provenance = {**data.provenance, "synthetic": record}
+        made = dataclasses.replace(
+            data, student_train=rows, student_start=start, provenance=provenance
+        )  # type: ignore[type-var]
+        return made, teacher
     if recipe.pate is not None:
         assert isinstance(teacher, Votes) and data.public is not None
         rows, privacy = pate_rows(recipe, data.public, teacher, progress, log)
@@ -61,5 +76,8 @@ def private_summary(recipe: Recipe, data: PrivateSplits) -> dict[str, Any]:
             },
         }
     if getattr(recipe.data, "synthetic", None) is not None:
-        return {"row_labels": {"student": "student, distilled on synthetic inputs"}}
+        return {
+            "synthesis": data.provenance.get("synthetic"),
+            "row_labels": {"student": "student, distilled on synthetic inputs"},
+        }
     return {}
