@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from distill.losses.generator import disagreement, information_entropy_loss, one_hot_loss
 from distill.losses.inversion import total_variation
 from distill.losses.logits import kl
-from distill.methods.inversion import BatchNormInputs
+from distill.methods.inversion import BatchNormInputs, shift_and_flip
 
 
 @dataclass
@@ -113,15 +113,6 @@ class ImageGenerator(nn.Module):
         return self.out_norm(x)
 
 
-def _shift_and_flip(x: Tensor, jitter: int, flip: bool, generator: torch.Generator) -> Tensor:
-    if jitter:
-        shifts = torch.randint(-jitter, jitter + 1, (x.dim() - 2,), generator=generator)
-        x = torch.roll(x, shifts=shifts.tolist(), dims=list(range(2, x.dim())))
-    if flip and x.dim() == 4 and torch.rand((), generator=generator) < 0.5:
-        x = x.flip(dims=[3])
-    return x
-
-
 class GeneratorKD:
     """The generator, the student learning alongside it and the memory bank (see the
     module). ``round()`` makes one batch; ``state_dict`` / ``load_state_dict`` resume."""
@@ -168,7 +159,7 @@ class GeneratorKD:
             )
         watch = BatchNormInputs(self.teacher)
         try:
-            inputs = _shift_and_flip(self.generator(z, classes), s.jitter, s.flip, self.random)
+            inputs = shift_and_flip(self.generator(z, classes), s.jitter, s.flip, self.random)
             teacher_logits = self.teacher(inputs)
             bn = watch.loss(s.first_bn_multiplier)
         finally:

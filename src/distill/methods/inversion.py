@@ -92,7 +92,9 @@ class BatchNormInputs:
             handle.remove()
 
 
-def _augment(x: Tensor, jitter: int, flip: bool, generator: torch.Generator) -> Tensor:
+def shift_and_flip(x: Tensor, jitter: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """``x`` rolled by a random shift of up to ``jitter`` along each spatial axis and, for
+    images, flipped horizontally half the time (DeepInversion's jitter)."""
     if jitter:
         shifts = torch.randint(-jitter, jitter + 1, (x.dim() - 2,), generator=generator)
         x = torch.roll(x, shifts=shifts.tolist(), dims=list(range(2, x.dim())))
@@ -127,7 +129,7 @@ def deep_inversion(
     try:
         for _ in range(settings.steps):
             optimizer.zero_grad(set_to_none=True)
-            seen = _augment(inputs, settings.jitter, settings.flip, generator)
+            seen = shift_and_flip(inputs, settings.jitter, settings.flip, generator)
             logits = teacher(seen)
             terms = {
                 "ce": F.cross_entropy(logits, targets),
