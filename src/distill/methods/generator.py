@@ -129,6 +129,8 @@ class GeneratorKD:
     ) -> None:
         self.settings = s = settings or GeneratorSettings()
         self.teacher, self.student = teacher.eval(), student
+        for p in teacher.parameters():  # frozen: the generator's loss never steps it
+            p.requires_grad_(False)
         self.num_classes, self.batch_size = num_classes, batch_size
         self.random = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # the generator's initial weights
@@ -148,8 +150,6 @@ class GeneratorKD:
         """One generator step and the student's steps: (the new inputs, the teacher's
         logits on them, the generator's loss terms); ``keep``: into the memory bank."""
         s = self.settings
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         self.generator.train()
         z = torch.randn(self.batch_size, s.latent, generator=self.random).to(self.device)
         classes = None
@@ -191,6 +191,14 @@ class GeneratorKD:
         self._teach_student(inputs, teacher_logits)
         self.rounds += 1
         return inputs, teacher_logits, {k: float(v.detach()) for k, v in terms.items()}
+
+    def kept_batch(self) -> tuple[Tensor, Tensor]:
+        """``rounds_per_batch`` rounds, the last one's inputs kept in the memory bank: (the
+        kept inputs, the teacher's logits on them)."""
+        for _ in range(self.settings.rounds_per_batch - 1):
+            self.round(keep=False)
+        inputs, logits, _ = self.round()
+        return inputs, logits
 
     def _teach_student(self, inputs: Tensor, teacher_logits: Tensor) -> None:
         s = self.settings

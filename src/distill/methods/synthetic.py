@@ -128,10 +128,8 @@ def write_synthetic_set(
                 log(f"{path}: damaged (checksum differs); generating it again")
             start = index * batch_size
             count = min(batch_size, examples - start)
-            if rounds is not None:  # the last of rounds_per_batch rounds is kept
-                for _ in range(rounds.settings.rounds_per_batch - 1):
-                    rounds.round(keep=False)
-                inputs, logits, _ = rounds.round()
+            if rounds is not None:
+                inputs, logits = rounds.kept_batch()
                 tensors = {"inputs": inputs[:count], "targets": logits[:count].argmax(dim=-1)}
                 tensors["teacher_logits"] = logits[:count]
             else:
