@@ -3,14 +3,16 @@ the label-only and distilled students of ``recipes/fashion_mnist_kd.yaml``, the 
 students of ``recipes/fashion_mnist_data_free.yaml`` (DeepInversion inputs only) and
 ``recipes/fashion_mnist_data_free_generator.yaml`` (a generator, the student beside it),
 and the PATE student of ``recipes/fashion_mnist_pate.yaml`` at two noise levels and with a
-mean teacher on the unanswered public inputs, for each seed; on the first seed, a sweep of
-PATE's answering threshold. Every recipe runs as ``distill run`` runs it (a fresh cache per
-invocation, so teachers and synthetic inputs are made, not reused). Writes
-``benchmarks/results/private_kd.md`` and ``.json``; ``--rows`` measures some rows again and
-keeps the others' earlier numbers (each row records the commit that measured it).
+mean teacher on the unanswered public inputs, for each seed; on the first seed, sweeps of
+PATE's answering threshold and of its number of teachers. Every recipe runs as ``distill
+run`` runs it (a fresh cache per invocation, so teachers and synthetic inputs are made,
+not reused). Writes ``benchmarks/results/private_kd.md`` and ``.json``; ``--rows`` measures
+some rows again and keeps the others' earlier numbers (each row records the commit that
+measured it).
 
     python benchmarks/private_kd.py                 # every row, 3 seeds: about 90 minutes
     python benchmarks/private_kd.py --rows generator pate pate_mean_teacher pate_sweep
+    python benchmarks/private_kd.py --seeds 0 --rows pate_teachers   # the teacher-count sweep
 """
 
 from __future__ import annotations
@@ -119,6 +121,24 @@ def pate_sweep_row(seed: int, folder: str) -> dict:
     return {"pate_sweep": sweep}
 
 
+def pate_teachers_row(seed: int, folder: str) -> dict:
+    """The teacher count on the first seed: σ, T and σ₁ keep the recipe's ratios to it."""
+    if seed != SWEEP_SEED:
+        return {}
+    sweep = []
+    for teachers in TEACHER_COUNTS:
+        changes = [
+            f"name=fashion_mnist_pate_{teachers}_teachers",
+            f"pate.teachers={teachers}",
+            *(f"pate.{field}={ratio * teachers:g}" for field, ratio in SCALED.items()),
+        ]
+        made = run("fashion_mnist_pate.yaml", seed, folder, changes)
+        models = made["models"]
+        votes = models["teacher"]["accuracy"]
+        sweep.append({"accuracy": models["student"]["accuracy"], "votes": votes, **made["privacy"]})
+    return {"pate_teachers": sweep}
+
+
 ROWS = {
     "kd": kd_rows,
     "data_free": data_free_row,
@@ -127,11 +147,14 @@ ROWS = {
     "pate_2": pate_2_row,
     "pate_mean_teacher": pate_mean_teacher_row,
     "pate_sweep": pate_sweep_row,
+    "pate_teachers": pate_teachers_row,
 }
 MEAN_TEACHER = ["pate.unanswered=mean_teacher", "objective.consistency={loss: kl, weight: 1.0}"]
 SWEEP_SEED = 0
 FIRST_ROWS, FIRST_COMMIT = ("kd", "data_free", "pate", "pate_2"), "fc82c82"  # issue 20's run
 SWEEP = [(180, 150, 2000), (220, 150, 2000), (200, 200, 3000), (230, 200, 4000)]
+TEACHER_COUNTS = [50, 100, 500]  # beside the recipe's 250
+SCALED = {"sigma": 40 / 250, "threshold": 200 / 250, "sigma_threshold": 150 / 250}
 
 
 def commit() -> str:
@@ -275,6 +298,28 @@ def table(results: list[dict]) -> str:
                 f"| {100 * row['accuracy']:.2f} | {row['epsilon']:.2f} "
                 f"| {row['epsilon_data_dependent']:.2f} |"
             )
+    counts = first.get("pate_teachers")
+    if counts:
+        lines += [
+            "",
+            f"Teacher-count sweep, seed {SWEEP_SEED}: the private rows split among more or "
+            "fewer teachers, σ, the threshold and σ₁ scaled with the count (the recipe's "
+            "40, 200 and 150 for 250 teachers), 2,000 queries:",
+            "",
+            "| teachers | private rows each | σ | threshold | σ₁ | plain vote (%) | answered "
+            "| answers right (%) | student acc. (%) | ε, data-independent "
+            "| ε, data-dependent |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        reference = {**p1, "accuracy": first["pate"], "votes": first["pate_votes"]}
+        for row in sorted([*counts, reference], key=lambda r: r["teachers"]):
+            lines.append(
+                f"| {row['teachers']} | {44_000 // row['teachers']:,} | {row['sigma']:g} "
+                f"| {row['threshold']:g} | {row['sigma_threshold']:g} "
+                f"| {100 * row['votes']:.2f} | {row['answered']:,} "
+                f"| {100 * row['answer_accuracy']:.1f} | {100 * row['accuracy']:.2f} "
+                f"| {row['epsilon']:.2f} | {row['epsilon_data_dependent']:.2f} |"
+            )
     lines += [
         "",
         "| seed | teacher | labels only | KD, real transfer set | DeepInversion | generator "
@@ -314,16 +359,15 @@ def main() -> None:
         return
     saved = args.out.with_suffix(".json")
     earlier = {r["seed"]: r for r in json.loads(saved.read_text())} if saved.exists() else {}
-    results = []
+    done: dict[int, dict] = {}
     with tempfile.TemporaryDirectory() as folder:
         os.environ["DISTILL_CACHE"] = str(Path(folder) / "cache")
         for seed in args.seeds:
             print(f"seed {seed}", flush=True)
-            results.append(one_seed(seed, folder, args.rows, earlier.get(seed, {})))
-            done = {r["seed"]: r for r in results}
-            saved.write_text(json.dumps([done.get(s, earlier.get(s)) for s in sorted(
-                set(earlier) | set(done))], indent=2))  # fmt: skip
-    text = table(results)
+            done[seed] = one_seed(seed, folder, args.rows, earlier.get(seed, {}))
+            results = [done.get(s, earlier.get(s)) for s in sorted(set(earlier) | set(done))]
+            saved.write_text(json.dumps(results, indent=2))
+    text = table(results)  # every seed measured, now or before
     args.out.write_text(text)
     print(text)
 
