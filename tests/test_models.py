@@ -24,6 +24,31 @@ def test_small_models_on_both_input_kinds():
             assert model(torch.randn(3, *shape)).shape == (3, 10)
 
 
+def test_the_cnn_family_searches_depth_separable_convolutions_and_resolution():
+    """Each of the CNN's search dimensions changes the network as it says, and the default
+    network keeps its weight names (teachers stored before still load)."""
+    x = torch.randn(2, 1, 28, 28)
+    plain = build_model("zoo:cnn", 10, (1, 28, 28), {"channels": [8, 16], "hidden": 32})
+    assert [k for k in plain.state_dict() if k.endswith("weight")][:2] == [
+        "block1.0.weight", "block1.1.weight"]  # fmt: skip
+    deeper = build_model("zoo:cnn", 10, (1, 28, 28), {"channels": [8, 16], "depth": [1, 3]})
+    convs = lambda m: [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # noqa: E731
+    assert len(convs(deeper)) == 4 and deeper(x).shape == (2, 10)
+    separable = build_model("zoo:cnn", 10, (1, 28, 28), {"channels": [8, 16], "hidden": 32,
+                                                         "separable": True})  # fmt: skip
+    depthwise = [c for c in convs(separable) if c.groups > 1]
+    assert [c.groups for c in depthwise] == [8] and depthwise[0].kernel_size == (3, 3)
+    assert count_parameters(separable) < count_parameters(plain)
+    low = build_model("zoo:cnn", 10, (1, 28, 28), {"channels": [8, 16], "hidden": 0, "pool": 2})
+    assert low.fc.in_features == 16 * 3 * 3 and low(x).shape == (2, 10)  # 28 -> 14 -> 7 -> 3
+    signal = build_model("zoo:cnn", 10, (1, 40), {"depth": 2, "separable": True, "pool": 2})
+    assert signal(torch.randn(2, 1, 40)).shape == (2, 10)
+    with pytest.raises(TypeError, match="too small"):  # 28 / 4 = 7 pixels, 3 halvings
+        build_model("zoo:cnn", 10, (1, 28, 28), {"channels": [4, 4, 4], "pool": 4})
+    with pytest.raises(TypeError, match="one per stage"):
+        build_model("zoo:cnn", 10, (1, 28, 28), {"channels": [4, 4], "depth": [1, 2, 3]})
+
+
 def test_bad_model_specs_are_clear():
     with pytest.raises(ValueError, match="zoo, torchvision, timm, hf"):
         build_model("resnet8", 10, (3, 32, 32))

@@ -177,11 +177,11 @@ def test_an_unknown_architecture_field_fails_naming_the_candidate(tmp_path):
     result = CliRunner().invoke(
         cli.app,
         ["search", str(MNIST1D), *[f"--set={o}" for o in TINY],
-         "--set=search.candidates.1.args.depth={choices: [1, 2]}", "--out", str(tmp_path / "r")],
+         "--set=search.candidates.1.args.stages={choices: [1, 2]}", "--out", str(tmp_path / "r")],
         env={"DISTILL_CACHE": str(tmp_path / "cache")},
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "search.candidates.1: zoo:cnn" in result.output and "depth" in result.output
+    assert "search.candidates.1: zoo:cnn" in result.output and "stages" in result.output
 
 
 def test_a_budget_measured_from_the_student_allows_for_timing_noise():
@@ -343,11 +343,12 @@ def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir,
 def test_nsga2_with_shared_storage_timeout_and_an_onnx_budget(tmp_path):
     """The other options, together: NSGA-II (metric and latency), a study in a storage URL
     (the path several machines take: heartbeats, stale trials retried), a timeout, and ONNX
-    Runtime latency measured for the budget (which refuses --jobs: the exporter changes
-    global torch state while other trials train)."""
+    Runtime latency, float and int8, measured for the budget (which refuses --jobs: the
+    exporter changes global torch state while other trials train)."""
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     args = ["search", str(MNIST1D), *[f"--set={o}" for o in TINY], "--set=search.sampler=nsga2",
             "--set=search.population=2", "--set=search.budget.onnx_latency_ms=1000",
+            "--set=search.budget.onnx_int8_latency_ms=1000",
             "--set=search.compare=false", "--set=search.seeds=[0]", "--storage", storage,
             "--timeout", "600", "--trials", "4", "--out", str(tmp_path / "run"),
             "--json"]  # fmt: skip
@@ -357,10 +358,61 @@ def test_nsga2_with_shared_storage_timeout_and_an_onnx_budget(tmp_path):
     result = CliRunner().invoke(cli.app, args, env=env)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["sampler"] == "nsga2" and summary["budget"] == {"onnx_latency_ms": 1000.0}
+    assert summary["sampler"] == "nsga2"
+    assert summary["budget"] == {"onnx_latency_ms": 1000.0, "onnx_int8_latency_ms": 1000.0}
     assert len(summary["trials"]) == 4
     assert all(t["onnx_latency_ms"] > 0 for t in summary["trials"])
+    assert all(t["onnx_int8_latency_ms"] > 0 for t in summary["trials"])
+    assert summary["final"]["searched"]["onnx_int8_latency_ms"] > 0  # the full run's too
+    report = (tmp_path / "run" / "search.md").read_text()
+    assert report.count("ONNX Runtime int8 ms / example") == 4  # budget, full runs, tables
     (name,) = optuna.get_all_study_names(storage)
     study = optuna.load_study(study_name=name, storage=storage)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert not (tmp_path / "run" / "study.db").exists()  # the study lives in the storage
+
+
+@pytest.mark.parametrize(
+    ("pruner", "kind"),
+    [("median", "MedianPruner"), ("halving", "SuccessiveHalvingPruner"),
+     ("hyperband", "HyperbandPruner"), ("none", "NopPruner")],
+)  # fmt: skip
+def test_each_pruner_has_the_trials_validations_as_its_rungs(pruner, kind):
+    from distill.runs.search.study import make_pruner
+
+    spec = load_recipe(MNIST1D, [SPACE, f"search.pruner={pruner}"]).search
+    made = make_pruner(spec, steps=40)
+    assert type(made).__name__ == kind
+    if pruner == "halving":
+        assert made._min_resource == 20  # 40 steps, 2 validations: the first rung at 20
+    if pruner == "hyperband":
+        assert (made._min_resource, made._max_resource) == (20, 40)
+
+
+@pytest.mark.e2e
+def test_candidates_that_cannot_be_built_are_pruned_and_hyperband_stops_trials(tmp_path):
+    """A point of the space that does not exist (here an input pooled below what three
+    halvings need) is pruned with its reason, not a crash; the other trials report their
+    validations to Hyperband."""
+    space = (
+        "search={candidates: [{model: zoo:cnn, args: {channels: [4, 4, 4], hidden: 8, "
+        "pool: {choices: [1, 2, 8]}}}], sampler: random, trials: 6, pruner: hyperband, "
+        "train: {max_steps: 8}, evaluations: 2, seeds: [0], compare: false}"
+    )
+    overrides = [*TINY[:-1], space]
+    result = CliRunner().invoke(
+        cli.app,
+        ["search", str(MNIST1D), *[f"--set={o}" for o in overrides], "--out",
+         str(tmp_path / "run"), "--json", "-q"],
+        env={"DISTILL_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trials = json.loads(result.stdout)["trials"]
+    pools = [t["student"]["args"]["pool"] for t in trials]
+    assert 8 in pools and {1, 2} & set(pools)  # 40 / 8 = 5 samples: too few for 3 halvings
+    for trial in trials:
+        if trial["student"]["args"]["pool"] == 8:
+            assert trial["state"] == "pruned" and "cannot be built" in trial["stopped"]
+            assert "too small" in trial["stopped"]
+        else:
+            assert "cannot be built" not in (trial.get("stopped") or "")

@@ -75,7 +75,8 @@ def quantize_onnx_int8(source: Path, target: Path) -> Path:
     _onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+    with _quiet_root_logger():  # its advice to pre-process, logged on every call
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
     return Path(target)
 
 

@@ -64,7 +64,7 @@ def build_model(
             raise ModelError(f"no zoo model {name!r}; choose one of {', '.join(sorted(ZOO))}")
         try:
             return ZOO[name](tuple(in_shape), num_classes, **args)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:  # an unknown or impossible argument
             raise ModelArgumentError(f"zoo:{name} args {args}: {error}") from error
     if source == "torchvision":
         tv = optional_import("torchvision", f"model {spec!r}")

@@ -145,6 +145,9 @@ class BudgetSpec(Strict):
     onnx_latency_ms: Measured | None = Field(
         None, description="ONNX Runtime latency per example (the compress extra)"
     )
+    onnx_int8_latency_ms: Measured | None = Field(
+        None, description="ONNX Runtime latency per example of its dynamic int8 version"
+    )
     margin: float = Field(
         0.05,
         ge=0,
@@ -153,7 +156,7 @@ class BudgetSpec(Strict):
         "(`student`, the upper quartile of 5 timings), for the timing noise of this machine",
     )
 
-    @field_validator("latency_ms", "memory_mb", "onnx_latency_ms")
+    @field_validator("latency_ms", "memory_mb", "onnx_latency_ms", "onnx_int8_latency_ms")
     @classmethod
     def _positive(cls, value: Measured | None) -> Measured | None:
         if isinstance(value, float) and not (value > 0 and math.isfinite(value)):
@@ -191,8 +194,12 @@ class SearchSpec(Strict):
     evaluations: int = Field(
         4, ge=1, description="validations per trial (the pruner stops a trial between them)"
     )
-    pruner: Literal["median", "none"] = Field(
-        "median", description="median: stop a trial below the median of earlier ones (tpe)"
+    pruner: Literal["median", "halving", "hyperband", "none"] = Field(
+        "median",
+        description="how trials stop early (tpe, random): median: below the median of earlier "
+        "trials at the same validation; halving: successive halving, only the best third of "
+        "the trials at each rung (a validation) go on; hyperband: several halving brackets "
+        "with different first rungs (Li et al. 2018)",
     )
     population: int = Field(10, ge=2, description="nsga2: candidates per generation")
     seeds: list[int] | None = Field(

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 
 from distill.errors import RecipeError
 from distill.runs.report.page import plots_wanted
-from distill.runs.search.space import MEASURES, amount, describe
+from distill.runs.search.space import MEASURES, ONNX, amount, describe
 from distill.training.state import is_better, lower_is_better
 
 REPORT_FILE = "search.md"
@@ -151,6 +151,7 @@ def markdown(summary: dict[str, Any]) -> str:
     budget = ", ".join(f"{MEASURES[k]} <= {_number(v)}" for k, v in summary["budget"].items())
     shown = shown_metrics(summary)
     seeds = len(next(iter(final.values()))["seeds"])
+    onnx = onnx_measures([*rows, *final.values()])
     lines = [
         f"# Student search: {summary['name']}",
         "",
@@ -164,14 +165,16 @@ def markdown(summary: dict[str, Any]) -> str:
         + (f"; mean ± standard deviation over {seeds} seeds)" if seeds > 1 else "; one seed)"),
         "",
         "| student | params | CPU ms / ex. | "
+        + "".join(f"{MEASURES[m]} | " for m in onnx)
         + " | ".join(f"test {m}" for m in shown)
         + " | seeds |",
-        "| --- | --- | --- | " + "--- | " * len(shown) + "--- |",
+        "| --- | --- | --- | " + "--- | " * (len(onnx) + len(shown)) + "--- |",
     ]
     for row, result in final.items():
         lines.append(
             f"| {row.replace('_', '-')}: `{describe(result['student'])}` | "
             f"{_number(result['parameters'])} | {_number(result['latency_ms'])} | "
+            + "".join(f"{_number(result.get(m))} | " for m in onnx)
             + " | ".join(final_value(result, m) for m in shown)
             + f" | {len(result['seeds'])} |"
         )
@@ -179,25 +182,32 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"![Pareto front]({PLOT_FILE})"]
     lines += ["", "## Pareto front (trained trials)", ""]
     lines += _trial_table(
-        [next(r for r in rows if r["number"] == n) for n in summary["pareto"]], metric
+        [next(r for r in rows if r["number"] == n) for n in summary["pareto"]], metric, onnx
     )
     lines += ["", "## Every trial", ""]
-    lines += _trial_table(rows, metric)
+    lines += _trial_table(rows, metric, onnx)
     return "\n".join(lines) + "\n"
 
 
-def _trial_table(rows: list[dict[str, Any]], metric: str) -> list[str]:
+def onnx_measures(rows: list[dict[str, Any]]) -> list[str]:
+    """The ONNX Runtime latencies measured (a budget named one): shown beside PyTorch's."""
+    return [name for name in ONNX if any(name in row for row in rows)]
+
+
+def _trial_table(rows: list[dict[str, Any]], metric: str, onnx: list[str]) -> list[str]:
     lines = [
-        "| trial | state | student | params | CPU ms / ex. | memory (MB) | "
-        f"val {metric} | overrides |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| trial | state | student | params | CPU ms / ex. | "
+        + "".join(f"{MEASURES[m]} | " for m in onnx)
+        + f"memory (MB) | val {metric} | overrides |",
+        "| --- | --- | --- | --- | --- | " + "--- | " * len(onnx) + "--- | --- | --- |",
     ]
     for r in rows:
         state = r["state"] if "over_budget" not in r else f"over budget: {r['over_budget']}"
         lines.append(
             f"| {r['number']} | {state} | `{describe(r['student'])}` | "
             f"{_number(r.get('parameters'))} | {_number(r.get('latency_ms'))} | "
-            f"{_number(r.get('memory_mb'))} | {_number(r.get('value'))} | "
+            + "".join(f"{_number(r.get(m))} | " for m in onnx)
+            + f"{_number(r.get('memory_mb'))} | {_number(r.get('value'))} | "
             + " ".join(f"`--set {o}`" for o in r["overrides"])
             + " |"
         )

@@ -88,11 +88,12 @@ def search_recipe(
         )
     optuna_module()
     options = options or Options()
-    if options.jobs > 1 and recipe.search.budget.onnx_latency_ms is not None:
+    onnx = [name for name in space.ONNX if name in recipe.search.budget.limits()]
+    if options.jobs > 1 and onnx:
         raise UsageError(
             "--jobs: the ONNX exporter changes global torch state while other trials train, "
-            "so search.budget.onnx_latency_ms needs --jobs 1 (or several processes sharing "
-            "a --storage)"
+            f"so search.budget.{onnx[0]} needs --jobs 1 (or several processes sharing a "
+            "--storage)"
         )
     run_dir = Path(out_dir) if out_dir is not None else recipe.output.dir / f"{recipe.name}-search"
     with open_run_dir(recipe, run_dir, restart, log):
@@ -122,7 +123,7 @@ def search_in(
     if not early:
         limits = runner.resolve_limits()
         families = runner.check_families(limits)
-    study = open_study(recipe, run_dir, options.storage, metric, restart, log)
+    study = open_study(recipe, run_dir, options.storage, metric, restart, log, runner.steps)
     # the first run decides which families are searched: a resumed study keeps its space
     runner.families = study.user_attrs.setdefault("families", families)
     study.set_user_attr("families", runner.families)
@@ -243,7 +244,7 @@ class TrialRunner:
             raise RecipeError(f"{where}: {space.describe(student)}: {error}") from None
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
-        onnx = "onnx_latency_ms" in self.spec.budget.limits()
+        onnx = any(name in self.spec.budget.limits() for name in space.ONNX)
         repeats, batch = self.recipe.output.latency_repeats, self.spec.budget.batch_size
         return space.measure(self.task, model, repeats, onnx, batch)
 
@@ -306,7 +307,12 @@ class TrialRunner:
         student = space.suggest(trial, self.spec.candidates, self.families)
         trial.set_user_attr("student", student)
         trial.set_user_attr("overrides", space.overrides(student))
-        model = self.build(student, f"trial {trial.number}")
+        try:
+            model = self.build(student, f"trial {trial.number}")
+        except RecipeError as error:  # a point of the space that does not exist
+            trial.set_user_attr("stopped", f"cannot be built ({error})")
+            self.log(f"{error}: cannot be built, pruned")
+            raise optuna.TrialPruned() from None
         measured = self.costs(model)
         for name, value in measured.items():
             trial.set_user_attr(name, value)
@@ -333,7 +339,7 @@ class TrialRunner:
     ) -> float | tuple[float, float]:
         optuna = optuna_module()
         callbacks = []
-        if self.spec.sampler != "nsga2" and self.spec.pruner == "median":
+        if self.spec.sampler != "nsga2" and self.spec.pruner != "none":
             callbacks.append(PruneByValidation(trial, self.metric))
         recipe = self.trial_recipe
         live = None if self.teacher is None else teacher_module(recipe, self.teacher)
@@ -422,10 +428,12 @@ def full_runs(runner: TrialRunner, recipe: Recipe, chosen: dict[str, Any], progr
             out[row][name] = statistics.mean(per_seed)
             out[row][f"{name}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
             out[row][f"{name}_per_seed"] = per_seed
+    onnx = any(name in spec.budget.limits() for name in space.ONNX)
     for row, model in models.items():  # back to back, so no row ran on a busier machine
         example, kwargs = runner.task.latency_input(model)
-        batch = spec.budget.batch_size
-        out[row].update(
-            cpu_latency(model, example, recipe.output.latency_repeats, batch=batch, **kwargs)
-        )
+        batch, repeats = spec.budget.batch_size, recipe.output.latency_repeats
+        out[row].update(cpu_latency(model, example, repeats, batch=batch, **kwargs))
+        if onnx:  # the runtime the budget was set in, too
+            measured = space.measure(runner.task, model, repeats, onnx=True, batch=batch)
+            out[row].update({name: measured[name] for name in space.ONNX})
     return out

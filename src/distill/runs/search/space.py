@@ -31,12 +31,15 @@ from distill.runs.task import Task
 
 MEASURING = threading.Lock()
 ROUNDS = 5  # timings of the budget's student, and of a candidate near a timed limit
-TIMED = ("latency_ms", "onnx_latency_ms")  # the measures the machine's load changes
+# the measures the machine's load changes
+TIMED = ("latency_ms", "onnx_latency_ms", "onnx_int8_latency_ms")
+ONNX = ("onnx_latency_ms", "onnx_int8_latency_ms")  # measured together, when a budget names one
 MEASURES = {
     "parameters": "parameters",
     "latency_ms": "CPU ms / example",
     "memory_mb": "memory (MB)",
     "onnx_latency_ms": "ONNX Runtime ms / example",
+    "onnx_int8_latency_ms": "ONNX Runtime int8 ms / example",
 }
 
 
@@ -130,8 +133,9 @@ def measure(
 ) -> dict[str, float]:
     """Parameters, the median CPU latency per example of forwards of ``batch`` examples
     (``repeats`` of them), the memory of such a forward (weights plus the peak of live
-    tensors), and optionally ONNX Runtime's latency, all measured here; one candidate at a
-    time (with ``--jobs``, timings are steadier so)."""
+    tensors), and optionally ONNX Runtime's latency of its export and of that export's
+    dynamic int8 version, timed back to back, all measured here; one candidate at a time
+    (with ``--jobs``, timings are steadier so)."""
     with MEASURING:
         return _measure(task, model, repeats, onnx, batch)
 
@@ -146,12 +150,14 @@ def _measure(
         "memory_mb": forward_memory_bytes(model, example, batch, **kwargs) / 2**20,
     }
     if onnx:
-        from distill.compress.export import export_onnx, onnx_latency_ms
+        from distill.compress.export import export_onnx, onnx_latency_ms, quantize_onnx_int8
 
         with tempfile.TemporaryDirectory() as folder:
             was_training = model.training
             path = export_onnx(model, example.unsqueeze(0), Path(folder) / "candidate.onnx")
+            int8 = quantize_onnx_int8(path, Path(folder) / "candidate_int8.onnx")
             measured["onnx_latency_ms"] = onnx_latency_ms(path, example, repeats, batch=batch)
+            measured["onnx_int8_latency_ms"] = onnx_latency_ms(int8, example, repeats, batch=batch)
             model.train(was_training)
     return measured
 

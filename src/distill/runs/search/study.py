@@ -47,10 +47,17 @@ def finished(study: Any) -> int:
 
 
 def open_study(
-    recipe: Recipe, run_dir: Path, storage: str | None, metric: str, restart: bool, log: Log
+    recipe: Recipe,
+    run_dir: Path,
+    storage: str | None,
+    metric: str,
+    restart: bool,
+    log: Log,
+    steps: int = 1,
 ) -> Any:
     """The recipe's study: in the run directory's SQLite file, or in ``storage`` under a
-    name that digests the recipe (so another recipe never joins it). A local study's
+    name that digests the recipe (so another recipe never joins it); its pruner reads
+    validations at training steps up to ``steps`` (a trial's budget). A local study's
     trials left running by a killed search are marked failed and drawn again."""
     optuna = optuna_module()
     spec = recipe.search
@@ -77,13 +84,27 @@ def open_study(
         storage=backend,
         directions=directions,
         load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+        pruner=make_pruner(spec, steps),
     )
     # a resumed study draws on from where it stopped, not from its first draws again
     study.sampler = make_sampler(spec, recipe.seed + len(study.get_trials(deepcopy=False)))
     if local:
         requeue_interrupted(study, log)
     return study
+
+
+def make_pruner(spec: SearchSpec, steps: int) -> Any:
+    """The pruner ``search.pruner`` names; its rungs are the trial's validations, every
+    ``steps / search.evaluations`` training steps."""
+    pruners = optuna_module().pruners
+    first = max(1, steps // spec.evaluations)
+    if spec.pruner == "halving":
+        return pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
+    if spec.pruner == "hyperband":
+        return pruners.HyperbandPruner(min_resource=first, max_resource=steps, reduction_factor=3)
+    if spec.pruner == "median":
+        return pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    return pruners.NopPruner()
 
 
 def make_sampler(spec: SearchSpec, seed: int) -> Any:
