@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from distill import cli
 from distill.measure import forward_memory_bytes
-from distill.models.shrink import narrow_mlps
 from distill.recipes import RecipeError, load_recipe
 from distill.recipes.search_spec import Candidate
 from distill.runs.search import space as search_space
@@ -272,44 +271,13 @@ def test_the_pareto_front_keeps_the_trials_nothing_beats_on_both():
     assert pareto_front(rows, "loss") == [0]  # lower is better: the fastest is also best
 
 
-def tiny_llama():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def test_width_pruning_keeps_the_most_active_mlp_neurons():
-    model = tiny_llama()
-    calibration = {"input_ids": torch.randint(50, (4, 12))}
-    ids = torch.randint(50, (2, 10))
-    reference = tiny_llama()
-    narrow_mlps(model, 0.5, calibration)
-    assert model.config.intermediate_size == 16
-    for layer, original in zip(model.model.layers, reference.model.layers, strict=True):
-        assert layer.mlp.gate_proj.out_features == 16 and layer.mlp.down_proj.in_features == 16
-        # the kept neurons are rows of the original: zeroing the others changes nothing more
-        kept = [
-            next(i for i in range(32) if torch.equal(original.mlp.up_proj.weight[i], row))
-            for row in layer.mlp.up_proj.weight
-        ]
-        dropped = sorted(set(range(32)) - set(kept))
-        with torch.no_grad():
-            original.mlp.down_proj.weight[:, dropped] = 0
-    with torch.no_grad():
-        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
-    with pytest.raises(ValueError, match="share of the MLP neurons"):
-        narrow_mlps(model, 1.5, calibration)
-
-
 @pytest.mark.e2e
-def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir, tmp_path):
+def test_an_llm_student_is_searched_by_depth_and_three_widths(text_file, tokenizer_dir, tmp_path):
     overrides = [
         *tiny_overrides("llama", text_file, tokenizer_dir, tmp_path),
         "search={candidates: [{model: teacher, args: {keep: {low: 1, high: 3}, "
-        "width: {choices: [0.5, 1.0]}}}], trials: 3, train: {max_steps: 4}, compare: false}",
+        "width: {choices: [0.5, 1.0]}, heads: {choices: [0.5, 1.0]}, "
+        "hidden: {choices: [0.5, 1.0]}}}], trials: 3, train: {max_steps: 4}, compare: false}",
     ]
     result = CliRunner().invoke(
         cli.app,
@@ -337,6 +305,8 @@ def test_an_llm_student_is_searched_by_depth_and_width(text_file, tokenizer_dir,
     chosen = summary["chosen"]["student"]["args"]
     assert student.config.num_hidden_layers == chosen["keep"]
     assert student.config.intermediate_size == round(64 * chosen["width"])
+    assert student.config.num_attention_heads == round(4 * chosen["heads"])  # 2 per group
+    assert student.config.hidden_size == round(32 * chosen["hidden"])
 
 
 @pytest.mark.e2e

@@ -1,4 +1,5 @@
-"""Students from teachers: keep a subset of a transformer's layers, with their weights.
+"""Students from teachers: keep a subset of a transformer's layers, with their weights
+(``models.narrow`` makes them narrower).
 
 DistilBERT keeps every other layer of BERT; Minitron-style depth pruning keeps the layers
 that matter. ``student_from_teacher`` copies the teacher, keeps the chosen blocks of its
@@ -143,71 +144,3 @@ def student_from_teacher(
         if isinstance(layer_types, list) and len(layer_types) == total:
             config.layer_types = [layer_types[i] for i in indices]
     return student
-
-
-GATED_MLP = ("gate_proj", "up_proj", "down_proj")  # Llama, Mistral, Qwen, Gemma, SmolLM
-
-
-@torch.no_grad()
-def narrow_mlps(model: nn.Module, keep: float, calibration: dict[str, Tensor]) -> nn.Module:
-    """Minitron-style width pruning (Muralidharan et al. 2024), in place: every block's MLP
-    keeps the ``keep`` share of its intermediate neurons that matter most, by the mean
-    absolute activation entering ``down_proj`` on ``calibration`` inputs; the kept rows of
-    ``gate_proj``/``up_proj`` and columns of ``down_proj`` keep their weights."""
-    if not 0 < keep <= 1:
-        raise ValueError(f"width keeps a share of the MLP neurons in (0, 1], got {keep}")
-    _, layers = layer_stack(model)
-    mlps = [getattr(layer, "mlp", None) for layer in layers]
-    if not all(m is not None and all(hasattr(m, p) for p in GATED_MLP) for m in mlps):
-        raise ValueError(
-            f"width pruning knows gated MLPs ({', '.join(GATED_MLP)}: Llama, Mistral, Qwen); "
-            f"{type(model).__name__} has other blocks"
-        )
-    scores = [torch.zeros(m.down_proj.in_features) for m in mlps]
-
-    def scorer(k: int):
-        def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            scores[k] += args[0].detach().abs().flatten(0, -2).float().mean(0).cpu()
-
-        return hook
-
-    handles = [m.down_proj.register_forward_pre_hook(scorer(k)) for k, m in enumerate(mlps)]
-    was_training = model.training
-    model.eval()
-    try:
-        not_inputs = ("labels", "loss_mask", "example_id")
-        model(**{k: v for k, v in calibration.items() if k not in not_inputs})
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    width = max(1, round(keep * mlps[0].down_proj.in_features))
-    for mlp, score in zip(mlps, scores, strict=True):
-        kept = score.topk(width).indices.sort().values
-        mlp.gate_proj = _rows(mlp.gate_proj, kept)
-        mlp.up_proj = _rows(mlp.up_proj, kept)
-        mlp.down_proj = _columns(mlp.down_proj, kept)
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "intermediate_size"):
-        config.intermediate_size = width
-    return model
-
-
-def _rows(linear: nn.Linear, kept: Tensor) -> nn.Linear:
-    weight = linear.weight
-    new = nn.Linear(linear.in_features, len(kept), bias=linear.bias is not None)
-    new.to(weight.device, weight.dtype)
-    new.weight.copy_(weight[kept.to(weight.device)])
-    if linear.bias is not None:
-        new.bias.copy_(linear.bias[kept.to(weight.device)])
-    return new
-
-
-def _columns(linear: nn.Linear, kept: Tensor) -> nn.Linear:
-    weight = linear.weight
-    new = nn.Linear(len(kept), linear.out_features, bias=linear.bias is not None)
-    new.to(weight.device, weight.dtype)
-    new.weight.copy_(weight[:, kept.to(weight.device)])
-    if linear.bias is not None:
-        new.bias.copy_(linear.bias)
-    return new

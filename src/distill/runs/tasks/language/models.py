@@ -17,7 +17,8 @@ from distill.data.text import prompt_text
 from distill.errors import RecipeError
 from distill.methods.cross_tokenizer import token_texts
 from distill.models import hf
-from distill.models.shrink import narrow_mlps, student_from_teacher
+from distill.models.narrow import narrow_heads, narrow_hidden, narrow_mlps
+from distill.models.shrink import student_from_teacher
 from distill.recipes import ModelSpec, Recipe
 from distill.runs.task import Splits
 from distill.runs.tasks.language.recipe import TextDataSpec
@@ -39,6 +40,10 @@ def calibration_rows(data: Splits) -> dict[str, torch.Tensor]:
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0] if k != "labels"}
 
 
+# a student made from the teacher: the width-pruning axes its args name (models.narrow)
+NARROWING = {"width": narrow_mlps, "heads": narrow_heads, "hidden": narrow_hidden}
+
+
 def build_lm(
     spec: ModelSpec,
     recipe: Recipe,
@@ -56,12 +61,13 @@ def build_lm(
             raise RecipeError(f"{where}.model: only the student can be made from the teacher")
         keep = args.pop("keep", "every_other")
         select = args.pop("select", "similarity" if isinstance(keep, int) else "uniform")
-        width = args.pop("width", 1.0)
+        shares = {name: args.pop(name, 1.0) for name in NARROWING}
         if args or select not in ("similarity", "uniform"):
             raise RecipeError(
                 f"{where}.args: a student made from the teacher takes keep (a count, a list "
-                "of layer indices or every_other), select (similarity or uniform) and width "
-                f"(the share of MLP neurons kept); got {spec.args}"
+                "of layer indices or every_other), select (similarity or uniform), width "
+                "(the share of MLP neurons kept), heads (of query heads per key/value "
+                f"group) and hidden (of residual channels); got {spec.args}"
             )
         calibration = calibration_rows(data) if data else None
         try:
@@ -70,13 +76,15 @@ def build_lm(
             )
         except ValueError as error:
             raise RecipeError(f"{where}.args.keep: {error}") from None
-        if width != 1.0:
+        for name, share in shares.items():  # Minitron's axes, each on the model so far
+            if share == 1.0:
+                continue
             if calibration is None:
-                raise RecipeError(f"{where}.args.width: width pruning needs the recipe's data")
+                raise RecipeError(f"{where}.args.{name}: width pruning needs the recipe's data")
             try:
-                narrow_mlps(model, width, calibration)
+                NARROWING[name](model, share, calibration)
             except (ValueError, TypeError) as error:
-                raise RecipeError(f"{where}.args.width: {error}") from None
+                raise RecipeError(f"{where}.args.{name}: {error}") from None
     elif kind == "hf-config":
         fields = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args}
         try:
