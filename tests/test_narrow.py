@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from distill.models.narrow import narrow_heads, narrow_hidden, narrow_mlps
+from distill.models.narrow import narrow_heads, narrow_hidden, narrow_mlps, narrowed
 from tests import text_models
 
 VOCAB = 50
@@ -121,3 +121,13 @@ def test_other_blocks_are_refused_by_name():
     for narrow in (narrow_mlps, narrow_heads, narrow_hidden):
         with pytest.raises(ValueError, match="Llama-style"):
             narrow(gpt2, 0.5, calibration())
+
+
+def test_narrowed_applies_the_axes_in_order_and_names_the_one_that_fails():
+    model = narrowed(tiny_llama(), calibration(), width=0.5, heads=0.5, hidden=0.75)
+    config = model.config
+    assert (config.intermediate_size, config.num_attention_heads, config.hidden_size) == (32, 2, 24)
+    with torch.no_grad():
+        assert model(IDS).logits.shape == (2, 10, VOCAB)
+    with pytest.raises(ValueError, match=r"^heads: heads \(the share"):
+        narrowed(tiny_llama(), calibration(), heads=1.5)

@@ -183,6 +183,31 @@ def narrow_hidden(model: nn.Module, keep: float, calibration: dict[str, Tensor])
     return model
 
 
+def narrowed(
+    model: nn.Module,
+    calibration: dict[str, Tensor],
+    *,
+    width: float = 1.0,
+    heads: float = 1.0,
+    hidden: float = 1.0,
+) -> nn.Module:
+    """``model`` narrowed in place along each axis kept below 1: MLP neurons (``width``),
+    then query heads (``heads``), then residual channels (``hidden``), each ranked on
+    ``calibration`` by the model as the earlier axes left it. Raises ``ValueError`` naming
+    the axis (``width``, ``heads`` or ``hidden``) that cannot be applied."""
+    for name, share, narrow in (
+        ("width", width, narrow_mlps),
+        ("heads", heads, narrow_heads),
+        ("hidden", hidden, narrow_hidden),
+    ):
+        if share != 1.0:
+            try:
+                narrow(model, share, calibration)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+    return model
+
+
 def rows(linear: nn.Linear, kept: Tensor) -> nn.Linear:
     """``linear`` keeping the output units ``kept`` (rows of its weight), weights copied."""
     weight = linear.weight

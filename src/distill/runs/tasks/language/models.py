@@ -17,7 +17,7 @@ from distill.data.text import prompt_text
 from distill.errors import RecipeError
 from distill.methods.cross_tokenizer import token_texts
 from distill.models import hf
-from distill.models.narrow import narrow_heads, narrow_hidden, narrow_mlps
+from distill.models.narrow import narrowed
 from distill.models.shrink import student_from_teacher
 from distill.recipes import ModelSpec, Recipe
 from distill.runs.task import Splits
@@ -41,7 +41,7 @@ def calibration_rows(data: Splits) -> dict[str, torch.Tensor]:
 
 
 # a student made from the teacher: the width-pruning axes its args name (models.narrow)
-NARROWING = {"width": narrow_mlps, "heads": narrow_heads, "hidden": narrow_hidden}
+NARROWING_AXES = ("width", "heads", "hidden")
 
 
 def build_lm(
@@ -61,7 +61,7 @@ def build_lm(
             raise RecipeError(f"{where}.model: only the student can be made from the teacher")
         keep = args.pop("keep", "every_other")
         select = args.pop("select", "similarity" if isinstance(keep, int) else "uniform")
-        shares = {name: args.pop(name, 1.0) for name in NARROWING}
+        shares = {name: args.pop(name, 1.0) for name in NARROWING_AXES}
         if args or select not in ("similarity", "uniform"):
             raise RecipeError(
                 f"{where}.args: a student made from the teacher takes keep (a count, a list "
@@ -76,15 +76,14 @@ def build_lm(
             )
         except ValueError as error:
             raise RecipeError(f"{where}.args.keep: {error}") from None
-        for name, share in shares.items():  # Minitron's axes, each on the model so far
-            if share == 1.0:
-                continue
-            if calibration is None:
-                raise RecipeError(f"{where}.args.{name}: width pruning needs the recipe's data")
+        narrower = [name for name, share in shares.items() if share != 1.0]
+        if narrower and calibration is None:
+            raise RecipeError(f"{where}.args.{narrower[0]}: width pruning needs the recipe's data")
+        if narrower:
             try:
-                NARROWING[name](model, share, calibration)
-            except (ValueError, TypeError) as error:
-                raise RecipeError(f"{where}.args.{name}: {error}") from None
+                narrowed(model, calibration, **shares)
+            except (ValueError, TypeError) as error:  # "<axis>: why"
+                raise RecipeError(f"{where}.args.{error}") from None
     elif kind == "hf-config":
         fields = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **args}
         try:
