@@ -29,7 +29,8 @@ import torch
 from distill.measure import cpu_latency
 from distill.recipes import ModelSpec, load_recipe
 from distill.runs.search import space
-from distill.runs.search.run import FINAL_DIR, Options, search_recipe
+from distill.runs.search.final import FINAL_DIR
+from distill.runs.search.run import Options, search_recipe
 from distill.runs.search.space import describe
 from distill.runs.table import task_for
 from distill.training import checkpoint as ckpt

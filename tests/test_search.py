@@ -20,7 +20,9 @@ from distill.measure import forward_memory_bytes
 from distill.recipes import RecipeError, load_recipe
 from distill.recipes.search_spec import Candidate
 from distill.runs.search import space as search_space
+from distill.runs.search.holdout import split_holdout
 from distill.runs.search.report import pareto_front
+from distill.training.state import lower_is_better
 from tests.test_language_recipes import tiny_overrides
 
 ROOT = Path(__file__).parents[1]
@@ -164,6 +166,7 @@ def test_a_budget_no_candidate_meets_fails_before_training(tmp_path):
         ("search.budget.latency=1", "search.budget.latency: unknown field"),
         ("search.train={lr: -1}", "search.train.lr: Input should be greater than 0"),
         ("generations=2", "`search` does not combine with `generations`: student search trains"),
+        ("search.metric=heldout_kl_to_teacher", "set search.holdout (e.g. 5000)"),
     ],
 )
 def test_a_bad_search_section_names_the_field(override, message):
@@ -386,3 +389,40 @@ def test_candidates_that_cannot_be_built_are_pruned_and_hyperband_stops_trials(t
             assert "too small" in trial["stopped"]
         else:
             assert "cannot be built" not in (trial.get("stopped") or "")
+
+
+def test_held_out_rows_lose_their_labels_and_stay_out_of_the_trials():
+    rows = [(torch.full((3,), float(i)), i % 2) for i in range(10)]
+    kept, held = split_holdout(rows, 4)
+    assert len(kept) == 6 and len(held) == 4
+    seen = {float(kept[i][0][0]) for i in range(6)} | {float(held[i][0][0]) for i in range(4)}
+    assert seen == set(map(float, range(10)))  # every row once, on one side
+    assert all(len(held[i]) == 1 for i in range(4))  # inputs only
+    texts = [{"input_ids": torch.arange(4), "labels": torch.arange(4)} for _ in range(5)]
+    assert set(split_holdout(texts, 2)[1][0]) == {"input_ids"}
+    assert split_holdout(rows, 0) == (rows, None)
+    with pytest.raises(ValueError, match=r"search\.holdout 10 leaves no training rows"):
+        split_holdout(rows, 10)
+    assert lower_is_better("heldout_kl_to_teacher")
+    assert not lower_is_better("heldout_teacher_agreement")
+
+
+@pytest.mark.e2e
+def test_trials_scored_by_the_teacher_on_held_out_inputs(tmp_path):
+    overrides = [*TINY, "search.holdout=64", "search.metric=heldout_kl_to_teacher",
+                 "search.compare=false", "search.seeds=[0]"]  # fmt: skip
+    result = CliRunner().invoke(
+        cli.app,
+        ["search", str(MNIST1D), *[f"--set={o}" for o in overrides], "--out",
+         str(tmp_path / "run"), "--json", "-q"],
+        env={"DISTILL_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    trained = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert trained and summary["metric"] == "heldout_kl_to_teacher"
+    for trial in trained:
+        assert trial["value"] == trial["heldout_kl_to_teacher"] > 0
+        assert 0 <= trial["heldout_teacher_agreement"] <= 1
+    best = min(trained, key=lambda t: (t["value"], t["latency_ms"]))  # lower KL, then faster
+    assert summary["chosen"]["number"] == best["number"]

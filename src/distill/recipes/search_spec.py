@@ -191,6 +191,13 @@ class SearchSpec(Strict):
         default_factory=lambda: {"epochs": 1},
         description="train settings of a trial's short distillation, over the recipe's",
     )
+    holdout: int = Field(
+        0,
+        ge=0,
+        description="inputs of the student's training rows held out of every trial; each "
+        "trial's heldout_kl_to_teacher and heldout_teacher_agreement are measured on them "
+        "at its end (proxies that need no labels: metric: heldout_kl_to_teacher)",
+    )
     evaluations: int = Field(
         4, ge=1, description="validations per trial (the pruner stops a trial between them)"
     )
@@ -206,3 +213,12 @@ class SearchSpec(Strict):
         None, min_length=1, description="seeds of the full runs (default: the recipe's)"
     )
     compare: bool = Field(True, description="also distil the recipe's own student fully")
+
+    @model_validator(mode="after")
+    def _held_out_metric_needs_rows(self) -> SearchSpec:
+        if self.metric is not None and self.metric.startswith("heldout_") and not self.holdout:
+            raise ValueError(
+                f"metric {self.metric} is measured on held-out inputs: set search.holdout "
+                "(e.g. 5000) to hold that many of the student's training rows out of every trial"
+            )
+        return self

@@ -80,7 +80,9 @@ def to_stderr(message: str) -> None:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Losses and KL: lower is better; every other metric: higher."""
+    """Losses and KL (also measured on held-out rows, ``heldout_…``): lower is better;
+    every other metric: higher."""
+    metric = metric.removeprefix("heldout_")
     return metric.endswith("loss") or metric.startswith("kl")
 
 

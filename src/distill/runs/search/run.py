@@ -16,7 +16,6 @@ distilled with the recipe's full budget for every seed in ``search.seeds``.
 from __future__ import annotations
 
 import json
-import statistics
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from distill.errors import NonFiniteLoss, RecipeError, UsageError
-from distill.measure import cpu_latency
 from distill.paths import json_digest
 from distill.recipes import ModelSpec, Recipe, validate_recipe
-from distill.runs.driver import run_recipe
 from distill.runs.fitting import (
     fit_student,
     recipe_objective,
@@ -38,7 +35,9 @@ from distill.runs.fitting import (
     teacher_module,
 )
 from distill.runs.search import space
-from distill.runs.search.report import choose, final_metrics, pareto_front, write_search_report
+from distill.runs.search.final import full_runs
+from distill.runs.search.holdout import HELD_OUT, held_out_metrics, split_holdout
+from distill.runs.search.report import choose, pareto_front, write_search_report
 from distill.runs.search.study import (
     finished,
     open_study,
@@ -51,11 +50,9 @@ from distill.runs.task import Searchable, Task, loader
 from distill.runs.workdir import Log, open_run_dir
 from distill.teachers.kinds import TeacherKind, copies_teacher
 from distill.training import Callback
-from distill.training import checkpoint as ckpt
 from distill.training.state import lower_is_better
 
 TRIALS_DIR = "trials"
-FINAL_DIR = "final"
 SEARCH_FILE = "search.json"
 
 
@@ -221,7 +218,11 @@ class TrialRunner:
         assert recipe.search is not None
         self.task, self.recipe, self.data, self.teacher = task, recipe, task.data, teacher
         self.spec, self.run_dir, self.metric, self.log = recipe.search, run_dir, metric, log
-        self.per_epoch = steps_per_epoch(self.data.student_train, self.trial_recipe)
+        try:
+            self.rows, self.held_out = split_holdout(self.data.student_train, self.spec.holdout)
+        except ValueError as error:
+            raise RecipeError(str(error)) from None
+        self.per_epoch = steps_per_epoch(self.rows, self.trial_recipe)
         self.steps = step_budget(self.trial_recipe, self.per_epoch)
         self.limits: dict[str, float] = {}
         self.families = space.labels(self.spec.candidates)
@@ -340,17 +341,21 @@ class TrialRunner:
         optuna = optuna_module()
         callbacks = []
         if self.spec.sampler != "nsga2" and self.spec.pruner != "none":
-            callbacks.append(PruneByValidation(trial, self.metric))
+            # a held-out metric is measured at the end: the pruner reads the validation's
+            pruned_by = self.metric
+            if self.metric in HELD_OUT:
+                pruned_by = "loss" if lower_is_better(self.metric) else "accuracy"
+            callbacks.append(PruneByValidation(trial, pruned_by))
         recipe = self.trial_recipe
         live = None if self.teacher is None else teacher_module(recipe, self.teacher)
         try:
-            _, result, seconds = fit_student(
+            distiller, result, seconds = fit_student(
                 recipe,
                 model,
                 live,
                 recipe_objective(recipe, self.per_epoch, self.teacher)(model),
                 run_dir=self.run_dir / TRIALS_DIR / key,
-                train_loader=loader(self.data.student_train, recipe, True),
+                train_loader=loader(self.rows, recipe, True),
                 val_loader=loader(self.data.val, recipe, False),
                 max_steps=self.steps,
                 eval_every=max(1, self.steps // self.spec.evaluations),
@@ -366,7 +371,15 @@ class TrialRunner:
                 f"trial {trial.number}: {space.describe(student)}: {trial.user_attrs['stopped']}"
             )
             raise
-        score = best_value(result.evaluations, self.metric, recipe.train.select_metric)
+        if self.held_out is not None:
+            for name, value in held_out_metrics(
+                distiller.evaluate, loader(self.held_out, recipe, False)
+            ).items():
+                trial.set_user_attr(name, value)
+        if self.metric in HELD_OUT:
+            score = trial.user_attrs[self.metric]
+        else:
+            score = best_value(result.evaluations, self.metric, recipe.train.select_metric)
         trial.set_user_attr("seconds", seconds)
         self.log(
             f"trial {trial.number}: {space.describe(student)}: {costs}; "
@@ -387,53 +400,3 @@ def best_value(evaluations: list[dict[str, float]], metric: str, selected: str |
     if selected != metric:
         return values[-1]
     return min(values) if lower_is_better(metric) else max(values)
-
-
-def full_runs(runner: TrialRunner, recipe: Recipe, chosen: dict[str, Any], progress: bool) -> dict:
-    """The chosen student, and the recipe's own (``search.compare``), distilled with the
-    recipe's full budget once per seed (``final/<row>/seed_<s>/``, each a distill run), then
-    timed back to back; the test metric (and accuracy) as mean and standard deviation over
-    the seeds."""
-    spec, metric, log = runner.spec, runner.metric, runner.log
-    seeds = spec.seeds or [recipe.seed]
-    students = {"searched": chosen}
-    if spec.compare:
-        students = {"hand_picked": recipe.student.model_dump(include={"model", "args"}), **students}
-    out: dict[str, Any] = {}
-    models = {}
-    for row, student in students.items():
-        values: dict[str, list[float]] = {}
-        for seed in seeds:
-            raw = recipe.model_dump(mode="json")
-            raw.update(
-                student={**raw["student"], **student}, search=None, baseline=False, seed=seed
-            )
-            folder = runner.run_dir / FINAL_DIR / row / f"seed_{seed}"
-            log(f"full run: {row} {space.describe(student)}, seed {seed} -> {folder}")
-            final = validate_recipe(raw, f"search final {row}")
-            summary = run_recipe(final, out_dir=folder, progress=progress, log=log)
-            tested = summary["models"]["student"]
-            for name in final_metrics(metric):
-                if name in tested:
-                    values.setdefault(name, []).append(tested[name])
-            if seed == seeds[0]:
-                out[row] = {
-                    "student": student,
-                    "parameters": summary["models"]["student"]["parameters"],
-                }
-                models[row] = runner.build(student, row)
-                ckpt.load_weights(models[row], folder / ckpt.STUDENT_FILE)
-        out[row]["seeds"] = seeds
-        for name, per_seed in values.items():  # the search's metric, and accuracy
-            out[row][name] = statistics.mean(per_seed)
-            out[row][f"{name}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
-            out[row][f"{name}_per_seed"] = per_seed
-    onnx = any(name in spec.budget.limits() for name in space.ONNX)
-    for row, model in models.items():  # back to back, so no row ran on a busier machine
-        example, kwargs = runner.task.latency_input(model)
-        batch, repeats = spec.budget.batch_size, recipe.output.latency_repeats
-        out[row].update(cpu_latency(model, example, repeats, batch=batch, **kwargs))
-        if onnx:  # the runtime the budget was set in, too
-            measured = space.measure(runner.task, model, repeats, onnx=True, batch=batch)
-            out[row].update({name: measured[name] for name in space.ONNX})
-    return out
