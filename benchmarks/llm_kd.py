@@ -126,20 +126,31 @@ def main() -> None:
         if args.device == "cuda"
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     ) + f", torch {torch.__version__}"
+    saved.parent.mkdir(exist_ok=True)
     for name, ce_weight in students(args.kd_ce_weight).items():
-        runs = results["students"].setdefault(name, {})
-        for seed in args.seeds:
-            if str(seed) in runs:
-                continue
-            started = time.perf_counter()
-            student = train_student(teacher, layers, ce_weight, seed, train, args)
-            metrics = held_out_metrics(student, teacher, held_loader, args.device)
-            runs[str(seed)] = {**metrics, "train_seconds": time.perf_counter() - started}
-            print(f"{name}, seed {seed}: {runs[str(seed)]}", flush=True)
-            saved.parent.mkdir(exist_ok=True)
-            saved.write_text(json.dumps(results, indent=2))
+        run_seeds(
+            results["students"].setdefault(name, {}),
+            args.seeds,
+            name,
+            lambda seed, w=ce_weight: train_student(teacher, layers, w, seed, train, args),
+            lambda student: held_out_metrics(student, teacher, held_loader, args.device),
+            lambda: saved.write_text(json.dumps(results, indent=2)),
+        )
     args.out.write_text(markdown(results))
     print(markdown(results))
+
+
+def run_seeds(runs: dict, seeds: list[int], name: str, train, measure, save) -> None:
+    """Each seed not yet in ``runs``: ``train(seed)``, ``measure`` the student (with its
+    training time), print it and ``save``, so a killed run continues with the next."""
+    for seed in seeds:
+        if str(seed) in runs:
+            continue
+        started = time.perf_counter()
+        student = train(seed)
+        runs[str(seed)] = {**measure(student), "train_seconds": time.perf_counter() - started}
+        print(f"{name}, seed {seed}: {runs[str(seed)]}", flush=True)
+        save()
 
 
 def students(kd_ce_weight: float) -> dict[str, float]:

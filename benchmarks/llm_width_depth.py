@@ -32,14 +32,13 @@ import itertools
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 from pydoc_data.topics import topics
 from typing import Any
 
 import torch
 from classic_kd import earlier_results, mean_std
-from llm_kd import held_out_metrics
+from llm_kd import held_out_metrics, run_seeds
 from torch.utils.data import DataLoader, Subset
 
 import distill
@@ -174,16 +173,14 @@ def main() -> None:
             results["students"][name] = point
             saved.write_text(json.dumps(results, indent=2))
     for name, point in results["students"].items():
-        runs = results["runs"].setdefault(name, {})
-        for seed in args.seeds:
-            if str(seed) in runs:
-                continue
-            started = time.perf_counter()
-            student = heal(teacher, point, calibration, seed, train, args)
-            metrics = held_out_metrics(student, teacher, held, args.device)
-            runs[str(seed)] = {**metrics, "train_seconds": time.perf_counter() - started}
-            print(f"{name}, seed {seed}: {runs[str(seed)]}", flush=True)
-            saved.write_text(json.dumps(results, indent=2))
+        run_seeds(
+            results["runs"].setdefault(name, {}),
+            args.seeds,
+            name,
+            lambda seed, p=point: heal(teacher, p, calibration, seed, train, args),
+            lambda student: held_out_metrics(student, teacher, held, args.device),
+            lambda: saved.write_text(json.dumps(results, indent=2)),
+        )
     args.out.write_text(markdown(results))
     print(markdown(results))
 

@@ -60,6 +60,18 @@ def distill_search(run_dir, cache, *extra, kill_at=None):
     return done.returncode, done.stderr
 
 
+def search_summary(tmp_path, overrides):
+    """`distill search` on MNIST-1D with ``overrides``, in ``tmp_path``: its JSON summary."""
+    result = CliRunner().invoke(
+        cli.app,
+        ["search", str(MNIST1D), *[f"--set={o}" for o in overrides], "--out",
+         str(tmp_path / "run"), "--json", "-q"],
+        env={"DISTILL_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
@@ -373,14 +385,7 @@ def test_candidates_that_cannot_be_built_are_pruned_and_hyperband_stops_trials(t
         "train: {max_steps: 8}, evaluations: 2, seeds: [0], compare: false}"
     )
     overrides = [*TINY[:-1], space]
-    result = CliRunner().invoke(
-        cli.app,
-        ["search", str(MNIST1D), *[f"--set={o}" for o in overrides], "--out",
-         str(tmp_path / "run"), "--json", "-q"],
-        env={"DISTILL_CACHE": str(tmp_path / "cache")},
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    trials = json.loads(result.stdout)["trials"]
+    trials = search_summary(tmp_path, overrides)["trials"]
     pools = [t["student"]["args"]["pool"] for t in trials]
     assert 8 in pools and {1, 2} & set(pools)  # 40 / 8 = 5 samples: too few for 3 halvings
     for trial in trials:
@@ -411,14 +416,7 @@ def test_held_out_rows_lose_their_labels_and_stay_out_of_the_trials():
 def test_trials_scored_by_the_teacher_on_held_out_inputs(tmp_path):
     overrides = [*TINY, "search.holdout=64", "search.metric=heldout_kl_to_teacher",
                  "search.compare=false", "search.seeds=[0]"]  # fmt: skip
-    result = CliRunner().invoke(
-        cli.app,
-        ["search", str(MNIST1D), *[f"--set={o}" for o in overrides], "--out",
-         str(tmp_path / "run"), "--json", "-q"],
-        env={"DISTILL_CACHE": str(tmp_path / "cache")},
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
+    summary = search_summary(tmp_path, overrides)
     trained = [t for t in summary["trials"] if t["state"] == "complete"]
     assert trained and summary["metric"] == "heldout_kl_to_teacher"
     for trial in trained:
