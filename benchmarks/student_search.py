@@ -101,6 +101,12 @@ def verdict(difference: float, first: dict, second: dict) -> str:
     return "TPE better" if difference > 0 else "TPE worse"
 
 
+def scored_by(metric: str) -> str:
+    if metric.startswith("heldout_"):
+        return f"{metric} on 5,000 transfer inputs held out of every trial (search.holdout)"
+    return f"{metric} on the 200 validation images"
+
+
 def table(tpe: dict, random: dict, latency: dict, trials: int, plot_name: str, recipe: str) -> str:
     latency = {  # results saved before ONNX Runtime timings: CPU latency only
         row: value if isinstance(value, dict) else {"latency_ms": value}
@@ -111,7 +117,7 @@ def table(tpe: dict, random: dict, latency: dict, trials: int, plot_name: str, r
     out = f"benchmarks/results/{Path(plot_name).stem.removesuffix('_pareto')}.md"
     default = recipe == "recipes/fashion_mnist_search.yaml"
     flag = ("" if default else f" --recipe {recipe} --trials {trials}") + (
-        "" if batch == 1 and default else f" --batch {batch} --out {out}"
+        "" if batch == 1 and default else f"{'' if batch == 1 else f' --batch {batch}'} --out {out}"
     )
     setting = "" if batch == 1 else f" --set search.budget.batch_size={batch}"
     finals = {
@@ -132,7 +138,7 @@ def table(tpe: dict, random: dict, latency: dict, trials: int, plot_name: str, r
         f"{batch}) no more than the recipe's hand-picked `{hand_picked}`, measured at "
         f"the start: {budget:.4g} ms. "
         "Each trial: built, measured, over-budget ones pruned without training; the others "
-        f"distilled for 1 epoch and scored by {tpe['metric']} on the 200 validation images, "
+        f"distilled for 1 epoch and scored by {scored_by(tpe['metric'])}, "
         "with the median pruner. The chosen student of each search, and the hand-picked one, then "
         f"distilled with the recipe's budget (5 epochs) for seeds {SEEDS}; test accuracy on "
         "the 10,000 test images. Latency: the three seed-0 students timed in turns in one "
