@@ -172,10 +172,10 @@ def main() -> None:
                 point = choose(teacher, calibration, selection, budget, args.band, keeps)
             results["students"][name] = point
             saved.write_text(json.dumps(results, indent=2))
-    for name, point in results["students"].items():
-        run_seeds(
+    for seed, (name, point) in itertools.product(args.seeds, results["students"].items()):
+        run_seeds(  # seed by seed, so that a stopped run has whole comparisons
             results["runs"].setdefault(name, {}),
-            args.seeds,
+            [seed],
             name,
             lambda seed, p=point: heal(teacher, p, calibration, seed, train, args),
             lambda student: held_out_metrics(student, teacher, held, args.device),
