@@ -67,14 +67,13 @@ def timed_together(
         ckpt.load_weights(model, folder / ckpt.STUDENT_FILE)
         models[row] = model.eval()
     example, _ = task.latency_input(next(iter(models.values())))
-    onnx = any(name in recipe.search.budget.limits() for name in space.ONNX)
+    onnx = bool(recipe.search.budget.in_onnx_runtime())
     medians: dict[str, dict[str, list[float]]] = {row: {} for row in models}
     for _ in range(rounds):
         for row, model in models.items():
             seen = {"latency_ms": cpu_latency(model, example, repeats, batch=batch)["latency_ms"]}
             if onnx:  # exported and timed in ONNX Runtime, float and int8
-                measured = space.measure(task, model, repeats, onnx=True, batch=batch)
-                seen.update({name: measured[name] for name in space.ONNX})
+                seen.update(space.onnx_latencies(model, example, repeats, batch))
             for name, value in seen.items():
                 medians[row].setdefault(name, []).append(value)
     return {

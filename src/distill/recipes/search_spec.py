@@ -126,6 +126,9 @@ def first_problem(error: ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
+ONNX_MEASURES = ("onnx_latency_ms", "onnx_int8_latency_ms")  # timed together, back to back
+
+
 class BudgetSpec(Strict):
     """What every candidate must meet, measured on this machine before it trains (forwards
     of ``batch_size`` examples; 1: the latency of one request): a number, or ``student``,
@@ -162,6 +165,10 @@ class BudgetSpec(Strict):
         if isinstance(value, float) and not (value > 0 and math.isfinite(value)):
             raise ValueError(f"must be a positive number or 'student', got {value}")
         return value
+
+    def in_onnx_runtime(self) -> list[str]:
+        """The ONNX Runtime latencies the budget names (both are then measured)."""
+        return [name for name in ONNX_MEASURES if getattr(self, name) is not None]
 
     def limits(self) -> dict[str, Any]:
         """The limits set, by measure name."""

@@ -57,12 +57,11 @@ def full_runs(runner: Any, recipe: Recipe, chosen: dict[str, Any], progress: boo
             out[row][name] = statistics.mean(per_seed)
             out[row][f"{name}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
             out[row][f"{name}_per_seed"] = per_seed
-    onnx = any(name in spec.budget.limits() for name in space.ONNX)
+    onnx = bool(spec.budget.in_onnx_runtime())
     for row, model in models.items():  # back to back, so no row ran on a busier machine
         example, kwargs = runner.task.latency_input(model)
         batch, repeats = spec.budget.batch_size, recipe.output.latency_repeats
         out[row].update(cpu_latency(model, example, repeats, batch=batch, **kwargs))
         if onnx:  # the runtime the budget was set in, too
-            measured = space.measure(runner.task, model, repeats, onnx=True, batch=batch)
-            out[row].update({name: measured[name] for name in space.ONNX})
+            out[row].update(space.onnx_latencies(model, example, repeats, batch))
     return out

@@ -85,7 +85,7 @@ def search_recipe(
         )
     optuna_module()
     options = options or Options()
-    onnx = [name for name in space.ONNX if name in recipe.search.budget.limits()]
+    onnx = recipe.search.budget.in_onnx_runtime()
     if options.jobs > 1 and onnx:
         raise UsageError(
             "--jobs: the ONNX exporter changes global torch state while other trials train, "
@@ -245,7 +245,7 @@ class TrialRunner:
             raise RecipeError(f"{where}: {space.describe(student)}: {error}") from None
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
-        onnx = any(name in self.spec.budget.limits() for name in space.ONNX)
+        onnx = bool(self.spec.budget.in_onnx_runtime())
         repeats, batch = self.recipe.output.latency_repeats, self.spec.budget.batch_size
         return space.measure(self.task, model, repeats, onnx, batch)
 

@@ -26,14 +26,14 @@ from typing import Any
 from torch import nn
 
 from distill.measure import cpu_latency_ms, forward_memory_bytes, parameter_count
-from distill.recipes.search_spec import Candidate, Dimension
+from distill.recipes.search_spec import ONNX_MEASURES, Candidate, Dimension
 from distill.runs.task import Task
 
 MEASURING = threading.Lock()
 ROUNDS = 5  # timings of the budget's student, and of a candidate near a timed limit
 # the measures the machine's load changes
 TIMED = ("latency_ms", "onnx_latency_ms", "onnx_int8_latency_ms")
-ONNX = ("onnx_latency_ms", "onnx_int8_latency_ms")  # measured together, when a budget names one
+ONNX = ONNX_MEASURES  # measured together, when a budget names one
 MEASURES = {
     "parameters": "parameters",
     "latency_ms": "CPU ms / example",
@@ -150,16 +150,25 @@ def _measure(
         "memory_mb": forward_memory_bytes(model, example, batch, **kwargs) / 2**20,
     }
     if onnx:
-        from distill.compress.export import export_onnx, onnx_latency_ms, quantize_onnx_int8
-
-        with tempfile.TemporaryDirectory() as folder:
-            was_training = model.training
-            path = export_onnx(model, example.unsqueeze(0), Path(folder) / "candidate.onnx")
-            int8 = quantize_onnx_int8(path, Path(folder) / "candidate_int8.onnx")
-            measured["onnx_latency_ms"] = onnx_latency_ms(path, example, repeats, batch=batch)
-            measured["onnx_int8_latency_ms"] = onnx_latency_ms(int8, example, repeats, batch=batch)
-            model.train(was_training)
+        measured.update(onnx_latencies(model, example, repeats, batch))
     return measured
+
+
+def onnx_latencies(model: nn.Module, example: Any, repeats: int, batch: int) -> dict[str, float]:
+    """ONNX Runtime's latency per example of ``model`` exported, and of that export's
+    dynamic int8 version, timed back to back (``ONNX``); ``model``'s mode is kept."""
+    from distill.compress.export import export_onnx, onnx_latency_ms, quantize_onnx_int8
+
+    with tempfile.TemporaryDirectory() as folder:
+        was_training = model.training
+        path = export_onnx(model, example.unsqueeze(0), Path(folder) / "candidate.onnx")
+        int8 = quantize_onnx_int8(path, Path(folder) / "candidate_int8.onnx")
+        timed = {
+            "onnx_latency_ms": onnx_latency_ms(path, example, repeats, batch=batch),
+            "onnx_int8_latency_ms": onnx_latency_ms(int8, example, repeats, batch=batch),
+        }
+        model.train(was_training)
+    return timed
 
 
 def budget_limits(
